@@ -1,1 +1,183 @@
+"""Conversations, messages, runs and the admin-managed model configs.
+
+A ``Run`` is one answer to one user message: the durable agent loop advances it
+one step at a time, with all of its state in these rows (see DESIGN.md, "The
+agent loop").
+"""
+
 from __future__ import annotations
+
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ModelConfig(models.Model):
+    """A model users can pick, reached through litellm.
+
+    ``litellm_model`` is litellm's model string (``openai/gpt-4o-mini``,
+    ``anthropic/claude-3-5-sonnet-latest``, ``ollama/llama3``, ``demo/tollgate``).
+    The API key is never stored: ``api_key_env`` names the environment variable
+    that holds it. Prices are USD per token and override litellm's price map
+    when set.
+    """
+
+    name = models.CharField("display name", max_length=100, unique=True)
+    litellm_model = models.CharField(max_length=200, help_text="litellm model string")
+    api_base = models.URLField(blank=True, help_text="Provider base URL; blank for the default.")
+    api_key_env = models.CharField(
+        "API key variable",
+        max_length=100,
+        blank=True,
+        help_text="Name of the environment variable holding the API key (never the key).",
+    )
+    context_window = models.PositiveIntegerField(default=8192, help_text="tokens")
+    max_output_tokens = models.PositiveIntegerField(default=1024, help_text="tokens")
+    input_cost_per_token = models.DecimalField(
+        max_digits=16, decimal_places=12, null=True, blank=True, help_text="USD per prompt token"
+    )
+    output_cost_per_token = models.DecimalField(
+        max_digits=16, decimal_places=12, null=True, blank=True, help_text="USD per output token"
+    )
+    supports_tools = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField("default", default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=Q(is_default=True),
+                name="conversations_one_default_model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Conversation(models.Model):
+    """A chat thread owned by one user."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    model_config = models.ForeignKey(
+        ModelConfig, on_delete=models.PROTECT, related_name="conversations"
+    )
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-updated_at", "-id")
+        indexes: ClassVar = [models.Index(fields=["owner", "archived", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class Message(models.Model):
+    """One message in a conversation, in the order the model sees them.
+
+    Assistant messages carry the model's ``tool_calls`` (OpenAI format) and
+    their usage; tool messages carry the ``tool_call_id`` they answer.
+    """
+
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+        TOOL = "tool"
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete"
+        STREAMING = "streaming"
+        STOPPED = "stopped"
+        FAILED = "failed"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    run = models.ForeignKey(
+        "Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    content = models.TextField(blank=True)
+    tool_calls = models.JSONField(null=True, blank=True)
+    tool_call_id = models.CharField(max_length=200, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("conversation", "id")
+        indexes: ClassVar = [models.Index(fields=["conversation", "id"])]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"
+
+
+class Run(models.Model):
+    """One answer to one user message: the unit the agent loop advances.
+
+    ``step`` counts LLM calls made; ``max_steps`` bounds it. ``lease_owner``
+    and ``lease_expires_at`` mark the worker currently advancing the run; an
+    expired lease lets the recovery job pick the run up again.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        CALLING_LLM = "calling_llm"
+        GATING = "gating"
+        AWAITING_APPROVAL = "awaiting_approval"
+        EXECUTING_TOOLS = "executing_tools"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    TERMINAL: ClassVar[frozenset[str]] = frozenset(
+        {Status.COMPLETED, Status.FAILED, Status.CANCELLED}
+    )
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="runs")
+    user_message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="answering_runs"
+    )
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.QUEUED)
+    step = models.PositiveIntegerField(default=0)
+    max_steps = models.PositiveIntegerField(default=8)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-id",)
+        indexes: ClassVar = [
+            models.Index(fields=["status", "lease_expires_at"]),
+            models.Index(fields=["conversation", "-id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
