@@ -47,6 +47,12 @@ not the project's interpreter, which lives outside ``/usr`` together with the
 project's dependencies and must not be visible. Debian's own
 ``/usr/lib/python3/dist-packages`` stays importable.
 
+When Tollgate does not run as root, bwrap (and so the sandboxed code) runs
+as Tollgate's own host uid: still confined by the namespaces and mounts
+above, but not separated by uid. Running the worker as root (it drops to
+``TOLLGATE_SANDBOX_UID`` for every run) or as a user dedicated to it is
+preferable.
+
 Not enforced (documented limits of this design): total memory and CPU of all
 processes of one run together (the limits are per process; up to
 ``processes`` times ``memory_bytes`` of address space; no cgroup is used), the

@@ -232,6 +232,34 @@ async def test_shell_fork_bomb_is_contained_and_reaped():
     assert processes_with(marker) == []
 
 
+async def test_fork_bomb_does_not_starve_another_run():
+    # RLIMIT_NPROC is counted per sandbox (per user namespace), not per host uid.
+    marker = f"bomb-{uuid.uuid4().hex}"
+    code = f"bash -c ':(){{ :|:& }};:; while :; do :; done' {marker}"
+    bomb = asyncio.create_task(
+        run(code, language="shell", processes=16, wall_seconds=30, cpu_seconds=60)
+    )
+    try:
+        while len(processes_with(marker)) < 12:
+            assert not bomb.done(), bomb.result()
+            await asyncio.sleep(0.02)
+
+        other = await run(
+            "import subprocess\n"
+            "procs = [subprocess.Popen(['sleep', '0.2']) for _ in range(10)]\n"
+            "print(sum(p.wait() == 0 for p in procs))",
+            conversation_id=2,
+            processes=16,
+        )
+    finally:
+        bomb.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await bomb
+
+    assert other.stdout == "10\n", other.stderr
+    assert processes_with(marker) == []
+
+
 async def test_memory_bomb_is_reported_as_memory():
     result = await run("x = bytearray(512 * 1024 * 1024)", memory_bytes=64 * MiB)
     assert result.killed_by == "memory"
