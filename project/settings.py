@@ -251,3 +251,27 @@ LOGGING = {
 # --- Tollgate ---------------------------------------------------------------
 
 TOLLGATE_MAX_MESSAGE_CHARS = env.int("TOLLGATE_MAX_MESSAGE_CHARS", default=100_000)
+
+# --- Sandbox (code.python / code.shell) ----------------------------------------
+# tools/sandbox.py runs model-written code in bubblewrap; missing pieces disable
+# the code tools with a reason, never run code unsandboxed.
+
+TOLLGATE_SANDBOX_BWRAP = env.str("TOLLGATE_SANDBOX_BWRAP", default="/usr/bin/bwrap")
+# These three must live under /usr: it is the only host tree the sandbox sees.
+TOLLGATE_SANDBOX_PRLIMIT = env.str("TOLLGATE_SANDBOX_PRLIMIT", default="/usr/bin/prlimit")
+TOLLGATE_SANDBOX_PYTHON = env.str("TOLLGATE_SANDBOX_PYTHON", default="/usr/bin/python3")
+TOLLGATE_SANDBOX_SHELL = env.str("TOLLGATE_SANDBOX_SHELL", default="/usr/bin/bash")
+# Per-conversation workspaces, bound read-write at /workspace.
+TOLLGATE_SANDBOX_ROOT = Path(env.str("TOLLGATE_SANDBOX_ROOT", default=str(VAR_DIR / "sandbox")))
+# Unprivileged host uid/gid the sandbox runs as when Tollgate runs as root.
+TOLLGATE_SANDBOX_UID = env.int("TOLLGATE_SANDBOX_UID", default=65534)
+TOLLGATE_SANDBOX_GID = env.int("TOLLGATE_SANDBOX_GID", default=65534)
+TOLLGATE_SANDBOX_WALL_SECONDS = env.float("TOLLGATE_SANDBOX_WALL_SECONDS", default=30.0)
+TOLLGATE_SANDBOX_CPU_SECONDS = env.int("TOLLGATE_SANDBOX_CPU_SECONDS", default=10)
+TOLLGATE_SANDBOX_MEMORY_BYTES = env.int("TOLLGATE_SANDBOX_MEMORY_BYTES", default=512 * 1024 * 1024)
+TOLLGATE_SANDBOX_FILE_SIZE_BYTES = env.int(
+    "TOLLGATE_SANDBOX_FILE_SIZE_BYTES", default=64 * 1024 * 1024
+)
+TOLLGATE_SANDBOX_PROCESSES = env.int("TOLLGATE_SANDBOX_PROCESSES", default=64)
+TOLLGATE_SANDBOX_OUTPUT_BYTES = env.int("TOLLGATE_SANDBOX_OUTPUT_BYTES", default=64 * 1024)
+TOLLGATE_SANDBOX_TMP_BYTES = env.int("TOLLGATE_SANDBOX_TMP_BYTES", default=64 * 1024 * 1024)
