@@ -34,6 +34,7 @@ import re
 import threading
 import typing
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,11 @@ TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RESULT_CHARS = 20_000
+
+# Sync handlers run here rather than in the event loop's default executor: a
+# handler abandoned at its timeout then does not hold up the loop's shutdown
+# (``async_to_sync`` waits for the default executor's threads).
+_SYNC_HANDLER_EXECUTOR = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tool-handler")
 
 Handler = Callable[[dict[str, Any], "ToolContext"], Awaitable[Any]]
 
@@ -300,7 +306,9 @@ def spec_from_function(
             kwargs["ctx"] = ctx
         if is_async:
             return await fn(**kwargs)
-        return await sync_to_async(_call_in_thread, thread_sensitive=False)(fn, kwargs)
+        return await sync_to_async(
+            _call_in_thread, thread_sensitive=False, executor=_SYNC_HANDLER_EXECUTOR
+        )(fn, kwargs)
 
     if destructive is None:
         destructive = not read_only

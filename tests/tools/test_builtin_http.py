@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)  # type: ignore[attr-defined]
         routes = {
             "/hello": (200, "text/plain; charset=utf-8", "hello from the test server"),
@@ -98,7 +98,7 @@ def test_allowlisted_name_resolving_to_loopback_is_refused(server, settings, use
 
 def test_redirect_to_another_host_is_refused(server, settings, user):
     settings.TOLLGATE_HTTP_ALLOWLIST = ["127.0.0.1"]
-    with pytest.raises(ToolError, match="'not-allowed.example' is not on"):
+    with pytest.raises(ToolError, match=r"'not-allowed\.example' is not on"):
         call("http.get", user_id=user.pk, url=_url(server, "/redirect-out"))
     assert server.requests == ["/redirect-out"]
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import threading
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Literal
 
 import pytest
@@ -19,7 +19,7 @@ from tools.registry import (
 )
 
 
-class Colour(str, Enum):
+class Colour(StrEnum):
     RED = "red"
     BLUE = "blue"
 
