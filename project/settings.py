@@ -275,3 +275,13 @@ TOLLGATE_SANDBOX_FILE_SIZE_BYTES = env.int(
 TOLLGATE_SANDBOX_PROCESSES = env.int("TOLLGATE_SANDBOX_PROCESSES", default=64)
 TOLLGATE_SANDBOX_OUTPUT_BYTES = env.int("TOLLGATE_SANDBOX_OUTPUT_BYTES", default=64 * 1024)
 TOLLGATE_SANDBOX_TMP_BYTES = env.int("TOLLGATE_SANDBOX_TMP_BYTES", default=64 * 1024 * 1024)
+# --- Tools ------------------------------------------------------------------
+
+# Hosts http.get may fetch (also editable in admin: "HTTP allowed hosts"). Entries:
+# example.com, *.example.com, an IP address, or a CIDR network. Private and
+# loopback addresses are reachable only through an IP/network entry.
+TOLLGATE_HTTP_ALLOWLIST = env.list("TOLLGATE_HTTP_ALLOWLIST", default=[])
+# Largest response body http.get reads, in bytes; the rest is cut.
+TOLLGATE_HTTP_MAX_BYTES = env.int("TOLLGATE_HTTP_MAX_BYTES", default=1_000_000)
+# Connect/read timeout of one http.get request, in seconds.
+TOLLGATE_HTTP_TIMEOUT_SECONDS = env.float("TOLLGATE_HTTP_TIMEOUT_SECONDS", default=10.0)

@@ -1,10 +1,38 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class ToolsConfig(AppConfig):
-    """The tool registry, built-in tools, MCP servers, the code sandbox and tool invocations."""
+    """The tool registry, built-in tools, MCP servers, the code sandbox and tool invocations.
+
+    ``ready`` imports ``tools.builtin`` so the built-in tools are registered in
+    every process (web, worker, beat, management commands). Their ``Tool`` rows
+    are written by ``tools_sync`` from a ``post_migrate`` handler — so a deploy's
+    ``migrate`` (and a test database's creation and flush) brings the rows up to
+    date — and on demand with ``manage.py tools_sync``. ``ready`` itself never
+    touches the database.
+    """
 
     name = "tools"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        import tools.builtin  # noqa: F401  (registers the built-in tools)
+
+        post_migrate.connect(_sync_after_migrate, sender=self, dispatch_uid="tools_sync")
+
+
+def _sync_after_migrate(*, using: str = "default", plan: Any = None, **kwargs: Any) -> None:
+    from django.db import connections
+
+    from tools.models import Tool
+    from tools.services import tools_sync
+
+    # Migrating the app backwards (to zero) still sends post_migrate.
+    if Tool._meta.db_table not in connections[using].introspection.table_names():
+        return
+    tools_sync(using=using)

@@ -128,3 +128,43 @@ class ToolInvocation(models.Model):
     @property
     def is_settled(self) -> bool:
         return self.status in self.SETTLED
+
+
+class Note(models.Model):
+    """One entry of a user's key-value notes store (the ``notes.*`` built-in tools)."""
+
+    user = models.ForeignKey("accounts.User", on_delete=models.CASCADE, related_name="notes")
+    key = models.CharField(max_length=200)
+    value = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("user", "key")
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["user", "key"], name="tools_note_user_key_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class HttpAllowedHost(models.Model):
+    """An admin-added entry of the ``http.get`` allowlist.
+
+    Added to the ``TOLLGATE_HTTP_ALLOWLIST`` setting. ``host`` is a host name
+    (``example.com``), a wildcard for subdomains (``*.example.com``), an IP
+    address, or a network in CIDR form (``10.0.0.0/8``); private and loopback
+    addresses are only reachable when an IP or network entry names them.
+    """
+
+    host = models.CharField(max_length=255, unique=True)
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("host",)
+        verbose_name = "HTTP allowed host"
+
+    def __str__(self) -> str:
+        return self.host

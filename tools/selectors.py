@@ -1,0 +1,88 @@
+"""Reads: which tools a user may use, and what a settled invocation says to the model."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+from django.utils import timezone
+
+from tools.models import Tool, ToolInvocation
+from tools.registry import ToolSpec, registry
+
+
+def _enabled_tool_names(*, user_id: int) -> set[str]:
+    # One query: enabled, available rows with no group or a group the user is in.
+    rows = (
+        Tool.objects.filter(enabled=True, unavailable_reason="")
+        .filter(Q(groups__isnull=True) | Q(groups__user__id=user_id))
+        .values_list("name", flat=True)
+        .distinct()
+    )
+    return set(rows)
+
+
+def tools_for_user(*, user: Any) -> list[ToolSpec]:
+    """The tools ``user`` may be offered, sorted by name (one query).
+
+    A tool qualifies when it is registered in this process AND its ``Tool`` row
+    is enabled AND the row has no groups or ``user`` is in one of them AND the
+    row has no ``unavailable_reason``. Anonymous and inactive users get ``[]``.
+    A tool without a ``Tool`` row (not yet synced) is not offered: deny by default.
+    """
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return []
+    names = _enabled_tool_names(user_id=user.pk)
+    return [spec for spec in registry.all() if spec.name in names]
+
+
+def tool_get_for_user(*, user: Any, name: str) -> ToolSpec | None:
+    """The tool called ``name`` (dotted) if ``user`` may use it, else ``None``."""
+    for spec in tools_for_user(user=user):
+        if spec.name == name:
+            return spec
+    return None
+
+
+def tool_names_for_user_id(*, user_id: int) -> set[str]:
+    """Names of the tools user ``user_id`` may use (same rules as ``tools_for_user``)."""
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return set()
+    return {spec.name for spec in tools_for_user(user=user)}
+
+
+def invocation_tool_message(*, invocation: ToolInvocation) -> dict[str, str]:
+    """The OpenAI-format tool message answering a settled invocation.
+
+    ``{"role": "tool", "tool_call_id": ..., "content": ...}``; the content is the
+    stored result (errors included), or a short status line when it is empty.
+    """
+    content = invocation.result or invocation.error
+    if not content:
+        content = f"Tool call {invocation.status}."
+    return {"role": "tool", "tool_call_id": invocation.tool_call_id, "content": content}
+
+
+def invocation_ids_interrupted(
+    *, grace_seconds: float = 60.0, now: dt.datetime | None = None
+) -> list[int]:
+    """Ids of invocations left ``running`` past their tool's timeout plus ``grace_seconds``.
+
+    Those were started by a worker that died (or is hung); the recovery job
+    passes each to ``invocation_recover_interrupted``. Unregistered tools count
+    as timeout 0.
+    """
+    now = now or timezone.now()
+    stuck = []
+    running = ToolInvocation.objects.filter(
+        status=ToolInvocation.Status.RUNNING, started_at__isnull=False
+    ).values_list("pk", "tool_name", "started_at")
+    for pk, tool_name, started_at in running:
+        spec = registry.get(tool_name)
+        timeout = spec.timeout_seconds if spec else 0.0
+        if started_at <= now - dt.timedelta(seconds=timeout + grace_seconds):
+            stuck.append(pk)
+    return stuck

@@ -1,0 +1,439 @@
+"""Writes: syncing ``Tool`` rows, recording tool calls, and executing them exactly once.
+
+The life of a tool call (statuses of ``ToolInvocation``)::
+
+    invocations_record ─► requested ─(gate)─► approved ─► running ─► succeeded | failed
+                      └─► invalid (arguments failed the schema; an error result)
+
+The gate (approvals) moves ``requested`` to ``approved`` / ``awaiting_approval`` /
+``denied`` with :func:`invocation_mark`. :func:`invocation_execute` runs only
+from ``approved``, under a row lock, so a replayed or concurrent execution task
+is a no-op (Wagtail ``TaskState`` transitions; STYLE.md "State machines").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import transaction
+from django.utils import timezone
+from pydantic_core import to_jsonable_python
+
+from tools.models import Tool, ToolInvocation
+from tools.registry import ToolArgumentsInvalid, ToolContext, ToolError, ToolSpec, registry
+from tools.selectors import tool_names_for_user_id
+from tools.validation import tool_arguments_parse, tool_arguments_validate
+
+logger = logging.getLogger(__name__)
+
+Status = ToolInvocation.Status
+
+NOT_REGISTERED = "Not registered in this version of Tollgate."
+INTERRUPTED_NOT_RETRIED = "Tool call interrupted; not retried because the tool is not idempotent."
+
+
+class InvocationStateError(Exception):
+    """An invocation is not in the status a transition expects."""
+
+
+# --- Tool rows ------------------------------------------------------------------
+
+
+def tools_sync(*, using: str = "default") -> None:
+    """Create or update one ``Tool`` row per registered tool.
+
+    New rows get ``enabled = spec.enabled_by_default`` (``http.get`` starts
+    disabled). Existing rows get the registry's description, hints and source;
+    the admin's ``enabled`` and ``groups`` choices are never changed. Built-in
+    rows whose tool is no longer registered get ``unavailable_reason`` set (and
+    cleared when it comes back); rows of other sources (``mcp:*``) are left to
+    their owner. Called from a ``post_migrate`` handler (``ToolsConfig.ready``),
+    by ``manage.py tools_sync``, and by whoever registers tools at run time.
+    Safe to run concurrently (``get_or_create``).
+    """
+    specs = registry.all()
+    with transaction.atomic(using=using):
+        rows = {row.name: row for row in Tool.objects.using(using).select_for_update()}
+        for spec in specs:
+            values = {
+                "description": spec.description,
+                "read_only": spec.read_only,
+                "destructive": spec.destructive,
+                "idempotent": spec.idempotent,
+                "open_world": spec.open_world,
+                "source": spec.source,
+            }
+            row = rows.get(spec.name)
+            if row is None:
+                Tool.objects.using(using).get_or_create(
+                    name=spec.name, defaults={**values, "enabled": spec.enabled_by_default}
+                )
+                continue
+            if row.unavailable_reason == NOT_REGISTERED:
+                values["unavailable_reason"] = ""
+            changed = [key for key, value in values.items() if getattr(row, key) != value]
+            if changed:
+                for key in changed:
+                    setattr(row, key, values[key])
+                row.save(using=using, update_fields=[*changed, "updated_at"])
+        registered = {spec.name for spec in specs}
+        for name, row in rows.items():
+            if name not in registered and row.source == "builtin" and not row.unavailable_reason:
+                row.unavailable_reason = NOT_REGISTERED
+                row.save(using=using, update_fields=["unavailable_reason", "updated_at"])
+
+
+# --- Recording ------------------------------------------------------------------
+
+
+def invocations_record(
+    *,
+    run_id: int,
+    message_id: int | None,
+    user_id: int,
+    conversation_id: int,
+    tool_calls: list[dict[str, Any]],
+) -> list[ToolInvocation]:
+    """Store the tool calls of one assistant turn; idempotent per (run, tool_call_id).
+
+    ``tool_calls`` is the OpenAI format: ``[{"id": "call_1", "type": "function",
+    "function": {"name": "<wire name>", "arguments": "<JSON string>"}}]``. The
+    name may be the wire name (``notes__delete``) or the dotted one. Each call
+    is checked before anything else: an unknown tool, one the user may not use,
+    or arguments that fail the schema give status ``invalid`` with ``is_error``
+    and a ``result`` fit to send back to the model; otherwise ``requested`` with
+    the parsed ``arguments_requested``. A call without an id gets ``call_<position>``.
+    A replay returns the rows already stored, unchanged. Returns the rows in call
+    order (duplicate ids within the list are kept once).
+    """
+    available = tool_names_for_user_id(user_id=user_id)
+    invocations: list[ToolInvocation] = []
+    seen: set[str] = set()
+    with transaction.atomic():
+        for position, call in enumerate(tool_calls):
+            call_id = str(call.get("id") or f"call_{position}")[:200]
+            if call_id in seen:
+                continue
+            seen.add(call_id)
+            function = call.get("function") or {}
+            wire = str(function.get("name") or "")
+            raw = function.get("arguments")
+            if raw is None:
+                raw = ""
+            elif not isinstance(raw, str):
+                raw = json.dumps(raw)
+            spec = registry.get_by_wire_name(wire) or registry.get(wire)
+            fields: dict[str, Any] = {
+                "message_id": message_id,
+                "user_id": user_id,
+                "conversation_id": conversation_id,
+                "tool_name": (spec.name if spec else wire)[:200],
+                "position": position,
+                "arguments_raw": raw,
+                "status": Status.REQUESTED,
+            }
+            problem = ""
+            if spec is None or spec.name not in available:
+                problem = (
+                    f"Unknown or unavailable tool {wire!r}. Call only the tools you were given."
+                )
+            else:
+                try:
+                    fields["arguments_requested"] = tool_arguments_parse(spec=spec, raw=raw)
+                except ToolArgumentsInvalid as exc:
+                    problem = str(exc)
+            if problem:
+                fields.update(
+                    status=Status.INVALID,
+                    result=problem,
+                    error=problem,
+                    is_error=True,
+                    finished_at=timezone.now(),
+                )
+            invocation, _created = ToolInvocation.objects.get_or_create(
+                run_id=run_id, tool_call_id=call_id, defaults=fields
+            )
+            # AUDIT: tool.requested {tool_name, tool_call_id, status, run_id} (when _created)
+            invocations.append(invocation)
+    return invocations
+
+
+def invocation_mark(
+    *,
+    invocation_id: int,
+    status: str,
+    expected: Iterable[str] | None = None,
+    result: str | None = None,
+    is_error: bool | None = None,
+    error: str | None = None,
+    decision: str | None = None,
+    decision_explanation: str | None = None,
+    arguments_executed: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> ToolInvocation:
+    """Move an invocation to ``status`` under a row lock and return it.
+
+    For the gate and the loop: ``approved``, ``awaiting_approval``, ``denied``
+    (with the ``result`` the model will read), ``expired``, ``cancelled``.
+    ``expected`` lists the statuses it may come from (default: any unsettled
+    status other than ``running``); otherwise :class:`InvocationStateError`.
+    ``arguments_executed`` (edited arguments) is validated against the tool's
+    schema and raises :class:`ToolArgumentsInvalid` without writing.
+    ``metadata`` is merged into the row's metadata. Settled statuses set
+    ``finished_at``. Opens its own ``transaction.atomic`` (nests in the caller's).
+    """
+    allowed = (
+        set(expected)
+        if expected is not None
+        else {Status.REQUESTED, Status.AWAITING_APPROVAL, Status.APPROVED}
+    )
+    with transaction.atomic():
+        invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
+        if invocation.status not in allowed:
+            raise InvocationStateError(
+                f"Invocation {invocation_id} is {invocation.status}, expected one of "
+                f"{sorted(allowed)}."
+            )
+        if arguments_executed is not None:
+            spec = registry.get(invocation.tool_name)
+            if spec is None:
+                raise InvocationStateError(f"Tool {invocation.tool_name!r} is not registered.")
+            invocation.arguments_executed = tool_arguments_validate(
+                spec=spec, arguments=arguments_executed
+            )
+        invocation.status = status
+        for name, value in (
+            ("result", result),
+            ("is_error", is_error),
+            ("error", error),
+            ("decision", decision),
+            ("decision_explanation", decision_explanation),
+        ):
+            if value is not None:
+                setattr(invocation, name, value)
+        if metadata:
+            invocation.metadata = {**invocation.metadata, **metadata}
+        if status in ToolInvocation.SETTLED and invocation.finished_at is None:
+            invocation.finished_at = timezone.now()
+        invocation.save()
+    return invocation
+
+
+# --- Execution ------------------------------------------------------------------
+
+
+def result_truncate(*, text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` characters and append a note saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return text[:limit] + f"\n[truncated: {cut} of {len(text)} characters cut]"
+
+
+def _result_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False)
+
+
+def _invocation_fail_locked(invocation: ToolInvocation, message: str) -> None:
+    now = timezone.now()
+    invocation.status = Status.FAILED
+    invocation.is_error = True
+    invocation.result = message
+    invocation.error = message
+    invocation.finished_at = now
+    if invocation.started_at is not None:
+        invocation.duration_ms = int((now - invocation.started_at).total_seconds() * 1000)
+    invocation.save()
+    # AUDIT: tool.executed {status: "failed", duration_ms, error: message}
+
+
+def _invocation_claim(
+    *, invocation_id: int
+) -> tuple[ToolInvocation, ToolSpec | None, dict[str, Any] | None]:
+    """Lock; from APPROVED go to RUNNING (attempts + 1) or straight to FAILED.
+
+    Returns (row, spec, arguments); spec is None when there is nothing to run.
+    """
+    with transaction.atomic():
+        invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
+        if invocation.status != Status.APPROVED:
+            return invocation, None, None
+        invocation.status = Status.RUNNING
+        invocation.started_at = timezone.now()
+        invocation.attempts += 1
+        arguments = (
+            invocation.arguments_executed
+            if invocation.arguments_executed is not None
+            else invocation.arguments_requested
+        )
+        invocation.arguments_executed = arguments
+        invocation.save(update_fields=["status", "started_at", "attempts", "arguments_executed"])
+        spec = registry.get(invocation.tool_name)
+        # Deny by default at the last moment too: the admin may have disabled the
+        # tool (or removed the user's group) after the call was approved.
+        if spec is None or spec.name not in tool_names_for_user_id(user_id=invocation.user_id):
+            _invocation_fail_locked(
+                invocation,
+                f"Tool {invocation.tool_name!r} is not available (unregistered, disabled, "
+                "or not allowed for this user); it was not run.",
+            )
+            return invocation, None, None
+        try:
+            tool_arguments_validate(spec=spec, arguments=arguments or {})
+        except ToolArgumentsInvalid as exc:
+            _invocation_fail_locked(invocation, str(exc))
+            return invocation, None, None
+        return invocation, spec, arguments or {}
+
+
+async def _handler_run(
+    *, spec: ToolSpec, arguments: dict[str, Any], ctx: ToolContext
+) -> tuple[str, bool]:
+    """Run the handler with the spec's timeout. Returns (result text, is_error)."""
+    try:
+        # asyncio.timeout is asyncio.wait_for's context-manager form; unlike a bare
+        # ``except TimeoutError`` it tells our deadline apart from a TimeoutError
+        # raised inside the tool. A sync handler runs in a thread, which is
+        # abandoned (not killed) at the deadline.
+        async with asyncio.timeout(spec.timeout_seconds) as deadline:
+            value = await spec.handler(arguments, ctx)
+        return result_truncate(text=_result_text(value), limit=spec.max_result_chars), False
+    except TimeoutError as exc:
+        if deadline.expired():
+            message = f"Tool {spec.name} timed out after {spec.timeout_seconds:g} s."
+        else:
+            message = f"Tool {spec.name} failed: TimeoutError: {exc}"
+    except (ToolError, ToolArgumentsInvalid) as exc:
+        message = str(exc)
+    except Exception as exc:
+        logger.exception("Tool %s raised", spec.name)
+        message = f"Tool {spec.name} failed: {type(exc).__name__}: {exc}"
+    return result_truncate(text=message, limit=spec.max_result_chars), True
+
+
+def _invocation_finish(
+    *, invocation_id: int, attempt: int, result: str, is_error: bool, duration_ms: int
+) -> ToolInvocation:
+    with transaction.atomic():
+        invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
+        if invocation.status != Status.RUNNING or invocation.attempts != attempt:
+            # Settled or re-claimed meanwhile (recovery); the newer writer owns the row.
+            logger.warning(
+                "Invocation %s changed while running (now %s, attempt %s); result dropped",
+                invocation_id,
+                invocation.status,
+                invocation.attempts,
+            )
+            return invocation
+        invocation.status = Status.FAILED if is_error else Status.SUCCEEDED
+        invocation.result = result
+        invocation.is_error = is_error
+        invocation.error = result if is_error else ""
+        invocation.finished_at = timezone.now()
+        invocation.duration_ms = duration_ms
+        invocation.save()
+        # AUDIT: tool.executed {status, duration_ms, tool_name, attempt}
+    return invocation
+
+
+async def invocation_execute(*, invocation_id: int) -> ToolInvocation:
+    """Run one approved invocation exactly once and store its result.
+
+    Under a row lock (``select_for_update``) it proceeds only from ``approved``;
+    any other status returns the row unchanged, so a replayed or concurrent
+    task is a no-op. It sets ``running``, ``started_at``, ``attempts + 1`` and
+    ``arguments_executed`` (the edited arguments if set, else the requested
+    ones), commits, re-checks that the user may still use the tool and that the
+    arguments match the schema, then runs the handler with the tool's
+    ``timeout_seconds``. The result is cut to ``max_result_chars`` with a note.
+    Exceptions, ``ToolError`` and the timeout become an error result (status
+    ``failed``, ``is_error``, a message naming the cause); otherwise
+    ``succeeded``. ``duration_ms`` is the handler's wall time in milliseconds.
+    Must not be called inside a transaction (the RUNNING claim must commit
+    before the tool runs). Raises ``ToolInvocation.DoesNotExist`` for a bad id.
+    """
+    invocation, spec, arguments = await sync_to_async(_invocation_claim)(
+        invocation_id=invocation_id
+    )
+    if spec is None or arguments is None:
+        return invocation
+    ctx = ToolContext(
+        user_id=invocation.user_id,
+        conversation_id=invocation.conversation_id,
+        run_id=invocation.run_id,
+        invocation_id=invocation.pk,
+    )
+    started = time.monotonic()
+    result, is_error = await _handler_run(spec=spec, arguments=arguments, ctx=ctx)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    return await sync_to_async(_invocation_finish)(
+        invocation_id=invocation.pk,
+        attempt=invocation.attempts,
+        result=result,
+        is_error=is_error,
+        duration_ms=duration_ms,
+    )
+
+
+async def invocations_execute(*, invocation_ids: list[int]) -> list[ToolInvocation]:
+    """Run several invocations concurrently (``asyncio.gather``); rows in the given order.
+
+    Each goes through :func:`invocation_execute`, so ids that are not
+    ``approved`` come back unchanged.
+    """
+    return list(
+        await asyncio.gather(*(invocation_execute(invocation_id=pk) for pk in invocation_ids))
+    )
+
+
+def _invocation_recover_claim(*, invocation_id: int, grace_seconds: float) -> bool:
+    """Lock a stuck RUNNING row; re-approve it (True) or fail it (False)."""
+    with transaction.atomic():
+        invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
+        if invocation.status != Status.RUNNING:
+            return False
+        spec = registry.get(invocation.tool_name)
+        timeout = spec.timeout_seconds if spec else 0.0
+        if invocation.started_at is not None:
+            age = (timezone.now() - invocation.started_at).total_seconds()
+            if age < timeout + grace_seconds:
+                return False  # may still be running in a live worker
+        if spec is not None and spec.idempotent:
+            invocation.status = Status.APPROVED
+            invocation.metadata = {
+                **invocation.metadata,
+                "recovered": invocation.metadata.get("recovered", 0) + 1,
+            }
+            invocation.save(update_fields=["status", "metadata"])
+            return True
+        _invocation_fail_locked(invocation, INTERRUPTED_NOT_RETRIED)
+        return False
+
+
+async def invocation_recover_interrupted(
+    *, invocation_id: int, grace_seconds: float = 60.0
+) -> ToolInvocation:
+    """Settle an invocation left ``running`` by a worker that died.
+
+    Acts only when the row is ``running`` and started more than the tool's
+    ``timeout_seconds + grace_seconds`` ago (so a live worker's call is never
+    touched); otherwise returns it unchanged. An idempotent tool (MCP
+    ``idempotentHint``) is put back to ``approved`` and run again through
+    :func:`invocation_execute`; any other tool is failed with
+    "interrupted; not retried because the tool is not idempotent", because
+    it may already have had its effect.
+    """
+    rerun = await sync_to_async(_invocation_recover_claim)(
+        invocation_id=invocation_id, grace_seconds=grace_seconds
+    )
+    if rerun:
+        return await invocation_execute(invocation_id=invocation_id)
+    return await ToolInvocation.objects.aget(pk=invocation_id)
