@@ -275,6 +275,7 @@ TOLLGATE_SANDBOX_FILE_SIZE_BYTES = env.int(
 TOLLGATE_SANDBOX_PROCESSES = env.int("TOLLGATE_SANDBOX_PROCESSES", default=64)
 TOLLGATE_SANDBOX_OUTPUT_BYTES = env.int("TOLLGATE_SANDBOX_OUTPUT_BYTES", default=64 * 1024)
 TOLLGATE_SANDBOX_TMP_BYTES = env.int("TOLLGATE_SANDBOX_TMP_BYTES", default=64 * 1024 * 1024)
+
 # --- Tools ------------------------------------------------------------------
 
 # Hosts http.get may fetch (also editable in admin: "HTTP allowed hosts"). Entries:
