@@ -250,3 +250,19 @@ LOGGING = {
 # --- Tollgate ---------------------------------------------------------------
 
 TOLLGATE_MAX_MESSAGE_CHARS = env.int("TOLLGATE_MAX_MESSAGE_CHARS", default=100_000)
+
+# --- approvals ---------------------------------------------------------------
+
+# Seconds an approval request stays open when its rule sets no override.
+TOLLGATE_APPROVAL_EXPIRY_SECONDS = env.int("TOLLGATE_APPROVAL_EXPIRY_SECONDS", default=1800)
+# Dotted path of ``handler(approval)``, called inside the deciding transaction
+# when a request is approved, denied or expires (approvals/services.py).
+TOLLGATE_APPROVAL_DECIDED_HANDLER = env.str("TOLLGATE_APPROVAL_DECIDED_HANDLER", default="") or None
+# How often beat (or the embedded timer) expires overdue requests, in seconds.
+TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS = env.float(
+    "TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS", default=30.0
+)
+CELERY_BEAT_SCHEDULE["approvals-expire"] = {
+    "task": "approvals.tasks.expire_approvals",
+    "schedule": TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS,
+}
