@@ -35,6 +35,8 @@ _calls = itertools.count(1)
 @pytest.fixture(autouse=True)
 def decided_handler(settings):
     settings.TOLLGATE_APPROVAL_DECIDED_HANDLER = HANDLER
+    # Users are made by the dozen here; the default hasher costs a second each on a busy machine.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     handlers.CALLS.clear()
     yield handlers.CALLS
     handlers.CALLS.clear()
