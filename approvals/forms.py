@@ -109,7 +109,7 @@ class DecisionForm(forms.Form):
                 choices=[("", "—")] + [(json.dumps(v), str(v)) for v in spec["enum"]],
             )
         if kind == "string":
-            long = spec.get("maxLength", 1000) > 200 or spec.get("format") == "textarea"
+            long = spec.get("maxLength", 0) > 200 or spec.get("format") == "textarea"
             return forms.CharField(
                 label=label,
                 help_text=help_text,

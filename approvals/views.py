@@ -10,6 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
+from approvals.events import approval_badge_html
 from approvals.forms import ApprovalFilterForm, DecisionForm
 from approvals.models import ApprovalRequest
 from approvals.selectors import (
@@ -100,7 +101,11 @@ def _card_response(
         "preview_errors": preview_errors,
     }
     if request.htmx:
-        return render(request, "approvals/panel.html#approval-card", context, status=status)
+        response = render(request, "approvals/panel.html#approval-card", context, status=status)
+        if request.method == "POST":
+            # The page's badge count changes with the decision: swap it out of band.
+            response.write(approval_badge_html(user=request.user, oob=True))
+        return response
     context["single"] = True
     return render(request, "approvals/panel.html", context, status=status)
 
