@@ -134,7 +134,10 @@ def audit_record(
 
     Call inside or outside a transaction: appends are serialised by a row
     lock on the chain head, held until the surrounding transaction ends, so
-    concurrent writers never fork the chain. An event written inside a
+    concurrent writers never fork the chain. Every audited transaction
+    queues on that lock: audit as the last write of a transaction (the
+    services here do) and keep such transactions short, so no other lock
+    is awaited while holding it. An event written inside a
     transaction that rolls back disappears with it. Raises ``ValueError``
     for NaN/infinity in ``data``.
     """
@@ -382,6 +385,8 @@ def _expire_locked(approval: ApprovalRequest, *, now: datetime) -> None:
     approval.decided_at = now
     approval.reason = EXPIRED_REASON
     approval.save(update_fields=["status", "decided_at", "reason"])
+    # The handler first: the audit chain-head lock is taken last (see audit_record).
+    _call_decided_handler(approval)
     audit_record(
         action="approval.expired",
         target_type="approval_request",
@@ -392,7 +397,6 @@ def _expire_locked(approval: ApprovalRequest, *, now: datetime) -> None:
             "expires_at": approval.expires_at,
         },
     )
-    _call_decided_handler(approval)
     from approvals.events import approval_push
 
     approval_push(approval.pk)
@@ -532,6 +536,7 @@ def _decide_locked(
         ]
     )
     rule_id = None
+    rule: ApprovalPolicy | None = None
     if always_allow:
         rule = ApprovalPolicy.objects.create(
             user_id=approval.requester_id,
@@ -542,6 +547,9 @@ def _decide_locked(
             created_by=actor,
         )
         rule_id = rule.pk
+    # The handler first: the audit chain-head lock is taken last (see audit_record).
+    _call_decided_handler(approval)
+    if rule is not None:
         policy_changed_record(policy=rule, operation="created", actor=actor, ip=ip)
     audit_record(
         action="approval.decided",
@@ -561,7 +569,6 @@ def _decide_locked(
         },
         ip=ip,
     )
-    _call_decided_handler(approval)
     from approvals.events import approval_push
 
     approval_push(approval.pk)
@@ -629,6 +636,9 @@ def approvals_cancel_for_run(*, run_id: int, actor: Any = None) -> int:
             approval.decided_by = actor if getattr(actor, "pk", None) else None
             approval.reason = "The run was cancelled."
             approval.save(update_fields=["status", "decided_at", "decided_by", "reason"])
+            approval_push(approval.pk)
+            count += 1
+        for approval in pending:
             audit_record(
                 action="approval.cancelled",
                 actor=actor,
@@ -636,8 +646,6 @@ def approvals_cancel_for_run(*, run_id: int, actor: Any = None) -> int:
                 target_id=approval.pk,
                 data={"run_id": run_id, "tool": approval.tool_name},
             )
-            approval_push(approval.pk)
-            count += 1
     return count
 
 
