@@ -8,3 +8,6 @@ class ApprovalsConfig(AppConfig):
 
     name = "approvals"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from approvals import signals  # noqa: F401  (connects the sign-in audit receivers)

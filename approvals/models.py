@@ -1,1 +1,398 @@
+"""Approval policies, approval requests and the append-only audit trail.
+
+Foreign keys "upward" (to ``tools``) are by string only: this app never
+imports ``tools`` or ``conversations`` (DESIGN.md: conversations → tools →
+approvals → accounts).
+"""
+
 from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+GLOB_CHARS = "*?["
+TOOL_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.:/\-*?\[\]!]+$")
+
+
+class AuditAppendOnlyError(Exception):
+    """An audit event was about to be changed or deleted; the trail is append-only."""
+
+
+# --- Audit trail -----------------------------------------------------------------
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """A queryset that refuses every bulk write but inserts of single rows.
+
+    ``update``, ``delete``, ``bulk_update`` and ``bulk_create`` raise
+    ``AuditAppendOnlyError``; new events are written by
+    ``approvals.services.audit_record`` only, which chains their hashes.
+    """
+
+    def update(self, **kwargs: Any) -> int:
+        raise AuditAppendOnlyError("Audit events cannot be updated.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AuditAppendOnlyError("Audit events cannot be deleted.")
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> int:
+        raise AuditAppendOnlyError("Audit events cannot be updated.")
+
+    def bulk_create(self, *args: Any, **kwargs: Any) -> list:
+        raise AuditAppendOnlyError("Audit events are written one by one by audit_record().")
+
+    def _raw_delete(self, using: str) -> int:
+        raise AuditAppendOnlyError("Audit events cannot be deleted.")
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    update.alters_data = True  # type: ignore[attr-defined]
+
+
+class AuditEvent(models.Model):
+    """One thing that happened, hash-chained to the event before it.
+
+    ``hash`` is SHA-256 over the canonical JSON of (sequence, created_at,
+    actor_id, action, target_type, target_id, data, ip, prev_hash); see
+    ``approvals.services.audit_event_hash``. Any edit of a stored row, or a row
+    removed from the middle, breaks the chain; ``manage.py audit_verify``
+    finds it.
+
+    The actor is a plain id column with no database constraint, so deleting a
+    user neither rewrites (``SET NULL``) nor deletes (``CASCADE``) history.
+    """
+
+    sequence = models.PositiveBigIntegerField(unique=True, editable=False)
+    created_at = models.DateTimeField(editable=False, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    action = models.CharField(max_length=100, db_index=True)
+    target_type = models.CharField(max_length=100, blank=True)
+    target_id = models.CharField(max_length=100, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-sequence",)
+        indexes: ClassVar = [models.Index(fields=["target_type", "target_id"])]
+
+    def __str__(self) -> str:
+        return f"#{self.sequence} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Insert once; refuse every later save. Raises ``AuditAppendOnlyError``."""
+        if not self._state.adding or kwargs.get("force_update") or kwargs.get("update_fields"):
+            raise AuditAppendOnlyError("Audit events cannot be changed once written.")
+        if not self.hash or not self.prev_hash:
+            raise AuditAppendOnlyError("Write audit events with approvals.services.audit_record().")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Always raises ``AuditAppendOnlyError``."""
+        raise AuditAppendOnlyError("Audit events cannot be deleted.")
+
+
+class AuditChainHead(models.Model):
+    """The single row (pk=1) that holds the newest event's sequence and hash.
+
+    Appending locks it (``SELECT … FOR UPDATE``), which serialises writers on
+    PostgreSQL; SQLite serialises writers by itself. It also lets
+    ``audit_verify`` notice rows removed from the end of the chain.
+    """
+
+    last_sequence = models.PositiveBigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"audit chain head #{self.last_sequence}"
+
+
+# --- Policies --------------------------------------------------------------------
+
+
+def tool_pattern_is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in GLOB_CHARS)
+
+
+def tool_pattern_literal_prefix(pattern: str) -> int:
+    """Length of the part of a glob before its first wildcard."""
+    positions = [pattern.index(c) for c in GLOB_CHARS if c in pattern]
+    return min(positions) if positions else len(pattern)
+
+
+class ApprovalPolicy(models.Model):
+    """One gate rule: who, which tool, action, optionally only when an argument matches.
+
+    Subject: ``user``, or ``group``, or neither (everyone). ``conversation_id``
+    narrows a user's rule to one conversation (the "always allow this tool in
+    this conversation" button makes these). Precedence is documented on
+    ``approvals.selectors.gate_evaluate`` and in ``docs/policies.md``.
+    """
+
+    class Action(models.TextChoices):
+        ALLOW = "allow"
+        ASK = "ask"
+        DENY = "deny"
+
+    class Operator(models.TextChoices):
+        EQUALS = "equals"
+        IN = "in"
+        MATCHES = "matches", "matches (regular expression)"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="approval_policies",
+    )
+    group = models.ForeignKey(
+        Group, on_delete=models.CASCADE, null=True, blank=True, related_name="approval_policies"
+    )
+    conversation_id = models.BigIntegerField(
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="Only in this conversation (requires a user).",
+    )
+    tool_pattern = models.CharField(
+        max_length=200, help_text="Exact tool name or a glob such as notes.* (case-sensitive)."
+    )
+    action = models.CharField(max_length=8, choices=Action.choices)
+    condition_path = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Argument path such as path.to.key, items[0].name or $.key; blank: always.",
+    )
+    condition_operator = models.CharField(max_length=8, choices=Operator.choices, blank=True)
+    condition_value = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="JSON: a value (equals), a list (in), or a regular expression string (matches).",
+    )
+    approvers_group = models.ForeignKey(
+        Group,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="approver_policies",
+        help_text="Who decides requests this rule asks for; blank: the requester decides.",
+    )
+    expires_after_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds a request stays open; blank: TOLLGATE_APPROVAL_EXPIRY_SECONDS.",
+    )
+    enabled = models.BooleanField(default=True)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("id",)
+        verbose_name_plural = "approval policies"
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=True) | Q(group__isnull=True),
+                name="approvals_policy_user_or_group",
+            ),
+            models.CheckConstraint(
+                condition=Q(conversation_id__isnull=True) | Q(user__isnull=False),
+                name="approvals_policy_conversation_needs_user",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.action} {self.tool_pattern} for {self.subject_label}"
+
+    @property
+    def subject_label(self) -> str:
+        if self.conversation_id is not None:
+            return f"user {self.user} in conversation {self.conversation_id}"
+        if self.user_id is not None:
+            return f"user {self.user}"
+        if self.group_id is not None:
+            return f"group {self.group}"
+        return "everyone"
+
+    @property
+    def condition_label(self) -> str:
+        if not self.condition_path:
+            return ""
+        return f"{self.condition_path} {self.condition_operator} {self.condition_value!r}"
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if self.user_id is not None and self.group_id is not None:
+            errors.setdefault("group", []).append("Choose a user or a group, not both.")
+        if self.conversation_id is not None and self.user_id is None:
+            errors.setdefault("user", []).append("A conversation-scoped rule needs a user.")
+        pattern = self.tool_pattern or ""
+        if not pattern or not TOOL_PATTERN_RE.match(pattern):
+            errors.setdefault("tool_pattern", []).append(
+                "Use a tool name or a glob of letters, digits, . _ - : / and * ? [ ]."
+            )
+        else:
+            try:
+                re.compile(fnmatch.translate(pattern))
+            except re.error as exc:
+                errors.setdefault("tool_pattern", []).append(f"Invalid glob: {exc}.")
+            if pattern.count("[") != pattern.count("]"):
+                errors.setdefault("tool_pattern", []).append("Unbalanced [ ] in the glob.")
+        if self.condition_path or self.condition_operator:
+            if not self.condition_path:
+                errors.setdefault("condition_path", []).append("A condition needs a field path.")
+            if not self.condition_operator:
+                errors.setdefault("condition_operator", []).append("A condition needs an operator.")
+            if self.condition_operator == self.Operator.IN and not isinstance(
+                self.condition_value, list
+            ):
+                errors.setdefault("condition_value", []).append("'in' needs a JSON list.")
+            if self.condition_operator == self.Operator.MATCHES:
+                if not isinstance(self.condition_value, str):
+                    errors.setdefault("condition_value", []).append(
+                        "'matches' needs a regular expression as a JSON string."
+                    )
+                else:
+                    try:
+                        re.compile(self.condition_value)
+                    except re.error as exc:
+                        errors.setdefault("condition_value", []).append(
+                            f"Invalid regular expression: {exc}."
+                        )
+            if self.condition_path:
+                from approvals.conditions import parse_path
+
+                try:
+                    parse_path(self.condition_path)
+                except ValueError as exc:
+                    errors.setdefault("condition_path", []).append(str(exc))
+        if errors:
+            raise ValidationError(errors)
+
+
+# --- Approval requests -----------------------------------------------------------
+
+
+class ApprovalRequest(models.Model):
+    """A tool call waiting for (or past) a human decision.
+
+    Bound to the exact arguments shown (``arguments_hash``) and single-use:
+    the status leaves ``pending`` once, under a row lock, and a check
+    constraint ties ``decided_at`` to that (null exactly while pending).
+    ``arguments_schema`` is a copy of the tool's JSON Schema so edits are
+    validated here without importing ``tools``.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        DENIED = "denied"
+        EXPIRED = "expired"
+        CANCELLED = "cancelled"
+
+    invocation = models.OneToOneField(
+        "tools.ToolInvocation", on_delete=models.CASCADE, related_name="approval"
+    )
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="approval_requests"
+    )
+    approver_group = models.ForeignKey(
+        Group,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="approval_requests",
+        help_text="Members decide; blank: the requester decides.",
+    )
+    conversation_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    tool_name = models.CharField(max_length=200, db_index=True)
+    tool_description = models.TextField(blank=True)
+    hints = models.JSONField(default=dict, blank=True)
+    arguments = models.JSONField(default=dict, blank=True)
+    arguments_schema = models.JSONField(default=dict, blank=True)
+    arguments_hash = models.CharField(max_length=64)
+    explanation = models.CharField(max_length=500, blank=True)
+    policy = models.ForeignKey(
+        ApprovalPolicy, on_delete=models.SET_NULL, null=True, blank=True, related_name="requests"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    expires_at = models.DateTimeField()
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="approval_decisions",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    edited_arguments = models.JSONField(null=True, blank=True)
+    arguments_diff = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=(Q(status="pending") & Q(decided_at__isnull=True))
+                | (~Q(status="pending") & Q(decided_at__isnull=False)),
+                name="approvals_request_decided_iff_not_pending",
+            ),
+        ]
+        indexes: ClassVar = [
+            models.Index(fields=["status", "expires_at"]),
+            models.Index(fields=["requester", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Approval {self.pk} {self.tool_name} ({self.status})"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == self.Status.PENDING
+
+    @property
+    def effective_arguments(self) -> Any:
+        """The arguments to execute: the edited ones when a decider edited them."""
+        return self.edited_arguments if self.edited_arguments is not None else self.arguments
+
+    @property
+    def is_destructive(self) -> bool:
+        return hints_destructive(self.hints or {})
+
+    @property
+    def conversation_url(self) -> str:
+        return f"/c/{self.conversation_id}/" if self.conversation_id else ""
+
+
+def hints_destructive(hints: dict[str, Any]) -> bool:
+    """MCP semantics: ``destructive`` defaults to true unless the tool is read-only."""
+    if "destructive" in hints:
+        return bool(hints["destructive"])
+    return not bool(hints.get("read_only"))

@@ -286,3 +286,18 @@ TOLLGATE_HTTP_ALLOWLIST = env.list("TOLLGATE_HTTP_ALLOWLIST", default=[])
 TOLLGATE_HTTP_MAX_BYTES = env.int("TOLLGATE_HTTP_MAX_BYTES", default=1_000_000)
 # Connect/read timeout of one http.get request, in seconds.
 TOLLGATE_HTTP_TIMEOUT_SECONDS = env.float("TOLLGATE_HTTP_TIMEOUT_SECONDS", default=10.0)
+# --- approvals ---------------------------------------------------------------
+
+# Seconds an approval request stays open when its rule sets no override.
+TOLLGATE_APPROVAL_EXPIRY_SECONDS = env.int("TOLLGATE_APPROVAL_EXPIRY_SECONDS", default=1800)
+# Dotted path of ``handler(approval)``, called inside the deciding transaction
+# when a request is approved, denied or expires (approvals/services.py).
+TOLLGATE_APPROVAL_DECIDED_HANDLER = env.str("TOLLGATE_APPROVAL_DECIDED_HANDLER", default="") or None
+# How often beat (or the embedded timer) expires overdue requests, in seconds.
+TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS = env.float(
+    "TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS", default=30.0
+)
+CELERY_BEAT_SCHEDULE["approvals-expire"] = {
+    "task": "approvals.tasks.expire_approvals",
+    "schedule": TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS,
+}

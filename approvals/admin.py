@@ -1,0 +1,135 @@
+"""Admin: policies (every save and delete is audited); requests and audit events read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from approvals.models import ApprovalPolicy, ApprovalRequest, AuditEvent
+from approvals.services import policy_changed_record, policy_snapshot
+
+
+def _ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+@admin.register(ApprovalPolicy)
+class ApprovalPolicyAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "tool_pattern",
+        "action",
+        "subject",
+        "conversation_id",
+        "condition",
+        "approvers_group",
+        "expires_after_seconds",
+        "enabled",
+    )
+    list_filter = ("action", "enabled", "group", "approvers_group")
+    search_fields = ("tool_pattern", "description", "user__email", "group__name")
+    raw_id_fields = ("user",)
+    readonly_fields = ("created_by", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("tool_pattern", "action", "enabled", "description")}),
+        (
+            "Who",
+            {
+                "fields": ("user", "group", "conversation_id"),
+                "description": "A user, or a group, or neither for everyone.",
+            },
+        ),
+        (
+            "Only when an argument matches",
+            {"fields": ("condition_path", "condition_operator", "condition_value")},
+        ),
+        ("Asking", {"fields": ("approvers_group", "expires_after_seconds")}),
+        ("History", {"fields": ("created_by", "created_at", "updated_at")}),
+    )
+
+    @admin.display(description="who")
+    def subject(self, obj: ApprovalPolicy) -> str:
+        return obj.subject_label
+
+    @admin.display(description="condition")
+    def condition(self, obj: ApprovalPolicy) -> str:
+        return obj.condition_label
+
+    def save_model(
+        self, request: HttpRequest, obj: ApprovalPolicy, form: Any, change: bool
+    ) -> None:
+        before = None
+        if change and obj.pk:
+            old = ApprovalPolicy.objects.filter(pk=obj.pk).first()
+            before = policy_snapshot(old) if old else None
+        else:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        policy_changed_record(
+            policy=obj,
+            operation="updated" if change else "created",
+            actor=request.user,
+            ip=_ip(request),
+            before=before,
+        )
+
+    def delete_model(self, request: HttpRequest, obj: ApprovalPolicy) -> None:
+        before = policy_snapshot(obj)
+        pk = obj.pk
+        super().delete_model(request, obj)
+        obj.pk = pk
+        policy_changed_record(
+            policy=obj, operation="deleted", actor=request.user, ip=_ip(request), before=before
+        )
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApprovalPolicy]) -> None:
+        for obj in list(queryset):
+            self.delete_model(request, obj)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ApprovalRequest)
+class ApprovalRequestAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "tool_name",
+        "requester",
+        "status",
+        "approver_group",
+        "decided_by",
+        "created_at",
+        "decided_at",
+    )
+    list_filter = ("status", "tool_name", "approver_group")
+    search_fields = ("tool_name", "requester__email", "reason")
+    list_select_related = ("requester", "approver_group", "decided_by")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = (
+        "sequence",
+        "created_at",
+        "action",
+        "actor_id",
+        "target_type",
+        "target_id",
+        "ip",
+    )
+    list_filter = ("action", "target_type")
+    search_fields = ("action", "target_id")
+    date_hierarchy = "created_at"
+    ordering = ("-sequence",)

@@ -1,0 +1,107 @@
+"""Pushes to browsers: the approval card and the pending badge, as htmx OOB fragments.
+
+Every message is ``{"type": "html.push", "html": ...}`` sent to ``user.<id>``
+groups on commit (DESIGN.md, "Events to the browser"). Each recipient gets
+their own rendering: the buttons only for those who may decide, their own
+badge count.
+
+Where a pushed card lands:
+- an update replaces the element ``#approval-<id>`` wherever it is (OOB by id);
+- a new request (``created=True``) is also put into ``#approval-slot-<invocation id>``
+  (innerHTML: the chat page's place for it under the tool call) and prepended to
+  ``#approvals-live`` (the approvals page). A page holds at most one of the two.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.template.loader import render_to_string
+
+from approvals.models import ApprovalRequest
+from approvals.selectors import approval_can_decide, approvals_pending_count
+
+logger = logging.getLogger(__name__)
+
+CARD_TEMPLATE = "approvals/panel.html#approval-card"
+BADGE_TEMPLATE = "approvals/panel.html#approval-badge"
+
+
+def approval_card_html(*, approval: ApprovalRequest, user: Any, oob: bool = False) -> str:
+    """The card as ``user`` sees it (buttons only if they may decide)."""
+    return render_to_string(
+        CARD_TEMPLATE,
+        {
+            "approval": approval,
+            "can_decide": approval_can_decide(user=user, approval=approval),
+            "viewer": user,
+            "oob": oob,
+        },
+    )
+
+
+def approval_badge_html(*, user: Any, oob: bool = False) -> str:
+    """The navigation badge with ``user``'s pending count."""
+    return render_to_string(
+        BADGE_TEMPLATE,
+        {"approvals_pending_count": approvals_pending_count(user=user), "oob": oob},
+    )
+
+
+def approval_push_html(*, approval: ApprovalRequest, user: Any, created: bool = False) -> str:
+    """The whole push for one recipient: card (OOB) and badge (OOB)."""
+    parts: list[str] = []
+    if created:
+        card = approval_card_html(approval=approval, user=user)
+        parts.append(
+            f'<div hx-swap-oob="innerHTML:#approval-slot-{approval.invocation_id}">{card}</div>'
+        )
+        parts.append(f'<div hx-swap-oob="afterbegin:#approvals-live">{card}</div>')
+    else:
+        parts.append(approval_card_html(approval=approval, user=user, oob=True))
+    parts.append(approval_badge_html(user=user, oob=True))
+    return "\n".join(parts)
+
+
+def approval_recipients(approval: ApprovalRequest) -> list[Any]:
+    """The requester and every active member of the approver group."""
+    user_model = get_user_model()
+    ids = {approval.requester_id}
+    if approval.approver_group_id is not None:
+        ids |= set(
+            user_model.objects.filter(groups=approval.approver_group_id).values_list(
+                "pk", flat=True
+            )
+        )
+    return list(user_model.objects.filter(pk__in=ids, is_active=True))
+
+
+def approval_send(approval_id: int, *, created: bool = False) -> None:
+    """Render and ``group_send`` the card and badge to every recipient now."""
+    approval = (
+        ApprovalRequest.objects.select_related("requester", "decided_by", "approver_group")
+        .filter(pk=approval_id)
+        .first()
+    )
+    if approval is None:
+        return
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for user in approval_recipients(approval):
+        html = approval_push_html(approval=approval, user=user, created=created)
+        async_to_sync(layer.group_send)(f"user.{user.pk}", {"type": "html.push", "html": html})
+
+
+def approval_push(approval_id: int, *, created: bool = False) -> None:
+    """Schedule ``approval_send`` for when the current transaction commits.
+
+    Outside a transaction it runs at once. Failures (Redis down) are logged,
+    never raised: the database is the truth and a reload shows the state.
+    """
+    transaction.on_commit(lambda: approval_send(approval_id, created=created), robust=True)

@@ -1,0 +1,696 @@
+"""Writes: the audit trail, the gate, approval requests and their decisions.
+
+State transitions follow Wagtail's ``TaskState`` habit (STYLE.md): lock the
+row, check the expected status, write, record who and when, audit, and push
+to browsers with ``transaction.on_commit``.
+
+The decided-handler contract (``settings.TOLLGATE_APPROVAL_DECIDED_HANDLER``,
+a dotted path, default ``None``): ``handler(approval: ApprovalRequest) -> None``
+is called once per request that leaves ``pending`` by approval, denial or
+expiry, inside the transaction that holds the request's row lock, after its
+status, ``decided_*`` fields and edits are saved. Execute
+``approval.effective_arguments``. Schedule work with
+``transaction.on_commit``; an exception rolls the decision back.
+Cancellation (``approvals_cancel_for_run``) does not call it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from jsonschema import SchemaError
+from jsonschema.validators import Draft202012Validator, validator_for
+
+from approvals.canonical import arguments_hash as compute_arguments_hash
+from approvals.canonical import json_safe
+from approvals.models import (
+    ApprovalPolicy,
+    ApprovalRequest,
+    AuditChainHead,
+    AuditEvent,
+)
+from approvals.selectors import (
+    GENESIS_HASH,
+    GateDecision,
+    approval_can_decide,
+    audit_event_hash,
+    gate_evaluate,
+)
+
+logger = logging.getLogger(__name__)
+
+EXPIRED_REASON = "not approved in time"
+
+
+class ApprovalError(Exception):
+    """Base of the errors ``approval_decide`` raises; ``str()`` is a message for people."""
+
+
+class ApprovalNotFound(ApprovalError):
+    """No such approval, or the user may not see it (answer 404)."""
+
+
+class ApprovalForbidden(ApprovalError):
+    """The actor may not decide this approval (answer 403; it is audited)."""
+
+
+class AlwaysAllowRefused(ApprovalForbidden):
+    """ "Always allow" was asked for a destructive tool, which it never covers."""
+
+
+class ApprovalNotPending(ApprovalError):
+    """The approval was already decided, expired or cancelled (answer 409)."""
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApprovalArgumentsMismatch(ApprovalError):
+    """The decision quotes a hash of other arguments than the request's (answer 409)."""
+
+
+class ApprovalArgumentsInvalid(ApprovalError):
+    """Edited arguments do not validate against the tool's JSON Schema (answer 400)."""
+
+    def __init__(self, message: str, *, errors: list[str]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+# --- Audit trail -----------------------------------------------------------------
+
+
+def _normalise_ip(ip: str | None) -> str | None:
+    if not ip:
+        return None
+    try:
+        return str(ipaddress.ip_address(ip.strip()))
+    except ValueError:
+        return None
+
+
+def _chain_head_locked() -> AuditChainHead:
+    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+    if head is not None:
+        return head
+    # First event ever (or after a test flush): create the head from the last
+    # event, tolerating a concurrent writer that creates it first.
+    last = AuditEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
+    try:
+        with transaction.atomic():
+            AuditChainHead.objects.create(
+                pk=1,
+                last_sequence=last[0] if last else 0,
+                last_hash=last[1] if last else "",
+            )
+    except IntegrityError:
+        pass
+    return AuditChainHead.objects.select_for_update().get(pk=1)
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: Any = None,
+    target_type: str = "",
+    target_id: str | int = "",
+    data: dict | None = None,
+    ip: str | None = None,
+) -> AuditEvent:
+    """Append one event to the hash-chained audit trail and return it.
+
+    ``action``: a dotted name (``approval.decided``). ``actor``: a user or
+    ``None`` (system). ``target_type``/``target_id``: what it is about.
+    ``data``: JSON-able details (dates and Decimals become strings). ``ip``:
+    the client address; an unparsable one is stored as null.
+
+    Call inside or outside a transaction: appends are serialised by a row
+    lock on the chain head, held until the surrounding transaction ends, so
+    concurrent writers never fork the chain. Every audited transaction
+    queues on that lock: audit as the last write of a transaction (the
+    services here do) and keep such transactions short, so no other lock
+    is awaited while holding it. An event written inside a
+    transaction that rolls back disappears with it. Raises ``ValueError``
+    for NaN/infinity in ``data``.
+    """
+    clean_data = json_safe(data or {})
+    clean_ip = _normalise_ip(ip)
+    actor_id = getattr(actor, "pk", None) if actor is not None else None
+    with transaction.atomic():
+        head = _chain_head_locked()
+        sequence = head.last_sequence + 1
+        prev_hash = head.last_hash or GENESIS_HASH
+        created_at = timezone.now()
+        event = AuditEvent(
+            sequence=sequence,
+            created_at=created_at,
+            actor_id=actor_id,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            data=clean_data,
+            ip=clean_ip,
+            prev_hash=prev_hash,
+        )
+        event.hash = audit_event_hash(
+            sequence=sequence,
+            created_at=created_at,
+            actor_id=actor_id,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            data=clean_data,
+            ip=clean_ip,
+            prev_hash=prev_hash,
+        )
+        event.save()
+        AuditChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=event.hash)
+    return event
+
+
+def policy_snapshot(policy: ApprovalPolicy) -> dict[str, Any]:
+    """The fields of a rule as JSON, for ``policy.changed`` events."""
+    return {
+        "id": policy.pk,
+        "user_id": policy.user_id,
+        "group_id": policy.group_id,
+        "conversation_id": policy.conversation_id,
+        "tool_pattern": policy.tool_pattern,
+        "action": policy.action,
+        "condition_path": policy.condition_path,
+        "condition_operator": policy.condition_operator,
+        "condition_value": policy.condition_value,
+        "approvers_group_id": policy.approvers_group_id,
+        "expires_after_seconds": policy.expires_after_seconds,
+        "enabled": policy.enabled,
+        "description": policy.description,
+    }
+
+
+def policy_changed_record(
+    *,
+    policy: ApprovalPolicy,
+    operation: str,
+    actor: Any = None,
+    ip: str | None = None,
+    before: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Audit ``policy.changed`` (``operation``: created, updated or deleted) with a field diff."""
+    after = policy_snapshot(policy) if operation != "deleted" else None
+    return audit_record(
+        action="policy.changed",
+        actor=actor,
+        target_type="approval_policy",
+        target_id=policy.pk or "",
+        data={
+            "operation": operation,
+            "before": before,
+            "after": after,
+            "diff": json_diff(before or {}, after or {}),
+        },
+        ip=ip,
+    )
+
+
+# --- The gate --------------------------------------------------------------------
+
+
+def gate_decide(
+    *,
+    user: Any,
+    tool_name: str,
+    hints: dict[str, bool],
+    arguments: dict,
+    conversation_id: int | None,
+    trusted_hints: bool = True,
+    invocation_id: int | None = None,
+) -> GateDecision:
+    """Decide allow / ask / deny for one tool call and audit ``gate.decided``.
+
+    The rules and their precedence are ``approvals.selectors.gate_evaluate``'s
+    (see there and docs/policies.md). ``invocation_id`` (optional) names the
+    ``ToolInvocation`` in the audit event. Call inside the transaction that
+    records the decision on the invocation, so both commit together.
+    """
+    decision = gate_evaluate(
+        user=user,
+        tool_name=tool_name,
+        hints=hints,
+        arguments=arguments,
+        conversation_id=conversation_id,
+        trusted_hints=trusted_hints,
+    )
+    audit_record(
+        action="gate.decided",
+        actor=user,
+        target_type="tool_invocation" if invocation_id is not None else "tool",
+        target_id=invocation_id if invocation_id is not None else tool_name,
+        data={
+            "tool": tool_name,
+            "action": decision.action,
+            "policy_id": decision.policy_id,
+            "explanation": decision.explanation,
+            "conversation_id": conversation_id,
+            "hints": hints,
+            "trusted_hints": trusted_hints,
+        },
+    )
+    return decision
+
+
+# --- Approval requests -----------------------------------------------------------
+
+
+def json_diff(before: Any, after: Any) -> list[dict[str, Any]]:
+    """Per-key diff of two JSON objects: ``[{"key", "op", "old", "new"}]``.
+
+    ``op`` is ``added``, ``removed`` or ``changed``; nested values are compared
+    whole. Non-object values are compared as a single ``$`` key.
+    """
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        if before == after:
+            return []
+        return [{"key": "$", "op": "changed", "old": before, "new": after}]
+    rows: list[dict[str, Any]] = []
+    for key in sorted(set(before) | set(after)):
+        if key not in after:
+            rows.append({"key": key, "op": "removed", "old": before[key], "new": None})
+        elif key not in before:
+            rows.append({"key": key, "op": "added", "old": None, "new": after[key]})
+        elif before[key] != after[key] or type(before[key]) is not type(after[key]):
+            rows.append({"key": key, "op": "changed", "old": before[key], "new": after[key]})
+    return rows
+
+
+def arguments_validate(*, schema: dict, arguments: Any) -> list[str]:
+    """Validate ``arguments`` against a JSON Schema; return readable errors (empty: valid).
+
+    Uses the draft the schema declares (``$schema``), else 2020-12.
+    """
+    if not isinstance(arguments, dict):
+        return ["Arguments must be a JSON object."]
+    if not schema:
+        return []
+    cls = validator_for(schema, default=Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        return [f"The tool's argument schema is invalid: {exc.message}"]
+    errors = []
+    for error in sorted(cls(schema).iter_errors(arguments), key=lambda e: list(e.path)):
+        where = ".".join(str(p) for p in error.path) or "(arguments)"
+        errors.append(f"{where}: {error.message}")
+    return errors
+
+
+def approval_request_create(
+    *,
+    invocation_id: int,
+    requester: Any,
+    conversation_id: int | None,
+    run_id: int | None,
+    tool_name: str,
+    tool_description: str,
+    hints: dict[str, bool],
+    arguments: dict,
+    arguments_schema: dict,
+    decision: GateDecision,
+) -> ApprovalRequest:
+    """Create the pending request for an "ask" decision, audit it, push the card.
+
+    ``arguments`` are stored and hashed canonically (``arguments_hash``);
+    ``expires_at`` is now + ``decision.expires_after_seconds``; the approver
+    group comes from the deciding rule. Call inside ``transaction.atomic``
+    with the invocation's state change; the card and badge are pushed to the
+    requester and the approvers on commit. Raises ``IntegrityError`` when the
+    invocation already has a request (one per invocation).
+    """
+    clean_arguments = json_safe(arguments)
+    approval = ApprovalRequest.objects.create(
+        invocation_id=invocation_id,
+        requester=requester,
+        approver_group_id=decision.approver_group_id,
+        conversation_id=conversation_id,
+        run_id=run_id,
+        tool_name=tool_name,
+        tool_description=tool_description,
+        hints=json_safe(hints),
+        arguments=clean_arguments,
+        arguments_schema=json_safe(arguments_schema or {}),
+        arguments_hash=compute_arguments_hash(clean_arguments),
+        explanation=decision.explanation[:500],
+        policy_id=decision.policy_id,
+        expires_at=timezone.now() + timedelta(seconds=decision.expires_after_seconds),
+    )
+    audit_record(
+        action="approval.requested",
+        actor=requester,
+        target_type="approval_request",
+        target_id=approval.pk,
+        data={
+            "invocation_id": invocation_id,
+            "run_id": run_id,
+            "conversation_id": conversation_id,
+            "tool": tool_name,
+            "arguments_hash": approval.arguments_hash,
+            "policy_id": decision.policy_id,
+            "approver_group_id": decision.approver_group_id,
+            "explanation": approval.explanation,
+            "expires_at": approval.expires_at,
+        },
+    )
+    from approvals.events import approval_push
+
+    approval_push(approval.pk, created=True)
+    return approval
+
+
+def _call_decided_handler(approval: ApprovalRequest) -> None:
+    path = getattr(settings, "TOLLGATE_APPROVAL_DECIDED_HANDLER", None)
+    if path:
+        import_string(path)(approval)
+
+
+def _expire_locked(approval: ApprovalRequest, *, now: datetime) -> None:
+    """Mark a locked pending request expired, audit, call the handler, push on commit."""
+    approval.status = ApprovalRequest.Status.EXPIRED
+    approval.decided_at = now
+    approval.reason = EXPIRED_REASON
+    approval.save(update_fields=["status", "decided_at", "reason"])
+    # The handler first: the audit chain-head lock is taken last (see audit_record).
+    _call_decided_handler(approval)
+    audit_record(
+        action="approval.expired",
+        target_type="approval_request",
+        target_id=approval.pk,
+        data={
+            "tool": approval.tool_name,
+            "invocation_id": approval.invocation_id,
+            "expires_at": approval.expires_at,
+        },
+    )
+    from approvals.events import approval_push
+
+    approval_push(approval.pk)
+
+
+def approval_decide(
+    *,
+    approval_id: int,
+    actor: Any,
+    approve: bool,
+    arguments_hash: str,
+    edited_arguments: dict | None = None,
+    reason: str = "",
+    always_allow: bool = False,
+    ip: str | None = None,
+) -> ApprovalRequest:
+    """Approve or deny a pending request, exactly once.
+
+    Locks the request (``SELECT … FOR NO KEY UPDATE``) and checks, in order:
+    the actor may decide it (else audits ``approval.forbidden`` and raises
+    ``ApprovalForbidden``); it is pending (else ``ApprovalNotPending``); it
+    has not passed ``expires_at`` (else marks it expired, calls the handler
+    and raises ``ApprovalNotPending``); ``arguments_hash`` is the hash of the
+    arguments it shows (else ``ApprovalArgumentsMismatch``); edited
+    arguments (approve only) validate against ``arguments_schema`` (else
+    ``ApprovalArgumentsInvalid``); ``always_allow`` (approve only) is not for
+    a destructive tool (else ``AlwaysAllowRefused``).
+
+    Then records the outcome, ``decided_by``/``decided_at``, ``reason`` and
+    the edit diff, creates the conversation-scoped allow rule for the
+    requester when ``always_allow``, audits ``approval.decided``, calls the
+    decided handler (module docstring) inside the same transaction and pushes
+    the updated card on commit. Edits identical to the request are no edit;
+    edits and ``always_allow`` are ignored on a denial.
+
+    Call outside a transaction: the refusal audit and the expiry are
+    committed before the error is raised, which an outer rollback would undo.
+    """
+    now = timezone.now()
+    refusal: ApprovalError | None = None
+    with transaction.atomic():
+        approval = (
+            ApprovalRequest.objects.select_for_update(no_key=True).filter(pk=approval_id).first()
+        )
+        if approval is None:
+            raise ApprovalNotFound("No such approval.")
+        if not approval_can_decide(user=actor, approval=approval):
+            refusal = ApprovalForbidden("You may not decide this approval.")
+        elif approval.status != ApprovalRequest.Status.PENDING:
+            refusal = ApprovalNotPending(
+                f"This approval is already {approval.status}.", status=approval.status
+            )
+        elif approval.expires_at <= now:
+            _expire_locked(approval, now=now)
+            refusal = ApprovalNotPending(
+                "This approval expired before it was decided.", status=approval.status
+            )
+        elif arguments_hash != approval.arguments_hash:
+            refusal = ApprovalArgumentsMismatch(
+                "These are not the arguments this approval was asked for; reload the card."
+            )
+        if refusal is None:
+            edited: dict | None = None
+            diff: list[dict[str, Any]] | None = None
+            if approve and edited_arguments is not None:
+                edited_clean = json_safe(edited_arguments)
+                errors = arguments_validate(
+                    schema=approval.arguments_schema or {}, arguments=edited_clean
+                )
+                if errors:
+                    raise ApprovalArgumentsInvalid(
+                        "The edited arguments are not valid: " + "; ".join(errors), errors=errors
+                    )
+                if compute_arguments_hash(edited_clean) != approval.arguments_hash:
+                    edited = edited_clean
+                    diff = json_diff(approval.arguments, edited_clean)
+            if approve and always_allow and approval.is_destructive:
+                refusal = AlwaysAllowRefused(
+                    "“Always allow” is never available for destructive tools."
+                )
+            else:
+                return _decide_locked(
+                    approval,
+                    actor=actor,
+                    approve=approve,
+                    edited=edited,
+                    diff=diff,
+                    reason=reason,
+                    always_allow=approve and always_allow,
+                    ip=ip,
+                    now=now,
+                )
+    if isinstance(refusal, ApprovalForbidden):
+        audit_record(
+            action="approval.forbidden",
+            actor=actor,
+            target_type="approval_request",
+            target_id=approval_id,
+            data={
+                "tool": approval.tool_name,
+                "requester_id": approval.requester_id,
+                "attempted": "approve" if approve else "deny",
+                "always_allow": always_allow,
+                "why": str(refusal),
+            },
+            ip=ip,
+        )
+    raise refusal
+
+
+def _decide_locked(
+    approval: ApprovalRequest,
+    *,
+    actor: Any,
+    approve: bool,
+    edited: dict | None,
+    diff: list[dict[str, Any]] | None,
+    reason: str,
+    always_allow: bool,
+    ip: str | None,
+    now: datetime,
+) -> ApprovalRequest:
+    approval.status = ApprovalRequest.Status.APPROVED if approve else ApprovalRequest.Status.DENIED
+    approval.decided_by = actor
+    approval.decided_at = now
+    approval.reason = reason.strip()
+    approval.edited_arguments = edited
+    approval.arguments_diff = diff
+    approval.save(
+        update_fields=[
+            "status",
+            "decided_by",
+            "decided_at",
+            "reason",
+            "edited_arguments",
+            "arguments_diff",
+        ]
+    )
+    rule_id = None
+    rule: ApprovalPolicy | None = None
+    if always_allow:
+        rule = ApprovalPolicy.objects.create(
+            user_id=approval.requester_id,
+            conversation_id=approval.conversation_id,
+            tool_pattern=approval.tool_name,
+            action=ApprovalPolicy.Action.ALLOW,
+            description=f"Always allow, from approval #{approval.pk}.",
+            created_by=actor,
+        )
+        rule_id = rule.pk
+    # The handler first: the audit chain-head lock is taken last (see audit_record).
+    _call_decided_handler(approval)
+    if rule is not None:
+        policy_changed_record(policy=rule, operation="created", actor=actor, ip=ip)
+    audit_record(
+        action="approval.decided",
+        actor=actor,
+        target_type="approval_request",
+        target_id=approval.pk,
+        data={
+            "decision": approval.status,
+            "tool": approval.tool_name,
+            "invocation_id": approval.invocation_id,
+            "requester_id": approval.requester_id,
+            "arguments_hash": approval.arguments_hash,
+            "edited": edited is not None,
+            "diff": diff,
+            "reason": approval.reason,
+            "always_allow_policy_id": rule_id,
+        },
+        ip=ip,
+    )
+    from approvals.events import approval_push
+
+    approval_push(approval.pk)
+    return approval
+
+
+def approvals_expire_due(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    """Expire pending requests whose ``expires_at`` has passed; return their ids.
+
+    Each request is expired in its own short transaction, locked with
+    ``skip_locked`` (one being decided right now is left to its decider):
+    status ``expired``, ``decided_at`` = ``now``, reason "not approved in
+    time", an ``approval.expired`` audit event, the decided handler, and a
+    pushed card on commit. A handler error is logged and that request stays
+    pending for the next sweep. Run by Celery beat (``approvals.tasks``) or
+    ``approvals.dispatch.expiry_loop`` in embedded mode.
+    """
+    now = now or timezone.now()
+    due = list(
+        ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING, expires_at__lte=now)
+        .order_by("expires_at", "id")
+        .values_list("pk", flat=True)[:limit]
+    )
+    expired: list[int] = []
+    for pk in due:
+        try:
+            with transaction.atomic():
+                approval = (
+                    ApprovalRequest.objects.select_for_update(no_key=True, skip_locked=True)
+                    .filter(pk=pk, status=ApprovalRequest.Status.PENDING, expires_at__lte=now)
+                    .first()
+                )
+                if approval is None:
+                    continue
+                _expire_locked(approval, now=now)
+        except Exception:
+            logger.exception("Expiring approval %s failed", pk)
+            continue
+        expired.append(pk)
+    return expired
+
+
+def approvals_cancel_for_run(*, run_id: int, actor: Any = None) -> int:
+    """Cancel the run's pending requests (the run was cancelled); return how many.
+
+    Waits for row locks held by a decision in progress, then re-checks the
+    status, so a request is either decided or cancelled, never both. Audits
+    ``approval.cancelled`` and pushes the cards on commit. Does not call the
+    decided handler: the caller (the run's cancellation) settles its
+    invocations itself.
+    """
+    from approvals.events import approval_push
+
+    now = timezone.now()
+    count = 0
+    with transaction.atomic():
+        pending = list(
+            ApprovalRequest.objects.select_for_update(no_key=True)
+            .filter(run_id=run_id, status=ApprovalRequest.Status.PENDING)
+            .order_by("id")
+        )
+        for approval in pending:
+            approval.status = ApprovalRequest.Status.CANCELLED
+            approval.decided_at = now
+            approval.decided_by = actor if getattr(actor, "pk", None) else None
+            approval.reason = "The run was cancelled."
+            approval.save(update_fields=["status", "decided_at", "decided_by", "reason"])
+            approval_push(approval.pk)
+            count += 1
+        for approval in pending:
+            audit_record(
+                action="approval.cancelled",
+                actor=actor,
+                target_type="approval_request",
+                target_id=approval.pk,
+                data={"run_id": run_id, "tool": approval.tool_name},
+            )
+    return count
+
+
+def approval_decide_from_payload(*, user: Any, payload: dict, ip: str | None) -> ApprovalRequest:
+    """Validate a decision payload with ``DecisionForm`` and call ``approval_decide``.
+
+    ``payload``: ``{"approval_id": int, "decision": "approve"|"deny"|"edit",
+    "arguments_hash": str, "reason"?: str, "edited_arguments"?: JSON text,
+    "always_allow"?: bool, "arg__<name>"?: ...}`` (``DecisionForm`` has the
+    details; the WebSocket ``approval.decide`` message carries the same keys).
+
+    Raises ``ValidationError`` for malformed input (nothing changes),
+    ``ApprovalNotFound`` when ``user`` may not see the approval, and the
+    errors of ``approval_decide`` otherwise. Call outside a transaction.
+    """
+    from django.core.exceptions import ValidationError
+
+    from approvals.forms import DecisionForm
+    from approvals.selectors import approval_get_visible
+
+    try:
+        approval_id = int(payload.get("approval_id"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValidationError({"approval_id": ["A numeric approval_id is required."]}) from None
+    approval = approval_get_visible(user=user, approval_id=approval_id)
+    if approval is None:
+        raise ApprovalNotFound("No such approval.")
+    form = DecisionForm(payload, approval=approval)
+    if not form.is_valid():
+        raise ValidationError(form.errors.as_data())
+    if form.cleaned_data["decision"] == "preview":
+        raise ValidationError({"decision": ["A preview is not a decision."]})
+    return approval_decide_from_form(form=form, user=user, ip=ip)
+
+
+def approval_decide_from_form(*, form: Any, user: Any, ip: str | None) -> ApprovalRequest:
+    """Call ``approval_decide`` with a valid ``DecisionForm``'s data (errors as there)."""
+    data = form.cleaned_data
+    return approval_decide(
+        approval_id=form.approval.pk,
+        actor=user,
+        approve=data["approve"],
+        arguments_hash=data["arguments_hash"],
+        edited_arguments=data["edited"],
+        reason=data.get("reason") or "",
+        always_allow=bool(data.get("always_allow")),
+        ip=ip,
+    )

@@ -1,0 +1,175 @@
+"""HTTP views of approvals (htmx): the list, one card, and a decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET, require_POST
+
+from approvals.events import approval_badge_html
+from approvals.forms import ApprovalFilterForm, DecisionForm
+from approvals.models import ApprovalRequest
+from approvals.selectors import (
+    approval_can_decide,
+    approval_get_visible,
+    approval_tools_for_user,
+    approvals_for_user,
+)
+from approvals.services import (
+    ApprovalArgumentsInvalid,
+    ApprovalArgumentsMismatch,
+    ApprovalError,
+    ApprovalForbidden,
+    ApprovalNotFound,
+    ApprovalNotPending,
+    approval_decide_from_form,
+    arguments_validate,
+    json_diff,
+)
+
+PAGE_SIZE = 25
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The peer address as daphne/Django saw it (a proxy's, behind one)."""
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _group_ids(user: Any) -> set[int]:
+    return set(user.groups.values_list("pk", flat=True))
+
+
+def _can_decide_fast(approval: ApprovalRequest, user: Any, group_ids: set[int]) -> bool:
+    if approval.approver_group_id is not None:
+        return approval.approver_group_id in group_ids
+    return approval.requester_id == user.pk
+
+
+@login_required
+@require_GET
+def approval_list(request: HttpRequest) -> HttpResponse:
+    """GET /approvals/: the user's approvals and those they approve, filterable by status/tool."""
+    filters = ApprovalFilterForm(request.GET or None)
+    status = tool = None
+    if filters.is_valid():
+        status = filters.cleaned_data["status"] or None
+        tool = filters.cleaned_data["tool"] or None
+    page = Paginator(
+        approvals_for_user(user=request.user, status=status, tool=tool), PAGE_SIZE
+    ).get_page(request.GET.get("page"))
+    group_ids = _group_ids(request.user)
+    items = [
+        {"approval": a, "can_decide": _can_decide_fast(a, request.user, group_ids)}
+        for a in page.object_list
+    ]
+    return render(
+        request,
+        "approvals/panel.html",
+        {
+            "items": items,
+            "page": page,
+            "filters": filters,
+            "tools": approval_tools_for_user(user=request.user),
+            "status_choices": ApprovalRequest.Status.choices,
+            "selected_status": status or "",
+            "selected_tool": tool or "",
+        },
+    )
+
+
+def _card_response(
+    request: HttpRequest,
+    approval: ApprovalRequest,
+    *,
+    status: int = 200,
+    error: str = "",
+    form: DecisionForm | None = None,
+    preview_diff: list | None = None,
+    preview_errors: list[str] | None = None,
+) -> HttpResponse:
+    context = {
+        "approval": approval,
+        "can_decide": approval_can_decide(user=request.user, approval=approval),
+        "viewer": request.user,
+        "error": error,
+        "form": form,
+        "preview_diff": preview_diff,
+        "preview_errors": preview_errors,
+    }
+    if request.htmx:
+        response = render(request, "approvals/panel.html#approval-card", context, status=status)
+        if request.method == "POST":
+            # The page's badge count changes with the decision: swap it out of band.
+            response.write(approval_badge_html(user=request.user, oob=True))
+        return response
+    context["single"] = True
+    return render(request, "approvals/panel.html", context, status=status)
+
+
+def _visible_or_404(request: HttpRequest, pk: int) -> ApprovalRequest:
+    approval = approval_get_visible(user=request.user, approval_id=pk)
+    if approval is None:
+        raise Http404("No such approval.")
+    return approval
+
+
+@login_required
+@require_GET
+def approval_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET /approvals/<id>/: one card (a fragment for htmx, a page otherwise)."""
+    return _card_response(request, _visible_or_404(request, pk))
+
+
+@login_required
+@require_POST
+def approval_decide_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """POST /approvals/<id>/decide: approve, deny, edit-and-approve, or preview an edit.
+
+    Answers the re-rendered card: 200 on success, 400 for invalid input or
+    edits, 403 (audited) when the user may see but not decide it, 404 when
+    they may not see it, 409 when it is no longer pending or the arguments
+    hash is not the current one.
+    """
+    approval = _visible_or_404(request, pk)
+    form = DecisionForm(request.POST, approval=approval)
+    if not form.is_valid():
+        errors = "; ".join(
+            f"{'' if field == '__all__' else field + ': '}{' '.join(msgs)}"
+            for field, msgs in form.errors.items()
+        )
+        return _card_response(request, approval, status=400, error=errors, form=form)
+    if form.cleaned_data["decision"] == "preview":
+        edited = form.cleaned_data["edited"]
+        problems = arguments_validate(schema=approval.arguments_schema or {}, arguments=edited)
+        return _card_response(
+            request,
+            approval,
+            status=400 if problems else 200,
+            form=form,
+            preview_diff=json_diff(approval.arguments, edited),
+            preview_errors=problems,
+        )
+    try:
+        approval = approval_decide_from_form(form=form, user=request.user, ip=client_ip(request))
+    except ApprovalNotFound as exc:
+        raise Http404(str(exc)) from exc
+    except ApprovalForbidden as exc:
+        return _card_response(request, _visible_or_404(request, pk), status=403, error=str(exc))
+    except (ApprovalNotPending, ApprovalArgumentsMismatch) as exc:
+        return _card_response(request, _visible_or_404(request, pk), status=409, error=str(exc))
+    except ApprovalArgumentsInvalid as exc:
+        return _card_response(
+            request,
+            _visible_or_404(request, pk),
+            status=400,
+            error=str(exc),
+            form=form,
+            preview_errors=exc.errors,
+        )
+    except ApprovalError as exc:  # pragma: no cover - every subclass is handled above
+        return _card_response(request, _visible_or_404(request, pk), status=400, error=str(exc))
+    return _card_response(request, _visible_or_404(request, approval.pk))

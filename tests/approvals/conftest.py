@@ -1,0 +1,111 @@
+"""Fixtures for approvals tests: real rows for conversations, runs and tool invocations."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from django.contrib.auth.models import Group
+
+from approvals.selectors import GateDecision
+from approvals.services import approval_request_create
+from conversations.models import Conversation, Message, ModelConfig, Run
+from tests.approvals import handlers
+from tools.models import ToolInvocation
+
+HANDLER = "tests.approvals.handlers.record_decided"
+
+NOTE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "key": {"type": "string", "description": "Note name"},
+        "text": {"type": "string", "maxLength": 500},
+        "priority": {"type": "integer", "minimum": 0},
+        "pinned": {"type": "boolean"},
+        "color": {"enum": ["red", "green"]},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["key"],
+    "additionalProperties": False,
+}
+
+_calls = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def decided_handler(settings):
+    settings.TOLLGATE_APPROVAL_DECIDED_HANDLER = HANDLER
+    # Users are made by the dozen here; the default hasher costs a second each on a busy machine.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    handlers.CALLS.clear()
+    yield handlers.CALLS
+    handlers.CALLS.clear()
+
+
+@pytest.fixture
+def staff_group(db):
+    return Group.objects.create(name="Staff")
+
+
+@pytest.fixture
+def make_invocation(db):
+    def make(user, *, conversation=None, run=None, tool_name="notes.delete", arguments=None):
+        model, _ = ModelConfig.objects.get_or_create(
+            name="demo", defaults={"litellm_model": "demo/tollgate"}
+        )
+        if conversation is None:
+            conversation = Conversation.objects.create(owner=user, model_config=model)
+        if run is None:
+            message = Message.objects.create(
+                conversation=conversation, role=Message.Role.USER, content="please"
+            )
+            run = Run.objects.create(conversation=conversation, user_message=message)
+        return ToolInvocation.objects.create(
+            run=run,
+            user=user,
+            conversation_id=conversation.pk,
+            tool_call_id=f"call_{next(_calls)}",
+            tool_name=tool_name,
+            arguments_requested=arguments or {},
+            status=ToolInvocation.Status.AWAITING_APPROVAL,
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_approval(make_invocation):
+    def make(
+        user,
+        *,
+        tool_name="notes.write",
+        arguments=None,
+        hints=None,
+        schema=None,
+        approver_group=None,
+        expires=1800,
+        invocation=None,
+    ):
+        arguments = {"key": "todo", "text": "buy milk"} if arguments is None else arguments
+        invocation = invocation or make_invocation(user, tool_name=tool_name, arguments=arguments)
+        decision = GateDecision(
+            action="ask",
+            policy_id=None,
+            explanation="asked because: no rule matched and the tool is not read-only",
+            expires_after_seconds=expires,
+            approver_group_id=approver_group.pk if approver_group else None,
+        )
+        return approval_request_create(
+            invocation_id=invocation.pk,
+            requester=user,
+            conversation_id=invocation.conversation_id,
+            run_id=invocation.run_id,
+            tool_name=tool_name,
+            tool_description="Write a note.",
+            hints=hints if hints is not None else {"read_only": False, "destructive": False},
+            arguments=arguments,
+            arguments_schema=NOTE_SCHEMA if schema is None else schema,
+            decision=decision,
+        )
+
+    return make

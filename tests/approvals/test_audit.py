@@ -1,0 +1,304 @@
+"""The audit trail: append-only, hash-chained, verified end to end, safe under concurrency."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.admin.sites import site
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.test import RequestFactory
+
+from approvals.models import ApprovalPolicy, AuditAppendOnlyError, AuditChainHead, AuditEvent
+from approvals.selectors import GENESIS_HASH, audit_verify
+from approvals.services import audit_record
+from tests.factories import UserFactory
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fill(n=5, actor=None):
+    return [
+        audit_record(
+            action="test.event",
+            actor=actor,
+            target_type="thing",
+            target_id=i,
+            data={"i": i, "nested": {"b": [1, 2.5, True, None], "a": "é"}, "big": 1e20},
+            ip="2001:DB8::1" if i % 2 else "192.0.2.7",
+        )
+        for i in range(n)
+    ]
+
+
+def test_chain_links_and_verifies(user):
+    events = _fill(5, actor=user)
+    assert events[0].prev_hash == GENESIS_HASH
+    for earlier, later in itertools.pairwise(events):
+        assert later.prev_hash == earlier.hash
+        assert later.sequence == earlier.sequence + 1
+    assert events[1].ip == "2001:db8::1"
+    result = audit_verify()
+    assert (result.ok, result.checked, result.first_broken_id) == (True, 5, None)
+
+
+def test_empty_chain_verifies(db):
+    assert audit_verify().ok
+
+
+def test_orm_cannot_change_or_delete_events(db):
+    event = _fill(1)[0]
+    event.data = {"i": 99}
+    with pytest.raises(AuditAppendOnlyError):
+        event.save()
+    with pytest.raises(AuditAppendOnlyError):
+        event.delete()
+    with pytest.raises(AuditAppendOnlyError):
+        AuditEvent.objects.filter(pk=event.pk).update(data={})
+    with pytest.raises(AuditAppendOnlyError):
+        AuditEvent.objects.all().delete()
+    with pytest.raises(AuditAppendOnlyError):
+        AuditEvent.objects.bulk_update([event], ["data"])
+    with pytest.raises(AuditAppendOnlyError):
+        AuditEvent.objects.bulk_create([AuditEvent(action="x")])
+    with pytest.raises(AuditAppendOnlyError):
+        AuditEvent(action="forged", sequence=2, created_at=event.created_at).save()
+    assert AuditEvent.objects.get(pk=event.pk).data["i"] == 0
+    assert audit_verify().ok
+
+
+def test_deleting_the_actor_keeps_history(db):
+    person = UserFactory()
+    event = audit_record(action="test.event", actor=person)
+    person.delete()
+    assert AuditEvent.objects.get(pk=event.pk).actor_id == event.actor_id
+    assert audit_verify().ok
+
+
+def _tamper(sql, params):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("UPDATE approvals_auditevent SET data = %s::jsonb WHERE id = %s", "edited"),
+        ("UPDATE approvals_auditevent SET action = 'x' || %s WHERE id = %s", "edited"),
+        ("DELETE FROM approvals_auditevent WHERE %s = %s AND id = %s", "missing"),
+    ],
+)
+def test_tampering_in_sql_is_found(db, sql, reason):
+    events = _fill(6)
+    target = events[3]
+    if sql.startswith("DELETE"):
+        _tamper(sql, ["1", "1", target.pk])
+        broken = events[4]
+    else:
+        _tamper(sql, [json.dumps({"i": 1000}) if "data" in sql else "y", target.pk])
+        broken = target
+    result = audit_verify()
+    assert not result.ok
+    assert result.first_broken_id == broken.pk
+    assert reason in result.reason
+    assert result.checked == 3  # events 0-2 verified before the break
+
+
+def test_removing_the_last_event_is_found(db):
+    events = _fill(3)
+    _tamper("DELETE FROM approvals_auditevent WHERE id = %s", [events[-1].pk])
+    result = audit_verify()
+    assert not result.ok
+    assert "end" in result.reason
+
+
+def test_rehashed_forgery_is_found(db):
+    """An attacker who recomputes the edited row's hash still breaks the next link."""
+    from approvals.selectors import audit_event_hash
+
+    events = _fill(4)
+    target = events[1]
+    forged = audit_event_hash(
+        sequence=target.sequence,
+        created_at=target.created_at,
+        actor_id=None,
+        action=target.action,
+        target_type=target.target_type,
+        target_id=target.target_id,
+        data={"i": "forged"},
+        ip=target.ip,
+        prev_hash=target.prev_hash,
+    )
+    _tamper(
+        "UPDATE approvals_auditevent SET data = %s::jsonb, hash = %s WHERE id = %s",
+        [json.dumps({"i": "forged"}), forged, target.pk],
+    )
+    result = audit_verify()
+    assert not result.ok
+    assert result.first_broken_id == events[2].pk
+
+
+def test_command_reports_ok_and_names_the_broken_row(db, capsys):
+    events = _fill(4)
+    call_command("audit_verify")
+    assert "OK: 4 events" in capsys.readouterr().out
+    _tamper(
+        "UPDATE approvals_auditevent SET data = %s::jsonb WHERE id = %s",
+        [json.dumps({"i": "tampered"}), events[2].pk],
+    )
+    with pytest.raises(CommandError) as info:
+        call_command("audit_verify")
+    assert info.value.returncode == 1
+    assert f"event id {events[2].pk}" in str(info.value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_process_exits_1_after_tampering():
+    """The real ``manage.py audit_verify`` process against the test database."""
+    events = _fill(3)
+    db_name = connection.settings_dict["NAME"]
+    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+    env = {**os.environ, "DATABASE_URL": f"{base}/{db_name}", "SECRET_KEY": "x" * 50}
+    command = [sys.executable, "manage.py", "audit_verify"]
+    clean = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stderr
+    assert "OK: 3 events" in clean.stdout
+    _tamper("UPDATE approvals_auditevent SET ip = %s WHERE id = %s", ["198.51.100.1", events[1].pk])
+    broken = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1
+    assert f"event id {events[1].pk}" in broken.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_keep_one_chain():
+    writers, per_writer = 6, 8
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(n):
+        try:
+            barrier.wait(timeout=30)
+            for i in range(per_writer):
+                audit_record(action="test.concurrent", target_id=f"{n}-{i}", data={"n": n})
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    total = writers * per_writer
+    assert sorted(AuditEvent.objects.values_list("sequence", flat=True)) == list(
+        range(1, total + 1)
+    )
+    result = audit_verify()
+    assert (result.ok, result.checked) == (True, total)
+    assert AuditChainHead.objects.get(pk=1).last_sequence == total
+
+
+def test_sign_in_is_audited(client, user, password):
+    assert client.login(email=user.email, password=password)
+    event = AuditEvent.objects.get(action="auth.signed_in")
+    assert event.actor_id == user.pk
+
+
+def test_allauth_sign_in_is_audited(client, user, password):
+    response = client.post("/accounts/login/", {"login": user.email, "password": password})
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(action="auth.signed_in")
+    assert (event.actor_id, event.ip) == (user.pk, "127.0.0.1")
+
+
+def test_admin_is_read_only_for_events_and_requests(admin_user):
+    request = RequestFactory().get("/admin/")
+    request.user = admin_user
+    for model_name in ("auditevent", "approvalrequest"):
+        model_admin = next(a for m, a in site._registry.items() if m._meta.model_name == model_name)
+        assert not model_admin.has_add_permission(request)
+        assert not model_admin.has_change_permission(request)
+        assert not model_admin.has_delete_permission(request)
+        assert model_admin.has_view_permission(request)
+
+
+def test_policy_admin_changes_are_audited(admin_user, client):
+    client.force_login(admin_user)
+    add = client.post(
+        "/admin/approvals/approvalpolicy/add/",
+        {"tool_pattern": "notes.*", "action": "ask", "enabled": "on", "condition_value": "null"},
+    )
+    assert add.status_code == 302, add.content.decode()[:2000]
+    policy = ApprovalPolicy.objects.get()
+    assert policy.created_by == admin_user
+    client.post(
+        f"/admin/approvals/approvalpolicy/{policy.pk}/change/",
+        {"tool_pattern": "notes.*", "action": "deny", "enabled": "on", "condition_value": "null"},
+    )
+    client.post(f"/admin/approvals/approvalpolicy/{policy.pk}/delete/", {"post": "yes"})
+    assert not ApprovalPolicy.objects.exists()
+    events = list(AuditEvent.objects.filter(action="policy.changed").order_by("sequence"))
+    assert [e.data["operation"] for e in events] == ["created", "updated", "deleted"]
+    assert events[1].data["diff"] == [
+        {"key": "action", "op": "changed", "old": "ask", "new": "deny"}
+    ]
+    assert all(e.actor_id == admin_user.pk and e.target_id == str(policy.pk) for e in events)
+    assert audit_verify().ok
+
+
+@pytest.mark.parametrize(
+    ("fields", "error_field"),
+    [
+        ({"tool_pattern": "notes.*", "action": "ask", "user": "U", "group": "G"}, "group"),
+        ({"tool_pattern": "", "action": "ask"}, "tool_pattern"),
+        ({"tool_pattern": "notes[.*", "action": "ask"}, "tool_pattern"),
+        ({"tool_pattern": "a b", "action": "ask"}, "tool_pattern"),
+        (
+            {
+                "tool_pattern": "x",
+                "action": "deny",
+                "condition_path": "p",
+                "condition_operator": "matches",
+                "condition_value": "(",
+            },
+            "condition_value",
+        ),
+        (
+            {
+                "tool_pattern": "x",
+                "action": "deny",
+                "condition_path": "p",
+                "condition_operator": "in",
+                "condition_value": "a",
+            },
+            "condition_value",
+        ),
+        ({"tool_pattern": "x", "action": "deny", "condition_path": "a..b"}, "condition_path"),
+        ({"tool_pattern": "x", "action": "allow", "conversation_id": 5}, "user"),
+    ],
+)
+def test_policy_clean_rejects_bad_rules(db, fields, error_field):
+    from django.contrib.auth.models import Group
+    from django.core.exceptions import ValidationError
+
+    if fields.get("user") == "U":
+        fields = {**fields, "user": UserFactory(), "group": Group.objects.create(name="G")}
+    with pytest.raises(ValidationError) as info:
+        ApprovalPolicy(**fields).full_clean()
+    assert error_field in info.value.message_dict
+
+
+def test_settings_schedule_expiry():
+    entry = settings.CELERY_BEAT_SCHEDULE["approvals-expire"]
+    assert entry["task"] == "approvals.tasks.expire_approvals"

@@ -1,0 +1,290 @@
+"""HTTP: the approvals page, one card, decisions (status codes), the badge, live pushes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+
+from approvals.models import ApprovalRequest, AuditEvent
+from approvals.services import ApprovalNotFound, approval_decide_from_payload
+from tests.factories import UserFactory
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def post_decide(client, approval, **data):
+    data.setdefault("arguments_hash", approval.arguments_hash)
+    return client.post(f"/approvals/{approval.pk}/decide", data, **HTMX)
+
+
+def test_list_shows_own_and_filters(user_client, user, other_user, make_approval):
+    mine = make_approval(user, tool_name="notes.write")
+    calc = make_approval(user, tool_name="calc")
+    theirs = make_approval(other_user, tool_name="notes.write")
+    response = user_client.get("/approvals/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert f'id="approval-{mine.pk}"' in body
+    assert f'id="approval-{calc.pk}"' in body
+    assert f'id="approval-{theirs.pk}"' not in body
+    assert f'href="/c/{mine.conversation_id}/"' in body
+    filtered = user_client.get("/approvals/", {"tool": "calc"}).content.decode()
+    assert f'id="approval-{calc.pk}"' in filtered
+    assert f'id="approval-{mine.pk}"' not in filtered
+    denied = user_client.get("/approvals/", {"status": "denied"}).content.decode()
+    assert '<article id="approval-' not in denied
+    assert 'id="approvals-empty"' in denied
+
+
+def test_list_query_count_does_not_grow(
+    user_client, user, make_approval, django_assert_max_num_queries
+):
+    for _ in range(3):
+        make_approval(user)
+    with django_assert_max_num_queries(14) as few:
+        user_client.get("/approvals/")
+    for _ in range(6):
+        make_approval(user)
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        user_client.get("/approvals/")
+
+
+def test_detail_and_404_for_other_users_approval(user_client, user, other_user, make_approval):
+    mine = make_approval(user)
+    theirs = make_approval(other_user)
+    response = user_client.get(f"/approvals/{mine.pk}/", **HTMX)
+    assert response.status_code == 200
+    assert response.content.decode().lstrip().startswith(f'<article id="approval-{mine.pk}"')
+    assert user_client.get(f"/approvals/{theirs.pk}/").status_code == 404
+    assert post_decide(user_client, theirs, decision="approve").status_code == 404
+    assert ApprovalRequest.objects.get(pk=theirs.pk).status == "pending"
+    assert not AuditEvent.objects.filter(action="approval.decided").exists()
+
+
+def test_anonymous_is_sent_to_sign_in(client, user, make_approval):
+    approval = make_approval(user)
+    assert client.get("/approvals/").status_code == 302
+    response = client.post(f"/approvals/{approval.pk}/decide", {"decision": "approve"})
+    assert response.status_code == 302
+    assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
+
+
+def test_approve_over_http(user_client, user, make_approval, decided_handler):
+    approval = make_approval(user)
+    response = post_decide(user_client, approval, decision="approve", reason="ok")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert f'id="approval-{approval.pk}"' in body
+    assert "Approved" in body
+    # The badge count drops in the same response (out of band).
+    assert 'id="approval-badge"' in body
+    assert 'hx-swap-oob="true"' in body.split('id="approval-badge"')[1].split(">")[0]
+    assert decided_handler == [(approval.pk, "approved")]
+    event = AuditEvent.objects.get(action="approval.decided")
+    assert event.ip == "127.0.0.1"
+
+
+def test_decision_by_viewer_who_may_not_decide_is_403_and_audited(client, make_approval):
+    requester = UserFactory()
+    approvers = Group.objects.create(name="Approvers")
+    approval = make_approval(requester, approver_group=approvers)
+    client.force_login(requester)
+    # The requester sees the card but a group decides it.
+    assert client.get(f"/approvals/{approval.pk}/").status_code == 200
+    response = post_decide(client, approval, decision="approve")
+    assert response.status_code == 403
+    assert "may not decide" in response.content.decode()
+    assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
+    event = AuditEvent.objects.get(action="approval.forbidden")
+    assert event.actor_id == requester.pk
+
+
+def test_replayed_and_stale_decisions_are_409(user_client, user, make_approval):
+    approval = make_approval(user, arguments={"key": "a"})
+    other = make_approval(user, arguments={"key": "b"})
+    response = post_decide(
+        user_client, approval, decision="approve", arguments_hash=other.arguments_hash
+    )
+    assert response.status_code == 409
+    assert "not the arguments" in response.content.decode()
+    assert post_decide(user_client, approval, decision="deny").status_code == 200
+    again = post_decide(user_client, approval, decision="approve")
+    assert again.status_code == 409
+    assert "already denied" in again.content.decode()
+    assert ApprovalRequest.objects.get(pk=approval.pk).status == "denied"
+
+
+def test_bad_input_is_400_and_changes_nothing(user_client, user, make_approval):
+    approval = make_approval(user)
+    assert post_decide(user_client, approval, decision="maybe").status_code == 400
+    assert (
+        post_decide(user_client, approval, decision="approve", arguments_hash="x").status_code
+        == 400
+    )
+    bad_json = post_decide(user_client, approval, decision="approve", edited_arguments="{nope")
+    assert bad_json.status_code == 400
+    assert "Not valid JSON" in bad_json.content.decode()
+    assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
+
+
+def test_edit_form_from_schema(user_client, user, make_approval):
+    approval = make_approval(user, arguments={"key": "todo", "text": "milk", "tags": ["a"]})
+    card = user_client.get(f"/approvals/{approval.pk}/", **HTMX).content.decode()
+    for name in (
+        "arg__key",
+        "arg__text",
+        "arg__priority",
+        "arg__pinned",
+        "arg__color",
+        "arg__tags",
+    ):
+        assert f'name="{name}"' in card
+    fields = {
+        "arg__key": "todo",
+        "arg__text": "oat milk",
+        "arg__priority": "3",
+        "arg__pinned": "on",
+        "arg__color": json.dumps("green"),
+        "arg__tags": '["a", "b"]',
+    }
+    preview = post_decide(user_client, approval, decision="preview", **fields)
+    assert preview.status_code == 200
+    assert "arguments-diff" in preview.content.decode()
+    assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
+    invalid = post_decide(
+        user_client, approval, decision="edit", **{**fields, "arg__priority": "-4"}
+    )
+    assert invalid.status_code == 400
+    assert "priority" in invalid.content.decode()
+    assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
+    done = post_decide(user_client, approval, decision="edit", **fields)
+    assert done.status_code == 200
+    approval.refresh_from_db()
+    assert approval.edited_arguments == {
+        "key": "todo",
+        "text": "oat milk",
+        "priority": 3,
+        "pinned": True,
+        "color": "green",
+        "tags": ["a", "b"],
+    }
+    assert "arguments-diff" in done.content.decode()
+
+
+def test_edit_without_simple_schema_uses_json_textarea(user_client, user, make_approval):
+    approval = make_approval(user, arguments={"q": 1}, schema={})
+    card = user_client.get(f"/approvals/{approval.pk}/", **HTMX).content.decode()
+    assert 'name="arguments_json"' in card
+    response = post_decide(user_client, approval, decision="edit", arguments_json='{"q": 2}')
+    assert response.status_code == 200
+    approval.refresh_from_db()
+    assert approval.edited_arguments == {"q": 2}
+
+
+def test_always_allow_hidden_for_destructive(user_client, user, make_approval):
+    safe = make_approval(user)
+    destructive = make_approval(
+        user, tool_name="notes.delete", hints={"read_only": False, "destructive": True}
+    )
+    safe_card = user_client.get(f"/approvals/{safe.pk}/", **HTMX).content.decode()
+    bad_card = user_client.get(f"/approvals/{destructive.pk}/", **HTMX).content.decode()
+    assert 'name="always_allow"' in safe_card
+    assert 'name="always_allow"' not in bad_card
+    assert "destructive" in bad_card
+    refused = post_decide(user_client, destructive, decision="approve", always_allow="1")
+    assert refused.status_code == 403
+    assert ApprovalRequest.objects.get(pk=destructive.pk).status == "pending"
+
+
+def test_badge_on_any_page(user_client, user, make_approval):
+    make_approval(user)
+    make_approval(user)
+    body = user_client.get("/").content.decode()
+    assert 'id="approval-badge"' in body
+    assert '<span class="count">2</span>' in body
+
+
+def test_decide_from_payload(user, other_user, make_approval):
+    approval = make_approval(user)
+    with pytest.raises(ValidationError):
+        approval_decide_from_payload(user=user, payload={"approval_id": "x"}, ip=None)
+    with pytest.raises(ValidationError):
+        approval_decide_from_payload(
+            user=user, payload={"approval_id": approval.pk, "decision": "approve"}, ip=None
+        )
+    with pytest.raises(ApprovalNotFound):
+        approval_decide_from_payload(
+            user=other_user,
+            payload={
+                "approval_id": approval.pk,
+                "decision": "approve",
+                "arguments_hash": approval.arguments_hash,
+            },
+            ip=None,
+        )
+    result = approval_decide_from_payload(
+        user=user,
+        payload={
+            "approval_id": approval.pk,
+            "decision": "approve",
+            "arguments_hash": approval.arguments_hash,
+            "edited_arguments": json.dumps({"key": "todo", "text": "tea"}),
+            "always_allow": False,
+        },
+        ip="10.0.0.1",
+    )
+    assert result.status == "approved"
+    assert result.edited_arguments == {"key": "todo", "text": "tea"}
+
+
+def test_card_and_badge_pushed_to_requester_and_approvers(
+    make_approval, django_capture_on_commit_callbacks
+):
+    requester, approver, stranger = UserFactory(), UserFactory(), UserFactory()
+    approvers = Group.objects.create(name="Approvers")
+    approver.groups.add(approvers)
+    layer = get_channel_layer()
+    channels = {}
+    for person in (requester, approver, stranger):
+        channels[person.pk] = async_to_sync(layer.new_channel)()
+        async_to_sync(layer.group_add)(f"user.{person.pk}", channels[person.pk])
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            approval = make_approval(requester, approver_group=approvers)
+        for person, can_decide in ((requester, False), (approver, True)):
+            message = async_to_sync(layer.receive)(channels[person.pk])
+            assert message["type"] == "html.push"
+            html = message["html"]
+            assert f'hx-swap-oob="innerHTML:#approval-slot-{approval.invocation_id}"' in html
+            assert 'id="approval-badge"' in html
+            assert ('name="decision"' in html) is can_decide
+        with django_capture_on_commit_callbacks(execute=True):
+            approval_decide_from_payload(
+                user=approver,
+                payload={
+                    "approval_id": approval.pk,
+                    "decision": "deny",
+                    "arguments_hash": approval.arguments_hash,
+                    "reason": "no",
+                },
+                ip=None,
+            )
+        html = async_to_sync(layer.receive)(channels[requester.pk])["html"]
+        assert f'<article id="approval-{approval.pk}"' in html
+        assert 'hx-swap-oob="true"' in html
+        assert "Denied" in html
+        async_to_sync(layer.receive)(channels[approver.pk])
+    finally:
+        for person in (requester, approver, stranger):
+            async_to_sync(layer.group_discard)(f"user.{person.pk}", channels[person.pk])
+        async_to_sync(layer.flush)() if hasattr(layer, "flush") else None
+
+
+@pytest.mark.parametrize("path", ["/approvals/", "/approvals/1/"])
+def test_views_need_sign_in(client, db, path):
+    assert client.get(path).status_code == 302
