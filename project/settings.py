@@ -250,3 +250,12 @@ LOGGING = {
 # --- Tollgate ---------------------------------------------------------------
 
 TOLLGATE_MAX_MESSAGE_CHARS = env.int("TOLLGATE_MAX_MESSAGE_CHARS", default=100_000)
+
+# --- MCP (tools/mcp) ----------------------------------------------------------
+
+# A crashed or unreachable MCP server is retried after this many seconds,
+# doubling on each failure up to the maximum.
+TOLLGATE_MCP_RECONNECT_INITIAL_SECONDS = env.float(
+    "TOLLGATE_MCP_RECONNECT_INITIAL_SECONDS", default=0.5
+)
+TOLLGATE_MCP_RECONNECT_MAX_SECONDS = env.float("TOLLGATE_MCP_RECONNECT_MAX_SECONDS", default=60.0)
