@@ -78,7 +78,11 @@ def _serve() -> None:
 
     @server.tool()
     async def wait_for_cancel(marker: str) -> str:
-        """Sleep until cancelled; write 'cancelled' to ``marker`` when the cancel arrives."""
+        """Sleep until cancelled; write 'cancelled' to ``marker`` when the cancel arrives.
+
+        ``<marker>.started`` appears once the call is running on the server.
+        """
+        Path(marker + ".started").write_text("started")  # noqa: ASYNC240 - a test peer
         try:
             await anyio.sleep(120)
         except anyio.get_cancelled_exc_class():

@@ -261,7 +261,8 @@ async def test_timeout_sends_mcp_cancellation(ours, tmp_path):
     marker = tmp_path / "cancelled"
     async with mcp_session(ours) as conn:
         with pytest.raises(MCPTimeout):
-            await conn.call_tool("wait_for_cancel", {"marker": str(marker)}, timeout_seconds=1)
+            await conn.call_tool("wait_for_cancel", {"marker": str(marker)}, timeout_seconds=3)
+        assert marker.with_name("cancelled.started").is_file()
         # The server's handler was interrupted by notifications/cancelled.
         await wait_for(marker.exists)
         assert marker.read_text() == "cancelled"
@@ -275,7 +276,7 @@ async def test_cancel_event_cancels_the_call(ours, tmp_path):
         call = asyncio.create_task(
             conn.call_tool("wait_for_cancel", {"marker": str(marker)}, cancel_event=stop)
         )
-        await asyncio.sleep(0.3)
+        await wait_for(Path(f"{marker}.started").exists)  # the server is running the call
         stop.set()
         with pytest.raises(MCPCancelled):
             await call

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from tools.mcp.errors import MCPConfigError
 
@@ -86,8 +86,8 @@ class MCPServerConfig:
             raise MCPConfigError(
                 f"MCP server {self.name!r}: tool prefix must be 1-32 letters, digits, '_' or '-'."
             )
-        for label, pairs in (("env", self.env), ("headers", self.headers)):
-            for key, var in pairs:  # type: ignore[misc]
+        for label, pairs in (("env", self._pairs("env")), ("headers", self._pairs("headers"))):
+            for key, var in pairs:
                 if not key or not _ENV_NAME_RE.match(var):
                     raise MCPConfigError(
                         f"MCP server {self.name!r}: {label} entry {key!r} must name an "
@@ -101,11 +101,15 @@ class MCPServerConfig:
 
         Raises ``MCPConfigError`` naming the missing variable (never its value).
         """
-        return _resolve(self.name, "env", self.env)  # type: ignore[arg-type]
+        return _resolve(self.name, "env", self._pairs("env"))
 
     def resolved_headers(self) -> dict[str, str]:
         """The HTTP headers, values read from this process's environment (see ``resolved_env``)."""
-        return _resolve(self.name, "headers", self.headers)  # type: ignore[arg-type]
+        return _resolve(self.name, "headers", self._pairs("headers"))
+
+    def _pairs(self, attr: str) -> tuple[tuple[str, str], ...]:
+        # __post_init__ normalised the mapping to sorted (name, variable) pairs.
+        return cast("tuple[tuple[str, str], ...]", getattr(self, attr))
 
 
 def _resolve(server: str, label: str, pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
