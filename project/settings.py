@@ -301,3 +301,11 @@ CELERY_BEAT_SCHEDULE["approvals-expire"] = {
     "task": "approvals.tasks.expire_approvals",
     "schedule": TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS,
 }
+# --- MCP (tools/mcp) ----------------------------------------------------------
+
+# A crashed or unreachable MCP server is retried after this many seconds,
+# doubling on each failure up to the maximum.
+TOLLGATE_MCP_RECONNECT_INITIAL_SECONDS = env.float(
+    "TOLLGATE_MCP_RECONNECT_INITIAL_SECONDS", default=0.5
+)
+TOLLGATE_MCP_RECONNECT_MAX_SECONDS = env.float("TOLLGATE_MCP_RECONNECT_MAX_SECONDS", default=60.0)
