@@ -18,4 +18,5 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
     path("approvals/", include("approvals.urls")),
+    path("tools/", include("tools.urls")),
 ]

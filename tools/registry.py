@@ -108,7 +108,10 @@ class ToolSpec:
     (seconds); ``max_result_chars`` bounds the stored result (characters).
     ``enabled_by_default`` is the ``Tool.enabled`` value written when
     ``tools_sync`` first creates the row (admin choices are kept afterwards).
-    ``source`` is ``"builtin"`` or ``"mcp:<server>"``.
+    ``source`` is ``"builtin"`` or ``"mcp:<server>"``. ``availability``, when
+    set, is called by ``tools_sync`` and returns ``(True, "")`` or
+    ``(False, reason)``; an unavailable tool is offered to no one and admin
+    shows the reason.
     """
 
     name: str
@@ -123,6 +126,7 @@ class ToolSpec:
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
     source: str = "builtin"
     enabled_by_default: bool = True
+    availability: Callable[[], tuple[bool, str]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -255,6 +259,7 @@ def spec_from_function(
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS,
     enabled_by_default: bool = True,
+    availability: Callable[[], tuple[bool, str]] | None = None,
     source: str = "builtin",
 ) -> ToolSpec:
     """Build a :class:`ToolSpec` from a plain (sync or async) function.
@@ -327,6 +332,7 @@ def spec_from_function(
         max_result_chars=max_result_chars,
         source=source,
         enabled_by_default=enabled_by_default,
+        availability=availability,
         metadata={"function": f"{fn.__module__}.{fn.__qualname__}"},
     )
 
@@ -353,6 +359,7 @@ def tool(
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS,
     enabled_by_default: bool = True,
+    availability: Callable[[], tuple[bool, str]] | None = None,
     into: ToolRegistry | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a function as a tool and register it (in ``registry`` unless ``into``).
@@ -382,6 +389,7 @@ def tool(
             timeout_seconds=timeout_seconds,
             max_result_chars=max_result_chars,
             enabled_by_default=enabled_by_default,
+            availability=availability,
         )
         (into or registry).register(spec)
         fn.tool_spec = spec  # type: ignore[attr-defined]

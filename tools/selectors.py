@@ -86,3 +86,15 @@ def invocation_ids_interrupted(
         if started_at <= now - dt.timedelta(seconds=timeout + grace_seconds):
             stuck.append(pk)
     return stuck
+
+
+def workspace_owned_by(*, user: Any, conversation_id: int) -> bool:
+    """Whether ``user`` owns the conversation whose sandbox workspace this is.
+
+    Only code tools write workspaces, and every invocation row records its
+    user and conversation, so ownership is answered without importing
+    ``conversations`` (one query).
+    """
+    if not getattr(user, "is_authenticated", False):
+        return False
+    return ToolInvocation.objects.filter(user_id=user.pk, conversation_id=conversation_id).exists()

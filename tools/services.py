@@ -53,7 +53,8 @@ def tools_sync(*, using: str = "default") -> None:
     the admin's ``enabled`` and ``groups`` choices are never changed. Built-in
     rows whose tool is no longer registered get ``unavailable_reason`` set (and
     cleared when it comes back); rows of other sources (``mcp:*``) are left to
-    their owner. Called from a ``post_migrate`` handler (``ToolsConfig.ready``),
+    their owner. A spec with an ``availability`` check gets its reason (or
+    none) written on every sync. Called from a ``post_migrate`` handler (``ToolsConfig.ready``),
     by ``manage.py tools_sync``, and by whoever registers tools at run time.
     Safe to run concurrently (``get_or_create``).
     """
@@ -69,13 +70,16 @@ def tools_sync(*, using: str = "default") -> None:
                 "open_world": spec.open_world,
                 "source": spec.source,
             }
+            if spec.availability is not None:
+                available, reason = spec.availability()
+                values["unavailable_reason"] = "" if available else reason
             row = rows.get(spec.name)
             if row is None:
                 Tool.objects.using(using).get_or_create(
                     name=spec.name, defaults={**values, "enabled": spec.enabled_by_default}
                 )
                 continue
-            if row.unavailable_reason == NOT_REGISTERED:
+            if row.unavailable_reason == NOT_REGISTERED and "unavailable_reason" not in values:
                 values["unavailable_reason"] = ""
             changed = [key for key, value in values.items() if getattr(row, key) != value]
             if changed:

@@ -5,6 +5,6 @@ Imported by ``ToolsConfig.ready``; ``tools_sync`` then creates their ``Tool`` ro
 
 from __future__ import annotations
 
-from tools.builtin import calc, clock, http, notes
+from tools.builtin import calc, clock, code, http, notes
 
-__all__ = ["calc", "clock", "http", "notes"]
+__all__ = ["calc", "clock", "code", "http", "notes"]
