@@ -24,7 +24,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from channels.db import database_sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -37,6 +37,12 @@ from conversations.models import Conversation, Message, ModelConfig, Run
 logger = logging.getLogger(__name__)
 
 S = Run.Status
+
+# Plain thread-sensitive sync_to_async (not channels' database_sync_to_async,
+# which closes the connection before each call): Celery closes connections
+# between tasks and Django between requests, and a step must be able to run
+# inside a caller's transaction (tests).
+_db = sync_to_async
 #: Statuses in which a dispatched step has work to do (the rest wait on others).
 ADVANCEABLE = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING})
 
@@ -118,7 +124,7 @@ def _dispatch_on_commit(run_id: int) -> None:
 # -- step 0: the lease -------------------------------------------------------------
 
 
-@database_sync_to_async
+@_db
 def _claim(run_id: int, worker: str) -> Run | None:
     """Lock the run, check it has work for us, take the lease; ``None`` = nothing to do."""
     with transaction.atomic():
@@ -208,7 +214,7 @@ async def _tools_for_run(run: Run) -> list[dict] | None:
     return None
 
 
-@database_sync_to_async
+@_db
 def _prepare(run: Run) -> tuple[Message, list[dict]]:
     """Create (or reset, on replay) the assistant message of this step; read history."""
     with transaction.atomic():
@@ -298,7 +304,7 @@ async def _step_call_llm(run: Run, worker: str) -> None:
     await _after_tools(run.pk, worker, next_status, run.error)
 
 
-@database_sync_to_async
+@_db
 def _persist_partial(run_id: int, worker: str, message_id: int, text: str, renew: bool) -> str:
     """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``."""
     Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
@@ -320,7 +326,7 @@ def _locked_own(run_id: int, worker: str) -> Run | None:
     return run
 
 
-@database_sync_to_async
+@_db
 def _store_answer(
     run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int
 ) -> Message | None:
@@ -366,7 +372,7 @@ def _store_answer(
         return message
 
 
-@database_sync_to_async
+@_db
 def _fail(
     run_id: int, worker: str, message_id: int, error: str, *, kind: str, partial: str = ""
 ) -> None:
@@ -380,7 +386,7 @@ def _fail(
         run_finish(run=run, status=S.FAILED, error=error)
 
 
-@database_sync_to_async
+@_db
 def _abort(run_id: int, worker: str, message_id: int, partial: str, *, reason: str) -> None:
     with transaction.atomic():
         run = _locked_own(run_id, worker)
@@ -410,7 +416,7 @@ async def _handle_tool_calls(run: Run, assistant_message: Message) -> str:
     return S.FAILED
 
 
-@database_sync_to_async
+@_db
 def _after_tools(run_id: int, worker: str, next_status: str, error: str) -> None:
     with transaction.atomic():
         run = _locked_own(run_id, worker)
@@ -427,7 +433,7 @@ def _after_tools(run_id: int, worker: str, next_status: str, error: str) -> None
             events.run_status_changed(run_id=run.pk)
 
 
-@database_sync_to_async
+@_db
 def _latest_tool_message(run: Run) -> Message | None:
     return (
         Message.objects.filter(run=run, role=Message.Role.ASSISTANT, tool_calls__isnull=False)

@@ -123,7 +123,10 @@ def _classify(exc: BaseException, config: ModelConfig) -> GatewayError:
 
     name = config.name
     detail = str(getattr(exc, "message", "") or exc)[:300]
-    if isinstance(exc, litellm.ContextWindowExceededError) or "context_length" in detail:
+    lowered = f"{detail} {getattr(exc, 'code', '')} {getattr(exc, 'body', '')}".lower()
+    if isinstance(exc, litellm.ContextWindowExceededError) or any(
+        marker in lowered for marker in ("context_length", "context length", "context window")
+    ):
         return GatewayError(
             "context_too_long",
             f"The conversation is too long for {name}'s context window. "
