@@ -11,6 +11,7 @@ beat does that job otherwise). One engine, two dispatchers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -65,8 +66,12 @@ async def _aspawn(run_id: int) -> None:
 def _spawn(run_id: int, *, with_recovery: bool = True) -> None:
     from conversations.engine import run_advance
 
+    # A fresh context: the caller's (a request's or consumer call's) ends before
+    # the step does, and asgiref's thread-sensitive executor lives in it.
     task = asyncio.get_running_loop().create_task(
-        run_advance(run_id=run_id, worker=worker_id("inprocess")), name=f"run-{run_id}"
+        run_advance(run_id=run_id, worker=worker_id("inprocess")),
+        name=f"run-{run_id}",
+        context=contextvars.Context(),
     )
     _tasks.add(task)
     task.add_done_callback(_done)
@@ -99,7 +104,9 @@ def recovery_timer_ensure() -> None:
     loop = asyncio.get_running_loop()
     task = _recovery.get(id(loop))
     if task is None or task.done():
-        _recovery[id(loop)] = loop.create_task(_recovery_loop(), name="runs-recover-stale")
+        _recovery[id(loop)] = loop.create_task(
+            _recovery_loop(), name="runs-recover-stale", context=contextvars.Context()
+        )
 
 
 async def _recovery_loop() -> None:

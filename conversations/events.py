@@ -226,7 +226,7 @@ class StreamPublisher:
 
     def body_html(self, text: str) -> str:
         streaming = SimpleNamespace(pk=self.message_id, role="assistant", content=text)
-        return render("message-body", {"m": streaming, "streaming": True, "oob": True})
+        return render("message-body", {"m": streaming, "streaming": True, "body_oob": True})
 
     async def close(self) -> None:
         if self._timer is not None and not self._timer.done():
