@@ -68,7 +68,7 @@ def _on_commit(fn: Callable[[], None]) -> None:
 
 
 def render(partial: str, context: dict) -> str:
-    return render_to_string(f"{TEMPLATE}#{partial}", context)
+    return render_to_string(f"{TEMPLATE}#{partial}", context).strip()
 
 
 # -- fragments after writes ------------------------------------------------------
