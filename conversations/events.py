@@ -141,18 +141,35 @@ def run_status_changed(*, run_id: int) -> None:
 
 
 def conversation_changed(*, conversation_id: int) -> None:
-    """On commit: re-render the conversation's entry in its owner's sidebar (all tabs)."""
+    """On commit: re-render its owner's conversation list (every tab; new ones appear)."""
 
     def send() -> None:
         from conversations.models import Conversation
 
-        conversation = Conversation.objects.get(pk=conversation_id)
-        push_html(
-            group=user_group(conversation.owner_id),
-            html=render("conversation-item", {"c": conversation, "oob": True}),
+        owner_id = (
+            Conversation.objects.filter(pk=conversation_id)
+            .values_list("owner_id", flat=True)
+            .first()
         )
+        if owner_id is not None:
+            _push_conversation_list(owner_id)
 
     _on_commit(send)
+
+
+def conversation_list_changed(*, user_id: int) -> None:
+    """On commit: re-render the user's conversation list (after a delete)."""
+    _on_commit(lambda: _push_conversation_list(user_id))
+
+
+def _push_conversation_list(user_id: int) -> None:
+    from conversations import selectors
+
+    conversations = selectors.conversation_list(user=user_id)
+    push_html(
+        group=user_group(user_id),
+        html=render("conversation-list", {"conversations": conversations, "oob": True}),
+    )
 
 
 def error_fragment(text: str) -> str:

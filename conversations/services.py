@@ -148,6 +148,7 @@ def conversation_archive(*, user, conversation_id: int, archived: bool = True) -
                 run_finish(run=run, status=Run.Status.CANCELLED)
         conversation.archived = archived
         conversation.save(update_fields=["archived", "updated_at"])
+        events.conversation_changed(conversation_id=conversation.pk)
     # AUDIT: conversation.archived {conversation_id, archived}
     return conversation
 
@@ -157,6 +158,7 @@ def conversation_delete(*, user, conversation_id: int) -> None:
     with transaction.atomic():
         conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
         conversation.delete()
+        events.conversation_list_changed(user_id=user.pk)
     # AUDIT: conversation.deleted {conversation_id}
 
 

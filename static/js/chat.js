@@ -20,8 +20,26 @@
   }
   var follow = true;
   document.addEventListener("htmx:wsBeforeMessage", function () { follow = nearBottom(); });
+  function markCurrent() {
+    document.querySelectorAll(".conversation-item").forEach(function (item) {
+      var link = item.querySelector("a");
+      item.classList.toggle("current", !!link && link.pathname === window.location.pathname);
+    });
+  }
   document.addEventListener("htmx:wsAfterMessage", function () {
+    markCurrent();
     if (follow) window.scrollTo(0, document.body.scrollHeight);
+  });
+  // After a reconnect, pushes sent while offline are lost: redraw from the
+  // server (the database is the truth), then frames continue from there.
+  var opened = false;
+  document.addEventListener("htmx:wsOpen", function () {
+    if (opened && document.getElementById("messages") && window.htmx) {
+      window.htmx.ajax("GET", window.location.href, {
+        target: "#messages", select: "#messages", swap: "outerHTML"
+      });
+    }
+    opened = true;
   });
   document.addEventListener("DOMContentLoaded", function () {
     if (document.getElementById("messages")) window.scrollTo(0, document.body.scrollHeight);

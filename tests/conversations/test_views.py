@@ -173,3 +173,16 @@ def test_query_count_does_not_grow_with_messages(
     with django_assert_num_queries(len(small.captured_queries)):
         response = user_client.get(url)
     assert response.content.decode().count('class="msg msg-') == 50
+
+
+def test_admin_pages(client, admin_user, conversation):
+    from conversations import services
+
+    services.message_send(user=conversation.owner, conversation_id=conversation.pk, content="a")
+    client.force_login(admin_user)
+    for model in ("modelconfig", "conversation", "message", "run"):
+        url = reverse(f"admin:conversations_{model}_changelist")
+        assert client.get(url).status_code == 200, model
+    page = client.get(reverse("admin:conversations_conversation_change", args=[conversation.pk]))
+    assert page.status_code == 200
+    assert client.get(reverse("admin:conversations_message_add")).status_code == 403
