@@ -118,12 +118,25 @@ class Message(models.Model):
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    run_step = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="For assistant messages: the run step (LLM call) it answers.",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ("conversation", "id")
         indexes: ClassVar = [models.Index(fields=["conversation", "id"])]
+        constraints: ClassVar = [
+            # One assistant message per run step: a replayed step reuses it.
+            models.UniqueConstraint(
+                fields=["run", "run_step"],
+                condition=Q(role="assistant"),
+                name="conversations_one_assistant_message_per_step",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"

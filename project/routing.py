@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from conversations.routing import websocket_urlpatterns as conversations_ws
+
+websocket_urlpatterns: list = [*conversations_ws]

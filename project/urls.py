@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from project import views
+from conversations import views as conversation_views
 from project.health import healthz
 
 admin.site.site_header = "Tollgate administration"
@@ -13,7 +13,8 @@ admin.site.site_title = "Tollgate admin"
 admin.site.index_title = "Users, models, tools, policies and budgets"
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", conversation_views.home, name="home"),
+    path("", include("conversations.urls")),
     path("healthz", healthz, name="healthz"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),

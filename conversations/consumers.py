@@ -1,0 +1,143 @@
+"""The page's single WebSocket (``/ws/``, optional ``?conversation=<id>``).
+
+Joins ``user.<id>`` always and ``conversation.<id>`` only for a conversation the
+user owns (else the connection is closed with 4403). Anonymous users are
+closed with 4401. Outbound: ``html.push`` group messages are forwarded as text
+frames (htmx's ws extension swaps them). Inbound: JSON frames validated with
+pydantic and routed through ``INBOUND`` (``type`` → model + handler); anything
+else gets an inline error fragment, a log line, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from conversations import services
+from conversations.events import conversation_group, error_fragment, user_group
+from conversations.models import Conversation
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+MAX_FRAME_CHARS = 1_000_000
+
+
+class Frame(BaseModel):
+    """Base of inbound frames: unknown keys (htmx adds ``HEADERS``) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class MessageSendFrame(Frame):
+    conversation_id: int
+    content: str = Field(max_length=MAX_FRAME_CHARS)
+
+
+class RunCancelFrame(Frame):
+    run_id: int
+
+
+Handler = Callable[["PageConsumer", Any], Awaitable[None]]
+
+
+async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None:
+    await database_sync_to_async(services.message_send)(
+        user=consumer.user, conversation_id=frame.conversation_id, content=frame.content
+    )
+
+
+async def _run_cancel(consumer: PageConsumer, frame: RunCancelFrame) -> None:
+    await database_sync_to_async(services.run_cancel)(user=consumer.user, run_id=frame.run_id)
+
+
+#: Inbound frame ``type`` → (pydantic model, handler). The approvals side adds
+#: ``"approval.decide"`` here.
+INBOUND: dict[str, tuple[type[Frame], Handler]] = {
+    "message.send": (MessageSendFrame, _message_send),
+    "run.cancel": (RunCancelFrame, _run_cancel),
+}
+
+
+@database_sync_to_async
+def _owns(user, conversation_id: int) -> bool:
+    return Conversation.objects.filter(pk=conversation_id, owner=user).exists()
+
+
+class PageConsumer(AsyncWebsocketConsumer):
+    """One per page; thin: authorise, validate, call a service, forward HTML."""
+
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.joined: list[str] = []
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        raw = (query.get("conversation") or [""])[0]
+        groups = [user_group(self.user.pk)]
+        if raw:
+            if not raw.isdigit() or not await _owns(self.user, int(raw)):
+                logger.warning("user %s may not join conversation %r", self.user.pk, raw)
+                await self.close(code=CLOSE_FORBIDDEN)
+                return
+            groups.append(conversation_group(int(raw)))
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.joined.append(group)
+        await self.accept()
+        from conversations.dispatch import recovery_timer_ensure
+
+        recovery_timer_ensure()
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            await self._reject("Binary frames are not supported.", repr(bytes_data)[:80])
+            return
+        if len(text_data) > MAX_FRAME_CHARS + 10_000:
+            await self._reject("That message is too large.", f"{len(text_data)} chars")
+            return
+        try:
+            data = json.loads(text_data)
+        except ValueError:
+            await self._reject("The page sent something that is not JSON.", text_data[:80])
+            return
+        if not isinstance(data, dict) or data.get("type") not in INBOUND:
+            kind = data.get("type") if isinstance(data, dict) else type(data).__name__
+            await self._reject(f"Unknown request type {str(kind)[:40]!r}.", text_data[:80])
+            return
+        model, handler = INBOUND[data["type"]]
+        try:
+            frame = model.model_validate(data)
+        except ValidationError as error:
+            fields = ", ".join(str(e["loc"][0]) for e in error.errors() if e.get("loc"))
+            await self._reject(f"Invalid request: check {fields or 'the fields'}.", text_data[:80])
+            return
+        try:
+            await handler(self, frame)
+        except services.ConversationError as error:
+            logger.info("user %s %s rejected: %s", self.user.pk, data["type"], error)
+            await self.send(text_data=error_fragment(str(error)))
+            return
+        # Success clears a previous error box.
+        await self.send(text_data=error_fragment(""))
+
+    async def _reject(self, message: str, detail: str) -> None:
+        logger.warning("bad frame from user %s: %s (%s)", self.user.pk, message, detail)
+        await self.send(text_data=error_fragment(message))
+
+    async def html_push(self, event: dict[str, Any]) -> None:
+        """Forward server-rendered HTML (from ``<app>/events.py``) to the browser."""
+        await self.send(text_data=event["html"])

@@ -1,0 +1,86 @@
+"""Fit a conversation into a model's context window by dropping the oldest turns.
+
+Rules: leading system messages are always kept; an assistant message with
+``tool_calls`` and the tool results that answer it are dropped together or not
+at all; the newest group is always kept. Tokens are counted with
+``litellm.token_counter`` for the model (overcounting slightly per message,
+which errs on the side of fitting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from conversations.gateway import GatewayError
+
+
+@dataclass
+class FitResult:
+    """``messages`` to send, how many were ``dropped``, and the ``prompt_tokens`` estimate."""
+
+    messages: list[dict[str, Any]]
+    dropped: int
+    prompt_tokens: int
+
+
+def _groups(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split into droppable units: a tool-calling assistant message with its results is one."""
+    groups: list[list[dict[str, Any]]] = []
+    for message in messages:
+        if (
+            message.get("role") == "tool"
+            and groups
+            and (groups[-1][0].get("role") == "assistant" and groups[-1][0].get("tool_calls"))
+        ):
+            groups[-1].append(message)
+        else:
+            groups.append([message])
+    return groups
+
+
+def context_fit(
+    *,
+    messages: list[dict[str, Any]],
+    model: str,
+    context_window: int,
+    max_output_tokens: int,
+    tools: list[dict] | None = None,
+) -> FitResult:
+    """Drop the oldest turns until prompt + ``max_output_tokens`` fits ``context_window``.
+
+    Arguments are OpenAI-format messages/tools and token counts. Raises
+    ``GatewayError("context_too_long")`` when even the system prompt plus the
+    newest turn do not fit.
+    """
+    import litellm
+
+    def count(batch: list[dict[str, Any]]) -> int:
+        return sum(litellm.token_counter(model=model, messages=[m]) for m in batch)
+
+    head_len = 0
+    while head_len < len(messages) and messages[head_len].get("role") == "system":
+        head_len += 1
+    head, rest = messages[:head_len], messages[head_len:]
+    groups = _groups(rest)
+    budget = context_window - max_output_tokens
+    fixed = count(head) + 3
+    if tools:
+        fixed += litellm.token_counter(model=model, messages=[], tools=tools)
+    sizes = [count(group) for group in groups]
+    total = fixed + sum(sizes)
+    dropped = 0
+    first = 0
+    while total > budget and first < len(groups) - 1:
+        total -= sizes[first]
+        dropped += len(groups[first])
+        first += 1
+    if total > budget:
+        raise GatewayError(
+            "context_too_long",
+            f"The message is too long for this model: about {total} tokens plus "
+            f"{max_output_tokens} for the answer exceed its {context_window}-token context "
+            "window. Shorten it or pick a model with a larger context.",
+        )
+    kept = [m for group in groups[first:] for m in group]
+    return FitResult(messages=head + kept, dropped=dropped, prompt_tokens=total)

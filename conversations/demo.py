@@ -1,0 +1,323 @@
+"""The built-in offline ``demo`` model: a litellm custom provider.
+
+Model string ``demo/tollgate``. It streams deterministic text word by word at a
+realistic pace (``TOLLGATE_DEMO_DELAY_MS`` per chunk, default 40; tests set 0),
+reports usage, and emits OpenAI-style tool calls for the few requests it
+recognises (``RECOGNISERS``) when a tool of that name is offered. Once a tool
+result is in the history it answers from that result. Source: litellm's
+"Custom API Server (Custom Format)" provider docs (``CustomLLM.astreaming``
+yielding ``GenericStreamingChunk``).
+
+litellm is imported lazily (it takes seconds to import); ``demo_register()``
+is called by the gateway before the first model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+PROVIDER = "demo"
+MODEL = "demo/tollgate"
+
+_CITY_TIMEZONES = {
+    "tokyo": "Asia/Tokyo",
+    "london": "Europe/London",
+    "paris": "Europe/Paris",
+    "berlin": "Europe/Berlin",
+    "new york": "America/New_York",
+    "san francisco": "America/Los_Angeles",
+    "los angeles": "America/Los_Angeles",
+    "sydney": "Australia/Sydney",
+    "delhi": "Asia/Kolkata",
+    "utc": "UTC",
+}
+
+
+def _timezone(match: re.Match[str]) -> str:
+    place = (match.group("place") or "").strip().lower().rstrip("?.! ")
+    return _CITY_TIMEZONES.get(place, "UTC")
+
+
+def _clean(text: str) -> str:
+    return text.strip().rstrip("?.!").strip()
+
+
+@dataclass(frozen=True)
+class Recogniser:
+    """One request the demo turns into a tool call.
+
+    ``keys`` are the argument names to try, in order, against the offered
+    tool's JSON schema; the first present one (else the first required
+    property, else ``keys[0]``) gets ``value(match)``.
+    """
+
+    pattern: re.Pattern[str]
+    tool: str  # registry name; the wire name replaces "." with "__"
+    keys: tuple[str, ...]
+    value: Callable[[re.Match[str]], str]
+
+
+RECOGNISERS: tuple[Recogniser, ...] = (
+    Recogniser(
+        re.compile(r"\bwhat(?:'s| is)? (?:the )?time(?: is it)?(?: in (?P<place>[a-z .]+))?", re.I),
+        "time.now",
+        ("timezone", "tz"),
+        _timezone,
+    ),
+    Recogniser(
+        re.compile(r"\b(?:calculate|compute|evaluate)\s+(?P<v>.+)", re.I | re.S),
+        "calc.evaluate",
+        ("expression", "expr"),
+        lambda m: _clean(m.group("v")),
+    ),
+    Recogniser(
+        re.compile(r"^\s*remember(?: that)?\s+(?P<v>.+)", re.I | re.S),
+        "notes.write",
+        ("content", "text", "note", "body"),
+        lambda m: _clean(m.group("v")),
+    ),
+    Recogniser(
+        re.compile(r"^\s*(?:forget(?: that)?|delete (?:the )?note)\s+(?P<v>.+)", re.I | re.S),
+        "notes.delete",
+        ("query", "title", "content", "text", "id"),
+        lambda m: _clean(m.group("v")),
+    ),
+    Recogniser(
+        re.compile(r"\bfetch\s+(?P<v>https?://\S+)", re.I),
+        "http.get",
+        ("url",),
+        lambda m: m.group("v").rstrip(".,)"),
+    ),
+    Recogniser(
+        re.compile(r"^\s*run python:\s*(?P<v>.+)", re.I | re.S),
+        "code.python",
+        ("code", "source"),
+        lambda m: m.group("v").strip(),
+    ),
+    Recogniser(
+        re.compile(r"^\s*run shell:\s*(?P<v>.+)", re.I | re.S),
+        "code.shell",
+        ("command", "cmd", "script"),
+        lambda m: m.group("v").strip(),
+    ),
+)
+
+_HELP = (
+    "I am Tollgate's **offline demo model**: I run without a network or an API key, "
+    "so I cannot really think about your message, but I show how the product works "
+    "(streaming, tools, approvals).\n\n"
+    "You wrote: *{echo}*\n\n"
+    "Things I recognise when tools are enabled:\n\n"
+    "- `what time is it in Tokyo`\n"
+    "- `calculate 17*23`\n"
+    "- `remember that the meeting is on Friday` / `forget the meeting`\n"
+    "- `fetch https://example.com`\n"
+    "- `run python: print(2 + 2)` / `run shell: ls`\n\n"
+    "Pick a real model in the model menu for real answers."
+)
+_GREETING = "Hello! I am the offline demo model. Ask me anything, or try `calculate 17*23`."
+
+
+def wire_name(tool: str) -> str:
+    """The name a tool has on the wire to the model (``notes.delete`` → ``notes__delete``)."""
+    return tool.replace(".", "__")
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def _offered(tools: list[dict] | None) -> dict[str, dict]:
+    """Wire name → parameters schema of each tool offered in this request."""
+    offered: dict[str, dict] = {}
+    for tool in tools or []:
+        function = tool.get("function") or {}
+        if function.get("name"):
+            offered[function["name"]] = function.get("parameters") or {}
+    return offered
+
+
+def _argument_key(schema: dict, keys: tuple[str, ...]) -> str:
+    properties = schema.get("properties") or {}
+    for key in keys:
+        if key in properties:
+            return key
+    required = schema.get("required") or []
+    return required[0] if required else keys[0]
+
+
+def demo_plan(
+    messages: list[dict[str, Any]], tools: list[dict] | None
+) -> tuple[str, list[dict[str, Any]]]:
+    """Decide the demo's answer: ``(text, tool_calls)``; deterministic for a history.
+
+    Tool calls are OpenAI-shaped ``{"id", "type": "function", "function": {"name",
+    "arguments"}}`` with wire names, emitted only for tools offered in ``tools``.
+    """
+    if not messages:
+        return _GREETING, []
+    last = messages[-1]
+    if last.get("role") == "tool":
+        results = []
+        for message in reversed(messages):
+            if message.get("role") != "tool":
+                break
+            results.append(_text_of(message))
+        return _answer_from_results(list(reversed(results))), []
+    user_text = next(
+        (_text_of(m) for m in reversed(messages) if m.get("role") == "user"), ""
+    ).strip()
+    offered = _offered(tools)
+    for recogniser in RECOGNISERS:
+        name = wire_name(recogniser.tool)
+        match = recogniser.pattern.search(user_text)
+        if match and name in offered:
+            arguments = {_argument_key(offered[name], recogniser.keys): recogniser.value(match)}
+            digest = hashlib.sha256(
+                json.dumps([len(messages), user_text, name], sort_keys=True).encode()
+            ).hexdigest()[:16]
+            call = {
+                "id": f"call_demo_{digest}",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments)},
+            }
+            return "", [call]
+    if re.fullmatch(r"(?i)(hi|hello|hey)[!. ]*", user_text):
+        return _GREETING, []
+    echo = " ".join(user_text.split())[:200] or "(nothing)"
+    return _HELP.format(echo=echo.replace("*", "")), []
+
+
+def _answer_from_results(results: list[str]) -> str:
+    parts = []
+    for result in results:
+        reason = _denial_reason(result)
+        if reason is not None:
+            parts.append(
+                "I could not do that: the tool call was denied"
+                + (f" — the reason given was “{reason}”." if reason else ".")
+            )
+        else:
+            shown = result.strip()
+            if len(shown) > 1500:
+                shown = shown[:1500] + " …"
+            parts.append(f"Done — the tool said: {shown}")
+    return "\n\n".join(parts) or "Done."
+
+
+def _denial_reason(result: str) -> str | None:
+    """The reason quoted in a denial/expiry result, ``""`` if none, ``None`` if not a denial."""
+    try:
+        data = json.loads(result)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        status = str(data.get("status", "")).lower()
+        if status in {"denied", "expired"} or data.get("denied"):
+            return str(data.get("reason") or data.get("error") or "")
+    match = re.search(r"\b(denied|expired)\b(?:[^:]*:\s*(?P<reason>.+))?", result, re.I | re.S)
+    if match:
+        return (match.group("reason") or "").strip().strip('"“”')
+    return None
+
+
+def _delay_seconds() -> float:
+    try:
+        return max(0, int(os.environ.get("TOLLGATE_DEMO_DELAY_MS", "40"))) / 1000
+    except ValueError:
+        return 0.04
+
+
+def _chunks(text: str) -> list[str]:
+    """Split keeping whitespace attached, so the chunks join back to ``text``."""
+    return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
+
+
+def _count_tokens(text: str) -> int:
+    # A deterministic approximation: the demo bills nothing, it only reports.
+    return max(1, round(len(re.findall(r"\w+|[^\w\s]", text)) * 1.3)) if text else 0
+
+
+def _build_provider() -> Any:
+    from litellm import CustomLLM
+    from litellm.types.utils import GenericStreamingChunk
+
+    class DemoLLM(CustomLLM):
+        async def astreaming(
+            self, *args: Any, **kwargs: Any
+        ) -> AsyncIterator[GenericStreamingChunk]:
+            messages = kwargs.get("messages") or []
+            optional = kwargs.get("optional_params") or {}
+            text, calls = demo_plan(messages, optional.get("tools"))
+            prompt_tokens = sum(_count_tokens(_text_of(m)) + 4 for m in messages)
+            delay = _delay_seconds()
+            for piece in _chunks(text):
+                if delay:
+                    await asyncio.sleep(delay)
+                yield {
+                    "text": piece,
+                    "tool_use": None,
+                    "is_finished": False,
+                    "finish_reason": "",
+                    "usage": None,
+                    "index": 0,
+                }
+            for position, call in enumerate(calls):
+                if delay:
+                    await asyncio.sleep(delay)
+                yield {
+                    "text": "",
+                    "tool_use": {**call, "index": position},
+                    "is_finished": False,
+                    "finish_reason": "",
+                    "usage": None,
+                    "index": 0,
+                }
+            completion_tokens = _count_tokens(text) + sum(
+                _count_tokens(c["function"]["arguments"]) + 3 for c in calls
+            )
+            yield {
+                "text": "",
+                "tool_use": None,
+                "is_finished": True,
+                "finish_reason": "tool_calls" if calls else "stop",
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                "index": 0,
+            }
+
+    return DemoLLM()
+
+
+_lock = threading.Lock()
+
+
+def demo_register() -> None:
+    """Register the ``demo`` provider with litellm once per process (idempotent)."""
+    import litellm
+
+    with _lock:
+        if any(item["provider"] == PROVIDER for item in litellm.custom_provider_map):
+            return
+        litellm.suppress_debug_info = True
+        litellm.custom_provider_map = [
+            *litellm.custom_provider_map,
+            {"provider": PROVIDER, "custom_handler": _build_provider()},
+        ]
+        from litellm.utils import custom_llm_setup
+
+        custom_llm_setup()

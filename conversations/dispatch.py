@@ -1,0 +1,122 @@
+"""Who runs the engine's steps: Celery or asyncio tasks in the web process.
+
+``settings.TOLLGATE_DISPATCHER``: ``"celery"`` sends ``conversations.tasks.run_step``
+(ids only); ``"inprocess"`` (the embedded mode) creates an asyncio task on the
+web process's event loop and keeps a strong reference until it finishes. In
+in-process mode the first dispatch also starts a timer that runs
+``runs_recover_stale`` every ``TOLLGATE_RUN_RECOVERY_INTERVAL`` seconds (Celery
+beat does that job otherwise). One engine, two dispatchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+_tasks: set[asyncio.Task] = set()
+_recovery: dict[int, asyncio.Task] = {}  # event loop id → its recovery timer
+
+
+def worker_id(prefix: str) -> str:
+    """A lease owner id unique to one attempt: ``<prefix>@<host>/<pid>/<random>``."""
+    return f"{prefix}@{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def dispatch_run_step(run_id: int) -> None:
+    """Schedule one ``run_advance`` of run ``run_id``. Call after commit (``on_commit``)."""
+    if settings.TOLLGATE_DISPATCHER == "celery":
+        from conversations.tasks import run_step
+
+        run_step.delay(run_id)
+        return
+    _inprocess(run_id)
+
+
+def _inprocess(run_id: int) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        _spawn(run_id)
+    elif getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None:
+        # Sync code running under the web process's loop (a view, a consumer's
+        # database call): hop onto that loop to create the task there.
+        async_to_sync(_aspawn)(run_id)
+    else:
+        # No event loop at all (a shell, a management command): run the step in
+        # a thread of its own so the caller is not blocked.
+        threading.Thread(target=_run_blocking, args=(run_id,), daemon=True).start()
+
+
+async def _aspawn(run_id: int) -> None:
+    _spawn(run_id)
+
+
+def _spawn(run_id: int, *, with_recovery: bool = True) -> None:
+    from conversations.engine import run_advance
+
+    # A fresh context: the caller's (a request's or consumer call's) ends before
+    # the step does, and asgiref's thread-sensitive executor lives in it.
+    task = asyncio.get_running_loop().create_task(
+        run_advance(run_id=run_id, worker=worker_id("inprocess")),
+        name=f"run-{run_id}",
+        context=contextvars.Context(),
+    )
+    _tasks.add(task)
+    task.add_done_callback(_done)
+    if with_recovery:
+        recovery_timer_ensure()
+
+
+def _done(task: asyncio.Task) -> None:
+    _tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("in-process run step failed", exc_info=task.exception())
+
+
+def _run_blocking(run_id: int) -> None:
+    asyncio.run(_drain(run_id))
+
+
+async def _drain(run_id: int) -> None:
+    """Run the step and every step it schedules on this loop, then return."""
+    loop = asyncio.get_running_loop()
+    _spawn(run_id, with_recovery=False)
+    while pending := [t for t in list(_tasks) if t.get_loop() is loop]:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def recovery_timer_ensure() -> None:
+    """Start the in-process stuck-run recovery timer on the running loop (once per loop)."""
+    if settings.TOLLGATE_DISPATCHER == "celery":
+        return
+    loop = asyncio.get_running_loop()
+    task = _recovery.get(id(loop))
+    if task is None or task.done():
+        _recovery[id(loop)] = loop.create_task(
+            _recovery_loop(), name="runs-recover-stale", context=contextvars.Context()
+        )
+
+
+async def _recovery_loop() -> None:
+    from conversations.services import runs_recover_stale
+
+    entry = settings.CELERY_BEAT_SCHEDULE.get("conversations-recover-stale-runs", {})
+    interval = float(entry.get("schedule", 60.0))
+    while True:
+        try:
+            await sync_to_async(runs_recover_stale)()
+        except Exception:
+            logger.exception("stuck-run recovery failed")
+        await asyncio.sleep(interval)

@@ -1,0 +1,467 @@
+"""The agent loop engine: advance a ``Run`` one step, state in the database.
+
+DESIGN.md, "The agent loop" (continuation-passing, durable)::
+
+    queued → calling_llm → (text only) → completed
+                         → (tool calls) → gating → executing_tools → calling_llm …
+                                        → awaiting_approval ──(all decided)──┘
+    any state → cancelled | failed        steps > max_steps → failed
+
+``run_advance`` is the only entry point; the dispatcher (``dispatch.py``) calls
+it from a Celery task or an asyncio task. Each step: take the lease (row lock,
+expected status), read state, do ONE model call streaming deltas, store the
+assistant message once (keyed by (run, step), so a replayed step rewrites the
+same row), transition, release the lease and schedule the next step on commit.
+
+``run.step`` is the number of the model call the run is on; it is incremented
+by the transition INTO ``calling_llm`` (from queued here, from the tool phase
+via ``run_llm_call_schedule``), never by a replay of the call itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from conversations import events
+from conversations.context import context_fit
+from conversations.gateway import ChatResult, GatewayError, StreamAborted, stream_chat
+from conversations.models import Conversation, Message, ModelConfig, Run
+
+logger = logging.getLogger(__name__)
+
+S = Run.Status
+
+# Plain thread-sensitive sync_to_async (not channels' database_sync_to_async,
+# which closes the connection before each call): Celery closes connections
+# between tasks and Django between requests, and a step must be able to run
+# inside a caller's transaction (tests).
+_db = sync_to_async
+#: Statuses in which a dispatched step has work to do (the rest wait on others).
+ADVANCEABLE = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING})
+
+
+class StepAborted(StreamAborted):
+    """Raised from the stream callback when the run was cancelled or its lease lost."""
+
+
+def _lease_until() -> Any:
+    return timezone.now() + timedelta(seconds=settings.TOLLGATE_RUN_LEASE_SECONDS)
+
+
+def _release(run: Run) -> None:
+    run.lease_owner = ""
+    run.lease_expires_at = None
+
+
+def _stop_streaming_messages(run: Run, status: str) -> None:
+    for message in Message.objects.filter(run=run, status=Message.Status.STREAMING):
+        message.status = status
+        message.save(update_fields=["status"])
+        events.message_replaced(message_id=message.pk)
+
+
+def run_finish(*, run: Run, status: str, error: str = "") -> None:
+    """Move ``run`` to a terminal ``status`` (completed, failed, cancelled).
+
+    Precondition: inside ``transaction.atomic`` with ``run`` locked. Marks
+    any still-streaming message of the run stopped (cancel) or failed, clears
+    the lease, pushes the new status on commit.
+    """
+    if status not in Run.TERMINAL:
+        raise ValueError(f"{status} is not a terminal status")
+    run.status = status
+    run.error = error[:2000]
+    run.finished_at = timezone.now()
+    _release(run)
+    run.save(update_fields=["status", "error", "finished_at", "lease_owner", "lease_expires_at"])
+    if status == S.CANCELLED:
+        _stop_streaming_messages(run, Message.Status.STOPPED)
+    elif status == S.FAILED:
+        _stop_streaming_messages(run, Message.Status.FAILED)
+    events.run_status_changed(run_id=run.pk)
+    # AUDIT: run.finished {run_id, status, error, step}
+
+
+def run_llm_call_schedule(*, run: Run) -> None:
+    """Transition a locked run into ``calling_llm`` for its next model call, on commit.
+
+    For the tool phase (the lead's gate/executor): call when every invocation
+    of the turn is settled. Fails the run with a clear message when the next
+    call would exceed ``run.max_steps``. Precondition: inside
+    ``transaction.atomic`` with ``run`` locked by ``select_for_update``.
+    """
+    if run.step >= run.max_steps:
+        run_finish(
+            run=run,
+            status=S.FAILED,
+            error=(
+                f"Stopped after {run.step} model calls without a final answer "
+                f"(this run's limit is {run.max_steps} steps)."
+            ),
+        )
+        return
+    run.status = S.CALLING_LLM
+    run.step += 1
+    _release(run)
+    run.save(update_fields=["status", "step", "lease_owner", "lease_expires_at"])
+    events.run_status_changed(run_id=run.pk)
+    _dispatch_on_commit(run.pk)
+
+
+def _dispatch_on_commit(run_id: int) -> None:
+    from conversations.dispatch import dispatch_run_step
+
+    transaction.on_commit(lambda: dispatch_run_step(run_id))
+
+
+# -- step 0: the lease -------------------------------------------------------------
+
+
+@_db
+def _claim(run_id: int, worker: str) -> Run | None:
+    """Lock the run, check it has work for us, take the lease; ``None`` = nothing to do."""
+    with transaction.atomic():
+        run = (
+            Run.objects.select_for_update(no_key=True, of=("self",))
+            .select_related("conversation__model_config")
+            .filter(pk=run_id)
+            .first()
+        )
+        if run is None or run.is_terminal or run.status not in ADVANCEABLE:
+            return None
+        now = timezone.now()
+        if run.lease_expires_at is not None and run.lease_expires_at > now:
+            return None  # another worker is on it (a duplicate or redelivered task)
+        if run.cancel_requested:
+            run_finish(run=run, status=S.CANCELLED)
+            return None
+        if run.status == S.QUEUED:
+            if run.step >= run.max_steps:
+                run_finish(
+                    run=run,
+                    status=S.FAILED,
+                    error=f"This run may not call the model (limit {run.max_steps} steps).",
+                )
+                return None
+            run.status = S.CALLING_LLM
+            run.step += 1
+            run.started_at = run.started_at or now
+        run.lease_owner = worker
+        run.lease_expires_at = _lease_until()
+        run.save(update_fields=["status", "step", "started_at", "lease_owner", "lease_expires_at"])
+        events.run_status_changed(run_id=run.pk)
+        return run
+
+
+# -- step 1: read state ------------------------------------------------------------
+
+
+def history_messages(*, conversation: Conversation, exclude_id: int | None = None) -> list[dict]:
+    """The conversation as OpenAI-format messages, system prompt first.
+
+    Failed and still-streaming messages are left out; an assistant message's
+    ``tool_calls`` are kept only when every call has its tool result, and a
+    tool result only when its call is there (providers reject either half alone).
+    """
+    rows = list(
+        Message.objects.filter(
+            conversation=conversation,
+            status__in=[Message.Status.COMPLETE, Message.Status.STOPPED],
+        )
+        .exclude(pk=exclude_id)
+        .order_by("id")
+    )
+    answered = {m.tool_call_id for m in rows if m.role == Message.Role.TOOL}
+    out: list[dict] = []
+    if not any(m.role == Message.Role.SYSTEM for m in rows):
+        out.append({"role": "system", "content": settings.TOLLGATE_SYSTEM_PROMPT})
+    open_calls: set[str] = set()
+    for m in rows:
+        if m.role == Message.Role.TOOL:
+            if m.tool_call_id in open_calls:
+                out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+            continue
+        item: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.role == Message.Role.ASSISTANT and m.tool_calls:
+            ids = {c.get("id") for c in m.tool_calls}
+            if ids <= answered:
+                item["tool_calls"] = m.tool_calls
+                item["content"] = m.content or None
+                open_calls = ids
+            else:
+                open_calls = set()
+        if item["content"] is None and "tool_calls" not in item:
+            continue
+        if item["role"] == Message.Role.ASSISTANT and not item.get("tool_calls") and not m.content:
+            continue
+        out.append(item)
+    return out
+
+
+async def _tools_for_run(run: Run) -> list[dict] | None:
+    """OpenAI-format tool list offered to the model for this run.
+
+    LEAD: wire the tool registry here (enabled tools this user may use, when
+    ``run.conversation.model_config.supports_tools``). ``None`` = no tools.
+    """
+    return None
+
+
+@_db
+def _prepare(run: Run) -> tuple[Message, list[dict]]:
+    """Create (or reset, on replay) the assistant message of this step; read history."""
+    with transaction.atomic():
+        message, created = Message.objects.get_or_create(
+            run=run,
+            run_step=run.step,
+            role=Message.Role.ASSISTANT,
+            defaults={
+                "conversation_id": run.conversation_id,
+                "status": Message.Status.STREAMING,
+                "model": run.conversation.model_config.litellm_model,
+            },
+        )
+        if not created:
+            message.content = ""
+            message.tool_calls = None
+            message.status = Message.Status.STREAMING
+            message.save(update_fields=["content", "tool_calls", "status"])
+            events.message_replaced(message_id=message.pk)
+        else:
+            events.message_appended(message_id=message.pk)
+    history = history_messages(conversation=run.conversation, exclude_id=message.pk)
+    return message, history
+
+
+# -- step 2: the model call ------------------------------------------------------
+
+
+async def _step_call_llm(run: Run, worker: str) -> None:
+    config: ModelConfig = run.conversation.model_config
+    message, history = await _prepare(run)
+    tools = await _tools_for_run(run)
+    try:
+        fit = context_fit(
+            messages=history,
+            model=config.litellm_model,
+            context_window=config.context_window,
+            max_output_tokens=config.max_output_tokens,
+            tools=tools,
+        )
+    except GatewayError as error:
+        await _fail(run.pk, worker, message.pk, error.user_message, kind=error.kind)
+        return
+    if fit.dropped:
+        logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
+
+    lease_renewed = timezone.now()
+
+    async def on_flush(text: str) -> None:
+        nonlocal lease_renewed
+        renew = (timezone.now() - lease_renewed).total_seconds() > 10
+        state = await _persist_partial(run.pk, worker, message.pk, text, renew)
+        if renew:
+            lease_renewed = timezone.now()
+        if state != "ok":
+            raise StepAborted(state)
+
+    publisher = events.StreamPublisher(
+        message_id=message.pk, conversation_id=run.conversation_id, on_flush=on_flush
+    )
+    try:
+        result = await stream_chat(
+            config=config,
+            messages=fit.messages,
+            tools=tools,
+            on_delta=publisher.feed,
+            max_tokens=config.max_output_tokens,
+        )
+        await publisher.close()
+    except StepAborted as aborted:
+        await _abort(run.pk, worker, message.pk, publisher.text, reason=str(aborted))
+        return
+    except GatewayError as error:
+        await _fail(run.pk, worker, message.pk, error.user_message, kind=error.kind,
+                    partial=publisher.text)  # fmt: skip
+        return
+    except Exception:
+        logger.exception("run %s step %s failed", run.pk, run.step)
+        await _fail(run.pk, worker, message.pk, "Something went wrong on the server while "
+                    "answering. Try again.", kind="internal", partial=publisher.text)  # fmt: skip
+        return
+
+    assistant = await _store_answer(run.pk, worker, message.pk, result, dropped=fit.dropped)
+    if assistant is None or not result.tool_calls:
+        return
+    next_status = await _handle_tool_calls(run, assistant)
+    await _after_tools(run.pk, worker, next_status, run.error)
+
+
+@_db
+def _persist_partial(run_id: int, worker: str, message_id: int, text: str, renew: bool) -> str:
+    """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``."""
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
+    state = Run.objects.filter(pk=run_id).values("lease_owner", "cancel_requested").first()
+    if state is None or state["lease_owner"] != worker:
+        return "lost"
+    if state["cancel_requested"]:
+        return "cancelled"
+    if renew:
+        Run.objects.filter(pk=run_id, lease_owner=worker).update(lease_expires_at=_lease_until())
+    return "ok"
+
+
+def _locked_own(run_id: int, worker: str) -> Run | None:
+    run = Run.objects.select_for_update(no_key=True).get(pk=run_id)
+    if run.lease_owner != worker or run.is_terminal:
+        logger.warning("run %s: lease lost by %s; result discarded", run_id, worker)
+        return None
+    return run
+
+
+@_db
+def _store_answer(
+    run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int
+) -> Message | None:
+    """Write the finished assistant message once and transition the run."""
+    with transaction.atomic():
+        run = _locked_own(run_id, worker)
+        if run is None:
+            return None
+        message = Message.objects.get(pk=message_id)
+        message.content = result.content
+        message.tool_calls = result.tool_calls or None
+        message.status = Message.Status.COMPLETE
+        message.model = result.model or message.model
+        message.prompt_tokens = result.prompt_tokens
+        message.completion_tokens = result.completion_tokens
+        message.cost_usd = result.cost_usd
+        message.latency_ms = result.latency_ms
+        message.metadata = {
+            **message.metadata,
+            "ttft_ms": result.ttft_ms,
+            "finish_reason": result.finish_reason,
+            "context_dropped_messages": dropped,
+        }
+        message.save()
+        # AUDIT: llm.call {run_id, step, model, prompt_tokens, completion_tokens, cost_usd}
+        context = run.metadata.setdefault("context", {})
+        context[str(run.step)] = {"dropped_messages": dropped}
+        if dropped:
+            run.metadata["context_dropped_messages"] = (
+                run.metadata.get("context_dropped_messages", 0) + dropped
+            )
+        run.save(update_fields=["metadata"])
+        events.message_replaced(message_id=message.pk)
+        if result.tool_calls:
+            if run.cancel_requested:
+                run_finish(run=run, status=S.CANCELLED)
+                return None
+            run.status = S.GATING
+            run.save(update_fields=["status"])
+            events.run_status_changed(run_id=run.pk)
+        else:
+            run_finish(run=run, status=S.COMPLETED)
+        return message
+
+
+@_db
+def _fail(
+    run_id: int, worker: str, message_id: int, error: str, *, kind: str, partial: str = ""
+) -> None:
+    with transaction.atomic():
+        run = _locked_own(run_id, worker)
+        if run is None:
+            return
+        Message.objects.filter(pk=message_id).update(content=partial)
+        run.metadata["error_kind"] = kind
+        run.save(update_fields=["metadata"])
+        run_finish(run=run, status=S.FAILED, error=error)
+
+
+@_db
+def _abort(run_id: int, worker: str, message_id: int, partial: str, *, reason: str) -> None:
+    with transaction.atomic():
+        run = _locked_own(run_id, worker)
+        if run is None:
+            return
+        Message.objects.filter(pk=message_id).update(content=partial)
+        run_finish(run=run, status=S.CANCELLED)
+
+
+# -- the tool phase (the lead wires the gate here) -----------------------------------
+
+
+async def _handle_tool_calls(run: Run, assistant_message: Message) -> str:
+    """Gate the tool calls of ``assistant_message``; return the run's next status.
+
+    Called with the run in ``gating`` and the lease held by this worker; the
+    tool calls are already stored on ``assistant_message.tool_calls``
+    (OpenAI format, wire names). Must be replay-safe (key work by
+    (run, tool_call_id)). Return ``calling_llm`` to have the engine schedule
+    the next model call, ``awaiting_approval``/``executing_tools`` when other
+    work will continue the run, ``completed``, or ``failed`` with ``run.error``
+    set to the message the user sees.
+
+    LEAD: wire approvals' gate and tools' executor here.
+    """
+    run.error = "This model asked to use tools, but tools are not available yet."
+    return S.FAILED
+
+
+@_db
+def _after_tools(run_id: int, worker: str, next_status: str, error: str) -> None:
+    with transaction.atomic():
+        run = _locked_own(run_id, worker)
+        if run is None:
+            return
+        if next_status == S.CALLING_LLM:
+            run_llm_call_schedule(run=run)
+        elif next_status in Run.TERMINAL:
+            run_finish(run=run, status=next_status, error=error)
+        else:
+            run.status = next_status
+            _release(run)
+            run.save(update_fields=["status", "lease_owner", "lease_expires_at"])
+            events.run_status_changed(run_id=run.pk)
+
+
+@_db
+def _latest_tool_message(run: Run) -> Message | None:
+    return (
+        Message.objects.filter(run=run, role=Message.Role.ASSISTANT, tool_calls__isnull=False)
+        .order_by("-id")
+        .first()
+    )
+
+
+# -- entry point -------------------------------------------------------------------
+
+
+async def run_advance(*, run_id: int, worker: str) -> None:
+    """Advance run ``run_id`` by one step as ``worker`` (a unique id per attempt).
+
+    Safe to call any number of times: a run that is terminal, waiting on a
+    human or tools, or leased by another live worker is left alone; a step
+    replayed after a crash rewrites the same assistant message. Never raises
+    for model errors: they fail the run with a message naming the cause.
+    """
+    run = await _claim(run_id, worker)
+    if run is None:
+        return
+    if run.status == S.GATING:
+        assistant = await _latest_tool_message(run)
+        if assistant is None:
+            await _after_tools(run.pk, worker, S.FAILED, "Lost track of the tool calls.")
+            return
+        next_status = await _handle_tool_calls(run, assistant)
+        await _after_tools(run.pk, worker, next_status, run.error)
+        return
+    await _step_call_llm(run, worker)

@@ -1,0 +1,251 @@
+"""Pushes to the browser: server-rendered fragments sent to channel groups.
+
+Every push is ``{"type": "html.push", "html": ...}`` sent with ``group_send`` to
+``conversation.<id>`` (the chat page of that conversation) or ``user.<id>``
+(every page of that user). Fragments come from the partials in
+``templates/conversations/chat.html`` and carry ``hx-swap-oob`` with stable ids,
+so the same partial draws an element on page load and on push.
+
+Functions that follow a database write schedule their push with
+``transaction.on_commit`` (a rolled-back write pushes nothing). Token deltas
+are pushed by ``StreamPublisher``, which coalesces them (at most one frame per
+``interval`` seconds, 20/s by default) and always sends the WHOLE body of the
+streaming message, so a page that loaded mid-reply is corrected by the next
+frame: nothing missing, nothing doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.template.loader import render_to_string
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = "conversations/chat.html"
+
+
+def conversation_group(conversation_id: int) -> str:
+    return f"conversation.{conversation_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def push_html(*, group: str, html: str) -> None:
+    """Send ``html`` to every socket in ``group`` now (sync; use from sync code)."""
+    layer = get_channel_layer()
+    if layer is None or not html.strip():
+        return
+    async_to_sync(layer.group_send)(group, {"type": "html.push", "html": html})
+
+
+async def apush_html(*, group: str, html: str) -> None:
+    """Async twin of ``push_html``."""
+    layer = get_channel_layer()
+    if layer is None or not html.strip():
+        return
+    await layer.group_send(group, {"type": "html.push", "html": html})
+
+
+def _on_commit(fn: Callable[[], None]) -> None:
+    def guarded() -> None:
+        try:
+            fn()
+        except Exception:
+            # A push is best effort: the database is the truth and a reload shows it.
+            logger.exception("push to browser failed")
+
+    transaction.on_commit(guarded)
+
+
+def render(partial: str, context: dict) -> str:
+    return render_to_string(f"{TEMPLATE}#{partial}", context).strip()
+
+
+# -- fragments after writes ------------------------------------------------------
+
+
+def run_appended(*, run_id: int, with_user_message: bool) -> None:
+    """On commit: append a run block (and its user message) to the conversation's timeline."""
+
+    def send() -> None:
+        from conversations import selectors
+
+        run = selectors.run_for_push(run_id=run_id)
+        html = ""
+        if with_user_message:
+            html += render("message", {"m": run.user_message})
+        html += render("run", {"run": run})
+        push_html(
+            group=conversation_group(run.conversation_id),
+            html=f'<div hx-swap-oob="beforeend:#messages">{html}</div>',
+        )
+
+    _on_commit(send)
+
+
+def message_appended(*, message_id: int) -> None:
+    """On commit: append a new message to its run block (or the timeline)."""
+
+    def send() -> None:
+        from conversations.models import Message
+
+        message = Message.objects.get(pk=message_id)
+        target = f"#run-{message.run_id}-messages" if message.run_id else "#messages"
+        html = render("message", {"m": message})
+        push_html(
+            group=conversation_group(message.conversation_id),
+            html=f'<div hx-swap-oob="beforeend:{target}">{html}</div>',
+        )
+
+    _on_commit(send)
+
+
+def message_replaced(*, message_id: int) -> None:
+    """On commit: re-render a message in place (final text, stopped, failed)."""
+
+    def send() -> None:
+        from conversations.models import Message
+
+        message = Message.objects.get(pk=message_id)
+        push_html(
+            group=conversation_group(message.conversation_id),
+            html=render("message", {"m": message, "oob": True}),
+        )
+
+    _on_commit(send)
+
+
+def run_status_changed(*, run_id: int) -> None:
+    """On commit: re-render a run's status line (typing indicator, Stop, Retry, error)."""
+
+    def send() -> None:
+        from conversations.models import Run
+
+        run = Run.objects.get(pk=run_id)
+        push_html(
+            group=conversation_group(run.conversation_id),
+            html=render("run-status", {"run": run, "oob": True}),
+        )
+
+    _on_commit(send)
+
+
+def conversation_changed(*, conversation_id: int) -> None:
+    """On commit: re-render its owner's conversation list (every tab; new ones appear)."""
+
+    def send() -> None:
+        from conversations.models import Conversation
+
+        owner_id = (
+            Conversation.objects.filter(pk=conversation_id)
+            .values_list("owner_id", flat=True)
+            .first()
+        )
+        if owner_id is not None:
+            _push_conversation_list(owner_id)
+
+    _on_commit(send)
+
+
+def conversation_list_changed(*, user_id: int) -> None:
+    """On commit: re-render the user's conversation list (after a delete)."""
+    _on_commit(lambda: _push_conversation_list(user_id))
+
+
+def _push_conversation_list(user_id: int) -> None:
+    from conversations import selectors
+
+    conversations = selectors.conversation_list(user=user_id)
+    push_html(
+        group=user_group(user_id),
+        html=render("conversation-list", {"conversations": conversations, "oob": True}),
+    )
+
+
+def error_fragment(text: str) -> str:
+    """The inline error box (``#chat-errors``) carrying ``text``, as an OOB fragment."""
+    return render("chat-errors", {"error": text, "oob": True})
+
+
+# -- streaming -------------------------------------------------------------------
+
+
+class StreamPublisher:
+    """Coalesce token deltas of one streaming message into frames.
+
+    ``feed(delta)`` buffers; a frame goes out at most every ``interval``
+    seconds (on the next delta after the interval, or from a timer so the
+    tail is not held back). Each frame first awaits ``on_flush(text)`` (the
+    engine persists the text so far and may raise to stop the stream), then
+    sends the whole body of message ``message_id`` to the conversation group.
+    Call ``close()`` when the stream ends (flushes what is left).
+    """
+
+    def __init__(
+        self,
+        *,
+        message_id: int,
+        conversation_id: int,
+        on_flush: Callable[[str], Awaitable[None]] | None = None,
+        interval: float = 0.05,
+    ) -> None:
+        self.message_id = message_id
+        self.group = conversation_group(conversation_id)
+        self.on_flush = on_flush
+        self.interval = interval
+        self.parts: list[str] = []
+        self.sent_len = 0
+        self.frames = 0
+        self._last = 0.0
+        self._timer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    async def feed(self, delta: str) -> None:
+        self.parts.append(delta)
+        wait = self.interval - (time.monotonic() - self._last)
+        if wait <= 0:
+            await self.flush()
+        elif self._timer is None or self._timer.done():
+            self._timer = asyncio.get_running_loop().create_task(self._flush_later(wait))
+
+    async def _flush_later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        try:
+            await self.flush()
+        except Exception:
+            logger.exception("delayed stream flush failed")
+
+    async def flush(self) -> None:
+        async with self._lock:
+            text = self.text
+            if len(text) == self.sent_len:
+                return
+            self._last = time.monotonic()
+            self.sent_len = len(text)
+            if self.on_flush is not None:
+                await self.on_flush(text)
+            await apush_html(group=self.group, html=self.body_html(text))
+            self.frames += 1
+
+    def body_html(self, text: str) -> str:
+        streaming = SimpleNamespace(pk=self.message_id, role="assistant", content=text)
+        return render("message-body", {"m": streaming, "streaming": True, "body_oob": True})
+
+    async def close(self) -> None:
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+        await self.flush()

@@ -1,0 +1,78 @@
+"""Reads for conversations: each a fixed number of queries, whatever the row count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.http import Http404
+
+from conversations.models import Conversation, Message, ModelConfig, Run
+
+
+def conversation_list(*, user, archived: bool = False) -> list[Conversation]:
+    """The user's conversations, most recently active first (one query)."""
+    return list(
+        Conversation.objects.filter(owner=user, archived=archived).order_by("-updated_at", "-id")
+    )
+
+
+def conversation_get(*, user, conversation_id: int) -> Conversation:
+    """The user's conversation with its model, else ``Http404`` (also for other users')."""
+    conversation = (
+        Conversation.objects.select_related("model_config")
+        .filter(pk=conversation_id, owner=user)
+        .first()
+    )
+    if conversation is None:
+        raise Http404("Conversation not found")
+    return conversation
+
+
+def model_configs_enabled() -> list[ModelConfig]:
+    return list(ModelConfig.objects.filter(enabled=True).order_by("-is_default", "name"))
+
+
+@dataclass
+class TimelineItem:
+    """A top-level message (``message``) or a run block (``run``) in page order."""
+
+    message: Message | None = None
+    run: Run | None = None
+
+
+@dataclass
+class Timeline:
+    items: list[TimelineItem] = field(default_factory=list)
+    active_run: Run | None = None
+
+
+def conversation_timeline(*, conversation: Conversation) -> Timeline:
+    """Messages and runs of ``conversation`` in display order (two queries).
+
+    Each user message is followed by the runs answering it; each run carries
+    ``run.timeline_messages`` (its assistant and tool messages, in order).
+    """
+    messages = list(Message.objects.filter(conversation=conversation).order_by("id"))
+    runs = list(Run.objects.filter(conversation=conversation).order_by("id"))
+    by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
+    runs_by_user_message: dict[int, list[Run]] = {}
+    for run in runs:
+        run.timeline_messages = by_run[run.pk]
+        runs_by_user_message.setdefault(run.user_message_id, []).append(run)
+    timeline = Timeline()
+    for message in messages:
+        if message.run_id in by_run:
+            by_run[message.run_id].append(message)
+            continue
+        timeline.items.append(TimelineItem(message=message))
+        for run in runs_by_user_message.get(message.pk, []):
+            timeline.items.append(TimelineItem(run=run))
+    timeline.active_run = next((r for r in reversed(runs) if not r.is_terminal), None)
+    return timeline
+
+
+def run_for_push(*, run_id: int) -> Run:
+    """A run with its user message, ready to render as a new block."""
+    run = Run.objects.select_related("user_message").get(pk=run_id)
+    run.timeline_messages = list(run.messages.order_by("id"))
+    return run

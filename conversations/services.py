@@ -1,0 +1,299 @@
+"""Writes for conversations, messages and runs (HackSoft services; Zulip actions).
+
+Each service validates, writes inside a short ``transaction.atomic()``, and
+schedules pushes and run steps with ``transaction.on_commit``. Errors are
+``ConversationError`` subclasses whose message is shown to the user; on error
+nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from conversations import events
+from conversations.engine import run_finish
+from conversations.models import Conversation, Message, ModelConfig, Run
+
+logger = logging.getLogger(__name__)
+
+
+class ConversationError(Exception):
+    """Bad input for a conversation service; ``str(error)`` is shown to the user."""
+
+
+class NotFound(ConversationError):
+    """The object does not exist or is not the user's (answer 404, reveal nothing)."""
+
+
+class EmptyMessage(ConversationError):
+    pass
+
+
+class MessageTooLong(ConversationError):
+    pass
+
+
+class ConversationArchived(ConversationError):
+    pass
+
+
+class RunInProgress(ConversationError):
+    pass
+
+
+class ModelUnavailable(ConversationError):
+    pass
+
+
+class RunNotCancellable(ConversationError):
+    pass
+
+
+class RunNotRetryable(ConversationError):
+    pass
+
+
+TITLE_CHARS = 60
+
+
+def _own_conversation(*, user, conversation_id: int, lock: bool = False) -> Conversation:
+    qs = Conversation.objects.filter(pk=conversation_id, owner=user)
+    if lock:
+        qs = qs.select_for_update(no_key=True)
+    conversation = qs.first() if user is not None and user.is_authenticated else None
+    if conversation is None:
+        raise NotFound("Conversation not found.")
+    return conversation
+
+
+def model_config_pick(*, model_config_id: int | None) -> ModelConfig:
+    """The enabled ModelConfig ``model_config_id``, or the default one when ``None``.
+
+    Raises ``ModelUnavailable`` for an unknown or disabled model, or when no
+    model is enabled at all.
+    """
+    enabled = ModelConfig.objects.filter(enabled=True)
+    if model_config_id is not None:
+        config = enabled.filter(pk=model_config_id).first()
+        if config is None:
+            raise ModelUnavailable("That model is not available. Pick another one.")
+        return config
+    config = enabled.filter(is_default=True).first() or enabled.order_by("name").first()
+    if config is None:
+        raise ModelUnavailable("No model is enabled. Ask an administrator to enable one.")
+    return config
+
+
+def auto_title(content: str) -> str:
+    """A title from a first message: its first line, whitespace collapsed, ≤ 60 chars."""
+    first_line = next((line for line in content.splitlines() if line.strip()), "")
+    title = " ".join(first_line.split())
+    if len(title) > TITLE_CHARS:
+        title = title[: TITLE_CHARS - 1].rstrip() + "…"
+    return title or "New conversation"
+
+
+def conversation_create(
+    *, user, model_config_id: int | None = None, title: str = ""
+) -> Conversation:
+    """Create an empty conversation for ``user`` with an enabled model (default if ``None``)."""
+    config = model_config_pick(model_config_id=model_config_id)
+    with transaction.atomic():
+        conversation = Conversation.objects.create(
+            owner=user, model_config=config, title=title.strip()[:200]
+        )
+        events.conversation_changed(conversation_id=conversation.pk)
+    # AUDIT: conversation.created {conversation_id, model_config_id}
+    return conversation
+
+
+def conversation_rename(*, user, conversation_id: int, title: str) -> Conversation:
+    """Rename (title stripped, 1 to 200 chars). Raises ``NotFound``, ``ConversationError``."""
+    title = " ".join(title.split())
+    if not title:
+        raise ConversationError("The title cannot be empty.")
+    if len(title) > 200:
+        raise ConversationError("The title is too long (200 characters at most).")
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        conversation.title = title
+        conversation.save(update_fields=["title", "updated_at"])
+        events.conversation_changed(conversation_id=conversation.pk)
+    return conversation
+
+
+def conversation_set_model(*, user, conversation_id: int, model_config_id: int) -> Conversation:
+    """Switch the model used for the conversation's next replies."""
+    config = model_config_pick(model_config_id=model_config_id)
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        conversation.model_config = config
+        conversation.save(update_fields=["model_config", "updated_at"])
+    return conversation
+
+
+def conversation_archive(*, user, conversation_id: int, archived: bool = True) -> Conversation:
+    """Archive (read-only, hidden from the list) or unarchive a conversation."""
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        if archived:
+            active = conversation.runs.exclude(status__in=Run.TERMINAL).select_for_update()
+            for run in active:
+                run_finish(run=run, status=Run.Status.CANCELLED)
+        conversation.archived = archived
+        conversation.save(update_fields=["archived", "updated_at"])
+        events.conversation_changed(conversation_id=conversation.pk)
+    # AUDIT: conversation.archived {conversation_id, archived}
+    return conversation
+
+
+def conversation_delete(*, user, conversation_id: int) -> None:
+    """Delete a conversation with its messages and runs."""
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        conversation.delete()
+        events.conversation_list_changed(user_id=user.pk)
+    # AUDIT: conversation.deleted {conversation_id}
+
+
+def _dispatch_on_commit(run_id: int) -> None:
+    from conversations.dispatch import dispatch_run_step
+
+    transaction.on_commit(lambda: dispatch_run_step(run_id))
+
+
+def message_send(*, user, conversation_id: int, content: str) -> Run:
+    """Post a user message and start a run answering it (dispatched on commit).
+
+    Raises ``NotFound`` (not the user's), ``EmptyMessage``, ``MessageTooLong``
+    (over ``TOLLGATE_MAX_MESSAGE_CHARS``), ``ConversationArchived``,
+    ``ModelUnavailable`` (the conversation's model is disabled) or
+    ``RunInProgress`` (a reply is still being written). The first message
+    also titles an untitled conversation.
+    """
+    content = (content or "").strip()
+    if not content:
+        raise EmptyMessage("Type a message first.")
+    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise MessageTooLong(
+            f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
+        )
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        if conversation.archived:
+            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+        if not ModelConfig.objects.filter(pk=conversation.model_config_id, enabled=True).exists():
+            raise ModelUnavailable(
+                "This conversation's model has been disabled. Pick another model."
+            )
+        if conversation.runs.exclude(status__in=Run.TERMINAL).exists():
+            raise RunInProgress("A reply is still being written. Stop it or wait for it.")
+        message = Message.objects.create(
+            conversation=conversation, role=Message.Role.USER, content=content
+        )
+        run = Run.objects.create(conversation=conversation, user_message=message)
+        if not conversation.title:
+            conversation.title = auto_title(content)
+        conversation.save(update_fields=["title", "updated_at"])
+        events.run_appended(run_id=run.pk, with_user_message=True)
+        events.conversation_changed(conversation_id=conversation.pk)
+        _dispatch_on_commit(run.pk)
+    # AUDIT: message.sent {conversation_id, message_id, run_id, chars}
+    return run
+
+
+def _own_run(*, user, run_id: int) -> Run:
+    run = (
+        Run.objects.select_for_update(no_key=True, of=("self",))
+        .filter(pk=run_id, conversation__owner=user)
+        .first()
+        if user is not None and user.is_authenticated
+        else None
+    )
+    if run is None:
+        raise NotFound("Run not found.")
+    return run
+
+
+def run_cancel(*, user, run_id: int) -> Run:
+    """Stop a run. The partial reply is kept and marked stopped.
+
+    A run being streamed by a live worker is flagged (``cancel_requested``) and
+    the worker stops at its next frame; any other active run is cancelled at
+    once. Raises ``NotFound`` or ``RunNotCancellable`` (already finished).
+    """
+    with transaction.atomic():
+        run = _own_run(user=user, run_id=run_id)
+        if run.is_terminal:
+            raise RunNotCancellable("This reply has already finished.")
+        run.cancel_requested = True
+        run.save(update_fields=["cancel_requested"])
+        leased = run.lease_expires_at is not None and run.lease_expires_at > timezone.now()
+        if not leased:
+            # LEAD: cancel pending approvals / tool invocations of this run here.
+            run_finish(run=run, status=Run.Status.CANCELLED)
+    # AUDIT: run.cancel_requested {run_id}
+    return run
+
+
+def run_retry(*, user, run_id: int) -> Run:
+    """Answer a failed run's user message again with a new run (dispatched on commit).
+
+    Only the conversation's latest run may be retried. Raises ``NotFound``,
+    ``RunNotRetryable``, ``ConversationArchived``, ``ModelUnavailable``.
+    """
+    with transaction.atomic():
+        run = _own_run(user=user, run_id=run_id)
+        conversation = _own_conversation(user=user, conversation_id=run.conversation_id, lock=True)
+        if run.status != Run.Status.FAILED:
+            raise RunNotRetryable("Only a failed reply can be retried.")
+        if conversation.runs.filter(pk__gt=run.pk).exists():
+            raise RunNotRetryable("Only the latest reply can be retried.")
+        if conversation.archived:
+            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+        if not ModelConfig.objects.filter(pk=conversation.model_config_id, enabled=True).exists():
+            raise ModelUnavailable("This conversation's model has been disabled.")
+        new = Run.objects.create(
+            conversation=conversation,
+            user_message_id=run.user_message_id,
+            max_steps=run.max_steps,
+            metadata={"retry_of": run.pk},
+        )
+        conversation.save(update_fields=["updated_at"])
+        events.run_appended(run_id=new.pk, with_user_message=False)
+        _dispatch_on_commit(new.pk)
+    return new
+
+
+def runs_recover_stale(*, grace_seconds: int = 30) -> list[int]:
+    """Re-dispatch runs whose worker stopped: lease expired in an advanceable state,
+    or queued for ``grace_seconds`` without a lease (the dispatch was lost).
+
+    Returns the run ids dispatched. ``awaiting_approval`` and
+    ``executing_tools`` runs are continued by the approvals/tools side, not here.
+    """
+    from conversations.dispatch import dispatch_run_step
+    from conversations.engine import ADVANCEABLE
+
+    now = timezone.now()
+    ids = list(
+        Run.objects.filter(status__in=ADVANCEABLE)
+        .filter(
+            Q(lease_expires_at__lt=now)
+            | Q(
+                lease_expires_at__isnull=True, updated_at__lt=now - timedelta(seconds=grace_seconds)
+            )
+        )
+        .values_list("pk", flat=True)[:500]
+    )
+    for run_id in ids:
+        logger.info("recovering stale run %s", run_id)
+        dispatch_run_step(run_id)
+    return ids

@@ -1,0 +1,21 @@
+"""Chat URLs, included at the site root (the chat list is the start page)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from conversations import views
+
+app_name = "conversations"
+
+urlpatterns = [
+    path("c/new", views.conversation_create, name="create"),
+    path("c/<int:conversation_id>/", views.conversation_detail, name="detail"),
+    path("c/<int:conversation_id>/rename", views.conversation_rename, name="rename"),
+    path("c/<int:conversation_id>/model", views.conversation_set_model, name="set-model"),
+    path("c/<int:conversation_id>/archive", views.conversation_archive, name="archive"),
+    path("c/<int:conversation_id>/delete", views.conversation_delete, name="delete"),
+    path("c/<int:conversation_id>/send", views.message_send, name="message-send"),
+    path("runs/<int:run_id>/cancel", views.run_cancel, name="run-cancel"),
+    path("runs/<int:run_id>/retry", views.run_retry, name="run-retry"),
+]

@@ -1,0 +1,64 @@
+"""Fixtures for the conversations tests (PostgreSQL, Redis, the demo model, llmock)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from conversations.models import Conversation, Message, ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _fast_demo(monkeypatch):
+    monkeypatch.setenv("TOLLGATE_DEMO_DELAY_MS", "0")
+
+
+@pytest.fixture
+def demo_model(db) -> ModelConfig:
+    # Transactional tests truncate tables, so the data migration's row may be gone.
+    config, _ = ModelConfig.objects.get_or_create(
+        name="Demo (offline)",
+        defaults={
+            "litellm_model": "demo/tollgate",
+            "input_cost_per_token": Decimal(0),
+            "output_cost_per_token": Decimal(0),
+            "is_default": True,
+        },
+    )
+    return config
+
+
+@pytest.fixture
+def conversation(user, demo_model) -> Conversation:
+    return Conversation.objects.create(owner=user, model_config=demo_model, title="Test chat")
+
+
+@pytest.fixture
+def mock_model(db, llmock) -> ModelConfig:
+    """A ModelConfig pointing at the llmock server (a real OpenAI-compatible HTTP server)."""
+    return ModelConfig.objects.create(
+        name="Mock GPT",
+        litellm_model="openai/gpt-4o-mini",
+        api_base=llmock.base_url("openai"),
+        api_key_env="OPENAI_API_KEY",
+    )
+
+
+def add_turns(conversation: Conversation, count: int) -> None:
+    """``count`` user/assistant pairs of history."""
+    rows = []
+    for i in range(count):
+        rows.append(
+            Message(conversation=conversation, role=Message.Role.USER, content=f"question {i}")
+        )
+        rows.append(
+            Message(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                content=f"answer **{i}**",
+                prompt_tokens=10,
+                completion_tokens=5,
+            )
+        )
+    Message.objects.bulk_create(rows)

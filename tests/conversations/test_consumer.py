@@ -1,0 +1,188 @@
+"""The page WebSocket through the full ASGI application (origin check, session
+auth, URL router) with the Redis channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.db import connections
+
+from conversations import dispatch
+from conversations.models import Conversation, Message, Run
+from project.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_cookie(client, user) -> bytes:
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+def communicator(path: str, cookie: bytes | None, origin: bytes = b"http://localhost"):
+    headers = [(b"origin", origin), (b"host", b"localhost")]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+@pytest.fixture
+def cookie(client, user) -> bytes:
+    return session_cookie(client, user)
+
+
+@pytest.fixture
+def other_cookie(other_user) -> bytes:
+    from django.test import Client
+
+    return session_cookie(Client(), other_user)
+
+
+async def test_anonymous_is_rejected():
+    ws = communicator("/ws/", None)
+    connected, code = await ws.connect()
+    assert not connected
+    assert code == 4401
+
+
+async def test_foreign_origin_is_rejected(cookie):
+    ws = communicator("/ws/", cookie, origin=b"https://evil.example")
+    connected, _ = await ws.connect()
+    assert not connected
+
+
+async def test_cannot_join_another_users_conversation(other_cookie, conversation):
+    ws = communicator(f"/ws/?conversation={conversation.pk}", other_cookie)
+    connected, code = await ws.connect()
+    assert not connected
+    assert code == 4403
+    ws = communicator("/ws/?conversation=abc", other_cookie)
+    connected, code = await ws.connect()
+    assert not connected
+
+
+async def test_groups_joined_receive_pushes(cookie, user, conversation, other_user, demo_model):
+    other = await database_sync_to_async(Conversation.objects.create)(
+        owner=other_user, model_config=demo_model
+    )
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    connected, _ = await ws.connect()
+    assert connected
+    layer = get_channel_layer()
+    await layer.group_send(f"conversation.{other.pk}", {"type": "html.push", "html": "<p>x</p>"})
+    await layer.group_send(f"user.{other_user.pk}", {"type": "html.push", "html": "<p>y</p>"})
+    await layer.group_send(f"user.{user.pk}", {"type": "html.push", "html": '<p id="u">mine</p>'})
+    await layer.group_send(
+        f"conversation.{conversation.pk}", {"type": "html.push", "html": '<p id="c">conv</p>'}
+    )
+    assert await ws.receive_from(timeout=5) == '<p id="u">mine</p>'
+    assert await ws.receive_from(timeout=5) == '<p id="c">conv</p>'
+    assert await ws.receive_nothing(timeout=0.3)
+    await ws.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ("{not json", "not JSON"),
+        ('{"type": "explode"}', "Unknown request type"),
+        ("[1, 2]", "Unknown request type"),
+        ('{"type": "message.send", "conversation_id": "x", "content": "hi"}', "conversation_id"),
+        ('{"type": "run.cancel"}', "run_id"),
+    ],
+)
+async def test_malformed_frames_get_an_error_and_change_nothing(cookie, conversation, frame, error):
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(text_data=frame)
+    reply = await ws.receive_from(timeout=5)
+    assert 'id="chat-errors"' in reply
+    assert 'hx-swap-oob="outerHTML"' in reply
+    assert error in reply
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    await ws.disconnect()
+
+
+async def test_send_to_another_users_conversation_is_refused(other_cookie, conversation):
+    ws = communicator("/ws/", other_cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(
+        text_data=json.dumps(
+            {"type": "message.send", "conversation_id": conversation.pk, "content": "hi"}
+        )
+    )
+    reply = await ws.receive_from(timeout=5)
+    assert "Conversation not found." in reply
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    await ws.disconnect()
+
+
+async def test_empty_message_is_refused(cookie, conversation):
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(
+        text_data=json.dumps(
+            {
+                "type": "message.send",
+                "conversation_id": str(conversation.pk),
+                "content": "  ",
+                "HEADERS": {"HX-Request": "true"},
+            }
+        )
+    )
+    assert "Type a message first." in await ws.receive_from(timeout=5)
+    await ws.disconnect()
+
+
+async def test_message_send_streams_reply_in_process(cookie, conversation, settings):
+    """message.send over the socket → run dispatched in this event loop → frames."""
+    settings.TOLLGATE_DISPATCHER = "inprocess"
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    try:
+        await ws.send_to(
+            text_data=json.dumps(
+                {
+                    "type": "message.send",
+                    "conversation_id": conversation.pk,
+                    "content": "Hello there, demo",
+                }
+            )
+        )
+        frames: list[str] = []
+        while True:
+            frame = await ws.receive_from(timeout=20)
+            frames.append(frame)
+            if "run-completed" in frame or "run-failed" in frame:
+                break
+        run = await database_sync_to_async(Run.objects.get)(conversation=conversation)
+        answer = await database_sync_to_async(Message.objects.get)(run=run)
+        assert run.status == Run.Status.COMPLETED
+        joined = "\n".join(frames)
+        assert 'hx-swap-oob="beforeend:#messages"' in joined  # user message + run block
+        assert f'id="run-{run.pk}"' in joined
+        assert f'hx-swap-oob="beforeend:#run-{run.pk}-messages"' in joined
+        body_frames = [
+            f for f in frames if f.lstrip().startswith(f'<div id="message-{answer.pk}-body"')
+        ]
+        assert body_frames  # streamed as whole-body replacements
+        assert all('hx-swap-oob="outerHTML"' in f for f in body_frames)
+        assert "offline demo model" in joined
+        assert f'id="message-{answer.pk}" class="msg msg-assistant msg-complete"' in joined
+    finally:
+        for _ in range(100):
+            if not dispatch._tasks:
+                break
+            await asyncio.sleep(0.05)
+        for task in list(dispatch._recovery.values()):
+            task.cancel()
+        await ws.disconnect()
+        # The engine ran in asgiref's shared sync thread: close its connection so
+        # the test database can be dropped.
+        await sync_to_async(connections.close_all)()

@@ -1,0 +1,198 @@
+"""The run engine's transitions on PostgreSQL, with the demo model and llmock.
+
+``async_to_sync(run_advance)`` from a sync test keeps the engine's database
+work on the test's connection (inside the test transaction), so on-commit
+dispatches never fire here; dispatching is covered by test_services and the
+worker test.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+
+from conversations import services
+from conversations.engine import run_advance
+from conversations.models import Message, Run
+from tests.conversations.conftest import add_turns
+
+pytestmark = pytest.mark.django_db
+
+
+def advance(run: Run, worker: str = "test-worker") -> Run:
+    async_to_sync(run_advance)(run_id=run.pk, worker=worker)
+    run.refresh_from_db()
+    return run
+
+
+def send(conversation, content: str = "hello") -> Run:
+    return services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content=content
+    )
+
+
+def test_queued_run_completes_with_one_stored_answer(conversation):
+    run = send(conversation, "Tell me something")
+    assert run.status == Run.Status.QUEUED
+    run = advance(run)
+    assert run.status == Run.Status.COMPLETED
+    assert run.step == 1
+    assert run.started_at and run.finished_at
+    assert run.lease_owner == "" and run.lease_expires_at is None
+    [answer] = Message.objects.filter(run=run)
+    assert answer.role == Message.Role.ASSISTANT
+    assert answer.status == Message.Status.COMPLETE
+    assert "Tell me something" in answer.content
+    assert answer.prompt_tokens > 0 and answer.completion_tokens > 0
+    assert answer.cost_usd == 0  # the demo is explicitly free
+    assert answer.latency_ms is not None
+    assert answer.run_step == 1
+    assert run.metadata["context"]["1"]["dropped_messages"] == 0
+
+
+def test_replayed_step_does_nothing_twice(conversation):
+    run = advance(send(conversation))
+    before = list(Message.objects.values_list("pk", "content"))
+    run = advance(run, worker="second-delivery")
+    assert run.status == Run.Status.COMPLETED
+    assert run.step == 1
+    assert list(Message.objects.values_list("pk", "content")) == before
+
+
+def test_step_of_a_dead_worker_is_redone_on_the_same_message(conversation):
+    run = send(conversation)
+    # A worker took the run, wrote half an answer, and died; its lease expired.
+    run.status = Run.Status.CALLING_LLM
+    run.step = 1
+    run.lease_owner = "dead-worker"
+    run.lease_expires_at = timezone.now() - timedelta(seconds=1)
+    run.save()
+    partial = Message.objects.create(
+        conversation=conversation,
+        run=run,
+        run_step=1,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        content="half an ans",
+    )
+    run = advance(run)
+    assert run.status == Run.Status.COMPLETED
+    assert run.step == 1
+    [answer] = Message.objects.filter(run=run)
+    assert answer.pk == partial.pk
+    assert answer.status == Message.Status.COMPLETE
+    assert not answer.content.startswith("half an ans")
+
+
+def test_live_lease_means_hands_off(conversation):
+    run = send(conversation)
+    run.status = Run.Status.CALLING_LLM
+    run.step = 1
+    run.lease_owner = "busy-worker"
+    run.lease_expires_at = timezone.now() + timedelta(minutes=1)
+    run.save()
+    run = advance(run)
+    assert run.status == Run.Status.CALLING_LLM
+    assert run.lease_owner == "busy-worker"
+    assert not Message.objects.filter(run=run).exists()
+
+
+def test_steps_over_max_steps_fail_clearly(conversation):
+    run = send(conversation)
+    Run.objects.filter(pk=run.pk).update(max_steps=0)
+    run = advance(run)
+    assert run.status == Run.Status.FAILED
+    assert "limit 0 steps" in run.error
+    assert not Message.objects.filter(run=run).exists()
+
+
+def test_next_llm_call_past_max_steps_fails(conversation):
+    from django.db import transaction
+
+    from conversations.engine import run_llm_call_schedule
+
+    run = send(conversation)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.GATING, step=2, max_steps=2)
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        run_llm_call_schedule(run=locked)
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert "Stopped after 2 model calls" in run.error
+
+
+def test_cancel_before_start(conversation):
+    run = send(conversation)
+    services.run_cancel(user=conversation.owner, run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    run = advance(run)
+    assert run.status == Run.Status.CANCELLED
+    assert not Message.objects.filter(run=run).exists()
+
+
+def test_cancel_requested_mid_stream_keeps_partial(conversation, monkeypatch):
+    """The engine checks cancellation at each flushed frame and keeps what it had."""
+    from conversations import engine
+
+    original = engine._persist_partial
+
+    calls = {"n": 0}
+
+    def persist_then_cancel(run_id, worker, message_id, text, renew):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            Run.objects.filter(pk=run_id).update(cancel_requested=True)
+        return original.func(run_id, worker, message_id, text, renew)
+
+    from asgiref.sync import sync_to_async
+
+    monkeypatch.setattr(engine, "_persist_partial", sync_to_async(persist_then_cancel))
+    run = advance(send(conversation, "A long answer please"))
+    assert run.status == Run.Status.CANCELLED
+    [answer] = Message.objects.filter(run=run)
+    assert answer.status == Message.Status.STOPPED
+    assert answer.content  # the partial text is kept
+    assert (
+        len(answer.content)
+        < len("I am Tollgate's **offline demo model**: I run without a network") + 500
+    )
+
+
+def test_provider_error_fails_run_with_named_cause(user, mock_model, llmock):
+    from conversations.models import Conversation
+
+    llmock.fail(401, times=None)
+    conversation = Conversation.objects.create(owner=user, model_config=mock_model)
+    run = advance(send(conversation))
+    assert run.status == Run.Status.FAILED
+    assert "rejected the API key" in run.error
+    assert run.metadata["error_kind"] == "auth"
+    assert Message.objects.get(run=run).status == Message.Status.FAILED
+
+
+def test_tool_calls_stop_at_the_gate_placeholder(user, mock_model, llmock):
+    from conversations.models import Conversation
+
+    llmock.call_tool("calc__evaluate", {"expression": "1+1"})
+    conversation = Conversation.objects.create(owner=user, model_config=mock_model)
+    run = advance(send(conversation, "calculate 1+1"))
+    assert run.status == Run.Status.FAILED
+    assert "tools are not available yet" in run.error
+    answer = Message.objects.get(run=run)
+    assert answer.tool_calls[0]["function"]["name"] == "calc__evaluate"
+    assert answer.status == Message.Status.COMPLETE
+
+
+def test_context_trimming_is_recorded(conversation, demo_model):
+    demo_model.context_window = 300
+    demo_model.max_output_tokens = 100
+    demo_model.save()
+    add_turns(conversation, 30)
+    run = advance(send(conversation, "latest question"))
+    assert run.status == Run.Status.COMPLETED
+    assert run.metadata["context_dropped_messages"] > 0
+    assert run.metadata["context"]["1"]["dropped_messages"] > 0

@@ -1,0 +1,229 @@
+"""The gateway against llmock, a real OpenAI-compatible HTTP server on loopback,
+and against the offline demo provider."""
+
+from __future__ import annotations
+
+import pytest
+
+from conversations.gateway import GatewayError, stream_chat
+from conversations.models import ModelConfig
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+def config(llmock) -> ModelConfig:
+    # Unsaved: the gateway needs no database.
+    return ModelConfig(
+        name="Mock GPT",
+        litellm_model="openai/gpt-4o-mini",
+        api_base=llmock.base_url("openai"),
+        api_key_env="OPENAI_API_KEY",
+        max_output_tokens=64,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _short_waits(settings):
+    settings.TOLLGATE_LLM_MAX_RETRIES = 3
+    settings.TOLLGATE_LLM_TIMEOUT = 20
+
+
+async def test_streams_deltas_usage_and_cost(llmock, config):
+    llmock.reply("one two three four five six")
+    deltas: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        deltas.append(text)
+
+    result = await stream_chat(config=config, messages=MESSAGES, on_delta=on_delta)
+    assert len(deltas) > 1
+    assert "".join(deltas) == result.content == "one two three four five six"
+    assert result.prompt_tokens > 0
+    assert result.completion_tokens > 0
+    assert result.cost_usd is not None and result.cost_usd > 0  # streamed, still priced
+    assert result.finish_reason == "stop"
+    assert result.ttft_ms is not None
+    body = llmock.last_request.body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 64
+
+
+async def test_price_override_wins(llmock, config):
+    from decimal import Decimal
+
+    config.input_cost_per_token = Decimal("0.001")
+    config.output_cost_per_token = Decimal("0.002")
+    result = await stream_chat(config=config, messages=MESSAGES)
+    expected = result.prompt_tokens * Decimal("0.001") + result.completion_tokens * Decimal("0.002")
+    assert result.cost_usd == expected
+
+
+async def test_retries_429_honouring_retry_after(llmock, config):
+    llmock.rate_limit(times=2, retry_after=0.3)
+    result = await stream_chat(config=config, messages=MESSAGES)
+    assert result.content
+    statuses = [r.status for r in llmock.requests]
+    assert statuses == [429, 429, 200]
+    llmock.assert_resilient()  # llmock's verdict: waited at least Retry-After, no storm
+
+
+async def test_retries_503(llmock, config):
+    llmock.fail(503, times=1, retry_after=0.2)
+    result = await stream_chat(config=config, messages=MESSAGES)
+    assert result.content
+    assert [r.status for r in llmock.requests] == [503, 200]
+    llmock.assert_resilient()
+
+
+async def test_gives_up_when_provider_stays_down(llmock, config, settings):
+    settings.TOLLGATE_LLM_MAX_RETRIES = 1
+    llmock.fail(503, times=None, retry_after=0.1)
+    with pytest.raises(GatewayError) as excinfo:
+        await stream_chat(config=config, messages=MESSAGES)
+    assert excinfo.value.kind == "provider_down"
+    assert "unavailable" in excinfo.value.user_message
+    assert len(llmock.requests) == 2
+
+
+async def test_401_is_a_clear_auth_error_without_retry(llmock, config):
+    llmock.fail(401, times=None)
+    with pytest.raises(GatewayError) as excinfo:
+        await stream_chat(config=config, messages=MESSAGES)
+    assert excinfo.value.kind == "auth"
+    assert "API key" in excinfo.value.user_message
+    assert "OPENAI_API_KEY" in excinfo.value.user_message
+    assert len(llmock.requests) == 1
+    llmock.assert_resilient()  # retried_non_retryable would fail here
+
+
+async def test_context_overflow_is_named(llmock, config):
+    llmock.context_overflow()
+    with pytest.raises(GatewayError) as excinfo:
+        await stream_chat(config=config, messages=MESSAGES)
+    assert excinfo.value.kind == "context_too_long"
+    assert "too long" in excinfo.value.user_message
+    assert len(llmock.requests) == 1
+
+
+async def test_missing_key_variable(llmock, config, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(GatewayError) as excinfo:
+        await stream_chat(config=config, messages=MESSAGES)
+    assert excinfo.value.kind == "auth"
+    assert "OPENAI_API_KEY is not set" in excinfo.value.user_message
+    assert llmock.requests == []
+
+
+async def test_tool_call_is_assembled(llmock, config):
+    llmock.call_tool("calc__evaluate", {"expression": "17*23"})
+    tools = [{"type": "function", "function": {"name": "calc__evaluate", "parameters": {}}}]
+    result = await stream_chat(config=config, messages=MESSAGES, tools=tools)
+    assert result.finish_reason == "tool_calls"
+    [call] = result.tool_calls
+    assert call["function"]["name"] == "calc__evaluate"
+    assert call["id"]
+    import json
+
+    assert json.loads(call["function"]["arguments"]) == {"expression": "17*23"}
+
+
+# -- the offline demo provider ------------------------------------------------
+
+DEMO = ModelConfig(name="Demo", litellm_model="demo/tollgate")
+
+
+def _tool(name: str, **properties: dict) -> dict:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "parameters": {"type": "object", "properties": properties},
+        },
+    }
+
+
+async def test_demo_streams_text_with_usage():
+    deltas: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        deltas.append(text)
+
+    result = await stream_chat(
+        config=DEMO, messages=[{"role": "user", "content": "hello"}], on_delta=on_delta
+    )
+    assert len(deltas) > 3
+    assert "".join(deltas) == result.content
+    assert "demo model" in result.content
+    assert result.prompt_tokens > 0 and result.completion_tokens > 0
+    assert result.tool_calls == []
+
+
+@pytest.mark.parametrize(
+    ("text", "tool", "arguments"),
+    [
+        ("what time is it in Tokyo?", "time__now", {"timezone": "Asia/Tokyo"}),
+        ("calculate 17*23", "calc__evaluate", {"expression": "17*23"}),
+        (
+            "remember that the cat is called Tom",
+            "notes__write",
+            {"content": "the cat is called Tom"},
+        ),
+        ("forget the cat", "notes__delete", {"query": "the cat"}),
+        ("fetch https://example.com/a please", "http__get", {"url": "https://example.com/a"}),
+        ("run python: print(2 + 2)", "code__python", {"code": "print(2 + 2)"}),
+        ("run shell: ls -l", "code__shell", {"command": "ls -l"}),
+    ],
+)
+async def test_demo_calls_offered_tools(text, tool, arguments):
+    import json
+
+    offered = [_tool(tool, **{key: {"type": "string"} for key in arguments})]
+    result = await stream_chat(
+        config=DEMO, messages=[{"role": "user", "content": text}], tools=offered
+    )
+    [call] = result.tool_calls
+    assert call["function"]["name"] == tool
+    assert json.loads(call["function"]["arguments"]) == arguments
+    assert result.finish_reason == "tool_calls"
+
+
+async def test_demo_does_not_call_tools_not_offered():
+    result = await stream_chat(
+        config=DEMO,
+        messages=[{"role": "user", "content": "calculate 17*23"}],
+        tools=[_tool("time__now", timezone={"type": "string"})],
+    )
+    assert result.tool_calls == []
+    assert result.content
+
+
+async def test_demo_answers_from_tool_results():
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "calc__evaluate", "arguments": '{"expression": "17*23"}'},
+    }
+    history = [
+        {"role": "user", "content": "calculate 17*23"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    ok = await stream_chat(
+        config=DEMO,
+        messages=[*history, {"role": "tool", "tool_call_id": "call_1", "content": "391"}],
+    )
+    assert ok.content == "Done — the tool said: 391"
+    denied = await stream_chat(
+        config=DEMO,
+        messages=[
+            *history,
+            {
+                "role": "tool",
+                "tool_call_id": "call_1",
+                "content": '{"status": "denied", "reason": "not during the audit"}',
+            },
+        ],
+    )
+    assert "denied" in denied.content
+    assert "not during the audit" in denied.content

@@ -1,0 +1,188 @@
+"""The chat page over HTTP: rendering, isolation between users, bad input, query count."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from conversations.models import Conversation, Message, Run
+from tests.conversations.conftest import add_turns
+
+pytestmark = pytest.mark.django_db
+
+
+def test_start_page_needs_login(client):
+    response = client.get(reverse("home"))
+    assert response.status_code == 302
+    assert reverse("account_login") in response["Location"]
+
+
+def test_start_page_lists_own_conversations_only(user_client, conversation, other_user, demo_model):
+    Conversation.objects.create(owner=other_user, model_config=demo_model, title="Secret plans")
+    body = user_client.get(reverse("home")).content.decode()
+    assert "Test chat" in body
+    assert "Secret plans" not in body
+    assert "Demo (offline)" in body  # the model picker
+    assert 'ws-connect="/ws/"' in body
+
+
+def test_conversation_page_renders_markdown_safely(user_client, conversation):
+    Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        content=(
+            "**bold** <script>alert(1)</script>\n\n"
+            "```python\nprint('hi')\n```\n[x](javascript:alert(1))"
+        ),
+    )
+    Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.TOOL,
+        tool_call_id="call_1",
+        content="<img src=x onerror=alert(1)> **not markdown**",
+    )
+    response = user_client.get(reverse("conversations:detail", args=[conversation.pk]))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert f'ws-connect="/ws/?conversation={conversation.pk}"' in body
+    assert "<strong>bold</strong>" in body
+    assert "<script>alert(1)</script>" not in body
+    assert 'href="javascript:' not in body
+    assert 'class="highlight"' in body  # pygments
+    assert "&lt;img src=x onerror=alert(1)&gt; **not markdown**" in body
+    assert "Tool output — untrusted" in body
+
+
+def test_other_users_conversation_is_404(client, other_user, conversation):
+    client.force_login(other_user)
+    assert client.get(reverse("conversations:detail", args=[conversation.pk])).status_code == 404
+    for name in ("message-send", "rename", "archive", "delete", "set-model"):
+        response = client.post(
+            reverse(f"conversations:{name}", args=[conversation.pk]),
+            {"content": "hi", "title": "mine now", "model_config": conversation.model_config_id},
+        )
+        assert response.status_code == 404, name
+    conversation.refresh_from_db()
+    assert conversation.title == "Test chat"
+    assert not conversation.archived
+    assert not Message.objects.exists()
+
+
+def test_other_users_run_is_404(client, other_user, conversation):
+    from conversations import services
+
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="a"
+    )
+    client.force_login(other_user)
+    assert client.post(reverse("conversations:run-cancel", args=[run.pk])).status_code == 404
+    assert client.post(reverse("conversations:run-retry", args=[run.pk])).status_code == 404
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED
+
+
+def test_htmx_send_errors_are_shown_inline(user_client, conversation):
+    response = user_client.post(
+        reverse("conversations:message-send", args=[conversation.pk]),
+        {"content": "   "},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 200
+    assert response["HX-Retarget"] == "#chat-errors"
+    assert "Type a message first." in response.content.decode()
+    assert not Message.objects.exists()
+
+
+def test_htmx_send_accepts(user_client, conversation):
+    response = user_client.post(
+        reverse("conversations:message-send", args=[conversation.pk]),
+        {"content": "hello"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 204
+    assert Run.objects.filter(conversation=conversation, status=Run.Status.QUEUED).exists()
+
+
+def test_new_chat_with_first_message(user_client, user, demo_model):
+    response = user_client.post(
+        reverse("conversations:create"), {"model_config": demo_model.pk, "content": "Plan a trip"}
+    )
+    conversation = Conversation.objects.get(owner=user)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("conversations:detail", args=[conversation.pk])
+    assert conversation.title == "Plan a trip"
+    assert conversation.runs.count() == 1
+
+
+def test_new_chat_with_unknown_model_is_an_error(user_client, user):
+    response = user_client.post(
+        reverse("conversations:create"), {"model_config": "424242"}, follow=True
+    )
+    assert "That model is not available" in response.content.decode()
+    assert not Conversation.objects.filter(owner=user).exists()
+
+
+def test_archive_hides_and_delete_removes(user_client, conversation):
+    user_client.post(reverse("conversations:archive", args=[conversation.pk]), {"archived": "1"})
+    assert "Test chat" not in user_client.get(reverse("home")).content.decode()
+    assert "Test chat" in user_client.get(reverse("home") + "?archived=1").content.decode()
+    page = user_client.get(reverse("conversations:detail", args=[conversation.pk])).content
+    assert b"This conversation is archived" in page
+    assert b'id="composer"' not in page
+    user_client.post(reverse("conversations:delete", args=[conversation.pk]))
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+def test_failed_run_shows_error_and_retry(user_client, conversation):
+    from conversations import services
+
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="a"
+    )
+    Run.objects.filter(pk=run.pk).update(
+        status=Run.Status.FAILED, error="Mock rejected the API key."
+    )
+    body = user_client.get(reverse("conversations:detail", args=[conversation.pk])).content.decode()
+    assert "Mock rejected the API key." in body
+    assert reverse("conversations:run-retry", args=[run.pk]) in body
+    assert f'id="approvals-inline-{run.pk}"' in body
+
+
+def test_query_count_does_not_grow_with_messages(
+    user_client, conversation, django_assert_num_queries
+):
+    from conversations import services
+
+    add_turns(conversation, 2)
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="x"
+    )
+    Message.objects.create(
+        conversation=conversation, run=run, run_step=1, role="assistant", content="y"
+    )
+    url = reverse("conversations:detail", args=[conversation.pk])
+    user_client.get(url)  # warm the session
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as small:
+        user_client.get(url)
+    assert Message.objects.filter(conversation=conversation).count() == 6
+    add_turns(conversation, 22)
+    assert Message.objects.filter(conversation=conversation).count() == 50
+    with django_assert_num_queries(len(small.captured_queries)):
+        response = user_client.get(url)
+    assert response.content.decode().count('class="msg msg-') == 50
+
+
+def test_admin_pages(client, admin_user, conversation):
+    from conversations import services
+
+    services.message_send(user=conversation.owner, conversation_id=conversation.pk, content="a")
+    client.force_login(admin_user)
+    for model in ("modelconfig", "conversation", "message", "run"):
+        url = reverse(f"admin:conversations_{model}_changelist")
+        assert client.get(url).status_code == 200, model
+    page = client.get(reverse("admin:conversations_conversation_change", args=[conversation.pk]))
+    assert page.status_code == 200
+    assert client.get(reverse("admin:conversations_message_add")).status_code == 403

@@ -1,0 +1,127 @@
+"""A real Celery worker process completes runs end to end with the demo model.
+
+The worker is started against this test session's PostgreSQL database (the
+``test_`` database pytest-django created) and its Redis broker, and stopped at
+teardown. Tests use ``transactional_db`` so the worker sees committed rows.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+from django.utils import timezone
+
+from conversations import services
+from conversations.models import Message, Run
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return (
+        f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
+        f"{db['NAME']}"
+    )
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": django_settings.REDIS_URL,
+        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+        "TOLLGATE_DISPATCHER": "celery",
+        "TOLLGATE_DEMO_DELAY_MS": "0",
+        "CONN_MAX_AGE": "0",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    celery = [sys.executable, "-m", "celery", "-A", "project"]
+    # Stale messages from an earlier, interrupted session would run against this database.
+    subprocess.run([*celery, "purge", "-f"], cwd=ROOT, env=env, check=True, capture_output=True)
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*celery, "worker", "-P", "solo", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "-l", "info"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while b"ready." not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("Celery worker did not start:\n" + log.read_text()[-3000:])
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(run: Run, worker, *, timeout: float = 60) -> Run:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run.refresh_from_db()
+        if run.is_terminal:
+            return run
+        assert worker.poll() is None, "worker died"
+        time.sleep(0.1)
+    raise AssertionError(f"run {run.pk} still {run.status} after {timeout}s")
+
+
+def test_worker_completes_a_run(celery_worker_process, conversation):
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="Hello worker"
+    )
+    run = wait_for(run, celery_worker_process)
+    assert run.status == Run.Status.COMPLETED, run.error
+    assert run.lease_owner == ""
+    [answer] = Message.objects.filter(run=run)
+    assert answer.status == Message.Status.COMPLETE
+    assert "Hello worker" in answer.content
+    assert answer.completion_tokens > 0
+    assert answer.cost_usd == 0
+
+
+def test_duplicate_delivery_and_recovery(celery_worker_process, conversation):
+    from conversations.dispatch import dispatch_run_step
+
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="Twice"
+    )
+    dispatch_run_step(run.pk)  # a redelivered task
+    run = wait_for(run, celery_worker_process)
+    assert run.status == Run.Status.COMPLETED
+    assert Message.objects.filter(run=run).count() == 1
+
+    # A run whose worker died mid-step: the recovery job hands it to a live worker.
+    Run.objects.filter(pk=run.pk).update(
+        status=Run.Status.CALLING_LLM,
+        finished_at=None,
+        lease_owner="dead-worker",
+        lease_expires_at=timezone.now() - timedelta(seconds=5),
+    )
+    Message.objects.filter(run=run).update(status=Message.Status.STREAMING, content="cut")
+    assert services.runs_recover_stale() == [run.pk]
+    run = wait_for(run, celery_worker_process)
+    assert run.status == Run.Status.COMPLETED
+    [answer] = Message.objects.filter(run=run)
+    assert answer.status == Message.Status.COMPLETE
+    assert answer.content != "cut"
