@@ -18,8 +18,10 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.exceptions import ValidationError as DjangoValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from approvals.services import ApprovalError, approval_decide_from_payload
 from conversations import services
 from conversations.events import conversation_group, error_fragment, user_group
 from conversations.models import Conversation
@@ -46,6 +48,14 @@ class RunCancelFrame(Frame):
     run_id: int
 
 
+class ApprovalDecideFrame(Frame):
+    """An approval card's form sent over the socket; the fields are checked by
+    approvals' ``DecisionForm`` (``approval_decide_from_payload``)."""
+
+    model_config = ConfigDict(extra="allow")
+    approval_id: int
+
+
 Handler = Callable[["PageConsumer", Any], Awaitable[None]]
 
 
@@ -59,11 +69,18 @@ async def _run_cancel(consumer: PageConsumer, frame: RunCancelFrame) -> None:
     await database_sync_to_async(services.run_cancel)(user=consumer.user, run_id=frame.run_id)
 
 
-#: Inbound frame ``type`` → (pydantic model, handler). The approvals side adds
-#: ``"approval.decide"`` here.
+async def _approval_decide(consumer: PageConsumer, frame: ApprovalDecideFrame) -> None:
+    client = consumer.scope.get("client") or [None]
+    await database_sync_to_async(approval_decide_from_payload)(
+        user=consumer.user, payload=frame.model_dump(), ip=client[0]
+    )
+
+
+#: Inbound frame ``type`` → (pydantic model, handler).
 INBOUND: dict[str, tuple[type[Frame], Handler]] = {
     "message.send": (MessageSendFrame, _message_send),
     "run.cancel": (RunCancelFrame, _run_cancel),
+    "approval.decide": (ApprovalDecideFrame, _approval_decide),
 }
 
 
@@ -127,9 +144,15 @@ class PageConsumer(AsyncWebsocketConsumer):
             return
         try:
             await handler(self, frame)
-        except services.ConversationError as error:
+        except (services.ConversationError, ApprovalError) as error:
             logger.info("user %s %s rejected: %s", self.user.pk, data["type"], error)
             await self.send(text_data=error_fragment(str(error)))
+            return
+        except DjangoValidationError as error:
+            logger.info("user %s %s invalid: %s", self.user.pk, data["type"], error.messages)
+            await self.send(
+                text_data=error_fragment("Invalid request: " + " ".join(error.messages))
+            )
             return
         # Success clears a previous error box.
         await self.send(text_data=error_fragment(""))

@@ -56,7 +56,8 @@ class Recogniser:
 
     ``keys`` are the argument names to try, in order, against the offered
     tool's JSON schema; the first present one (else the first required
-    property, else ``keys[0]``) gets ``value(match)``.
+    property, else ``keys[0]``) gets ``value(match)``. A ``value`` returning a
+    dict gives the whole arguments object instead (tools with several fields).
     """
 
     pattern: re.Pattern[str]
@@ -81,14 +82,14 @@ RECOGNISERS: tuple[Recogniser, ...] = (
     Recogniser(
         re.compile(r"^\s*remember(?: that)?\s+(?P<v>.+)", re.I | re.S),
         "notes.write",
-        ("content", "text", "note", "body"),
-        lambda m: _clean(m.group("v")),
+        ("key",),
+        lambda m: {"key": _note_key(m.group("v")), "value": _clean(m.group("v"))},
     ),
     Recogniser(
         re.compile(r"^\s*(?:forget(?: that)?|delete (?:the )?note)\s+(?P<v>.+)", re.I | re.S),
         "notes.delete",
-        ("query", "title", "content", "text", "id"),
-        lambda m: _clean(m.group("v")),
+        ("key",),
+        lambda m: _note_key(m.group("v")),
     ),
     Recogniser(
         re.compile(r"\bfetch\s+(?P<v>https?://\S+)", re.I),
@@ -124,6 +125,20 @@ _HELP = (
     "Pick a real model in the model menu for real answers."
 )
 _GREETING = "Hello! I am the offline demo model. Ask me anything, or try `calculate 17*23`."
+
+
+_NOTE_KEY_SKIP = {"the", "a", "an", "my", "our", "that", "this", "note", "about"}
+
+
+def _note_key(text: str) -> str:
+    """The note key the demo uses for a phrase: its first significant word.
+
+    "remember that the meeting is on Friday" and "forget the meeting" both give
+    ``meeting``, so a note written by one is deleted by the other.
+    """
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    significant = [word for word in words if word not in _NOTE_KEY_SKIP]
+    return (significant or words or ["note"])[0][:100]
 
 
 def wire_name(tool: str) -> str:
@@ -183,7 +198,12 @@ def demo_plan(
         name = wire_name(recogniser.tool)
         match = recogniser.pattern.search(user_text)
         if match and name in offered:
-            arguments = {_argument_key(offered[name], recogniser.keys): recogniser.value(match)}
+            value = recogniser.value(match)
+            arguments = (
+                value
+                if isinstance(value, dict)
+                else {_argument_key(offered[name], recogniser.keys): value}
+            )
             digest = hashlib.sha256(
                 json.dumps([len(messages), user_text, name], sort_keys=True).encode()
             ).hexdigest()[:16]

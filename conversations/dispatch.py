@@ -4,8 +4,9 @@
 (ids only); ``"inprocess"`` (the embedded mode) creates an asyncio task on the
 web process's event loop and keeps a strong reference until it finishes. In
 in-process mode the first dispatch also starts a timer that runs
-``runs_recover_stale`` every ``TOLLGATE_RUN_RECOVERY_INTERVAL`` seconds (Celery
-beat does that job otherwise). One engine, two dispatchers.
+``runs_recover_stale`` every ``TOLLGATE_RUN_RECOVERY_INTERVAL`` seconds and one
+that expires overdue approval requests (Celery beat does both otherwise).
+One engine, two dispatchers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 _tasks: set[asyncio.Task] = set()
-_recovery: dict[int, asyncio.Task] = {}  # event loop id → its recovery timer
+_recovery: dict[tuple[int, str], asyncio.Task] = {}  # (event loop id, name) → timer task
 
 
 def worker_id(prefix: str) -> str:
@@ -98,15 +99,24 @@ async def _drain(run_id: int) -> None:
 
 
 def recovery_timer_ensure() -> None:
-    """Start the in-process stuck-run recovery timer on the running loop (once per loop)."""
+    """Start the in-process timers on the running loop (once per loop): stuck-run
+    recovery and approval expiry, which Celery beat runs otherwise."""
     if settings.TOLLGATE_DISPATCHER == "celery":
         return
+    from approvals.dispatch import expiry_loop
+
     loop = asyncio.get_running_loop()
-    task = _recovery.get(id(loop))
-    if task is None or task.done():
-        _recovery[id(loop)] = loop.create_task(
-            _recovery_loop(), name="runs-recover-stale", context=contextvars.Context()
-        )
+    for name, make in (
+        ("runs-recover-stale", _recovery_loop),
+        (
+            "approvals-expire",
+            lambda: expiry_loop(settings.TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS),
+        ),
+    ):
+        key = (id(loop), name)
+        task = _recovery.get(key)
+        if task is None or task.done():
+            _recovery[key] = loop.create_task(make(), name=name, context=contextvars.Context())
 
 
 async def _recovery_loop() -> None:

@@ -44,7 +44,7 @@ S = Run.Status
 # inside a caller's transaction (tests).
 _db = sync_to_async
 #: Statuses in which a dispatched step has work to do (the rest wait on others).
-ADVANCEABLE = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING})
+ADVANCEABLE = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING, S.EXECUTING_TOOLS})
 
 
 class StepAborted(StreamAborted):
@@ -112,10 +112,11 @@ def run_llm_call_schedule(*, run: Run) -> None:
     _release(run)
     run.save(update_fields=["status", "step", "lease_owner", "lease_expires_at"])
     events.run_status_changed(run_id=run.pk)
-    _dispatch_on_commit(run.pk)
+    dispatch_on_commit(run.pk)
 
 
-def _dispatch_on_commit(run_id: int) -> None:
+def dispatch_on_commit(run_id: int) -> None:
+    """Schedule the run's next step when the current transaction commits."""
     from conversations.dispatch import dispatch_run_step
 
     transaction.on_commit(lambda: dispatch_run_step(run_id))
@@ -205,13 +206,12 @@ def history_messages(*, conversation: Conversation, exclude_id: int | None = Non
     return out
 
 
-async def _tools_for_run(run: Run) -> list[dict] | None:
-    """OpenAI-format tool list offered to the model for this run.
+@_db
+def _tools_for_run(run: Run) -> list[dict] | None:
+    """OpenAI-format tool list offered to the model for this run (``None``: no tools)."""
+    from conversations.toolphase import tools_offered
 
-    LEAD: wire the tool registry here (enabled tools this user may use, when
-    ``run.conversation.model_config.supports_tools``). ``None`` = no tools.
-    """
-    return None
+    return tools_offered(run=run)
 
 
 @_db
@@ -300,8 +300,7 @@ async def _step_call_llm(run: Run, worker: str) -> None:
     assistant = await _store_answer(run.pk, worker, message.pk, result, dropped=fit.dropped)
     if assistant is None or not result.tool_calls:
         return
-    next_status = await _handle_tool_calls(run, assistant)
-    await _after_tools(run.pk, worker, next_status, run.error)
+    await _tool_turn_gate(run.pk, worker, assistant.pk)
 
 
 @_db
@@ -396,41 +395,91 @@ def _abort(run_id: int, worker: str, message_id: int, partial: str, *, reason: s
         run_finish(run=run, status=S.CANCELLED)
 
 
-# -- the tool phase (the lead wires the gate here) -----------------------------------
-
-
-async def _handle_tool_calls(run: Run, assistant_message: Message) -> str:
-    """Gate the tool calls of ``assistant_message``; return the run's next status.
-
-    Called with the run in ``gating`` and the lease held by this worker; the
-    tool calls are already stored on ``assistant_message.tool_calls``
-    (OpenAI format, wire names). Must be replay-safe (key work by
-    (run, tool_call_id)). Return ``calling_llm`` to have the engine schedule
-    the next model call, ``awaiting_approval``/``executing_tools`` when other
-    work will continue the run, ``completed``, or ``failed`` with ``run.error``
-    set to the message the user sees.
-
-    LEAD: wire approvals' gate and tools' executor here.
-    """
-    run.error = "This model asked to use tools, but tools are not available yet."
-    return S.FAILED
+# -- the tool phase (conversations/toolphase.py) ----------------------------------
 
 
 @_db
-def _after_tools(run_id: int, worker: str, next_status: str, error: str) -> None:
+def _tool_turn_gate(run_id: int, worker: str, message_id: int) -> None:
+    """Gate the turn's tool calls and move the run on (one transaction)."""
+    from conversations.toolphase import turn_continue, turn_gate
+
     with transaction.atomic():
         run = _locked_own(run_id, worker)
         if run is None:
             return
-        if next_status == S.CALLING_LLM:
-            run_llm_call_schedule(run=run)
-        elif next_status in Run.TERMINAL:
-            run_finish(run=run, status=next_status, error=error)
-        else:
-            run.status = next_status
-            _release(run)
-            run.save(update_fields=["status", "lease_owner", "lease_expires_at"])
-            events.run_status_changed(run_id=run.pk)
+        message = Message.objects.get(pk=message_id)
+        turn_gate(run=run, message=message)
+        events.run_tools_changed(run_id=run.pk)
+        turn_continue(run=run, message_id=message_id)
+
+
+@_db
+def _tool_turn_claim(run_id: int, worker: str, message_id: int) -> list[int] | None:
+    from conversations.toolphase import turn_claim_approved
+
+    with transaction.atomic():
+        run = _locked_own(run_id, worker)
+        if run is None:
+            return None
+        return turn_claim_approved(run=run, message_id=message_id)
+
+
+@_db
+def _tool_turn_after_execute(run_id: int, worker: str, message_id: int) -> None:
+    from conversations.toolphase import turn_continue
+
+    with transaction.atomic():
+        run = _locked_own(run_id, worker)
+        if run is None:
+            return
+        events.run_tools_changed(run_id=run.pk)
+        turn_continue(run=run, message_id=message_id)
+
+
+async def _step_execute_tools(run: Run, worker: str) -> None:
+    """Run the turn's approved tool calls concurrently, then move the run on.
+
+    Exactly once per invocation: ``invocation_execute`` proceeds only from
+    ``approved`` under a row lock, so a replayed step skips what already ran.
+    """
+    from tools.services import invocation_recover_interrupted, invocations_execute
+
+    assistant = await _latest_tool_message(run)
+    if assistant is None:
+        await _fail_lost_turn(run.pk, worker)
+        return
+    for invocation_id in await _interrupted_in_turn(assistant.pk):
+        # A worker died mid-call: re-run if idempotent, else fail it (tools decides).
+        await invocation_recover_interrupted(invocation_id=invocation_id)
+    ids = await _tool_turn_claim(run.pk, worker, assistant.pk)
+    if ids is None:
+        return
+    if ids:
+        await invocations_execute(invocation_ids=ids)
+    await _tool_turn_after_execute(run.pk, worker, assistant.pk)
+
+
+@_db
+def _interrupted_in_turn(message_id: int) -> list[int]:
+    from tools.models import ToolInvocation
+    from tools.selectors import invocation_ids_interrupted
+
+    stuck = invocation_ids_interrupted()
+    if not stuck:
+        return []
+    return list(
+        ToolInvocation.objects.filter(pk__in=stuck, message_id=message_id).values_list(
+            "pk", flat=True
+        )
+    )
+
+
+@_db
+def _fail_lost_turn(run_id: int, worker: str) -> None:
+    with transaction.atomic():
+        run = _locked_own(run_id, worker)
+        if run is not None:
+            run_finish(run=run, status=S.FAILED, error="Lost track of this run's tool calls.")
 
 
 @_db
@@ -459,9 +508,11 @@ async def run_advance(*, run_id: int, worker: str) -> None:
     if run.status == S.GATING:
         assistant = await _latest_tool_message(run)
         if assistant is None:
-            await _after_tools(run.pk, worker, S.FAILED, "Lost track of the tool calls.")
+            await _fail_lost_turn(run.pk, worker)
             return
-        next_status = await _handle_tool_calls(run, assistant)
-        await _after_tools(run.pk, worker, next_status, run.error)
+        await _tool_turn_gate(run.pk, worker, assistant.pk)
+        return
+    if run.status == S.EXECUTING_TOOLS:
+        await _step_execute_tools(run, worker)
         return
     await _step_call_llm(run, worker)

@@ -125,6 +125,25 @@ def message_replaced(*, message_id: int) -> None:
     _on_commit(send)
 
 
+def run_tools_changed(*, run_id: int) -> None:
+    """On commit: re-render a run's tool calls (status, gate reason, approval cards).
+
+    Rendered for the conversation's owner (the only member of its group), so
+    the cards show the buttons they may use.
+    """
+
+    def send() -> None:
+        from conversations import selectors
+
+        run = selectors.run_for_push(run_id=run_id)
+        push_html(
+            group=conversation_group(run.conversation_id),
+            html=render("run-tools", {"run": run, "user": run.conversation.owner, "oob": True}),
+        )
+
+    _on_commit(send)
+
+
 def run_status_changed(*, run_id: int) -> None:
     """On commit: re-render a run's status line (typing indicator, Stop, Retry, error)."""
 

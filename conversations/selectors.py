@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.db.models import Q
 from django.http import Http404
 
 from conversations.models import Conversation, Message, ModelConfig, Run
+from tools.models import ToolInvocation
 
 
 def conversation_list(*, user, archived: bool = False) -> list[Conversation]:
@@ -47,17 +49,20 @@ class Timeline:
 
 
 def conversation_timeline(*, conversation: Conversation) -> Timeline:
-    """Messages and runs of ``conversation`` in display order (two queries).
+    """Messages and runs of ``conversation`` in display order (three queries).
 
     Each user message is followed by the runs answering it; each run carries
-    ``run.timeline_messages`` (its assistant and tool messages, in order).
+    ``run.timeline_messages`` (its assistant and tool messages, in order) and
+    ``run.timeline_invocations`` (its tool calls with their approval requests).
     """
     messages = list(Message.objects.filter(conversation=conversation).order_by("id"))
     runs = list(Run.objects.filter(conversation=conversation).order_by("id"))
     by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
+    invocations = _invocations_by_run(Q(run__conversation=conversation))
     runs_by_user_message: dict[int, list[Run]] = {}
     for run in runs:
         run.timeline_messages = by_run[run.pk]
+        run.timeline_invocations = invocations.get(run.pk, [])
         runs_by_user_message.setdefault(run.user_message_id, []).append(run)
     timeline = Timeline()
     for message in messages:
@@ -71,8 +76,21 @@ def conversation_timeline(*, conversation: Conversation) -> Timeline:
     return timeline
 
 
+def _invocations_by_run(where: Q) -> dict[int, list[ToolInvocation]]:
+    rows = (
+        ToolInvocation.objects.filter(where)
+        .select_related("approval", "approval__decided_by")
+        .order_by("run_id", "message_id", "position", "id")
+    )
+    grouped: dict[int, list[ToolInvocation]] = {}
+    for invocation in rows:
+        grouped.setdefault(invocation.run_id, []).append(invocation)
+    return grouped
+
+
 def run_for_push(*, run_id: int) -> Run:
-    """A run with its user message, ready to render as a new block."""
-    run = Run.objects.select_related("user_message").get(pk=run_id)
+    """A run with its user message, messages and tool calls, ready to render."""
+    run = Run.objects.select_related("user_message", "conversation__owner").get(pk=run_id)
     run.timeline_messages = list(run.messages.order_by("id"))
+    run.timeline_invocations = _invocations_by_run(Q(run_id=run_id)).get(run_id, [])
     return run

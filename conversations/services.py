@@ -17,7 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from conversations import events
-from conversations.engine import run_finish
+from conversations.engine import dispatch_on_commit, run_finish
 from conversations.models import Conversation, Message, ModelConfig, Run
 
 logger = logging.getLogger(__name__)
@@ -162,12 +162,6 @@ def conversation_delete(*, user, conversation_id: int) -> None:
     # AUDIT: conversation.deleted {conversation_id}
 
 
-def _dispatch_on_commit(run_id: int) -> None:
-    from conversations.dispatch import dispatch_run_step
-
-    transaction.on_commit(lambda: dispatch_run_step(run_id))
-
-
 def message_send(*, user, conversation_id: int, content: str) -> Run:
     """Post a user message and start a run answering it (dispatched on commit).
 
@@ -204,7 +198,7 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
         conversation.save(update_fields=["title", "updated_at"])
         events.run_appended(run_id=run.pk, with_user_message=True)
         events.conversation_changed(conversation_id=conversation.pk)
-        _dispatch_on_commit(run.pk)
+        dispatch_on_commit(run.pk)
     # AUDIT: message.sent {conversation_id, message_id, run_id, chars}
     return run
 
@@ -237,7 +231,9 @@ def run_cancel(*, user, run_id: int) -> Run:
         run.save(update_fields=["cancel_requested"])
         leased = run.lease_expires_at is not None and run.lease_expires_at > timezone.now()
         if not leased:
-            # LEAD: cancel pending approvals / tool invocations of this run here.
+            from conversations.toolphase import run_cancel_tools
+
+            run_cancel_tools(run=run, actor=user)
             run_finish(run=run, status=Run.Status.CANCELLED)
     # AUDIT: run.cancel_requested {run_id}
     return run
@@ -268,7 +264,7 @@ def run_retry(*, user, run_id: int) -> Run:
         )
         conversation.save(update_fields=["updated_at"])
         events.run_appended(run_id=new.pk, with_user_message=False)
-        _dispatch_on_commit(new.pk)
+        dispatch_on_commit(new.pk)
     return new
 
 

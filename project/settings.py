@@ -292,7 +292,9 @@ TOLLGATE_HTTP_TIMEOUT_SECONDS = env.float("TOLLGATE_HTTP_TIMEOUT_SECONDS", defau
 TOLLGATE_APPROVAL_EXPIRY_SECONDS = env.int("TOLLGATE_APPROVAL_EXPIRY_SECONDS", default=1800)
 # Dotted path of ``handler(approval)``, called inside the deciding transaction
 # when a request is approved, denied or expires (approvals/services.py).
-TOLLGATE_APPROVAL_DECIDED_HANDLER = env.str("TOLLGATE_APPROVAL_DECIDED_HANDLER", default="") or None
+TOLLGATE_APPROVAL_DECIDED_HANDLER = env.str(
+    "TOLLGATE_APPROVAL_DECIDED_HANDLER", default="conversations.toolphase.approval_decided"
+)
 # How often beat (or the embedded timer) expires overdue requests, in seconds.
 TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS = env.float(
     "TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS", default=30.0

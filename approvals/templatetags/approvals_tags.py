@@ -18,6 +18,33 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 
 
+#: Tools whose ``code`` argument is shown highlighted on the card, and its language.
+CODE_LANGUAGES = {"code.python": "python", "code.shell": "bash"}
+
+
+@register.filter
+def code_preview(approval: Any) -> str:
+    """The ``code`` argument of a code tool's request as highlighted HTML, else "".
+
+    Highlighted with Pygments (its output escapes the source); the stylesheet
+    is ``static/css/pygments.css``.
+    """
+    language = CODE_LANGUAGES.get(getattr(approval, "tool_name", ""))
+    arguments = getattr(approval, "effective_arguments", None) or approval.arguments
+    code = arguments.get("code") if isinstance(arguments, dict) else None
+    if not language or not isinstance(code, str):
+        return ""
+    from django.utils.safestring import mark_safe
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import get_lexer_by_name
+
+    body = highlight(code, get_lexer_by_name(language), HtmlFormatter(nowrap=True))
+    return mark_safe(  # noqa: S308 - Pygments escapes the source it formats
+        f'<pre class="highlight code-preview"><code class="language-{language}">{body}</code></pre>'
+    )
+
+
 @register.filter
 def compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)

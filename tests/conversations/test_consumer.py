@@ -186,3 +186,54 @@ async def test_message_send_streams_reply_in_process(cookie, conversation, setti
         # The engine ran in asgiref's shared sync thread: close its connection so
         # the test database can be dropped.
         await sync_to_async(connections.close_all)()
+
+
+@database_sync_to_async
+def _pending_approval(conversation):
+    from tests.conversations.test_toolphase import _pending_delete
+    from tools.services import tools_sync
+
+    tools_sync()
+    _run, approval = _pending_delete(conversation)
+    return approval
+
+
+async def test_approval_decided_over_the_socket_by_its_owner_only(
+    cookie, other_cookie, conversation
+):
+    from approvals.models import ApprovalRequest
+
+    approval = await _pending_approval(conversation)
+    frame = {
+        "type": "approval.decide",
+        "approval_id": approval.pk,
+        "decision": "approve",
+        "arguments_hash": approval.arguments_hash,
+    }
+
+    stranger = communicator("/ws/", other_cookie)
+    assert (await stranger.connect())[0]
+    await stranger.send_to(text_data=json.dumps(frame))
+    reply = await stranger.receive_from(timeout=5)
+    assert "chat-errors" in reply and "error-box" in reply
+    await stranger.disconnect()
+    await sync_to_async(approval.refresh_from_db)()
+    assert approval.status == ApprovalRequest.Status.PENDING
+
+    owner = communicator("/ws/", cookie)
+    assert (await owner.connect())[0]
+    await owner.send_to(text_data=json.dumps({**frame, "arguments_hash": "0" * 64}))
+    reply = await owner.receive_from(timeout=5)
+    assert "error-box" in reply  # bound to the exact arguments shown
+    await sync_to_async(approval.refresh_from_db)()
+    assert approval.status == ApprovalRequest.Status.PENDING
+
+    await owner.send_to(text_data=json.dumps(frame))
+    for _ in range(10):  # the card/badge pushes and the cleared error box arrive
+        await sync_to_async(approval.refresh_from_db)()
+        if approval.status != ApprovalRequest.Status.PENDING:
+            break
+        await owner.receive_from(timeout=5)
+    assert approval.status == ApprovalRequest.Status.APPROVED
+    assert approval.decided_by_id == conversation.owner_id
+    await owner.disconnect()

@@ -174,19 +174,6 @@ def test_provider_error_fails_run_with_named_cause(user, mock_model, llmock):
     assert Message.objects.get(run=run).status == Message.Status.FAILED
 
 
-def test_tool_calls_stop_at_the_gate_placeholder(user, mock_model, llmock):
-    from conversations.models import Conversation
-
-    llmock.call_tool("calc__evaluate", {"expression": "1+1"})
-    conversation = Conversation.objects.create(owner=user, model_config=mock_model)
-    run = advance(send(conversation, "calculate 1+1"))
-    assert run.status == Run.Status.FAILED
-    assert "tools are not available yet" in run.error
-    answer = Message.objects.get(run=run)
-    assert answer.tool_calls[0]["function"]["name"] == "calc__evaluate"
-    assert answer.status == Message.Status.COMPLETE
-
-
 def test_context_trimming_is_recorded(conversation, demo_model):
     demo_model.context_window = 300
     demo_model.max_output_tokens = 100

@@ -168,9 +168,9 @@ async def test_demo_streams_text_with_usage():
         (
             "remember that the cat is called Tom",
             "notes__write",
-            {"content": "the cat is called Tom"},
+            {"key": "cat", "value": "the cat is called Tom"},
         ),
-        ("forget the cat", "notes__delete", {"query": "the cat"}),
+        ("forget the cat", "notes__delete", {"key": "cat"}),
         ("fetch https://example.com/a please", "http__get", {"url": "https://example.com/a"}),
         ("run python: print(2 + 2)", "code__python", {"code": "print(2 + 2)"}),
         ("run shell: ls -l", "code__shell", {"command": "ls -l"}),

@@ -1,0 +1,253 @@
+"""The tool phase of the agent loop: gate, approval, execution, answer.
+
+Driven with the offline demo model on PostgreSQL; each ``advance`` is one
+dispatched step, as a worker would run it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+
+from approvals.models import ApprovalPolicy, ApprovalRequest, AuditEvent
+from approvals.services import ApprovalNotPending, approval_decide, approvals_expire_due
+from conversations import services
+from conversations.engine import run_advance
+from conversations.models import Message, Run
+from tools.models import Note, ToolInvocation
+from tools.services import tools_sync
+
+pytestmark = pytest.mark.django_db
+
+S = Run.Status
+IS = ToolInvocation.Status
+
+
+@pytest.fixture(autouse=True)
+def synced_tools(db):
+    tools_sync()
+
+
+def drive(run: Run, *, limit: int = 12) -> Run:
+    """Advance the run step by step until it waits for a person or ends."""
+    for _ in range(limit):
+        async_to_sync(run_advance)(run_id=run.pk, worker="test-worker")
+        run.refresh_from_db()
+        if run.is_terminal or run.status == S.AWAITING_APPROVAL:
+            return run
+    raise AssertionError(f"run {run.pk} still {run.status} after {limit} steps")
+
+
+def send(conversation, content: str) -> Run:
+    return services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content=content
+    )
+
+
+def final_answer(run: Run) -> str:
+    return Message.objects.filter(run=run, role=Message.Role.ASSISTANT).order_by("-id")[0].content
+
+
+def test_read_only_tool_is_allowed_by_default_and_answered(conversation):
+    run = drive(send(conversation, "calculate 17*23"))
+    assert run.status == S.COMPLETED, run.error
+    invocation = ToolInvocation.objects.get(run=run)
+    assert invocation.tool_name == "calc.evaluate"
+    assert invocation.decision == "allow"
+    assert invocation.status == IS.SUCCEEDED
+    tool_message = Message.objects.get(run=run, role=Message.Role.TOOL)
+    assert tool_message.tool_call_id == invocation.tool_call_id
+    assert "391" in tool_message.content
+    assert "391" in final_answer(run)
+    assert run.step == 2  # the call that asked for the tool, then the answer
+    assert AuditEvent.objects.filter(action="gate.decided", data__action="allow").exists()
+    assert not ApprovalRequest.objects.exists()
+
+
+def _pending_delete(conversation) -> tuple[Run, ApprovalRequest]:
+    Note.objects.create(user=conversation.owner, key="meeting", value="Friday at 10")
+    run = drive(send(conversation, "forget the meeting"))
+    assert run.status == S.AWAITING_APPROVAL
+    approval = ApprovalRequest.objects.get(run_id=run.pk)
+    assert approval.status == ApprovalRequest.Status.PENDING
+    assert approval.tool_name == "notes.delete"
+    assert approval.arguments == {"key": "meeting"}
+    assert "destructive" in approval.explanation or "asked" in approval.explanation
+    return run, approval
+
+
+def test_destructive_tool_waits_for_approval_then_runs_once(conversation):
+    run, approval = _pending_delete(conversation)
+    assert run.lease_owner == ""  # nobody holds the run while it waits
+    invocation = ToolInvocation.objects.get(run=run)
+    assert invocation.status == IS.AWAITING_APPROVAL
+
+    approval_decide(
+        approval_id=approval.pk,
+        actor=conversation.owner,
+        approve=True,
+        arguments_hash=approval.arguments_hash,
+    )
+    run.refresh_from_db()
+    assert run.status == S.EXECUTING_TOOLS
+    run = drive(run)
+    assert run.status == S.COMPLETED, run.error
+    invocation.refresh_from_db()
+    assert invocation.status == IS.SUCCEEDED
+    assert invocation.attempts == 1
+    assert not Note.objects.filter(key="meeting").exists()
+    assert "deleted" in final_answer(run)
+
+    with pytest.raises(ApprovalNotPending):
+        approval_decide(
+            approval_id=approval.pk,
+            actor=conversation.owner,
+            approve=True,
+            arguments_hash=approval.arguments_hash,
+        )
+    async_to_sync(run_advance)(run_id=run.pk, worker="late-worker")
+    invocation.refresh_from_db()
+    assert invocation.attempts == 1
+
+
+def test_deny_with_reason_reaches_the_model(conversation):
+    run, approval = _pending_delete(conversation)
+    approval_decide(
+        approval_id=approval.pk,
+        actor=conversation.owner,
+        approve=False,
+        reason="keep it for the audit",
+        arguments_hash=approval.arguments_hash,
+    )
+    run = drive(run)
+    assert run.status == S.COMPLETED
+    invocation = ToolInvocation.objects.get(run=run)
+    assert invocation.status == IS.DENIED
+    assert invocation.attempts == 0
+    assert "keep it for the audit" in Message.objects.get(run=run, role="tool").content
+    answer = final_answer(run)
+    assert "denied" in answer and "keep it for the audit" in answer
+    assert Note.objects.filter(key="meeting").exists()
+
+
+def test_edited_arguments_are_the_ones_executed_and_audited(conversation):
+    Note.objects.create(user=conversation.owner, key="other", value="x")
+    run, approval = _pending_delete(conversation)
+    approval_decide(
+        approval_id=approval.pk,
+        actor=conversation.owner,
+        approve=True,
+        arguments_hash=approval.arguments_hash,
+        edited_arguments={"key": "other"},
+    )
+    run = drive(run)
+    assert run.status == S.COMPLETED
+    invocation = ToolInvocation.objects.get(run=run)
+    assert invocation.arguments_requested == {"key": "meeting"}
+    assert invocation.arguments_executed == {"key": "other"}
+    assert Note.objects.filter(key="meeting").exists()
+    assert not Note.objects.filter(key="other").exists()
+    decided = AuditEvent.objects.get(action="approval.decided")
+    assert "other" in str(decided.data)
+
+
+def test_expired_request_tells_the_model_and_the_run_continues(conversation):
+    run, approval = _pending_delete(conversation)
+    with time_machine.travel(approval.expires_at + timedelta(seconds=1)):
+        assert approvals_expire_due() == [approval.pk]
+    run.refresh_from_db()
+    run = drive(run)
+    assert run.status == S.COMPLETED
+    invocation = ToolInvocation.objects.get(run=run)
+    assert invocation.status == IS.EXPIRED
+    assert "not approved in time" in invocation.result.lower()
+    assert Note.objects.filter(key="meeting").exists()
+
+
+def test_policy_deny_returns_a_denial_without_asking(conversation):
+    ApprovalPolicy.objects.create(tool_pattern="calc.*", action=ApprovalPolicy.Action.DENY)
+    run = drive(send(conversation, "calculate 2+2"))
+    assert run.status == S.COMPLETED
+    invocation = ToolInvocation.objects.get(run=run)
+    assert invocation.status == IS.DENIED
+    assert invocation.decision == "deny"
+    assert "rule #" in invocation.decision_explanation
+    assert not ApprovalRequest.objects.exists()
+    assert "denied" in final_answer(run)
+
+
+def test_cancelling_a_waiting_run_cancels_its_approval(conversation):
+    run, approval = _pending_delete(conversation)
+    services.run_cancel(user=conversation.owner, run_id=run.pk)
+    run.refresh_from_db()
+    approval.refresh_from_db()
+    assert run.status == S.CANCELLED
+    assert approval.status == ApprovalRequest.Status.CANCELLED
+    assert ToolInvocation.objects.get(run=run).status == IS.CANCELLED
+    with pytest.raises(ApprovalNotPending):
+        approval_decide(
+            approval_id=approval.pk,
+            actor=conversation.owner,
+            approve=True,
+            arguments_hash=approval.arguments_hash,
+        )
+    assert Note.objects.filter(key="meeting").exists()
+
+
+def test_worker_lost_after_approval_executes_exactly_once_on_recovery(conversation):
+    run, approval = _pending_delete(conversation)
+    approval_decide(
+        approval_id=approval.pk,
+        actor=conversation.owner,
+        approve=True,
+        arguments_hash=approval.arguments_hash,
+    )
+    # A worker took the step and died before executing: its lease runs out.
+    Run.objects.filter(pk=run.pk).update(
+        lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert run.pk in services.runs_recover_stale()
+    run = drive(run)
+    assert run.status == S.COMPLETED
+    invocation = ToolInvocation.objects.get(run=run)
+    assert invocation.status == IS.SUCCEEDED
+    assert invocation.attempts == 1
+
+
+def test_a_live_lease_keeps_a_second_worker_off_the_tools(conversation):
+    run, approval = _pending_delete(conversation)
+    approval_decide(
+        approval_id=approval.pk,
+        actor=conversation.owner,
+        approve=True,
+        arguments_hash=approval.arguments_hash,
+    )
+    Run.objects.filter(pk=run.pk).update(
+        lease_owner="live-worker", lease_expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    async_to_sync(run_advance)(run_id=run.pk, worker="second-worker")
+    assert ToolInvocation.objects.get(run=run).status == IS.APPROVED  # untouched
+
+
+def test_tools_are_offered_only_when_enabled_for_the_user(conversation):
+    from tools.models import Tool
+
+    Tool.objects.filter(name="calc.evaluate").update(enabled=False)
+    run = drive(send(conversation, "calculate 17*23"))
+    assert run.status == S.COMPLETED
+    assert not ToolInvocation.objects.filter(run=run).exists()
+    assert "offline demo model" in final_answer(run)
+
+
+def test_conversation_page_shows_the_pending_card(client, conversation):
+    run, approval = _pending_delete(conversation)
+    client.force_login(conversation.owner)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    assert f'id="approval-slot-{ToolInvocation.objects.get(run=run).pk}"' in page
+    assert f'id="approval-{approval.pk}"' in page
+    assert "notes.delete" in page
+    assert approval.arguments_hash in page
