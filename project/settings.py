@@ -250,3 +250,13 @@ LOGGING = {
 # --- Tollgate ---------------------------------------------------------------
 
 TOLLGATE_MAX_MESSAGE_CHARS = env.int("TOLLGATE_MAX_MESSAGE_CHARS", default=100_000)
+
+# --- Budgets and rate limits ---------------------------------------------------
+
+# A budget reservation still held after this many seconds belongs to a call
+# whose worker died; the periodic job releases it.
+TOLLGATE_BUDGET_HOLD_SECONDS = env.int("TOLLGATE_BUDGET_HOLD_SECONDS", default=3600)
+CELERY_BEAT_SCHEDULE["accounts-budget-reservations-expire"] = {
+    "task": "accounts.budget_reservations_expire",
+    "schedule": env.int("TOLLGATE_BUDGET_EXPIRE_EVERY_SECONDS", default=300),
+}

@@ -17,4 +17,5 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
+    path("usage/", include("accounts.urls")),
 ]

@@ -1,0 +1,352 @@
+"""Budget reservations, the usage ledger, threshold warnings.
+
+Before an LLM call the engine reserves the call's worst-case cost against every
+applicable budget (``budget_reserve``); after it, ``usage_record`` writes the
+ledger row and settles those reservations to the actual figures; a call that
+failed before any usage releases them (``budget_release``). Periods are UTC
+(``accounts.periods``).
+
+Locking (why concurrent callers cannot pass a limit together): a reservation
+is checked and written inside one transaction that first locks the user's row
+(``SELECT ... FOR NO KEY UPDATE``), which serialises everything charged to that
+user alone (their own budgets and the per-user defaults), then locks each
+applicable group budget's row in id order, which serialises a group's shared
+pool. Every caller takes the locks in that same order (user, then budgets by
+id), so two reservations never deadlock. Default budgets are deliberately not
+locked as rows: they count each user separately, and locking them would
+serialise every LLM call of every user on one row.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts import events
+from accounts.errors import BudgetExceeded
+from accounts.models import Budget, BudgetReservation, BudgetWarning, UsageRecord, User
+from accounts.periods import format_reset, period_bounds
+from accounts.selectors import budget_spent, budgets_applicable
+
+USD_QUANTUM = Decimal("0.000000000001")  # 12 decimal places, as stored
+
+
+def to_usd(value: Decimal | int | float | str, *, name: str = "cost_usd") -> Decimal:
+    """Convert to an exact, non-negative USD Decimal with 12 decimal places.
+
+    A float is converted through its shortest ``repr`` (``1.5e-05`` becomes
+    ``Decimal("0.000015")``), never through its binary value.
+
+    Raises:
+        ValueError: not a number, not finite, or negative.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number of US dollars, not a bool")
+    try:
+        amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of US dollars, got {value!r}") from None
+    if not amount.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if amount < 0:
+        raise ValueError(f"{name} cannot be negative, got {value!r}")
+    return amount.quantize(USD_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def _tokens(value: int, *, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number of tokens, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} cannot be negative, got {value}")
+    return value
+
+
+def format_usd(amount: Decimal) -> str:
+    """``$5.00``; more decimals only when cents would hide the amount (``$0.0025``)."""
+    if amount == amount.quantize(Decimal("0.01")) or abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    return f"${amount.normalize():f}"
+
+
+def _limit_label(budget: Budget, kind: str) -> str:
+    if kind == "cost":
+        return f"{budget.period} budget of {format_usd(budget.cost_limit_usd)}"
+    return f"{budget.period} budget of {budget.token_limit:,} tokens"
+
+
+def _owner_label(budget: Budget) -> str:
+    if budget.group_id:
+        return f"the group {budget.group.name}'s"
+    return "your"
+
+
+def _lock_for_user(*, user_id: int, budgets: list[Budget]) -> list[Budget]:
+    """Take the reservation locks (user row, then group budgets by id).
+
+    Call inside ``transaction.atomic``. Returns ``budgets`` with the group
+    ones re-read under their lock.
+    """
+    list(User.objects.select_for_update(no_key=True).filter(pk=user_id).values_list("pk"))
+    shared = [b.pk for b in budgets if b.group_id]
+    if not shared:
+        return budgets
+    locked = {
+        b.pk: b
+        for b in Budget.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("group")
+        .filter(pk__in=shared)
+        .order_by("id")
+    }
+    # A group budget deleted meanwhile is gone from ``locked`` and no longer applies.
+    return [locked[b.pk] if b.group_id else b for b in budgets if not b.group_id or b.pk in locked]
+
+
+def budget_reserve(
+    *,
+    user: User | int,
+    cost_usd: Decimal | int | str,
+    tokens: int,
+    run_id: int | None = None,
+) -> list[BudgetReservation]:
+    """Hold ``cost_usd`` and ``tokens`` against every budget that applies to ``user``.
+
+    All or nothing: in one transaction, for each applicable budget (locks as
+    described in this module's docstring), spent = held + settled rows of the
+    current period; if ``spent`` already reached a limit, or ``spent + this``
+    would pass it (cost or tokens), nothing is held and ``BudgetExceeded`` is
+    raised for the first such budget (lowest id). Otherwise one ``held``
+    reservation per budget is created. A user with no budget gets ``[]``.
+
+    Args:
+        user: the user (or their id) the call is made for.
+        cost_usd: the call's worst-case cost in USD (Decimal; prompt tokens x
+            input price + max_tokens x output price, computed by the caller).
+        tokens: worst-case tokens (prompt + max_tokens).
+        run_id: the run making the call, stored for the record.
+
+    Returns:
+        The held ``BudgetReservation`` rows, one per applicable budget.
+
+    Raises:
+        BudgetExceeded: a limit would be passed; nothing was written.
+        ValueError: negative or non-numeric amounts.
+    """
+    cost = to_usd(cost_usd)
+    tokens = _tokens(tokens, name="tokens")
+    user_id = user if isinstance(user, int) else user.pk
+    with transaction.atomic():
+        now = timezone.now()
+        budgets = budgets_applicable(user=user_id)
+        if not budgets:
+            return []
+        budgets = _lock_for_user(user_id=user_id, budgets=budgets)
+        spent = budget_spent(budgets=budgets, user_id=user_id, now=now)
+        rows = []
+        for budget in budgets:
+            start, resets_at = period_bounds(budget.period, now=now)
+            spent_cost, spent_tokens = spent[budget.pk]
+            for kind, limit, used, need in (
+                ("cost", budget.cost_limit_usd, spent_cost, cost),
+                ("tokens", budget.token_limit, spent_tokens, tokens),
+            ):
+                if limit is None:
+                    continue
+                if used >= limit or used + need > limit:
+                    message = f"{_limit_label(budget, kind)} reached"
+                    if used < limit:
+                        used_s = format_usd(used) if kind == "cost" else f"{used:,} tokens"
+                        need_s = format_usd(need) if kind == "cost" else f"{need:,} tokens"
+                        message += f" ({used_s} used, this call needs up to {need_s})"
+                    raise BudgetExceeded(
+                        f"{message}; {format_reset(resets_at)}",
+                        budget_id=budget.pk,
+                        resets_at=resets_at,
+                    )
+            rows.append(
+                BudgetReservation(
+                    budget_id=budget.pk,
+                    user_id=user_id,
+                    run_id=run_id,
+                    cost_usd=cost,
+                    tokens=tokens,
+                    period_start=start,
+                    status=BudgetReservation.Status.HELD,
+                    created_at=now,
+                )
+            )
+        return BudgetReservation.objects.bulk_create(rows)
+
+
+def budget_release(*, reservation_ids: list[int]) -> int:
+    """Release held reservations of a call that made no usage (it failed early).
+
+    Settled and already released rows are left alone, so calling twice is
+    harmless. Returns the number of rows released.
+    """
+    if not reservation_ids:
+        return 0
+    return BudgetReservation.objects.filter(
+        pk__in=reservation_ids, status=BudgetReservation.Status.HELD
+    ).update(status=BudgetReservation.Status.RELEASED, settled_at=timezone.now())
+
+
+def budget_reservations_expire(*, older_than: timedelta = timedelta(hours=1)) -> int:
+    """Release reservations held longer than ``older_than`` (a worker died mid-call).
+
+    Run periodically (Celery beat, ``accounts.tasks``). Returns the count released.
+    """
+    cutoff = timezone.now() - older_than
+    return BudgetReservation.objects.filter(
+        status=BudgetReservation.Status.HELD, created_at__lt=cutoff
+    ).update(status=BudgetReservation.Status.RELEASED, settled_at=timezone.now())
+
+
+def usage_record(
+    *,
+    user: User | int,
+    conversation_id: int | None,
+    run_id: int | None,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: Decimal | int | str,
+    latency_ms: int | None,
+    reservations: list[int] | None = None,
+) -> UsageRecord:
+    """Write one LLM call to the ledger and settle its reservations.
+
+    The given held reservations become ``settled`` with the actual cost and
+    tokens (the held estimate no longer counts, the actual usage does). Every
+    applicable budget without a settled reservation from this call (none was
+    made, or it had been released or expired) gets a settled charge, so
+    usage always counts. Then, for each applicable budget whose spend in this
+    period reached its ``warn_at_fraction`` and whose user was not yet warned
+    this period, a ``BudgetWarning`` is stored and pushed live on commit.
+
+    Args:
+        cost_usd: actual cost in USD, stored exactly (Decimal, 12 places;
+            a float goes through its repr).
+        latency_ms: wall time of the call in milliseconds.
+        reservations: ids returned by ``budget_reserve`` for this call.
+
+    Returns:
+        The new ``UsageRecord``.
+
+    Raises:
+        ValueError: negative or non-numeric tokens or cost, or an empty model.
+    """
+    cost = to_usd(cost_usd)
+    prompt_tokens = _tokens(prompt_tokens, name="prompt_tokens")
+    completion_tokens = _tokens(completion_tokens, name="completion_tokens")
+    if latency_ms is not None:
+        latency_ms = _tokens(latency_ms, name="latency_ms")
+    if not model:
+        raise ValueError("model must name the model that was called")
+    user_id = user if isinstance(user, int) else user.pk
+    total = prompt_tokens + completion_tokens
+    with transaction.atomic():
+        now = timezone.now()
+        record = UsageRecord.objects.create(
+            user_id=user_id,
+            conversation_id=conversation_id,
+            run_id=run_id,
+            model=model[:200],
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost,
+            latency_ms=latency_ms,
+            created_at=now,
+        )
+        covered: set[int] = set()
+        if reservations:
+            BudgetReservation.objects.filter(
+                pk__in=reservations, user_id=user_id, status=BudgetReservation.Status.HELD
+            ).update(
+                status=BudgetReservation.Status.SETTLED,
+                cost_usd=cost,
+                tokens=total,
+                usage=record,
+                settled_at=now,
+            )
+            covered = set(
+                BudgetReservation.objects.filter(usage=record).values_list("budget_id", flat=True)
+            )
+        budgets = budgets_applicable(user=user_id)
+        charges = [
+            BudgetReservation(
+                budget_id=b.pk,
+                user_id=user_id,
+                run_id=run_id,
+                usage=record,
+                cost_usd=cost,
+                tokens=total,
+                period_start=period_bounds(b.period, now=now)[0],
+                status=BudgetReservation.Status.SETTLED,
+                created_at=now,
+                settled_at=now,
+            )
+            for b in budgets
+            if b.pk not in covered
+        ]
+        if charges:
+            BudgetReservation.objects.bulk_create(charges)
+        _warn_if_crossed(user_id=user_id, budgets=budgets, now=now)
+    return record
+
+
+def _warn_if_crossed(*, user_id: int, budgets: list[Budget], now: datetime) -> None:
+    """Store and push a warning for each budget past its threshold (once per period)."""
+    watched = [
+        b
+        for b in budgets
+        if (b.cost_limit_usd is not None and b.cost_limit_usd > 0)
+        or (b.token_limit is not None and b.token_limit > 0)
+    ]
+    if not watched:
+        return
+    spent = budget_spent(budgets=watched, user_id=user_id, now=now)
+    crossed = []
+    for b in watched:
+        cost, tokens = spent[b.pk]
+        shares = []
+        if b.cost_limit_usd:
+            shares.append((cost / b.cost_limit_usd, "cost"))
+        if b.token_limit:
+            shares.append((Decimal(tokens) / Decimal(b.token_limit), "tokens"))
+        share, kind = max(shares)
+        if share >= b.warn_at_fraction:
+            crossed.append((b, share, kind, cost, tokens))
+    if not crossed:
+        return
+    starts = {b.pk: period_bounds(b.period, now=now)[0] for b, *_ in crossed}
+    already = set(
+        BudgetWarning.objects.filter(
+            user_id=user_id, budget_id__in=list(starts), period_start__in=set(starts.values())
+        ).values_list("budget_id", "period_start")
+    )
+    for b, share, kind, cost, tokens in crossed:
+        if (b.pk, starts[b.pk]) in already:
+            continue
+        used = format_usd(cost) if kind == "cost" else f"{tokens:,} tokens"
+        resets = format_reset(period_bounds(b.period, now=now)[1])
+        message = (
+            f"You have used {share:.0%} of {_owner_label(b)} "
+            f"{_limit_label(b, kind)} ({used}); {resets}."
+        )
+        try:
+            # A savepoint: a concurrent call may store the same warning first,
+            # and that must not undo the usage written above.
+            with transaction.atomic():
+                warning = BudgetWarning.objects.create(
+                    budget=b,
+                    user_id=user_id,
+                    period_start=starts[b.pk],
+                    message=message,
+                    created_at=now,
+                )
+        except IntegrityError:
+            continue
+        events.budget_warning_push(warning=warning)
