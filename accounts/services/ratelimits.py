@@ -57,6 +57,8 @@ def _retry_after(limiter, item, *ids: str) -> float:
 
 def _refuse(amount: int, unit: str, retry: float) -> RateLimited:
     seconds = math.ceil(retry)
+    if amount == 1:
+        unit = unit.removesuffix("s")
     return RateLimited(
         retry,
         f"rate limit of {amount:,} {unit} per minute reached; try again in {seconds} s",
