@@ -27,7 +27,7 @@ def _run_concurrently(work, args_list):
         try:
             barrier.wait(timeout=30)
             results[i] = work(*args)
-        except BaseException as exc:  # noqa: BLE001 - the test inspects every outcome
+        except BaseException as exc:  # the test inspects every outcome
             results[i] = exc
         finally:
             connections.close_all()

@@ -22,7 +22,11 @@ pytestmark = pytest.mark.django_db
         ({"cost_limit_usd": Decimal("-1")}, "cost_limit_usd", "cannot be negative"),
         ({"token_limit": -5}, "token_limit", "cannot be negative"),
         ({}, "cost_limit_usd", "Set a cost limit, a token limit, or both"),
-        ({"cost_limit_usd": Decimal(1), "warn_at_fraction": Decimal(0)}, "warn_at_fraction", "above 0"),
+        (
+            {"cost_limit_usd": Decimal(1), "warn_at_fraction": Decimal(0)},
+            "warn_at_fraction",
+            "above 0",
+        ),
         (
             {"cost_limit_usd": Decimal(1), "warn_at_fraction": Decimal("1.5")},
             "warn_at_fraction",

@@ -85,7 +85,9 @@ def test_expired_hold_is_released_and_late_usage_still_counts(user, make_budget)
     admission = llm_call_admit(
         user=user, run_id=1, estimated_cost_usd=Decimal("0.90"), estimated_tokens=1
     )
-    BudgetReservation.objects.update(created_at=BudgetReservation.objects.get().created_at - timedelta(hours=2))
+    BudgetReservation.objects.update(
+        created_at=BudgetReservation.objects.get().created_at - timedelta(hours=2)
+    )
     assert budget_reservations_expire(older_than=timedelta(hours=1)) == 1
     llm_call_settle(
         admission=admission,

@@ -28,7 +28,7 @@ T0 = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
 
 def test_uses_redis_when_configured():
     assert settings.REDIS_URL.startswith("redis://")
-    requests, tokens = ratelimit_limiters()
+    requests, _ = ratelimit_limiters()
     assert type(requests.storage).__name__ == "RedisStorage"
     assert requests.storage.check()
 
