@@ -256,6 +256,9 @@ TOLLGATE_MAX_MESSAGE_CHARS = env.int("TOLLGATE_MAX_MESSAGE_CHARS", default=100_0
 # A budget reservation still held after this many seconds belongs to a call
 # whose worker died; the periodic job releases it.
 TOLLGATE_BUDGET_HOLD_SECONDS = env.int("TOLLGATE_BUDGET_HOLD_SECONDS", default=3600)
+# Redis key prefix of the rate-limit counters (lets a benchmark or a second
+# deployment share one Redis database without sharing counters).
+TOLLGATE_RATELIMIT_KEY_PREFIX = env.str("TOLLGATE_RATELIMIT_KEY_PREFIX", default="tollgate-rl")
 CELERY_BEAT_SCHEDULE["accounts-budget-reservations-expire"] = {
     "task": "accounts.budget_reservations_expire",
     "schedule": env.int("TOLLGATE_BUDGET_EXPIRE_EVERY_SECONDS", default=300),

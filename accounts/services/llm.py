@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from accounts.errors import BudgetExceeded, RateLimited
-from accounts.models import UsageRecord, User
+from accounts.models import Budget, RateLimit, UsageRecord, User
+from accounts.selectors import budgets_applicable, ratelimits_applicable
 from accounts.services.budgets import budget_release, budget_reserve, to_usd, usage_record
 from accounts.services.ratelimits import ratelimit_add_tokens, ratelimit_check
 
@@ -34,8 +35,10 @@ from accounts.services.ratelimits import ratelimit_add_tokens, ratelimit_check
 class Admission:
     """Permission for one LLM call: who, which run, and the held reservations.
 
-    Plain values only (ints, Decimal), so a caller may store
-    ``reservation_ids`` on its run and settle or release them later.
+    The public fields are plain values (ints, Decimal), so a caller may store
+    ``reservation_ids`` on its run and rebuild an ``Admission`` from them. The
+    private fields carry what admit already loaded (budgets, rate limits) so
+    that settle does not read it again; a rebuilt admission reads it afresh.
     """
 
     user_id: int
@@ -43,6 +46,9 @@ class Admission:
     estimated_cost_usd: Decimal
     estimated_tokens: int
     reservation_ids: tuple[int, ...] = field(default_factory=tuple)
+    _budgets: tuple[Budget, ...] | None = field(default=None, repr=False, compare=False)
+    _reserved_budget_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    _ratelimits: tuple[RateLimit, ...] | None = field(default=None, repr=False, compare=False)
 
 
 def llm_call_admit(
@@ -72,15 +78,17 @@ def llm_call_admit(
     """
     user_id = user if isinstance(user, int) else user.pk
     cost = to_usd(estimated_cost_usd, name="estimated_cost_usd")
+    ratelimits = ratelimits_applicable(user=user_id)
+    budgets = budgets_applicable(user=user_id)
     try:
-        ratelimit_check(user=user_id, tokens=estimated_tokens)
+        ratelimit_check(user=user_id, tokens=estimated_tokens, _limits=ratelimits)
     except RateLimited:
         # AUDIT: budget.refused {"user_id": user_id, "run_id": run_id, "reason": "rate_limit",
         #   "message": exc.message, "retry_after_seconds": exc.retry_after_seconds}
         raise
     try:
         reservations = budget_reserve(
-            user=user_id, cost_usd=cost, tokens=estimated_tokens, run_id=run_id
+            user=user_id, cost_usd=cost, tokens=estimated_tokens, run_id=run_id, _budgets=budgets
         )
     except BudgetExceeded:
         # AUDIT: budget.refused {"user_id": user_id, "run_id": run_id, "reason": "budget",
@@ -93,6 +101,9 @@ def llm_call_admit(
         estimated_cost_usd=cost,
         estimated_tokens=estimated_tokens,
         reservation_ids=tuple(r.pk for r in reservations),
+        _budgets=tuple(budgets),
+        _reserved_budget_ids=tuple(r.budget_id for r in reservations),
+        _ratelimits=tuple(ratelimits),
     )
 
 
@@ -127,8 +138,16 @@ def llm_call_settle(
         cost_usd=cost_usd,
         latency_ms=latency_ms,
         reservations=list(admission.reservation_ids),
+        _budgets=None if admission._budgets is None else list(admission._budgets),
+        _reserved_budget_ids=(
+            None if admission._reserved_budget_ids is None else list(admission._reserved_budget_ids)
+        ),
     )
-    ratelimit_add_tokens(user=admission.user_id, tokens=prompt_tokens + completion_tokens)
+    ratelimit_add_tokens(
+        user=admission.user_id,
+        tokens=prompt_tokens + completion_tokens,
+        _limits=None if admission._ratelimits is None else list(admission._ratelimits),
+    )
     return record
 
 

@@ -1,6 +1,7 @@
 """Requests and tokens per minute, counted with the ``limits`` library.
 
-Storage: Redis at ``settings.REDIS_URL`` (keys prefixed ``tollgate-rl``), or
+Storage: Redis at ``settings.REDIS_URL`` (keys prefixed with
+``settings.TOLLGATE_RATELIMIT_KEY_PREFIX``, default ``tollgate-rl``), or
 process memory when ``REDIS_URL`` is empty (embedded mode, one process).
 
 - Requests per minute use ``limits``' moving window (exact; one list entry per
@@ -27,13 +28,13 @@ from accounts.errors import RateLimited
 from accounts.models import RateLimit, User
 from accounts.selectors import ratelimits_applicable
 
-KEY_PREFIX = "tollgate-rl"
-
 
 @functools.cache
-def _limiters(url: str) -> tuple[MovingWindowRateLimiter, SlidingWindowCounterRateLimiter]:
+def _limiters(
+    url: str, prefix: str
+) -> tuple[MovingWindowRateLimiter, SlidingWindowCounterRateLimiter]:
     if url:
-        storage = storage_from_string(url, key_prefix=KEY_PREFIX)
+        storage = storage_from_string(url, key_prefix=prefix)
     else:
         storage = storage_from_string("memory://")
     return MovingWindowRateLimiter(storage), SlidingWindowCounterRateLimiter(storage)
@@ -41,7 +42,7 @@ def _limiters(url: str) -> tuple[MovingWindowRateLimiter, SlidingWindowCounterRa
 
 def ratelimit_limiters() -> tuple[MovingWindowRateLimiter, SlidingWindowCounterRateLimiter]:
     """The (requests, tokens) limiters for the current ``settings.REDIS_URL``."""
-    return _limiters(settings.REDIS_URL or "")
+    return _limiters(settings.REDIS_URL or "", settings.TOLLGATE_RATELIMIT_KEY_PREFIX)
 
 
 def _scope(limit: RateLimit, user_id: int) -> str:
@@ -65,11 +66,13 @@ def _refuse(amount: int, unit: str, retry: float) -> RateLimited:
     )
 
 
-def ratelimit_check(*, user: User | int, tokens: int = 0) -> None:
+def ratelimit_check(
+    *, user: User | int, tokens: int = 0, _limits: list[RateLimit] | None = None
+) -> None:
     """Admit one LLM request for ``user`` under every applicable rate limit.
 
-    Checks all limits first; when all pass, counts one request against each
-    requests-per-minute limit. Tokens are not counted here (see
+    Checks the tokens-per-minute limits, then counts one request against each
+    requests-per-minute limit (in id order). Tokens are not counted here (see
     ``ratelimit_add_tokens``): a tokens-per-minute limit passes when
     ``tokens`` (the call's estimate; at most the limit itself, so a huge call
     waits for an empty minute rather than never passing) still fits.
@@ -79,36 +82,36 @@ def ratelimit_check(*, user: User | int, tokens: int = 0) -> None:
             ``"rate limit of 20 requests per minute reached; try again in 12 s"``.
     """
     user_id = user if isinstance(user, int) else user.pk
-    applicable = ratelimits_applicable(user=user_id)
+    applicable = ratelimits_applicable(user=user_id) if _limits is None else _limits
     if not applicable:
         return
     requests, token_counter = ratelimit_limiters()
-    to_hit = []
+    # Token limits first: testing them consumes nothing.
     for limit in applicable:
-        scope = _scope(limit, user_id)
         if limit.tokens_per_minute:
             item = RateLimitItemPerMinute(limit.tokens_per_minute)
-            ids = ("tok", f"rl{limit.pk}", scope)
+            ids = ("tok", f"rl{limit.pk}", _scope(limit, user_id))
             need = max(1, min(tokens, limit.tokens_per_minute))
             if not token_counter.test(item, *ids, cost=need):
                 raise _refuse(
                     limit.tokens_per_minute, "tokens", _retry_after(token_counter, item, *ids)
                 )
+    # A request hit is atomic (refused hits count nothing). When a second
+    # request limit refuses, the first one has counted this request: a
+    # refused call may cost one slot of a wider limit, never more.
+    for limit in applicable:
         if limit.requests_per_minute:
             item = RateLimitItemPerMinute(limit.requests_per_minute)
-            ids = ("req", f"rl{limit.pk}", scope)
-            if not requests.test(item, *ids):
+            ids = ("req", f"rl{limit.pk}", _scope(limit, user_id))
+            if not requests.hit(item, *ids):
                 raise _refuse(
                     limit.requests_per_minute, "requests", _retry_after(requests, item, *ids)
                 )
-            to_hit.append((item, ids, limit.requests_per_minute))
-    for item, ids, amount in to_hit:
-        # Another process may have taken the last slot since the test above.
-        if not requests.hit(item, *ids):
-            raise _refuse(amount, "requests", _retry_after(requests, item, *ids))
 
 
-def ratelimit_add_tokens(*, user: User | int, tokens: int) -> None:
+def ratelimit_add_tokens(
+    *, user: User | int, tokens: int, _limits: list[RateLimit] | None = None
+) -> None:
     """Count ``tokens`` (prompt + completion of a finished call) for ``user``.
 
     Usage beyond a limit fills that minute's window (later calls wait); it
@@ -117,7 +120,9 @@ def ratelimit_add_tokens(*, user: User | int, tokens: int) -> None:
     if tokens <= 0:
         return
     user_id = user if isinstance(user, int) else user.pk
-    limits = [rl for rl in ratelimits_applicable(user=user_id) if rl.tokens_per_minute]
+    if _limits is None:
+        _limits = ratelimits_applicable(user=user_id)
+    limits = [rl for rl in _limits if rl.tokens_per_minute]
     if not limits:
         return
     _, token_counter = ratelimit_limiters()

@@ -8,7 +8,6 @@ import pytest
 from django.conf import settings
 
 from accounts.models import Budget, RateLimit
-from accounts.services.ratelimits import KEY_PREFIX
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +19,7 @@ def _clean_ratelimit_keys():
             import redis
 
             client = redis.Redis.from_url(settings.REDIS_URL)
-            keys = list(client.scan_iter(match=f"{KEY_PREFIX}*", count=1000))
+            keys = list(client.scan_iter(match=f"{settings.TOLLGATE_RATELIMIT_KEY_PREFIX}*", count=1000))
             if keys:
                 client.delete(*keys)
             client.close()
