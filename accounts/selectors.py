@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from django.contrib.auth.models import Group
+from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -33,26 +35,43 @@ def _applicable_q(user_id: int) -> Q:
     return Q(user_id=user_id) | Q(group_id__in=group_ids) | Q(user__isnull=True, group__isnull=True)
 
 
+# The per-call reads below are plain SQL: they run twice per LLM call, and
+# building them through the ORM cost more than running them. They stay
+# portable (PostgreSQL and the embedded SQLite) and are covered by the tests.
+
+
+def _applicable_sql(table: str, *, lock: bool = False) -> str:
+    qn = connection.ops.quote_name
+    memberships = qn(User.groups.through._meta.db_table)
+    group = qn(Group._meta.db_table)
+    return (
+        f"SELECT t.*, g.{qn('name')} AS group_name FROM {qn(table)} t "  # noqa: S608 - quoted identifiers and %s only
+        f"LEFT JOIN {group} g ON g.{qn('id')} = t.{qn('group_id')} "
+        f"WHERE t.{qn('enabled')} = %s AND (t.{qn('user_id')} = %s "
+        f"OR t.{qn('group_id')} IN (SELECT {qn('group_id')} FROM {memberships} "
+        f"WHERE {qn('user_id')} = %s) "
+        f"OR (t.{qn('user_id')} IS NULL AND t.{qn('group_id')} IS NULL)) "
+        f"ORDER BY t.{qn('id')}"
+    )
+
+
 def budgets_applicable(*, user: User | int) -> list[Budget]:
     """Every enabled budget that binds ``user``: own, each group's, and defaults.
 
-    All of them are enforced, so the tightest one decides. One query.
+    All of them are enforced, so the tightest one decides. One query; each
+    budget carries ``group_name`` (the group's name, or None).
 
     Returns:
         ``Budget`` rows ordered by id (the lock order used by ``budget_reserve``).
     """
-    return list(
-        Budget.objects.filter(_applicable_q(_user_id(user)), enabled=True)
-        .select_related("group")
-        .order_by("id")
-    )
+    uid = _user_id(user)
+    return list(Budget.objects.raw(_applicable_sql(Budget._meta.db_table), [True, uid, uid]))
 
 
 def ratelimits_applicable(*, user: User | int) -> list[RateLimit]:
-    """Every enabled rate limit that binds ``user`` (own, groups', defaults), by id."""
-    return list(
-        RateLimit.objects.filter(_applicable_q(_user_id(user)), enabled=True).order_by("id")
-    )
+    """Every enabled rate limit that binds ``user`` (own, groups', defaults), by id. One query."""
+    uid = _user_id(user)
+    return list(RateLimit.objects.raw(_applicable_sql(RateLimit._meta.db_table), [True, uid, uid]))
 
 
 def budget_spent(
@@ -66,24 +85,32 @@ def budget_spent(
     if not budgets:
         return {}
     now = now or timezone.now()
-    cond = Q()
+    qn = connection.ops.quote_name
+    ops = connection.ops
+    conditions, params = [], [BudgetReservation.Status.HELD, BudgetReservation.Status.SETTLED]
     for budget in budgets:
-        start, _ = period_bounds(budget.period, now=now)
-        q = Q(budget_id=budget.pk)
+        cond = f"{qn('budget_id')} = %s"
+        params.append(budget.pk)
         if budget.period != Budget.Period.TOTAL:
-            q &= Q(created_at__gte=start)
+            cond += f" AND {qn('created_at')} >= %s"
+            params.append(ops.adapt_datetimefield_value(period_bounds(budget.period, now=now)[0]))
         if budget.is_default:
-            q &= Q(user_id=user_id)
-        cond |= q
-    rows = (
-        BudgetReservation.objects.filter(cond, status__in=COUNTED)
-        .order_by()
-        .values("budget_id")
-        .annotate(cost=Sum("cost_usd"), tokens=Sum("tokens"))
+            cond += f" AND {qn('user_id')} = %s"
+            params.append(user_id)
+        conditions.append(f"({cond})")
+    sql = (
+        f"SELECT {qn('budget_id')}, SUM({qn('cost_usd')}), SUM({qn('tokens')}) "  # noqa: S608 - quoted identifiers and %s only
+        f"FROM {qn(BudgetReservation._meta.db_table)} "
+        f"WHERE {qn('status')} IN (%s, %s) AND ({' OR '.join(conditions)}) "
+        f"GROUP BY {qn('budget_id')}"
     )
     spent = {b.pk: (ZERO, 0) for b in budgets}
-    for row in rows:
-        spent[row["budget_id"]] = (row["cost"] or ZERO, int(row["tokens"] or 0))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for budget_id, cost, tokens in cursor.fetchall():
+            if cost is not None and not isinstance(cost, Decimal):
+                cost = Decimal(str(cost))  # SQLite sums decimals as floats
+            spent[budget_id] = (cost or ZERO, int(tokens or 0))
     return spent
 
 

@@ -53,7 +53,9 @@ def create_database(maintenance: str, name: str) -> None:
     from psycopg import sql
 
     with psycopg.connect(_pg_conninfo(maintenance), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
@@ -62,7 +64,9 @@ def drop_database(maintenance: str, name: str) -> None:
     from psycopg import sql
 
     with psycopg.connect(_pg_conninfo(maintenance), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -79,7 +80,8 @@ def _limit_label(budget: Budget, kind: str) -> str:
 
 def _owner_label(budget: Budget) -> str:
     if budget.group_id:
-        return f"the group {budget.group.name}'s"
+        name = getattr(budget, "group_name", None) or budget.group.name
+        return f"the group {name}'s"
     return "your"
 
 
@@ -101,20 +103,33 @@ def _lock_for_user(*, user_id: int, budgets: list[Budget]) -> list[Budget]:
     """Take the reservation locks (user row, then group budgets by id).
 
     Call inside ``transaction.atomic``. Returns ``budgets`` with the group
-    ones re-read under their lock.
+    ones re-read under their lock. On SQLite (embedded mode) the transaction
+    itself is the lock (``BEGIN IMMEDIATE``: one writer at a time).
     """
-    list(User.objects.select_for_update(no_key=True).filter(pk=user_id).values_list("pk"))
+    if connection.vendor != "postgresql":
+        return budgets
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {qn(User._meta.db_table)} WHERE {qn('id')} = %s "  # noqa: S608
+            "FOR NO KEY UPDATE",
+            [user_id],
+        )
     shared = [b.pk for b in budgets if b.group_id]
     if not shared:
         return budgets
+    marks = ", ".join(["%s"] * len(shared))
     locked = {
         b.pk: b
-        for b in Budget.objects.select_for_update(no_key=True, of=("self",))
-        .select_related("group")
-        .filter(pk__in=shared)
-        .order_by("id")
+        for b in Budget.objects.raw(
+            f"SELECT t.*, g.{qn('name')} AS group_name FROM {qn(Budget._meta.db_table)} t "  # noqa: S608
+            f"JOIN {qn(Group._meta.db_table)} g ON g.{qn('id')} = t.{qn('group_id')} "
+            f"WHERE t.{qn('id')} IN ({marks}) AND t.{qn('enabled')} = %s "
+            f"ORDER BY t.{qn('id')} FOR NO KEY UPDATE OF t",
+            [*shared, True],
+        )
     }
-    # A group budget deleted meanwhile is gone from ``locked`` and no longer applies.
+    # A group budget deleted or disabled meanwhile no longer applies.
     return [locked[b.pk] if b.group_id else b for b in budgets if not b.group_id or b.pk in locked]
 
 
@@ -195,7 +210,13 @@ def budget_reserve(
                     created_at=now,
                 )
             )
-        return BudgetReservation.objects.bulk_create(rows)
+        created = BudgetReservation.objects.bulk_create(rows)
+        for row in created:
+            # Spend including this hold, as seen now: lets settle skip the
+            # threshold query when a warning cannot be due (see usage_record).
+            spent_cost, spent_tokens = spent[row.budget_id]
+            row.spent_with_hold = (spent_cost + cost, spent_tokens + tokens)
+        return created
 
 
 def budget_release(*, reservation_ids: list[int]) -> int:
@@ -235,6 +256,7 @@ def usage_record(
     reservations: list[int] | None = None,
     _budgets: list[Budget] | None = None,
     _reserved_budget_ids: list[int] | None = None,
+    _spent_hint: dict[int, tuple[Decimal, int, Decimal, int]] | None = None,
 ) -> UsageRecord:
     """Write one LLM call to the ledger and settle its reservations.
 
@@ -318,8 +340,39 @@ def usage_record(
         ]
         if charges:
             BudgetReservation.objects.bulk_create(charges)
-        _warn_if_crossed(user_id=user_id, budgets=budgets, now=now)
+        watched = budgets
+        if _spent_hint is not None and covered:
+            # Budgets whose spend, at admit, plus this call's excess over its
+            # hold stays under the threshold need no query. (A concurrent call
+            # that pushes past it checks for itself when it settles.)
+            watched = [
+                b for b in budgets if not _below_threshold(b, _spent_hint.get(b.pk), cost, total)
+            ]
+        _warn_if_crossed(user_id=user_id, budgets=watched, now=now)
     return record
+
+
+def _below_threshold(
+    budget: Budget,
+    hint: tuple[Decimal, int, Decimal, int] | None,
+    cost: Decimal,
+    tokens: int,
+) -> bool:
+    """True when ``hint`` (spend with hold, tokens with hold, held cost, held tokens) proves
+    the budget is still under its warning threshold after settling ``cost``/``tokens``."""
+    if hint is None:
+        return False
+    spent_cost, spent_tokens, held_cost, held_tokens = hint
+    cost_after = spent_cost + max(Decimal(0), cost - held_cost)
+    tokens_after = spent_tokens + max(0, tokens - held_tokens)
+    if budget.cost_limit_usd is not None and cost_after >= (
+        budget.cost_limit_usd * budget.warn_at_fraction
+    ):
+        return False
+    return not (
+        budget.token_limit is not None
+        and tokens_after >= budget.token_limit * budget.warn_at_fraction
+    )
 
 
 def _warn_if_crossed(*, user_id: int, budgets: list[Budget], now: datetime) -> None:

@@ -49,6 +49,7 @@ class Admission:
     _budgets: tuple[Budget, ...] | None = field(default=None, repr=False, compare=False)
     _reserved_budget_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
     _ratelimits: tuple[RateLimit, ...] | None = field(default=None, repr=False, compare=False)
+    _spent_hint: dict | None = field(default=None, repr=False, compare=False)
 
 
 def llm_call_admit(
@@ -104,6 +105,7 @@ def llm_call_admit(
         _budgets=tuple(budgets),
         _reserved_budget_ids=tuple(r.budget_id for r in reservations),
         _ratelimits=tuple(ratelimits),
+        _spent_hint={r.budget_id: (*r.spent_with_hold, r.cost_usd, r.tokens) for r in reservations},
     )
 
 

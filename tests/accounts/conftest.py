@@ -19,7 +19,9 @@ def _clean_ratelimit_keys():
             import redis
 
             client = redis.Redis.from_url(settings.REDIS_URL)
-            keys = list(client.scan_iter(match=f"{settings.TOLLGATE_RATELIMIT_KEY_PREFIX}*", count=1000))
+            keys = list(
+                client.scan_iter(match=f"{settings.TOLLGATE_RATELIMIT_KEY_PREFIX}*", count=1000)
+            )
             if keys:
                 client.delete(*keys)
             client.close()

@@ -99,3 +99,33 @@ def test_expired_hold_is_released_and_late_usage_still_counts(user, make_budget)
         latency_ms=1,
     )
     assert budget_spent(budgets=[budget], user_id=user.pk)[budget.pk] == (Decimal("0.40"), 2)
+
+
+def _call(user, estimate, actual, tokens=10):
+    admission = llm_call_admit(
+        user=user, run_id=1, estimated_cost_usd=Decimal(estimate), estimated_tokens=tokens
+    )
+    return llm_call_settle(
+        admission=admission,
+        conversation_id=None,
+        model="m",
+        prompt_tokens=tokens,
+        completion_tokens=0,
+        cost_usd=Decimal(actual),
+        latency_ms=1,
+    )
+
+
+def test_settle_warns_at_threshold_including_actual_above_estimate(user, make_budget):
+    from accounts.models import BudgetWarning
+
+    make_budget(user=user, cost_limit_usd="1.00", warn_at_fraction=Decimal("0.8"))
+    _call(user, "0.30", "0.30")
+    _call(user, "0.30", "0.30")
+    assert not BudgetWarning.objects.exists()
+    # The estimate was too low: the actual cost crosses 80 % anyway.
+    _call(user, "0.05", "0.25")
+    warning = BudgetWarning.objects.get()
+    assert warning.message.startswith("You have used 85% of your monthly budget of $1.00")
+    _call(user, "0.05", "0.05")
+    assert BudgetWarning.objects.count() == 1
