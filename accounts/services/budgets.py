@@ -66,10 +66,10 @@ def _tokens(value: int, *, name: str) -> int:
 
 
 def format_usd(amount: Decimal) -> str:
-    """``$5.00``; more decimals only when cents would hide the amount (``$0.0025``)."""
+    """``$5.00``; up to 6 decimals when cents would hide the amount (``$0.0025``)."""
     if amount == amount.quantize(Decimal("0.01")) or abs(amount) >= 1:
         return f"${amount:,.2f}"
-    return f"${amount.normalize():f}"
+    return f"${amount.quantize(Decimal('0.000001')).normalize():f}"
 
 
 def _limit_label(budget: Budget, kind: str) -> str:
