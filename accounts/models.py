@@ -1,13 +1,17 @@
-"""The custom user: email is the login, there is no username."""
+"""The custom user (email is the login), budgets, the usage ledger and rate limits."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from django.contrib.auth.models import AbstractUser
 from django.contrib.auth.models import UserManager as DjangoUserManager
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Lower
+from django.utils import timezone
 
 
 class UserManager(DjangoUserManager["User"]):
@@ -72,3 +76,338 @@ class User(AbstractUser):
 
     def get_short_name(self) -> str:
         return self.name or self.email.split("@", 1)[0]
+
+
+# --- Budgets, the usage ledger, rate limits ------------------------------------
+#
+# Periods are computed in UTC (see ``accounts.periods``): a day starts at 00:00
+# UTC, a week on Monday 00:00 UTC (ISO week), a month on the 1st at 00:00 UTC.
+
+
+class Budget(models.Model):
+    """A spending limit for one user, one group, or everyone (both empty).
+
+    A user is bound by every enabled budget that applies to them: their own,
+    each of their groups', and the defaults. Scope of the count:
+
+    - a user budget counts that user's spend;
+    - a group budget counts the spend of all its members together (one pool);
+    - a default budget (no user, no group) counts each user's spend separately.
+
+    ``cost_limit_usd`` is in USD, ``token_limit`` in tokens (prompt plus
+    completion); at least one is set. ``warn_at_fraction`` (0 < f <= 1) is the
+    share of a limit at which the user is warned once per period.
+    """
+
+    class Period(models.TextChoices):
+        DAILY = "daily", "daily"
+        WEEKLY = "weekly", "weekly"
+        MONTHLY = "monthly", "monthly"
+        TOTAL = "total", "total (never resets)"
+
+    user = models.ForeignKey(
+        "accounts.User",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="budgets",
+        help_text="Leave user and group empty for a default that applies to everyone.",
+    )
+    group = models.ForeignKey(
+        "auth.Group", on_delete=models.CASCADE, null=True, blank=True, related_name="budgets"
+    )
+    period = models.CharField(max_length=16, choices=Period.choices, default=Period.MONTHLY)
+    cost_limit_usd = models.DecimalField(
+        "cost limit (USD)",
+        max_digits=14,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="USD per period; empty for no cost limit.",
+    )
+    token_limit = models.BigIntegerField(
+        null=True, blank=True, help_text="Tokens (prompt + completion) per period; empty for none."
+    )
+    warn_at_fraction = models.DecimalField(
+        "warn at",
+        max_digits=4,
+        decimal_places=3,
+        default=Decimal("0.800"),
+        help_text="Warn the user once per period at this share of a limit (0.8 = 80%).",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("id",)
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=~(Q(user__isnull=False) & Q(group__isnull=False)),
+                name="accounts_budget_user_xor_group",
+                violation_error_message="A budget belongs to a user or to a group, not both.",
+            ),
+            models.CheckConstraint(
+                condition=Q(cost_limit_usd__isnull=False) | Q(token_limit__isnull=False),
+                name="accounts_budget_has_limit",
+                violation_error_message="Set a cost limit, a token limit, or both.",
+            ),
+            models.CheckConstraint(
+                condition=Q(cost_limit_usd__isnull=True) | Q(cost_limit_usd__gte=0),
+                name="accounts_budget_cost_not_negative",
+                violation_error_message="The cost limit cannot be negative.",
+            ),
+            models.CheckConstraint(
+                condition=Q(token_limit__isnull=True) | Q(token_limit__gte=0),
+                name="accounts_budget_tokens_not_negative",
+                violation_error_message="The token limit cannot be negative.",
+            ),
+            models.CheckConstraint(
+                condition=Q(warn_at_fraction__gt=0) & Q(warn_at_fraction__lte=1),
+                name="accounts_budget_warn_fraction_range",
+                violation_error_message="The warning threshold must be above 0 and at most 1.",
+            ),
+            models.CheckConstraint(
+                condition=Q(period__in=["daily", "weekly", "monthly", "total"]),
+                name="accounts_budget_period_valid",
+                violation_error_message="Unknown budget period.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        limits = []
+        if self.cost_limit_usd is not None:
+            limits.append(f"${self.cost_limit_usd:.2f}")
+        if self.token_limit is not None:
+            limits.append(f"{self.token_limit:,} tokens")
+        return f"{self.period} {' / '.join(limits) or 'budget'} for {self.scope_label}"
+
+    @property
+    def scope_label(self) -> str:
+        if self.user_id:
+            return f"user {self.user}"
+        if self.group_id:
+            return f"group {self.group}"
+        return "everyone"
+
+    @property
+    def is_default(self) -> bool:
+        return self.user_id is None and self.group_id is None
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if self.user_id is not None and self.group_id is not None:
+            errors.setdefault("group", []).append(
+                "A budget belongs to a user or to a group, not both; clear one of them."
+            )
+        if self.cost_limit_usd is None and self.token_limit is None:
+            errors.setdefault("cost_limit_usd", []).append(
+                "Set a cost limit, a token limit, or both."
+            )
+        if self.cost_limit_usd is not None and self.cost_limit_usd < 0:
+            errors.setdefault("cost_limit_usd", []).append(
+                "The cost limit cannot be negative (use 0 to block all paid use)."
+            )
+        if self.token_limit is not None and self.token_limit < 0:
+            errors.setdefault("token_limit", []).append("The token limit cannot be negative.")
+        if self.warn_at_fraction is not None and not (0 < self.warn_at_fraction <= 1):
+            errors.setdefault("warn_at_fraction", []).append(
+                "The warning threshold is a share of the limit: above 0 and at most 1 (0.8 = 80%)."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+
+class UsageRecord(models.Model):
+    """One LLM call in the usage ledger: who, where, which model, tokens, cost.
+
+    ``conversation_id`` and ``run_id`` are plain ids (accounts does not import
+    conversations). ``model`` is the litellm model string or ModelConfig name.
+    ``cost_usd`` is exact (Decimal, 12 decimal places); ``latency_ms`` is the
+    wall time of the call in milliseconds.
+    """
+
+    user = models.ForeignKey(
+        "accounts.User", on_delete=models.CASCADE, related_name="usage_records"
+    )
+    conversation_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    model = models.CharField(max_length=200, db_index=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField("cost (USD)", max_digits=24, decimal_places=12)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes: ClassVar = [models.Index(fields=["user", "created_at"])]
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=Q(cost_usd__gte=0), name="accounts_usage_cost_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} for {self.user_id} at {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class BudgetReservation(models.Model):
+    """An amount charged against one budget: held before a call, settled after.
+
+    ``held``: the worst-case estimate of a call in flight; ``settled``: the
+    actual usage of the call (``usage`` links the ledger row); ``released``: the
+    call never happened, nothing counts. A budget's spend in a period is the sum
+    of its held and settled rows created in that period. ``period_start`` is
+    the start (UTC) of the budget period the row was created in.
+    """
+
+    class Status(models.TextChoices):
+        HELD = "held"
+        SETTLED = "settled"
+        RELEASED = "released"
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="reservations")
+    user = models.ForeignKey(
+        "accounts.User", on_delete=models.CASCADE, related_name="budget_reservations"
+    )
+    run_id = models.BigIntegerField(null=True, blank=True)
+    usage = models.ForeignKey(
+        UsageRecord,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="reservations",
+    )
+    cost_usd = models.DecimalField("cost (USD)", max_digits=24, decimal_places=12)
+    tokens = models.BigIntegerField(default=0)
+    period_start = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.HELD)
+    created_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes: ClassVar = [
+            models.Index(fields=["budget", "created_at"]),
+            models.Index(fields=["budget", "user", "created_at"]),
+            models.Index(
+                fields=["created_at"], condition=Q(status="held"), name="accounts_resv_held_idx"
+            ),
+        ]
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=Q(cost_usd__gte=0) & Q(tokens__gte=0),
+                name="accounts_reservation_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.status} ${self.cost_usd} on budget {self.budget_id}"
+
+
+class BudgetWarning(models.Model):
+    """A user was warned that a budget passed its threshold in a period (once)."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="warnings")
+    user = models.ForeignKey(
+        "accounts.User", on_delete=models.CASCADE, related_name="budget_warnings"
+    )
+    period_start = models.DateTimeField()
+    message = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["budget", "user", "period_start"], name="accounts_budget_warning_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RateLimit(models.Model):
+    """Requests and tokens per minute for one user, one group, or everyone.
+
+    Like budgets: a group limit is shared by all its members, a default limit
+    (no user, no group) applies to each user separately, and every applicable
+    limit is enforced. Counters live in Redis (in memory in embedded mode).
+    """
+
+    user = models.ForeignKey(
+        "accounts.User",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="rate_limits",
+        help_text="Leave user and group empty for a default that applies to everyone.",
+    )
+    group = models.ForeignKey(
+        "auth.Group", on_delete=models.CASCADE, null=True, blank=True, related_name="rate_limits"
+    )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="LLM calls per minute; empty for no limit."
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tokens (prompt + completion) per minute; empty for none."
+    )
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ("id",)
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=~(Q(user__isnull=False) & Q(group__isnull=False)),
+                name="accounts_ratelimit_user_xor_group",
+                violation_error_message="A rate limit belongs to a user or to a group, not both.",
+            ),
+            models.CheckConstraint(
+                condition=(Q(requests_per_minute__isnull=False) & Q(requests_per_minute__gte=1))
+                | (Q(tokens_per_minute__isnull=False) & Q(tokens_per_minute__gte=1)),
+                name="accounts_ratelimit_has_limit",
+                violation_error_message="Set requests per minute, tokens per minute, or both.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        parts = []
+        if self.requests_per_minute:
+            parts.append(f"{self.requests_per_minute} rpm")
+        if self.tokens_per_minute:
+            parts.append(f"{self.tokens_per_minute} tpm")
+        scope = (
+            f"user {self.user}"
+            if self.user_id
+            else f"group {self.group}"
+            if self.group_id
+            else "everyone"
+        )
+        return f"{' / '.join(parts) or 'rate limit'} for {scope}"
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if self.user_id is not None and self.group_id is not None:
+            errors.setdefault("group", []).append(
+                "A rate limit belongs to a user or to a group, not both; clear one of them."
+            )
+        if self.requests_per_minute is not None and self.requests_per_minute < 1:
+            errors.setdefault("requests_per_minute", []).append(
+                "Requests per minute must be at least 1 (leave empty for no limit)."
+            )
+        if self.tokens_per_minute is not None and self.tokens_per_minute < 1:
+            errors.setdefault("tokens_per_minute", []).append(
+                "Tokens per minute must be at least 1 (leave empty for no limit)."
+            )
+        if not self.requests_per_minute and not self.tokens_per_minute and not errors:
+            errors.setdefault("requests_per_minute", []).append(
+                "Set requests per minute, tokens per minute, or both."
+            )
+        if errors:
+            raise ValidationError(errors)

@@ -330,3 +330,16 @@ CELERY_BEAT_SCHEDULE["conversations-recover-stale-runs"] = {
     "task": "conversations.tasks.runs_recover_stale",
     "schedule": env.float("TOLLGATE_RUN_RECOVERY_INTERVAL", default=60.0),
 }
+
+# --- Budgets and rate limits ---------------------------------------------------
+
+# A budget reservation still held after this many seconds belongs to a call
+# whose worker died; the periodic job releases it.
+TOLLGATE_BUDGET_HOLD_SECONDS = env.int("TOLLGATE_BUDGET_HOLD_SECONDS", default=3600)
+# Redis key prefix of the rate-limit counters (lets a benchmark or a second
+# deployment share one Redis database without sharing counters).
+TOLLGATE_RATELIMIT_KEY_PREFIX = env.str("TOLLGATE_RATELIMIT_KEY_PREFIX", default="tollgate-rl")
+CELERY_BEAT_SCHEDULE["accounts-budget-reservations-expire"] = {
+    "task": "accounts.budget_reservations_expire",
+    "schedule": env.int("TOLLGATE_BUDGET_EXPIRE_EVERY_SECONDS", default=300),
+}

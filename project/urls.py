@@ -20,4 +20,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("approvals/", include("approvals.urls")),
     path("tools/", include("tools.urls")),
+    path("usage/", include("accounts.urls")),
 ]

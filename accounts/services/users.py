@@ -1,4 +1,4 @@
-"""Writes for accounts: creating the first administrator."""
+"""Writes for users: creating the first administrator."""
 
 from __future__ import annotations
 

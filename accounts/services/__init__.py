@@ -1,0 +1,36 @@
+"""Writes for accounts (users, budgets, the usage ledger, rate limits).
+
+Import from here: ``from accounts.services import llm_call_admit``.
+"""
+
+from __future__ import annotations
+
+from accounts.errors import BudgetExceeded, RateLimited
+from accounts.selectors import budget_requires_prices, budgets_applicable
+from accounts.services.budgets import (
+    budget_release,
+    budget_reservations_expire,
+    budget_reserve,
+    usage_record,
+)
+from accounts.services.llm import Admission, llm_call_abort, llm_call_admit, llm_call_settle
+from accounts.services.ratelimits import ratelimit_add_tokens, ratelimit_check
+from accounts.services.users import admin_create_or_promote
+
+__all__ = [
+    "Admission",
+    "BudgetExceeded",
+    "RateLimited",
+    "admin_create_or_promote",
+    "budget_release",
+    "budget_requires_prices",
+    "budget_reservations_expire",
+    "budget_reserve",
+    "budgets_applicable",
+    "llm_call_abort",
+    "llm_call_admit",
+    "llm_call_settle",
+    "ratelimit_add_tokens",
+    "ratelimit_check",
+    "usage_record",
+]
