@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -31,7 +32,7 @@ from django.utils import timezone
 
 from conversations import events
 from conversations.context import context_fit
-from conversations.gateway import ChatResult, GatewayError, StreamAborted, stream_chat
+from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,6 @@ def run_finish(*, run: Run, status: str, error: str = "") -> None:
     elif status == S.FAILED:
         _stop_streaming_messages(run, Message.Status.FAILED)
     events.run_status_changed(run_id=run.pk)
-    # AUDIT: run.finished {run_id, status, error, step}
 
 
 def run_llm_call_schedule(*, run: Run) -> None:
@@ -131,7 +131,7 @@ def _claim(run_id: int, worker: str) -> Run | None:
     with transaction.atomic():
         run = (
             Run.objects.select_for_update(no_key=True, of=("self",))
-            .select_related("conversation__model_config")
+            .select_related("conversation__model_config", "conversation__owner")
             .filter(pk=run_id)
             .first()
         )
@@ -215,8 +215,8 @@ def _tools_for_run(run: Run) -> list[dict] | None:
 
 
 @_db
-def _prepare(run: Run) -> tuple[Message, list[dict]]:
-    """Create (or reset, on replay) the assistant message of this step; read history."""
+def _prepare(run: Run) -> Message:
+    """Create (or reset, on replay) the assistant message of this step."""
     with transaction.atomic():
         message, created = Message.objects.get_or_create(
             run=run,
@@ -236,8 +236,85 @@ def _prepare(run: Run) -> tuple[Message, list[dict]]:
             events.message_replaced(message_id=message.pk)
         else:
             events.message_appended(message_id=message.pk)
-    history = history_messages(conversation=run.conversation, exclude_id=message.pk)
-    return message, history
+    return message
+
+
+@_db
+def _history(run: Run) -> list[dict]:
+    # Still-streaming rows (this step's, on a replay) are left out by history_messages.
+    return history_messages(conversation=run.conversation)
+
+
+def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | None:
+    """USD a call can cost at most: prompt tokens plus ``max_output_tokens`` at the
+    model's prices (``None`` when no price is known for the model)."""
+    return cost_for(
+        config=config, prompt_tokens=prompt_tokens, completion_tokens=config.max_output_tokens
+    )
+
+
+@_db
+def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]:
+    """Rate limits and budget reservation before a model call (accounts' services).
+
+    Returns ``(admission, "")`` or ``(None, message for the user)``; a refusal is
+    audited as ``budget.refused``. No model call is made after a refusal.
+    """
+    from accounts.selectors import budget_requires_prices
+    from accounts.services import BudgetExceeded, RateLimited, llm_call_admit
+    from approvals.services import audit_record
+
+    user = run.conversation.owner
+    estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens)
+    tokens = prompt_tokens + config.max_output_tokens
+    refusal: dict[str, Any] | None = None
+    if estimate is None and budget_requires_prices(user=user):
+        refusal = {
+            "reason": "no_prices",
+            "message": (
+                f"The model {config.name} has no known prices, and your spending is limited "
+                "by a budget; an administrator must set its prices before you can use it."
+            ),
+        }
+    else:
+        try:
+            return (
+                llm_call_admit(
+                    user=user,
+                    run_id=run.pk,
+                    estimated_cost_usd=estimate or Decimal(0),
+                    estimated_tokens=tokens,
+                ),
+                "",
+            )
+        except BudgetExceeded as exc:
+            refusal = {"reason": "budget", "message": exc.message, "budget_id": exc.budget_id}
+        except RateLimited as exc:
+            refusal = {
+                "reason": "rate_limit",
+                "message": exc.message,
+                "retry_after_seconds": exc.retry_after_seconds,
+            }
+    audit_record(
+        action="budget.refused",
+        actor=user,
+        target_type="run",
+        target_id=run.pk,
+        data={
+            **refusal,
+            "model": config.litellm_model,
+            "estimated_cost_usd": str(estimate) if estimate is not None else None,
+            "estimated_tokens": tokens,
+        },
+    )
+    return None, refusal["message"]
+
+
+@_db
+def _abort_admission(admission: Any) -> None:
+    from accounts.services import llm_call_abort
+
+    llm_call_abort(admission=admission)
 
 
 # -- step 2: the model call ------------------------------------------------------
@@ -245,7 +322,7 @@ def _prepare(run: Run) -> tuple[Message, list[dict]]:
 
 async def _step_call_llm(run: Run, worker: str) -> None:
     config: ModelConfig = run.conversation.model_config
-    message, history = await _prepare(run)
+    history = await _history(run)
     tools = await _tools_for_run(run)
     try:
         fit = context_fit(
@@ -256,10 +333,15 @@ async def _step_call_llm(run: Run, worker: str) -> None:
             tools=tools,
         )
     except GatewayError as error:
-        await _fail(run.pk, worker, message.pk, error.user_message, kind=error.kind)
+        await _fail(run.pk, worker, None, error.user_message, kind=error.kind)
         return
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
+    admission, refusal = await _admit(run, config, fit.prompt_tokens)
+    if admission is None:
+        await _fail(run.pk, worker, None, refusal, kind="budget")
+        return
+    message = await _prepare(run)
 
     lease_renewed = timezone.now()
 
@@ -285,19 +367,24 @@ async def _step_call_llm(run: Run, worker: str) -> None:
         )
         await publisher.close()
     except StepAborted as aborted:
+        await _abort_admission(admission)
         await _abort(run.pk, worker, message.pk, publisher.text, reason=str(aborted))
         return
     except GatewayError as error:
+        await _abort_admission(admission)
         await _fail(run.pk, worker, message.pk, error.user_message, kind=error.kind,
                     partial=publisher.text)  # fmt: skip
         return
     except Exception:
         logger.exception("run %s step %s failed", run.pk, run.step)
+        await _abort_admission(admission)
         await _fail(run.pk, worker, message.pk, "Something went wrong on the server while "
                     "answering. Try again.", kind="internal", partial=publisher.text)  # fmt: skip
         return
 
-    assistant = await _store_answer(run.pk, worker, message.pk, result, dropped=fit.dropped)
+    assistant = await _store_answer(
+        run.pk, worker, message.pk, result, dropped=fit.dropped, admission=admission
+    )
     if assistant is None or not result.tool_calls:
         return
     await _tool_turn_gate(run.pk, worker, assistant.pk)
@@ -327,12 +414,20 @@ def _locked_own(run_id: int, worker: str) -> Run | None:
 
 @_db
 def _store_answer(
-    run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int
+    run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
 ) -> Message | None:
-    """Write the finished assistant message once and transition the run."""
+    """Write the finished assistant message once, settle its usage, transition the run.
+
+    The usage record (accounts' ledger) and the message commit together; the
+    ``llm.call`` audit event is written last (approvals' lock-order rule).
+    """
+    from accounts.services import llm_call_abort, llm_call_settle
+    from approvals.services import audit_record
+
     with transaction.atomic():
         run = _locked_own(run_id, worker)
         if run is None:
+            llm_call_abort(admission=admission)
             return None
         message = Message.objects.get(pk=message_id)
         message.content = result.content
@@ -350,7 +445,15 @@ def _store_answer(
             "context_dropped_messages": dropped,
         }
         message.save()
-        # AUDIT: llm.call {run_id, step, model, prompt_tokens, completion_tokens, cost_usd}
+        llm_call_settle(
+            admission=admission,
+            conversation_id=run.conversation_id,
+            model=message.model or run.conversation.model_config.litellm_model,
+            prompt_tokens=result.prompt_tokens or 0,
+            completion_tokens=result.completion_tokens or 0,
+            cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
+            latency_ms=result.latency_ms or 0,
+        )
         context = run.metadata.setdefault("context", {})
         context[str(run.step)] = {"dropped_messages": dropped}
         if dropped:
@@ -368,18 +471,35 @@ def _store_answer(
             events.run_status_changed(run_id=run.pk)
         else:
             run_finish(run=run, status=S.COMPLETED)
+        audit_record(
+            action="llm.call",
+            actor=run.conversation.owner,
+            target_type="run",
+            target_id=run.pk,
+            data={
+                "step": run.step,
+                "model": message.model,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
+                "latency_ms": result.latency_ms,
+                "tool_calls": len(result.tool_calls or []),
+                "context_dropped_messages": dropped,
+            },
+        )
         return message
 
 
 @_db
 def _fail(
-    run_id: int, worker: str, message_id: int, error: str, *, kind: str, partial: str = ""
+    run_id: int, worker: str, message_id: int | None, error: str, *, kind: str, partial: str = ""
 ) -> None:
     with transaction.atomic():
         run = _locked_own(run_id, worker)
         if run is None:
             return
-        Message.objects.filter(pk=message_id).update(content=partial)
+        if message_id is not None:
+            Message.objects.filter(pk=message_id).update(content=partial)
         run.metadata["error_kind"] = kind
         run.save(update_fields=["metadata"])
         run_finish(run=run, status=S.FAILED, error=error)

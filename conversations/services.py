@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from approvals.services import audit_record
 from conversations import events
 from conversations.engine import dispatch_on_commit, run_finish
 from conversations.models import Conversation, Message, ModelConfig, Run
@@ -109,7 +110,6 @@ def conversation_create(
             owner=user, model_config=config, title=title.strip()[:200]
         )
         events.conversation_changed(conversation_id=conversation.pk)
-    # AUDIT: conversation.created {conversation_id, model_config_id}
     return conversation
 
 
@@ -149,7 +149,6 @@ def conversation_archive(*, user, conversation_id: int, archived: bool = True) -
         conversation.archived = archived
         conversation.save(update_fields=["archived", "updated_at"])
         events.conversation_changed(conversation_id=conversation.pk)
-    # AUDIT: conversation.archived {conversation_id, archived}
     return conversation
 
 
@@ -157,9 +156,16 @@ def conversation_delete(*, user, conversation_id: int) -> None:
     """Delete a conversation with its messages and runs."""
     with transaction.atomic():
         conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        title = str(conversation)
         conversation.delete()
         events.conversation_list_changed(user_id=user.pk)
-    # AUDIT: conversation.deleted {conversation_id}
+        audit_record(
+            action="conversation.deleted",
+            actor=user,
+            target_type="conversation",
+            target_id=conversation_id,
+            data={"title": title},
+        )
 
 
 def message_send(*, user, conversation_id: int, content: str) -> Run:
@@ -199,7 +205,13 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
         events.run_appended(run_id=run.pk, with_user_message=True)
         events.conversation_changed(conversation_id=conversation.pk)
         dispatch_on_commit(run.pk)
-    # AUDIT: message.sent {conversation_id, message_id, run_id, chars}
+        audit_record(
+            action="message.sent",
+            actor=user,
+            target_type="message",
+            target_id=message.pk,
+            data={"conversation_id": conversation.pk, "run_id": run.pk, "chars": len(content)},
+        )
     return run
 
 
@@ -235,7 +247,7 @@ def run_cancel(*, user, run_id: int) -> Run:
 
             run_cancel_tools(run=run, actor=user)
             run_finish(run=run, status=Run.Status.CANCELLED)
-    # AUDIT: run.cancel_requested {run_id}
+        audit_record(action="run.cancel_requested", actor=user, target_type="run", target_id=run.pk)
     return run
 
 

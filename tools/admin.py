@@ -10,6 +10,11 @@ from django.http import HttpRequest
 
 from tools.models import HttpAllowedHost, Note, Tool, ToolInvocation
 from tools.registry import registry
+from tools.services import (
+    http_allowlist_change_record,
+    tool_admin_change_record,
+    tools_set_enabled,
+)
 
 
 @admin.register(Tool)
@@ -80,27 +85,25 @@ class ToolAdmin(admin.ModelAdmin):
         spec = registry.get(obj.name)
         return json.dumps(spec.parameters, indent=2) if spec else "(not registered)"
 
-    def save_model(self, request: HttpRequest, obj: Tool, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        # AUDIT: tool.enabled / tool.disabled {name} actor=request.user
-        #        — when change and "enabled" in form.changed_data (obj.enabled says which)
-
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
-        # AUDIT: tool.groups_changed {name, groups} actor=request.user (when "groups" changed)
+        if change:  # after the groups are saved, so the audit names the new ones
+            tool_admin_change_record(
+                tool=form.instance, changed=form.changed_data, actor=request.user
+            )
 
     @admin.action(description="Enable selected tools", permissions=["change"])
     def enable_tools(self, request: HttpRequest, queryset: QuerySet[Tool]) -> None:
-        names = list(queryset.filter(enabled=False).values_list("name", flat=True))
-        queryset.filter(name__in=names).update(enabled=True)
-        # AUDIT: tool.enabled {name} actor=request.user — one event per name in `names`
+        names = tools_set_enabled(
+            names=queryset.values_list("name", flat=True), enabled=True, actor=request.user
+        )
         self.message_user(request, f"Enabled {len(names)} tool(s).", messages.SUCCESS)
 
     @admin.action(description="Disable selected tools", permissions=["change"])
     def disable_tools(self, request: HttpRequest, queryset: QuerySet[Tool]) -> None:
-        names = list(queryset.filter(enabled=True).values_list("name", flat=True))
-        queryset.filter(name__in=names).update(enabled=False)
-        # AUDIT: tool.disabled {name} actor=request.user — one event per name in `names`
+        names = tools_set_enabled(
+            names=queryset.values_list("name", flat=True), enabled=False, actor=request.user
+        )
         self.message_user(request, f"Disabled {len(names)} tool(s).", messages.SUCCESS)
 
 
@@ -156,8 +159,8 @@ class HttpAllowedHostAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: HttpAllowedHost, form: Any, change: bool
     ) -> None:
         super().save_model(request, obj, form, change)
-        # AUDIT: tool.http_allowlist_changed {host, change} actor=request.user
+        http_allowlist_change_record(host=obj.host, deleted=False, actor=request.user)
 
     def delete_model(self, request: HttpRequest, obj: HttpAllowedHost) -> None:
         super().delete_model(request, obj)
-        # AUDIT: tool.http_allowlist_changed {host, deleted: True} actor=request.user
+        http_allowlist_change_record(host=obj.host, deleted=True, actor=request.user)

@@ -941,7 +941,6 @@ async def run_code(
         exit_code = 128 - exit_code
     stderr_tail = bytes(stderr.tail).decode("utf-8", "replace")
     files = await asyncio.to_thread(workspace_files, conversation_id=conversation_id)
-    # AUDIT: sandbox.run {conversation_id, language, exit_code, killed_by, duration_seconds}
     return SandboxResult(
         stdout=stdout.text(),
         stderr=stderr.text(),

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 from pydantic_core import to_jsonable_python
 
+from approvals.services import audit_record
 from tools.models import Tool, ToolInvocation
 from tools.registry import ToolArgumentsInvalid, ToolContext, ToolError, ToolSpec, registry
 from tools.selectors import tool_names_for_user_id
@@ -160,10 +161,24 @@ def invocations_record(
                     is_error=True,
                     finished_at=timezone.now(),
                 )
-            invocation, _created = ToolInvocation.objects.get_or_create(
+            invocation, created = ToolInvocation.objects.get_or_create(
                 run_id=run_id, tool_call_id=call_id, defaults=fields
             )
-            # AUDIT: tool.requested {tool_name, tool_call_id, status, run_id} (when _created)
+            if created:
+                audit_record(
+                    action="tool.requested",
+                    actor=invocation.user,
+                    target_type="tool_invocation",
+                    target_id=invocation.pk,
+                    data={
+                        "tool": invocation.tool_name,
+                        "tool_call_id": call_id,
+                        "run_id": run_id,
+                        "status": invocation.status,
+                        "arguments": invocation.arguments_requested,
+                        "error": invocation.error or None,
+                    },
+                )
             invocations.append(invocation)
     return invocations
 
@@ -256,7 +271,25 @@ def _invocation_fail_locked(invocation: ToolInvocation, message: str) -> None:
     if invocation.started_at is not None:
         invocation.duration_ms = int((now - invocation.started_at).total_seconds() * 1000)
     invocation.save()
-    # AUDIT: tool.executed {status: "failed", duration_ms, error: message}
+    _audit_executed(invocation)
+
+
+def _audit_executed(invocation: ToolInvocation) -> None:
+    """Write ``tool.executed`` (status, duration, arguments run) for a finished call."""
+    audit_record(
+        action="tool.executed",
+        actor=invocation.user,
+        target_type="tool_invocation",
+        target_id=invocation.pk,
+        data={
+            "tool": invocation.tool_name,
+            "status": invocation.status,
+            "duration_ms": invocation.duration_ms,
+            "attempt": invocation.attempts,
+            "arguments": invocation.arguments_executed,
+            "error": invocation.error[:500] or None,
+        },
+    )
 
 
 def _invocation_claim(
@@ -344,7 +377,7 @@ def _invocation_finish(
         invocation.finished_at = timezone.now()
         invocation.duration_ms = duration_ms
         invocation.save()
-        # AUDIT: tool.executed {status, duration_ms, tool_name, attempt}
+        _audit_executed(invocation)
     return invocation
 
 
@@ -441,3 +474,59 @@ async def invocation_recover_interrupted(
     if rerun:
         return await invocation_execute(invocation_id=invocation_id)
     return await ToolInvocation.objects.aget(pk=invocation_id)
+
+
+# --- Admin changes ------------------------------------------------------------------
+
+
+def tools_set_enabled(*, names: Iterable[str], enabled: bool, actor: Any) -> list[str]:
+    """Enable or disable tools by name; audit ``tool.enabled``/``tool.disabled`` per tool.
+
+    Returns the names whose state changed (others were already so).
+    """
+    with transaction.atomic():
+        changed = list(
+            Tool.objects.select_for_update()
+            .filter(name__in=list(names), enabled=not enabled)
+            .values_list("name", flat=True)
+        )
+        Tool.objects.filter(name__in=changed).update(enabled=enabled, updated_at=timezone.now())
+        for name in changed:
+            audit_record(
+                action="tool.enabled" if enabled else "tool.disabled",
+                actor=actor,
+                target_type="tool",
+                target_id=name,
+            )
+    return changed
+
+
+def tool_admin_change_record(*, tool: Tool, changed: Iterable[str], actor: Any) -> None:
+    """Audit an admin edit of a ``Tool`` row: enabled state and group changes."""
+    changed = set(changed)
+    if "enabled" in changed:
+        audit_record(
+            action="tool.enabled" if tool.enabled else "tool.disabled",
+            actor=actor,
+            target_type="tool",
+            target_id=tool.name,
+        )
+    if "groups" in changed:
+        audit_record(
+            action="tool.groups_changed",
+            actor=actor,
+            target_type="tool",
+            target_id=tool.name,
+            data={"groups": sorted(tool.groups.values_list("name", flat=True))},
+        )
+
+
+def http_allowlist_change_record(*, host: str, deleted: bool, actor: Any) -> None:
+    """Audit a change to the ``http.get`` host allowlist."""
+    audit_record(
+        action="tool.http_allowlist_changed",
+        actor=actor,
+        target_type="http_allowed_host",
+        target_id=host,
+        data={"deleted": deleted},
+    )

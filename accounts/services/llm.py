@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from accounts.errors import BudgetExceeded, RateLimited
 from accounts.models import Budget, RateLimit, UsageRecord, User
 from accounts.selectors import budgets_applicable, ratelimits_applicable
 from accounts.services.budgets import budget_release, budget_reserve, to_usd, usage_record
@@ -81,21 +80,11 @@ def llm_call_admit(
     cost = to_usd(estimated_cost_usd, name="estimated_cost_usd")
     ratelimits = ratelimits_applicable(user=user_id)
     budgets = budgets_applicable(user=user_id)
-    try:
-        ratelimit_check(user=user_id, tokens=estimated_tokens, _limits=ratelimits)
-    except RateLimited:
-        # AUDIT: budget.refused {"user_id": user_id, "run_id": run_id, "reason": "rate_limit",
-        #   "message": exc.message, "retry_after_seconds": exc.retry_after_seconds}
-        raise
-    try:
-        reservations = budget_reserve(
-            user=user_id, cost_usd=cost, tokens=estimated_tokens, run_id=run_id, _budgets=budgets
-        )
-    except BudgetExceeded:
-        # AUDIT: budget.refused {"user_id": user_id, "run_id": run_id, "reason": "budget",
-        #   "budget_id": exc.budget_id, "message": exc.message,
-        #   "estimated_cost_usd": str(cost), "estimated_tokens": estimated_tokens}
-        raise
+    # Refusals propagate; the caller audits them (accounts does not import approvals).
+    ratelimit_check(user=user_id, tokens=estimated_tokens, _limits=ratelimits)
+    reservations = budget_reserve(
+        user=user_id, cost_usd=cost, tokens=estimated_tokens, run_id=run_id, _budgets=budgets
+    )
     return Admission(
         user_id=user_id,
         run_id=run_id,

@@ -177,6 +177,7 @@ def test_provider_error_fails_run_with_named_cause(user, mock_model, llmock):
 def test_context_trimming_is_recorded(conversation, demo_model):
     demo_model.context_window = 300
     demo_model.max_output_tokens = 100
+    demo_model.supports_tools = False  # tool schemas alone would not fit in 300 tokens
     demo_model.save()
     add_turns(conversation, 30)
     run = advance(send(conversation, "latest question"))
