@@ -80,18 +80,24 @@ def _pending_delete(conversation) -> tuple[Run, ApprovalRequest]:
     return run, approval
 
 
+def decide(conversation, approval: ApprovalRequest, *, approve: bool = True, **extra):
+    """Decide ``approval`` as the conversation's owner, bound to the arguments shown."""
+    return approval_decide(
+        approval_id=approval.pk,
+        actor=conversation.owner,
+        approve=approve,
+        arguments_hash=approval.arguments_hash,
+        **extra,
+    )
+
+
 def test_destructive_tool_waits_for_approval_then_runs_once(conversation):
     run, approval = _pending_delete(conversation)
     assert run.lease_owner == ""  # nobody holds the run while it waits
     invocation = ToolInvocation.objects.get(run=run)
     assert invocation.status == IS.AWAITING_APPROVAL
 
-    approval_decide(
-        approval_id=approval.pk,
-        actor=conversation.owner,
-        approve=True,
-        arguments_hash=approval.arguments_hash,
-    )
+    decide(conversation, approval)
     run.refresh_from_db()
     assert run.status == S.EXECUTING_TOOLS
     run = drive(run)
@@ -103,12 +109,7 @@ def test_destructive_tool_waits_for_approval_then_runs_once(conversation):
     assert "deleted" in final_answer(run)
 
     with pytest.raises(ApprovalNotPending):
-        approval_decide(
-            approval_id=approval.pk,
-            actor=conversation.owner,
-            approve=True,
-            arguments_hash=approval.arguments_hash,
-        )
+        decide(conversation, approval)
     async_to_sync(run_advance)(run_id=run.pk, worker="late-worker")
     invocation.refresh_from_db()
     assert invocation.attempts == 1
@@ -116,13 +117,7 @@ def test_destructive_tool_waits_for_approval_then_runs_once(conversation):
 
 def test_deny_with_reason_reaches_the_model(conversation):
     run, approval = _pending_delete(conversation)
-    approval_decide(
-        approval_id=approval.pk,
-        actor=conversation.owner,
-        approve=False,
-        reason="keep it for the audit",
-        arguments_hash=approval.arguments_hash,
-    )
+    decide(conversation, approval, approve=False, reason="keep it for the audit")
     run = drive(run)
     assert run.status == S.COMPLETED
     invocation = ToolInvocation.objects.get(run=run)
@@ -137,13 +132,7 @@ def test_deny_with_reason_reaches_the_model(conversation):
 def test_edited_arguments_are_the_ones_executed_and_audited(conversation):
     Note.objects.create(user=conversation.owner, key="other", value="x")
     run, approval = _pending_delete(conversation)
-    approval_decide(
-        approval_id=approval.pk,
-        actor=conversation.owner,
-        approve=True,
-        arguments_hash=approval.arguments_hash,
-        edited_arguments={"key": "other"},
-    )
+    decide(conversation, approval, edited_arguments={"key": "other"})
     run = drive(run)
     assert run.status == S.COMPLETED
     invocation = ToolInvocation.objects.get(run=run)
@@ -189,23 +178,13 @@ def test_cancelling_a_waiting_run_cancels_its_approval(conversation):
     assert approval.status == ApprovalRequest.Status.CANCELLED
     assert ToolInvocation.objects.get(run=run).status == IS.CANCELLED
     with pytest.raises(ApprovalNotPending):
-        approval_decide(
-            approval_id=approval.pk,
-            actor=conversation.owner,
-            approve=True,
-            arguments_hash=approval.arguments_hash,
-        )
+        decide(conversation, approval)
     assert Note.objects.filter(key="meeting").exists()
 
 
 def test_worker_lost_after_approval_executes_exactly_once_on_recovery(conversation):
     run, approval = _pending_delete(conversation)
-    approval_decide(
-        approval_id=approval.pk,
-        actor=conversation.owner,
-        approve=True,
-        arguments_hash=approval.arguments_hash,
-    )
+    decide(conversation, approval)
     # A worker took the step and died before executing: its lease runs out.
     Run.objects.filter(pk=run.pk).update(
         lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1)
@@ -220,12 +199,7 @@ def test_worker_lost_after_approval_executes_exactly_once_on_recovery(conversati
 
 def test_a_live_lease_keeps_a_second_worker_off_the_tools(conversation):
     run, approval = _pending_delete(conversation)
-    approval_decide(
-        approval_id=approval.pk,
-        actor=conversation.owner,
-        approve=True,
-        arguments_hash=approval.arguments_hash,
-    )
+    decide(conversation, approval)
     Run.objects.filter(pk=run.pk).update(
         lease_owner="live-worker", lease_expires_at=timezone.now() + timedelta(minutes=5)
     )
