@@ -31,3 +31,17 @@ def admin_user(db):
 def user_client(client, user):
     client.force_login(user)
     return client
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Run the browser tests last.
+
+    Playwright's sync API keeps an event loop running in the main thread while
+    its session-scoped browser is open, which breaks any later test that uses
+    ``async_to_sync`` or an asyncio runner. ``trylast`` so this applies after
+    pytest-django's own reordering.
+    """
+    items.sort(
+        key=lambda item: "e2e" in item.path.parts or item.get_closest_marker("e2e") is not None
+    )
