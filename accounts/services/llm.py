@@ -26,8 +26,13 @@ from decimal import Decimal
 
 from accounts.errors import BudgetExceeded, RateLimited
 from accounts.models import Budget, RateLimit, UsageRecord, User
-from accounts.selectors import budgets_applicable, ratelimits_applicable
-from accounts.services.budgets import budget_release, budget_reserve, to_usd, usage_record
+from accounts.services.budgets import (
+    budget_admit,
+    budget_release,
+    to_tokens,
+    to_usd,
+    usage_record,
+)
 from accounts.services.ratelimits import ratelimit_add_tokens, ratelimit_check
 
 
@@ -47,9 +52,7 @@ class Admission:
     estimated_tokens: int
     reservation_ids: tuple[int, ...] = field(default_factory=tuple)
     _budgets: tuple[Budget, ...] | None = field(default=None, repr=False, compare=False)
-    _reserved_budget_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
     _ratelimits: tuple[RateLimit, ...] | None = field(default=None, repr=False, compare=False)
-    _spent_hint: dict | None = field(default=None, repr=False, compare=False)
 
 
 def llm_call_admit(
@@ -59,7 +62,12 @@ def llm_call_admit(
     estimated_cost_usd: Decimal | int | str,
     estimated_tokens: int,
 ) -> Admission:
-    """Check the rate limits and reserve the worst case against every budget.
+    """Reserve the worst case against every budget and check the rate limits.
+
+    One transaction: the hold is written (``budget_admit``), the rate limits
+    are checked in Redis, then the hold commits; a refused rate limit rolls
+    the hold back. On PostgreSQL that is one statement plus one Redis script
+    per rate limit.
 
     Args:
         user: who the call is for.
@@ -71,25 +79,28 @@ def llm_call_admit(
         An ``Admission`` to pass to ``llm_call_settle`` or ``llm_call_abort``.
 
     Raises:
+        BudgetExceeded: a budget would be passed; nothing was held and no
+            rate limit counted the request.
         RateLimited: too many requests/tokens this minute; nothing was held
             (the refused request is not counted).
-        BudgetExceeded: a budget would be passed; nothing was held (the
-            request does count against requests per minute).
         ValueError: negative or non-numeric estimates.
     """
     user_id = user if isinstance(user, int) else user.pk
     cost = to_usd(estimated_cost_usd, name="estimated_cost_usd")
-    ratelimits = ratelimits_applicable(user=user_id)
-    budgets = budgets_applicable(user=user_id)
+    tokens = to_tokens(estimated_tokens, name="tokens")
+
+    def check(ratelimits: list[RateLimit]) -> None:
+        try:
+            ratelimit_check(user=user_id, tokens=tokens, _limits=ratelimits)
+        except RateLimited:
+            # AUDIT: budget.refused {"user_id": user_id, "run_id": run_id,
+            #   "reason": "rate_limit", "message": exc.message,
+            #   "retry_after_seconds": exc.retry_after_seconds}
+            raise
+
     try:
-        ratelimit_check(user=user_id, tokens=estimated_tokens, _limits=ratelimits)
-    except RateLimited:
-        # AUDIT: budget.refused {"user_id": user_id, "run_id": run_id, "reason": "rate_limit",
-        #   "message": exc.message, "retry_after_seconds": exc.retry_after_seconds}
-        raise
-    try:
-        reservations = budget_reserve(
-            user=user_id, cost_usd=cost, tokens=estimated_tokens, run_id=run_id, _budgets=budgets
+        budgets, ratelimits, reservations = budget_admit(
+            user_id=user_id, cost=cost, tokens=tokens, run_id=run_id, check=check
         )
     except BudgetExceeded:
         # AUDIT: budget.refused {"user_id": user_id, "run_id": run_id, "reason": "budget",
@@ -100,12 +111,10 @@ def llm_call_admit(
         user_id=user_id,
         run_id=run_id,
         estimated_cost_usd=cost,
-        estimated_tokens=estimated_tokens,
+        estimated_tokens=tokens,
         reservation_ids=tuple(r.pk for r in reservations),
         _budgets=tuple(budgets),
-        _reserved_budget_ids=tuple(r.budget_id for r in reservations),
         _ratelimits=tuple(ratelimits),
-        _spent_hint={r.budget_id: (*r.spent_with_hold, r.cost_usd, r.tokens) for r in reservations},
     )
 
 
@@ -141,9 +150,6 @@ def llm_call_settle(
         latency_ms=latency_ms,
         reservations=list(admission.reservation_ids),
         _budgets=None if admission._budgets is None else list(admission._budgets),
-        _reserved_budget_ids=(
-            None if admission._reserved_budget_ids is None else list(admission._reserved_budget_ids)
-        ),
     )
     ratelimit_add_tokens(
         user=admission.user_id,
