@@ -34,6 +34,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
@@ -62,8 +63,13 @@ def _cursor_class() -> type:
         """A server-side-binding cursor that prepares what it executes (if allowed)."""
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            kwargs["prepare"] = bool(getattr(settings, "TOLLGATE_DB_PREPARED_STATEMENTS", True))
-            return super().execute(query, params, **kwargs)
+            kwargs["prepare"] = settings.TOLLGATE_DB_PREPARED_STATEMENTS
+            result = super().execute(query, params, **kwargs)
+            if self._query is None:
+                # psycopg keeps no query object for a prepared execution, and
+                # Django's query log (DEBUG, assertNumQueries) reads its text.
+                self._query = SimpleNamespace(query=query.encode())
+            return result
 
     return PreparedCursor
 
