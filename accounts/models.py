@@ -256,14 +256,64 @@ class UsageRecord(models.Model):
         return self.prompt_tokens + self.completion_tokens
 
 
+class BudgetCounter(models.Model):
+    """The running spend of one budget in one period, for one scope.
+
+    The scope follows ``Budget``: a user budget and a group budget have one
+    counter per period (``scope_user_id`` = 0; a group's members share it), a
+    default budget has one per user (``scope_user_id`` = that user's id; a
+    plain column, so it stays unique without a nullable key).
+
+    ``held_*`` is the sum of the budget's ``held`` reservations pointing here
+    (worst cases of calls in flight), ``spent_*`` the sum of its ``settled``
+    ones (actual usage); a budget's spend in the period is ``spent + held``.
+    Every change to a reservation's status changes its counter in the same
+    transaction, under the counter's row lock, so the counter equals the sum
+    of its rows and the budget check reads one row instead of summing them.
+    USD is exact (Decimal, 12 places), tokens are tokens.
+    """
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="counters")
+    scope_user_id = models.BigIntegerField(
+        default=0, help_text="The user of a default budget's per-user count; 0 for one pool."
+    )
+    period_start = models.DateTimeField()
+    spent_usd = models.DecimalField(max_digits=24, decimal_places=12, default=Decimal(0))
+    spent_tokens = models.BigIntegerField(default=0)
+    held_usd = models.DecimalField(max_digits=24, decimal_places=12, default=Decimal(0))
+    held_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ("budget_id", "id")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["budget", "scope_user_id", "period_start"],
+                name="accounts_budget_counter_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(spent_usd__gte=0)
+                & Q(spent_tokens__gte=0)
+                & Q(held_usd__gte=0)
+                & Q(held_tokens__gte=0),
+                name="accounts_budget_counter_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        start = f"{self.period_start:%Y-%m-%d}"
+        return f"budget {self.budget_id} scope {self.scope_user_id} from {start}"
+
+
 class BudgetReservation(models.Model):
     """An amount charged against one budget: held before a call, settled after.
 
     ``held``: the worst-case estimate of a call in flight; ``settled``: the
     actual usage of the call (``usage`` links the ledger row); ``released``: the
     call never happened, nothing counts. A budget's spend in a period is the sum
-    of its held and settled rows created in that period. ``period_start`` is
-    the start (UTC) of the budget period the row was created in.
+    of its held and settled rows created in that period, kept running in the
+    row's ``counter``. ``period_start`` is the start (UTC) of the budget period
+    the row was created in. The rows are the audit of every hold; the budget
+    check reads the counters, never the rows.
     """
 
     class Status(models.TextChoices):
@@ -286,6 +336,16 @@ class BudgetReservation(models.Model):
     cost_usd = models.DecimalField("cost (USD)", max_digits=24, decimal_places=12)
     tokens = models.BigIntegerField(default=0)
     period_start = models.DateTimeField()
+    # No index: nothing looks reservations up by counter (SET_NULL only runs
+    # when a counter is deleted, with its budget).
+    counter = models.ForeignKey(
+        BudgetCounter,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_index=False,
+        related_name="reservations",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.HELD)
     created_at = models.DateTimeField(default=timezone.now)
     settled_at = models.DateTimeField(null=True, blank=True)

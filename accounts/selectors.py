@@ -3,7 +3,9 @@
 Scope rules (see ``Budget``): a user budget counts that user, a group budget
 counts all its members together, a default budget counts each user alone.
 A budget's spend in a period is the sum of its ``held`` and ``settled``
-``BudgetReservation`` rows created since the period started (UTC).
+``BudgetReservation`` rows created since the period started (UTC); the
+``BudgetCounter`` of (budget, scope, period start) keeps that sum running,
+and these reads use it (a period without a counter yet is summed from rows).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from accounts.models import Budget, BudgetReservation, BudgetWarning, RateLimit, UsageRecord, User
+from accounts.models import (
+    Budget,
+    BudgetCounter,
+    BudgetReservation,
+    BudgetWarning,
+    RateLimit,
+    UsageRecord,
+    User,
+)
 from accounts.periods import period_bounds
 
 ZERO = Decimal(0)
@@ -74,44 +84,109 @@ def ratelimits_applicable(*, user: User | int) -> list[RateLimit]:
     return list(RateLimit.objects.raw(_applicable_sql(RateLimit._meta.db_table), [True, uid, uid]))
 
 
+CounterKey = tuple[int, int, datetime]  # (budget id, scope user id or 0, period start)
+
+
+def budget_counter_key(*, budget: Budget, user_id: int, now: datetime) -> CounterKey:
+    """The ``BudgetCounter`` key that ``user_id``'s spend at ``now`` counts under.
+
+    A default budget counts each user alone (scope = the user's id); a user or
+    group budget is one pool (scope 0). The period start is UTC.
+    """
+    scope = user_id if budget.user_id is None and budget.group_id is None else 0
+    return budget.pk, scope, period_bounds(budget.period, now=now)[0]
+
+
+def budget_counter_totals(
+    *, keys: list[CounterKey]
+) -> dict[CounterKey, tuple[Decimal, int, Decimal, int]]:
+    """``{key: (spent_usd, spent_tokens, held_usd, held_tokens)}`` for each key.
+
+    Reads the counters (one query); keys without a counter yet are summed
+    from the reservation rows created since their period start (one more
+    query, only then): what the counter starts from when it is created.
+    """
+    if not keys:
+        return {}
+    wanted = set(keys)
+    found: dict[CounterKey, tuple[Decimal, int, Decimal, int]] = {}
+    cond = Q()
+    for budget_id, scope, start in wanted:
+        cond |= Q(budget_id=budget_id, scope_user_id=scope, period_start=start)
+    for row in BudgetCounter.objects.filter(cond).values_list(
+        "budget_id",
+        "scope_user_id",
+        "period_start",
+        "spent_usd",
+        "spent_tokens",
+        "held_usd",
+        "held_tokens",
+    ):
+        key = (row[0], row[1], row[2])
+        if key in wanted:
+            found[key] = (row[3], row[4], row[5], row[6])
+    missing = wanted - found.keys()
+    if missing:
+        found.update(_reservation_totals(keys=missing))
+    return found
+
+
+def _reservation_totals(
+    *, keys: set[CounterKey]
+) -> dict[CounterKey, tuple[Decimal, int, Decimal, int]]:
+    totals = dict.fromkeys(keys, (ZERO, 0, ZERO, 0))
+    pools: dict[tuple[int, datetime], set[int]] = defaultdict(set)  # scope 0: every user
+    for budget_id, scope, start in keys:
+        pools[(budget_id, start)].add(scope)
+    cond = Q()
+    for (budget_id, start), scopes in pools.items():
+        q = Q(budget_id=budget_id, created_at__gte=start)
+        if 0 not in scopes:
+            q &= Q(user_id__in=scopes)
+        cond |= q
+    rows = (
+        BudgetReservation.objects.filter(cond, status__in=COUNTED)
+        .order_by()
+        .values_list("budget_id", "user_id", "status")
+        .annotate(cost=Sum("cost_usd"), tokens=Sum("tokens"))
+    )
+    starts = dict(pools.keys())  # one period start per budget
+    for budget_id, user_id, status, cost, tokens in rows:
+        start = starts[budget_id]
+        scope = 0 if 0 in pools[(budget_id, start)] else user_id
+        key = (budget_id, scope, start)
+        if key not in totals:
+            continue
+        if cost is not None and not isinstance(cost, Decimal):
+            cost = Decimal(str(cost))  # SQLite sums decimals as floats
+        spent_usd, spent_tokens, held_usd, held_tokens = totals[key]
+        if status == BudgetReservation.Status.HELD:
+            held_usd, held_tokens = held_usd + (cost or ZERO), held_tokens + int(tokens or 0)
+        else:
+            spent_usd, spent_tokens = spent_usd + (cost or ZERO), spent_tokens + int(tokens or 0)
+        totals[key] = (spent_usd, spent_tokens, held_usd, held_tokens)
+    return totals
+
+
 def budget_spent(
     *, budgets: list[Budget], user_id: int, now: datetime | None = None
 ) -> dict[int, tuple[Decimal, int]]:
     """Spend of each budget in its current period, as ``{budget_id: (usd, tokens)}``.
 
     Counts held and settled reservations. A default budget counts ``user_id``
-    only; user and group budgets count every row charged to them. One query.
+    only; user and group budgets count every row charged to them. Reads the
+    counters: one query (two when a period has no counter yet).
     """
     if not budgets:
         return {}
     now = now or timezone.now()
-    qn = connection.ops.quote_name
-    ops = connection.ops
-    conditions, params = [], [BudgetReservation.Status.HELD, BudgetReservation.Status.SETTLED]
-    for budget in budgets:
-        cond = f"{qn('budget_id')} = %s"
-        params.append(budget.pk)
-        if budget.period != Budget.Period.TOTAL:
-            cond += f" AND {qn('created_at')} >= %s"
-            params.append(ops.adapt_datetimefield_value(period_bounds(budget.period, now=now)[0]))
-        if budget.is_default:
-            cond += f" AND {qn('user_id')} = %s"
-            params.append(user_id)
-        conditions.append(f"({cond})")
-    sql = (
-        f"SELECT {qn('budget_id')}, SUM({qn('cost_usd')}), SUM({qn('tokens')}) "  # noqa: S608 - quoted identifiers and %s only
-        f"FROM {qn(BudgetReservation._meta.db_table)} "
-        f"WHERE {qn('status')} IN (%s, %s) AND ({' OR '.join(conditions)}) "
-        f"GROUP BY {qn('budget_id')}"
-    )
-    spent = {b.pk: (ZERO, 0) for b in budgets}
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        for budget_id, cost, tokens in cursor.fetchall():
-            if cost is not None and not isinstance(cost, Decimal):
-                cost = Decimal(str(cost))  # SQLite sums decimals as floats
-            spent[budget_id] = (cost or ZERO, int(tokens or 0))
-    return spent
+    keys = {b.pk: budget_counter_key(budget=b, user_id=user_id, now=now) for b in budgets}
+    totals = budget_counter_totals(keys=list(keys.values()))
+    out = {}
+    for budget_id, key in keys.items():
+        spent_usd, spent_tokens, held_usd, held_tokens = totals[key]
+        out[budget_id] = (spent_usd + held_usd, spent_tokens + held_tokens)
+    return out
 
 
 @dataclass(frozen=True)
@@ -185,7 +260,8 @@ def budget_tightest_cost_for_users(
     """For each user, the cost budget closest to its limit (for the admin list).
 
     Users without a cost budget are absent. A constant number of queries
-    (memberships, budgets, one aggregate) whatever the number of users.
+    (memberships, budgets, counters, and one aggregate for periods without a
+    counter yet) whatever the number of users.
     """
     if not user_ids:
         return {}
@@ -207,31 +283,21 @@ def budget_tightest_cost_for_users(
     )
     if not budgets:
         return {}
-    cond = Q()
-    for b in budgets:
-        q = Q(budget_id=b.pk)
-        if b.period != Budget.Period.TOTAL:
-            q &= Q(created_at__gte=period_bounds(b.period, now=now)[0])
-        if not b.group_id:
-            q &= Q(user_id__in=user_ids)
-        cond |= q
-    per_user: dict[tuple[int, int], Decimal] = defaultdict(lambda: ZERO)
-    pooled: dict[int, Decimal] = defaultdict(lambda: ZERO)
-    for row in (
-        BudgetReservation.objects.filter(cond, status__in=COUNTED)
-        .order_by()
-        .values("budget_id", "user_id")
-        .annotate(cost=Sum("cost_usd"))
-    ):
-        per_user[(row["budget_id"], row["user_id"])] += row["cost"] or ZERO
-        pooled[row["budget_id"]] += row["cost"] or ZERO
+    keys = {
+        (b.pk, uid): budget_counter_key(budget=b, user_id=uid, now=now)
+        for uid in user_ids
+        for b in budgets
+        if b.user_id == uid or b.group_id in memberships[uid] or b.is_default
+    }
+    totals = budget_counter_totals(keys=list(set(keys.values())))
     result: dict[int, BudgetStatus] = {}
     for uid in user_ids:
         for b in budgets:
-            applies = b.user_id == uid or (b.group_id in memberships[uid]) or b.is_default
-            if not applies:
+            key = keys.get((b.pk, uid))
+            if key is None:
                 continue
-            spent = pooled[b.pk] if b.group_id else per_user[(b.pk, uid)]
+            spent_usd, _, held_usd, _ = totals[key]
+            spent = spent_usd + held_usd
             start, resets = period_bounds(b.period, now=now)
             status = BudgetStatus(b, start, resets, spent, 0)
             best = result.get(uid)

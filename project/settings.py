@@ -343,3 +343,10 @@ CELERY_BEAT_SCHEDULE["accounts-budget-reservations-expire"] = {
     "task": "accounts.budget_reservations_expire",
     "schedule": env.int("TOLLGATE_BUDGET_EXPIRE_EVERY_SECONDS", default=300),
 }
+
+# --- Budget check performance ---------------------------------------------------
+
+# The per-call budget statements (accounts.services.budgets_pg) are prepared
+# on each PostgreSQL connection. Turn off behind a pooler that cannot keep
+# prepared statements (PgBouncer in transaction mode before 1.21).
+TOLLGATE_DB_PREPARED_STATEMENTS = env.bool("TOLLGATE_DB_PREPARED_STATEMENTS", default=True)

@@ -6,33 +6,60 @@ ledger row and settles those reservations to the actual figures; a call that
 failed before any usage releases them (``budget_release``). Periods are UTC
 (``accounts.periods``).
 
-Locking (why concurrent callers cannot pass a limit together): a reservation
-is checked and written inside one transaction that first locks the user's row
-(``SELECT ... FOR NO KEY UPDATE``), which serialises everything charged to that
-user alone (their own budgets and the per-user defaults), then locks each
-applicable group budget's row in id order, which serialises a group's shared
-pool. Every caller takes the locks in that same order (user, then budgets by
-id), so two reservations never deadlock. Default budgets are deliberately not
-locked as rows: they count each user separately, and locking them would
-serialise every LLM call of every user on one row.
+Counting: each (budget, scope, period) has a ``BudgetCounter`` row holding the
+running sums of its held and settled reservations; every write here changes a
+reservation and its counter in one transaction, so the check reads one row
+per budget, whatever the number of calls in the period. A counter is created
+at the first charge of its period, starting from the reservation rows already
+created in that period (none, unless the budget's period was just changed).
+
+Locking (why concurrent callers cannot pass a limit together): a charge is
+checked and written while holding the row lock of every counter it touches
+(``SELECT ... FOR NO KEY UPDATE``), so two charges of one counter are
+serialised and the second sees the first. Every writer locks reservation rows
+(by id) before counters, and counters in (budget id, id) order, so no two
+writers deadlock. On PostgreSQL the per-call paths run as one statement each
+(``accounts.services.budgets_pg``); the general path below runs everywhere,
+also on SQLite (embedded mode), where the ``BEGIN IMMEDIATE`` transaction is
+the lock (one writer at a time).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from django.contrib.auth.models import Group
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts import events
 from accounts.errors import BudgetExceeded
-from accounts.models import Budget, BudgetReservation, BudgetWarning, UsageRecord, User
+from accounts.models import (
+    Budget,
+    BudgetCounter,
+    BudgetReservation,
+    BudgetWarning,
+    RateLimit,
+    UsageRecord,
+    User,
+)
 from accounts.periods import format_reset, period_bounds
-from accounts.selectors import budget_spent, budgets_applicable
+from accounts.selectors import (
+    CounterKey,
+    budget_counter_key,
+    budget_counter_totals,
+    budgets_applicable,
+    ratelimits_applicable,
+)
+from accounts.services import budgets_pg
 
 USD_QUANTUM = Decimal("0.000000000001")  # 12 decimal places, as stored
+HELD = BudgetReservation.Status.HELD
+SETTLED = BudgetReservation.Status.SETTLED
+RELEASED = BudgetReservation.Status.RELEASED
 
 
 def to_usd(value: Decimal | int | float | str, *, name: str = "cost_usd") -> Decimal:
@@ -57,7 +84,8 @@ def to_usd(value: Decimal | int | float | str, *, name: str = "cost_usd") -> Dec
     return amount.quantize(USD_QUANTUM, rounding=ROUND_HALF_UP)
 
 
-def _tokens(value: int, *, name: str) -> int:
+def to_tokens(value: int, *, name: str) -> int:
+    """Check a whole, non-negative number of tokens. Raises ``ValueError`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be a whole number of tokens, got {value!r}")
     if value < 0:
@@ -99,38 +127,183 @@ def _commit_without_wal_flush() -> None:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
-def _lock_for_user(*, user_id: int, budgets: list[Budget]) -> list[Budget]:
-    """Take the reservation locks (user row, then group budgets by id).
+def _on_postgresql() -> bool:
+    return connection.vendor == "postgresql"
 
-    Call inside ``transaction.atomic``. Returns ``budgets`` with the group
-    ones re-read under their lock. On SQLite (embedded mode) the transaction
-    itself is the lock (``BEGIN IMMEDIATE``: one writer at a time).
+
+def _counters_lock(
+    *, keys: list[CounterKey], ids: list[int] | None = None
+) -> dict[CounterKey, BudgetCounter]:
+    """Create the counters of ``keys`` that do not exist, then lock them and ``ids``.
+
+    Call inside ``transaction.atomic``, after locking any reservation rows.
+    A new counter starts from the reservation rows already created in its
+    period (``budget_counter_totals``). Locks are taken in (budget id, id)
+    order. Returns the locked counters by key (``ids`` ones included).
     """
-    if connection.vendor != "postgresql":
-        return budgets
-    qn = connection.ops.quote_name
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT 1 FROM {qn(User._meta.db_table)} WHERE {qn('id')} = %s "  # noqa: S608
-            "FOR NO KEY UPDATE",
-            [user_id],
+    wanted = sorted(set(keys), key=lambda k: (k[0], k[1], k[2]))
+    if wanted:
+        cond = Q()
+        for budget_id, scope, start in wanted:
+            cond |= Q(budget_id=budget_id, scope_user_id=scope, period_start=start)
+        existing = set(
+            BudgetCounter.objects.filter(cond).values_list(
+                "budget_id", "scope_user_id", "period_start"
+            )
         )
-    shared = [b.pk for b in budgets if b.group_id]
-    if not shared:
-        return budgets
-    marks = ", ".join(["%s"] * len(shared))
-    locked = {
-        b.pk: b
-        for b in Budget.objects.raw(
-            f"SELECT t.*, g.{qn('name')} AS group_name FROM {qn(Budget._meta.db_table)} t "  # noqa: S608
-            f"JOIN {qn(Group._meta.db_table)} g ON g.{qn('id')} = t.{qn('group_id')} "
-            f"WHERE t.{qn('id')} IN ({marks}) AND t.{qn('enabled')} = %s "
-            f"ORDER BY t.{qn('id')} FOR NO KEY UPDATE OF t",
-            [*shared, True],
+        missing = [k for k in wanted if k not in existing]
+        if missing:
+            totals = budget_counter_totals(keys=missing)
+            BudgetCounter.objects.bulk_create(
+                [
+                    BudgetCounter(
+                        budget_id=budget_id,
+                        scope_user_id=scope,
+                        period_start=start,
+                        spent_usd=totals[(budget_id, scope, start)][0],
+                        spent_tokens=totals[(budget_id, scope, start)][1],
+                        held_usd=totals[(budget_id, scope, start)][2],
+                        held_tokens=totals[(budget_id, scope, start)][3],
+                    )
+                    for budget_id, scope, start in missing
+                ],
+                ignore_conflicts=True,  # a concurrent first charge created it
+            )
+    else:
+        cond = Q(pk__in=[])
+    if ids:
+        cond |= Q(pk__in=ids)
+    locked = (
+        BudgetCounter.objects.select_for_update(no_key=True)
+        .filter(cond)
+        .order_by("budget_id", "id")
+    )
+    return {(c.budget_id, c.scope_user_id, c.period_start): c for c in locked}
+
+
+def _counter_add(
+    counter: BudgetCounter, *, held: tuple[Decimal, int], spent: tuple[Decimal, int]
+) -> None:
+    """Add to a locked counter, in the database and on the instance."""
+    BudgetCounter.objects.filter(pk=counter.pk).update(
+        held_usd=F("held_usd") + held[0],
+        held_tokens=F("held_tokens") + held[1],
+        spent_usd=F("spent_usd") + spent[0],
+        spent_tokens=F("spent_tokens") + spent[1],
+    )
+    counter.held_usd += held[0]
+    counter.held_tokens += held[1]
+    counter.spent_usd += spent[0]
+    counter.spent_tokens += spent[1]
+
+
+def _refusal(
+    budget: Budget, kind: str, used: Decimal | int, need: Decimal | int, *, now: datetime
+) -> BudgetExceeded:
+    resets_at = period_bounds(budget.period, now=now)[1]
+    limit = budget.cost_limit_usd if kind == "cost" else budget.token_limit
+    message = f"{_limit_label(budget, kind)} reached"
+    if used < limit:
+        used_s = format_usd(used) if kind == "cost" else f"{used:,} tokens"
+        need_s = format_usd(need) if kind == "cost" else f"{need:,} tokens"
+        message += f" ({used_s} used, this call needs up to {need_s})"
+    return BudgetExceeded(
+        f"{message}; {format_reset(resets_at)}", budget_id=budget.pk, resets_at=resets_at
+    )
+
+
+def _reserve_locked(
+    *,
+    user_id: int,
+    budgets: list[Budget],
+    cost: Decimal,
+    tokens: int,
+    run_id: int | None,
+    now: datetime,
+) -> list[BudgetReservation]:
+    """The general reservation: lock the counters, check in Python, hold. Inside atomic."""
+    keys = {b.pk: budget_counter_key(budget=b, user_id=user_id, now=now) for b in budgets}
+    counters = _counters_lock(keys=list(keys.values()))
+    for budget in budgets:
+        counter = counters[keys[budget.pk]]
+        for kind, limit, used, need in (
+            ("cost", budget.cost_limit_usd, counter.spent_usd + counter.held_usd, cost),
+            ("tokens", budget.token_limit, counter.spent_tokens + counter.held_tokens, tokens),
+        ):
+            if limit is not None and (used >= limit or used + need > limit):
+                raise _refusal(budget, kind, used, need, now=now)
+    rows = []
+    for budget in budgets:
+        counter = counters[keys[budget.pk]]
+        _counter_add(counter, held=(cost, tokens), spent=(Decimal(0), 0))
+        rows.append(
+            BudgetReservation(
+                budget_id=budget.pk,
+                user_id=user_id,
+                run_id=run_id,
+                cost_usd=cost,
+                tokens=tokens,
+                period_start=counter.period_start,
+                counter=counter,
+                status=HELD,
+                created_at=now,
+            )
         )
-    }
-    # A group budget deleted or disabled meanwhile no longer applies.
-    return [locked[b.pk] if b.group_id else b for b in budgets if not b.group_id or b.pk in locked]
+    return BudgetReservation.objects.bulk_create(rows)
+
+
+def budget_admit(
+    *,
+    user_id: int,
+    cost: Decimal,
+    tokens: int,
+    run_id: int | None,
+    check: Callable[[list[RateLimit]], None] | None = None,
+) -> tuple[list[Budget], list[RateLimit], list[BudgetReservation]]:
+    """Reserve like ``budget_reserve``, running ``check`` before the hold commits.
+
+    ``check`` gets the applicable rate limits (by id) and may raise: then
+    nothing is held. Returns ``(budgets, rate limits, held reservations)``
+    (the rate limits are ``[]`` when ``check`` is None). ``cost`` must come
+    from ``to_usd`` and ``tokens`` be checked by the caller.
+
+    Raises:
+        BudgetExceeded: a limit would be passed; nothing was written.
+    """
+    relax = not connection.in_atomic_block  # never relax a caller's own transaction
+    now = timezone.now()
+    if _on_postgresql():
+        with transaction.atomic():
+            got = budgets_pg.reserve(
+                user_id=user_id,
+                cost=cost,
+                tokens=tokens,
+                run_id=run_id,
+                now=now,
+                relax_commit=relax,
+            )
+            if got.complete:
+                if check is not None:
+                    check(got.ratelimits)
+                return got.budgets, got.ratelimits, got.reservations
+            # A limit refused, or a period without a counter yet: undo and
+            # let the general path create counters and word the refusal.
+            transaction.set_rollback(True)
+    ratelimits = ratelimits_applicable(user=user_id) if check is not None else []
+    budgets = budgets_applicable(user=user_id)
+    with transaction.atomic():
+        if relax and budgets:
+            _commit_without_wal_flush()
+        reservations = (
+            _reserve_locked(
+                user_id=user_id, budgets=budgets, cost=cost, tokens=tokens, run_id=run_id, now=now
+            )
+            if budgets
+            else []
+        )
+        if check is not None:
+            check(ratelimits)
+    return budgets, ratelimits, reservations
 
 
 def budget_reserve(
@@ -139,16 +312,18 @@ def budget_reserve(
     cost_usd: Decimal | int | str,
     tokens: int,
     run_id: int | None = None,
-    _budgets: list[Budget] | None = None,
 ) -> list[BudgetReservation]:
     """Hold ``cost_usd`` and ``tokens`` against every budget that applies to ``user``.
 
     All or nothing: in one transaction, for each applicable budget (locks as
-    described in this module's docstring), spent = held + settled rows of the
-    current period; if ``spent`` already reached a limit, or ``spent + this``
-    would pass it (cost or tokens), nothing is held and ``BudgetExceeded`` is
-    raised for the first such budget (lowest id). Otherwise one ``held``
-    reservation per budget is created. A user with no budget gets ``[]``.
+    described in this module's docstring), spent = held + settled amounts of
+    the current period (its counter); if ``spent`` already reached a limit,
+    or ``spent + this`` would pass it (cost or tokens), nothing is held and
+    ``BudgetExceeded`` is raised for the first such budget (lowest id).
+    Otherwise one ``held`` reservation per budget is created and added to its
+    counter. A user with no budget gets ``[]``. The commit skips the WAL flush
+    when this function owns the transaction (a hold lost in a database crash
+    is harmless: the call's ``usage_record`` then charges the budgets).
 
     Args:
         user: the user (or their id) the call is made for.
@@ -158,78 +333,53 @@ def budget_reserve(
         run_id: the run making the call, stored for the record.
 
     Returns:
-        The held ``BudgetReservation`` rows, one per applicable budget.
+        The held ``BudgetReservation`` rows, one per applicable budget, by budget id.
 
     Raises:
         BudgetExceeded: a limit would be passed; nothing was written.
         ValueError: negative or non-numeric amounts.
     """
     cost = to_usd(cost_usd)
-    tokens = _tokens(tokens, name="tokens")
+    tokens = to_tokens(tokens, name="tokens")
     user_id = user if isinstance(user, int) else user.pk
-    budgets = budgets_applicable(user=user_id) if _budgets is None else _budgets
-    if not budgets:
-        return []
-    outermost = not connection.in_atomic_block
+    return budget_admit(user_id=user_id, cost=cost, tokens=tokens, run_id=run_id)[2]
+
+
+def _release(*, reservations: Q) -> int:
+    """Release the held reservations matching ``reservations`` and their counters' holds."""
     with transaction.atomic():
-        if outermost:  # never relax a caller's own transaction
-            _commit_without_wal_flush()
-        now = timezone.now()
-        budgets = _lock_for_user(user_id=user_id, budgets=budgets)
-        spent = budget_spent(budgets=budgets, user_id=user_id, now=now)
-        rows = []
-        for budget in budgets:
-            start, resets_at = period_bounds(budget.period, now=now)
-            spent_cost, spent_tokens = spent[budget.pk]
-            for kind, limit, used, need in (
-                ("cost", budget.cost_limit_usd, spent_cost, cost),
-                ("tokens", budget.token_limit, spent_tokens, tokens),
-            ):
-                if limit is None:
-                    continue
-                if used >= limit or used + need > limit:
-                    message = f"{_limit_label(budget, kind)} reached"
-                    if used < limit:
-                        used_s = format_usd(used) if kind == "cost" else f"{used:,} tokens"
-                        need_s = format_usd(need) if kind == "cost" else f"{need:,} tokens"
-                        message += f" ({used_s} used, this call needs up to {need_s})"
-                    raise BudgetExceeded(
-                        f"{message}; {format_reset(resets_at)}",
-                        budget_id=budget.pk,
-                        resets_at=resets_at,
-                    )
-            rows.append(
-                BudgetReservation(
-                    budget_id=budget.pk,
-                    user_id=user_id,
-                    run_id=run_id,
-                    cost_usd=cost,
-                    tokens=tokens,
-                    period_start=start,
-                    status=BudgetReservation.Status.HELD,
-                    created_at=now,
-                )
-            )
-        created = BudgetReservation.objects.bulk_create(rows)
-        for row in created:
-            # Spend including this hold, as seen now: lets settle skip the
-            # threshold query when a warning cannot be due (see usage_record).
-            spent_cost, spent_tokens = spent[row.budget_id]
-            row.spent_with_hold = (spent_cost + cost, spent_tokens + tokens)
-        return created
+        rows = list(
+            BudgetReservation.objects.select_for_update(no_key=True)
+            .filter(reservations, status=HELD)
+            .order_by("id")
+            .only("id", "counter_id", "cost_usd", "tokens")
+        )
+        if not rows:
+            return 0
+        BudgetReservation.objects.filter(pk__in=[r.pk for r in rows]).update(
+            status=RELEASED, settled_at=timezone.now()
+        )
+        held: dict[int, list] = defaultdict(lambda: [Decimal(0), 0])
+        for r in rows:
+            if r.counter_id is not None:
+                held[r.counter_id][0] += r.cost_usd
+                held[r.counter_id][1] += r.tokens
+        for counter in _counters_lock(keys=[], ids=list(held)).values():
+            cost, tokens = held[counter.pk]
+            _counter_add(counter, held=(-cost, -tokens), spent=(Decimal(0), 0))
+        return len(rows)
 
 
 def budget_release(*, reservation_ids: list[int]) -> int:
     """Release held reservations of a call that made no usage (it failed early).
 
-    Settled and already released rows are left alone, so calling twice is
-    harmless. Returns the number of rows released.
+    Their holds leave the budgets' counters. Settled and already released rows
+    are left alone, so calling twice is harmless. Returns the number of rows
+    released.
     """
     if not reservation_ids:
         return 0
-    return BudgetReservation.objects.filter(
-        pk__in=reservation_ids, status=BudgetReservation.Status.HELD
-    ).update(status=BudgetReservation.Status.RELEASED, settled_at=timezone.now())
+    return _release(reservations=Q(pk__in=reservation_ids))
 
 
 def budget_reservations_expire(*, older_than: timedelta = timedelta(hours=1)) -> int:
@@ -237,10 +387,7 @@ def budget_reservations_expire(*, older_than: timedelta = timedelta(hours=1)) ->
 
     Run periodically (Celery beat, ``accounts.tasks``). Returns the count released.
     """
-    cutoff = timezone.now() - older_than
-    return BudgetReservation.objects.filter(
-        status=BudgetReservation.Status.HELD, created_at__lt=cutoff
-    ).update(status=BudgetReservation.Status.RELEASED, settled_at=timezone.now())
+    return _release(reservations=Q(created_at__lt=timezone.now() - older_than))
 
 
 def usage_record(
@@ -255,18 +402,18 @@ def usage_record(
     latency_ms: int | None,
     reservations: list[int] | None = None,
     _budgets: list[Budget] | None = None,
-    _reserved_budget_ids: list[int] | None = None,
-    _spent_hint: dict[int, tuple[Decimal, int, Decimal, int]] | None = None,
 ) -> UsageRecord:
     """Write one LLM call to the ledger and settle its reservations.
 
     The given held reservations become ``settled`` with the actual cost and
-    tokens (the held estimate no longer counts, the actual usage does). Every
-    applicable budget without a settled reservation from this call (none was
-    made, or it had been released or expired) gets a settled charge, so
+    tokens (the held estimate no longer counts, the actual usage does; on the
+    counters, the hold moves to spent). Every applicable budget without a
+    settled reservation from this call (none was made, or it had been
+    released or expired) gets a settled charge in the current period, so
     usage always counts. Then, for each applicable budget whose spend in this
     period reached its ``warn_at_fraction`` and whose user was not yet warned
     this period, a ``BudgetWarning`` is stored and pushed live on commit.
+    The commit is durable (the ledger is money).
 
     Args:
         cost_usd: actual cost in USD, stored exactly (Decimal, 12 places;
@@ -281,150 +428,186 @@ def usage_record(
         ValueError: negative or non-numeric tokens or cost, or an empty model.
     """
     cost = to_usd(cost_usd)
-    prompt_tokens = _tokens(prompt_tokens, name="prompt_tokens")
-    completion_tokens = _tokens(completion_tokens, name="completion_tokens")
+    prompt_tokens = to_tokens(prompt_tokens, name="prompt_tokens")
+    completion_tokens = to_tokens(completion_tokens, name="completion_tokens")
     if latency_ms is not None:
-        latency_ms = _tokens(latency_ms, name="latency_ms")
+        latency_ms = to_tokens(latency_ms, name="latency_ms")
     if not model:
         raise ValueError("model must name the model that was called")
     user_id = user if isinstance(user, int) else user.pk
+    model = model[:200]
     total = prompt_tokens + completion_tokens
-    with transaction.atomic():
-        now = timezone.now()
-        record = UsageRecord.objects.create(
-            user_id=user_id,
-            conversation_id=conversation_id,
-            run_id=run_id,
-            model=model[:200],
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_usd=cost,
-            latency_ms=latency_ms,
-            created_at=now,
-        )
-        covered: set[int] = set()
-        if reservations:
-            settled = BudgetReservation.objects.filter(
-                pk__in=reservations, user_id=user_id, status=BudgetReservation.Status.HELD
-            ).update(
-                status=BudgetReservation.Status.SETTLED,
-                cost_usd=cost,
-                tokens=total,
-                usage=record,
-                settled_at=now,
-            )
-            if _reserved_budget_ids is not None and settled == len(reservations):
-                covered = set(_reserved_budget_ids)  # every hold settled: no need to ask
-            else:
-                covered = set(
-                    BudgetReservation.objects.filter(usage=record).values_list(
-                        "budget_id", flat=True
-                    )
-                )
-        budgets = budgets_applicable(user=user_id) if _budgets is None else _budgets
-        charges = [
-            BudgetReservation(
-                budget_id=b.pk,
+    budgets = budgets_applicable(user=user_id) if _budgets is None else _budgets
+    now = timezone.now()
+    fields = {
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "run_id": run_id,
+        "model": model,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost_usd": cost,
+        "latency_ms": latency_ms,
+        "created_at": now,
+    }
+    if _on_postgresql() and (reservations or not budgets):
+        with transaction.atomic():
+            got = budgets_pg.settle(
                 user_id=user_id,
+                conversation_id=conversation_id,
                 run_id=run_id,
-                usage=record,
-                cost_usd=cost,
-                tokens=total,
-                period_start=period_bounds(b.period, now=now)[0],
-                status=BudgetReservation.Status.SETTLED,
-                created_at=now,
-                settled_at=now,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost=cost,
+                latency_ms=latency_ms,
+                reservation_ids=list(reservations or []),
+                now=now,
             )
-            for b in budgets
-            if b.pk not in covered
-        ]
+            if all(b.pk in got.counters for b in budgets):
+                _warn_if_crossed(
+                    user_id=user_id,
+                    spends=[(b, got.counters[b.pk]) for b in budgets],
+                    now=now,
+                )
+                record = UsageRecord(id=got.record_id, **fields)
+                record._state.adding = False
+                record._state.db = connection.alias
+                return record
+            # Some budget was not covered by a hold (released, expired): undo
+            # and charge it on the general path, which locks in order.
+            transaction.set_rollback(True)
+    with transaction.atomic():
+        record = UsageRecord.objects.create(**fields)
+        held = list(
+            BudgetReservation.objects.select_for_update(no_key=True)
+            .filter(pk__in=list(reservations or []), user_id=user_id, status=HELD)
+            .order_by("id")
+            .only("id", "budget_id", "counter_id", "cost_usd", "tokens")
+        )
+        if held:
+            BudgetReservation.objects.filter(pk__in=[r.pk for r in held]).update(
+                status=SETTLED, cost_usd=cost, tokens=total, usage=record, settled_at=now
+            )
+        covered = {r.budget_id for r in held}
+        uncovered = [b for b in budgets if b.pk not in covered]
+        charge_keys = {
+            b.pk: budget_counter_key(budget=b, user_id=user_id, now=now) for b in uncovered
+        }
+        counters = _counters_lock(
+            keys=list(charge_keys.values()),
+            ids=[r.counter_id for r in held if r.counter_id is not None],
+        )
+        by_id = {c.pk: c for c in counters.values()}
+        spends: list[tuple[Budget, tuple[datetime, Decimal, int] | None]] = []
+        settled_counter = {}
+        for r in held:
+            counter = by_id.get(r.counter_id)
+            if counter is not None:
+                _counter_add(counter, held=(-r.cost_usd, -r.tokens), spent=(cost, total))
+                settled_counter[r.budget_id] = counter
+        charges = []
+        for b in uncovered:
+            counter = counters[charge_keys[b.pk]]
+            _counter_add(counter, held=(Decimal(0), 0), spent=(cost, total))
+            settled_counter[b.pk] = counter
+            charges.append(
+                BudgetReservation(
+                    budget_id=b.pk,
+                    user_id=user_id,
+                    run_id=run_id,
+                    usage=record,
+                    cost_usd=cost,
+                    tokens=total,
+                    period_start=counter.period_start,
+                    counter=counter,
+                    status=SETTLED,
+                    created_at=now,
+                    settled_at=now,
+                )
+            )
         if charges:
             BudgetReservation.objects.bulk_create(charges)
-        watched = budgets
-        if _spent_hint is not None and covered:
-            # Budgets whose spend, at admit, plus this call's excess over its
-            # hold stays under the threshold need no query. (A concurrent call
-            # that pushes past it checks for itself when it settles.)
-            watched = [
-                b for b in budgets if not _below_threshold(b, _spent_hint.get(b.pk), cost, total)
-            ]
-        _warn_if_crossed(user_id=user_id, budgets=watched, now=now)
+        for b in budgets:
+            c = settled_counter.get(b.pk)
+            spends.append(
+                (
+                    b,
+                    None
+                    if c is None
+                    else (c.period_start, c.spent_usd + c.held_usd, c.spent_tokens + c.held_tokens),
+                )
+            )
+        _warn_if_crossed(user_id=user_id, spends=spends, now=now)
     return record
 
 
-def _below_threshold(
-    budget: Budget,
-    hint: tuple[Decimal, int, Decimal, int] | None,
-    cost: Decimal,
-    tokens: int,
-) -> bool:
-    """True when ``hint`` (spend with hold, tokens with hold, held cost, held tokens) proves
-    the budget is still under its warning threshold after settling ``cost``/``tokens``."""
-    if hint is None:
-        return False
-    spent_cost, spent_tokens, held_cost, held_tokens = hint
-    cost_after = spent_cost + max(Decimal(0), cost - held_cost)
-    tokens_after = spent_tokens + max(0, tokens - held_tokens)
-    if budget.cost_limit_usd is not None and cost_after >= (
-        budget.cost_limit_usd * budget.warn_at_fraction
-    ):
-        return False
-    return not (
-        budget.token_limit is not None
-        and tokens_after >= budget.token_limit * budget.warn_at_fraction
-    )
+def _warn_if_crossed(
+    *,
+    user_id: int,
+    spends: list[tuple[Budget, tuple[datetime, Decimal, int] | None]],
+    now: datetime,
+) -> None:
+    """Store and push a warning for each budget past its threshold (once per period).
 
-
-def _warn_if_crossed(*, user_id: int, budgets: list[Budget], now: datetime) -> None:
-    """Store and push a warning for each budget past its threshold (once per period)."""
-    watched = [
-        b
-        for b in budgets
-        if (b.cost_limit_usd is not None and b.cost_limit_usd > 0)
-        or (b.token_limit is not None and b.token_limit > 0)
-    ]
-    if not watched:
-        return
-    spent = budget_spent(budgets=watched, user_id=user_id, now=now)
-    crossed = []
-    for b in watched:
-        cost, tokens = spent[b.pk]
+    ``spends`` pairs each budget with its counter after this call:
+    ``(period start, USD, tokens)`` including holds, or None. A counter of an
+    earlier period (a call reserved before the reset) warns no one.
+    """
+    for b, spend in spends:
+        if spend is None:
+            continue
+        start, cost, tokens = spend
+        current_start, resets_at = period_bounds(b.period, now=now)
+        if start != current_start:
+            continue
         shares = []
         if b.cost_limit_usd:
             shares.append((cost / b.cost_limit_usd, "cost"))
         if b.token_limit:
             shares.append((Decimal(tokens) / Decimal(b.token_limit), "tokens"))
+        if not shares:
+            continue
         share, kind = max(shares)
-        if share >= b.warn_at_fraction:
-            crossed.append((b, share, kind, cost, tokens))
-    if not crossed:
-        return
-    starts = {b.pk: period_bounds(b.period, now=now)[0] for b, *_ in crossed}
-    already = set(
-        BudgetWarning.objects.filter(
-            user_id=user_id, budget_id__in=list(starts), period_start__in=set(starts.values())
-        ).values_list("budget_id", "period_start")
-    )
-    for b, share, kind, cost, tokens in crossed:
-        if (b.pk, starts[b.pk]) in already:
+        if share < b.warn_at_fraction:
             continue
         used = format_usd(cost) if kind == "cost" else f"{tokens:,} tokens"
-        resets = format_reset(period_bounds(b.period, now=now)[1])
         message = (
             f"You have used {share:.0%} of {_owner_label(b)} "
-            f"{_limit_label(b, kind)} ({used}); {resets}."
+            f"{_limit_label(b, kind)} ({used}); {format_reset(resets_at)}."
         )
-        try:
-            # A savepoint: a concurrent call may store the same warning first,
-            # and that must not undo the usage written above.
-            with transaction.atomic():
-                warning = BudgetWarning.objects.create(
-                    budget=b,
-                    user_id=user_id,
-                    period_start=starts[b.pk],
-                    message=message,
-                    created_at=now,
-                )
-        except IntegrityError:
-            continue
-        events.budget_warning_push(warning=warning)
+        warning = _warning_store_once(
+            budget=b, user_id=user_id, period_start=start, message=message, now=now
+        )
+        if warning is not None:
+            events.budget_warning_push(warning=warning)
+
+
+def _warning_store_once(
+    *, budget: Budget, user_id: int, period_start: datetime, message: str, now: datetime
+) -> BudgetWarning | None:
+    """Insert the period's warning unless it exists (one statement, no error on a race)."""
+    qn = connection.ops.quote_name
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {qn(BudgetWarning._meta.db_table)} "  # noqa: S608 - quoted identifiers and %s only
+            f"({qn('budget_id')}, {qn('user_id')}, {qn('period_start')}, {qn('message')}, "
+            f"{qn('created_at')}) VALUES (%s, %s, %s, %s, %s) "
+            f"ON CONFLICT ({qn('budget_id')}, {qn('user_id')}, {qn('period_start')}) DO NOTHING "
+            f"RETURNING {qn('id')}",
+            [budget.pk, user_id, adapt(period_start), message[:300], adapt(now)],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    warning = BudgetWarning(
+        id=row[0],
+        budget=budget,
+        user_id=user_id,
+        period_start=period_start,
+        message=message[:300],
+        created_at=now,
+    )
+    warning._state.adding = False
+    return warning

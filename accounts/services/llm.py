@@ -25,8 +25,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from accounts.models import Budget, RateLimit, UsageRecord, User
-from accounts.selectors import budgets_applicable, ratelimits_applicable
-from accounts.services.budgets import budget_release, budget_reserve, to_usd, usage_record
+from accounts.services.budgets import (
+    budget_admit,
+    budget_release,
+    to_tokens,
+    to_usd,
+    usage_record,
+)
 from accounts.services.ratelimits import ratelimit_add_tokens, ratelimit_check
 
 
@@ -46,9 +51,7 @@ class Admission:
     estimated_tokens: int
     reservation_ids: tuple[int, ...] = field(default_factory=tuple)
     _budgets: tuple[Budget, ...] | None = field(default=None, repr=False, compare=False)
-    _reserved_budget_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
     _ratelimits: tuple[RateLimit, ...] | None = field(default=None, repr=False, compare=False)
-    _spent_hint: dict | None = field(default=None, repr=False, compare=False)
 
 
 def llm_call_admit(
@@ -58,7 +61,12 @@ def llm_call_admit(
     estimated_cost_usd: Decimal | int | str,
     estimated_tokens: int,
 ) -> Admission:
-    """Check the rate limits and reserve the worst case against every budget.
+    """Reserve the worst case against every budget and check the rate limits.
+
+    One transaction: the hold is written (``budget_admit``), the rate limits
+    are checked in Redis, then the hold commits; a refused rate limit rolls
+    the hold back. On PostgreSQL that is one statement plus one Redis script
+    per rate limit.
 
     Args:
         user: who the call is for.
@@ -70,31 +78,32 @@ def llm_call_admit(
         An ``Admission`` to pass to ``llm_call_settle`` or ``llm_call_abort``.
 
     Raises:
+        BudgetExceeded: a budget would be passed; nothing was held and no
+            rate limit counted the request.
         RateLimited: too many requests/tokens this minute; nothing was held
             (the refused request is not counted).
-        BudgetExceeded: a budget would be passed; nothing was held (the
-            request does count against requests per minute).
         ValueError: negative or non-numeric estimates.
     """
     user_id = user if isinstance(user, int) else user.pk
     cost = to_usd(estimated_cost_usd, name="estimated_cost_usd")
-    ratelimits = ratelimits_applicable(user=user_id)
-    budgets = budgets_applicable(user=user_id)
-    # Refusals propagate; the caller audits them (accounts does not import approvals).
-    ratelimit_check(user=user_id, tokens=estimated_tokens, _limits=ratelimits)
-    reservations = budget_reserve(
-        user=user_id, cost_usd=cost, tokens=estimated_tokens, run_id=run_id, _budgets=budgets
+    tokens = to_tokens(estimated_tokens, name="tokens")
+
+    def check(ratelimits: list[RateLimit]) -> None:
+        ratelimit_check(user=user_id, tokens=tokens, _limits=ratelimits)
+
+    # Refusals (RateLimited, BudgetExceeded) propagate; the caller audits them
+    # (accounts does not import approvals).
+    budgets, ratelimits, reservations = budget_admit(
+        user_id=user_id, cost=cost, tokens=tokens, run_id=run_id, check=check
     )
     return Admission(
         user_id=user_id,
         run_id=run_id,
         estimated_cost_usd=cost,
-        estimated_tokens=estimated_tokens,
+        estimated_tokens=tokens,
         reservation_ids=tuple(r.pk for r in reservations),
         _budgets=tuple(budgets),
-        _reserved_budget_ids=tuple(r.budget_id for r in reservations),
         _ratelimits=tuple(ratelimits),
-        _spent_hint={r.budget_id: (*r.spent_with_hold, r.cost_usd, r.tokens) for r in reservations},
     )
 
 
@@ -130,9 +139,6 @@ def llm_call_settle(
         latency_ms=latency_ms,
         reservations=list(admission.reservation_ids),
         _budgets=None if admission._budgets is None else list(admission._budgets),
-        _reserved_budget_ids=(
-            None if admission._reserved_budget_ids is None else list(admission._reserved_budget_ids)
-        ),
     )
     ratelimit_add_tokens(
         user=admission.user_id,
