@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
+from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -266,7 +269,9 @@ def test_admin_save_validates_and_audits_and_never_shows_secret_values(admin_use
 def test_untrusted_servers_read_only_tool_asks_then_runs_after_approval(conversation, time_server):
     time_server.trusted = False
     time_server.save()
-    refresh(time_server)
+    out = StringIO()
+    call_command("mcp_refresh", "time", stdout=out)
+    assert out.getvalue().strip() == "time: 2 tool(s)"
 
     run = drive(send(conversation, 'use tool time.get_current_time {"timezone": "Asia/Tokyo"}'))
     assert run.status == S.AWAITING_APPROVAL
@@ -274,6 +279,7 @@ def test_untrusted_servers_read_only_tool_asks_then_runs_after_approval(conversa
     assert approval.tool_name == "time.get_current_time"
     assert approval.tool_description.startswith("[MCP server: time] ")
     assert approval.hints["read_only"] is True and approval.hints["trusted"] is False
+    assert approval.hints["idempotent"] is False  # never re-run on an untrusted word
     assert "not trusted" in approval.explanation
     assert approval.always_allow_permitted is False
     card = events.render("run-tools", {"run": _run_for_push(run), "user": conversation.owner})
@@ -406,7 +412,8 @@ def test_progress_notifications_are_pushed_to_the_conversation_group(run, everyt
     progress = [f for f in frames if f'id="invocation-{invocation.pk}-progress"' in f]
     assert progress, frames
     assert 'hx-swap-oob="true"' in progress[-1]
-    assert '<progress value="3" max="3">' in progress[-1]
+    # The last notification may race the result (the SDK drops late ones), so any step.
+    assert re.search(r'<progress value="[123]" max="3"></progress> [123] / 3', progress[-1])
 
 
 def test_stopping_the_run_cancels_a_running_mcp_call(conversation, ours, tmp_path):

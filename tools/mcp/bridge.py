@@ -176,7 +176,9 @@ def mcp_tool_spec(*, server: MCPServer, info: MCPToolInfo) -> ToolSpec:
         handler=_handler(server_name=server.name, remote_name=info.remote_name, name=info.name),
         read_only=hints.read_only_hint,
         destructive=hints.destructive_hint,
-        idempotent=hints.idempotent_hint,
+        # Only a trusted server's word makes a call safe to repeat after a worker died
+        # (invocation_recover_interrupted re-runs idempotent tools).
+        idempotent=hints.idempotent_hint and server.trusted,
         open_world=hints.open_world_hint,
         # A one-shot session spends up to the connect timeout starting the server.
         timeout_seconds=server.call_timeout_seconds + server.connect_timeout_seconds + 5,
@@ -198,7 +200,8 @@ def mcp_tools_register(*, server: MCPServer) -> list[ToolSpec]:
     object>, description="[MCP server: <name>] ...", hints from the annotations
     (``destructiveHint`` defaults to true per the MCP spec), source="mcp:<name>",
     metadata={"trusted", "mcp_server", "mcp_tool"}, timeout = call + connect
-    timeout)``. Tools of this server no longer listed are unregistered. A tool
+    timeout)``; ``idempotent`` only for a trusted server. Tools of this server
+    no longer listed are unregistered. A tool
     whose name clashes with a tool of another source (a built-in) or cannot be
     a provider tool name is skipped with a warning. Does not touch the database.
     """
