@@ -387,6 +387,17 @@ class ApprovalRequest(models.Model):
         return hints_destructive(self.hints or {})
 
     @property
+    def hints_trusted(self) -> bool:
+        """False for a tool of an MCP server not marked trusted (``hints["trusted"]``)."""
+        return (self.hints or {}).get("trusted", True) is not False
+
+    @property
+    def always_allow_permitted(self) -> bool:
+        """Whether "always allow" may be offered: never for a destructive tool, never
+        for an untrusted server's tool (its hints cannot be believed; MCP spec)."""
+        return not self.is_destructive and self.hints_trusted
+
+    @property
     def conversation_url(self) -> str:
         return f"/c/{self.conversation_id}/" if self.conversation_id else ""
 

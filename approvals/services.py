@@ -62,7 +62,8 @@ class ApprovalForbidden(ApprovalError):
 
 
 class AlwaysAllowRefused(ApprovalForbidden):
-    """ "Always allow" was asked for a destructive tool, which it never covers."""
+    """ "Always allow" was asked for a destructive tool or an untrusted MCP server's
+    tool, which it never covers."""
 
 
 class ApprovalNotPending(ApprovalError):
@@ -476,6 +477,10 @@ def approval_decide(
             if approve and always_allow and approval.is_destructive:
                 refusal = AlwaysAllowRefused(
                     "“Always allow” is never available for destructive tools."
+                )
+            elif approve and always_allow and not approval.hints_trusted:
+                refusal = AlwaysAllowRefused(
+                    "“Always allow” is never available for tools of an untrusted MCP server."
                 )
             else:
                 return _decide_locked(

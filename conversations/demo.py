@@ -111,6 +111,26 @@ RECOGNISERS: tuple[Recogniser, ...] = (
     ),
 )
 
+# Any offered tool by name: "use tool time.get_current_time {"timezone": "Asia/Tokyo"}".
+# The name may be dotted or the wire name; the JSON object (optional) is the arguments.
+USE_TOOL = re.compile(r"^\s*use tool (?P<name>[\w.-]+)\s*(?P<args>\{.*\})?\s*$", re.I | re.S)
+
+
+def _use_tool_call(user_text: str, offered: dict[str, dict]) -> tuple[str, dict] | None:
+    """``(wire name, arguments)`` for a "use tool <name> {json}" request, if offered."""
+    match = USE_TOOL.match(user_text)
+    if not match:
+        return None
+    name = wire_name(match.group("name"))
+    if name not in offered:
+        return None
+    try:
+        arguments = json.loads(match.group("args") or "{}")
+    except ValueError:
+        return None
+    return (name, arguments) if isinstance(arguments, dict) else None
+
+
 _HELP = (
     "I am Tollgate's **offline demo model**: I run without a network or an API key, "
     "so I cannot really think about your message, but I show how the product works "
@@ -121,7 +141,8 @@ _HELP = (
     "- `calculate 17*23`\n"
     "- `remember that the meeting is on Friday` / `forget the meeting`\n"
     "- `fetch https://example.com`\n"
-    "- `run python: print(2 + 2)` / `run shell: ls`\n\n"
+    "- `run python: print(2 + 2)` / `run shell: ls`\n"
+    '- `use tool <name> {{"arg": "value"}}` (any offered tool, e.g. an MCP server\'s)\n\n'
     "Pick a real model in the model menu for real answers."
 )
 _GREETING = "Hello! I am the offline demo model. Ask me anything, or try `calculate 17*23`."
@@ -194,25 +215,31 @@ def demo_plan(
         (_text_of(m) for m in reversed(messages) if m.get("role") == "user"), ""
     ).strip()
     offered = _offered(tools)
+    planned = _use_tool_call(user_text, offered)
     for recogniser in RECOGNISERS:
+        if planned is not None:
+            break
         name = wire_name(recogniser.tool)
         match = recogniser.pattern.search(user_text)
         if match and name in offered:
             value = recogniser.value(match)
-            arguments = (
+            planned = (
+                name,
                 value
                 if isinstance(value, dict)
-                else {_argument_key(offered[name], recogniser.keys): value}
+                else {_argument_key(offered[name], recogniser.keys): value},
             )
-            digest = hashlib.sha256(
-                json.dumps([len(messages), user_text, name], sort_keys=True).encode()
-            ).hexdigest()[:16]
-            call = {
-                "id": f"call_demo_{digest}",
-                "type": "function",
-                "function": {"name": name, "arguments": json.dumps(arguments)},
-            }
-            return "", [call]
+    if planned is not None:
+        name, arguments = planned
+        digest = hashlib.sha256(
+            json.dumps([len(messages), user_text, name], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        call = {
+            "id": f"call_demo_{digest}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)},
+        }
+        return "", [call]
     if re.fullmatch(r"(?i)(hi|hello|hey)[!. ]*", user_text):
         return _GREETING, []
     echo = " ".join(user_text.split())[:200] or "(nothing)"

@@ -94,3 +94,13 @@ def run_for_push(*, run_id: int) -> Run:
     run.timeline_messages = list(run.messages.order_by("id"))
     run.timeline_invocations = _invocations_by_run(Q(run_id=run_id)).get(run_id, [])
     return run
+
+
+def run_cancel_requested(*, run_id: int) -> bool:
+    """Whether run ``run_id`` was asked to stop (or no longer exists); one query.
+
+    ``settings.TOLLGATE_RUN_CANCELLED_CHECK`` names this function, so tools can
+    stop a running call (MCP cancellation) without importing conversations.
+    """
+    flag = Run.objects.filter(pk=run_id).values_list("cancel_requested", flat=True).first()
+    return flag is None or bool(flag)

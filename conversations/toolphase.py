@@ -47,12 +47,17 @@ CANCELLED_RESULT = "Cancelled: the run was stopped before this tool call ran."
 
 
 def tool_hints(spec: ToolSpec) -> dict[str, bool]:
-    """The gate's view of a tool's MCP-style hints (snake_case keys)."""
+    """The gate's view of a tool's MCP-style hints (snake_case keys).
+
+    ``trusted`` is false for tools of an MCP server not marked trusted: approvals
+    then never offers (nor accepts) "always allow" for them.
+    """
     return {
         "read_only": spec.read_only,
         "destructive": spec.destructive,
         "idempotent": spec.idempotent,
         "open_world": spec.open_world,
+        "trusted": bool(spec.metadata.get("trusted", True)),
     }
 
 
@@ -153,6 +158,12 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
         if invocation.tool_call_id in stored:
             continue
         content = invocation_tool_message(invocation=invocation)["content"]
+        extra = {}
+        if invocation.metadata.get("mcp_result"):  # drawn as MCP content in the chat
+            extra = {
+                "mcp_result": invocation.metadata["mcp_result"],
+                "mcp_server": invocation.metadata.get("mcp_server", ""),
+            }
         tool_message = Message.objects.create(
             conversation_id=run.conversation_id,
             run=run,
@@ -164,6 +175,7 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
                 "invocation_id": invocation.pk,
                 "status": invocation.status,
                 "is_error": invocation.is_error,
+                **extra,
             },
         )
         events.message_appended(message_id=tool_message.pk)

@@ -350,3 +350,23 @@ CELERY_BEAT_SCHEDULE["accounts-budget-reservations-expire"] = {
 # on each PostgreSQL connection. Turn off behind a pooler that cannot keep
 # prepared statements (PgBouncer in transaction mode before 1.21).
 TOLLGATE_DB_PREPARED_STATEMENTS = env.bool("TOLLGATE_DB_PREPARED_STATEMENTS", default=True)
+
+# --- MCP servers as tool sources (tools/mcp/bridge.py) ---------------------------
+
+# How a process reaches MCP servers: "pool" (one supervised connection per server,
+# kept for the process's life), "session" (a one-shot connection per call), or
+# "auto": pool on the web server's own long-lived loop with the in-process
+# dispatcher, session elsewhere (Celery workers run each task in a fresh loop).
+TOLLGATE_MCP_CONNECTIONS = env.str("TOLLGATE_MCP_CONNECTIONS", default="auto")
+# How often beat retries MCP servers that are down (seconds); each server also
+# backs off per failure in a row (TOLLGATE_MCP_RECONNECT_* above).
+TOLLGATE_MCP_CHECK_SECONDS = env.float("TOLLGATE_MCP_CHECK_SECONDS", default=30.0)
+CELERY_BEAT_SCHEDULE["tools-mcp-servers-check"] = {
+    "task": "tools.mcp_servers_check",
+    "schedule": TOLLGATE_MCP_CHECK_SECONDS,
+}
+# Dotted path of ``check(*, run_id) -> bool``: has the run been stopped? A running
+# tool call (MCP) polls it and is cancelled when it says so.
+TOLLGATE_RUN_CANCELLED_CHECK = env.str(
+    "TOLLGATE_RUN_CANCELLED_CHECK", default="conversations.selectors.run_cancel_requested"
+)

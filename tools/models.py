@@ -8,10 +8,14 @@ imports ``conversations`` (DESIGN.md: conversations → tools → approvals).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from django.contrib.auth.models import Group
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
+
+if TYPE_CHECKING:
+    from tools.mcp.config import MCPServerConfig
 
 
 class Tool(models.Model):
@@ -168,3 +172,160 @@ class HttpAllowedHost(models.Model):
 
     def __str__(self) -> str:
         return self.host
+
+
+class MCPServer(models.Model):
+    """An MCP (Model Context Protocol) server whose tools join the registry.
+
+    Its tools are registered as ``<tool_prefix>.<remote name>`` in every process
+    from ``tools_cached`` (``tools.mcp.bridge``); ``Tool`` rows with
+    ``source = "mcp:<name>"`` carry the admin's enabled/groups choices.
+
+    Secrets are never stored: ``env`` and ``headers`` map a name to the *name of
+    an environment variable* of the connecting process that holds the value
+    (``{"Authorization": "GITHUB_MCP_AUTH"}``). Status fields are written by the
+    bridge (health checks, calls, the connection supervisor) with queryset
+    ``update()``, so they do not change ``updated_at``; ``updated_at`` changes
+    only with the configuration or the cached tool list, and that is what makes
+    other processes re-register the tools.
+    """
+
+    class Transport(models.TextChoices):
+        STDIO = "stdio", "stdio (spawn a command)"
+        HTTP = "http", "Streamable HTTP"
+
+    name = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9_-]{1,64}$", "Use letters, digits, '_' and '-' (no spaces)."
+            )
+        ],
+    )
+    transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.STDIO)
+    command = models.CharField(
+        max_length=500, blank=True, help_text="stdio: the executable (on this host's PATH)."
+    )
+    args = models.JSONField(
+        default=list, blank=True, help_text='stdio: JSON list of arguments, e.g. ["stdio"].'
+    )
+    env = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "stdio: JSON object {VARIABLE_IN_SERVER: NAME_OF_OUR_ENV_VAR}. Values are read "
+            "from this process's environment at connect time and never stored."
+        ),
+    )
+    url = models.CharField(max_length=500, blank=True, help_text="http: the endpoint URL.")
+    headers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "http: JSON object {Header-Name: NAME_OF_OUR_ENV_VAR}; values come from the "
+            "environment and are never stored."
+        ),
+    )
+    enabled = models.BooleanField(default=True)
+    trusted = models.BooleanField(
+        default=False,
+        help_text=(
+            "Believe the server's tool annotations (read-only, destructive, ...). The MCP "
+            "spec says annotations from untrusted servers must not be relied on: an "
+            "untrusted server's tools always ask unless a policy says otherwise."
+        ),
+    )
+    tool_prefix = models.CharField(
+        max_length=32,
+        unique=True,
+        validators=[
+            RegexValidator(r"^[A-Za-z0-9_-]{1,32}$", "1-32 letters, digits, '_' or '-' (no dots).")
+        ],
+        help_text="Tools appear as <prefix>.<tool>.",
+    )
+    connect_timeout_seconds = models.FloatField(default=30.0, validators=[MinValueValidator(0.1)])
+    call_timeout_seconds = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
+    healthy = models.BooleanField(default=False, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    failures = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Failed checks in a row (retry backoff)."
+    )
+    tools_cached = models.JSONField(
+        default=list,
+        blank=True,
+        editable=False,
+        help_text="The server's tool list (schemas and annotations) at the last refresh.",
+    )
+    tools_refreshed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+        verbose_name = "MCP server"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def source(self) -> str:
+        """The ``Tool.source`` / ``ToolSpec.source`` of this server's tools."""
+        return f"mcp:{self.name}"
+
+    def to_config(self) -> MCPServerConfig:
+        """This server as the client layer's ``MCPServerConfig``.
+
+        Raises ``tools.mcp.MCPConfigError`` when the fields are inconsistent.
+        """
+        from tools.mcp.config import MCPServerConfig
+
+        return MCPServerConfig(
+            name=self.name,
+            transport=self.transport,  # type: ignore[arg-type]
+            command=self.command,
+            args=tuple(str(a) for a in (self.args or [])),
+            env=dict(self.env or {}),
+            url=self.url,
+            headers=dict(self.headers or {}),
+            tool_prefix=self.tool_prefix,
+            trusted=self.trusted,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            call_timeout_seconds=self.call_timeout_seconds,
+        )
+
+    def clean(self) -> None:
+        import shutil
+
+        from django.core.exceptions import ValidationError
+
+        from tools.mcp.errors import MCPConfigError
+
+        errors: dict[str, str] = {}
+        if not isinstance(self.args, list) or not all(isinstance(a, str) for a in self.args):
+            errors["args"] = "Arguments must be a JSON list of strings."
+        for field in ("env", "headers"):
+            value = getattr(self, field)
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                errors[field] = "Must be a JSON object of names to environment variable names."
+        if self.transport == self.Transport.STDIO:
+            if not self.command.strip():
+                errors["command"] = "A stdio server needs a command."
+            elif any(c in self.command for c in "\n\r\0"):
+                errors["command"] = "The command must be one line."
+            elif shutil.which(self.command) is None:
+                errors["command"] = (
+                    f"Command {self.command!r} was not found on this host's PATH "
+                    "(or is not executable)."
+                )
+        elif not self.url.startswith(("http://", "https://")):
+            errors["url"] = "An http server needs an http:// or https:// URL."
+        if errors:
+            raise ValidationError(errors)
+        try:
+            self.to_config()
+        except MCPConfigError as exc:
+            raise ValidationError(str(exc)) from exc

@@ -94,6 +94,24 @@ class ToolContext:
     conversation_id: int | None = None
     run_id: int | None = None
     invocation_id: int | None = None
+    # Awaitable check "has the run been stopped?", set by ``invocation_execute`` when the
+    # call belongs to a run (``settings.TOLLGATE_RUN_CANCELLED_CHECK``); a long-running
+    # handler polls it (MCP tools poll every ~0.5 s and send notifications/cancelled).
+    cancel_requested: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolResult:
+    """What a handler may return instead of a plain value, to say more than the text.
+
+    ``text`` is the result the model reads; ``is_error`` marks it as a tool-level
+    failure (the invocation ends ``failed`` with this text); ``metadata`` is merged
+    into ``ToolInvocation.metadata`` (JSON-able; e.g. an MCP result for the chat).
+    """
+
+    text: str
+    is_error: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

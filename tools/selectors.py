@@ -25,7 +25,7 @@ def _enabled_tool_names(*, user_id: int) -> set[str]:
 
 
 def tools_for_user(*, user: Any) -> list[ToolSpec]:
-    """The tools ``user`` may be offered, sorted by name (one query).
+    """The tools ``user`` may be offered, sorted by name (one query, plus one for MCP servers).
 
     A tool qualifies when it is registered in this process AND its ``Tool`` row
     is enabled AND the row has no groups or ``user`` is in one of them AND the
@@ -34,6 +34,9 @@ def tools_for_user(*, user: Any) -> list[ToolSpec]:
     """
     if not getattr(user, "is_authenticated", False) or not user.is_active:
         return []
+    from tools.mcp.bridge import mcp_registry_ensure
+
+    mcp_registry_ensure()
     names = _enabled_tool_names(user_id=user.pk)
     return [spec for spec in registry.all() if spec.name in names]
 
@@ -75,6 +78,9 @@ def invocation_ids_interrupted(
     passes each to ``invocation_recover_interrupted``. Unregistered tools count
     as timeout 0.
     """
+    from tools.mcp.bridge import mcp_registry_ensure
+
+    mcp_registry_ensure()  # an MCP tool's timeout is known only once it is registered
     now = now or timezone.now()
     stuck = []
     running = ToolInvocation.objects.filter(

@@ -17,17 +17,26 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from pydantic_core import to_jsonable_python
 
 from approvals.services import audit_record
 from tools.models import Tool, ToolInvocation
-from tools.registry import ToolArgumentsInvalid, ToolContext, ToolError, ToolSpec, registry
+from tools.registry import (
+    ToolArgumentsInvalid,
+    ToolContext,
+    ToolError,
+    ToolResult,
+    ToolSpec,
+    registry,
+)
 from tools.selectors import tool_names_for_user_id
 from tools.validation import tool_arguments_parse, tool_arguments_validate
 
@@ -212,6 +221,10 @@ def invocation_mark(
         if expected is not None
         else {Status.REQUESTED, Status.AWAITING_APPROVAL, Status.APPROVED}
     )
+    if arguments_executed is not None:
+        from tools.mcp.bridge import mcp_registry_ensure
+
+        mcp_registry_ensure()
     with transaction.atomic():
         invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
         if invocation.status not in allowed:
@@ -299,6 +312,9 @@ def _invocation_claim(
 
     Returns (row, spec, arguments); spec is None when there is nothing to run.
     """
+    from tools.mcp.bridge import mcp_registry_ensure
+
+    mcp_registry_ensure()
     with transaction.atomic():
         invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
         if invocation.status != Status.APPROVED:
@@ -333,8 +349,8 @@ def _invocation_claim(
 
 async def _handler_run(
     *, spec: ToolSpec, arguments: dict[str, Any], ctx: ToolContext
-) -> tuple[str, bool]:
-    """Run the handler with the spec's timeout. Returns (result text, is_error)."""
+) -> tuple[str, bool, dict[str, Any]]:
+    """Run the handler with the spec's timeout. Returns (result text, is_error, metadata)."""
     try:
         # asyncio.timeout is asyncio.wait_for's context-manager form; unlike a bare
         # ``except TimeoutError`` it tells our deadline apart from a TimeoutError
@@ -342,7 +358,10 @@ async def _handler_run(
         # abandoned (not killed) at the deadline.
         async with asyncio.timeout(spec.timeout_seconds) as deadline:
             value = await spec.handler(arguments, ctx)
-        return result_truncate(text=_result_text(value), limit=spec.max_result_chars), False
+        if isinstance(value, ToolResult):
+            text = result_truncate(text=value.text, limit=spec.max_result_chars)
+            return text, value.is_error, dict(value.metadata)
+        return result_truncate(text=_result_text(value), limit=spec.max_result_chars), False, {}
     except TimeoutError as exc:
         if deadline.expired():
             message = f"Tool {spec.name} timed out after {spec.timeout_seconds:g} s."
@@ -353,11 +372,17 @@ async def _handler_run(
     except Exception as exc:
         logger.exception("Tool %s raised", spec.name)
         message = f"Tool {spec.name} failed: {type(exc).__name__}: {exc}"
-    return result_truncate(text=message, limit=spec.max_result_chars), True
+    return result_truncate(text=message, limit=spec.max_result_chars), True, {}
 
 
 def _invocation_finish(
-    *, invocation_id: int, attempt: int, result: str, is_error: bool, duration_ms: int
+    *,
+    invocation_id: int,
+    attempt: int,
+    result: str,
+    is_error: bool,
+    duration_ms: int,
+    metadata: dict[str, Any] | None = None,
 ) -> ToolInvocation:
     with transaction.atomic():
         invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
@@ -376,6 +401,8 @@ def _invocation_finish(
         invocation.error = result if is_error else ""
         invocation.finished_at = timezone.now()
         invocation.duration_ms = duration_ms
+        if metadata:
+            invocation.metadata = {**invocation.metadata, **metadata}
         invocation.save()
         _audit_executed(invocation)
     return invocation
@@ -393,7 +420,10 @@ async def invocation_execute(*, invocation_id: int) -> ToolInvocation:
     ``timeout_seconds``. The result is cut to ``max_result_chars`` with a note.
     Exceptions, ``ToolError`` and the timeout become an error result (status
     ``failed``, ``is_error``, a message naming the cause); otherwise
-    ``succeeded``. ``duration_ms`` is the handler's wall time in milliseconds.
+    ``succeeded``. A handler returning a ``ToolResult`` sets the text, ``is_error``
+    and metadata (merged into the row's) itself. The handler's ``ctx`` carries
+    ``cancel_requested`` (see ``_run_cancel_check``) so a long call can stop
+    when the run is stopped. ``duration_ms`` is the handler's wall time in milliseconds.
     Must not be called inside a transaction (the RUNNING claim must commit
     before the tool runs). Raises ``ToolInvocation.DoesNotExist`` for a bad id.
     """
@@ -407,9 +437,10 @@ async def invocation_execute(*, invocation_id: int) -> ToolInvocation:
         conversation_id=invocation.conversation_id,
         run_id=invocation.run_id,
         invocation_id=invocation.pk,
+        cancel_requested=_run_cancel_check(invocation.run_id),
     )
     started = time.monotonic()
-    result, is_error = await _handler_run(spec=spec, arguments=arguments, ctx=ctx)
+    result, is_error, metadata = await _handler_run(spec=spec, arguments=arguments, ctx=ctx)
     duration_ms = int((time.monotonic() - started) * 1000)
     return await sync_to_async(_invocation_finish)(
         invocation_id=invocation.pk,
@@ -417,7 +448,27 @@ async def invocation_execute(*, invocation_id: int) -> ToolInvocation:
         result=result,
         is_error=is_error,
         duration_ms=duration_ms,
+        metadata=metadata,
     )
+
+
+def _run_cancel_check(run_id: int | None) -> Callable[[], Awaitable[bool]] | None:
+    """``ToolContext.cancel_requested`` for a call of run ``run_id``.
+
+    tools may not import conversations, so the check is a dotted path in
+    ``settings.TOLLGATE_RUN_CANCELLED_CHECK`` to a sync ``check(*, run_id) -> bool``
+    (conversations provides ``conversations.selectors.run_cancel_requested``),
+    the same inversion approvals uses for ``TOLLGATE_APPROVAL_DECIDED_HANDLER``.
+    """
+    path = getattr(settings, "TOLLGATE_RUN_CANCELLED_CHECK", "")
+    if run_id is None or not path:
+        return None
+    check = sync_to_async(import_string(path))
+
+    async def cancel_requested() -> bool:
+        return bool(await check(run_id=run_id))
+
+    return cancel_requested
 
 
 async def invocations_execute(*, invocation_ids: list[int]) -> list[ToolInvocation]:

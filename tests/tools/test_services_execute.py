@@ -185,6 +185,13 @@ def test_handler_receives_context(run, make_tool):
             invocation_id=inv.pk,
         )
     ]
+    # The run's stop flag, through settings.TOLLGATE_RUN_CANCELLED_CHECK.
+    check = seen[0].cancel_requested
+    assert check is not None
+    assert async_to_sync(check)() is False
+    run.cancel_requested = True
+    run.save(update_fields=["cancel_requested"])
+    assert async_to_sync(check)() is True
 
 
 @pytest.mark.django_db

@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
 ToolsChangedCallback = Callable[["MCPConnection"], Awaitable[None]]
+# (connection, healthy, reason): awaited in a task of its own on each up/down change.
+HealthCallback = Callable[["MCPConnection", bool, "str | None"], Awaitable[None]]
 State = Literal["idle", "connecting", "ready", "backoff", "closed"]
 
 CLIENT_INFO = mcp_types.Implementation(name="tollgate", version="0.1.0")
@@ -180,6 +182,12 @@ class MCPConnection:
     task of the same loop; ``await close()`` when done. Use ``mcp_session()`` for a
     one-shot scope and ``mcp_pool()`` for long-lived sharing.
 
+    Callbacks: ``on_tools_changed(connection)`` is awaited inside the session's
+    receive loop when ``notifications/tools/list_changed`` arrives, so it must not
+    await a request on this connection (start a task for that);
+    ``on_health_change(connection, healthy, reason)`` runs in a task of its own
+    whenever the connection comes up or goes down (reason: why it is down).
+
     Attributes (read-only):
         config: the server's ``MCPServerConfig``.
         healthy: True while the session is initialised and the server is up.
@@ -193,12 +201,15 @@ class MCPConnection:
         config: MCPServerConfig,
         *,
         on_tools_changed: ToolsChangedCallback | None = None,
+        on_health_change: HealthCallback | None = None,
         reconnect: bool = True,
         reconnect_initial_seconds: float = 0.5,
         reconnect_max_seconds: float = 60.0,
     ) -> None:
         self.config = config
         self._on_tools_changed = on_tools_changed
+        self._on_health_change = on_health_change
+        self._callback_tasks: set[asyncio.Task[None]] = set()
         self._reconnect = reconnect
         self._backoff_initial = reconnect_initial_seconds
         self._backoff_max = reconnect_max_seconds
@@ -315,11 +326,34 @@ class MCPConnection:
         return self._healthy
 
     def _mark_down(self, reason: str) -> None:
-        if self._healthy or self._last_error != reason:
+        changed = self._healthy or self._last_error != reason
+        if changed:
             logger.warning("MCP server %s is down: %s", self.config.name, reason)
         self._healthy = False
         self._last_error = reason
-        # AUDIT: mcp.server_down {"server": name, "reason": reason}
+        if changed:
+            # The bridge's callback records mcp.server_down (audit + admin status).
+            self._notify_health(False, reason)
+
+    def _notify_health(self, healthy: bool, reason: str | None) -> None:
+        """Run ``on_health_change`` in a task of its own: it may touch the database,
+        and nothing it does (or raises) may disturb the connection."""
+        callback = self._on_health_change
+        if callback is None:
+            return
+
+        async def run() -> None:
+            try:
+                await callback(self, healthy, reason)
+            except Exception:
+                logger.exception("on_health_change callback for %s failed", self.config.name)
+
+        try:
+            task = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:  # no running loop (cannot happen inside the supervisor)
+            return
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._callback_tasks.discard)
 
     def _stderr_tail(self) -> str:
         if self._errlog is None:
@@ -444,7 +478,8 @@ class MCPConnection:
                     self._protocol_version,
                     len(tools),
                 )
-                # AUDIT: mcp.server_up {"server": name, "tools": len(tools)}
+                # The bridge's callback records mcp.server_up (audit + admin status).
+                self._notify_health(True, None)
 
                 async def cancel_when(event: asyncio.Event) -> None:
                     await event.wait()

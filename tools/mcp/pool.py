@@ -25,7 +25,7 @@ import weakref
 from typing import Any
 
 from tools.mcp.config import MCPServerConfig
-from tools.mcp.connection import MCPConnection, ToolsChangedCallback
+from tools.mcp.connection import HealthCallback, MCPConnection, ToolsChangedCallback
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MCPPool] = weakref.WeakKeyDictionary()
 
@@ -54,13 +54,15 @@ class MCPPool:
         config: MCPServerConfig,
         *,
         on_tools_changed: ToolsChangedCallback | None = None,
+        on_health_change: HealthCallback | None = None,
     ) -> MCPConnection:
         """The connection for ``config.name``, created and started on first use.
 
         Never raises because the server is down: the returned connection then has
         ``healthy == False`` and ``last_error`` set, its calls raise ``MCPUnavailable``,
         and it keeps retrying in the background. A config that differs from the
-        pooled one (edited in admin) replaces the old connection.
+        pooled one (edited in admin) replaces the old connection. The callbacks
+        are those of the call that creates the connection (see ``MCPConnection``).
         """
         async with self._lock:
             connection = self._connections.get(config.name)
@@ -74,6 +76,7 @@ class MCPPool:
                 connection = MCPConnection(
                     config,
                     on_tools_changed=on_tools_changed,
+                    on_health_change=on_health_change,
                     reconnect_initial_seconds=initial,
                     reconnect_max_seconds=maximum,
                 )
