@@ -5,7 +5,8 @@
 web process's event loop and keeps a strong reference until it finishes. In
 in-process mode the first dispatch also starts a timer that runs
 ``runs_recover_stale`` every ``TOLLGATE_RUN_RECOVERY_INTERVAL`` seconds and one
-that expires overdue approval requests (Celery beat does both otherwise).
+that expires overdue approval requests, and one that retries MCP servers that
+are down (Celery beat does all three otherwise).
 One engine, two dispatchers.
 """
 
@@ -112,11 +113,24 @@ def recovery_timer_ensure() -> None:
             "approvals-expire",
             lambda: expiry_loop(settings.TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS),
         ),
+        ("mcp-servers-check", _mcp_check_loop),
     ):
         key = (id(loop), name)
         task = _recovery.get(key)
         if task is None or task.done():
             _recovery[key] = loop.create_task(make(), name=name, context=contextvars.Context())
+
+
+async def _mcp_check_loop() -> None:
+    """Retry MCP servers that are down (beat's ``tools.mcp_servers_check``)."""
+    from tools.mcp.bridge import mcp_servers_check
+
+    while True:
+        try:
+            await mcp_servers_check()
+        except Exception:
+            logger.exception("MCP server check failed")
+        await asyncio.sleep(settings.TOLLGATE_MCP_CHECK_SECONDS)
 
 
 async def _recovery_loop() -> None:
