@@ -1,7 +1,7 @@
 """The production topology on loopback, and a real Chromium driven by Playwright.
 
 ``stack`` starts daphne, a Celery worker and Celery beat against the real
-PostgreSQL and Redis (a database of its own, made fresh per session), waits
+PostgreSQL and Redis (a database of its own, made fresh per test run), waits
 for ``/healthz`` and stops every process it started, by process group, even
 when a test fails. A failing test leaves a screenshot under
 ``test-artifacts/e2e/`` and prints the tail of each server log.
@@ -240,7 +240,7 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack() -> Iterator[Stack]:
     base_db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tollgate")
     db_name = f"tollgate_e2e_{os.getpid()}"
@@ -273,7 +273,7 @@ def stack() -> Iterator[Stack]:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -281,6 +281,18 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the browser tests last, together.
+
+    Playwright's sync API keeps an event loop running in the main thread while
+    the browser is open, which breaks async tests and ``async_to_sync`` in the
+    same thread; the fixtures are package-scoped, so the browser and the stack
+    are gone before any test that might come after them.
+    """
+    here = Path(__file__).parent
+    items.sort(key=lambda item: Path(str(item.path)).is_relative_to(here))
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -343,7 +355,7 @@ def unique_email(prefix: str) -> str:
     return f"{prefix}-{time.time_ns()}@example.com"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def admin_login(stack) -> tuple[str, str]:
     """An administrator made once per session with ``manage.py createadmin``: (email, password)."""
     email = unique_email("staff")
