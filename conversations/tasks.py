@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from asgiref.sync import async_to_sync
 from celery import shared_task
+from celery.signals import worker_init
 
 from conversations.dispatch import worker_id
+
+
+@worker_init.connect
+def _preload_model_gateway(**_kwargs: object) -> None:
+    """Import litellm and register the demo provider in the worker's main process.
+
+    litellm takes seconds to import; done here, before the prefork pool forks,
+    every pool process inherits it, instead of each one paying for it on its
+    first run step (the first reply after a worker starts used to wait for it).
+    """
+    from conversations.demo import demo_register
+
+    demo_register()
 
 
 @shared_task(name="conversations.tasks.run_step", acks_late=True, ignore_result=True)

@@ -1,7 +1,7 @@
 """The production topology on loopback, and a real Chromium driven by Playwright.
 
 ``stack`` starts daphne, a Celery worker and Celery beat against the real
-PostgreSQL and Redis (a database of its own, made fresh per session), waits
+PostgreSQL and Redis (a database of its own, made fresh per test run), waits
 for ``/healthz`` and stops every process it started, by process group, even
 when a test fails. A failing test leaves a screenshot under
 ``test-artifacts/e2e/`` and prints the tail of each server log.
@@ -9,11 +9,15 @@ when a test fails. A failing test leaves a screenshot under
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from playwright.sync_api import Locator, Page, expect
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
@@ -66,13 +71,14 @@ def wait_for_http(url: str, *, timeout: float = 60.0, expect: int = 200) -> None
 class Stack:
     """The processes of the production topology, each in its own process group."""
 
-    def __init__(self, *, database_url: str, redis_url: str) -> None:
+    def __init__(self, *, database_url: str, redis_url: str, data_dir: Path) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.database_url = database_url
         self.redis_url = redis_url
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
+        self.log_offsets: dict[str, int] = {}
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
@@ -86,6 +92,9 @@ class Stack:
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "TOLLGATE_DEMO_DELAY_MS": os.environ.get("TOLLGATE_DEMO_DELAY_MS", "40"),
             "PYTHONUNBUFFERED": "1",
+            # Sandbox workspaces and static files of this session only: conversation
+            # ids restart with each fresh database, old workspaces must not match them.
+            "TOLLGATE_DATA_DIR": str(data_dir),
         }
 
     def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -102,6 +111,7 @@ class Stack:
     def start_process(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = ARTIFACTS / f"{name}.log"
         self.logs[name] = log
+        self.log_offsets[name] = log.stat().st_size if log.exists() else 0
         handle = log.open("ab")
         process = subprocess.Popen(
             argv,
@@ -168,6 +178,20 @@ class Stack:
             ],
         )
 
+    def wait_for_log(self, name: str, text: str, *, timeout: float = 60.0) -> None:
+        """Wait until the current ``name`` process (not an earlier one) logged ``text``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            process = self.processes.get(name)
+            if process is None or process.poll() is not None:
+                raise RuntimeError(f"{name} is not running\n{self.log_tails()}")
+            with self.logs[name].open("rb") as handle:
+                handle.seek(self.log_offsets[name])
+                if text.encode() in handle.read():
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"{name} did not log {text!r} within {timeout:.0f}s")
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name, None)
         if process is None or process.poll() is not None:
@@ -183,8 +207,25 @@ class Stack:
             process.wait(timeout=15)
 
     def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.kill(name, signal.SIGTERM)
+        """SIGTERM every process group at once, then wait (SIGKILL after 15 s)."""
+        running = {name: p for name, p in self.processes.items() if p.poll() is None}
+        for process in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in running.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=15)
+        self.processes.clear()
+
+    def sql(self, query: str, params: tuple | dict = ()) -> list[tuple]:
+        """Rows of a read-only query against the stack's database (autocommit)."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()
 
     def log_tails(self, lines: int = 60) -> str:
         out = []
@@ -199,7 +240,7 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack() -> Iterator[Stack]:
     base_db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tollgate")
     db_name = f"tollgate_e2e_{os.getpid()}"
@@ -211,7 +252,11 @@ def stack() -> Iterator[Stack]:
     subprocess.run(
         ["redis-cli", "-u", redis_url, "FLUSHDB"], check=False, capture_output=True, timeout=10
     )
-    topology = Stack(database_url=_with_database(base_db, db_name), redis_url=redis_url)
+    data_dir = Path(tempfile.mkdtemp(prefix="tollgate-e2e-"))
+    data_dir.chmod(0o755)  # like var/: the sandbox's unprivileged uid passes through it
+    topology = Stack(
+        database_url=_with_database(base_db, db_name), redis_url=redis_url, data_dir=data_dir
+    )
     for log in ARTIFACTS.glob("*.log"):
         log.unlink()
     try:
@@ -223,11 +268,12 @@ def stack() -> Iterator[Stack]:
         yield topology
     finally:
         topology.stop_all()
+        shutil.rmtree(data_dir, ignore_errors=True)
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -235,6 +281,18 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the browser tests last, together.
+
+    Playwright's sync API keeps an event loop running in the main thread while
+    the browser is open, which breaks async tests and ``async_to_sync`` in the
+    same thread; the fixtures are package-scoped, so the browser and the stack
+    are gone before any test that might come after them.
+    """
+    here = Path(__file__).parent
+    items.sort(key=lambda item: Path(str(item.path)).is_relative_to(here))
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -245,14 +303,23 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def new_page(request, browser, stack):
-    """Open pages in fresh browser contexts; on failure save screenshots and print logs."""
-    contexts = []
+def new_page(request, browser):
+    """Open pages in fresh browser contexts; on failure save screenshots and print logs.
 
-    def open_page():
-        context = browser.new_context(
-            base_url=stack.base_url, viewport={"width": 1280, "height": 900}
-        )
+    ``new_page()`` opens a page on the session's ``stack`` (started on first
+    use); ``new_page(base_url, logs=server)`` on another server whose
+    ``log_tails()`` is printed on failure.
+    """
+    contexts = []
+    sources: list = []
+
+    def open_page(base_url: str | None = None, *, logs=None):
+        if base_url is None:
+            logs = request.getfixturevalue("stack")
+            base_url = logs.base_url
+        if logs is not None and logs not in sources:
+            sources.append(logs)
+        context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
         context.set_default_timeout(20_000)
         contexts.append(context)
         return context.new_page()
@@ -268,7 +335,8 @@ def new_page(request, browser, stack):
                     sys.stdout.write(f"screenshot: {path}\n")
                 except Exception as exc:  # the page may be gone; the logs still help
                     sys.stdout.write(f"screenshot failed: {exc}\n")
-        sys.stdout.write(stack.log_tails())
+        for source in sources:
+            sys.stdout.write(source.log_tails())
     for context in contexts:
         context.close()
 
@@ -285,3 +353,77 @@ def sign_up(page, email: str, password: str = E2E_PASSWORD) -> None:
 
 def unique_email(prefix: str) -> str:
     return f"{prefix}-{time.time_ns()}@example.com"
+
+
+@pytest.fixture(scope="package")
+def admin_login(stack) -> tuple[str, str]:
+    """An administrator made once per session with ``manage.py createadmin``: (email, password)."""
+    email = unique_email("staff")
+    env = {"TOLLGATE_ADMIN_EMAIL": email, "TOLLGATE_ADMIN_PASSWORD": E2E_PASSWORD}
+    stack.env.update(env)
+    try:
+        stack.manage("createadmin", "--noinput")
+    finally:
+        for key in env:
+            stack.env.pop(key)
+    return email, E2E_PASSWORD
+
+
+def admin_sign_in(page: Page, email: str, password: str = E2E_PASSWORD) -> None:
+    page.goto("/admin/login/?next=/admin/")
+    page.fill("input[name=username]", email)
+    page.fill("input[name=password]", password)
+    page.click("input[type=submit]")
+    expect(page.locator("#site-name")).to_contain_text("Tollgate")
+
+
+# -- chat helpers ------------------------------------------------------------------
+
+CONVERSATION_URL = re.compile(r"/c/(\d+)/$")
+
+
+def chat_new(page: Page) -> int:
+    """Open a new, empty conversation with the default (demo) model; returns its id."""
+    page.goto("/")
+    page.click("form.new-chat button[type=submit]")
+    page.wait_for_url(CONVERSATION_URL)
+    expect(page.locator("#composer textarea[name=content]")).to_be_editable()
+    return conversation_id(page)
+
+
+def conversation_id(page: Page) -> int:
+    match = CONVERSATION_URL.search(page.url)
+    assert match, page.url
+    return int(match.group(1))
+
+
+def chat_send(page: Page, text: str) -> tuple[int, Locator]:
+    """Send ``text`` with the composer (over the WebSocket); returns the new run's id and block.
+
+    The run block and the user's message appear by push; nothing reloads.
+    """
+    runs = page.locator("#messages section.run")
+    before = runs.count()
+    page.fill("#composer textarea[name=content]", text)
+    page.click("#composer button[type=submit]")
+    # The composer clears once the frame went out.
+    expect(page.locator("#composer textarea[name=content]")).to_have_value("")
+    expect(runs).to_have_count(before + 1)
+    expect(page.locator("#messages > .msg-user").last).to_contain_text(text.split()[0])
+    run_id = int(runs.nth(before).get_attribute("data-run"))
+    return run_id, page.locator(f"#run-{run_id}")
+
+
+def run_status(page: Page, run_id: int) -> Locator:
+    return page.locator(f"#run-{run_id}-status")
+
+
+def expect_run_completed(page: Page, run_id: int, *, timeout: float = 30_000) -> None:
+    expect(run_status(page, run_id)).to_have_class(
+        re.compile(r"\brun-completed\b"), timeout=timeout
+    )
+
+
+def approval_card(page: Page, run_id: int) -> Locator:
+    """The (single) approval card of a run's tool call, as shown under the call."""
+    return page.locator(f"#run-{run_id} .approval-slot article.approval-card")

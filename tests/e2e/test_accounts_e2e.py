@@ -25,19 +25,13 @@ def test_sign_up_log_out_and_log_in(new_page):
     assert email in page.content()
 
 
-def test_admin_created_by_command_opens_admin(new_page, stack, monkeypatch):
-    email = unique_email("admin")
-    stack.env["TOLLGATE_ADMIN_EMAIL"] = email
-    stack.env["TOLLGATE_ADMIN_PASSWORD"] = E2E_PASSWORD
-    try:
-        stack.manage("createadmin", "--noinput")
-    finally:
-        stack.env.pop("TOLLGATE_ADMIN_EMAIL")
-        stack.env.pop("TOLLGATE_ADMIN_PASSWORD")
+def test_admin_created_by_command_opens_admin(new_page, admin_login):
+    # ``admin_login`` made the administrator with ``manage.py createadmin --noinput``.
+    email, password = admin_login
     page = new_page()
     page.goto("/admin/")
     page.fill("input[name=username]", email)
-    page.fill("input[name=password]", E2E_PASSWORD)
+    page.fill("input[name=password]", password)
     page.click("input[type=submit]")
     page.wait_for_selector("text=Tollgate administration")
     assert page.locator("a", has_text="Users").count() >= 1

@@ -1,0 +1,131 @@
+"""Chat in a real browser: sign-up to a streamed reply, and a reload in the middle of one."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import (
+    E2E_PASSWORD,
+    chat_new,
+    chat_send,
+    expect_run_completed,
+    sign_up,
+    unique_email,
+)
+
+pytestmark = pytest.mark.e2e
+
+# The demo answers anything it does not recognise with its help text (~110
+# words, one chunk each), long enough to watch it stream.
+LONG_PROMPT = "Tell me how this product works, please"
+# The help text echoes up to 200 characters: a longer reply to reload in the middle of.
+LONGER_PROMPT = (
+    "Tell me, step by step and in plenty of detail, how a tool call passes the gate, who is"
+    " asked to approve it, what happens when nobody answers, and how the budget is checked"
+)
+
+# Records every distinct text of the streaming assistant body, in order, as
+# pushes replace it (no polling interval to miss frames).
+RECORD_BODIES = """() => {
+  window.__bodies = [];
+  const grab = () => {
+    const body = document.querySelector("#messages .msg-assistant .msg-body");
+    if (!body) return;
+    const text = body.innerText.trim();
+    if (text && window.__bodies[window.__bodies.length - 1] !== text) window.__bodies.push(text);
+  };
+  new MutationObserver(grab).observe(document.getElementById("messages"),
+    {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def _assistant_rows(stack, run_id: int) -> list[tuple[str, str]]:
+    return stack.sql(
+        "SELECT status, content FROM conversations_message"
+        " WHERE run_id = %s AND role = 'assistant' ORDER BY id",
+        (run_id,),
+    )
+
+
+def test_sign_up_log_in_and_watch_a_reply_stream(new_page, stack):
+    page = new_page()
+    email = unique_email("stream")
+    sign_up(page, email)
+    page.click("text=Sign out")
+    page.wait_for_url("**/accounts/login/**")
+    page.fill("input[name=login]", email)
+    page.fill("input[name=password]", E2E_PASSWORD)
+    page.click("form button[type=submit]")
+    page.wait_for_url(lambda url: "/accounts/login" not in url)
+    expect(page.locator(".topbar .who")).to_have_text(email)
+
+    chat_new(page)
+    expect(page.locator("#model-picker option:checked")).to_have_text("Demo (offline)")
+    expect(page.locator("#messages .empty-chat")).to_be_visible()
+    page.evaluate(RECORD_BODIES)
+    run_id, run = chat_send(page, LONG_PROMPT)
+    expect(page.locator("#messages .empty-chat")).to_be_hidden()
+
+    reply = run.locator(".msg-assistant")
+    expect(reply).to_have_class(re.compile(r"\bmsg-complete\b"), timeout=30_000)
+    expect_run_completed(page, run_id)
+    final = reply.locator(".msg-body").inner_text().strip()
+    assert "You wrote: " + LONG_PROMPT in final
+    assert reply.locator(".typing").count() == 0
+
+    bodies = page.evaluate("window.__bodies")
+    partial = [text for text in bodies if text != final]
+    # More than one update before completion, each longer than the one before.
+    assert len(partial) >= 2, bodies
+    assert all(len(a) < len(b) for a, b in itertools.pairwise(partial)), partial
+    assert len(partial[-1]) < len(final)
+    assert partial[0].split()[0] == final.split()[0]
+
+    # Stored once, complete, and the same text a fresh page shows.
+    rows = _assistant_rows(stack, run_id)
+    assert [status for status, _ in rows] == ["complete"]
+    assert rows[0][1].count("You wrote:") == 1
+    page.reload()
+    expect(page.locator(f"#run-{run_id} .msg-assistant .msg-body")).to_have_text(final)
+
+
+def test_reload_in_the_middle_of_a_reply_shows_it_and_completes_once(new_page, stack):
+    page = new_page()
+    sign_up(page, unique_email("reload"))
+    conversation = chat_new(page)
+    run_id, run = chat_send(page, LONGER_PROMPT)
+
+    body = run.locator(".msg-assistant .msg-body")
+    expect(body).to_contain_text("offline demo model")  # the stream has begun
+    response = page.reload()
+    served = response.text()
+    # The server drew the reply as it stood: still streaming, with the text so far.
+    match = re.search(
+        r'<article id="message-(\d+)" class="msg msg-assistant msg-streaming"', served
+    )
+    assert match, "the reload did not land mid-reply"
+    message_id = int(match.group(1))
+    shown_after_reload = page.locator(f"#message-{message_id}-body").inner_text().strip()
+    assert "offline demo model" in shown_after_reload
+
+    reply = page.locator(f"#message-{message_id}")
+    expect(reply).to_have_class(re.compile(r"\bmsg-complete\b"), timeout=30_000)
+    expect_run_completed(page, run_id)
+    final = page.locator(f"#message-{message_id}-body").inner_text().strip()
+    assert len(final) > len(shown_after_reload)
+    assert final.startswith(shown_after_reload.split("You wrote")[0].strip()[:40])
+    assert final.count("You wrote:") == 1
+    assert page.locator(f"#run-{run_id} .msg-assistant").count() == 1
+
+    # Nothing doubled: the live page equals a freshly rendered one and the database.
+    rows = _assistant_rows(stack, run_id)
+    assert [status for status, _ in rows] == ["complete"]
+    assert rows[0][1].count("You wrote:") == 1
+    fresh = page.context.new_page()
+    fresh.goto(f"/c/{conversation}/")
+    expect(fresh.locator(f"#message-{message_id}-body")).to_have_text(final)
+    assert fresh.locator(".msg-assistant").count() == 1
