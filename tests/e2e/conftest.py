@@ -283,18 +283,6 @@ def browser():
         chromium.close()
 
 
-def pytest_collection_modifyitems(config, items):
-    """Run the browser tests last, together.
-
-    Playwright's sync API keeps an event loop running in the main thread while
-    the browser is open, which breaks async tests and ``async_to_sync`` in the
-    same thread; the fixtures are package-scoped, so the browser and the stack
-    are gone before any test that might come after them.
-    """
-    here = Path(__file__).parent
-    items.sort(key=lambda item: Path(str(item.path)).is_relative_to(here))
-
-
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
