@@ -100,7 +100,7 @@ def test_worker_completes_a_run(celery_worker_process, conversation):
     assert answer.cost_usd == 0
 
 
-def test_duplicate_delivery_and_recovery(celery_worker_process, conversation):
+def test_duplicate_delivery_answers_once(celery_worker_process, conversation):
     from conversations.dispatch import dispatch_run_step
 
     run = services.message_send(
@@ -110,6 +110,16 @@ def test_duplicate_delivery_and_recovery(celery_worker_process, conversation):
     run = wait_for(run, celery_worker_process)
     assert run.status == Run.Status.COMPLETED
     assert Message.objects.filter(run=run).count() == 1
+
+
+def test_recovery_hands_a_dead_workers_run_to_a_live_worker(celery_worker_process, conversation):
+    # Dispatched once only: a duplicate task still in flight could take the
+    # stale run itself and leave nothing for the recovery job to find.
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="Once"
+    )
+    run = wait_for(run, celery_worker_process)
+    assert run.status == Run.Status.COMPLETED
 
     # A run whose worker died mid-step: the recovery job hands it to a live worker.
     Run.objects.filter(pk=run.pk).update(
