@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.factories import DEFAULT_PASSWORD, UserFactory
+
+# The test process runs llmock's uvicorn server in a thread; uvicorn picks uvloop
+# when it can import it. A segmentation fault was seen once in another thread of
+# the test process while that server ran on uvloop, so the tests use asyncio's
+# own loop everywhere (the product never uses uvloop: daphne runs on Twisted's
+# asyncio reactor, Celery tasks on asyncio.run).
+sys.modules.setdefault("uvloop", None)  # type: ignore[arg-type]
 
 
 @pytest.fixture
