@@ -343,3 +343,9 @@ CELERY_BEAT_SCHEDULE["accounts-budget-reservations-expire"] = {
     "task": "accounts.budget_reservations_expire",
     "schedule": env.int("TOLLGATE_BUDGET_EXPIRE_EVERY_SECONDS", default=300),
 }
+
+# --- Benchmarks / extra tools -----------------------------------------------------
+
+# Dotted modules imported at startup after the built-in tools (tools/apps.py), so
+# their @tool declarations register extra tools; bench/ uses it for a test tool.
+TOLLGATE_EXTRA_TOOL_MODULES = env.list("TOLLGATE_EXTRA_TOOL_MODULES", default=[])
