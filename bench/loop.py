@@ -28,6 +28,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BenchEnv, Result, bench_stack, fmt, p50, percentile, table
 
+PHASES = (
+    "_claim",
+    "_history",
+    "_tools_for_run",
+    "context_fit",
+    "_admit",
+    "_prepare",
+    "_persist_partial",
+    "_store_answer",
+)
+
+
+def _instrument(engine, spent: dict[str, float]) -> dict:
+    """Wrap the engine's phases with timers (``spent[name]`` seconds); return originals."""
+    import functools
+    import inspect
+
+    originals = {name: getattr(engine, name) for name in PHASES}
+    for name, fn in originals.items():
+        if inspect.iscoroutinefunction(fn) or hasattr(fn, "func"):  # SyncToAsync wrapper
+
+            async def timed_async(*args, __fn=fn, __name=name, **kwargs):
+                started = time.perf_counter()
+                try:
+                    return await __fn(*args, **kwargs)
+                finally:
+                    spent[__name] = spent.get(__name, 0.0) + time.perf_counter() - started
+
+            setattr(engine, name, timed_async)
+        else:
+
+            @functools.wraps(fn)
+            def timed_sync(*args, __fn=fn, __name=name, **kwargs):
+                started = time.perf_counter()
+                try:
+                    return __fn(*args, **kwargs)
+                finally:
+                    spent[__name] = spent.get(__name, 0.0) + time.perf_counter() - started
+
+            setattr(engine, name, timed_sync)
+    return originals
+
 
 def _new_run(user, config):
     from conversations.models import Conversation, Message, Run
@@ -50,7 +92,9 @@ def _transition(run_id: int) -> None:
         run.save(update_fields=["lease_owner"])
 
 
-async def _measure(env: BenchEnv, steps: int, warmup: int) -> Result:
+async def _measure(
+    env: BenchEnv, steps: int, warmup: int, profile: bool = False, breakdown: bool = False
+) -> Result:
     from asgiref.sync import sync_to_async
 
     import conversations.engine as engine
@@ -76,11 +120,19 @@ async def _measure(env: BenchEnv, steps: int, warmup: int) -> Result:
             spent["gateway"] += time.perf_counter() - started
 
     engine.stream_chat = timed_stream_chat
+    phases: dict[str, float] = {}
+    originals = _instrument(engine, phases) if breakdown else {}
+    profiler = None
     overhead, totals, gateway, baseline, failed = [], [], [], [], 0
     try:
         for index in range(warmup + steps):
             run_id = await sync_to_async(_new_run)(user, config)
             spent.update(gateway=0.0, callbacks=0.0)
+            if profile and index == warmup:
+                from pyinstrument import Profiler
+
+                profiler = Profiler(async_mode="enabled")
+                profiler.start()
             started = time.perf_counter()
             await engine.run_advance(run_id=run_id, worker=f"bench-{index}")
             total = time.perf_counter() - started
@@ -89,6 +141,7 @@ async def _measure(env: BenchEnv, steps: int, warmup: int) -> Result:
             transition = time.perf_counter() - t0
             status = (await Run.objects.aget(pk=run_id)).status
             if index < warmup:
+                phases.clear()
                 continue
             failed += status != Run.Status.COMPLETED
             llm = spent["gateway"] - spent["callbacks"]
@@ -98,6 +151,11 @@ async def _measure(env: BenchEnv, steps: int, warmup: int) -> Result:
             baseline.append(transition * 1000)
     finally:
         engine.stream_chat = original
+        for name, fn in originals.items():
+            setattr(engine, name, fn)
+        if profiler is not None:
+            profiler.stop()
+            print(profiler.output_text(unicode=True, show_all=False))
     base = p50(baseline)
     rows = [
         [
@@ -125,6 +183,9 @@ async def _measure(env: BenchEnv, steps: int, warmup: int) -> Result:
             fmt(p50(overhead) / base, 1) + "x",
         ],
     ]
+    if breakdown:
+        timed = ", ".join(f"{k} {v / steps * 1000:.1f}" for k, v in phases.items())
+        print(f"mean ms per step by phase: {timed}")
     return Result(
         key="loop",
         title=f"6. Agent-loop overhead per step ({steps} steps, PostgreSQL)",
@@ -138,17 +199,29 @@ async def _measure(env: BenchEnv, steps: int, warmup: int) -> Result:
     )
 
 
-def measure(env: BenchEnv, *, quick: bool = False, steps: int = 200) -> Result:
-    return asyncio.run(_measure(env, 3 if quick else steps, 1 if quick else 20))
+def measure(
+    env: BenchEnv,
+    *,
+    quick: bool = False,
+    steps: int = 200,
+    profile: bool = False,
+    breakdown: bool = False,
+) -> Result:
+    return asyncio.run(_measure(env, 3 if quick else steps, 1 if quick else 20, profile, breakdown))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="3 steps (a smoke run)")
+    parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile")
+    parser.add_argument("--breakdown", action="store_true", help="print time per engine phase")
     args = parser.parse_args(argv)
     with bench_stack() as env:
-        print(measure(env, quick=args.quick, steps=args.steps).render())
+        result = measure(
+            env, quick=args.quick, steps=args.steps, profile=args.profile, breakdown=args.breakdown
+        )
+        print(result.render())
     return 0
 
 

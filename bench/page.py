@@ -120,7 +120,9 @@ def measure(env: BenchEnv, *, quick: bool = False, requests: int = 20) -> Result
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="1 request of a 100-message page (a smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 request of a 100-message page (a smoke run)"
+    )
     args = parser.parse_args(argv)
     with bench_stack() as env:
         print(measure(env, quick=args.quick, requests=args.requests).render())
