@@ -248,9 +248,11 @@ class StreamPublisher:
     async def feed(self, delta: str) -> None:
         self._raise_pending()
         self.parts.append(delta)
-        if self._flushing is not None and not self._flushing.done():
-            return  # the frame in flight schedules the next one when it is done
-        self._schedule()
+        if self._flushing is None or self._flushing.done():
+            self._schedule()
+        # Let the frame task run: a fast provider's chunks arrive already
+        # buffered, so reading them may never suspend on its own.
+        await asyncio.sleep(0)
 
     def _schedule(self) -> None:
         wait = self.interval - (time.monotonic() - self._last)
