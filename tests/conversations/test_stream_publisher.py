@@ -27,7 +27,7 @@ async def test_feed_does_not_wait_for_a_frame_in_flight(settings):
     for word in words:
         # Would hang (the test times out) if feed waited for the blocked frame.
         await asyncio.wait_for(publisher.feed(word), timeout=5)
-    assert publisher.frames == 1 and persisted == []  # one frame out, its flush blocked
+    assert persisted == []  # the first frame is still in flight (its flush is blocked)
     release.set()
     await publisher.close()
     assert persisted[-1] == "".join(words)
