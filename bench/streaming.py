@@ -74,8 +74,11 @@ async def direct_rate(env: BenchEnv, provider: str, model: str) -> float:
     return (count - 1) / (last - first) if count > 1 else float("nan")
 
 
-async def tollgate_stream(env: BenchEnv, config, tokens: int) -> tuple[float, int, str]:
-    """(tokens/s first delta → text complete, delta frames, end status) for one run."""
+async def tollgate_stream(
+    env: BenchEnv, config, tokens: int, provider: str = ""
+) -> tuple[float, int, str, float]:
+    """(tokens/s first delta → text complete, delta frames, end status, tokens/s the
+    provider emitted for this very stream per llmock's journal) for one run."""
     from asgiref.sync import sync_to_async
 
     conversation_id = await sync_to_async(env.conversation)("stream", config)
@@ -85,7 +88,12 @@ async def tollgate_stream(env: BenchEnv, config, tokens: int) -> tuple[float, in
         full, _ = await client.until(lambda t: "ZEND" in t, wait=120)
         status = await client.until_done(wait=120)
         frames = sum(1 for _, text in client.frames if is_delta(text))
-    return (tokens - 1) / (full - first), frames, status
+    emitted = float("nan")
+    if provider:
+        records = [r for r in env.providers[provider].requests() if r.get("stream")]
+        if records and records[-1]["duration"] > 0:
+            emitted = records[-1]["chunks_sent"] / records[-1]["duration"]
+    return (tokens - 1) / (full - first), frames, status, emitted
 
 
 async def _measure(
@@ -106,20 +114,25 @@ async def _measure(
         direct = [await direct_rate(env, provider, model) for _ in range(streams)]
         web_before = cpu_seconds(env.pid("web"))
         worker_before = cpu_seconds(env.pid("worker"))
-        results = [await tollgate_stream(env, config, tokens) for _ in range(streams)]
+        env.providers[provider].forget_requests()
+        results = [await tollgate_stream(env, config, tokens, provider) for _ in range(streams)]
         web_cpu = cpu_seconds(env.pid("web")) - web_before
         worker_cpu = cpu_seconds(env.pid("worker")) - worker_before
         rates = [r[0] for r in results]
         frames = sum(r[1] for r in results)
         chunks = tokens * streams
+        emitted = [r[3] for r in results]
         ratio = p50(rates) / p50(direct)
+        ratio_emitted = p50(rates) / p50(emitted)
         delay = env.providers[provider].chunk_delay_ms
         rows.append(
             [
                 f"{provider} ({delay} ms/chunk), {tokens} tokens",
                 fmt(p50(direct), 0),
+                fmt(p50(emitted), 0),
                 fmt(p50(rates), 0),
                 f"{ratio:.2f}",
+                f"{ratio_emitted:.2f}",
                 fmt(web_cpu / chunks * 1e6, 0),
                 fmt(worker_cpu / chunks * 1e6, 0),
                 fmt(frames / streams, 0),
@@ -133,8 +146,9 @@ async def _measure(
             checks.append(
                 (
                     "≥ 95% of the provider's rate at 500 tokens/s",
-                    f"{ratio * 100:.0f}%",
-                    ratio >= 0.95,
+                    f"{ratio_emitted * 100:.0f}% of what llmock emitted "
+                    f"({fmt(p50(emitted), 0)} tok/s; {ratio * 100:.0f}% of a direct client)",
+                    ratio_emitted >= 0.95,
                 )
             )
     return Result(
@@ -144,8 +158,10 @@ async def _measure(
             [
                 "provider",
                 "direct tok/s (baseline)",
+                "llmock emitted tok/s",
                 "via Tollgate tok/s",
-                "ratio",
+                "ratio / direct",
+                "ratio / emitted",
                 "web CPU µs/chunk",
                 "worker CPU µs/chunk",
                 "frames/stream",
@@ -157,6 +173,11 @@ async def _measure(
             "Tokens/s is counted from the first text to the last (time to first token is "
             "benchmark 1). Frames are coalesced (at most one per 50 ms) and each carries the "
             "whole message body rendered as Markdown, so a long fast stream costs more per frame.",
+            "Two baselines: a direct litellm client in the benchmark process (it competes for "
+            "the same 2 cores, so it can be slower than the relay), and the rate llmock emitted "
+            "for the relayed streams themselves (its journal: chunks sent / response time), "
+            "which the target is checked against. llmock's 2 ms pause does not hold on this "
+            "machine: it emits well under 500 tokens/s.",
             *notes,
         ],
         checks=checks,
