@@ -202,12 +202,17 @@ def error_fragment(text: str) -> str:
 class StreamPublisher:
     """Coalesce token deltas of one streaming message into frames.
 
-    ``feed(delta)`` buffers; a frame goes out at most every ``interval``
-    seconds (on the next delta after the interval, or from a timer so the
-    tail is not held back). Each frame first awaits ``on_flush(text)`` (the
-    engine persists the text so far and may raise to stop the stream), then
-    sends the whole body of message ``message_id`` to the conversation group.
-    Call ``close()`` when the stream ends (flushes what is left).
+    ``feed(delta)`` buffers and returns at once: a frame goes out at most every
+    ``interval`` seconds, from a background task on the running loop (on the
+    next delta after the interval, or from a timer so the tail is not held
+    back), so reading the provider's stream never waits on a frame. At most
+    one frame is in flight; frames carry the WHOLE body, so they stay in
+    order and a late one is never stale. Each frame is first sent to the
+    conversation group, then handed to ``on_flush(text)`` (the engine persists
+    the text so far and may raise to stop the stream). An error raised by
+    ``on_flush`` is re-raised from the next ``feed`` or from ``close``. Call
+    ``close()`` when the stream ends: it waits for the frame in flight, then
+    flushes what is left.
     """
 
     def __init__(
@@ -227,26 +232,54 @@ class StreamPublisher:
         self.frames = 0
         self._last = 0.0
         self._timer: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
         self._lock = asyncio.Lock()
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
     async def feed(self, delta: str) -> None:
+        self._raise_pending()
         self.parts.append(delta)
+        if self._flushing is None or self._flushing.done():
+            self._schedule()
+        # Let the frame task run: a fast provider's chunks arrive already
+        # buffered, so reading them may never suspend on its own.
+        await asyncio.sleep(0)
+
+    def _schedule(self) -> None:
         wait = self.interval - (time.monotonic() - self._last)
+        loop = asyncio.get_running_loop()
         if wait <= 0:
-            await self.flush()
+            if self._timer is not None and not self._timer.done():
+                self._timer.cancel()
+            self._flushing = loop.create_task(self._flush_background())
         elif self._timer is None or self._timer.done():
-            self._timer = asyncio.get_running_loop().create_task(self._flush_later(wait))
+            self._timer = loop.create_task(self._flush_later(wait))
+
+    async def _flush_background(self) -> None:
+        try:
+            await self.flush()
+        except Exception as error:
+            self._error = error
+            return
+        if sum(map(len, self.parts)) > self.sent_len and self._error is None:
+            self._schedule()
 
     async def _flush_later(self, wait: float) -> None:
         await asyncio.sleep(wait)
-        try:
-            await self.flush()
-        except Exception:
-            logger.exception("delayed stream flush failed")
+        self._timer = None
+        if self._flushing is not None and not self._flushing.done():
+            return  # the frame in flight reschedules when it is done
+        self._flushing = asyncio.current_task()
+        await self._flush_background()
 
     async def flush(self) -> None:
         async with self._lock:
@@ -255,10 +288,10 @@ class StreamPublisher:
                 return
             self._last = time.monotonic()
             self.sent_len = len(text)
-            if self.on_flush is not None:
-                await self.on_flush(text)
             await apush_html(group=self.group, html=self.body_html(text))
             self.frames += 1
+            if self.on_flush is not None:
+                await self.on_flush(text)
 
     def body_html(self, text: str) -> str:
         streaming = SimpleNamespace(pk=self.message_id, role="assistant", content=text)
@@ -267,4 +300,7 @@ class StreamPublisher:
     async def close(self) -> None:
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
+        if self._flushing is not None and not self._flushing.done():
+            await self._flushing
+        self._raise_pending()
         await self.flush()

@@ -370,3 +370,8 @@ CELERY_BEAT_SCHEDULE["tools-mcp-servers-check"] = {
 TOLLGATE_RUN_CANCELLED_CHECK = env.str(
     "TOLLGATE_RUN_CANCELLED_CHECK", default="conversations.selectors.run_cancel_requested"
 )
+# --- Benchmarks / extra tools -----------------------------------------------------
+
+# Dotted modules imported at startup after the built-in tools (tools/apps.py), so
+# their @tool declarations register extra tools; bench/ uses it for a test tool.
+TOLLGATE_EXTRA_TOOL_MODULES = env.list("TOLLGATE_EXTRA_TOOL_MODULES", default=[])

@@ -21,7 +21,14 @@ class ToolsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from importlib import import_module
+
+        from django.conf import settings
+
         import tools.builtin  # noqa: F401  (registers the built-in tools)
+
+        for module in getattr(settings, "TOLLGATE_EXTRA_TOOL_MODULES", []):
+            import_module(module)
 
         post_migrate.connect(_sync_after_migrate, sender=self, dispatch_uid="tools_sync")
 

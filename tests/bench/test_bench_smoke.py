@@ -29,3 +29,50 @@ def test_budget_check_prints_a_table():
     assert "| step" in out and "median µs" in out and "p99 µs" in out
     for row in ("baseline: SELECT 1", "baseline: Redis INCR", "llm_call_admit", "admit + settle"):
         assert f"| {row}" in out
+
+
+@pytest.mark.slow
+def test_main_job_benchmarks_print_their_tables():
+    """bench/run_all.py --quick runs benchmarks 1-7 once against a real stack."""
+    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+        pytest.skip("the benchmarks need PostgreSQL (DATABASE_URL)")
+    env = {
+        **os.environ,
+        "BENCH_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run_all.py"),
+            "--quick",
+            "--no-write",
+            "--no-budget",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for title in (
+        "1. Time to first token",
+        "2. Streaming cost",
+        "3. Concurrent streaming",
+        "4. Approval round trip",
+        "5. Parallel tools",
+        "6. Agent-loop overhead",
+        "7. Conversation page",
+    ):
+        assert f"### {title}" in out, out[-3000:]
+    assert "FAILED" not in out
+    for row in (
+        "direct litellm (baseline)",
+        "WebSocket round trip (baseline)",
+        "slowest single call (baseline)",
+        "one state transition (baseline)",
+        "10 messages (baseline)",
+    ):
+        assert f"| {row}" in out

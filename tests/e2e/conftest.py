@@ -9,26 +9,23 @@ when a test fails. A failing test leaves a screenshot under
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.topology import ROOT, Stack, wait_for_http
+from tests.topology import with_database as _with_database
+
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
 CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -45,199 +42,6 @@ CHROMIUM_ARGS = [
 E2E_PASSWORD = "e2e-long-pass-phrase-42"
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, *, timeout: float = 60.0, expect: int = 200) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
-                if response.status == expect:
-                    return
-                last = f"status {response.status}"
-        except Exception as exc:
-            last = repr(exc)
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer {expect} within {timeout:.0f}s: {last}")
-
-
-class Stack:
-    """The processes of the production topology, each in its own process group."""
-
-    def __init__(self, *, database_url: str, redis_url: str, data_dir: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.database_url = database_url
-        self.redis_url = redis_url
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: dict[str, Path] = {}
-        self.log_offsets: dict[str, int] = {}
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "DEBUG": "False",
-            "SECRET_KEY": "e2e-secret-key-" + "x" * 40,
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "SESSION_COOKIE_SECURE": "False",
-            "CSRF_COOKIE_SECURE": "False",
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "TOLLGATE_DEMO_DELAY_MS": os.environ.get("TOLLGATE_DEMO_DELAY_MS", "40"),
-            "PYTHONUNBUFFERED": "1",
-            # Sandbox workspaces and static files of this session only: conversation
-            # ids restart with each fresh database, old workspaces must not match them.
-            "TOLLGATE_DATA_DIR": str(data_dir),
-        }
-
-    def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-
-    def start_process(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = ARTIFACTS / f"{name}.log"
-        self.logs[name] = log
-        self.log_offsets[name] = log.stat().st_size if log.exists() else 0
-        handle = log.open("ab")
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=self.env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        handle.close()
-        self.processes[name] = process
-        return process
-
-    def start_web(self) -> None:
-        self.start_process(
-            "web",
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "project.asgi:application",
-            ],
-        )
-
-    def start_worker(self) -> None:
-        self.start_process(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "project",
-                "worker",
-                "-l",
-                "info",
-                "--concurrency",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                f"e2e-{time.time_ns()}@%h",
-            ],
-        )
-
-    def start_beat(self) -> None:
-        self.start_process(
-            "beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "project",
-                "beat",
-                "-l",
-                "info",
-                "--schedule",
-                str(ARTIFACTS / "celerybeat-schedule"),
-            ],
-        )
-
-    def wait_for_log(self, name: str, text: str, *, timeout: float = 60.0) -> None:
-        """Wait until the current ``name`` process (not an earlier one) logged ``text``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            process = self.processes.get(name)
-            if process is None or process.poll() is not None:
-                raise RuntimeError(f"{name} is not running\n{self.log_tails()}")
-            with self.logs[name].open("rb") as handle:
-                handle.seek(self.log_offsets[name])
-                if text.encode() in handle.read():
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"{name} did not log {text!r} within {timeout:.0f}s")
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
-
-    def stop_all(self) -> None:
-        """SIGTERM every process group at once, then wait (SIGKILL after 15 s)."""
-        running = {name: p for name, p in self.processes.items() if p.poll() is None}
-        for process in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for process in running.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
-        self.processes.clear()
-
-    def sql(self, query: str, params: tuple | dict = ()) -> list[tuple]:
-        """Rows of a read-only query against the stack's database (autocommit)."""
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()
-
-    def log_tails(self, lines: int = 60) -> str:
-        out = []
-        for name, path in self.logs.items():
-            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
-            out.append(f"----- {name} log ({path}) -----\n" + "\n".join(text))
-        return "\n".join(out)
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="package")

@@ -15,15 +15,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import (
-    ARTIFACTS,
-    ROOT,
-    expect_run_completed,
-    free_port,
-    sign_up,
-    unique_email,
-    wait_for_http,
-)
+from tests.e2e.conftest import ARTIFACTS, ROOT, expect_run_completed, sign_up, unique_email
+from tests.topology import free_port, wait_for_http
 
 pytestmark = pytest.mark.e2e
 

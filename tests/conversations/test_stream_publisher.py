@@ -1,0 +1,53 @@
+"""StreamPublisher: reading the provider's stream never waits on a frame."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+
+async def test_feed_does_not_wait_for_a_frame_in_flight(settings):
+    from channels.layers import get_channel_layer
+
+    from conversations.events import StreamPublisher
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("conversation.999998", channel)
+    release = asyncio.Event()
+    persisted: list[str] = []
+
+    async def on_flush(text: str) -> None:
+        await release.wait()  # a slow database, say
+        persisted.append(text)
+
+    publisher = StreamPublisher(message_id=7, conversation_id=999998, on_flush=on_flush)
+    words = [f"w{i} " for i in range(50)]
+    for word in words:
+        # Would hang (the test times out) if feed waited for the blocked frame.
+        await asyncio.wait_for(publisher.feed(word), timeout=5)
+    assert persisted == []  # the first frame is still in flight (its flush is blocked)
+    release.set()
+    await publisher.close()
+    assert persisted[-1] == "".join(words)
+    last = None
+    for _ in range(publisher.frames):
+        last = await layer.receive(channel)
+    assert "w0 w1" in last["html"] and "w49" in last["html"]
+    await layer.group_discard("conversation.999998", channel)
+
+
+async def test_an_error_from_on_flush_stops_the_stream(settings):
+    from conversations.events import StreamPublisher
+    from conversations.gateway import StreamAborted
+
+    async def on_flush(text: str) -> None:
+        raise StreamAborted("cancelled")
+
+    publisher = StreamPublisher(message_id=8, conversation_id=999997, on_flush=on_flush)
+    with pytest.raises(StreamAborted):
+        for i in range(1000):
+            await publisher.feed(f"w{i} ")
+            await asyncio.sleep(0)
+        await publisher.close()
