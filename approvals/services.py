@@ -149,29 +149,19 @@ def audit_record(
         head = _chain_head_locked()
         sequence = head.last_sequence + 1
         prev_hash = head.last_hash or GENESIS_HASH
-        created_at = timezone.now()
-        event = AuditEvent(
-            sequence=sequence,
-            created_at=created_at,
-            actor_id=actor_id,
-            action=action,
-            target_type=target_type,
-            target_id=str(target_id),
-            data=clean_data,
-            ip=clean_ip,
-            prev_hash=prev_hash,
-        )
-        event.hash = audit_event_hash(
-            sequence=sequence,
-            created_at=created_at,
-            actor_id=actor_id,
-            action=action,
-            target_type=target_type,
-            target_id=str(target_id),
-            data=clean_data,
-            ip=clean_ip,
-            prev_hash=prev_hash,
-        )
+        fields = {
+            "sequence": sequence,
+            "created_at": timezone.now(),
+            "actor_id": actor_id,
+            "action": action,
+            "target_type": target_type,
+            "target_id": str(target_id),
+            "data": clean_data,
+            "ip": clean_ip,
+            "prev_hash": prev_hash,
+        }
+        # The hash covers exactly the fields stored (audit_verify recomputes it).
+        event = AuditEvent(**fields, hash=audit_event_hash(**fields))
         event.save()
         AuditChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=event.hash)
     return event
