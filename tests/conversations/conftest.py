@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from conversations.models import Conversation, Message, ModelConfig
+from conversations.models import Conversation, Message, ModelConfig, Run
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +62,27 @@ def add_turns(conversation: Conversation, count: int) -> None:
             )
         )
     Message.objects.bulk_create(rows)
+
+
+def send(conversation: Conversation, content: str) -> Run:
+    """Post ``content`` as the conversation's owner; the new run (not yet advanced)."""
+    from conversations import services
+
+    return services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content=content
+    )
+
+
+def drive(run: Run, *, limit: int = 12) -> Run:
+    """Advance the run step by step, as dispatched steps would, until it waits
+    for a person or ends."""
+    from asgiref.sync import async_to_sync
+
+    from conversations.engine import run_advance
+
+    for _ in range(limit):
+        async_to_sync(run_advance)(run_id=run.pk, worker="test-worker")
+        run.refresh_from_db()
+        if run.is_terminal or run.status == Run.Status.AWAITING_APPROVAL:
+            return run
+    raise AssertionError(f"run {run.pk} still {run.status} after {limit} steps")

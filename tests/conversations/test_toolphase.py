@@ -18,6 +18,7 @@ from approvals.services import ApprovalNotPending, approval_decide, approvals_ex
 from conversations import services
 from conversations.engine import run_advance
 from conversations.models import Message, Run
+from tests.conversations.conftest import drive, send
 from tools.models import Note, ToolInvocation
 from tools.services import tools_sync
 
@@ -30,22 +31,6 @@ IS = ToolInvocation.Status
 @pytest.fixture(autouse=True)
 def synced_tools(db):
     tools_sync()
-
-
-def drive(run: Run, *, limit: int = 12) -> Run:
-    """Advance the run step by step until it waits for a person or ends."""
-    for _ in range(limit):
-        async_to_sync(run_advance)(run_id=run.pk, worker="test-worker")
-        run.refresh_from_db()
-        if run.is_terminal or run.status == S.AWAITING_APPROVAL:
-            return run
-    raise AssertionError(f"run {run.pk} still {run.status} after {limit} steps")
-
-
-def send(conversation, content: str) -> Run:
-    return services.message_send(
-        user=conversation.owner, conversation_id=conversation.pk, content=content
-    )
 
 
 def final_answer(run: Run) -> str:

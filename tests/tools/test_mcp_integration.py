@@ -30,6 +30,7 @@ from approvals.services import AlwaysAllowRefused, approval_decide
 from conversations import events, services
 from conversations.engine import run_advance
 from conversations.models import Conversation, Message, ModelConfig, Run
+from tests.conversations.conftest import drive, send
 from tests.tools.mcp_fixtures import THIS_FILE, install_node_servers
 from tools.mcp.bridge import (
     mcp_registry_ensure,
@@ -123,22 +124,6 @@ def conversation(user) -> Conversation:
         name="Demo (offline)", defaults={"litellm_model": "demo/tollgate"}
     )
     return Conversation.objects.create(owner=user, model_config=model, title="MCP")
-
-
-def drive(run: Run, *, limit: int = 12) -> Run:
-    """Advance the run step by step until it waits for a person or ends."""
-    for _ in range(limit):
-        async_to_sync(run_advance)(run_id=run.pk, worker="test-worker")
-        run.refresh_from_db()
-        if run.is_terminal or run.status == S.AWAITING_APPROVAL:
-            return run
-    raise AssertionError(f"run {run.pk} still {run.status} after {limit} steps")
-
-
-def send(conversation: Conversation, content: str) -> Run:
-    return services.message_send(
-        user=conversation.owner, conversation_id=conversation.pk, content=content
-    )
 
 
 def approve(approval: ApprovalRequest, **options: Any) -> ApprovalRequest:
