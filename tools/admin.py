@@ -54,19 +54,7 @@ class ToolAdmin(admin.ModelAdmin):
         "updated_at",
     )
     # Everything but the admin's choices comes from the registry (tools_sync).
-    readonly_fields = (
-        "name",
-        "description",
-        "read_only",
-        "destructive",
-        "idempotent",
-        "open_world",
-        "source",
-        "unavailable_reason",
-        "parameters_schema",
-        "created_at",
-        "updated_at",
-    )
+    readonly_fields = tuple(field for field in fields if field not in {"enabled", "groups"})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tool]:
         from tools.mcp.bridge import mcp_registry_ensure
