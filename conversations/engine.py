@@ -21,6 +21,7 @@ via ``run_llm_call_schedule``), never by a replay of the call itself.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -343,14 +344,23 @@ async def _step_call_llm(run: Run, worker: str) -> None:
         return
     message = await _prepare(run)
 
-    lease_renewed = timezone.now()
+    lease_renewed = time.monotonic()
+    persisted = time.monotonic()
 
     async def on_flush(text: str) -> None:
-        nonlocal lease_renewed
-        renew = (timezone.now() - lease_renewed).total_seconds() > 10
+        # Frames go to the browser every ~50 ms; the database gets the text so
+        # far (what a reload shows) and is asked about cancel and the lease at
+        # most every TOLLGATE_STREAM_PERSIST_SECONDS: one round trip per frame
+        # was most of a step's overhead and caps how many streams a worker holds.
+        nonlocal lease_renewed, persisted
+        now = time.monotonic()
+        if now - persisted < settings.TOLLGATE_STREAM_PERSIST_SECONDS:
+            return
+        persisted = now
+        renew = now - lease_renewed > 10
         state = await _persist_partial(run.pk, worker, message.pk, text, renew)
         if renew:
-            lease_renewed = timezone.now()
+            lease_renewed = now
         if state != "ok":
             raise StepAborted(state)
 

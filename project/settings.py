@@ -321,6 +321,10 @@ TOLLGATE_LLM_MAX_RETRIES = env.int("TOLLGATE_LLM_MAX_RETRIES", default=3)
 TOLLGATE_LLM_MAX_RETRY_WAIT = env.float("TOLLGATE_LLM_MAX_RETRY_WAIT", default=30.0)
 # Seconds a worker holds a run before the recovery job may hand it to another worker.
 TOLLGATE_RUN_LEASE_SECONDS = env.int("TOLLGATE_RUN_LEASE_SECONDS", default=180)
+# While a reply streams, its text so far is saved (what a reload shows) and the
+# run is checked for Stop and its lease at most this often (seconds); frames to
+# the browser are not held back by it. Stop takes effect within this time.
+TOLLGATE_STREAM_PERSIST_SECONDS = env.float("TOLLGATE_STREAM_PERSIST_SECONDS", default=0.5)
 # System prompt sent first in every conversation.
 TOLLGATE_SYSTEM_PROMPT = env.str(
     "TOLLGATE_SYSTEM_PROMPT",

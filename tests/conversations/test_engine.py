@@ -134,9 +134,11 @@ def test_cancel_before_start(conversation):
     assert not Message.objects.filter(run=run).exists()
 
 
-def test_cancel_requested_mid_stream_keeps_partial(conversation, monkeypatch):
-    """The engine checks cancellation at each flushed frame and keeps what it had."""
+def test_cancel_requested_mid_stream_keeps_partial(conversation, monkeypatch, settings):
+    """The engine checks cancellation when it persists the text and keeps what it had."""
     from conversations import engine
+
+    settings.TOLLGATE_STREAM_PERSIST_SECONDS = 0  # persist (and check) at every frame
 
     original = engine._persist_partial
 
@@ -163,6 +165,35 @@ def test_cancel_requested_mid_stream_keeps_partial(conversation, monkeypatch):
     assert answer.status == Message.Status.STOPPED
     assert answer.content  # the partial text is kept
     assert len(answer.content) < len(full_text)  # and the stream stopped early
+
+
+def test_streamed_text_is_persisted_at_most_once_per_interval(conversation, monkeypatch, settings):
+    """Frames go out every ~50 ms, but the database write (and the cancel and
+    lease check) waits for TOLLGATE_STREAM_PERSIST_SECONDS."""
+    from asgiref.sync import sync_to_async
+
+    from conversations import engine
+
+    original = engine._persist_partial
+    calls: list[str] = []
+
+    def counting(run_id, worker, message_id, text, renew):
+        calls.append(text)
+        return original.func(run_id, worker, message_id, text, renew)
+
+    monkeypatch.setattr(engine, "_persist_partial", sync_to_async(counting))
+    monkeypatch.setenv("TOLLGATE_DEMO_DELAY_MS", "5")
+    settings.TOLLGATE_STREAM_PERSIST_SECONDS = 60
+    run = advance(send(conversation, "A long answer please"))
+    assert run.status == Run.Status.COMPLETED
+    assert calls == []
+    assert Message.objects.get(run=run).content  # the final answer is stored anyway
+
+    settings.TOLLGATE_STREAM_PERSIST_SECONDS = 0.1
+    run = advance(send(conversation, "A long answer please"))
+    elapsed = (run.finished_at - run.started_at).total_seconds()
+    assert 1 <= len(calls) <= elapsed / 0.1 + 1
+    assert all(len(a) < len(b) for a, b in zip(calls, calls[1:]))  # growing text
 
 
 def test_provider_error_fails_run_with_named_cause(user, mock_model, llmock):
