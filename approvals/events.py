@@ -17,14 +17,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.template.loader import render_to_string
 
 from approvals.models import ApprovalRequest
 from approvals.selectors import approval_can_decide, approvals_pending_count
+from project.pushes import push_on_commit, push_send_now
 
 logger = logging.getLogger(__name__)
 
@@ -81,27 +79,32 @@ def approval_recipients(approval: ApprovalRequest) -> list[Any]:
     return list(user_model.objects.filter(pk__in=ids, is_active=True))
 
 
-def approval_send(approval_id: int, *, created: bool = False) -> None:
-    """Render and ``group_send`` the card and badge to every recipient now."""
+def approval_pairs(approval_id: int, *, created: bool = False) -> list[tuple[str, str]]:
+    """The ``(group, html)`` pushes of one approval: card and badge per recipient."""
     approval = (
         ApprovalRequest.objects.select_related("requester", "decided_by", "approver_group")
         .filter(pk=approval_id)
         .first()
     )
     if approval is None:
-        return
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    for user in approval_recipients(approval):
-        html = approval_push_html(approval=approval, user=user, created=created)
-        async_to_sync(layer.group_send)(f"user.{user.pk}", {"type": "html.push", "html": html})
+        return []
+    return [
+        (f"user.{user.pk}", approval_push_html(approval=approval, user=user, created=created))
+        for user in approval_recipients(approval)
+    ]
+
+
+def approval_send(approval_id: int, *, created: bool = False) -> None:
+    """Render and ``group_send`` the card and badge to every recipient now (sync)."""
+    push_send_now(lambda: approval_pairs(approval_id, created=created))
 
 
 def approval_push(approval_id: int, *, created: bool = False) -> None:
-    """Schedule ``approval_send`` for when the current transaction commits.
+    """Schedule the card and badge pushes for when the current transaction commits.
 
-    Outside a transaction it runs at once. Failures (Redis down) are logged,
-    never raised: the database is the truth and a reload shows the state.
+    Outside a transaction they are scheduled at once. They go through the
+    outbox (``project.pushes``): the deciding transaction does not wait for
+    them. Failures (Redis down) are logged, never raised: the database is the
+    truth and a reload shows the state.
     """
-    transaction.on_commit(lambda: approval_send(approval_id, created=created), robust=True)
+    push_on_commit(lambda: approval_pairs(approval_id, created=created))

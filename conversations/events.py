@@ -7,7 +7,8 @@ Every push is ``{"type": "html.push", "html": ...}`` sent with ``group_send`` to
 so the same partial draws an element on page load and on push.
 
 Functions that follow a database write schedule their push with
-``transaction.on_commit`` (a rolled-back write pushes nothing). Token deltas
+``project.pushes.push_on_commit`` (a rolled-back write pushes nothing; the
+writer does not wait for the push). Token deltas
 are pushed by ``StreamPublisher``, which coalesces them (at most one frame per
 ``interval`` seconds, 20/s by default) and always sends the WHOLE body of the
 streaming message, so a page that loaded mid-reply is corrected by the next
@@ -24,8 +25,9 @@ from types import SimpleNamespace
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
 from django.template.loader import render_to_string
+
+from project.pushes import outbox_for, push_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -56,28 +58,20 @@ async def apush_html(*, group: str, html: str) -> None:
     await layer.group_send(group, {"type": "html.push", "html": html})
 
 
-def _on_commit(fn: Callable[[], None]) -> None:
-    def guarded() -> None:
-        try:
-            fn()
-        except Exception:
-            # A push is best effort: the database is the truth and a reload shows it.
-            logger.exception("push to browser failed")
-
-    transaction.on_commit(guarded)
-
-
 def render(partial: str, context: dict) -> str:
     return render_to_string(f"{TEMPLATE}#{partial}", context).strip()
 
 
 # -- fragments after writes ------------------------------------------------------
+# Each function schedules a push for when the current transaction commits,
+# through the outbox (``project.pushes``): the writer does not wait for the
+# render or the send, and the fragment shows the state when it is sent.
 
 
 def run_appended(*, run_id: int, with_user_message: bool) -> None:
     """On commit: append a run block (and its user message) to the conversation's timeline."""
 
-    def send() -> None:
+    def build() -> list[tuple[str, str]]:
         from conversations import selectors
 
         run = selectors.run_for_push(run_id=run_id)
@@ -85,44 +79,50 @@ def run_appended(*, run_id: int, with_user_message: bool) -> None:
         if with_user_message:
             html += render("message", {"m": run.user_message})
         html += render("run", {"run": run})
-        push_html(
-            group=conversation_group(run.conversation_id),
-            html=f'<div hx-swap-oob="beforeend:#messages">{html}</div>',
-        )
+        return [
+            (
+                conversation_group(run.conversation_id),
+                f'<div hx-swap-oob="beforeend:#messages">{html}</div>',
+            )
+        ]
 
-    _on_commit(send)
+    push_on_commit(build)
 
 
 def message_appended(*, message_id: int) -> None:
     """On commit: append a new message to its run block (or the timeline)."""
 
-    def send() -> None:
+    def build() -> list[tuple[str, str]]:
         from conversations.models import Message
 
         message = Message.objects.get(pk=message_id)
         target = f"#run-{message.run_id}-messages" if message.run_id else "#messages"
         html = render("message", {"m": message})
-        push_html(
-            group=conversation_group(message.conversation_id),
-            html=f'<div hx-swap-oob="beforeend:{target}">{html}</div>',
-        )
+        return [
+            (
+                conversation_group(message.conversation_id),
+                f'<div hx-swap-oob="beforeend:{target}">{html}</div>',
+            )
+        ]
 
-    _on_commit(send)
+    push_on_commit(build)
 
 
 def message_replaced(*, message_id: int) -> None:
     """On commit: re-render a message in place (final text, stopped, failed)."""
 
-    def send() -> None:
+    def build() -> list[tuple[str, str]]:
         from conversations.models import Message
 
         message = Message.objects.get(pk=message_id)
-        push_html(
-            group=conversation_group(message.conversation_id),
-            html=render("message", {"m": message, "oob": True}),
-        )
+        return [
+            (
+                conversation_group(message.conversation_id),
+                render("message", {"m": message, "oob": True}),
+            )
+        ]
 
-    _on_commit(send)
+    push_on_commit(build)
 
 
 def run_tools_changed(*, run_id: int) -> None:
@@ -132,37 +132,41 @@ def run_tools_changed(*, run_id: int) -> None:
     the cards show the buttons they may use.
     """
 
-    def send() -> None:
+    def build() -> list[tuple[str, str]]:
         from conversations import selectors
 
         run = selectors.run_for_push(run_id=run_id)
-        push_html(
-            group=conversation_group(run.conversation_id),
-            html=render("run-tools", {"run": run, "user": run.conversation.owner, "oob": True}),
-        )
+        return [
+            (
+                conversation_group(run.conversation_id),
+                render("run-tools", {"run": run, "user": run.conversation.owner, "oob": True}),
+            )
+        ]
 
-    _on_commit(send)
+    push_on_commit(build)
 
 
 def run_status_changed(*, run_id: int) -> None:
     """On commit: re-render a run's status line (typing indicator, Stop, Retry, error)."""
 
-    def send() -> None:
+    def build() -> list[tuple[str, str]]:
         from conversations.models import Run
 
         run = Run.objects.get(pk=run_id)
-        push_html(
-            group=conversation_group(run.conversation_id),
-            html=render("run-status", {"run": run, "oob": True}),
-        )
+        return [
+            (
+                conversation_group(run.conversation_id),
+                render("run-status", {"run": run, "oob": True}),
+            )
+        ]
 
-    _on_commit(send)
+    push_on_commit(build)
 
 
 def conversation_changed(*, conversation_id: int) -> None:
     """On commit: re-render its owner's conversation list (every tab; new ones appear)."""
 
-    def send() -> None:
+    def build() -> list[tuple[str, str]]:
         from conversations.models import Conversation
 
         owner_id = (
@@ -170,24 +174,23 @@ def conversation_changed(*, conversation_id: int) -> None:
             .values_list("owner_id", flat=True)
             .first()
         )
-        if owner_id is not None:
-            _push_conversation_list(owner_id)
+        return [] if owner_id is None else [_conversation_list(owner_id)]
 
-    _on_commit(send)
+    push_on_commit(build)
 
 
 def conversation_list_changed(*, user_id: int) -> None:
     """On commit: re-render the user's conversation list (after a delete)."""
-    _on_commit(lambda: _push_conversation_list(user_id))
+    push_on_commit(lambda: [_conversation_list(user_id)])
 
 
-def _push_conversation_list(user_id: int) -> None:
+def _conversation_list(user_id: int) -> tuple[str, str]:
     from conversations import selectors
 
     conversations = selectors.conversation_list(user=user_id)
-    push_html(
-        group=user_group(user_id),
-        html=render("conversation-list", {"conversations": conversations, "oob": True}),
+    return (
+        user_group(user_id),
+        render("conversation-list", {"conversations": conversations, "oob": True}),
     )
 
 
@@ -212,7 +215,8 @@ class StreamPublisher:
     the text so far and may raise to stop the stream). An error raised by
     ``on_flush`` is re-raised from the next ``feed`` or from ``close``. Call
     ``close()`` when the stream ends: it waits for the frame in flight, then
-    flushes what is left.
+    flushes what is left. The first frame waits for the loop's outbox
+    (``project.pushes``), which holds the push that draws the message.
     """
 
     def __init__(
@@ -288,7 +292,12 @@ class StreamPublisher:
                 return
             self._last = time.monotonic()
             self.sent_len = len(text)
-            await apush_html(group=self.group, html=self.body_html(text))
+            html = self.body_html(text)
+            if self.frames == 0:
+                # The message element is drawn by a push queued when it was created
+                # (the outbox); the first frame must not overtake it.
+                await outbox_for(asyncio.get_running_loop()).drain()
+            await apush_html(group=self.group, html=html)
             self.frames += 1
             if self.on_flush is not None:
                 await self.on_flush(text)
@@ -297,10 +306,13 @@ class StreamPublisher:
         streaming = SimpleNamespace(pk=self.message_id, role="assistant", content=text)
         return render("message-body", {"m": streaming, "streaming": True, "body_oob": True})
 
-    async def close(self) -> None:
+    async def close(self, *, final_frame: bool = True) -> None:
+        """Wait for the frame in flight; then send what is left unless
+        ``final_frame`` is false (the caller pushes the finished message itself)."""
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
         if self._flushing is not None and not self._flushing.done():
             await self._flushing
         self._raise_pending()
-        await self.flush()
+        if final_frame:
+            await self.flush()

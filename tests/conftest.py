@@ -16,6 +16,16 @@ from tests.factories import DEFAULT_PASSWORD, UserFactory
 sys.modules.setdefault("uvloop", None)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _push_render_connections_closed(django_db_setup, django_db_blocker):
+    """Close the push-render thread's connection before the test database is dropped."""
+    yield
+    from project.pushes import pushes_close_connections
+
+    with django_db_blocker.unblock():
+        pushes_close_connections()
+
+
 @pytest.fixture
 def password() -> str:
     return DEFAULT_PASSWORD

@@ -1,0 +1,202 @@
+"""The push outbox: browser pushes sent after commit without holding up the writer.
+
+A push is a list of ``(group, html)`` pairs sent with the channel layer's
+``group_send`` as ``{"type": "html.push", "html": ...}`` (see
+``conversations.consumers.PageConsumer``). Pushes that follow a database write
+are scheduled with :func:`push_on_commit`: a rolled-back write pushes nothing.
+
+Where the commit happens in a thread that ``sync_to_async`` runs for an event
+loop (a run step in the worker, a consumer's or view's database call in
+daphne), the push is queued on that loop's outbox and the writer returns at
+once: the outbox renders it in the process's push-render thread (not the
+step's thread, so it never waits behind the step's own database calls), then
+sends it. One
+outbox per loop sends in the order the commits happened, so a status push
+never overtakes an earlier one, and pushes render the state current when they
+are sent (latest wins). Without such a loop (a shell, a management command,
+synchronous tests) the push is built and sent at once, as before.
+
+A loop that is about to end (``async_to_sync``'s, Celery's prefork task) must
+``await pushes_drain()`` first, or what is still queued is lost; a reload
+shows the truth from the database either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+import os
+import weakref
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection, connections, transaction
+
+logger = logging.getLogger(__name__)
+
+#: ``build()`` returns the pairs to send: ``[(group, html), ...]`` (may query).
+Build = Callable[[], Iterable[tuple[str, str]]]
+
+
+def _message(html: str) -> dict:
+    return {"type": "html.push", "html": html}
+
+
+def _merged(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Join consecutive fragments for the same group: one ``group_send`` each."""
+    out: list[tuple[str, str]] = []
+    for group, html in pairs:
+        if not html.strip():
+            continue
+        if out and out[-1][0] == group:
+            out[-1] = (group, out[-1][1] + "\n" + html)
+        else:
+            out.append((group, html))
+    return out
+
+
+def _build_guarded(build: Build) -> list[tuple[str, str]]:
+    try:
+        return _merged(build())
+    except Exception:
+        # A push is best effort: the database is the truth and a reload shows it.
+        logger.exception("push to browser failed (render)")
+        if connection.errors_occurred:
+            connection.close()
+        return []
+
+
+_executor: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _render_executor() -> ThreadPoolExecutor:
+    """One thread per process renders every push: one database connection,
+    commit order kept (created after a fork, never inherited)."""
+    global _executor
+    if _executor is None or _executor[0] != os.getpid():
+        _executor = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="push-render"))
+    return _executor[1]
+
+
+def pushes_close_connections() -> None:
+    """Close the render thread's database connections (process or test shutdown)."""
+    if _executor is not None and _executor[0] == os.getpid():
+        _executor[1].submit(connections.close_all).result(timeout=10)
+
+
+class Outbox:
+    """The ordered queue of pushes of one event loop (create with :func:`outbox_for`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: collections.deque[tuple[Build | None, asyncio.Future | None]] = (
+            collections.deque()
+        )
+        self.task: asyncio.Task | None = None
+
+    def put(self, build: Build | None, done: asyncio.Future | None = None) -> None:
+        """Queue ``build`` (``None``: a barrier that only resolves ``done``). Loop thread only."""
+        self.queue.append((build, done))
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._drain(), context=contextvars.Context())
+
+    async def _drain(self) -> None:
+        layer = get_channel_layer()
+        render = sync_to_async(_build_guarded, thread_sensitive=False, executor=_render_executor())
+        while self.queue:
+            build, done = self.queue.popleft()
+            try:
+                if build is not None and layer is not None:
+                    for group, html in await render(build):
+                        await layer.group_send(group, _message(html))
+            except Exception:
+                logger.exception("push to browser failed (send)")
+            finally:
+                if done is not None and not done.done():
+                    done.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been sent."""
+        if not self.queue and (self.task is None or self.task.done()):
+            return
+        done = self.loop.create_future()
+        self.put(None, done)
+        await done
+
+
+_outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def outbox_for(loop: asyncio.AbstractEventLoop) -> Outbox:
+    """The outbox of ``loop`` (created on first use)."""
+    outbox = _outboxes.get(loop)
+    if outbox is None:
+        outbox = _outboxes[loop] = Outbox(loop)
+    return outbox
+
+
+def _caller_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop this thread works for: its own running loop, or the loop that
+    ``sync_to_async`` is running this thread's code for (``None``: neither)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
+        return None
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return None
+    return loop
+
+
+def push_send_now(build: Build) -> None:
+    """Build and send at once, from sync code (blocks on the channel layer)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for group, html in _build_guarded(build):
+        try:
+            async_to_sync(layer.group_send)(group, _message(html))
+        except Exception:
+            logger.exception("push to browser failed (send)")
+
+
+def push_soon(build: Build) -> None:
+    """Send ``build()``'s pairs now if no loop is around, else queue them on the
+    caller's loop and return at once (any thread)."""
+    loop = _caller_loop()
+    if loop is None:
+        push_send_now(build)
+        return
+    try:
+        running_here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        running_here = False
+    if running_here:
+        outbox_for(loop).put(build)
+        return
+    try:
+        loop.call_soon_threadsafe(lambda: outbox_for(loop).put(build))
+    except RuntimeError:  # the loop closed meanwhile
+        push_send_now(build)
+
+
+def push_on_commit(build: Build) -> None:
+    """Schedule ``push_soon(build)`` for when the current transaction commits
+    (at once outside a transaction); a rolled-back transaction pushes nothing."""
+    transaction.on_commit(lambda: push_soon(build), robust=True)
+
+
+async def pushes_drain() -> None:
+    """Wait until the running loop's outbox has sent everything queued so far."""
+    loop = asyncio.get_running_loop()
+    outbox = _outboxes.get(loop)
+    if outbox is not None:
+        await outbox.drain()
