@@ -23,6 +23,8 @@ import uuid
 from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
 from django.conf import settings
 
+from project.pushes import pushes_drain
+
 logger = logging.getLogger(__name__)
 
 _tasks: set[asyncio.Task] = set()
@@ -97,6 +99,7 @@ async def _drain(run_id: int) -> None:
     _spawn(run_id, with_recovery=False)
     while pending := [t for t in list(_tasks) if t.get_loop() is loop]:
         await asyncio.gather(*pending, return_exceptions=True)
+    await pushes_drain()  # this loop ends here
 
 
 def recovery_timer_ensure() -> None:

@@ -20,13 +20,13 @@ via ``run_llm_call_schedule``), never by a replay of the call itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -35,16 +35,17 @@ from conversations import events
 from conversations.context import context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
+from project.dbthreads import db_async
 
 logger = logging.getLogger(__name__)
 
 S = Run.Status
 
-# Plain thread-sensitive sync_to_async (not channels' database_sync_to_async,
-# which closes the connection before each call): Celery closes connections
-# between tasks and Django between requests, and a step must be able to run
-# inside a caller's transaction (tests).
-_db = sync_to_async
+# Database calls: thread-sensitive sync_to_async by default (a step can run inside
+# a caller's transaction, as tests do), the worker host's thread pool inside the
+# host (project/dbthreads.py). Not channels' database_sync_to_async, which closes
+# the connection before each call.
+_db = db_async
 #: Statuses in which a dispatched step has work to do (the rest wait on others).
 ADVANCEABLE = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING, S.EXECUTING_TOOLS})
 
@@ -346,23 +347,28 @@ async def _step_call_llm(run: Run, worker: str) -> None:
 
     lease_renewed = time.monotonic()
     persisted = time.monotonic()
+    persisting: asyncio.Task[str] | None = None
 
     async def on_flush(text: str) -> None:
         # Frames go to the browser every ~50 ms; the database gets the text so
-        # far (what a reload shows) and is asked about cancel and the lease at
-        # most every TOLLGATE_STREAM_PERSIST_SECONDS: one round trip per frame
-        # was most of a step's overhead and caps how many streams a worker holds.
-        nonlocal lease_renewed, persisted
+        # far (what a reload shows) and is asked about Stop and the lease at
+        # most every TOLLGATE_STREAM_PERSIST_SECONDS, in the background: a
+        # frame never waits for the database (a busy pool would stall it).
+        nonlocal lease_renewed, persisted, persisting
+        if persisting is not None and persisting.done():
+            state, persisting = persisting.result(), None
+            if state != "ok":
+                raise StepAborted(state)
         now = time.monotonic()
-        if now - persisted < settings.TOLLGATE_STREAM_PERSIST_SECONDS:
+        if persisting is not None or now - persisted < settings.TOLLGATE_STREAM_PERSIST_SECONDS:
             return
         persisted = now
         renew = now - lease_renewed > 10
-        state = await _persist_partial(run.pk, worker, message.pk, text, renew)
         if renew:
             lease_renewed = now
-        if state != "ok":
-            raise StepAborted(state)
+        persisting = asyncio.ensure_future(
+            _persist_partial(run.pk, worker, message.pk, text, renew)
+        )
 
     publisher = events.StreamPublisher(
         message_id=message.pk, conversation_id=run.conversation_id, on_flush=on_flush
@@ -375,17 +381,22 @@ async def _step_call_llm(run: Run, worker: str) -> None:
             on_delta=publisher.feed,
             max_tokens=config.max_output_tokens,
         )
-        await publisher.close()
+        # No last frame: _store_answer pushes the finished message.
+        await publisher.close(final_frame=False)
+        await _settled(persisting)  # its state no longer matters: the answer is complete
     except StepAborted as aborted:
+        await _settled(persisting)
         await _abort_admission(admission)
         await _abort(run.pk, worker, message.pk, publisher.text, reason=str(aborted))
         return
     except GatewayError as error:
+        await _settled(persisting)
         await _abort_admission(admission)
         await _fail(run.pk, worker, message.pk, error.user_message, kind=error.kind,
                     partial=publisher.text)  # fmt: skip
         return
     except Exception:
+        await _settled(persisting)
         logger.exception("run %s step %s failed", run.pk, run.step)
         await _abort_admission(admission)
         await _fail(run.pk, worker, message.pk, "Something went wrong on the server while "
@@ -398,6 +409,12 @@ async def _step_call_llm(run: Run, worker: str) -> None:
     if assistant is None or not result.tool_calls:
         return
     await _tool_turn_gate(run.pk, worker, assistant.pk)
+
+
+async def _settled(task: asyncio.Task | None) -> None:
+    """Wait for a background persist so it cannot race the step's last write."""
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @_db

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from asgiref.sync import async_to_sync
 from celery import shared_task
 from celery.signals import worker_init
 
@@ -24,10 +23,15 @@ def _preload_model_gateway(**_kwargs: object) -> None:
 
 @shared_task(name="conversations.tasks.run_step", acks_late=True, ignore_result=True)
 def run_step(run_id: int) -> None:
-    """Advance run ``run_id`` one step. Idempotent: the engine re-checks state and lease."""
-    from conversations.engine import run_advance
+    """Advance run ``run_id`` one step. Idempotent: the engine re-checks state and lease.
 
-    async_to_sync(run_advance)(run_id=run_id, worker=worker_id("celery"))
+    The step runs on this process's engine host (``conversations/host.py``),
+    among the other steps in progress; this task's thread waits for it, so
+    the message is acknowledged only when the step is over.
+    """
+    from conversations.host import engine_host
+
+    engine_host().submit(run_id=run_id, worker=worker_id("celery")).result()
 
 
 @shared_task(name="conversations.tasks.runs_recover_stale", ignore_result=True)

@@ -153,6 +153,12 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# The worker runs run steps on one event loop per process (conversations/host.py):
+# its pool threads only wait for them, so there are many; the steps' database
+# calls share TOLLGATE_ENGINE_DB_THREADS threads (one PostgreSQL connection each).
+CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=256)
+TOLLGATE_ENGINE_DB_THREADS = env.int("TOLLGATE_ENGINE_DB_THREADS", default=8)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

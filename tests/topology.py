@@ -161,7 +161,9 @@ class Stack:
             ],
         )
 
-    def start_worker(self, *extra_args: str, concurrency: int = 2) -> None:
+    def start_worker(self, *extra_args: str, concurrency: int | None = None) -> None:
+        """The README's worker (pool and concurrency from settings unless given)."""
+        pool = ["--concurrency", str(concurrency)] if concurrency is not None else []
         self.start_process(
             "worker",
             [
@@ -173,8 +175,7 @@ class Stack:
                 "worker",
                 "-l",
                 "info",
-                "--concurrency",
-                str(concurrency),
+                *pool,
                 "--without-gossip",
                 "--without-mingle",
                 "-n",

@@ -73,15 +73,24 @@ def send(conversation: Conversation, content: str) -> Run:
     )
 
 
+async def advance_and_push(*, run_id: int, worker: str) -> None:
+    """One ``run_advance``, then its browser pushes: the caller's loop ends after this."""
+    from conversations.engine import run_advance
+    from project.pushes import pushes_drain
+
+    try:
+        await run_advance(run_id=run_id, worker=worker)
+    finally:
+        await pushes_drain()
+
+
 def drive(run: Run, *, limit: int = 12) -> Run:
     """Advance the run step by step, as dispatched steps would, until it waits
     for a person or ends."""
     from asgiref.sync import async_to_sync
 
-    from conversations.engine import run_advance
-
     for _ in range(limit):
-        async_to_sync(run_advance)(run_id=run.pk, worker="test-worker")
+        async_to_sync(advance_and_push)(run_id=run.pk, worker="test-worker")
         run.refresh_from_db()
         if run.is_terminal or run.status == Run.Status.AWAITING_APPROVAL:
             return run

@@ -8,6 +8,7 @@ worker test.
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -15,15 +16,14 @@ from asgiref.sync import async_to_sync
 from django.utils import timezone
 
 from conversations import services
-from conversations.engine import run_advance
 from conversations.models import Message, Run
-from tests.conversations.conftest import add_turns
+from tests.conversations.conftest import add_turns, advance_and_push
 
 pytestmark = pytest.mark.django_db
 
 
 def advance(run: Run, worker: str = "test-worker") -> Run:
-    async_to_sync(run_advance)(run_id=run.pk, worker=worker)
+    async_to_sync(advance_and_push)(run_id=run.pk, worker=worker)
     run.refresh_from_db()
     return run
 
@@ -193,7 +193,7 @@ def test_streamed_text_is_persisted_at_most_once_per_interval(conversation, monk
     run = advance(send(conversation, "A long answer please"))
     elapsed = (run.finished_at - run.started_at).total_seconds()
     assert 1 <= len(calls) <= elapsed / 0.1 + 1
-    assert all(len(a) < len(b) for a, b in zip(calls, calls[1:]))  # growing text
+    assert all(len(a) < len(b) for a, b in itertools.pairwise(calls))  # growing text
 
 
 def test_provider_error_fails_run_with_named_cause(user, mock_model, llmock):

@@ -55,7 +55,7 @@ def celery_worker_process(transactional_db, tmp_path):
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*celery, "worker", "-P", "solo", "--without-gossip", "--without-mingle",
+            [*celery, "worker", "--without-gossip", "--without-mingle",
              "--without-heartbeat", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "-l", "info"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip

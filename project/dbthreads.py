@@ -1,0 +1,92 @@
+"""Where async code runs its database calls: thread-sensitive, or a bounded pool.
+
+``db_async(fn)`` wraps a sync function that does its own database work (its
+own ``transaction.atomic``) for calling from async code:
+
+- by default it is asgiref's thread-sensitive ``sync_to_async``: the call runs
+  in the thread that owns the caller's connection (the request's, the Celery
+  task's under ``async_to_sync``, the test's), so it can join a transaction the
+  caller holds;
+- inside :func:`db_pool` (the worker's engine host, ``conversations/host.py``)
+  it runs on that pool's threads instead: many concurrent run steps share a
+  few threads and so a few PostgreSQL connections (one per pool thread), and
+  no step waits for another's query behind a single thread.
+
+A pooled call closes its thread's connection after an error or when it is
+older than ``CONN_MAX_AGE`` (what Django does at the end of a request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
+
+from asgiref.sync import SyncToAsync, sync_to_async
+from django.db import connections
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_pool: contextvars.ContextVar[ThreadPoolExecutor | None] = contextvars.ContextVar(
+    "tollgate_db_pool", default=None
+)
+
+
+@contextlib.contextmanager
+def db_pool(executor: ThreadPoolExecutor) -> Iterator[None]:
+    """Run ``db_async`` calls made in this context (and tasks it creates) on ``executor``."""
+    token = _pool.set(executor)
+    try:
+        yield
+    finally:
+        _pool.reset(token)
+
+
+def _close_if_stale() -> None:
+    # Django's close_if_unusable_or_obsolete would also re-arm the health check,
+    # a SELECT 1 before the next query; a pooled call is not a request.
+    now = time.monotonic()
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None or connection.in_atomic_block:
+            continue
+        if connection.errors_occurred or (
+            connection.close_at is not None and now >= connection.close_at
+        ):
+            connection.close()
+
+
+def db_async(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """``fn`` as a coroutine function that picks its thread at call time (see module).
+
+    The wrapper keeps ``fn`` as ``.func`` (like asgiref's wrappers), so tests
+    can call or wrap the sync original.
+    """
+    thread_sensitive = sync_to_async(fn)
+
+    def pooled_call(*args: Any, **kwargs: Any) -> R:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _close_if_stale()
+
+    pooled: dict[ThreadPoolExecutor, SyncToAsync] = {}
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        executor = _pool.get()
+        if executor is None:
+            return await thread_sensitive(*args, **kwargs)
+        runner = pooled.get(executor)
+        if runner is None:
+            runner = pooled[executor] = SyncToAsync(
+                pooled_call, thread_sensitive=False, executor=executor
+            )
+        return await runner(*args, **kwargs)
+
+    call.func = fn  # type: ignore[attr-defined]
+    return call
