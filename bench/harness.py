@@ -294,7 +294,9 @@ def _redis_url() -> str:
 
 
 @contextlib.contextmanager
-def bench_stack(*, worker_args: tuple[str, ...] = (), concurrency: int | None = None) -> Iterator[BenchEnv]:
+def bench_stack(
+    *, worker_args: tuple[str, ...] = (), concurrency: int | None = None
+) -> Iterator[BenchEnv]:
     """Start everything (see the module docstring); stop and drop it all afterwards."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tollgate")
     if not base.startswith(("postgres://", "postgresql://")):

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,6 +26,7 @@ from approvals.services import ApprovalError, approval_decide_from_payload
 from conversations import services
 from conversations.events import conversation_group, error_fragment, user_group
 from conversations.models import Conversation
+from project.dbthreads import db_call, named_pool
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +61,36 @@ class ApprovalDecideFrame(Frame):
 Handler = Callable[["PageConsumer", Any], Awaitable[None]]
 
 
+async def _db(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
+    """A service call from the consumer: on the web process's database pool
+    (``TOLLGATE_WEB_DB_THREADS`` threads), so many sockets' calls do not queue
+    behind one thread; thread-sensitive when the pool is off (SQLite)."""
+    pool = named_pool("web-db", settings.TOLLGATE_WEB_DB_THREADS)
+    if pool is None:
+        return await database_sync_to_async(fn)(**kwargs)
+    return await db_call(pool, fn, **kwargs)
+
+
 async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None:
-    await database_sync_to_async(services.message_send)(
-        user=consumer.user, conversation_id=frame.conversation_id, content=frame.content
+    await _db(
+        services.message_send,
+        user=consumer.user,
+        conversation_id=frame.conversation_id,
+        content=frame.content,
     )
 
 
 async def _run_cancel(consumer: PageConsumer, frame: RunCancelFrame) -> None:
-    await database_sync_to_async(services.run_cancel)(user=consumer.user, run_id=frame.run_id)
+    await _db(services.run_cancel, user=consumer.user, run_id=frame.run_id)
 
 
 async def _approval_decide(consumer: PageConsumer, frame: ApprovalDecideFrame) -> None:
     client = consumer.scope.get("client") or [None]
-    await database_sync_to_async(approval_decide_from_payload)(
-        user=consumer.user, payload=frame.model_dump(), ip=client[0]
+    await _db(
+        approval_decide_from_payload,
+        user=consumer.user,
+        payload=frame.model_dump(),
+        ip=client[0],
     )
 
 
@@ -84,9 +102,12 @@ INBOUND: dict[str, tuple[type[Frame], Handler]] = {
 }
 
 
-@database_sync_to_async
-def _owns(user, conversation_id: int) -> bool:
+def _owns_sync(*, user: Any, conversation_id: int) -> bool:
     return Conversation.objects.filter(pk=conversation_id, owner=user).exists()
+
+
+async def _owns(user: Any, conversation_id: int) -> bool:
+    return await _db(_owns_sync, user=user, conversation_id=conversation_id)
 
 
 class PageConsumer(AsyncWebsocketConsumer):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,30 @@ def db_pool(executor: ThreadPoolExecutor) -> Iterator[None]:
         yield
     finally:
         _pool.reset(token)
+
+
+_named: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+_named_lock = threading.Lock()
+
+
+def named_pool(name: str, size: int) -> ThreadPoolExecutor | None:
+    """This process's pool ``name`` of ``size`` threads (``None`` when size ≤ 0:
+    stay thread-sensitive, as SQLite needs); created on first use, again after a fork."""
+    if size <= 0:
+        return None
+    with _named_lock:
+        entry = _named.get(name)
+        if entry is None or entry[0] != os.getpid():
+            entry = _named[name] = (os.getpid(), ThreadPoolExecutor(size, thread_name_prefix=name))
+        return entry[1]
+
+
+async def db_call(pool: ThreadPoolExecutor | None, fn: Callable[..., R], /, **kwargs: Any) -> R:
+    """Call ``fn(**kwargs)`` on ``pool`` (``None``: thread-sensitive) from async code."""
+    if pool is None:
+        return await sync_to_async(fn)(**kwargs)
+    with db_pool(pool):
+        return await db_async(fn)(**kwargs)
 
 
 def _close_if_stale() -> None:

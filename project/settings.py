@@ -159,6 +159,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=256)
 TOLLGATE_ENGINE_DB_THREADS = env.int("TOLLGATE_ENGINE_DB_THREADS", default=8)
+# The WebSocket consumer's database calls (send, stop, decide) in daphne: a pool of
+# this many threads on PostgreSQL; 0 (the default on SQLite) keeps them on one thread.
+TOLLGATE_WEB_DB_THREADS = env.int("TOLLGATE_WEB_DB_THREADS", default=0 if EMBEDDED else 8)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
