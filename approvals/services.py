@@ -145,7 +145,9 @@ def audit_record(
     clean_data = json_safe(data or {})
     clean_ip = _normalise_ip(ip)
     actor_id = getattr(actor, "pk", None) if actor is not None else None
-    with transaction.atomic():
+    # No savepoint inside a caller's transaction (two round trips per event):
+    # an error here must roll the audited write back with it anyway.
+    with transaction.atomic(savepoint=False):
         head = _chain_head_locked()
         sequence = head.last_sequence + 1
         prev_hash = head.last_hash or GENESIS_HASH

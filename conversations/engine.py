@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -127,7 +128,6 @@ def dispatch_on_commit(run_id: int) -> None:
 # -- step 0: the lease -------------------------------------------------------------
 
 
-@_db
 def _claim(run_id: int, worker: str) -> Run | None:
     """Lock the run, check it has work for us, take the lease; ``None`` = nothing to do."""
     with transaction.atomic():
@@ -208,7 +208,6 @@ def history_messages(*, conversation: Conversation, exclude_id: int | None = Non
     return out
 
 
-@_db
 def _tools_for_run(run: Run) -> list[dict] | None:
     """OpenAI-format tool list offered to the model for this run (``None``: no tools)."""
     from conversations.toolphase import tools_offered
@@ -216,32 +215,33 @@ def _tools_for_run(run: Run) -> list[dict] | None:
     return tools_offered(run=run)
 
 
-@_db
 def _prepare(run: Run) -> Message:
     """Create (or reset, on replay) the assistant message of this step."""
     with transaction.atomic():
-        message, created = Message.objects.get_or_create(
-            run=run,
-            run_step=run.step,
-            role=Message.Role.ASSISTANT,
-            defaults={
-                "conversation_id": run.conversation_id,
-                "status": Message.Status.STREAMING,
-                "model": run.conversation.model_config.litellm_model,
-            },
-        )
-        if not created:
+        # The run's lease (just claimed) keeps other workers out: no savepoint
+        # for get_or_create's race is needed.
+        message = Message.objects.filter(
+            run=run, run_step=run.step, role=Message.Role.ASSISTANT
+        ).first()
+        if message is None:
+            message = Message.objects.create(
+                run=run,
+                run_step=run.step,
+                role=Message.Role.ASSISTANT,
+                conversation_id=run.conversation_id,
+                status=Message.Status.STREAMING,
+                model=run.conversation.model_config.litellm_model,
+            )
+            events.message_appended(message_id=message.pk)
+        else:
             message.content = ""
             message.tool_calls = None
             message.status = Message.Status.STREAMING
             message.save(update_fields=["content", "tool_calls", "status"])
             events.message_replaced(message_id=message.pk)
-        else:
-            events.message_appended(message_id=message.pk)
     return message
 
 
-@_db
 def _history(run: Run) -> list[dict]:
     # Still-streaming rows (this step's, on a replay) are left out by history_messages.
     return history_messages(conversation=run.conversation)
@@ -255,7 +255,6 @@ def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | Non
     )
 
 
-@_db
 def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]:
     """Rate limits and budget reservation before a model call (accounts' services).
 
@@ -322,10 +321,28 @@ def _abort_admission(admission: Any) -> None:
 # -- step 2: the model call ------------------------------------------------------
 
 
-async def _step_call_llm(run: Run, worker: str) -> None:
+@dataclass
+class _CallStart:
+    """What ``_begin_call`` prepared for the model call (or why there is none)."""
+
+    fit: Any = None
+    tools: list[dict] | None = None
+    admission: Any = None
+    message: Message | None = None
+    error: str = ""
+    kind: str = ""
+
+
+def _begin_call(run: Run) -> _CallStart:
+    """History, tools offered, context fit, admission, the assistant message.
+
+    One database hop for everything before the model call (each hop is a
+    thread handoff; on a busy worker they added up to most of the added time
+    to first token). A context or budget refusal comes back in ``error``.
+    """
     config: ModelConfig = run.conversation.model_config
-    history = await _history(run)
-    tools = await _tools_for_run(run)
+    history = _history(run)
+    tools = _tools_for_run(run)
     try:
         fit = context_fit(
             messages=history,
@@ -335,15 +352,30 @@ async def _step_call_llm(run: Run, worker: str) -> None:
             tools=tools,
         )
     except GatewayError as error:
-        await _fail(run.pk, worker, None, error.user_message, kind=error.kind)
-        return
+        return _CallStart(error=error.user_message, kind=error.kind)
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
-    admission, refusal = await _admit(run, config, fit.prompt_tokens)
+    admission, refusal = _admit(run, config, fit.prompt_tokens)
     if admission is None:
-        await _fail(run.pk, worker, None, refusal, kind="budget")
+        return _CallStart(error=refusal, kind="budget")
+    return _CallStart(fit=fit, tools=tools, admission=admission, message=_prepare(run))
+
+
+@_db
+def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart | None]:
+    """``_claim``, then ``_begin_call`` when the run is to call the model (one hop)."""
+    run = _claim(run_id, worker)
+    if run is None or run.status != S.CALLING_LLM:
+        return run, None
+    return run, _begin_call(run)
+
+
+async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
+    config: ModelConfig = run.conversation.model_config
+    if start.message is None:
+        await _fail(run.pk, worker, None, start.error, kind=start.kind)
         return
-    message = await _prepare(run)
+    fit, tools, admission, message = start.fit, start.tools, start.admission, start.message
 
     lease_renewed = time.monotonic()
     persisted = time.monotonic()
@@ -432,7 +464,11 @@ def _persist_partial(run_id: int, worker: str, message_id: int, text: str, renew
 
 
 def _locked_own(run_id: int, worker: str) -> Run | None:
-    run = Run.objects.select_for_update(no_key=True).get(pk=run_id)
+    run = (
+        Run.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("conversation__owner", "conversation__model_config")
+        .get(pk=run_id)
+    )
     if run.lease_owner != worker or run.is_terminal:
         logger.warning("run %s: lease lost by %s; result discarded", run_id, worker)
         return None
@@ -471,7 +507,12 @@ def _store_answer(
             "finish_reason": result.finish_reason,
             "context_dropped_messages": dropped,
         }
-        message.save()
+        message.save(
+            update_fields=[
+                "content", "tool_calls", "status", "model", "prompt_tokens",
+                "completion_tokens", "cost_usd", "latency_ms", "metadata",
+            ]
+        )  # fmt: skip
         llm_call_settle(
             admission=admission,
             conversation_id=run.conversation_id,
@@ -649,7 +690,7 @@ async def run_advance(*, run_id: int, worker: str) -> None:
     replayed after a crash rewrites the same assistant message. Never raises
     for model errors: they fail the run with a message naming the cause.
     """
-    run = await _claim(run_id, worker)
+    run, start = await _claim_and_begin(run_id, worker)
     if run is None:
         return
     if run.status == S.GATING:
@@ -662,4 +703,5 @@ async def run_advance(*, run_id: int, worker: str) -> None:
     if run.status == S.EXECUTING_TOOLS:
         await _step_execute_tools(run, worker)
         return
-    await _step_call_llm(run, worker)
+    if start is not None:
+        await _step_call_llm(run, worker, start)

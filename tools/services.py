@@ -20,7 +20,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -28,6 +27,7 @@ from django.utils.module_loading import import_string
 from pydantic_core import to_jsonable_python
 
 from approvals.services import audit_record
+from project.dbthreads import db_async
 from tools.models import Tool, ToolInvocation
 from tools.registry import (
     ToolArgumentsInvalid,
@@ -305,46 +305,59 @@ def _audit_executed(invocation: ToolInvocation) -> None:
     )
 
 
-def _invocation_claim(
-    *, invocation_id: int
+def _invocation_claim_locked(
+    invocation_id: int,
 ) -> tuple[ToolInvocation, ToolSpec | None, dict[str, Any] | None]:
-    """Lock; from APPROVED go to RUNNING (attempts + 1) or straight to FAILED.
+    """From APPROVED go to RUNNING (attempts + 1) or straight to FAILED. Inside atomic.
 
     Returns (row, spec, arguments); spec is None when there is nothing to run.
+    """
+    invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
+    if invocation.status != Status.APPROVED:
+        return invocation, None, None
+    invocation.status = Status.RUNNING
+    invocation.started_at = timezone.now()
+    invocation.attempts += 1
+    arguments = (
+        invocation.arguments_executed
+        if invocation.arguments_executed is not None
+        else invocation.arguments_requested
+    )
+    invocation.arguments_executed = arguments
+    invocation.save(update_fields=["status", "started_at", "attempts", "arguments_executed"])
+    spec = registry.get(invocation.tool_name)
+    # Deny by default at the last moment too: the admin may have disabled the
+    # tool (or removed the user's group) after the call was approved.
+    if spec is None or spec.name not in tool_names_for_user_id(user_id=invocation.user_id):
+        _invocation_fail_locked(
+            invocation,
+            f"Tool {invocation.tool_name!r} is not available (unregistered, disabled, "
+            "or not allowed for this user); it was not run.",
+        )
+        return invocation, None, None
+    try:
+        tool_arguments_validate(spec=spec, arguments=arguments or {})
+    except ToolArgumentsInvalid as exc:
+        _invocation_fail_locked(invocation, str(exc))
+        return invocation, None, None
+    return invocation, spec, arguments or {}
+
+
+@db_async
+def _invocations_claim(
+    *, invocation_ids: list[int]
+) -> dict[int, tuple[ToolInvocation, ToolSpec | None, dict[str, Any] | None]]:
+    """Claim several invocations in ONE transaction (locks taken in id order).
+
+    One round trip for a turn's calls instead of one each: claimed one after
+    another, the tenth call of a turn started tens of milliseconds after the
+    first (docs/benchmarks.md, parallel tools).
     """
     from tools.mcp.bridge import mcp_registry_ensure
 
     mcp_registry_ensure()
     with transaction.atomic():
-        invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
-        if invocation.status != Status.APPROVED:
-            return invocation, None, None
-        invocation.status = Status.RUNNING
-        invocation.started_at = timezone.now()
-        invocation.attempts += 1
-        arguments = (
-            invocation.arguments_executed
-            if invocation.arguments_executed is not None
-            else invocation.arguments_requested
-        )
-        invocation.arguments_executed = arguments
-        invocation.save(update_fields=["status", "started_at", "attempts", "arguments_executed"])
-        spec = registry.get(invocation.tool_name)
-        # Deny by default at the last moment too: the admin may have disabled the
-        # tool (or removed the user's group) after the call was approved.
-        if spec is None or spec.name not in tool_names_for_user_id(user_id=invocation.user_id):
-            _invocation_fail_locked(
-                invocation,
-                f"Tool {invocation.tool_name!r} is not available (unregistered, disabled, "
-                "or not allowed for this user); it was not run.",
-            )
-            return invocation, None, None
-        try:
-            tool_arguments_validate(spec=spec, arguments=arguments or {})
-        except ToolArgumentsInvalid as exc:
-            _invocation_fail_locked(invocation, str(exc))
-            return invocation, None, None
-        return invocation, spec, arguments or {}
+        return {pk: _invocation_claim_locked(pk) for pk in sorted(set(invocation_ids))}
 
 
 async def _handler_run(
@@ -375,7 +388,7 @@ async def _handler_run(
     return result_truncate(text=message, limit=spec.max_result_chars), True, {}
 
 
-def _invocation_finish(
+def _invocation_finish_locked(
     *,
     invocation_id: int,
     attempt: int,
@@ -384,28 +397,37 @@ def _invocation_finish(
     duration_ms: int,
     metadata: dict[str, Any] | None = None,
 ) -> ToolInvocation:
-    with transaction.atomic():
-        invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
-        if invocation.status != Status.RUNNING or invocation.attempts != attempt:
-            # Settled or re-claimed meanwhile (recovery); the newer writer owns the row.
-            logger.warning(
-                "Invocation %s changed while running (now %s, attempt %s); result dropped",
-                invocation_id,
-                invocation.status,
-                invocation.attempts,
-            )
-            return invocation
-        invocation.status = Status.FAILED if is_error else Status.SUCCEEDED
-        invocation.result = result
-        invocation.is_error = is_error
-        invocation.error = result if is_error else ""
-        invocation.finished_at = timezone.now()
-        invocation.duration_ms = duration_ms
-        if metadata:
-            invocation.metadata = {**invocation.metadata, **metadata}
-        invocation.save()
-        _audit_executed(invocation)
+    invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
+    if invocation.status != Status.RUNNING or invocation.attempts != attempt:
+        # Settled or re-claimed meanwhile (recovery); the newer writer owns the row.
+        logger.warning(
+            "Invocation %s changed while running (now %s, attempt %s); result dropped",
+            invocation_id,
+            invocation.status,
+            invocation.attempts,
+        )
+        return invocation
+    invocation.status = Status.FAILED if is_error else Status.SUCCEEDED
+    invocation.result = result
+    invocation.is_error = is_error
+    invocation.error = result if is_error else ""
+    invocation.finished_at = timezone.now()
+    invocation.duration_ms = duration_ms
+    if metadata:
+        invocation.metadata = {**invocation.metadata, **metadata}
+    invocation.save()
+    _audit_executed(invocation)
     return invocation
+
+
+@db_async
+def _invocations_finish(*, results: list[dict[str, Any]]) -> list[ToolInvocation]:
+    """Store several results (``_invocation_finish_locked`` kwargs) in ONE transaction."""
+    with transaction.atomic():
+        return [
+            _invocation_finish_locked(**r)
+            for r in sorted(results, key=lambda r: r["invocation_id"])
+        ]
 
 
 async def invocation_execute(*, invocation_id: int) -> ToolInvocation:
@@ -427,11 +449,14 @@ async def invocation_execute(*, invocation_id: int) -> ToolInvocation:
     Must not be called inside a transaction (the RUNNING claim must commit
     before the tool runs). Raises ``ToolInvocation.DoesNotExist`` for a bad id.
     """
-    invocation, spec, arguments = await sync_to_async(_invocation_claim)(
-        invocation_id=invocation_id
-    )
-    if spec is None or arguments is None:
-        return invocation
+    [invocation] = await invocations_execute(invocation_ids=[invocation_id])
+    return invocation
+
+
+async def _invocation_run(
+    invocation: ToolInvocation, spec: ToolSpec, arguments: dict[str, Any]
+) -> dict[str, Any]:
+    """Run a claimed invocation's handler; the kwargs for ``_invocation_finish_locked``."""
     ctx = ToolContext(
         user_id=invocation.user_id,
         conversation_id=invocation.conversation_id,
@@ -441,15 +466,14 @@ async def invocation_execute(*, invocation_id: int) -> ToolInvocation:
     )
     started = time.monotonic()
     result, is_error, metadata = await _handler_run(spec=spec, arguments=arguments, ctx=ctx)
-    duration_ms = int((time.monotonic() - started) * 1000)
-    return await sync_to_async(_invocation_finish)(
-        invocation_id=invocation.pk,
-        attempt=invocation.attempts,
-        result=result,
-        is_error=is_error,
-        duration_ms=duration_ms,
-        metadata=metadata,
-    )
+    return {
+        "invocation_id": invocation.pk,
+        "attempt": invocation.attempts,
+        "result": result,
+        "is_error": is_error,
+        "duration_ms": int((time.monotonic() - started) * 1000),
+        "metadata": metadata,
+    }
 
 
 def _run_cancel_check(run_id: int | None) -> Callable[[], Awaitable[bool]] | None:
@@ -463,7 +487,7 @@ def _run_cancel_check(run_id: int | None) -> Callable[[], Awaitable[bool]] | Non
     path = getattr(settings, "TOLLGATE_RUN_CANCELLED_CHECK", "")
     if run_id is None or not path:
         return None
-    check = sync_to_async(import_string(path))
+    check = db_async(import_string(path))
 
     async def cancel_requested() -> bool:
         return bool(await check(run_id=run_id))
@@ -472,14 +496,49 @@ def _run_cancel_check(run_id: int | None) -> Callable[[], Awaitable[bool]] | Non
 
 
 async def invocations_execute(*, invocation_ids: list[int]) -> list[ToolInvocation]:
-    """Run several invocations concurrently (``asyncio.gather``); rows in the given order.
+    """Run several invocations concurrently; their rows in the given order.
 
-    Each goes through :func:`invocation_execute`, so ids that are not
-    ``approved`` come back unchanged.
+    Each follows :func:`invocation_execute`'s rules (ids that are not
+    ``approved`` come back unchanged). All are claimed in one transaction
+    and the handlers start together; results are stored as they come, those
+    finishing together in one transaction.
     """
-    return list(
-        await asyncio.gather(*(invocation_execute(invocation_id=pk) for pk in invocation_ids))
-    )
+    claimed = await _invocations_claim(invocation_ids=invocation_ids)
+    rows = {pk: invocation for pk, (invocation, _, _) in claimed.items()}
+    finished: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def run_one(invocation: ToolInvocation, spec: ToolSpec, arguments: dict) -> None:
+        try:
+            outcome = await _invocation_run(invocation, spec, arguments)
+        except Exception as exc:  # _handler_run catches the tool's own errors; this is ours
+            logger.exception("Running invocation %s failed", invocation.pk)
+            outcome = {
+                "invocation_id": invocation.pk,
+                "attempt": invocation.attempts,
+                "result": f"Tool {spec.name} failed: {type(exc).__name__}: {exc}",
+                "is_error": True,
+                "duration_ms": 0,
+            }
+        await finished.put(outcome)
+
+    runners = [
+        asyncio.create_task(run_one(invocation, spec, arguments))
+        for invocation, spec, arguments in claimed.values()
+        if spec is not None and arguments is not None
+    ]
+    try:
+        pending = len(runners)
+        while pending:
+            batch = [await finished.get()]
+            while not finished.empty():
+                batch.append(finished.get_nowait())
+            pending -= len(batch)
+            for invocation in await _invocations_finish(results=batch):
+                rows[invocation.pk] = invocation
+    finally:
+        for runner in runners:
+            runner.cancel()
+    return [rows[pk] for pk in invocation_ids]
 
 
 def _invocation_recover_claim(*, invocation_id: int, grace_seconds: float) -> bool:
@@ -519,7 +578,7 @@ async def invocation_recover_interrupted(
     "interrupted; not retried because the tool is not idempotent", because
     it may already have had its effect.
     """
-    rerun = await sync_to_async(_invocation_recover_claim)(
+    rerun = await db_async(_invocation_recover_claim)(
         invocation_id=invocation_id, grace_seconds=grace_seconds
     )
     if rerun:
