@@ -306,17 +306,20 @@ def _audit_executed(invocation: ToolInvocation) -> None:
 
 
 def _invocation_claim_locked(
-    invocation_id: int,
+    invocation_id: int, *, now: Any, allowed: dict[int, set[str]]
 ) -> tuple[ToolInvocation, ToolSpec | None, dict[str, Any] | None]:
     """From APPROVED go to RUNNING (attempts + 1) or straight to FAILED. Inside atomic.
 
+    ``now``: the start time recorded (one per batch: the calls start together
+    when it commits). ``allowed``: user id → tool names they may use, filled
+    as needed (one query per user per batch, not per call).
     Returns (row, spec, arguments); spec is None when there is nothing to run.
     """
     invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
     if invocation.status != Status.APPROVED:
         return invocation, None, None
     invocation.status = Status.RUNNING
-    invocation.started_at = timezone.now()
+    invocation.started_at = now
     invocation.attempts += 1
     arguments = (
         invocation.arguments_executed
@@ -328,7 +331,9 @@ def _invocation_claim_locked(
     spec = registry.get(invocation.tool_name)
     # Deny by default at the last moment too: the admin may have disabled the
     # tool (or removed the user's group) after the call was approved.
-    if spec is None or spec.name not in tool_names_for_user_id(user_id=invocation.user_id):
+    if invocation.user_id not in allowed:
+        allowed[invocation.user_id] = set(tool_names_for_user_id(user_id=invocation.user_id))
+    if spec is None or spec.name not in allowed[invocation.user_id]:
         _invocation_fail_locked(
             invocation,
             f"Tool {invocation.tool_name!r} is not available (unregistered, disabled, "
@@ -356,8 +361,12 @@ def _invocations_claim(
     from tools.mcp.bridge import mcp_registry_ensure
 
     mcp_registry_ensure()
+    now, allowed = timezone.now(), {}
     with transaction.atomic():
-        return {pk: _invocation_claim_locked(pk) for pk in sorted(set(invocation_ids))}
+        return {
+            pk: _invocation_claim_locked(pk, now=now, allowed=allowed)
+            for pk in sorted(set(invocation_ids))
+        }
 
 
 async def _handler_run(
@@ -390,6 +399,7 @@ async def _handler_run(
 
 def _invocation_finish_locked(
     *,
+    now: Any,
     invocation_id: int,
     attempt: int,
     result: str,
@@ -411,7 +421,7 @@ def _invocation_finish_locked(
     invocation.result = result
     invocation.is_error = is_error
     invocation.error = result if is_error else ""
-    invocation.finished_at = timezone.now()
+    invocation.finished_at = now
     invocation.duration_ms = duration_ms
     if metadata:
         invocation.metadata = {**invocation.metadata, **metadata}
@@ -422,10 +432,15 @@ def _invocation_finish_locked(
 
 @db_async
 def _invocations_finish(*, results: list[dict[str, Any]]) -> list[ToolInvocation]:
-    """Store several results (``_invocation_finish_locked`` kwargs) in ONE transaction."""
+    """Store several results (``_invocation_finish_locked`` kwargs) in ONE transaction.
+
+    They arrived together, so they share one ``finished_at``; each keeps its
+    own ``duration_ms`` (the handler's wall time).
+    """
+    now = timezone.now()
     with transaction.atomic():
         return [
-            _invocation_finish_locked(**r)
+            _invocation_finish_locked(now=now, **r)
             for r in sorted(results, key=lambda r: r["invocation_id"])
         ]
 
