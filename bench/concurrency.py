@@ -6,7 +6,7 @@ provider (llmock, 20 ms between chunks = 50 tokens/s, 60 tokens per answer).
 Measured: the gap between consecutive delta frames of each stream (p50,
 p99), time to first token under load, wall time until every run ended,
 errors (runs not completed, socket errors, timeouts), and the peak RSS of
-each process (web, worker with its pool processes, beat, provider), sampled
+each process (web, worker, beat, provider), sampled
 every 100 ms. Baseline: the provider's own chunk gap (20 ms) and one stream
 alone.
 
@@ -197,9 +197,9 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
             "Baseline gap: the provider sends a chunk every 20 ms; Tollgate coalesces to at "
             "most one frame per 50 ms, so 50 ms is the floor of the frame gap. A stream alone "
             f"takes {TOKENS} x 20 ms = {TOKENS * 0.02:.1f} s.",
-            "Worker RSS is the Celery main process plus its pool processes. 'Streaming at "
+            "Worker RSS is the Celery worker process (with any pool processes). 'Streaming at "
             "once' counts streams between their first delta and their end at the busiest "
-            "moment: a stream waiting for a free worker process is not streaming, so the "
+            "moment: a stream waiting for the worker to start it is not streaming, so the "
             "frame-gap target alone says nothing about concurrency.",
             *(["Errors: " + "; ".join(errors_seen)] if errors_seen else []),
         ],

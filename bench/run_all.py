@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         header = (
             f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {{minutes:.0f}} min. Machine: "
             f"{machine()}; {server_versions()}. Each process on loopback; the Celery worker "
-            f"runs as documented in the README (prefork pool, concurrency 2)."
+            f"runs as documented in the README (one process: threads pool, run steps on its "
+            f"event loop, 8 database threads)."
         )
         for key in chosen:
             print(f"== {key}", flush=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -378,7 +379,7 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
     fit, tools, admission, message = start.fit, start.tools, start.admission, start.message
 
     lease_renewed = time.monotonic()
-    persisted = time.monotonic()
+    persisted = -math.inf  # the first frame is saved at once: a reload shows the reply begun
     persisting: asyncio.Task[str] | None = None
 
     async def on_flush(text: str) -> None:

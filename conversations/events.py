@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.template.loader import render_to_string
 
 from project.pushes import outbox_for, push_on_commit
@@ -217,7 +219,15 @@ class StreamPublisher:
     ``close()`` when the stream ends: it waits for the frame in flight, then
     flushes what is left. The first frame waits for the loop's outbox
     (``project.pushes``), which holds the push that draws the message.
+
+    Under load the interval stretches: a process sends at most
+    ``TOLLGATE_STREAM_FRAMES_PER_SECOND`` frames over all its live streams, so
+    with many streams each one's frames coalesce more (never beyond
+    ``MAX_INTERVAL`` seconds) instead of the worker falling behind on all.
     """
+
+    MAX_INTERVAL = 0.2
+    _live: weakref.WeakSet[StreamPublisher] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -239,6 +249,12 @@ class StreamPublisher:
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._lock = asyncio.Lock()
+        StreamPublisher._live.add(self)
+
+    def current_interval(self) -> float:
+        """Seconds between this stream's frames now (see the class docstring)."""
+        budget = len(StreamPublisher._live) / settings.TOLLGATE_STREAM_FRAMES_PER_SECOND
+        return max(self.interval, min(self.MAX_INTERVAL, budget))
 
     @property
     def text(self) -> str:
@@ -259,7 +275,7 @@ class StreamPublisher:
         await asyncio.sleep(0)
 
     def _schedule(self) -> None:
-        wait = self.interval - (time.monotonic() - self._last)
+        wait = self.current_interval() - (time.monotonic() - self._last)
         loop = asyncio.get_running_loop()
         if wait <= 0:
             if self._timer is not None and not self._timer.done():
@@ -309,6 +325,7 @@ class StreamPublisher:
     async def close(self, *, final_frame: bool = True) -> None:
         """Wait for the frame in flight; then send what is left unless
         ``final_frame`` is false (the caller pushes the finished message itself)."""
+        StreamPublisher._live.discard(self)
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
         if self._flushing is not None and not self._flushing.done():

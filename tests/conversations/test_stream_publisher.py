@@ -51,3 +51,22 @@ async def test_an_error_from_on_flush_stops_the_stream(settings):
             await publisher.feed(f"w{i} ")
             await asyncio.sleep(0)
         await publisher.close()
+
+
+def test_frames_coalesce_more_when_many_streams_are_live(settings):
+    """Past the process's frame budget each stream's interval stretches, up to a cap."""
+    import gc
+
+    from conversations.events import StreamPublisher
+
+    gc.collect()  # publishers of earlier tests leave the live set
+    settings.TOLLGATE_STREAM_FRAMES_PER_SECOND = 100
+    first = StreamPublisher(message_id=1, conversation_id=1)
+    assert first.current_interval() == first.interval  # 1 stream: 20 frames/s
+    crowd = [StreamPublisher(message_id=i, conversation_id=i) for i in range(2, 11)]
+    assert first.current_interval() == pytest.approx(10 / 100)  # 10 streams share 100/s
+    crowd += [StreamPublisher(message_id=i, conversation_id=i) for i in range(11, 100)]
+    assert first.current_interval() == StreamPublisher.MAX_INTERVAL  # never slower than 5/s
+    for publisher in crowd:
+        asyncio.run(publisher.close(final_frame=False))
+    assert first.current_interval() == first.interval
