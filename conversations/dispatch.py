@@ -109,6 +109,7 @@ def recovery_timer_ensure() -> None:
         return
     from approvals.dispatch import expiry_loop
 
+    _gateway_preload()
     loop = asyncio.get_running_loop()
     for name, make in (
         ("runs-recover-stale", _recovery_loop),
@@ -122,6 +123,21 @@ def recovery_timer_ensure() -> None:
         task = _recovery.get(key)
         if task is None or task.done():
             _recovery[key] = loop.create_task(make(), name=name, context=contextvars.Context())
+
+
+_preloading: threading.Thread | None = None
+
+
+def _gateway_preload() -> None:
+    """Import litellm (seconds) in a background thread once, when the first page
+    connects, so the first run step does not pay for it while holding the
+    thread that every database call of the embedded web process shares."""
+    global _preloading
+    if _preloading is None:
+        from conversations.demo import demo_register
+
+        _preloading = threading.Thread(target=demo_register, name="litellm-preload", daemon=True)
+        _preloading.start()
 
 
 async def _mcp_check_loop() -> None:

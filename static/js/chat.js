@@ -30,11 +30,15 @@
     markCurrent();
     if (follow) window.scrollTo(0, document.body.scrollHeight);
   });
-  // After a reconnect, pushes sent while offline are lost: redraw from the
-  // server (the database is the truth), then frames continue from there.
+  // Pushes sent while the page had no socket are lost: after a reconnect, and
+  // on the first connect when a reply was in progress as the page was drawn
+  // (it may have moved on before the socket joined), redraw from the server
+  // (the database is the truth); frames continue from there.
   var opened = false;
+  var ACTIVE = "#messages .run-status:not(.run-completed):not(.run-failed):not(.run-cancelled)";
   document.addEventListener("htmx:wsOpen", function () {
-    if (opened && document.getElementById("messages") && window.htmx) {
+    var stale = opened || document.querySelector(ACTIVE);
+    if (stale && document.getElementById("messages") && window.htmx) {
       window.htmx.ajax("GET", window.location.href, {
         target: "#messages", select: "#messages", swap: "outerHTML"
       });
