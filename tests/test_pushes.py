@@ -1,0 +1,60 @@
+"""The push outbox: after commit, in commit order, without holding up the writer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from project.pushes import push_on_commit, pushes_drain
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_pushes_follow_commits_in_order_and_never_block_the_writer():
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("test.pushes", channel)
+    slow_render = threading.Event()
+
+    def blocked_build():
+        assert slow_render.wait(10)
+        return [("test.pushes", "two")]
+
+    def write() -> None:
+        with transaction.atomic():
+            push_on_commit(lambda: [("test.pushes", "one")])
+            push_on_commit(blocked_build)
+        with transaction.atomic():
+            push_on_commit(lambda: [("test.pushes", "rolled back")])
+            transaction.set_rollback(True)
+        with transaction.atomic():
+            push_on_commit(lambda: [("test.pushes", "three"), ("test.pushes", "four")])
+
+    await sync_to_async(write)()
+    # The writer is back although the second push is still being rendered.
+    assert not slow_render.is_set()
+    slow_render.set()
+    await pushes_drain()
+    received = [
+        (await asyncio.wait_for(layer.receive(channel), 5))["html"] for _ in range(3)
+    ]
+    assert received == ["one", "two", "three\nfour"]  # one send per build and group
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.3)  # the rolled-back one never
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_a_loop_the_push_is_sent_at_once():
+    from asgiref.sync import async_to_sync
+
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)("test.pushes.sync", channel)
+    with transaction.atomic():
+        push_on_commit(lambda: [("test.pushes.sync", "now")])
+    message = async_to_sync(layer.receive)(channel)
+    assert message == {"type": "html.push", "html": "now"}
