@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import sys
 import threading
 import time
@@ -39,10 +40,12 @@ from bench.harness import (
 
 MODEL = "bench-chat"
 TOKENS = 60
+CPU_COLUMNS = ("web", "worker", "provider", "client")
 
 
 class RssSampler(threading.Thread):
-    """Peak RSS (MiB) per named process tree, sampled every ``interval`` seconds."""
+    """Peak RSS (MiB) per named process tree, sampled every ``interval`` seconds,
+    and the CPU seconds each tree used between ``start()`` and ``stop()``."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
         super().__init__(daemon=True)
@@ -50,6 +53,27 @@ class RssSampler(threading.Thread):
         self.interval = interval
         self.peak: dict[str, float] = dict.fromkeys(pids, 0.0)
         self.stopping = threading.Event()
+        self.cpu_start = self._cpu()
+        self.cpu: dict[str, float] = {}
+
+    def _cpu(self) -> dict[str, float]:
+        import psutil
+
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                root = psutil.Process(pid)
+                procs = [root, *root.children(recursive=True)]
+                out[name] = sum(sum(p.cpu_times()[:2]) for p in procs)
+            except psutil.NoSuchProcess:
+                out[name] = 0.0
+        return out
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+        end = self._cpu()
+        self.cpu = {name: end[name] - self.cpu_start.get(name, 0.0) for name in end}
 
     def run(self) -> None:
         import psutil
@@ -109,22 +133,22 @@ async def _level(env: BenchEnv, config, level: int, wait: float) -> dict:
 
     pairs = await sync_to_async(setup)()
     start = asyncio.Event()
+    tasks = [asyncio.create_task(one_stream(env, n, c, start, wait)) for n, c in pairs]
+    await asyncio.sleep(1.0)  # let every socket connect first
     sampler = RssSampler(
         {
             "web": env.pid("web"),
             "worker": env.pid("worker"),
             "beat": env.pid("beat"),
             "provider": env.providers["chat"].process.pid,
+            "client": os.getpid(),
         }
     )
-    tasks = [asyncio.create_task(one_stream(env, n, c, start, wait)) for n, c in pairs]
-    await asyncio.sleep(1.0)  # let every socket connect first
     sampler.start()
     began = time.monotonic()
     start.set()
     results = await asyncio.gather(*tasks)
-    sampler.stopping.set()
-    sampler.join()
+    sampler.stop()
     ends = [r["end"] for r in results if r["end"] is not None]
     return {
         "peak": peak_overlap([(r["first"], r["end"]) for r in results if r["first"] and r["end"]]),
@@ -133,6 +157,7 @@ async def _level(env: BenchEnv, config, level: int, wait: float) -> dict:
         "errors": [r["status"] for r in results if r["status"] != "completed"],
         "wall": (max(ends) - began) if ends else float("nan"),
         "rss": sampler.peak,
+        "cpu": sampler.cpu,
     }
 
 
@@ -146,7 +171,7 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
     errors_seen = []
     for level in [1, *levels]:
         data = await _level(env, config, level, wait)
-        gaps, ttft, rss = data["gaps"], data["ttft"], data["rss"]
+        gaps, ttft, rss, cpu = data["gaps"], data["ttft"], data["rss"], data["cpu"]
         label = "1 (baseline: one stream alone)" if level == 1 else str(level)
         rows.append(
             [
@@ -159,6 +184,7 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
                 fmt(data["wall"], 1),
                 str(len(data["errors"])),
                 *(fmt(rss[k], 0) for k in ("web", "worker", "beat", "provider")),
+                " / ".join(fmt(cpu.get(k, 0.0), 1) for k in CPU_COLUMNS),
             ]
         )
         if data["errors"]:
@@ -190,6 +216,7 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
                 "worker RSS MiB",
                 "beat RSS MiB",
                 "llmock RSS MiB",
+                "CPU s: web / worker / llmock / clients",
             ],
             rows,
         ),

@@ -387,7 +387,8 @@ class WsClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no matching frame within {wait:.0f}s")
-            text = await asyncio.wait_for(self.ws.recv(), remaining)
+            async with asyncio.timeout(remaining):  # no task per frame, unlike wait_for
+                text = await self.ws.recv()
             now = time.monotonic()
             self.frames.append((now, text))
             if predicate(text):
