@@ -236,7 +236,7 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
 
 def measure(env: BenchEnv, *, quick: bool = False, levels: list[int] | None = None) -> Result:
     levels = [2] if quick else (levels or [50, 100, 200])
-    return asyncio.run(_measure(env, levels, wait=60 if quick else 600))
+    return asyncio.run(_measure(env, levels, wait=60 if quick else 180))
 
 
 def main(argv: list[str] | None = None) -> int:
