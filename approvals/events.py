@@ -107,4 +107,6 @@ def approval_push(approval_id: int, *, created: bool = False) -> None:
     them. Failures (Redis down) are logged, never raised: the database is the
     truth and a reload shows the state.
     """
-    push_on_commit(lambda: approval_pairs(approval_id, created=created))
+    push_on_commit(
+        lambda: approval_pairs(approval_id, created=created), lane=f"approval.{approval_id}"
+    )

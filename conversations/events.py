@@ -88,7 +88,7 @@ def run_appended(*, run_id: int, with_user_message: bool) -> None:
             )
         ]
 
-    push_on_commit(build)
+    push_on_commit(build, lane=f"run.{run_id}")
 
 
 def message_appended(*, message_id: int) -> None:
@@ -107,7 +107,7 @@ def message_appended(*, message_id: int) -> None:
             )
         ]
 
-    push_on_commit(build)
+    push_on_commit(build, lane=f"message.{message_id}")
 
 
 def message_replaced(*, message_id: int) -> None:
@@ -124,7 +124,7 @@ def message_replaced(*, message_id: int) -> None:
             )
         ]
 
-    push_on_commit(build)
+    push_on_commit(build, lane=f"message.{message_id}")
 
 
 def run_tools_changed(*, run_id: int) -> None:
@@ -145,7 +145,7 @@ def run_tools_changed(*, run_id: int) -> None:
             )
         ]
 
-    push_on_commit(build)
+    push_on_commit(build, lane=f"run.{run_id}")
 
 
 def run_status_changed(*, run_id: int) -> None:
@@ -162,7 +162,7 @@ def run_status_changed(*, run_id: int) -> None:
             )
         ]
 
-    push_on_commit(build)
+    push_on_commit(build, lane=f"run.{run_id}")
 
 
 def conversation_changed(*, conversation_id: int) -> None:
@@ -178,12 +178,12 @@ def conversation_changed(*, conversation_id: int) -> None:
         )
         return [] if owner_id is None else [_conversation_list(owner_id)]
 
-    push_on_commit(build)
+    push_on_commit(build, lane=f"conversation.{conversation_id}")
 
 
 def conversation_list_changed(*, user_id: int) -> None:
     """On commit: re-render the user's conversation list (after a delete)."""
-    push_on_commit(lambda: [_conversation_list(user_id)])
+    push_on_commit(lambda: [_conversation_list(user_id)], lane=f"user.{user_id}")
 
 
 def _conversation_list(user_id: int) -> tuple[str, str]:
@@ -311,8 +311,8 @@ class StreamPublisher:
             html = self.body_html(text)
             if self.frames == 0:
                 # The message element is drawn by a push queued when it was created
-                # (the outbox); the first frame must not overtake it.
-                await outbox_for(asyncio.get_running_loop()).drain()
+                # (its outbox lane); the first frame must not overtake it.
+                await outbox_for(asyncio.get_running_loop()).drain(f"message.{self.message_id}")
             await apush_html(group=self.group, html=html)
             self.frames += 1
             if self.on_flush is not None:

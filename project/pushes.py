@@ -8,12 +8,12 @@ are scheduled with :func:`push_on_commit`: a rolled-back write pushes nothing.
 Where the commit happens in a thread that ``sync_to_async`` runs for an event
 loop (a run step in the worker, a consumer's or view's database call in
 daphne), the push is queued on that loop's outbox and the writer returns at
-once: the outbox renders it in the process's push-render thread (not the
+once: the outbox renders it on the process's push-render threads (not the
 step's thread, so it never waits behind the step's own database calls), then
-sends it. One
-outbox per loop sends in the order the commits happened, so a status push
-never overtakes an earlier one, and pushes render the state current when they
-are sent (latest wins). Without such a loop (a shell, a management command,
+sends it. Pushes about one thing (a lane: one run, one message) are sent in
+commit order, so a status push never overtakes an earlier one; lanes proceed
+side by side. Pushes render the state current when they are sent (latest
+wins). Without such a loop (a shell, a management command,
 synchronous tests) the push is built and sent at once, as before.
 
 A loop that is about to end (``async_to_sync``'s, Celery's prefork task) must
@@ -28,6 +28,7 @@ import collections
 import contextvars
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -70,62 +71,89 @@ def _build_guarded(build: Build) -> list[tuple[str, str]]:
         return []
 
 
+RENDER_THREADS = 4
 _executor: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _render_executor() -> ThreadPoolExecutor:
-    """One thread per process renders every push: one database connection,
-    commit order kept (created after a fork, never inherited)."""
+    """The push-render threads of this process (``RENDER_THREADS``, one database
+    connection each; created after a fork, never inherited)."""
     global _executor
     if _executor is None or _executor[0] != os.getpid():
-        _executor = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="push-render"))
+        _executor = (
+            os.getpid(),
+            ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="push-render"),
+        )
     return _executor[1]
 
 
 def pushes_close_connections() -> None:
-    """Close the render thread's database connections (process or test shutdown)."""
-    if _executor is not None and _executor[0] == os.getpid():
-        _executor[1].submit(connections.close_all).result(timeout=10)
+    """Close the render threads' database connections (process or test shutdown)."""
+    if _executor is None or _executor[0] != os.getpid():
+        return
+    barrier = threading.Barrier(RENDER_THREADS, timeout=10)
+
+    def close() -> None:
+        barrier.wait()  # one task per thread: each closes its own connection
+        connections.close_all()
+
+    for future in [_executor[1].submit(close) for _ in range(RENDER_THREADS)]:
+        future.result(timeout=15)
 
 
 class Outbox:
-    """The ordered queue of pushes of one event loop (create with :func:`outbox_for`)."""
+    """The pushes of one event loop (create with :func:`outbox_for`), in lanes.
+
+    A lane (``run.<id>``, ``message.<id>``…) is sent in the order it was
+    queued; lanes proceed side by side, so a busy worker's hundreds of runs do
+    not wait behind one another's pushes.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: collections.deque[tuple[Build | None, asyncio.Future | None]] = (
-            collections.deque()
-        )
-        self.task: asyncio.Task | None = None
+        self.lanes: dict[str, collections.deque[tuple[Build | None, asyncio.Future | None]]] = {}
 
-    def put(self, build: Build | None, done: asyncio.Future | None = None) -> None:
-        """Queue ``build`` (``None``: a barrier that only resolves ``done``). Loop thread only."""
-        self.queue.append((build, done))
-        if self.task is None or self.task.done():
-            self.task = self.loop.create_task(self._drain(), context=contextvars.Context())
+    def put(self, build: Build | None, done: asyncio.Future | None = None, lane: str = "") -> None:
+        """Queue ``build`` on ``lane`` (``None``: a barrier that only resolves ``done``).
 
-    async def _drain(self) -> None:
+        Loop thread only.
+        """
+        queue = self.lanes.get(lane)
+        if queue is None:
+            queue = self.lanes[lane] = collections.deque()
+            self.loop.create_task(self._drain(lane, queue), context=contextvars.Context())
+        queue.append((build, done))
+
+    async def _drain(self, lane: str, queue: collections.deque) -> None:
         layer = get_channel_layer()
         render = sync_to_async(_build_guarded, thread_sensitive=False, executor=_render_executor())
-        while self.queue:
-            build, done = self.queue.popleft()
-            try:
-                if build is not None and layer is not None:
-                    for group, html in await render(build):
-                        await layer.group_send(group, _message(html))
-            except Exception:
-                logger.exception("push to browser failed (send)")
-            finally:
-                if done is not None and not done.done():
-                    done.set_result(None)
+        try:
+            while queue:
+                build, done = queue[0]
+                try:
+                    if build is not None and layer is not None:
+                        for group, html in await render(build):
+                            await layer.group_send(group, _message(html))
+                except Exception:
+                    logger.exception("push to browser failed (send)")
+                finally:
+                    queue.popleft()
+                    if done is not None and not done.done():
+                        done.set_result(None)
+        finally:
+            # Empty now (or the loop is closing): the next put starts a new drain.
+            del self.lanes[lane]
 
-    async def drain(self) -> None:
-        """Wait until everything queued so far has been sent."""
-        if not self.queue and (self.task is None or self.task.done()):
-            return
-        done = self.loop.create_future()
-        self.put(None, done)
-        await done
+    async def drain(self, lane: str | None = None) -> None:
+        """Wait until everything queued so far (on ``lane``, or on every lane) is sent."""
+        lanes = list(self.lanes) if lane is None else [lane] if lane in self.lanes else []
+        waits = []
+        for name in lanes:
+            done = self.loop.create_future()
+            self.put(None, done, lane=name)
+            waits.append(done)
+        if waits:
+            await asyncio.gather(*waits)
 
 
 _outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox] = (
@@ -168,9 +196,9 @@ def push_send_now(build: Build) -> None:
             logger.exception("push to browser failed (send)")
 
 
-def push_soon(build: Build) -> None:
-    """Send ``build()``'s pairs now if no loop is around, else queue them on the
-    caller's loop and return at once (any thread)."""
+def push_soon(build: Build, lane: str = "") -> None:
+    """Send ``build()``'s pairs now if no loop is around, else queue them on
+    ``lane`` of the caller's loop's outbox and return at once (any thread)."""
     loop = _caller_loop()
     if loop is None:
         push_send_now(build)
@@ -180,18 +208,22 @@ def push_soon(build: Build) -> None:
     except RuntimeError:
         running_here = False
     if running_here:
-        outbox_for(loop).put(build)
+        outbox_for(loop).put(build, lane=lane)
         return
     try:
-        loop.call_soon_threadsafe(lambda: outbox_for(loop).put(build))
+        loop.call_soon_threadsafe(lambda: outbox_for(loop).put(build, lane=lane))
     except RuntimeError:  # the loop closed meanwhile
         push_send_now(build)
 
 
-def push_on_commit(build: Build) -> None:
-    """Schedule ``push_soon(build)`` for when the current transaction commits
-    (at once outside a transaction); a rolled-back transaction pushes nothing."""
-    transaction.on_commit(lambda: push_soon(build), robust=True)
+def push_on_commit(build: Build, lane: str = "") -> None:
+    """Schedule ``push_soon(build, lane)`` for when the current transaction commits
+    (at once outside a transaction); a rolled-back transaction pushes nothing.
+
+    ``lane``: pushes about the same thing (``run.<id>``, ``message.<id>``) share
+    one, so they arrive in commit order.
+    """
+    transaction.on_commit(lambda: push_soon(build, lane), robust=True)
 
 
 async def pushes_drain() -> None:

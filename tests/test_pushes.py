@@ -39,9 +39,7 @@ async def test_pushes_follow_commits_in_order_and_never_block_the_writer():
     assert not slow_render.is_set()
     slow_render.set()
     await pushes_drain()
-    received = [
-        (await asyncio.wait_for(layer.receive(channel), 5))["html"] for _ in range(3)
-    ]
+    received = [(await asyncio.wait_for(layer.receive(channel), 5))["html"] for _ in range(3)]
     assert received == ["one", "two", "three\nfour"]  # one send per build and group
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(layer.receive(channel), 0.3)  # the rolled-back one never
@@ -58,3 +56,29 @@ def test_without_a_loop_the_push_is_sent_at_once():
         push_on_commit(lambda: [("test.pushes.sync", "now")])
     message = async_to_sync(layer.receive)(channel)
     assert message == {"type": "html.push", "html": "now"}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_slow_lane_does_not_hold_up_another():
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("test.lanes", channel)
+    slow_render = threading.Event()
+
+    def blocked_build():
+        assert slow_render.wait(10)
+        return [("test.lanes", "slow")]
+
+    def write() -> None:
+        with transaction.atomic():
+            push_on_commit(blocked_build, lane="run.1")
+            push_on_commit(lambda: [("test.lanes", "after slow")], lane="run.1")
+            push_on_commit(lambda: [("test.lanes", "other")], lane="run.2")
+
+    await sync_to_async(write)()
+    first = await asyncio.wait_for(layer.receive(channel), 5)
+    assert first["html"] == "other"  # run.2 went out while run.1 was still rendering
+    slow_render.set()
+    await pushes_drain()
+    rest = [(await asyncio.wait_for(layer.receive(channel), 5))["html"] for _ in range(2)]
+    assert rest == ["slow", "after slow"]  # in order within its lane
