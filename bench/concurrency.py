@@ -63,7 +63,9 @@ class RssSampler(threading.Thread):
         for name, pid in self.pids.items():
             try:
                 root = psutil.Process(pid)
-                procs = [root, *root.children(recursive=True)]
+                # The clients' process started the stack: its children are not its own.
+                children = [] if name == "client" else root.children(recursive=True)
+                procs = [root, *children]
                 out[name] = sum(sum(p.cpu_times()[:2]) for p in procs)
             except psutil.NoSuchProcess:
                 out[name] = 0.0

@@ -71,7 +71,9 @@ def _build_guarded(build: Build) -> list[tuple[str, str]]:
         return []
 
 
-RENDER_THREADS = 4
+#: One thread: renders hold the GIL, and with four the worker's event loop (and
+#: so every stream's frames) waited on them under load (docs/benchmarks.md).
+RENDER_THREADS = 1
 _executor: tuple[int, ThreadPoolExecutor] | None = None
 
 
