@@ -71,9 +71,10 @@ def _build_guarded(build: Build) -> list[tuple[str, str]]:
         return []
 
 
-#: One thread: renders hold the GIL, and with four the worker's event loop (and
-#: so every stream's frames) waited on them under load (docs/benchmarks.md).
-RENDER_THREADS = 1
+#: Two threads: one slow render (a locked row, a big page) does not hold up every
+#: other lane; with four, renders took the GIL the worker's event loop needs and
+#: frames and approval cards got slower under load (docs/benchmarks.md).
+RENDER_THREADS = 2
 _executor: tuple[int, ThreadPoolExecutor] | None = None
 
 

@@ -110,7 +110,9 @@ def test_reload_in_the_middle_of_a_reply_shows_it_and_completes_once(new_page, s
     assert match, "the reload did not land mid-reply"
     message_id = int(match.group(1))
     shown_after_reload = page.locator(f"#message-{message_id}-body").inner_text().strip()
-    assert "offline demo model" in shown_after_reload
+    # The text saved so far: the first frame at once, then at most every
+    # TOLLGATE_STREAM_PERSIST_SECONDS, so it may trail what the page had shown.
+    assert shown_after_reload
 
     reply = page.locator(f"#message-{message_id}")
     expect(reply).to_have_class(re.compile(r"\bmsg-complete\b"), timeout=30_000)
