@@ -69,7 +69,7 @@ def _stop_streaming_messages(run: Run, status: str) -> None:
     for message in Message.objects.filter(run=run, status=Message.Status.STREAMING):
         message.status = status
         message.save(update_fields=["status"])
-        events.message_replaced(message_id=message.pk)
+        events.message_replaced(message_id=message.pk, run_id=message.run_id)
 
 
 def run_finish(*, run: Run, status: str, error: str = "") -> None:
@@ -233,13 +233,13 @@ def _prepare(run: Run) -> Message:
                 status=Message.Status.STREAMING,
                 model=run.conversation.model_config.litellm_model,
             )
-            events.message_appended(message_id=message.pk)
+            events.message_appended(message_id=message.pk, run_id=message.run_id)
         else:
             message.content = ""
             message.tool_calls = None
             message.status = Message.Status.STREAMING
             message.save(update_fields=["content", "tool_calls", "status"])
-            events.message_replaced(message_id=message.pk)
+            events.message_replaced(message_id=message.pk, run_id=message.run_id)
     return message
 
 
@@ -404,7 +404,10 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
         )
 
     publisher = events.StreamPublisher(
-        message_id=message.pk, conversation_id=run.conversation_id, on_flush=on_flush
+        message_id=message.pk,
+        conversation_id=run.conversation_id,
+        on_flush=on_flush,
+        run_id=run.pk,
     )
     try:
         result = await stream_chat(
@@ -530,7 +533,7 @@ def _store_answer(
                 run.metadata.get("context_dropped_messages", 0) + dropped
             )
         run.save(update_fields=["metadata"])
-        events.message_replaced(message_id=message.pk)
+        events.message_replaced(message_id=message.pk, run_id=message.run_id)
         if result.tool_calls:
             if run.cancel_requested:
                 run_finish(run=run, status=S.CANCELLED)

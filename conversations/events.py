@@ -91,7 +91,13 @@ def run_appended(*, run_id: int, with_user_message: bool) -> None:
     push_on_commit(build, lane=f"run.{run_id}")
 
 
-def message_appended(*, message_id: int) -> None:
+def message_lane(*, message_id: int, run_id: int | None) -> str:
+    """The outbox lane of a message's pushes: its run's (so the final text never
+    arrives after the run's "completed"), or its own outside a run."""
+    return f"run.{run_id}" if run_id is not None else f"message.{message_id}"
+
+
+def message_appended(*, message_id: int, run_id: int | None = None) -> None:
     """On commit: append a new message to its run block (or the timeline)."""
 
     def build() -> list[tuple[str, str]]:
@@ -107,10 +113,10 @@ def message_appended(*, message_id: int) -> None:
             )
         ]
 
-    push_on_commit(build, lane=f"message.{message_id}")
+    push_on_commit(build, lane=message_lane(message_id=message_id, run_id=run_id))
 
 
-def message_replaced(*, message_id: int) -> None:
+def message_replaced(*, message_id: int, run_id: int | None = None) -> None:
     """On commit: re-render a message in place (final text, stopped, failed)."""
 
     def build() -> list[tuple[str, str]]:
@@ -124,7 +130,7 @@ def message_replaced(*, message_id: int) -> None:
             )
         ]
 
-    push_on_commit(build, lane=f"message.{message_id}")
+    push_on_commit(build, lane=message_lane(message_id=message_id, run_id=run_id))
 
 
 def run_tools_changed(*, run_id: int) -> None:
@@ -236,8 +242,10 @@ class StreamPublisher:
         conversation_id: int,
         on_flush: Callable[[str], Awaitable[None]] | None = None,
         interval: float = 0.05,
+        run_id: int | None = None,
     ) -> None:
         self.message_id = message_id
+        self.lane = message_lane(message_id=message_id, run_id=run_id)
         self.group = conversation_group(conversation_id)
         self.on_flush = on_flush
         self.interval = interval
@@ -312,7 +320,7 @@ class StreamPublisher:
             if self.frames == 0:
                 # The message element is drawn by a push queued when it was created
                 # (its outbox lane); the first frame must not overtake it.
-                await outbox_for(asyncio.get_running_loop()).drain(f"message.{self.message_id}")
+                await outbox_for(asyncio.get_running_loop()).drain(self.lane)
             await apush_html(group=self.group, html=html)
             self.frames += 1
             if self.on_flush is not None:

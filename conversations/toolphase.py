@@ -178,7 +178,7 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
                 **extra,
             },
         )
-        events.message_appended(message_id=tool_message.pk)
+        events.message_appended(message_id=tool_message.pk, run_id=tool_message.run_id)
 
 
 def _cancel_turn(run: Run, message_id: int, actor: Any = None) -> None:

@@ -115,6 +115,9 @@ class Outbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.lanes: dict[str, collections.deque[tuple[Build | None, asyncio.Future | None]]] = {}
+        # The loop keeps only weak references to tasks: without these, a lane's
+        # drain could be collected mid-send and the lane would never send again.
+        self.tasks: dict[str, asyncio.Task] = {}
 
     def put(self, build: Build | None, done: asyncio.Future | None = None, lane: str = "") -> None:
         """Queue ``build`` on ``lane`` (``None``: a barrier that only resolves ``done``).
@@ -124,7 +127,9 @@ class Outbox:
         queue = self.lanes.get(lane)
         if queue is None:
             queue = self.lanes[lane] = collections.deque()
-            self.loop.create_task(self._drain(lane, queue), context=contextvars.Context())
+            self.tasks[lane] = self.loop.create_task(
+                self._drain(lane, queue), context=contextvars.Context()
+            )
         queue.append((build, done))
 
     async def _drain(self, lane: str, queue: collections.deque) -> None:
@@ -146,6 +151,7 @@ class Outbox:
         finally:
             # Empty now (or the loop is closing): the next put starts a new drain.
             del self.lanes[lane]
+            self.tasks.pop(lane, None)
 
     async def drain(self, lane: str | None = None) -> None:
         """Wait until everything queued so far (on ``lane``, or on every lane) is sent."""
