@@ -24,7 +24,6 @@ import weakref
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
@@ -44,16 +43,10 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
-def push_html(*, group: str, html: str) -> None:
-    """Send ``html`` to every socket in ``group`` now (sync; use from sync code)."""
-    layer = get_channel_layer()
-    if layer is None or not html.strip():
-        return
-    async_to_sync(layer.group_send)(group, {"type": "html.push", "html": html})
-
-
 async def apush_html(*, group: str, html: str) -> None:
-    """Async twin of ``push_html``."""
+    """Send ``html`` to every socket in ``group`` now (async; stream frames).
+
+    Pushes after a database write go through ``project.pushes`` instead."""
     layer = get_channel_layer()
     if layer is None or not html.strip():
         return

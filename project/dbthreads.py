@@ -65,10 +65,8 @@ def named_pool(name: str, size: int) -> ThreadPoolExecutor | None:
         return entry[1]
 
 
-async def db_call(pool: ThreadPoolExecutor | None, fn: Callable[..., R], /, **kwargs: Any) -> R:
-    """Call ``fn(**kwargs)`` on ``pool`` (``None``: thread-sensitive) from async code."""
-    if pool is None:
-        return await sync_to_async(fn)(**kwargs)
+async def db_call(pool: ThreadPoolExecutor, fn: Callable[..., R], /, **kwargs: Any) -> R:
+    """Call ``fn(**kwargs)`` on one of ``pool``'s threads from async code."""
     with db_pool(pool):
         return await db_async(fn)(**kwargs)
 
