@@ -10,6 +10,7 @@ Errors surface as ``GatewayError`` whose ``user_message`` names the cause.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -118,8 +119,10 @@ def _retry_after_seconds(exc: BaseException) -> float | None:
 
 
 def _classify(exc: BaseException, config: ModelConfig) -> GatewayError:
-    """Map a litellm/openai exception to a ``GatewayError`` naming the cause."""
+    """Map a litellm/openai/httpx exception to a ``GatewayError`` naming the cause."""
+    import httpx
     import litellm
+    import openai
 
     name = config.name
     detail = str(getattr(exc, "message", "") or exc)[:300]
@@ -132,8 +135,21 @@ def _classify(exc: BaseException, config: ModelConfig) -> GatewayError:
             f"The conversation is too long for {name}'s context window. "
             "Start a new conversation or shorten your message.",
         )
-    if isinstance(exc, litellm.Timeout):
+    if isinstance(exc, _Cut):
+        return GatewayError(
+            "provider_down", f"{name} stopped before finishing its answer.", retryable=True
+        )
+    if isinstance(exc, (litellm.Timeout, openai.APITimeoutError, httpx.TimeoutException)):
         return GatewayError("timeout", f"{name} did not answer in time (timeout).", retryable=True)
+    if isinstance(exc, httpx.TransportError):
+        # Read past litellm's wrapper (_chunk_source), a dropped stream raises httpx's error.
+        return GatewayError(
+            "provider_down", f"Lost the connection to {name} while it answered.", retryable=True
+        )
+    if isinstance(exc, json.JSONDecodeError):  # a chunk that is not JSON
+        return GatewayError(
+            "provider_down", f"{name} sent a reply that could not be read.", retryable=True
+        )
     status = _status_of(exc)
     if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)) or status in {
         401,
@@ -149,7 +165,7 @@ def _classify(exc: BaseException, config: ModelConfig) -> GatewayError:
         )
         error.retry_after = _retry_after_seconds(exc)
         return error
-    if isinstance(exc, litellm.APIConnectionError) and status in {None, 500}:
+    if isinstance(exc, openai.APIConnectionError) and status in {None, 500}:
         return GatewayError(
             "provider_down", f"Could not reach {name} (connection failed).", retryable=True
         )
@@ -208,6 +224,78 @@ def cost_for(*, config: ModelConfig, prompt_tokens: int, completion_tokens: int)
     return Decimal(str(prompt_cost)) + Decimal(str(completion_cost))
 
 
+#: litellm providers whose stream is the OpenAI SDK's own ``AsyncStream`` of
+#: ``ChatCompletionChunk`` (any OpenAI-compatible server: ``openai/<model>`` + ``api_base``).
+_OPENAI_WIRE = frozenset({"openai"})
+
+
+class _Cut(Exception):
+    """The provider's stream ended without a finish reason (the answer was cut off)."""
+
+
+def _chunk_source(response: Any) -> tuple[Any, bool]:
+    """The call's chunks in OpenAI's ``chat.completion.chunk`` shape; ``(chunks, direct)``.
+
+    litellm's ``CustomStreamWrapper`` rebuilds every chunk as its own pydantic
+    object, re-runs its checks on the text so far, and at the end assembles and
+    logs the whole answer in a thread: about 330 µs of CPU per chunk on the
+    bench machine, over three times the cost of reading the OpenAI SDK's stream
+    (docs/benchmarks.md). Where the stream underneath is already in that shape
+    (the OpenAI SDK's stream of an OpenAI-compatible provider) or is our own
+    demo's ``GenericStreamingChunk`` dicts, it is read directly (``direct``
+    True); any other provider goes through litellm's wrapper. litellm still
+    builds and sends the request (parameters, keys, errors before the stream).
+    """
+    import openai
+
+    from conversations.demo import PROVIDER as DEMO
+
+    stream = getattr(response, "completion_stream", None)
+    provider = getattr(response, "custom_llm_provider", None)
+    if provider in _OPENAI_WIRE and isinstance(stream, openai.AsyncStream):
+        return stream, True
+    if provider == DEMO and stream is not None:
+        return _openai_shaped(stream), True
+    return response, False
+
+
+async def _openai_shaped(stream: Any) -> Any:
+    """litellm ``GenericStreamingChunk`` dicts as OpenAI-shaped chunk objects."""
+    from types import SimpleNamespace as NS
+
+    async for item in stream:
+        usage = item.get("usage")
+        call = item.get("tool_use")
+        calls = None
+        if call:
+            function = call.get("function") or {}
+            calls = [
+                NS(
+                    index=call.get("index") or 0,
+                    id=call.get("id"),
+                    function=NS(name=function.get("name"), arguments=function.get("arguments")),
+                )
+            ]
+        delta = NS(content=item.get("text") or None, tool_calls=calls)
+        choice = NS(delta=delta, finish_reason=item.get("finish_reason") or None)
+        yield NS(
+            model=None,
+            usage=NS(**usage) if usage else None,
+            choices=[choice],
+        )
+
+
+async def _close(chunks: Any) -> None:
+    """Close a stream left early (Stop, an error) so its connection is released."""
+    close = getattr(chunks, "aclose", None) or getattr(chunks, "close", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:  # closing is best effort; the step's outcome is already decided
+        logger.debug("closing a model stream failed", exc_info=True)
+
+
 async def _stream_once(
     *,
     kwargs: dict[str, Any],
@@ -222,9 +310,12 @@ async def _stream_once(
     calls: dict[int, dict[str, Any]] = {}
     usage = None
     first = False
+    chunks: Any = None
+    done = False
     try:
         response = await litellm.acompletion(**kwargs)
-        async for chunk in response:
+        chunks, direct = _chunk_source(response)
+        async for chunk in chunks:
             chunk_usage = getattr(chunk, "usage", None)
             if chunk_usage and getattr(chunk_usage, "total_tokens", None):
                 usage = chunk_usage
@@ -260,6 +351,9 @@ async def _stream_once(
                         await on_delta(piece)
                     except Exception as exc:
                         raise _CallbackError(exc) from exc
+        done = True
+        if direct and not result.finish_reason:
+            raise _Cut
     except GatewayError:
         raise
     except _CallbackError as wrapped:
@@ -270,6 +364,9 @@ async def _stream_once(
         if first:
             raise _StreamStarted(error) from exc
         raise error from exc
+    finally:
+        if chunks is not None and not done:
+            await _close(chunks)
 
     result.content = "".join(text)
     result.tool_calls = [calls[i] for i in sorted(calls)]
@@ -343,7 +440,7 @@ async def stream_chat(
         kwargs["tools"] = tools
 
     max_wait = float(settings.TOLLGATE_LLM_MAX_RETRY_WAIT)
-    backoff = wait_exponential_jitter(initial=0.5, max=max_wait, jitter=0.5)
+    backoff = wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5)
 
     def should_retry(exc: BaseException) -> bool:
         if not isinstance(exc, GatewayError) or not exc.retryable:

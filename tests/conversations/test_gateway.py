@@ -129,6 +129,56 @@ async def test_tool_call_is_assembled(llmock, config):
     assert json.loads(call["function"]["arguments"]) == {"expression": "17*23"}
 
 
+# -- faults in the middle of a stream (read past litellm's wrapper) ----------
+
+
+async def test_openai_stream_is_read_past_litellms_wrapper(llmock, config, monkeypatch):
+    # The chunks come from the OpenAI SDK's stream, not litellm's per-chunk wrapper.
+    from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+
+    def wrapped(self):  # pragma: no cover - fails the test if reached
+        raise AssertionError("litellm's wrapper was iterated")
+
+    monkeypatch.setattr(CustomStreamWrapper, "__anext__", wrapped)
+    llmock.reply("alpha beta gamma")
+    result = await stream_chat(config=config, messages=MESSAGES)
+    assert result.content == "alpha beta gamma"
+    assert result.completion_tokens > 0 and result.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "words"),
+    [
+        ("disconnect", "provider_down", "Lost the connection"),
+        ("truncate", "provider_down", "stopped before finishing"),
+        ("corrupt", "provider_down", "could not be read"),
+    ],
+)
+async def test_stream_broken_after_text_fails_without_retry(llmock, config, fault, kind, words):
+    llmock.reply("one two three four five six seven eight")
+    getattr(llmock, fault)(after_chunks=3)
+    deltas: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        deltas.append(text)
+
+    with pytest.raises(GatewayError) as excinfo:
+        await stream_chat(config=config, messages=MESSAGES, on_delta=on_delta)
+    assert excinfo.value.kind == kind
+    assert words in excinfo.value.user_message
+    assert deltas  # text had been shown: the call is not replayed over it
+    assert len(llmock.requests) == 1
+
+
+async def test_stream_cut_before_text_is_retried(llmock, config):
+    llmock.reply("one two three", times=None)
+    llmock.truncate(after_chunks=0)
+    result = await stream_chat(config=config, messages=MESSAGES)
+    assert result.content == "one two three"
+    assert len(llmock.requests) == 2
+    llmock.assert_resilient()
+
+
 # -- the offline demo provider ------------------------------------------------
 
 DEMO = ModelConfig(name="Demo", litellm_model="demo/tollgate")
