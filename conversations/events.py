@@ -250,6 +250,7 @@ class StreamPublisher:
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._lock = asyncio.Lock()
+        self._closed = False
         StreamPublisher._live.add(self)
 
     def current_interval(self) -> float:
@@ -276,6 +277,8 @@ class StreamPublisher:
         await asyncio.sleep(0)
 
     def _schedule(self) -> None:
+        if self._closed:
+            return  # close() owns the last frame (or there is none)
         wait = self.current_interval() - (time.monotonic() - self._last)
         loop = asyncio.get_running_loop()
         if wait <= 0:
@@ -327,6 +330,9 @@ class StreamPublisher:
         """Wait for the frame in flight; then send what is left unless
         ``final_frame`` is false (the caller pushes the finished message itself)."""
         StreamPublisher._live.discard(self)
+        # Nothing is scheduled from now on: a frame in flight used to schedule the
+        # next one when it finished, which then went out after the finished message.
+        self._closed = True
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
         if self._flushing is not None and not self._flushing.done():

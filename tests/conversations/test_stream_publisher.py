@@ -53,6 +53,31 @@ async def test_an_error_from_on_flush_stops_the_stream(settings):
         await publisher.close()
 
 
+async def test_no_frame_goes_out_after_close(settings):
+    """A frame in flight at close() must not schedule another: it would arrive
+    after the finished message the engine pushes and redraw it as streaming."""
+    from conversations.events import StreamPublisher
+
+    release = asyncio.Event()
+
+    async def on_flush(text: str) -> None:
+        await release.wait()
+
+    publisher = StreamPublisher(message_id=9, conversation_id=999996, on_flush=on_flush)
+    await publisher.feed("first ")
+    while publisher.frames == 0:  # the first frame is sent; its on_flush is blocked
+        await asyncio.sleep(0.01)
+    for i in range(20):
+        await publisher.feed(f"w{i} ")  # more text than that frame carried
+    closing = asyncio.create_task(publisher.close(final_frame=False))
+    await asyncio.sleep(0.1)
+    release.set()
+    await closing
+    frames = publisher.frames
+    await asyncio.sleep(0.3)  # longer than any interval
+    assert publisher.frames == frames == 1
+
+
 def test_frames_coalesce_more_when_many_streams_are_live(settings):
     """Past the process's frame budget each stream's interval stretches, up to a cap."""
     import gc
