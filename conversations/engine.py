@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,6 +47,9 @@ S = Run.Status
 # host (project/dbthreads.py). Not channels' database_sync_to_async, which closes
 # the connection before each call.
 _db = db_async
+#: Seconds into a stream when its text is first saved (then every
+#: ``TOLLGATE_STREAM_PERSIST_SECONDS``): short replies never write partial text.
+FIRST_PERSIST_SECONDS = 0.1
 #: Statuses in which a dispatched step has work to do (the rest wait on others).
 ADVANCEABLE = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING, S.EXECUTING_TOOLS})
 
@@ -379,7 +381,10 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
     fit, tools, admission, message = start.fit, start.tools, start.admission, start.message
 
     lease_renewed = time.monotonic()
-    persisted = -math.inf  # the first frame is saved at once: a reload shows the reply begun
+    # The text is first saved FIRST_PERSIST_SECONDS into the stream (a reload then
+    # shows the reply begun), then every TOLLGATE_STREAM_PERSIST_SECONDS; a reply
+    # that ends sooner is written once, by _store_answer.
+    persisted = lease_renewed - settings.TOLLGATE_STREAM_PERSIST_SECONDS + FIRST_PERSIST_SECONDS
     persisting: asyncio.Task[str] | None = None
 
     async def on_flush(text: str) -> None:

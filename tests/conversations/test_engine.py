@@ -139,6 +139,7 @@ def test_cancel_requested_mid_stream_keeps_partial(conversation, monkeypatch, se
     from conversations import engine
 
     settings.TOLLGATE_STREAM_PERSIST_SECONDS = 0  # persist (and check) at every frame
+    monkeypatch.setattr(engine, "FIRST_PERSIST_SECONDS", 0)
 
     original = engine._persist_partial
 
@@ -168,8 +169,9 @@ def test_cancel_requested_mid_stream_keeps_partial(conversation, monkeypatch, se
 
 
 def test_streamed_text_is_persisted_at_most_once_per_interval(conversation, monkeypatch, settings):
-    """Frames go out every ~50 ms, but after the first frame the database write
-    (and the cancel and lease check) waits for TOLLGATE_STREAM_PERSIST_SECONDS."""
+    """Frames go out every ~50 ms, but the database write (and the cancel and
+    lease check) happens FIRST_PERSIST_SECONDS into the stream, then every
+    TOLLGATE_STREAM_PERSIST_SECONDS; a reply that ends sooner writes no partial."""
     from asgiref.sync import sync_to_async
 
     from conversations import engine
@@ -182,13 +184,19 @@ def test_streamed_text_is_persisted_at_most_once_per_interval(conversation, monk
         return original.func(run_id, worker, message_id, text, renew)
 
     monkeypatch.setattr(engine, "_persist_partial", sync_to_async(counting))
-    monkeypatch.setenv("TOLLGATE_DEMO_DELAY_MS", "5")
+    monkeypatch.setenv("TOLLGATE_DEMO_DELAY_MS", "0")
+    run = advance(send(conversation, "A long answer please"))
+    assert run.status == Run.Status.COMPLETED
+    assert calls == []  # over before FIRST_PERSIST_SECONDS: stored once, complete
+    assert Message.objects.get(run=run).content
+
+    monkeypatch.setenv("TOLLGATE_DEMO_DELAY_MS", "20")
     settings.TOLLGATE_STREAM_PERSIST_SECONDS = 60
     run = advance(send(conversation, "A long answer please"))
     assert run.status == Run.Status.COMPLETED
-    assert len(calls) == 1  # the first frame only: a reload shows the reply has begun
+    assert len(calls) == 1  # FIRST_PERSIST_SECONDS in: a reload shows the reply has begun
+    assert calls[0] and len(calls[0]) < len(Message.objects.get(run=run).content)
     calls.clear()
-    assert Message.objects.get(run=run).content  # the final answer is stored anyway
 
     settings.TOLLGATE_STREAM_PERSIST_SECONDS = 0.1
     run = advance(send(conversation, "A long answer please"))

@@ -110,7 +110,7 @@ def test_reload_in_the_middle_of_a_reply_shows_it_and_completes_once(new_page, s
     assert match, "the reload did not land mid-reply"
     message_id = int(match.group(1))
     shown_after_reload = page.locator(f"#message-{message_id}-body").inner_text().strip()
-    # The text saved so far: the first frame at once, then at most every
+    # The text saved so far: first 0.1 s into the stream, then at most every
     # TOLLGATE_STREAM_PERSIST_SECONDS, so it may trail what the page had shown.
     assert shown_after_reload
 
