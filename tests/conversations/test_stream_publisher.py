@@ -58,15 +58,15 @@ async def test_no_frame_goes_out_after_close(settings):
     after the finished message the engine pushes and redraw it as streaming."""
     from conversations.events import StreamPublisher
 
-    release = asyncio.Event()
+    release, flushing = asyncio.Event(), asyncio.Event()
 
     async def on_flush(text: str) -> None:
+        flushing.set()
         await release.wait()
 
     publisher = StreamPublisher(message_id=9, conversation_id=999996, on_flush=on_flush)
     await publisher.feed("first ")
-    while publisher.frames == 0:  # the first frame is sent; its on_flush is blocked
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(flushing.wait(), 5)  # the first frame is sent; on_flush is blocked
     for i in range(20):
         await publisher.feed(f"w{i} ")  # more text than that frame carried
     closing = asyncio.create_task(publisher.close(final_frame=False))
