@@ -132,15 +132,20 @@ def dispatch_on_commit(run_id: int) -> None:
 
 
 def _claim(run_id: int, worker: str) -> Run | None:
-    """Lock the run, check it has work for us, take the lease; ``None`` = nothing to do."""
-    with transaction.atomic():
-        run = (
-            Run.objects.select_for_update(no_key=True, of=("self",))
-            .select_related("conversation__model_config", "conversation__owner")
-            .filter(pk=run_id)
-            .first()
-        )
-        if run is None or run.is_terminal or run.status not in ADVANCEABLE:
+    """Lock the run, check it has work for us, take the lease; ``None`` = nothing to do.
+
+    Runs in the caller's transaction when there is one (``_claim_and_begin``).
+    """
+    with transaction.atomic(savepoint=False):
+        try:
+            run = (
+                Run.objects.select_for_update(no_key=True, of=("self",))
+                .select_related("conversation__model_config", "conversation__owner")
+                .get(pk=run_id)  # not .first(): its ORDER BY costs more Python than the query
+            )
+        except Run.DoesNotExist:
+            return None
+        if run.is_terminal or run.status not in ADVANCEABLE:
             return None
         now = timezone.now()
         if run.lease_expires_at is not None and run.lease_expires_at > now:
@@ -220,12 +225,17 @@ def _tools_for_run(run: Run) -> list[dict] | None:
 
 def _prepare(run: Run) -> Message:
     """Create (or reset, on replay) the assistant message of this step."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         # The run's lease (just claimed) keeps other workers out: no savepoint
         # for get_or_create's race is needed.
-        message = Message.objects.filter(
-            run=run, run_step=run.step, role=Message.Role.ASSISTANT
-        ).first()
+        message = next(
+            iter(
+                Message.objects.filter(
+                    run=run, run_step=run.step, role=Message.Role.ASSISTANT
+                ).order_by()[:1]
+            ),
+            None,
+        )
         if message is None:
             message = Message.objects.create(
                 run=run,
@@ -366,11 +376,17 @@ def _begin_call(run: Run) -> _CallStart:
 
 @_db
 def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart | None]:
-    """``_claim``, then ``_begin_call`` when the run is to call the model (one hop)."""
-    run = _claim(run_id, worker)
-    if run is None or run.status != S.CALLING_LLM:
-        return run, None
-    return run, _begin_call(run)
+    """``_claim``, then ``_begin_call`` when the run is to call the model.
+
+    One thread hop and one transaction: the lease, the budget hold and the
+    assistant message commit together (a failure leaves the run as it was,
+    for a retry or stuck-run recovery), with one commit instead of three.
+    """
+    with transaction.atomic():
+        run = _claim(run_id, worker)
+        if run is None or run.status != S.CALLING_LLM:
+            return run, None
+        return run, _begin_call(run)
 
 
 async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:

@@ -149,6 +149,9 @@ TOLLGATE_DISPATCHER = env.str("TOLLGATE_DISPATCHER", default="inprocess" if EMBE
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = None
+# One (disabled) result backend for all pool threads: per thread, Celery would
+# build it anew in each of the 256 threads, scanning package entry points each time.
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
