@@ -9,6 +9,8 @@ which errs on the side of fitting).
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,30 @@ def _groups(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return groups
 
 
+@functools.lru_cache(maxsize=16_384)
+def _tokens(model: str, item: str, is_tools: bool) -> int:
+    """``litellm.token_counter`` of one message (or a tools list), as JSON."""
+    import litellm
+
+    value = json.loads(item)
+    if is_tools:
+        return litellm.token_counter(model=model, messages=[], tools=value)
+    return litellm.token_counter(model=model, messages=[value])
+
+
+def token_count(
+    *, model: str, message: dict[str, Any] | None = None, tools: list | None = None
+) -> int:
+    """Tokens of one OpenAI-format ``message`` or of a ``tools`` list for ``model``.
+
+    Memoised per process: every step of a run counts the whole history again,
+    and all but the newest messages were counted at the step before.
+    """
+    if tools is not None:
+        return _tokens(model, json.dumps(tools, sort_keys=True, default=str), True)
+    return _tokens(model, json.dumps(message, sort_keys=True, default=str), False)
+
+
 def context_fit(
     *,
     messages: list[dict[str, Any]],
@@ -53,10 +79,9 @@ def context_fit(
     ``GatewayError("context_too_long")`` when even the system prompt plus the
     newest turn do not fit.
     """
-    import litellm
 
     def count(batch: list[dict[str, Any]]) -> int:
-        return sum(litellm.token_counter(model=model, messages=[m]) for m in batch)
+        return sum(token_count(model=model, message=m) for m in batch)
 
     head_len = 0
     while head_len < len(messages) and messages[head_len].get("role") == "system":
@@ -66,7 +91,7 @@ def context_fit(
     budget = context_window - max_output_tokens
     fixed = count(head) + 3
     if tools:
-        fixed += litellm.token_counter(model=model, messages=[], tools=tools)
+        fixed += token_count(model=model, tools=tools)
     sizes = [count(group) for group in groups]
     total = fixed + sum(sizes)
     dropped = 0

@@ -29,7 +29,7 @@ from conversations.engine import run_finish, run_llm_call_schedule
 from conversations.models import Message, Run
 from tools.models import ToolInvocation
 from tools.registry import ToolSpec, registry
-from tools.selectors import invocation_tool_message, tools_for_user
+from tools.selectors import invocation_tool_message, tools_offered_for_user
 from tools.services import invocation_mark, invocations_record
 
 logger = logging.getLogger(__name__)
@@ -65,11 +65,12 @@ def tools_offered(*, run: Run) -> list[dict[str, Any]] | None:
     """The OpenAI ``tools`` list for the run's next model call, or ``None``.
 
     The tools this user may use (enabled, in their groups, available), when the
-    conversation's model supports tools. One query.
+    conversation's model supports tools (``tools_offered_for_user``: cached for
+    a few seconds).
     """
     if not run.conversation.model_config.supports_tools:
         return None
-    specs = tools_for_user(user=run.conversation.owner)
+    specs = tools_offered_for_user(user=run.conversation.owner)
     return [spec.openai_tool() for spec in specs] or None
 
 

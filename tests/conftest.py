@@ -26,6 +26,14 @@ def _push_render_connections_closed(django_db_setup, django_db_blocker):
         pushes_close_connections()
 
 
+@pytest.fixture(autouse=True)
+def _tools_offered_forgotten():
+    """Each test starts without another's cached lists of tools offered."""
+    from tools.selectors import tools_offered_cache_clear
+
+    tools_offered_cache_clear()
+
+
 @pytest.fixture
 def password() -> str:
     return DEFAULT_PASSWORD

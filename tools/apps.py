@@ -31,6 +31,22 @@ class ToolsConfig(AppConfig):
             import_module(module)
 
         post_migrate.connect(_sync_after_migrate, sender=self, dispatch_uid="tools_sync")
+        _clear_offered_on_changes()
+
+
+def _clear_offered_on_changes() -> None:
+    """Changes to what a user may be offered clear the cached lists (tools.selectors)."""
+    from django.contrib.auth import get_user_model
+    from django.db.models.signals import m2m_changed, post_delete, post_save
+
+    from tools.models import MCPServer, Tool
+    from tools.selectors import tools_offered_cache_clear
+
+    for model in (Tool, MCPServer):
+        for signal in (post_save, post_delete):
+            signal.connect(tools_offered_cache_clear, sender=model, weak=False)
+    for through in (Tool.groups.through, get_user_model().groups.through):
+        m2m_changed.connect(tools_offered_cache_clear, sender=through, weak=False)
 
 
 def _sync_after_migrate(*, using: str = "default", plan: Any = None, **kwargs: Any) -> None:

@@ -204,6 +204,8 @@ class ToolRegistry:
         self._by_name: dict[str, ToolSpec] = {}
         self._by_wire: dict[str, ToolSpec] = {}
         self._lock = threading.Lock()
+        #: Bumped by every register/unregister (caches of tool lists compare it).
+        self.version = 0
 
     def register(self, spec: ToolSpec, *, replace: bool = False) -> ToolSpec:
         """Add ``spec``. Raises :class:`ToolAlreadyRegistered` on a name or
@@ -221,6 +223,7 @@ class ToolRegistry:
                 self._by_wire.pop(existing.wire_name, None)
             self._by_name[spec.name] = spec
             self._by_wire[spec.wire_name] = spec
+            self.version += 1
         return spec
 
     def unregister(self, name: str) -> ToolSpec | None:
@@ -229,6 +232,7 @@ class ToolRegistry:
             spec = self._by_name.pop(name, None)
             if spec is not None:
                 self._by_wire.pop(spec.wire_name, None)
+                self.version += 1
             return spec
 
     def get(self, name: str) -> ToolSpec | None:

@@ -124,3 +124,25 @@ async def test_stream_publisher_coalesces_and_sends_whole_body(settings):
     assert last["html"].startswith('<div id="message-5-body"')
     assert "w0 w1" in last["html"] and "w299" in last["html"]  # the whole body, not a delta
     await layer.group_discard("conversation.999999", channel)
+
+
+def test_token_counts_are_litellms_and_counted_once_per_message():
+    import litellm
+
+    from conversations.context import _tokens, token_count
+
+    message = {"role": "user", "content": "count me once, please"}
+    tools = [{"type": "function", "function": {"name": "t", "parameters": {"type": "object"}}}]
+    model = "gpt-4o-mini"
+    assert token_count(model=model, message=message) == litellm.token_counter(
+        model=model, messages=[message]
+    )
+    assert token_count(model=model, tools=tools) == litellm.token_counter(
+        model=model, messages=[], tools=tools
+    )
+    hits = _tokens.cache_info().hits
+    token_count(model=model, message=dict(reversed(message.items())))  # same message
+    assert _tokens.cache_info().hits == hits + 1
+    changed = {**message, "content": "count me once, please!"}
+    assert token_count(model=model, message=changed) >= token_count(model=model, message=message)
+    assert _tokens.cache_info().hits == hits + 2  # the second call for `message`, not `changed`

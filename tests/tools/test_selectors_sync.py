@@ -7,7 +7,12 @@ from django.core.management import call_command
 from tests.factories import UserFactory
 from tools.models import Tool
 from tools.registry import registry
-from tools.selectors import tool_get_for_user, tools_for_user
+from tools.selectors import (
+    tool_get_for_user,
+    tools_for_user,
+    tools_offered_cache_clear,
+    tools_offered_for_user,
+)
 from tools.services import NOT_REGISTERED, tools_sync
 
 pytestmark = pytest.mark.django_db
@@ -82,6 +87,51 @@ def test_tools_for_user_is_two_queries_whatever_the_number_of_groups(
     # One for the tool rows, one for the MCP servers' change stamps (mcp_registry_ensure).
     with django_assert_num_queries(2):
         tools_for_user(user=user)
+
+
+def _offered(user):
+    return {spec.name for spec in tools_offered_for_user(user=user)}
+
+
+def test_tools_offered_are_reused_then_expire(user, django_assert_num_queries, monkeypatch):
+    import tools.selectors as selectors
+
+    tools_offered_cache_clear()
+    first = _offered(user)
+    with django_assert_num_queries(0):
+        assert _offered(user) == first
+    # A change another process made (no signal here) shows once the entry expires.
+    Tool.objects.filter(name="time.now").update(enabled=False)
+    assert "time.now" in _offered(user)
+    monkeypatch.setattr(selectors, "OFFERED_CACHE_SECONDS", 0)
+    tools_offered_cache_clear()
+    _offered(user)
+    assert "time.now" not in _offered(user)
+
+
+def test_changes_in_this_process_clear_the_tools_offered(user):
+    tools_offered_cache_clear()
+    assert "notes.delete" in _offered(user)
+    staff = Group.objects.create(name="Staff")
+    tool = Tool.objects.get(name="notes.delete")
+    tool.groups.add(staff)  # m2m: only members of Staff now
+    assert "notes.delete" not in _offered(user)
+    user.groups.add(staff)  # the user joins it
+    assert "notes.delete" in _offered(user)
+    tool.enabled = False
+    tool.save()  # a row saved
+    assert "notes.delete" not in _offered(user)
+    from tools.services import tools_set_enabled
+
+    tools_set_enabled(names=["notes.delete"], enabled=True, actor=None)  # a bulk update
+    assert "notes.delete" in _offered(user)
+    spec = registry.get("notes.read")
+    registry.unregister("notes.read")  # the registry changed (no row changed)
+    try:
+        assert "notes.read" not in _offered(user)
+    finally:
+        registry.register(spec)
+    assert "notes.read" in _offered(user)
 
 
 def test_sync_keeps_admin_choices_and_marks_removed_builtins(make_tool):

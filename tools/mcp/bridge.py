@@ -331,10 +331,13 @@ def mcp_tool_rows_sync(*, server: MCPServer) -> None:
 def mcp_tool_rows_retire(*, server_name: str, reason: str) -> None:
     """Mark every ``Tool`` row of server ``server_name`` unavailable (server deleted)."""
     from tools.models import Tool
+    from tools.selectors import tools_offered_cache_clear
 
     Tool.objects.filter(source=f"mcp:{server_name}").update(
         unavailable_reason=reason, updated_at=timezone.now()
     )
+    tools_offered_cache_clear()  # and again when it commits: nothing cached in between
+    transaction.on_commit(tools_offered_cache_clear)
 
 
 def mcp_server_health_record(
