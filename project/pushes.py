@@ -71,6 +71,11 @@ def _build_guarded(build: Build) -> list[tuple[str, str]]:
         return []
 
 
+def _build_all(builds: list[Build]) -> list[tuple[str, str]]:
+    """Render several pushes of one lane in order (one thread hop), merged per group."""
+    return _merged(pair for build in builds for pair in _build_guarded(build))
+
+
 #: Two threads: one slow render (a locked row, a big page) does not hold up every
 #: other lane; with four, renders took the GIL the worker's event loop needs and
 #: frames and approval cards got slower under load (docs/benchmarks.md).
@@ -134,18 +139,27 @@ class Outbox:
 
     async def _drain(self, lane: str, queue: collections.deque) -> None:
         layer = get_channel_layer()
-        render = sync_to_async(_build_guarded, thread_sensitive=False, executor=_render_executor())
+        render = sync_to_async(_build_all, thread_sensitive=False, executor=_render_executor())
         try:
             while queue:
-                build, done = queue[0]
+                # Everything queued up to the next barrier renders in one thread
+                # hop and goes out merged (a claim's status and its new message
+                # become one send), still in order.
+                batch = []
+                while queue and queue[0][0] is not None:
+                    batch.append(queue.popleft())
                 try:
-                    if build is not None and layer is not None:
-                        for group, html in await render(build):
+                    if batch and layer is not None:
+                        for group, html in await render([build for build, _ in batch]):
                             await layer.group_send(group, _message(html))
                 except Exception:
                     logger.exception("push to browser failed (send)")
                 finally:
-                    queue.popleft()
+                    for _, done in batch:
+                        if done is not None and not done.done():
+                            done.set_result(None)
+                while queue and queue[0][0] is None:  # barriers: all before them is sent
+                    _, done = queue.popleft()
                     if done is not None and not done.done():
                         done.set_result(None)
         finally:
