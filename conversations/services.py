@@ -63,14 +63,20 @@ class RunNotRetryable(ConversationError):
 TITLE_CHARS = 60
 
 
-def _own_conversation(*, user, conversation_id: int, lock: bool = False) -> Conversation:
-    qs = Conversation.objects.filter(pk=conversation_id, owner=user)
-    if lock:
-        qs = qs.select_for_update(no_key=True)
-    conversation = qs.first() if user is not None and user.is_authenticated else None
-    if conversation is None:
+def _own_conversation(
+    *, user, conversation_id: int, lock: bool = False, with_model: bool = False
+) -> Conversation:
+    if user is None or not user.is_authenticated:
         raise NotFound("Conversation not found.")
-    return conversation
+    qs = Conversation.objects.filter(pk=conversation_id, owner=user)
+    if with_model:
+        qs = qs.select_related("model_config")
+    if lock:
+        qs = qs.select_for_update(no_key=True, of=("self",))
+    try:
+        return qs.get()  # not .first(): no ORDER BY to build for one row by key
+    except Conversation.DoesNotExist:
+        raise NotFound("Conversation not found.") from None
 
 
 def model_config_pick(*, model_config_id: int | None) -> ModelConfig:
@@ -186,10 +192,12 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
             f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
         )
     with transaction.atomic():
-        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        conversation = _own_conversation(
+            user=user, conversation_id=conversation_id, lock=True, with_model=True
+        )
         if conversation.archived:
             raise ConversationArchived("This conversation is archived; unarchive it to continue.")
-        if not ModelConfig.objects.filter(pk=conversation.model_config_id, enabled=True).exists():
+        if not conversation.model_config.enabled:
             raise ModelUnavailable(
                 "This conversation's model has been disabled. Pick another model."
             )
