@@ -352,6 +352,7 @@ class WsClient:
         self.conversation_id = conversation_id
         self.ws: Any = None
         self.frames: list[tuple[float, str]] = []
+        self.read_before_send = 0
 
     async def __aenter__(self) -> WsClient:
         import websockets
@@ -373,6 +374,7 @@ class WsClient:
         """Send a JSON frame; return ``time.monotonic()`` just before sending."""
         started = time.monotonic()
         await self.ws.send(json.dumps(payload))
+        self.read_before_send = len(self.frames)
         return started
 
     async def send_message(self, content: str) -> float:
@@ -395,7 +397,15 @@ class WsClient:
                 return now, text
 
     async def until_done(self, *, wait: float = 120.0) -> str:
-        """Read until the run's status frame says completed/failed/cancelled; return it."""
+        """Read until the run's status frame says completed/failed/cancelled; return it.
+
+        A frame already read counts: the outbox sends a run's final message and
+        its status together, so the frame that ended an earlier ``until`` may hold it.
+        """
+        for _, text in self.frames[self.read_before_send :]:
+            match = RUN_DONE_RE.search(text)
+            if match:
+                return match.group(1)
         _, text = await self.until(lambda t: RUN_DONE_RE.search(t) is not None, wait=wait)
         match = RUN_DONE_RE.search(text)
         return match.group(1) if match else "?"
