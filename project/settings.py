@@ -126,10 +126,15 @@ REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED = not REDIS_URL
 
 if REDIS_URL:
+    # Redis pub/sub, not channels_redis.core: the core layer keeps one queue per
+    # web process, popped by whichever socket's receive() holds its lock; when
+    # that socket closed mid-pop (a tab closed), the message popped for another
+    # socket was lost (a reply's final status, one stream in a few hundred under
+    # load; docs/benchmarks.md). Pub/sub hands each socket its own queue.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
     CACHES = {

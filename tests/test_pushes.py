@@ -51,14 +51,12 @@ async def test_pushes_follow_commits_in_order_and_never_block_the_writer():
 
 @pytest.mark.django_db(transaction=True)
 def test_without_a_loop_the_push_is_sent_at_once():
-    from asgiref.sync import async_to_sync
+    from tests.listening import GroupListener
 
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)("test.pushes.sync", channel)
-    with transaction.atomic():
-        push_on_commit(lambda: [("test.pushes.sync", "now")])
-    message = async_to_sync(layer.receive)(channel)
+    with GroupListener("test.pushes.sync") as listener:
+        with transaction.atomic():
+            push_on_commit(lambda: [("test.pushes.sync", "now")])
+        message = listener.receive()
     assert message == {"type": "html.push", "html": "now"}
 
 

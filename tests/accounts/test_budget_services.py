@@ -209,13 +209,9 @@ def test_budget_requires_prices(user, make_budget):
 def test_warning_stored_once_per_period_and_pushed_on_commit(
     user, make_budget, django_capture_on_commit_callbacks
 ):
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
+    from tests.listening import GroupListener
 
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(f"user.{user.pk}", channel)
-    try:
+    with GroupListener(f"user.{user.pk}") as listener:
         budget = make_budget(user=user, cost_limit_usd="1.00", warn_at_fraction=D("0.5"))
         with django_capture_on_commit_callbacks(execute=True) as callbacks:
             record(user, D("0.40"))
@@ -227,7 +223,7 @@ def test_warning_stored_once_per_period_and_pushed_on_commit(
         warning = BudgetWarning.objects.get()
         assert warning.budget_id == budget.pk
         assert warning.message.startswith("You have used 60% of your monthly budget of $1.00")
-        message = async_to_sync(layer.receive)(channel)
+        message = listener.receive()
         assert message["type"] == "html.push"
         assert f'id="budget-warning-{warning.pk}"' in message["html"]
         assert 'hx-swap-oob="afterbegin:#notifications"' in message["html"]
@@ -236,8 +232,6 @@ def test_warning_stored_once_per_period_and_pushed_on_commit(
             record(user, D("0.20"))
         assert callbacks == []
         assert BudgetWarning.objects.count() == 1
-    finally:
-        async_to_sync(layer.group_discard)(f"user.{user.pk}", channel)
 
 
 def test_group_warning_reaches_each_member_once(make_budget):

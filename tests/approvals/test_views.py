@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 
@@ -248,16 +246,16 @@ def test_card_and_badge_pushed_to_requester_and_approvers(
     requester, approver, stranger = UserFactory(), UserFactory(), UserFactory()
     approvers = Group.objects.create(name="Approvers")
     approver.groups.add(approvers)
-    layer = get_channel_layer()
-    channels = {}
-    for person in (requester, approver, stranger):
-        channels[person.pk] = async_to_sync(layer.new_channel)()
-        async_to_sync(layer.group_add)(f"user.{person.pk}", channels[person.pk])
-    try:
+    from tests.listening import GroupListener
+
+    listeners = {
+        person.pk: GroupListener(f"user.{person.pk}") for person in (requester, approver, stranger)
+    }
+    with listeners[requester.pk], listeners[approver.pk], listeners[stranger.pk]:
         with django_capture_on_commit_callbacks(execute=True):
             approval = make_approval(requester, approver_group=approvers)
         for person, can_decide in ((requester, False), (approver, True)):
-            message = async_to_sync(layer.receive)(channels[person.pk])
+            message = listeners[person.pk].receive()
             assert message["type"] == "html.push"
             html = message["html"]
             assert f'hx-swap-oob="innerHTML:#approval-slot-{approval.invocation_id}"' in html
@@ -274,15 +272,13 @@ def test_card_and_badge_pushed_to_requester_and_approvers(
                 },
                 ip=None,
             )
-        html = async_to_sync(layer.receive)(channels[requester.pk])["html"]
+        html = listeners[requester.pk].receive()["html"]
         assert f'<article id="approval-{approval.pk}"' in html
         assert 'hx-swap-oob="true"' in html
         assert "Denied" in html
-        async_to_sync(layer.receive)(channels[approver.pk])
-    finally:
-        for person in (requester, approver, stranger):
-            async_to_sync(layer.group_discard)(f"user.{person.pk}", channels[person.pk])
-        async_to_sync(layer.flush)() if hasattr(layer, "flush") else None
+        listeners[approver.pk].receive()
+        with pytest.raises(TimeoutError):  # nothing for someone outside the approver group
+            listeners[stranger.pk].receive(timeout=0.3)
 
 
 @pytest.mark.parametrize("path", ["/approvals/", "/approvals/1/"])
