@@ -233,6 +233,45 @@ class _Cut(Exception):
     """The provider's stream ended without a finish reason (the answer was cut off)."""
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of ``exc``'s ``__cause__``/``__context__`` chain."""
+    seen = {id(exc)}
+    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        exc = nxt
+    return exc
+
+
+#: What aiohttp and httpx raise when a pooled keep-alive connection turns out to
+#: have been closed by the server while it sat idle (uvicorn closes after 5 s).
+_STALE_CONNECTION = frozenset(
+    {"ServerDisconnectedError", "ClientConnectionResetError", "RemoteProtocolError"}
+)
+
+
+def _stale_connection(exc: BaseException) -> bool:
+    """Did the request fail on a pooled connection the provider had already closed?"""
+    return type(_root_cause(exc)).__name__ in _STALE_CONNECTION
+
+
+async def _acompletion(kwargs: dict[str, Any], config: ModelConfig) -> Any:
+    """``litellm.acompletion``, again at once if a stale pooled connection failed it.
+
+    Not a provider failure, so not one of ``TOLLGATE_LLM_MAX_RETRIES`` and no
+    backoff: at the start of a burst after a quiet spell, several calls met
+    connections the provider had closed (docs/benchmarks.md, concurrency).
+    """
+    import litellm
+
+    try:
+        return await litellm.acompletion(**kwargs)
+    except Exception as exc:
+        if not _stale_connection(exc):
+            raise
+        logger.info("model %s: the provider had closed a pooled connection; retrying", config.name)
+    return await litellm.acompletion(**kwargs)
+
+
 def _chunk_source(response: Any) -> tuple[Any, bool]:
     """The call's chunks in OpenAI's ``chat.completion.chunk`` shape; ``(chunks, direct)``.
 
@@ -313,7 +352,7 @@ async def _stream_once(
     chunks: Any = None
     done = False
     try:
-        response = await litellm.acompletion(**kwargs)
+        response = await _acompletion(kwargs, config)
         chunks, direct = _chunk_source(response)
         async for chunk in chunks:
             chunk_usage = getattr(chunk, "usage", None)
@@ -361,6 +400,18 @@ async def _stream_once(
         raise wrapped.original from None
     except Exception as exc:
         error = _classify(exc, config)
+        # What the provider (or the client library) actually said: the user's
+        # message names the kind only.
+        root = _root_cause(exc)
+        logger.warning(
+            "model %s call failed (%s): %s: %s (cause: %s: %s)",
+            config.litellm_model,
+            error.kind,
+            type(exc).__name__,
+            str(exc)[:300],
+            type(root).__name__,
+            str(root)[:300],
+        )
         if first:
             raise _StreamStarted(error) from exc
         raise error from exc

@@ -179,6 +179,44 @@ async def test_stream_cut_before_text_is_retried(llmock, config):
     llmock.assert_resilient()
 
 
+async def test_a_stale_pooled_connection_is_retried_at_once(llmock, config, monkeypatch, settings):
+    """A keep-alive connection the provider closed while idle fails the request at
+    the start: not a provider failure, so retried at once even with retries off."""
+    import aiohttp
+    import litellm
+
+    settings.TOLLGATE_LLM_MAX_RETRIES = 0
+    real = litellm.acompletion
+    calls = []
+
+    async def first_on_a_closed_connection(**kwargs):
+        calls.append(kwargs["model"])
+        if len(calls) == 1:
+            try:
+                raise aiohttp.ServerDisconnectedError()
+            except aiohttp.ServerDisconnectedError as cause:
+                raise litellm.InternalServerError(
+                    "Connection error.", llm_provider="openai", model=kwargs["model"]
+                ) from cause
+        return await real(**kwargs)
+
+    monkeypatch.setattr(litellm, "acompletion", first_on_a_closed_connection)
+    llmock.reply("fresh connection")
+    result = await stream_chat(config=config, messages=MESSAGES)
+    assert result.content == "fresh connection"
+    assert len(calls) == 2 and len(llmock.requests) == 1
+
+    async def provider_down(**kwargs):  # a real 500 is the provider's: not retried here
+        calls.append(kwargs["model"])
+        raise litellm.InternalServerError("boom", llm_provider="openai", model=kwargs["model"])
+
+    calls.clear()
+    monkeypatch.setattr(litellm, "acompletion", provider_down)
+    with pytest.raises(GatewayError) as excinfo:
+        await stream_chat(config=config, messages=MESSAGES)
+    assert excinfo.value.kind == "provider_down" and len(calls) == 1
+
+
 # -- the offline demo provider ------------------------------------------------
 
 DEMO = ModelConfig(name="Demo", litellm_model="demo/tollgate")
