@@ -122,6 +122,14 @@ async def one_stream(
     return out
 
 
+def _failure_causes(conversation_ids: list[int]) -> dict[int, str]:
+    """The stored error of each conversation's failed run (what the page shows)."""
+    from conversations.models import Run
+
+    rows = Run.objects.filter(conversation_id__in=conversation_ids, status=Run.Status.FAILED)
+    return {run.conversation_id: run.error[:120] for run in rows}
+
+
 async def _level(env: BenchEnv, config, level: int, wait: float) -> dict:
     from asgiref.sync import sync_to_async
 
@@ -151,6 +159,12 @@ async def _level(env: BenchEnv, config, level: int, wait: float) -> dict:
     start.set()
     results = await asyncio.gather(*tasks)
     sampler.stop()
+    failed = [c for (_, c), r in zip(pairs, results, strict=True) if r["status"] == "failed"]
+    if failed:
+        causes = await sync_to_async(_failure_causes)(failed)
+        for (_, conversation_id), result in zip(pairs, results, strict=True):
+            if conversation_id in causes:
+                result["status"] = f"failed ({causes[conversation_id]})"
     ends = [r["end"] for r in results if r["end"] is not None]
     return {
         "peak": peak_overlap([(r["first"], r["end"]) for r in results if r["first"] and r["end"]]),
