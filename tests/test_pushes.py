@@ -13,16 +13,29 @@ from django.db import transaction
 from project.pushes import push_on_commit, pushes_drain
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_pushes_follow_commits_in_order_and_never_block_the_writer():
+async def _listening(group: str):
+    """The channel layer and a channel in ``group``."""
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.group_add("test.pushes", channel)
-    slow_render = threading.Event()
+    await layer.group_add(group, channel)
+    return layer, channel
 
-    def blocked_build():
-        assert slow_render.wait(10)
-        return [("test.pushes", "two")]
+
+def _blocked(group: str, html: str):
+    """A push build that renders only once the returned event is set."""
+    release = threading.Event()
+
+    def build():
+        assert release.wait(10)
+        return [(group, html)]
+
+    return release, build
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_pushes_follow_commits_in_order_and_never_block_the_writer():
+    layer, channel = await _listening("test.pushes")
+    slow_render, blocked_build = _blocked("test.pushes", "two")
 
     def write() -> None:
         with transaction.atomic():
@@ -66,14 +79,8 @@ async def test_draining_a_lane_does_not_wait_for_other_lanes():
     pushes of every other run queued after it (one queue per process did)."""
     from project.pushes import outbox_for
 
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add("test.lanes", channel)
-    slow_render = threading.Event()
-
-    def blocked_build():
-        assert slow_render.wait(10)
-        return [("test.lanes", "slow")]
+    layer, channel = await _listening("test.lanes")
+    slow_render, blocked_build = _blocked("test.lanes", "slow")
 
     def write() -> None:
         with transaction.atomic():

@@ -40,13 +40,13 @@ def _clear_offered_on_changes() -> None:
     from django.db.models.signals import m2m_changed, post_delete, post_save
 
     from tools.models import MCPServer, Tool
-    from tools.selectors import tools_offered_cache_clear
+    from tools.selectors import tools_offered_changed
 
     for model in (Tool, MCPServer):
         for signal in (post_save, post_delete):
-            signal.connect(tools_offered_cache_clear, sender=model, weak=False)
+            signal.connect(tools_offered_changed, sender=model, weak=False)
     for through in (Tool.groups.through, get_user_model().groups.through):
-        m2m_changed.connect(tools_offered_cache_clear, sender=through, weak=False)
+        m2m_changed.connect(tools_offered_changed, sender=through, weak=False)
 
 
 def _sync_after_migrate(*, using: str = "default", plan: Any = None, **kwargs: Any) -> None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -56,7 +57,7 @@ def tools_offered_for_user(*, user: Any) -> list[ToolSpec]:
     is advisory: recording a call and running it check the tool afresh
     (``tools.services``), so a tool disabled meanwhile is refused, never run.
     Changes in this process (``Tool`` and ``MCPServer`` rows, group membership,
-    the registry) take effect at once (``tools_offered_cache_clear``); changes
+    the registry) take effect at once (``tools_offered_changed``); changes
     made in another process, within ``OFFERED_CACHE_SECONDS``.
     """
     now = time.monotonic()
@@ -69,6 +70,17 @@ def tools_offered_for_user(*, user: Any) -> list[ToolSpec]:
         _offered.clear()
     _offered[user.pk] = (now + OFFERED_CACHE_SECONDS, version, specs)
     return specs
+
+
+def tools_offered_changed(**_signal: Any) -> None:
+    """What users may be offered changed: forget the cached lists now and again when
+    the current transaction commits, so no thread caches the old rows in between.
+
+    Connected to the ``Tool``/``MCPServer``/group signals (``ToolsConfig.ready``);
+    call it after a bulk ``update()`` of ``Tool`` rows, which sends none.
+    """
+    tools_offered_cache_clear()
+    transaction.on_commit(tools_offered_cache_clear)
 
 
 def tools_offered_cache_clear(**_signal: Any) -> None:

@@ -37,7 +37,7 @@ from tools.registry import (
     ToolSpec,
     registry,
 )
-from tools.selectors import tool_names_for_user_id, tools_offered_cache_clear
+from tools.selectors import tool_names_for_user_id, tools_offered_changed
 from tools.validation import tool_arguments_parse, tool_arguments_validate
 
 logger = logging.getLogger(__name__)
@@ -616,8 +616,7 @@ def tools_set_enabled(*, names: Iterable[str], enabled: bool, actor: Any) -> lis
             .values_list("name", flat=True)
         )
         Tool.objects.filter(name__in=changed).update(enabled=enabled, updated_at=timezone.now())
-        tools_offered_cache_clear()  # and again when it commits: nothing cached in between
-        transaction.on_commit(tools_offered_cache_clear)
+        tools_offered_changed()
         for name in changed:
             audit_record(
                 action="tool.enabled" if enabled else "tool.disabled",

@@ -331,13 +331,12 @@ def mcp_tool_rows_sync(*, server: MCPServer) -> None:
 def mcp_tool_rows_retire(*, server_name: str, reason: str) -> None:
     """Mark every ``Tool`` row of server ``server_name`` unavailable (server deleted)."""
     from tools.models import Tool
-    from tools.selectors import tools_offered_cache_clear
+    from tools.selectors import tools_offered_changed
 
     Tool.objects.filter(source=f"mcp:{server_name}").update(
         unavailable_reason=reason, updated_at=timezone.now()
     )
-    tools_offered_cache_clear()  # and again when it commits: nothing cached in between
-    transaction.on_commit(tools_offered_cache_clear)
+    tools_offered_changed()
 
 
 def mcp_server_health_record(
