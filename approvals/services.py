@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from jsonschema import SchemaError
@@ -43,8 +43,25 @@ from approvals.selectors import (
     audit_event_hash,
     gate_evaluate,
 )
+from project import pgsql
 
 logger = logging.getLogger(__name__)
+
+# The audit append on PostgreSQL (``_chain_next_pg``, ``_append_pg``): two round trips.
+_CHAIN_NEXT = (
+    "UPDATE approvals_auditchainhead SET last_sequence = last_sequence + 1 WHERE id = 1 "
+    "RETURNING last_sequence, last_hash"
+)
+_EVENT_INSERT = (
+    "INSERT INTO approvals_auditevent (sequence, created_at, actor_id, action, target_type, "
+    "target_id, data, ip, prev_hash, hash) VALUES (%(sequence)s, %(created_at)s, %(actor_id)s, "
+    "%(action)s, %(target_type)s, %(target_id)s, %(data)s, %(ip)s::inet, %(prev_hash)s, "
+    "%(hash)s) RETURNING id"
+)
+_CHAIN_MOVE = (
+    "UPDATE approvals_auditchainhead SET last_sequence = %(sequence)s, last_hash = %(hash)s "
+    "WHERE id = 1"
+)
 
 EXPIRED_REASON = "not approved in time"
 
@@ -128,8 +145,8 @@ def audit_record(
 ) -> AuditEvent:
     """Append one event to the hash-chained audit trail and return it.
 
-    ``action``: a dotted name (``approval.decided``). ``actor``: a user or
-    ``None`` (system). ``target_type``/``target_id``: what it is about.
+    ``action``: a dotted name (``approval.decided``). ``actor``: a user, a
+    user id, or ``None`` (system). ``target_type``/``target_id``: what it is about.
     ``data``: JSON-able details (dates and Decimals become strings). ``ip``:
     the client address; an unparsable one is stored as null.
 
@@ -144,13 +161,15 @@ def audit_record(
     """
     clean_data = json_safe(data or {})
     clean_ip = _normalise_ip(ip)
-    actor_id = getattr(actor, "pk", None) if actor is not None else None
+    actor_id = actor if isinstance(actor, int) else getattr(actor, "pk", None)
     # No savepoint inside a caller's transaction (two round trips per event):
     # an error here must roll the audited write back with it anyway.
     with transaction.atomic(savepoint=False):
-        head = _chain_head_locked()
-        sequence = head.last_sequence + 1
-        prev_hash = head.last_hash or GENESIS_HASH
+        taken = _chain_next_pg() if connection.vendor == "postgresql" else None
+        if taken is None:
+            head = _chain_head_locked()
+            taken = head.last_sequence + 1, head.last_hash
+        sequence, prev_hash = taken[0], taken[1] or GENESIS_HASH
         fields = {
             "sequence": sequence,
             "created_at": timezone.now(),
@@ -164,9 +183,33 @@ def audit_record(
         }
         # The hash covers exactly the fields stored (audit_verify recomputes it).
         event = AuditEvent(**fields, hash=audit_event_hash(**fields))
-        event.save()
-        AuditChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=event.hash)
+        if connection.vendor == "postgresql":
+            _append_pg(event)
+        else:
+            event.save()
+            AuditChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=event.hash)
     return event
+
+
+def _chain_next_pg() -> tuple[int, str] | None:
+    """Lock the chain head and take the next sequence number: ``(sequence, previous
+    hash)``, one statement; ``None`` when there is no head row yet."""
+    rows = pgsql.fetch(_CHAIN_NEXT, {})
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def _append_pg(event: AuditEvent) -> None:
+    """Insert ``event`` and move the chain head's hash to it: one round trip."""
+    from psycopg.types.json import Jsonb
+
+    fields = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
+    fields["data"] = Jsonb(fields["data"])
+    inserted, _ = pgsql.pipeline(
+        (_EVENT_INSERT, fields), (_CHAIN_MOVE, {"sequence": event.sequence, "hash": event.hash})
+    )
+    event.pk = inserted[0][0]
+    event._state.adding = False
+    event._state.db = connection.alias
 
 
 def policy_snapshot(policy: ApprovalPolicy) -> dict[str, Any]:

@@ -20,24 +20,17 @@ Lock order, shared with every other writer of counters (see
 ``accounts.services.budgets``): reservation rows by id, then counters by
 (budget id, id). So no two of these statements deadlock.
 
-The statements are prepared on the connection (psycopg's ``prepare=True``:
-parsed and planned once per connection, not per call). Behind a pooler that
-cannot keep prepared statements (PgBouncer in transaction mode before 1.21)
-set ``TOLLGATE_DB_PREPARED_STATEMENTS=false``. They go through Django's cursor
-wrapper, so query logging, ``execute_wrapper`` and error translation apply.
+The statements are prepared on the connection and go through Django's cursor
+wrapper (``project.pgsql``).
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import connection
 
@@ -50,48 +43,10 @@ from accounts.models import (
     User,
 )
 from accounts.periods import EPOCH, period_bounds
+from project.pgsql import fetch
 
 HELD = BudgetReservation.Status.HELD.value
 SETTLED = BudgetReservation.Status.SETTLED.value
-
-
-@functools.cache
-def _cursor_class() -> type:
-    import psycopg
-
-    class PreparedCursor(psycopg.Cursor):
-        """A server-side-binding cursor that prepares what it executes (if allowed)."""
-
-        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            kwargs["prepare"] = settings.TOLLGATE_DB_PREPARED_STATEMENTS
-            result = super().execute(query, params, **kwargs)
-            if self._query is None:
-                # psycopg keeps no query object for a prepared execution, and
-                # Django's query log (DEBUG, assertNumQueries) reads its text.
-                self._query = SimpleNamespace(query=query.encode())
-            return result
-
-    return PreparedCursor
-
-
-def _fetchall(sql: str, params: dict[str, Any]) -> list[tuple]:
-    """Run one statement on Django's connection (its current transaction), prepared."""
-    connection.ensure_connection()
-    raw = connection.connection
-    if raw.prepare_threshold is None:
-        # Django turns automatic preparation off; the ORM's cursors never
-        # prepare anyway (client-side binding). Only asking prepares.
-        raw.prepare_threshold = sys.maxsize
-    with connection.wrap_database_errors:
-        cursor = _cursor_class()(raw)
-    wrapped = (
-        connection.make_debug_cursor(cursor)
-        if connection.queries_logged
-        else connection.make_cursor(cursor)
-    )
-    with wrapped:
-        wrapped.execute(sql, params)
-        return wrapped.fetchall()
 
 
 @functools.cache
@@ -259,7 +214,7 @@ def reserve(
     ratelimits: list[RateLimit] = []
     reservations: list[BudgetReservation] = []
     complete = True
-    for row in _fetchall(_sql(_RESERVE), params):
+    for row in fetch(_sql(_RESERVE), params):
         if row[0] == "r":
             ratelimits.append(
                 RateLimit(
@@ -352,7 +307,7 @@ def settle(
         "ids": reservation_ids,
         "total": prompt_tokens + completion_tokens,
     }
-    rows = _fetchall(_sql(_SETTLE), params)
+    rows = fetch(_sql(_SETTLE), params)
     counters: dict[int, tuple[datetime, Decimal, int] | None] = {}
     for _, budget_id, period_start, usd, tokens in rows:
         if budget_id is not None:
