@@ -37,3 +37,15 @@ class RateLimited(Exception):
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
         self.message = message
+
+
+class NeedsSavepoint(Exception):
+    """A one-statement path could not finish without its savepoint (``savepoint=False``).
+
+    Raised by ``llm_call_admit`` and ``llm_call_settle`` called with
+    ``savepoint=False`` where they would otherwise roll back to a savepoint
+    and take the general path: a refusal to word, a budget counter to create,
+    a budget not covered by a hold. The caller's transaction has done part of
+    the work and must roll back; calling again with ``savepoint=True`` (the
+    default) gives the complete answer. Not an error the user sees.
+    """

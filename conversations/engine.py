@@ -29,13 +29,15 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from conversations import events
+from accounts.errors import BudgetExceeded, NeedsSavepoint, RateLimited
+from conversations import events, steps_pg
 from conversations.context import context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.steps_pg import HISTORY_FIELDS, HISTORY_STATUSES, HistoryRow
 from project.dbthreads import db_async
 
 logger = logging.getLogger(__name__)
@@ -174,21 +176,29 @@ def _claim(run_id: int, worker: str) -> Run | None:
 # -- step 1: read state ------------------------------------------------------------
 
 
-def history_messages(*, conversation: Conversation, exclude_id: int | None = None) -> list[dict]:
+def history_messages(
+    *,
+    conversation: Conversation,
+    exclude_id: int | None = None,
+    rows: list[HistoryRow] | None = None,
+) -> list[dict]:
     """The conversation as OpenAI-format messages, system prompt first.
 
     Failed and still-streaming messages are left out; an assistant message's
     ``tool_calls`` are kept only when every call has its tool result, and a
     tool result only when its call is there (providers reject either half alone).
+    ``rows``: the stored messages already read (``steps_pg.claim``), else read here.
     """
-    rows = list(
-        Message.objects.filter(
-            conversation=conversation,
-            status__in=[Message.Status.COMPLETE, Message.Status.STOPPED],
-        )
-        .exclude(pk=exclude_id)
-        .order_by("id")
-    )
+    if rows is None:
+        rows = [
+            HistoryRow(*values)
+            for values in Message.objects.filter(
+                conversation=conversation, status__in=HISTORY_STATUSES
+            )
+            .exclude(pk=exclude_id)
+            .order_by("id")
+            .values_list(*HISTORY_FIELDS)
+        ]
     answered = {m.tool_call_id for m in rows if m.role == Message.Role.TOOL}
     out: list[dict] = []
     if not any(m.role == Message.Role.SYSTEM for m in rows):
@@ -223,18 +233,25 @@ def _tools_for_run(run: Run) -> list[dict] | None:
     return tools_offered(run=run)
 
 
-def _prepare(run: Run) -> Message:
-    """Create (or reset, on replay) the assistant message of this step."""
+def _prepare(run: Run, *, fresh: bool = False) -> Message:
+    """Create (or reset, on replay) the assistant message of this step.
+
+    ``fresh``: the claim began this step (from ``queued``), so it has no message yet.
+    """
     with transaction.atomic(savepoint=False):
         # The run's lease (just claimed) keeps other workers out: no savepoint
         # for get_or_create's race is needed.
-        message = next(
-            iter(
-                Message.objects.filter(
-                    run=run, run_step=run.step, role=Message.Role.ASSISTANT
-                ).order_by()[:1]
-            ),
-            None,
+        message = (
+            None
+            if fresh
+            else next(
+                iter(
+                    Message.objects.filter(
+                        run=run, run_step=run.step, role=Message.Role.ASSISTANT
+                    ).order_by()[:1]
+                ),
+                None,
+            )
         )
         if message is None:
             message = Message.objects.create(
@@ -255,9 +272,9 @@ def _prepare(run: Run) -> Message:
     return message
 
 
-def _history(run: Run) -> list[dict]:
+def _history(run: Run, rows: list[HistoryRow] | None = None) -> list[dict]:
     # Still-streaming rows (this step's, on a replay) are left out by history_messages.
-    return history_messages(conversation=run.conversation)
+    return history_messages(conversation=run.conversation, rows=rows)
 
 
 def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | None:
@@ -268,14 +285,19 @@ def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | Non
     )
 
 
-def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]:
+def _admit(
+    run: Run, config: ModelConfig, prompt_tokens: int, *, fast: bool = False
+) -> tuple[Any, str]:
     """Rate limits and budget reservation before a model call (accounts' services).
 
     Returns ``(admission, "")`` or ``(None, message for the user)``; a refusal is
     audited as ``budget.refused``. No model call is made after a refusal.
+    ``fast`` (the PostgreSQL claim): no savepoint; a refusal raises instead
+    (``_GeneralPath``, ``NeedsSavepoint``, ``BudgetExceeded``, ``RateLimited``)
+    and the claim is redone on the ORM path, which words and audits it.
     """
     from accounts.selectors import budget_requires_prices
-    from accounts.services import BudgetExceeded, RateLimited, llm_call_admit
+    from accounts.services import llm_call_admit
     from approvals.services import audit_record
 
     user = run.conversation.owner
@@ -283,6 +305,8 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]
     tokens = prompt_tokens + config.max_output_tokens
     refusal: dict[str, Any] | None = None
     if estimate is None and budget_requires_prices(user=user):
+        if fast:
+            raise _GeneralPath("no prices")
         refusal = {
             "reason": "no_prices",
             "message": (
@@ -298,12 +322,17 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]
                     run_id=run.pk,
                     estimated_cost_usd=estimate or Decimal(0),
                     estimated_tokens=tokens,
+                    savepoint=not fast,
                 ),
                 "",
             )
         except BudgetExceeded as exc:
+            if fast:
+                raise
             refusal = {"reason": "budget", "message": exc.message, "budget_id": exc.budget_id}
         except RateLimited as exc:
+            if fast:
+                raise
             refusal = {
                 "reason": "rate_limit",
                 "message": exc.message,
@@ -346,15 +375,19 @@ class _CallStart:
     kind: str = ""
 
 
-def _begin_call(run: Run) -> _CallStart:
+def _begin_call(
+    run: Run, *, rows: list[HistoryRow] | None = None, fresh: bool = False, fast: bool = False
+) -> _CallStart:
     """History, tools offered, context fit, admission, the assistant message.
 
     One database hop for everything before the model call (each hop is a
     thread handoff; on a busy worker they added up to most of the added time
-    to first token). A context or budget refusal comes back in ``error``.
+    to first token). A context or budget refusal comes back in ``error``, or
+    with ``fast`` (the PostgreSQL claim) is raised for the ORM path to redo.
+    ``rows``/``fresh``: the history and whether the step is new, from that claim.
     """
     config: ModelConfig = run.conversation.model_config
-    history = _history(run)
+    history = _history(run, rows)
     tools = _tools_for_run(run)
     try:
         fit = context_fit(
@@ -365,13 +398,38 @@ def _begin_call(run: Run) -> _CallStart:
             tools=tools,
         )
     except GatewayError as error:
+        if fast:
+            raise _GeneralPath(error.kind) from error
         return _CallStart(error=error.user_message, kind=error.kind)
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
-    admission, refusal = _admit(run, config, fit.prompt_tokens)
+    admission, refusal = _admit(run, config, fit.prompt_tokens, fast=fast)
     if admission is None:
         return _CallStart(error=refusal, kind="budget")
-    return _CallStart(fit=fit, tools=tools, admission=admission, message=_prepare(run))
+    message = _prepare(run, fresh=fresh)
+    return _CallStart(fit=fit, tools=tools, admission=admission, message=message)
+
+
+class _GeneralPath(Exception):
+    """A PostgreSQL fast path met a case it leaves to the ORM path (rolls back)."""
+
+
+def _claim_and_begin_pg(run_id: int, worker: str) -> tuple[Run, _CallStart]:
+    """The common claim on PostgreSQL (``steps_pg.claim``), then ``_begin_call``.
+
+    Inside ``transaction.atomic``; raises ``_GeneralPath`` (or a refusal) for
+    anything else, and the caller rolls back and takes the ORM path.
+    """
+    claimed = steps_pg.claim(run_id=run_id, worker=worker, now=timezone.now(), until=_lease_until())
+    if claimed is None:
+        raise _GeneralPath("not claimable")
+    fresh, rows = claimed
+    # Locked by the claim's UPDATE; read without FOR UPDATE, which joins could not take.
+    run = Run.objects.select_related("conversation__model_config", "conversation__owner").get(
+        pk=run_id
+    )
+    events.run_status_changed(run_id=run.pk)
+    return run, _begin_call(run, rows=rows, fresh=fresh, fast=True)
 
 
 @_db
@@ -381,7 +439,14 @@ def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart |
     One thread hop and one transaction: the lease, the budget hold and the
     assistant message commit together (a failure leaves the run as it was,
     for a retry or stuck-run recovery), with one commit instead of three.
+    On PostgreSQL the common case takes five round trips (``steps_pg``).
     """
+    if connection.vendor == "postgresql":
+        try:
+            with transaction.atomic():
+                return _claim_and_begin_pg(run_id, worker)
+        except (_GeneralPath, NeedsSavepoint, BudgetExceeded, RateLimited):
+            pass  # rolled back: the ORM path below decides, words and audits
     with transaction.atomic():
         run = _claim(run_id, worker)
         if run is None or run.status != S.CALLING_LLM:
@@ -460,12 +525,12 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
                     "answering. Try again.", kind="internal", partial=publisher.text)  # fmt: skip
         return
 
-    assistant = await _store_answer(
+    stored = await _store_answer(
         run.pk, worker, message.pk, result, dropped=fit.dropped, admission=admission
     )
-    if assistant is None or not result.tool_calls:
+    if stored is None or not result.tool_calls:
         return
-    await _tool_turn_gate(run.pk, worker, assistant.pk)
+    await _tool_turn_gate(run.pk, worker, stored)
 
 
 async def _settled(task: asyncio.Task | None) -> None:
@@ -500,18 +565,107 @@ def _locked_own(run_id: int, worker: str) -> Run | None:
     return run
 
 
+def _llm_call_audit(
+    *, run_id: int, step: int, actor: Any, model: str, result: ChatResult, dropped: int
+) -> None:
+    from approvals.services import audit_record
+
+    audit_record(
+        action="llm.call",
+        actor=actor,
+        target_type="run",
+        target_id=run_id,
+        data={
+            "step": step,
+            "model": model,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
+            "latency_ms": result.latency_ms,
+            "tool_calls": len(result.tool_calls or []),
+            "context_dropped_messages": dropped,
+        },
+    )
+
+
+def _store_text_pg(
+    run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
+) -> int:
+    """``_store_answer`` of a text reply on PostgreSQL (``steps_pg.store_text``): five
+    round trips. Inside ``transaction.atomic``; raises ``_GeneralPath`` (lease lost)
+    or ``NeedsSavepoint`` (a budget the hold did not cover) for the ORM path."""
+    from accounts.services import llm_call_settle
+
+    stored = steps_pg.store_text(
+        run_id=run_id,
+        worker=worker,
+        message_id=message_id,
+        now=timezone.now(),
+        fields={
+            "content": result.content,
+            "model": result.model,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "cost_usd": result.cost_usd,
+            "latency_ms": result.latency_ms,
+        },
+        metadata=_answer_metadata(result, dropped),
+        dropped=dropped,
+    )
+    if stored is None or not stored.model:
+        raise _GeneralPath("lease lost")
+    llm_call_settle(
+        admission=admission,
+        conversation_id=stored.conversation_id,
+        model=stored.model,
+        prompt_tokens=result.prompt_tokens or 0,
+        completion_tokens=result.completion_tokens or 0,
+        cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
+        latency_ms=result.latency_ms or 0,
+        savepoint=False,
+    )
+    events.message_replaced(message_id=message_id, run_id=run_id)
+    events.run_status_changed(run_id=run_id)
+    _llm_call_audit(
+        run_id=run_id,
+        step=stored.step,
+        actor=stored.owner_id,
+        model=stored.model,
+        result=result,
+        dropped=dropped,
+    )
+    return message_id
+
+
+def _answer_metadata(result: ChatResult, dropped: int) -> dict[str, Any]:
+    return {
+        "ttft_ms": result.ttft_ms,
+        "finish_reason": result.finish_reason,
+        "context_dropped_messages": dropped,
+    }
+
+
 @_db
 def _store_answer(
     run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
-) -> Message | None:
+) -> int | None:
     """Write the finished assistant message once, settle its usage, transition the run.
 
     The usage record (accounts' ledger) and the message commit together; the
     ``llm.call`` audit event is written last (approvals' lock-order rule).
+    Returns the message's id, or ``None`` when the lease was lost (nothing
+    stored). A text reply on PostgreSQL takes ``_store_text_pg``.
     """
     from accounts.services import llm_call_abort, llm_call_settle
-    from approvals.services import audit_record
 
+    if connection.vendor == "postgresql" and not result.tool_calls:
+        try:
+            with transaction.atomic():
+                return _store_text_pg(
+                    run_id, worker, message_id, result, dropped=dropped, admission=admission
+                )
+        except (_GeneralPath, NeedsSavepoint):
+            pass  # rolled back: the ORM path below
     with transaction.atomic():
         run = _locked_own(run_id, worker)
         if run is None:
@@ -526,12 +680,7 @@ def _store_answer(
         message.completion_tokens = result.completion_tokens
         message.cost_usd = result.cost_usd
         message.latency_ms = result.latency_ms
-        message.metadata = {
-            **message.metadata,
-            "ttft_ms": result.ttft_ms,
-            "finish_reason": result.finish_reason,
-            "context_dropped_messages": dropped,
-        }
+        message.metadata = {**message.metadata, **_answer_metadata(result, dropped)}
         message.save(
             update_fields=[
                 "content", "tool_calls", "status", "model", "prompt_tokens",
@@ -564,23 +713,15 @@ def _store_answer(
             events.run_status_changed(run_id=run.pk)
         else:
             run_finish(run=run, status=S.COMPLETED)
-        audit_record(
-            action="llm.call",
+        _llm_call_audit(
+            run_id=run.pk,
+            step=run.step,
             actor=run.conversation.owner,
-            target_type="run",
-            target_id=run.pk,
-            data={
-                "step": run.step,
-                "model": message.model,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
-                "latency_ms": result.latency_ms,
-                "tool_calls": len(result.tool_calls or []),
-                "context_dropped_messages": dropped,
-            },
+            model=message.model,
+            result=result,
+            dropped=dropped,
         )
-        return message
+        return message.pk
 
 
 @_db

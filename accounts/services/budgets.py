@@ -36,7 +36,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts import events
-from accounts.errors import BudgetExceeded
+from accounts.errors import BudgetExceeded, NeedsSavepoint
 from accounts.models import (
     Budget,
     BudgetCounter,
@@ -259,21 +259,26 @@ def budget_admit(
     tokens: int,
     run_id: int | None,
     check: Callable[[list[RateLimit]], None] | None = None,
+    savepoint: bool = True,
 ) -> tuple[list[Budget], list[RateLimit], list[BudgetReservation]]:
     """Reserve like ``budget_reserve``, running ``check`` before the hold commits.
 
     ``check`` gets the applicable rate limits (by id) and may raise: then
     nothing is held. Returns ``(budgets, rate limits, held reservations)``
     (the rate limits are ``[]`` when ``check`` is None). ``cost`` must come
-    from ``to_usd`` and ``tokens`` be checked by the caller.
+    from ``to_usd`` and ``tokens`` be checked by the caller. ``savepoint=False``
+    (PostgreSQL, inside the caller's transaction): no savepoint around the
+    one-statement hold; where it would be needed, ``NeedsSavepoint`` is raised
+    instead, and so is whatever ``check`` raises.
 
     Raises:
         BudgetExceeded: a limit would be passed; nothing was written.
+        NeedsSavepoint: see ``savepoint``.
     """
     relax = not connection.in_atomic_block  # never relax a caller's own transaction
     now = timezone.now()
     if _on_postgresql():
-        with transaction.atomic():
+        with transaction.atomic(savepoint=savepoint):
             got = budgets_pg.reserve(
                 user_id=user_id,
                 cost=cost,
@@ -288,6 +293,8 @@ def budget_admit(
                 return got.budgets, got.ratelimits, got.reservations
             # A limit refused, or a period without a counter yet: undo and
             # let the general path create counters and word the refusal.
+            if not savepoint:
+                raise NeedsSavepoint("budget hold")
             transaction.set_rollback(True)
     ratelimits = ratelimits_applicable(user=user_id) if check is not None else []
     budgets = budgets_applicable(user=user_id)
@@ -402,6 +409,7 @@ def usage_record(
     latency_ms: int | None,
     reservations: list[int] | None = None,
     _budgets: list[Budget] | None = None,
+    savepoint: bool = True,
 ) -> UsageRecord:
     """Write one LLM call to the ledger and settle its reservations.
 
@@ -420,12 +428,16 @@ def usage_record(
             a float goes through its repr).
         latency_ms: wall time of the call in milliseconds.
         reservations: ids returned by ``budget_reserve`` for this call.
+        savepoint: ``False`` (PostgreSQL, inside the caller's transaction): no
+            savepoint around the one-statement settle; where the general path
+            would be needed, ``NeedsSavepoint`` is raised instead.
 
     Returns:
         The new ``UsageRecord``.
 
     Raises:
         ValueError: negative or non-numeric tokens or cost, or an empty model.
+        NeedsSavepoint: see ``savepoint``.
     """
     cost = to_usd(cost_usd)
     prompt_tokens = to_tokens(prompt_tokens, name="prompt_tokens")
@@ -451,7 +463,7 @@ def usage_record(
         "created_at": now,
     }
     if _on_postgresql() and (reservations or not budgets):
-        with transaction.atomic():
+        with transaction.atomic(savepoint=savepoint):
             got = budgets_pg.settle(
                 user_id=user_id,
                 conversation_id=conversation_id,
@@ -476,6 +488,8 @@ def usage_record(
                 return record
             # Some budget was not covered by a hold (released, expired): undo
             # and charge it on the general path, which locks in order.
+            if not savepoint:
+                raise NeedsSavepoint("usage settle")
             transaction.set_rollback(True)
     with transaction.atomic():
         record = UsageRecord.objects.create(**fields)

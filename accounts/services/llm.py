@@ -60,6 +60,7 @@ def llm_call_admit(
     run_id: int | None,
     estimated_cost_usd: Decimal | int | str,
     estimated_tokens: int,
+    savepoint: bool = True,
 ) -> Admission:
     """Reserve the worst case against every budget and check the rate limits.
 
@@ -73,6 +74,10 @@ def llm_call_admit(
         run_id: the run making the call (plain id).
         estimated_cost_usd: worst-case USD (see this module's docstring).
         estimated_tokens: worst-case tokens (prompt + max_tokens).
+        savepoint: ``False`` inside the caller's transaction on PostgreSQL: no
+            savepoint around the hold; a refusal, or a hold the one-statement
+            path cannot take, raises (``NeedsSavepoint`` for the latter) and
+            the caller must roll back (``budget_admit``).
 
     Returns:
         An ``Admission`` to pass to ``llm_call_settle`` or ``llm_call_abort``.
@@ -83,6 +88,7 @@ def llm_call_admit(
         RateLimited: too many requests/tokens this minute; nothing was held
             (the refused request is not counted).
         ValueError: negative or non-numeric estimates.
+        NeedsSavepoint: only with ``savepoint=False``.
     """
     user_id = user if isinstance(user, int) else user.pk
     cost = to_usd(estimated_cost_usd, name="estimated_cost_usd")
@@ -94,7 +100,7 @@ def llm_call_admit(
     # Refusals (RateLimited, BudgetExceeded) propagate; the caller audits them
     # (accounts does not import approvals).
     budgets, ratelimits, reservations = budget_admit(
-        user_id=user_id, cost=cost, tokens=tokens, run_id=run_id, check=check
+        user_id=user_id, cost=cost, tokens=tokens, run_id=run_id, check=check, savepoint=savepoint
     )
     return Admission(
         user_id=user_id,
@@ -116,6 +122,7 @@ def llm_call_settle(
     completion_tokens: int,
     cost_usd: Decimal | int | str,
     latency_ms: int | None,
+    savepoint: bool = True,
 ) -> UsageRecord:
     """Record the finished call's actual usage and settle its reservations.
 
@@ -127,6 +134,9 @@ def llm_call_settle(
         model: the litellm model string or ModelConfig name.
         cost_usd: actual USD (Decimal; a float goes through its repr).
         latency_ms: wall time of the call in milliseconds.
+        savepoint: ``False`` inside the caller's transaction on PostgreSQL: no
+            savepoint around the one-statement settle; ``NeedsSavepoint`` where
+            the general path is needed, and the caller must roll back.
     """
     record = usage_record(
         user=admission.user_id,
@@ -139,6 +149,7 @@ def llm_call_settle(
         latency_ms=latency_ms,
         reservations=list(admission.reservation_ids),
         _budgets=None if admission._budgets is None else list(admission._budgets),
+        savepoint=savepoint,
     )
     ratelimit_add_tokens(
         user=admission.user_id,

@@ -1,0 +1,128 @@
+"""The engine's PostgreSQL fast paths (``conversations.steps_pg``) and their way back.
+
+The engine tests (test_engine.py) run whole steps through these paths; here:
+that the common step really takes them (statement counts, which the ORM path
+exceeds), and that each hands the uncommon case back to the ORM path with
+nothing written (a lost lease, a budget that refuses).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from accounts.models import Budget, UsageRecord
+from approvals.models import AuditEvent
+from conversations import engine, services
+from conversations.gateway import ChatResult
+from conversations.models import Message, Run
+from tools.selectors import tools_offered_for_user
+
+pytestmark = pytest.mark.django_db
+
+ANSWER = ChatResult(
+    content="The answer.",
+    prompt_tokens=12,
+    completion_tokens=3,
+    cost_usd=Decimal("0.00042"),
+    latency_ms=40,
+    ttft_ms=9,
+    finish_reason="stop",
+    model="demo/tollgate",
+)
+
+
+def _statements(captured: CaptureQueriesContext) -> list[str]:
+    """What ran, less the savepoints of the test's own transaction."""
+    return [
+        q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"].split(" ", 2)[:2]
+    ]
+
+
+def _claimed(conversation, worker: str = "w1"):
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="hello"
+    )
+    tools_offered_for_user(user=conversation.owner)  # cached for a while, as in the worker
+    with CaptureQueriesContext(connection) as claim:
+        run, start = engine._claim_and_begin.func(run.pk, worker)
+    return run, start, _statements(claim)
+
+
+def test_common_step_takes_the_fast_paths(conversation):
+    run, start, claim = _claimed(conversation)
+    assert run.status == Run.Status.CALLING_LLM and run.step == 1 and run.lease_owner == "w1"
+    assert start.message.status == Message.Status.STREAMING
+    # Claim + history (one round trip), the run's rows, the budget hold, the message:
+    # the ORM path runs 8 statements and 2 savepoint commands.
+    assert len(claim) == 5, claim
+    with CaptureQueriesContext(connection) as store:
+        stored = engine._store_answer.func(
+            run.pk, "w1", start.message.pk, ANSWER, dropped=2, admission=start.admission
+        )
+    # Lock + message + run (one round trip), the ledger, three for the audit append
+    # (two round trips). The ORM path: 11 statements and 2 savepoint commands.
+    assert len(_statements(store)) == 7, _statements(store)
+    assert stored == start.message.pk
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED and run.lease_owner == ""
+    assert run.finished_at is not None
+    assert run.metadata["context"] == {"1": {"dropped_messages": 2}}
+    assert run.metadata["context_dropped_messages"] == 2
+    message = Message.objects.get(pk=stored)
+    assert (message.status, message.content, message.model) == (
+        Message.Status.COMPLETE,
+        "The answer.",
+        "demo/tollgate",
+    )
+    assert (message.prompt_tokens, message.completion_tokens, message.cost_usd) == (
+        12,
+        3,
+        Decimal("0.00042"),
+    )
+    assert message.metadata == {
+        "ttft_ms": 9,
+        "finish_reason": "stop",
+        "context_dropped_messages": 2,
+    }
+    record = UsageRecord.objects.get(run_id=run.pk)
+    assert (record.prompt_tokens, record.cost_usd) == (12, Decimal("0.00042"))
+    event = AuditEvent.objects.get(action="llm.call", target_id=str(run.pk))
+    assert event.actor_id == conversation.owner_id
+    assert event.data["prompt_tokens"] == 12
+
+
+def test_store_after_a_lost_lease_writes_nothing(conversation):
+    run, start, _ = _claimed(conversation)
+    # Another worker took over (this one was presumed dead).
+    Run.objects.filter(pk=run.pk).update(
+        lease_owner="w2", lease_expires_at=timezone.now() + timedelta(minutes=1)
+    )
+    stored = engine._store_answer.func(
+        run.pk, "w1", start.message.pk, ANSWER, dropped=0, admission=start.admission
+    )
+    assert stored is None
+    run.refresh_from_db()
+    assert (run.status, run.lease_owner) == (Run.Status.CALLING_LLM, "w2")
+    assert Message.objects.get(pk=start.message.pk).status == Message.Status.STREAMING
+    assert not UsageRecord.objects.filter(run_id=run.pk).exists()
+    assert not AuditEvent.objects.filter(action="llm.call").exists()
+
+
+def test_budget_refusal_is_worded_and_audited_by_the_orm_path(conversation, demo_model):
+    demo_model.input_cost_per_token = Decimal("0.01")
+    demo_model.save()
+    Budget.objects.create(user=conversation.owner, period="total", cost_limit_usd=Decimal("0.05"))
+    run, start, _ = _claimed(conversation)
+    assert start.message is None and start.kind == "budget"
+    assert "budget" in start.error
+    run.refresh_from_db()
+    # The claim committed without a hold or a message; the step then fails the run.
+    assert run.lease_owner == "w1"
+    assert not Message.objects.filter(run=run, role=Message.Role.ASSISTANT).exists()
+    assert AuditEvent.objects.filter(action="budget.refused", target_id=str(run.pk)).exists()
