@@ -29,14 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import BenchEnv, Result, bench_stack, fmt, p50, percentile, table
 
 PHASES = (
-    "_claim",
-    "_history",
-    "_tools_for_run",
-    "context_fit",
-    "_admit",
-    "_prepare",
+    "_claim_and_begin",
     "_persist_partial",
     "_store_answer",
+    "_tool_turn_gate",
 )
 
 

@@ -233,25 +233,18 @@ def _tools_for_run(run: Run) -> list[dict] | None:
     return tools_offered(run=run)
 
 
-def _prepare(run: Run, *, fresh: bool = False) -> Message:
-    """Create (or reset, on replay) the assistant message of this step.
-
-    ``fresh``: the claim began this step (from ``queued``), so it has no message yet.
-    """
+def _prepare(run: Run) -> int:
+    """Create (or reset, on replay) the assistant message of this step; its id."""
     with transaction.atomic(savepoint=False):
         # The run's lease (just claimed) keeps other workers out: no savepoint
         # for get_or_create's race is needed.
-        message = (
-            None
-            if fresh
-            else next(
-                iter(
-                    Message.objects.filter(
-                        run=run, run_step=run.step, role=Message.Role.ASSISTANT
-                    ).order_by()[:1]
-                ),
-                None,
-            )
+        message = next(
+            iter(
+                Message.objects.filter(
+                    run=run, run_step=run.step, role=Message.Role.ASSISTANT
+                ).order_by()[:1]
+            ),
+            None,
         )
         if message is None:
             message = Message.objects.create(
@@ -269,7 +262,7 @@ def _prepare(run: Run, *, fresh: bool = False) -> Message:
             message.status = Message.Status.STREAMING
             message.save(update_fields=["content", "tool_calls", "status"])
             events.message_replaced(message_id=message.pk, run_id=message.run_id)
-    return message
+    return message.pk
 
 
 def _history(run: Run, rows: list[HistoryRow] | None = None) -> list[dict]:
@@ -370,13 +363,17 @@ class _CallStart:
     fit: Any = None
     tools: list[dict] | None = None
     admission: Any = None
-    message: Message | None = None
+    message_id: int | None = None
     error: str = ""
     kind: str = ""
 
 
 def _begin_call(
-    run: Run, *, rows: list[HistoryRow] | None = None, fresh: bool = False, fast: bool = False
+    run: Run,
+    *,
+    rows: list[HistoryRow] | None = None,
+    message_id: int | None = None,
+    fast: bool = False,
 ) -> _CallStart:
     """History, tools offered, context fit, admission, the assistant message.
 
@@ -384,7 +381,7 @@ def _begin_call(
     thread handoff; on a busy worker they added up to most of the added time
     to first token). A context or budget refusal comes back in ``error``, or
     with ``fast`` (the PostgreSQL claim) is raised for the ORM path to redo.
-    ``rows``/``fresh``: the history and whether the step is new, from that claim.
+    ``rows``/``message_id``: the history and the step's message, from that claim.
     """
     config: ModelConfig = run.conversation.model_config
     history = _history(run, rows)
@@ -406,8 +403,9 @@ def _begin_call(
     admission, refusal = _admit(run, config, fit.prompt_tokens, fast=fast)
     if admission is None:
         return _CallStart(error=refusal, kind="budget")
-    message = _prepare(run, fresh=fresh)
-    return _CallStart(fit=fit, tools=tools, admission=admission, message=message)
+    if message_id is None:
+        message_id = _prepare(run)
+    return _CallStart(fit=fit, tools=tools, admission=admission, message_id=message_id)
 
 
 class _GeneralPath(Exception):
@@ -423,13 +421,13 @@ def _claim_and_begin_pg(run_id: int, worker: str) -> tuple[Run, _CallStart]:
     claimed = steps_pg.claim(run_id=run_id, worker=worker, now=timezone.now(), until=_lease_until())
     if claimed is None:
         raise _GeneralPath("not claimable")
-    fresh, rows = claimed
-    # Locked by the claim's UPDATE; read without FOR UPDATE, which joins could not take.
-    run = Run.objects.select_related("conversation__model_config", "conversation__owner").get(
-        pk=run_id
-    )
+    run = claimed.run
     events.run_status_changed(run_id=run.pk)
-    return run, _begin_call(run, rows=rows, fresh=fresh, fast=True)
+    if claimed.message_created:
+        events.message_appended(message_id=claimed.message_id, run_id=run.pk)
+    else:
+        events.message_replaced(message_id=claimed.message_id, run_id=run.pk)
+    return run, _begin_call(run, rows=claimed.history, message_id=claimed.message_id, fast=True)
 
 
 @_db
@@ -456,10 +454,10 @@ def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart |
 
 async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
     config: ModelConfig = run.conversation.model_config
-    if start.message is None:
+    if start.message_id is None:
         await _fail(run.pk, worker, None, start.error, kind=start.kind)
         return
-    fit, tools, admission, message = start.fit, start.tools, start.admission, start.message
+    fit, tools, admission, message_id = start.fit, start.tools, start.admission, start.message_id
 
     lease_renewed = time.monotonic()
     # The text is first saved FIRST_PERSIST_SECONDS into the stream (a reload then
@@ -486,11 +484,11 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
         if renew:
             lease_renewed = now
         persisting = asyncio.ensure_future(
-            _persist_partial(run.pk, worker, message.pk, text, renew)
+            _persist_partial(run.pk, worker, message_id, text, renew)
         )
 
     publisher = events.StreamPublisher(
-        message_id=message.pk,
+        message_id=message_id,
         conversation_id=run.conversation_id,
         on_flush=on_flush,
         run_id=run.pk,
@@ -509,24 +507,24 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
     except StepAborted as aborted:
         await _settled(persisting)
         await _abort_admission(admission)
-        await _abort(run.pk, worker, message.pk, publisher.text, reason=str(aborted))
+        await _abort(run.pk, worker, message_id, publisher.text, reason=str(aborted))
         return
     except GatewayError as error:
         await _settled(persisting)
         await _abort_admission(admission)
-        await _fail(run.pk, worker, message.pk, error.user_message, kind=error.kind,
+        await _fail(run.pk, worker, message_id, error.user_message, kind=error.kind,
                     partial=publisher.text)  # fmt: skip
         return
     except Exception:
         await _settled(persisting)
         logger.exception("run %s step %s failed", run.pk, run.step)
         await _abort_admission(admission)
-        await _fail(run.pk, worker, message.pk, "Something went wrong on the server while "
+        await _fail(run.pk, worker, message_id, "Something went wrong on the server while "
                     "answering. Try again.", kind="internal", partial=publisher.text)  # fmt: skip
         return
 
     stored = await _store_answer(
-        run.pk, worker, message.pk, result, dropped=fit.dropped, admission=admission
+        run.pk, worker, message_id, result, dropped=fit.dropped, admission=admission
     )
     if stored is None or not result.tool_calls:
         return

@@ -6,8 +6,9 @@ answer (message, run, usage, audit). Through the ORM they took ten and fifteen
 round trips and most of the engine's time per step (``bench/loop.py``). Here
 the common case of each is written by hand and pipelined (``project.pgsql``):
 
-- :func:`claim`: ``BEGIN``, the lease taken by one ``UPDATE … RETURNING``, and
-  the history read, in one round trip;
+- :func:`claim`: ``BEGIN``, the lease taken and the step's message written by
+  one statement that returns the run's rows, and the history read, in one
+  round trip;
 - :func:`store_text`: ``BEGIN``, the run locked, the message written and the run
   completed, in one round trip.
 
@@ -19,13 +20,15 @@ exactly the conditions the ORM path tests, so the two agree on what happens.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from psycopg.types.json import Jsonb
 
-from conversations.models import Message, Run
+from accounts.models import User
+from conversations.models import Conversation, Message, ModelConfig, Run
 from project import pgsql
 
 S = Run.Status
@@ -48,24 +51,46 @@ HISTORY_STATUSES = (Message.Status.COMPLETE.value, Message.Status.STOPPED.value)
 
 # The claim: what engine._claim does for a run that is queued (a new step) or
 # was moved to calling_llm by its tool phase, with no live lease, no Stop and
-# steps left. RETURNING sees the new row; the CTE keeps the old status.
+# steps left; then what engine._prepare does (the step's assistant message,
+# created, or reset on a replay), and the rows the step reads. RETURNING sees
+# the new row; the CTE "old" keeps the old status.
 _CLAIM = """
 WITH old AS (
     SELECT id, status FROM conversations_run WHERE id = %(run)s FOR NO KEY UPDATE
+), claimed AS (
+    UPDATE conversations_run AS r SET
+        status = %(calling)s,
+        step = CASE WHEN old.status = %(queued)s THEN r.step + 1 ELSE r.step END,
+        started_at = COALESCE(r.started_at, %(now)s),
+        lease_owner = %(worker)s,
+        lease_expires_at = %(until)s
+    FROM old
+    WHERE r.id = old.id
+      AND old.status IN (%(queued)s, %(calling)s)
+      AND NOT r.cancel_requested
+      AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= %(now)s)
+      AND (old.status = %(calling)s OR r.step < r.max_steps)
+    RETURNING r.*
+), message AS (
+    INSERT INTO conversations_message AS m (
+        conversation_id, run_id, role, status, content, tool_calls, tool_call_id, model,
+        run_step, metadata, created_at
+    )
+    SELECT r.conversation_id, r.id, %(assistant)s, %(streaming)s, '', NULL, '',
+           mc.litellm_model, r.step, '{{}}'::jsonb, %(now)s
+    FROM claimed r
+    JOIN conversations_conversation c ON c.id = r.conversation_id
+    JOIN conversations_modelconfig mc ON mc.id = c.model_config_id
+    ON CONFLICT (run_id, run_step) WHERE role = 'assistant'  -- the unique index's own words
+    DO UPDATE SET content = '', tool_calls = NULL, status = %(streaming)s
+    RETURNING m.id, m.xmax = 0 AS inserted
 )
-UPDATE conversations_run AS r SET
-    status = %(calling)s,
-    step = CASE WHEN old.status = %(queued)s THEN r.step + 1 ELSE r.step END,
-    started_at = COALESCE(r.started_at, %(now)s),
-    lease_owner = %(worker)s,
-    lease_expires_at = %(until)s
-FROM old
-WHERE r.id = old.id
-  AND old.status IN (%(queued)s, %(calling)s)
-  AND NOT r.cancel_requested
-  AND (r.lease_expires_at IS NULL OR r.lease_expires_at <= %(now)s)
-  AND (old.status = %(calling)s OR r.step < r.max_steps)
-RETURNING old.status = %(queued)s
+SELECT {run}, {conversation}, {config}, {owner}, message.id, message.inserted
+FROM claimed r
+JOIN conversations_conversation c ON c.id = r.conversation_id
+JOIN conversations_modelconfig mc ON mc.id = c.model_config_id
+JOIN accounts_user u ON u.id = c.owner_id
+CROSS JOIN message
 """
 
 _HISTORY = """
@@ -76,22 +101,44 @@ WHERE m.conversation_id = (SELECT conversation_id FROM conversations_run WHERE i
 ORDER BY m.id
 """
 
+#: The rows _CLAIM returns, in order: (placeholder, model, table alias).
+_RELATED = (
+    ("run", Run, "r"),
+    ("conversation", Conversation, "c"),
+    ("config", ModelConfig, "mc"),
+    ("owner", User, "u"),
+)
 
-def claim(
-    *, run_id: int, worker: str, now: datetime, until: datetime
-) -> tuple[bool, list[HistoryRow]] | None:
-    """Take run ``run_id``'s lease for a model call and read its history (one round trip).
 
-    Inside ``transaction.atomic``. Returns ``(fresh, history)``: ``fresh`` is
-    True when the run was queued (this call is a new step, so no assistant
-    message of it exists yet); ``history`` is the conversation's complete and
-    stopped messages as ``HistoryRow`` in id order. Returns ``None`` and
-    changes nothing when the run is not claimable this way (any other status,
-    a live lease, Stop requested, no steps left): the ORM path decides.
+@functools.cache
+def _claim_sql() -> str:
+    lists = {name: pgsql.select_list(model, alias) for name, model, alias in _RELATED}
+    return _CLAIM.format(**lists)  # quoted column names only
+
+
+class Claimed(NamedTuple):
+    """What :func:`claim` took: the run (its conversation, model and owner loaded),
+    the step's assistant message and whether it is new, and the history rows."""
+
+    run: Run
+    message_id: int
+    message_created: bool
+    history: list[HistoryRow]
+
+
+def claim(*, run_id: int, worker: str, now: datetime, until: datetime) -> Claimed | None:
+    """Take run ``run_id``'s lease for a model call, create (or, on a replay,
+    reset) the step's assistant message, and read the history: one round trip.
+
+    Inside ``transaction.atomic``. The history is the conversation's complete
+    and stopped messages (the new message is streaming, so not among them).
+    Returns ``None`` and changes nothing when the run is not claimable this
+    way (any other status, a live lease, Stop requested, no steps left): the
+    ORM path decides.
     """
     claimed, rows = pgsql.pipeline(
         (
-            _CLAIM,
+            _claim_sql(),
             {
                 "run": run_id,
                 "worker": worker,
@@ -99,17 +146,29 @@ def claim(
                 "until": until,
                 "queued": S.QUEUED.value,
                 "calling": S.CALLING_LLM.value,
+                "assistant": Message.Role.ASSISTANT.value,
+                "streaming": Message.Status.STREAMING.value,
             },
         ),
         (_HISTORY, {"run": run_id, "statuses": list(HISTORY_STATUSES)}),
     )
     if not claimed:
         return None
+    row = claimed[0]
+    objects, at = [], 0
+    for _, model, _ in _RELATED:
+        width = len(model._meta.concrete_fields)
+        objects.append(pgsql.instance(model, row[at : at + width]))
+        at += width
+    run, conversation, config, owner = objects
+    conversation.model_config = config
+    conversation.owner = owner
+    run.conversation = conversation
     history = [
         HistoryRow(pk, role, content, json.loads(calls) if calls else None, call_id)
         for pk, role, content, calls, call_id in rows
     ]
-    return bool(claimed[0][0]), history
+    return Claimed(run=run, message_id=row[at], message_created=row[at + 1], history=history)
 
 
 # The stored answer of a text reply: the run locked and checked, the message

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Model
 
 #: One statement: SQL with ``%(name)s`` placeholders, and its parameters.
 Statement = tuple[str, dict[str, Any]]
@@ -97,3 +99,29 @@ def pipeline(*statements: Statement) -> list[list[tuple]]:
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+def select_list(model: type[Model], alias: str) -> str:
+    """``alias.col, …`` for every concrete field of ``model``, in :func:`instance`'s order."""
+    qn = connection.ops.quote_name
+    return ", ".join(f"{alias}.{qn(field.column)}" for field in model._meta.concrete_fields)
+
+
+@functools.cache
+def _converters(model: type[Model]) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (field.attname, getattr(field, "from_db_value", None))
+        for field in model._meta.concrete_fields
+    )
+
+
+def instance(model: type[Model], values: Sequence[Any]) -> Model:
+    """A ``model`` instance from a row selected with :func:`select_list` (loaded from
+    the database, with the fields' own converters applied, as the ORM does)."""
+    converters = _converters(model)
+    names = [name for name, _ in converters]
+    loaded = [
+        value if convert is None or value is None else convert(value, None, connection)
+        for (_, convert), value in zip(converters, values, strict=True)
+    ]
+    return model.from_db(connection.alias, names, loaded)

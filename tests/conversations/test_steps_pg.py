@@ -57,18 +57,18 @@ def _claimed(conversation, worker: str = "w1"):
 def test_common_step_takes_the_fast_paths(conversation):
     run, start, claim = _claimed(conversation)
     assert run.status == Run.Status.CALLING_LLM and run.step == 1 and run.lease_owner == "w1"
-    assert start.message.status == Message.Status.STREAMING
-    # Claim + history (one round trip), the run's rows, the budget hold, the message:
-    # the ORM path runs 8 statements and 2 savepoint commands.
-    assert len(claim) == 5, claim
+    assert Message.objects.get(pk=start.message_id).status == Message.Status.STREAMING
+    # Claim with the message, and the history (one round trip), then the budget hold.
+    # The ORM path runs 8 statements and 2 savepoint commands.
+    assert len(claim) == 3, claim
     with CaptureQueriesContext(connection) as store:
         stored = engine._store_answer.func(
-            run.pk, "w1", start.message.pk, ANSWER, dropped=2, admission=start.admission
+            run.pk, "w1", start.message_id, ANSWER, dropped=2, admission=start.admission
         )
     # Lock + message + run (one round trip), the ledger, three for the audit append
     # (two round trips). The ORM path: 11 statements and 2 savepoint commands.
     assert len(_statements(store)) == 7, _statements(store)
-    assert stored == start.message.pk
+    assert stored == start.message_id
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED and run.lease_owner == ""
     assert run.finished_at is not None
@@ -104,12 +104,12 @@ def test_store_after_a_lost_lease_writes_nothing(conversation):
         lease_owner="w2", lease_expires_at=timezone.now() + timedelta(minutes=1)
     )
     stored = engine._store_answer.func(
-        run.pk, "w1", start.message.pk, ANSWER, dropped=0, admission=start.admission
+        run.pk, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
     )
     assert stored is None
     run.refresh_from_db()
     assert (run.status, run.lease_owner) == (Run.Status.CALLING_LLM, "w2")
-    assert Message.objects.get(pk=start.message.pk).status == Message.Status.STREAMING
+    assert Message.objects.get(pk=start.message_id).status == Message.Status.STREAMING
     assert not UsageRecord.objects.filter(run_id=run.pk).exists()
     assert not AuditEvent.objects.filter(action="llm.call").exists()
 
@@ -119,7 +119,7 @@ def test_budget_refusal_is_worded_and_audited_by_the_orm_path(conversation, demo
     demo_model.save()
     Budget.objects.create(user=conversation.owner, period="total", cost_limit_usd=Decimal("0.05"))
     run, start, _ = _claimed(conversation)
-    assert start.message is None and start.kind == "budget"
+    assert start.message_id is None and start.kind == "budget"
     assert "budget" in start.error
     run.refresh_from_db()
     # The claim committed without a hold or a message; the step then fails the run.
