@@ -251,7 +251,6 @@ class StreamPublisher:
         self._error: BaseException | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-        self._sending = False  # the frame in flight has left the outbox wait
         StreamPublisher._live.add(self)
 
     def current_interval(self) -> float:
@@ -318,11 +317,7 @@ class StreamPublisher:
                 # The message element is drawn by a push queued when it was created
                 # (its outbox lane); the first frame must not overtake it.
                 await outbox_for(asyncio.get_running_loop()).drain(self.lane)
-            self._sending = True
-            try:
-                await apush_html(group=self.group, html=html)
-            finally:
-                self._sending = False
+            await apush_html(group=self.group, html=html)
             self.frames += 1
             if self.on_flush is not None:
                 await self.on_flush(text)
@@ -333,23 +328,15 @@ class StreamPublisher:
 
     async def close(self, *, final_frame: bool = True) -> None:
         """Wait for the frame in flight; then send what is left unless
-        ``final_frame`` is false (the caller pushes the finished message itself:
-        then a first frame still waiting for the outbox is dropped, not waited for)."""
+        ``final_frame`` is false (the caller pushes the finished message itself)."""
         StreamPublisher._live.discard(self)
         # Nothing is scheduled from now on: a frame in flight used to schedule the
         # next one when it finished, which then went out after the finished message.
         self._closed = True
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
-        flushing = self._flushing
-        if flushing is not None and not flushing.done():
-            if not final_frame and self.frames == 0 and not self._sending:
-                # A short reply: its first frame waits for the push that draws the
-                # message; the finished message, pushed next on that lane, replaces it.
-                flushing.cancel()
-                await asyncio.gather(flushing, return_exceptions=True)
-            else:
-                await flushing
+        if self._flushing is not None and not self._flushing.done():
+            await self._flushing
         self._raise_pending()
         if final_frame:
             await self.flush()

@@ -78,36 +78,6 @@ async def test_no_frame_goes_out_after_close(settings):
     assert publisher.frames == frames == 1
 
 
-async def test_close_drops_a_first_frame_still_waiting_for_the_outbox(settings):
-    """A short reply ends before its message is drawn: close(final_frame=False)
-    does not wait for that push (the caller pushes the finished message next);
-    close() with a final frame still waits and sends it."""
-    from conversations.events import StreamPublisher
-    from project.pushes import outbox_for
-
-    release = asyncio.Event()
-
-    def slow_build():  # the push that draws the message, slow to render
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
-        return []
-
-    loop = asyncio.get_running_loop()
-    outbox = outbox_for(loop)
-    for message_id, final_frame in ((10, False), (11, True)):
-        release.clear()
-        publisher = StreamPublisher(message_id=message_id, conversation_id=999995, run_id=77)
-        outbox.put(slow_build, lane=publisher.lane)
-        await publisher.feed("short reply")
-        await asyncio.sleep(0.05)  # the first frame is waiting for the lane
-        closing = asyncio.create_task(publisher.close(final_frame=final_frame))
-        await asyncio.sleep(0.2)
-        assert closing.done() is not final_frame
-        release.set()
-        await asyncio.wait_for(closing, 5)
-        await outbox.drain()
-        assert publisher.frames == (1 if final_frame else 0)
-
-
 def test_frames_coalesce_more_when_many_streams_are_live(settings):
     """Past the process's frame budget each stream's interval stretches, up to a cap."""
     import gc
