@@ -18,6 +18,7 @@ frame: nothing missing, nothing doubled.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
@@ -203,6 +204,10 @@ def error_fragment(text: str) -> str:
 # -- streaming -------------------------------------------------------------------
 
 
+def _frame(group: str, html: str) -> list[tuple[str, str]]:
+    return [(group, html)]
+
+
 class StreamPublisher:
     """Coalesce token deltas of one streaming message into frames.
 
@@ -216,8 +221,8 @@ class StreamPublisher:
     the text so far and may raise to stop the stream). An error raised by
     ``on_flush`` is re-raised from the next ``feed`` or from ``close``. Call
     ``close()`` when the stream ends: it waits for the frame in flight, then
-    flushes what is left. The first frame waits for the loop's outbox
-    (``project.pushes``), which holds the push that draws the message.
+    flushes what is left. While the loop's outbox (``project.pushes``) still
+    holds the push that draws the message, frames queue behind it on its lane.
 
     Under load the interval stretches: a process sends at most
     ``TOLLGATE_STREAM_FRAMES_PER_SECOND`` frames over all its live streams, so
@@ -251,6 +256,7 @@ class StreamPublisher:
         self._error: BaseException | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._queued: asyncio.Future[None] | None = None  # the last frame put on the lane
         StreamPublisher._live.add(self)
 
     def current_interval(self) -> float:
@@ -313,11 +319,16 @@ class StreamPublisher:
             self._last = time.monotonic()
             self.sent_len = len(text)
             html = self.body_html(text)
-            if self.frames == 0:
-                # The message element is drawn by a push queued when it was created
-                # (its outbox lane); the first frame must not overtake it.
-                await outbox_for(asyncio.get_running_loop()).drain(self.lane)
-            await apush_html(group=self.group, html=html)
+            loop = asyncio.get_running_loop()
+            outbox = outbox_for(loop)
+            if (self._queued is not None and not self._queued.done()) or outbox.pending(self.lane):
+                # The push that draws the message (or an earlier frame) is still
+                # queued on the run's outbox lane: queue behind it, so the frame
+                # neither overtakes it nor waits for it here (close() need not).
+                self._queued = loop.create_future()
+                outbox.put(functools.partial(_frame, self.group, html), self._queued, self.lane)
+            else:
+                await apush_html(group=self.group, html=html)
             self.frames += 1
             if self.on_flush is not None:
                 await self.on_flush(text)

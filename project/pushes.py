@@ -167,6 +167,10 @@ class Outbox:
             del self.lanes[lane]
             self.tasks.pop(lane, None)
 
+    def pending(self, lane: str) -> bool:
+        """Whether anything queued on ``lane`` has not been sent yet."""
+        return lane in self.lanes
+
     async def drain(self, lane: str | None = None) -> None:
         """Wait until everything queued so far (on ``lane``, or on every lane) is sent."""
         lanes = list(self.lanes) if lane is None else [lane] if lane in self.lanes else []

@@ -78,6 +78,45 @@ async def test_no_frame_goes_out_after_close(settings):
     assert publisher.frames == frames == 1
 
 
+async def test_frames_queue_behind_the_push_that_draws_the_message(settings):
+    """Until the message is drawn, frames wait on its outbox lane, in order, and
+    close() does not wait for them: what the engine pushes next on that lane
+    (the finished message) still arrives after them."""
+    from channels.layers import get_channel_layer
+
+    from conversations.events import StreamPublisher
+    from project.pushes import outbox_for
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("conversation.999995", channel)
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+
+    def draw():  # the push that draws the message, slow to render
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+        return [("conversation.999995", "<drawn>")]
+
+    outbox = outbox_for(loop)
+    publisher = StreamPublisher(message_id=10, conversation_id=999995, run_id=77)
+    outbox.put(draw, lane=publisher.lane)
+    await publisher.feed("short ")
+    await asyncio.sleep(0.1)  # longer than the interval: a frame is due
+    await publisher.feed("reply")
+    # Would time out if close waited for the lane.
+    await asyncio.wait_for(publisher.close(final_frame=False), 1)
+    outbox.put(lambda: [("conversation.999995", "<finished>")], lane=publisher.lane)
+    release.set()
+    await outbox.drain()
+    received = []
+    while not received or "<finished>" not in received[-1]:
+        received.append((await asyncio.wait_for(layer.receive(channel), 5))["html"])
+    html = "\n".join(received)
+    assert html.index("<drawn>") < html.index("short") < html.index("<finished>")
+    assert publisher.frames >= 1
+    await layer.group_discard("conversation.999995", channel)
+
+
 def test_frames_coalesce_more_when_many_streams_are_live(settings):
     """Past the process's frame budget each stream's interval stretches, up to a cap."""
     import gc
