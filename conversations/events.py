@@ -18,18 +18,18 @@ frame: nothing missing, nothing doubled.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
+from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
 
-from project.pushes import outbox_for, push_on_commit
+from project.pushes import Rendered, outbox_for, push_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,21 @@ def render(partial: str, context: dict) -> str:
 # render or the send, and the fragment shows the state when it is sent.
 
 
-def run_appended(*, run_id: int, with_user_message: bool) -> None:
-    """On commit: append a run block (and its user message) to the conversation's timeline."""
+def run_appended(*, run_id: int, with_user_message: bool, new: Any = None) -> None:
+    """On commit: append a run block (and its user message) to the conversation's timeline.
+
+    ``new``: the run this transaction created (its ``user_message`` set), rendered
+    without a query: a new run has no messages or tool calls of its own yet.
+    """
 
     def build() -> list[tuple[str, str]]:
         from conversations import selectors
 
-        run = selectors.run_for_push(run_id=run_id)
+        if new is not None:
+            run = new
+            run.timeline_messages, run.timeline_invocations = [], []
+        else:
+            run = selectors.run_for_push(run_id=run_id)
         html = ""
         if with_user_message:
             html += render("message", {"m": run.user_message})
@@ -82,7 +90,7 @@ def run_appended(*, run_id: int, with_user_message: bool) -> None:
             )
         ]
 
-    push_on_commit(build, lane=f"run.{run_id}")
+    push_on_commit(build, lane=f"run.{run_id}", in_hand=new is not None)
 
 
 def message_lane(*, message_id: int, run_id: int | None) -> str:
@@ -91,40 +99,43 @@ def message_lane(*, message_id: int, run_id: int | None) -> str:
     return f"run.{run_id}" if run_id is not None else f"message.{message_id}"
 
 
-def message_appended(*, message_id: int, run_id: int | None = None) -> None:
-    """On commit: append a new message to its run block (or the timeline)."""
+def message_appended(*, message_id: int, run_id: int | None = None, message: Any = None) -> None:
+    """On commit: append a new message to its run block (or the timeline).
+
+    ``message``: the row as this transaction leaves it, rendered without a query.
+    """
 
     def build() -> list[tuple[str, str]]:
         from conversations.models import Message
 
-        message = Message.objects.get(pk=message_id)
-        target = f"#run-{message.run_id}-messages" if message.run_id else "#messages"
-        html = render("message", {"m": message})
+        m = message if message is not None else Message.objects.get(pk=message_id)
+        target = f"#run-{m.run_id}-messages" if m.run_id else "#messages"
+        html = render("message", {"m": m})
         return [
             (
-                conversation_group(message.conversation_id),
+                conversation_group(m.conversation_id),
                 f'<div hx-swap-oob="beforeend:{target}">{html}</div>',
             )
         ]
 
-    push_on_commit(build, lane=message_lane(message_id=message_id, run_id=run_id))
+    lane = message_lane(message_id=message_id, run_id=run_id)
+    push_on_commit(build, lane=lane, in_hand=message is not None)
 
 
-def message_replaced(*, message_id: int, run_id: int | None = None) -> None:
-    """On commit: re-render a message in place (final text, stopped, failed)."""
+def message_replaced(*, message_id: int, run_id: int | None = None, message: Any = None) -> None:
+    """On commit: re-render a message in place (final text, stopped, failed).
+
+    ``message``: the row as this transaction leaves it, rendered without a query.
+    """
 
     def build() -> list[tuple[str, str]]:
         from conversations.models import Message
 
-        message = Message.objects.get(pk=message_id)
-        return [
-            (
-                conversation_group(message.conversation_id),
-                render("message", {"m": message, "oob": True}),
-            )
-        ]
+        m = message if message is not None else Message.objects.get(pk=message_id)
+        return [(conversation_group(m.conversation_id), render("message", {"m": m, "oob": True}))]
 
-    push_on_commit(build, lane=message_lane(message_id=message_id, run_id=run_id))
+    lane = message_lane(message_id=message_id, run_id=run_id)
+    push_on_commit(build, lane=lane, in_hand=message is not None)
 
 
 def run_tools_changed(*, run_id: int) -> None:
@@ -148,21 +159,21 @@ def run_tools_changed(*, run_id: int) -> None:
     push_on_commit(build, lane=f"run.{run_id}")
 
 
-def run_status_changed(*, run_id: int) -> None:
-    """On commit: re-render a run's status line (typing indicator, Stop, Retry, error)."""
+def run_status_changed(*, run_id: int, run: Any = None) -> None:
+    """On commit: re-render a run's status line (typing indicator, Stop, Retry, error).
+
+    ``run``: the row as this transaction leaves it (read at commit), rendered
+    without a query.
+    """
 
     def build() -> list[tuple[str, str]]:
         from conversations.models import Run
 
-        run = Run.objects.get(pk=run_id)
-        return [
-            (
-                conversation_group(run.conversation_id),
-                render("run-status", {"run": run, "oob": True}),
-            )
-        ]
+        r = run if run is not None else Run.objects.get(pk=run_id)
+        html = render("run-status", {"run": r, "oob": True})
+        return [(conversation_group(r.conversation_id), html)]
 
-    push_on_commit(build, lane=f"run.{run_id}")
+    push_on_commit(build, lane=f"run.{run_id}", in_hand=run is not None)
 
 
 def conversation_changed(*, conversation_id: int) -> None:
@@ -202,10 +213,6 @@ def error_fragment(text: str) -> str:
 
 
 # -- streaming -------------------------------------------------------------------
-
-
-def _frame(group: str, html: str) -> list[tuple[str, str]]:
-    return [(group, html)]
 
 
 class StreamPublisher:
@@ -326,7 +333,7 @@ class StreamPublisher:
                 # queued on the run's outbox lane: queue behind it, so the frame
                 # neither overtakes it nor waits for it here (close() need not).
                 self._queued = loop.create_future()
-                outbox.put(functools.partial(_frame, self.group, html), self._queued, self.lane)
+                outbox.put(Rendered([(self.group, html)]), self._queued, self.lane)
             else:
                 await apush_html(group=self.group, html=html)
             self.frames += 1

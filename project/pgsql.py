@@ -125,3 +125,35 @@ def instance(model: type[Model], values: Sequence[Any]) -> Model:
         for (_, convert), value in zip(converters, values, strict=True)
     ]
     return model.from_db(connection.alias, names, loaded)
+
+
+def insert_sql(
+    model: type[Model], prefix: str, expressions: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """``("col, …", "%(prefix_attname)s, …")`` to insert a ``model`` row by hand
+    (``INSERT INTO t (cols) VALUES (values)``, or ``SELECT values FROM …``).
+
+    Every concrete field but the primary key; ``expressions`` gives SQL for some
+    columns instead of a parameter (a CTE's id, say). Fill the parameters with
+    :func:`insert_params`.
+    """
+    qn = connection.ops.quote_name
+    expressions = expressions or {}
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    columns = ", ".join(qn(field.column) for field in fields)
+    values = ", ".join(
+        expressions.get(field.attname, f"%({prefix}_{field.attname})s") for field in fields
+    )
+    return columns, values
+
+
+def insert_params(obj: Model, prefix: str) -> dict[str, Any]:
+    """The parameters of :func:`insert_sql` for ``obj``, prepared as the ORM's
+    ``save()`` prepares them (defaults, ``auto_now_add``, JSON adaptation)."""
+    return {
+        f"{prefix}_{field.attname}": field.get_db_prep_save(
+            field.pre_save(obj, add=True), connection
+        )
+        for field in obj._meta.concrete_fields
+        if not field.primary_key
+    }

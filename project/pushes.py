@@ -60,6 +60,24 @@ def _merged(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+class Rendered:
+    """A push rendered already (``(group, html)`` pairs): a ``Build`` that needs
+    no query, so the outbox sends it from its loop without a render thread.
+
+    For state the writer holds in hand (the run a claim just wrote, the answer
+    it just stored): rendering it there spares a query and a thread hop per
+    push, which on a busy worker waited for the GIL behind the streams.
+    """
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self.pairs = list(pairs)
+
+    def __call__(self) -> list[tuple[str, str]]:
+        return self.pairs
+
+
 def _build_guarded(build: Build) -> list[tuple[str, str]]:
     try:
         return _merged(build())
@@ -150,7 +168,13 @@ class Outbox:
                     batch.append(queue.popleft())
                 try:
                     if batch and layer is not None:
-                        for group, html in await render([build for build, _ in batch]):
+                        builds = [build for build, _ in batch]
+                        pairs = (
+                            _build_all(builds)
+                            if all(isinstance(build, Rendered) for build in builds)
+                            else await render(builds)
+                        )
+                        for group, html in pairs:
                             await layer.group_send(group, _message(html))
                 except Exception:
                     logger.exception("push to browser failed (send)")
@@ -243,14 +267,19 @@ def push_soon(build: Build, lane: str = "") -> None:
         push_send_now(build)
 
 
-def push_on_commit(build: Build, lane: str = "") -> None:
+def push_on_commit(build: Build, lane: str = "", *, in_hand: bool = False) -> None:
     """Schedule ``push_soon(build, lane)`` for when the current transaction commits
     (at once outside a transaction); a rolled-back transaction pushes nothing.
 
     ``lane``: pushes about the same thing (``run.<id>``, ``message.<id>``) share
-    one, so they arrive in commit order.
+    one, so they arrive in commit order. ``in_hand``: ``build`` renders objects
+    the writer holds and makes no query; it runs at commit in the committing
+    thread and the result is sent as :class:`Rendered`.
     """
-    transaction.on_commit(lambda: push_soon(build, lane), robust=True)
+    if in_hand:
+        transaction.on_commit(lambda: push_soon(Rendered(_build_guarded(build)), lane), robust=True)
+    else:
+        transaction.on_commit(lambda: push_soon(build, lane), robust=True)
 
 
 async def pushes_drain() -> None:
