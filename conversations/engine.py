@@ -33,11 +33,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.errors import BudgetExceeded, NeedsSavepoint, RateLimited
-from conversations import events, steps_pg
+from conversations import events, runs_pg
 from conversations.context import context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
-from conversations.steps_pg import HISTORY_FIELDS, HISTORY_STATUSES, HistoryRow
+from conversations.runs_pg import HISTORY_FIELDS, HISTORY_STATUSES, HistoryRow
 from project.dbthreads import db_async
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def history_messages(
     Failed and still-streaming messages are left out; an assistant message's
     ``tool_calls`` are kept only when every call has its tool result, and a
     tool result only when its call is there (providers reject either half alone).
-    ``rows``: the stored messages already read (``steps_pg.claim``), else read here.
+    ``rows``: the stored messages already read (``runs_pg.claim``), else read here.
     """
     if rows is None:
         rows = [
@@ -413,21 +413,22 @@ class _GeneralPath(Exception):
 
 
 def _claim_and_begin_pg(run_id: int, worker: str) -> tuple[Run, _CallStart]:
-    """The common claim on PostgreSQL (``steps_pg.claim``), then ``_begin_call``.
+    """The common claim on PostgreSQL (``runs_pg.claim``), then ``_begin_call``.
 
     Inside ``transaction.atomic``; raises ``_GeneralPath`` (or a refusal) for
     anything else, and the caller rolls back and takes the ORM path.
     """
-    claimed = steps_pg.claim(run_id=run_id, worker=worker, now=timezone.now(), until=_lease_until())
+    claimed = runs_pg.claim(run_id=run_id, worker=worker, now=timezone.now(), until=_lease_until())
     if claimed is None:
         raise _GeneralPath("not claimable")
-    run = claimed.run
-    events.run_status_changed(run_id=run.pk)
+    run, message = claimed.run, claimed.message
+    # Rendered from the rows in hand (no query in another thread before the first frame).
+    events.run_status_changed(run_id=run.pk, run=run)
     if claimed.message_created:
-        events.message_appended(message_id=claimed.message_id, run_id=run.pk)
+        events.message_appended(message_id=message.pk, run_id=run.pk, message=message)
     else:
-        events.message_replaced(message_id=claimed.message_id, run_id=run.pk)
-    return run, _begin_call(run, rows=claimed.history, message_id=claimed.message_id, fast=True)
+        events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
+    return run, _begin_call(run, rows=claimed.history, message_id=message.pk, fast=True)
 
 
 @_db
@@ -437,7 +438,7 @@ def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart |
     One thread hop and one transaction: the lease, the budget hold and the
     assistant message commit together (a failure leaves the run as it was,
     for a retry or stuck-run recovery), with one commit instead of three.
-    On PostgreSQL the common case takes five round trips (``steps_pg``).
+    On PostgreSQL the common case takes five round trips (``runs_pg``).
     """
     if connection.vendor == "postgresql":
         try:
@@ -589,12 +590,12 @@ def _llm_call_audit(
 def _store_text_pg(
     run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
 ) -> int:
-    """``_store_answer`` of a text reply on PostgreSQL (``steps_pg.store_text``): five
+    """``_store_answer`` of a text reply on PostgreSQL (``runs_pg.store_text``): five
     round trips. Inside ``transaction.atomic``; raises ``_GeneralPath`` (lease lost)
     or ``NeedsSavepoint`` (a budget the hold did not cover) for the ORM path."""
     from accounts.services import llm_call_settle
 
-    stored = steps_pg.store_text(
+    stored = runs_pg.store_text(
         run_id=run_id,
         worker=worker,
         message_id=message_id,
@@ -610,25 +611,26 @@ def _store_text_pg(
         metadata=_answer_metadata(result, dropped),
         dropped=dropped,
     )
-    if stored is None or not stored.model:
+    if stored is None or not stored.message.model:
         raise _GeneralPath("lease lost")
+    message, run = stored.message, stored.run
     llm_call_settle(
         admission=admission,
-        conversation_id=stored.conversation_id,
-        model=stored.model,
+        conversation_id=run.conversation_id,
+        model=message.model,
         prompt_tokens=result.prompt_tokens or 0,
         completion_tokens=result.completion_tokens or 0,
         cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
         latency_ms=result.latency_ms or 0,
         savepoint=False,
     )
-    events.message_replaced(message_id=message_id, run_id=run_id)
-    events.run_status_changed(run_id=run_id)
+    events.message_replaced(message_id=message_id, run_id=run_id, message=message)
+    events.run_status_changed(run_id=run_id, run=run)
     _llm_call_audit(
         run_id=run_id,
-        step=stored.step,
+        step=run.step,
         actor=stored.owner_id,
-        model=stored.model,
+        model=message.model,
         result=result,
         dropped=dropped,
     )

@@ -1,10 +1,16 @@
-"""A run step's two hot transactions on PostgreSQL, in few round trips.
+"""A run's hot transactions on PostgreSQL, in few round trips.
 
-Every model call is bracketed by two transactions (``conversations.engine``):
-the claim (lease, history, budget hold, assistant message) and the stored
-answer (message, run, usage, audit). Through the ORM they took ten and fifteen
-round trips and most of the engine's time per step (``bench/loop.py``). Here
-the common case of each is written by hand and pipelined (``project.pgsql``):
+A run starts with ``message.send`` (``services.message_send``), and every model
+call is bracketed by two transactions (``conversations.engine``): the claim
+(lease, history, budget hold, assistant message) and the stored answer
+(message, run, usage, audit). Through the ORM they took ten, ten and fifteen
+round trips and most of the time before the first token and of the engine's
+time per step (``bench/ttft.py``, ``bench/loop.py``). Here the common case of
+each is written by hand and pipelined (``project.pgsql``):
+
+- :func:`send_lock` and :func:`send_insert`: the conversation locked and checked
+  (``BEGIN`` in the same round trip), then the user message, the run and the
+  conversation's title written by one statement;
 
 - :func:`claim`: ``BEGIN``, the lease taken and the step's message written by
   one statement that returns the run's rows, and the history read, in one
@@ -83,9 +89,9 @@ WITH old AS (
     JOIN conversations_modelconfig mc ON mc.id = c.model_config_id
     ON CONFLICT (run_id, run_step) WHERE role = 'assistant'  -- the unique index's own words
     DO UPDATE SET content = '', tool_calls = NULL, status = %(streaming)s
-    RETURNING m.id, m.xmax = 0 AS inserted
+    RETURNING {message_m}, m.xmax = 0 AS inserted
 )
-SELECT {run}, {conversation}, {config}, {owner}, message.id, message.inserted
+SELECT {run}, {conversation}, {config}, {owner}, {message}, message.inserted
 FROM claimed r
 JOIN conversations_conversation c ON c.id = r.conversation_id
 JOIN conversations_modelconfig mc ON mc.id = c.model_config_id
@@ -107,13 +113,14 @@ _RELATED = (
     ("conversation", Conversation, "c"),
     ("config", ModelConfig, "mc"),
     ("owner", User, "u"),
+    ("message", Message, "message"),
 )
 
 
 @functools.cache
 def _claim_sql() -> str:
     lists = {name: pgsql.select_list(model, alias) for name, model, alias in _RELATED}
-    return _CLAIM.format(**lists)  # quoted column names only
+    return _CLAIM.format(message_m=pgsql.select_list(Message, "m"), **lists)  # column names
 
 
 class Claimed(NamedTuple):
@@ -121,7 +128,7 @@ class Claimed(NamedTuple):
     the step's assistant message and whether it is new, and the history rows."""
 
     run: Run
-    message_id: int
+    message: Message
     message_created: bool
     history: list[HistoryRow]
 
@@ -160,7 +167,7 @@ def claim(*, run_id: int, worker: str, now: datetime, until: datetime) -> Claime
         width = len(model._meta.concrete_fields)
         objects.append(pgsql.instance(model, row[at : at + width]))
         at += width
-    run, conversation, config, owner = objects
+    run, conversation, config, owner, message = objects
     conversation.model_config = config
     conversation.owner = owner
     run.conversation = conversation
@@ -168,7 +175,7 @@ def claim(*, run_id: int, worker: str, now: datetime, until: datetime) -> Claime
         HistoryRow(pk, role, content, json.loads(calls) if calls else None, call_id)
         for pk, role, content, calls, call_id in rows
     ]
-    return Claimed(run=run, message_id=row[at], message_created=row[at + 1], history=history)
+    return Claimed(run=run, message=message, message_created=row[at], history=history)
 
 
 # The stored answer of a text reply: the run locked and checked, the message
@@ -181,39 +188,47 @@ WHERE r.id = %(run)s FOR NO KEY UPDATE OF r
 """
 
 _FINISH_MESSAGE = """
-UPDATE conversations_message SET
+UPDATE conversations_message AS m SET
     content = %(content)s, tool_calls = NULL, status = %(complete)s,
     model = COALESCE(NULLIF(%(model)s, ''), model),
     prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s,
     cost_usd = %(cost)s, latency_ms = %(latency_ms)s, metadata = metadata || %(metadata)s
 WHERE id = %(message)s AND run_id = %(run)s
-RETURNING model
+RETURNING {message}
 """
 
 _COMPLETE_RUN = """
-UPDATE conversations_run SET
+UPDATE conversations_run AS r SET
     status = %(completed)s, error = '', finished_at = %(now)s,
     lease_owner = '', lease_expires_at = NULL,
     metadata = jsonb_set(
-        metadata, '{context}',
-        COALESCE(metadata -> 'context', '{}'::jsonb)
+        metadata, '{{context}}',
+        COALESCE(metadata -> 'context', '{{}}'::jsonb)
             || jsonb_build_object(step::text, jsonb_build_object('dropped_messages', %(dropped)s))
     ) || CASE WHEN %(dropped)s > 0 THEN jsonb_build_object(
         'context_dropped_messages',
         COALESCE((metadata ->> 'context_dropped_messages')::int, 0) + %(dropped)s
-    ) ELSE '{}'::jsonb END
+    ) ELSE '{{}}'::jsonb END
 WHERE id = %(run)s AND lease_owner = %(worker)s AND status = %(calling)s
-RETURNING step
+RETURNING {run}
 """
 
 
 class Stored(NamedTuple):
-    """What :func:`store_text` wrote: the message's model, the run's step, the owner."""
+    """What :func:`store_text` wrote: the message and the run as they now are, and
+    the conversation's owner."""
 
-    model: str
-    step: int
-    conversation_id: int
+    message: Message
+    run: Run
     owner_id: int
+
+
+@functools.cache
+def _store_sql() -> tuple[str, str]:
+    return (
+        _FINISH_MESSAGE.format(message=pgsql.select_list(Message, "m")),
+        _COMPLETE_RUN.format(run=pgsql.select_list(Run, "r")),
+    )  # column names only
 
 
 def store_text(
@@ -252,11 +267,106 @@ def store_text(
         "completed": S.COMPLETED.value,
         "calling": S.CALLING_LLM.value,
     }
+    finish_message, complete_run = _store_sql()
     locked, message, run = pgsql.pipeline(
-        (_LOCK_RUN, params), (_FINISH_MESSAGE, params), (_COMPLETE_RUN, params)
+        (_LOCK_RUN, params), (finish_message, params), (complete_run, params)
     )
     if not (locked and message and run) or locked[0][0] != worker:
         return None
     return Stored(
-        model=message[0][0], step=run[0][0], conversation_id=locked[0][2], owner_id=locked[0][3]
+        message=pgsql.instance(Message, message[0]),
+        run=pgsql.instance(Run, run[0]),
+        owner_id=locked[0][3],
     )
+
+
+# message.send: the conversation, its model and whether a reply is still being
+# written, locked as services._own_conversation locks it.
+_SEND_LOCK = """
+SELECT {conversation}, {config},
+       EXISTS (SELECT 1 FROM conversations_run r
+               WHERE r.conversation_id = c.id AND r.status <> ALL(%(terminal)s))
+FROM conversations_conversation c
+JOIN conversations_modelconfig mc ON mc.id = c.model_config_id
+WHERE c.id = %(conversation)s AND c.owner_id = %(owner)s
+FOR NO KEY UPDATE OF c
+"""
+
+_SEND_INSERT = """
+WITH m AS (
+    INSERT INTO conversations_message AS new_m ({message_columns}) VALUES ({message_values})
+    RETURNING {message_m}
+), r AS (
+    INSERT INTO conversations_run AS new_r ({run_columns}) SELECT {run_values} FROM m
+    RETURNING {run_r}
+), c AS (
+    UPDATE conversations_conversation SET title = %(title)s, updated_at = %(now)s
+    WHERE id = %(conversation)s
+)
+SELECT {message}, {run} FROM m, r
+"""
+
+
+@functools.cache
+def _send_sql() -> tuple[str, str]:
+    lock = _SEND_LOCK.format(
+        conversation=pgsql.select_list(Conversation, "c"),
+        config=pgsql.select_list(ModelConfig, "mc"),
+    )
+    message_columns, message_values = pgsql.insert_sql(Message, "m")
+    run_columns, run_values = pgsql.insert_sql(Run, "r", {"user_message_id": "m.id"})
+    insert = _SEND_INSERT.format(
+        message_columns=message_columns,
+        message_values=message_values,
+        message_m=pgsql.select_list(Message, "new_m"),
+        run_columns=run_columns,
+        run_values=run_values,
+        run_r=pgsql.select_list(Run, "new_r"),
+        message=pgsql.select_list(Message, "m"),
+        run=pgsql.select_list(Run, "r"),
+    )
+    return lock, insert  # column names and placeholders only
+
+
+def send_lock(*, conversation_id: int, owner_id: int) -> tuple[Conversation, bool] | None:
+    """Lock conversation ``conversation_id`` of ``owner_id`` (its model loaded) and
+    say whether one of its runs is still going: one round trip with ``BEGIN``.
+
+    Inside ``transaction.atomic``. ``None`` when there is no such conversation.
+    """
+    lock, _ = _send_sql()
+    [rows] = pgsql.pipeline(
+        (
+            lock,
+            {
+                "conversation": conversation_id,
+                "owner": owner_id,
+                "terminal": sorted(Run.TERMINAL),
+            },
+        )
+    )
+    if not rows:
+        return None
+    width = len(Conversation._meta.concrete_fields)
+    conversation = pgsql.instance(Conversation, rows[0][:width])
+    conversation.model_config = pgsql.instance(ModelConfig, rows[0][width:-1])
+    return conversation, bool(rows[0][-1])
+
+
+def send_insert(
+    *, conversation: Conversation, message: Message, run: Run, title: str, now: datetime
+) -> tuple[Message, Run]:
+    """Insert the user ``message`` and its ``run`` (unsaved instances; the run's
+    ``user_message`` is the new message) and set the conversation's ``title`` and
+    ``updated_at``: one statement. Returns both as stored."""
+    _, insert = _send_sql()
+    params = {
+        **pgsql.insert_params(message, "m"),
+        **pgsql.insert_params(run, "r"),
+        "title": title,
+        "now": now,
+        "conversation": conversation.pk,
+    }
+    [row] = pgsql.fetch(insert, params)
+    width = len(Message._meta.concrete_fields)
+    return pgsql.instance(Message, row[:width]), pgsql.instance(Run, row[width:])

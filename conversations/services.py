@@ -12,12 +12,12 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from approvals.services import audit_record
-from conversations import events
+from conversations import events, runs_pg
 from conversations.engine import dispatch_on_commit, run_finish
 from conversations.models import Conversation, Message, ModelConfig, Run
 
@@ -192,27 +192,16 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
             f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
         )
     with transaction.atomic():
-        conversation = _own_conversation(
-            user=user, conversation_id=conversation_id, lock=True, with_model=True
+        insert = _message_insert_pg if connection.vendor == "postgresql" else _message_insert
+        conversation, message, run = insert(
+            user=user, conversation_id=conversation_id, content=content
         )
-        if conversation.archived:
-            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
-        if not conversation.model_config.enabled:
-            raise ModelUnavailable(
-                "This conversation's model has been disabled. Pick another model."
-            )
-        if conversation.runs.exclude(status__in=Run.TERMINAL).exists():
-            raise RunInProgress("A reply is still being written. Stop it or wait for it.")
-        message = Message.objects.create(
-            conversation=conversation, role=Message.Role.USER, content=content
-        )
-        run = Run.objects.create(conversation=conversation, user_message=message)
-        if not conversation.title:
-            conversation.title = auto_title(content)
-        conversation.save(update_fields=["title", "updated_at"])
-        events.run_appended(run_id=run.pk, with_user_message=True)
-        events.conversation_changed(conversation_id=conversation.pk)
+        # The step is sent to a worker first, then the page is told (rendered here,
+        # from the rows in hand): the worker's claim takes longer than that.
         dispatch_on_commit(run.pk)
+        run.user_message = message
+        events.run_appended(run_id=run.pk, with_user_message=True, new=run)
+        events.conversation_changed(conversation_id=conversation.pk)
         audit_record(
             action="message.sent",
             actor=user,
@@ -221,6 +210,57 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
             data={"conversation_id": conversation.pk, "run_id": run.pk, "chars": len(content)},
         )
     return run
+
+
+def _message_send_checks(conversation: Conversation, *, in_progress: bool) -> None:
+    if conversation.archived:
+        raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+    if not conversation.model_config.enabled:
+        raise ModelUnavailable("This conversation's model has been disabled. Pick another model.")
+    if in_progress:
+        raise RunInProgress("A reply is still being written. Stop it or wait for it.")
+
+
+def _message_insert(
+    *, user, conversation_id: int, content: str
+) -> tuple[Conversation, Message, Run]:
+    """Lock and check the conversation, insert the message and its run (the ORM)."""
+    conversation = _own_conversation(
+        user=user, conversation_id=conversation_id, lock=True, with_model=True
+    )
+    _message_send_checks(
+        conversation, in_progress=conversation.runs.exclude(status__in=Run.TERMINAL).exists()
+    )
+    message = Message.objects.create(
+        conversation=conversation, role=Message.Role.USER, content=content
+    )
+    run = Run.objects.create(conversation=conversation, user_message=message)
+    if not conversation.title:
+        conversation.title = auto_title(content)
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation, message, run
+
+
+def _message_insert_pg(
+    *, user, conversation_id: int, content: str
+) -> tuple[Conversation, Message, Run]:
+    """``_message_insert`` on PostgreSQL in two round trips, the first with ``BEGIN``
+    (``conversations.runs_pg``): part of what the chat waits for before a run starts."""
+    if user is None or not user.is_authenticated:
+        raise NotFound("Conversation not found.")
+    locked = runs_pg.send_lock(conversation_id=conversation_id, owner_id=user.pk)
+    if locked is None:
+        raise NotFound("Conversation not found.")
+    conversation, in_progress = locked
+    _message_send_checks(conversation, in_progress=in_progress)
+    message, run = runs_pg.send_insert(
+        conversation=conversation,
+        message=Message(conversation=conversation, role=Message.Role.USER, content=content),
+        run=Run(conversation=conversation),
+        title=conversation.title or auto_title(content),
+        now=timezone.now(),
+    )
+    return conversation, message, run
 
 
 def _own_run(*, user, run_id: int) -> Run:

@@ -1,4 +1,4 @@
-"""The engine's PostgreSQL fast paths (``conversations.steps_pg``) and their way back.
+"""The engine's PostgreSQL fast paths (``conversations.runs_pg``) and their way back.
 
 The engine tests (test_engine.py) run whole steps through these paths; here:
 that the common step really takes them (statement counts, which the ORM path
@@ -126,3 +126,66 @@ def test_budget_refusal_is_worded_and_audited_by_the_orm_path(conversation, demo
     assert run.lease_owner == "w1"
     assert not Message.objects.filter(run=run, role=Message.Role.ASSISTANT).exists()
     assert AuditEvent.objects.filter(action="budget.refused", target_id=str(run.pk)).exists()
+
+
+def test_pushes_render_the_rows_in_hand_as_a_query_would(
+    conversation, django_capture_on_commit_callbacks
+):
+    """The fast paths push what they wrote without reading it back; a page must
+    get exactly what rendering the stored rows gives."""
+    from conversations.events import render
+    from tests.listening import GroupListener
+
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="hello"
+    )
+    with GroupListener(f"conversation.{conversation.pk}") as listener:
+        with django_capture_on_commit_callbacks(execute=True):
+            run, start = engine._claim_and_begin.func(run.pk, "w1")
+        claimed = [listener.receive()["html"] for _ in range(2)]
+        message = Message.objects.get(pk=start.message_id)
+        assert claimed[0] == render("run-status", {"run": Run.objects.get(pk=run.pk), "oob": True})
+        assert render("message", {"m": message}) in claimed[1]
+        with django_capture_on_commit_callbacks(execute=True):
+            engine._store_answer.func(
+                run.pk, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
+            )
+        stored = [listener.receive()["html"] for _ in range(2)]
+    message.refresh_from_db()
+    assert message.status == Message.Status.COMPLETE
+    assert stored == [
+        render("message", {"m": message, "oob": True}),
+        render("run-status", {"run": Run.objects.get(pk=run.pk), "oob": True}),
+    ]
+
+
+def test_message_send_takes_the_fast_path_and_pushes_what_a_query_would(
+    conversation, django_capture_on_commit_callbacks
+):
+    from approvals.services import audit_record
+    from conversations import selectors
+    from conversations.events import render
+    from tests.listening import GroupListener
+
+    audit_record(action="test.chain_started")  # the chain's head row exists, as it does live
+    conversation.title = ""
+    conversation.save()  # the first message titles it
+    with GroupListener(f"conversation.{conversation.pk}") as listener:
+        with (
+            CaptureQueriesContext(connection) as sent,
+            django_capture_on_commit_callbacks(execute=False) as callbacks,
+        ):
+            run = services.message_send(
+                user=conversation.owner, conversation_id=conversation.pk, content="First words"
+            )
+        # The lock and check, one insert statement, three for the audit append
+        # (the ORM path: 9 statements and 2 savepoint commands).
+        assert len(_statements(sent)) == 5, _statements(sent)
+        for callback in callbacks[1:]:  # [0] dispatches the step to a worker
+            callback()
+        pushed = listener.receive()["html"]
+    run = selectors.run_for_push(run_id=run.pk)
+    assert run.user_message.content == "First words"
+    assert run.conversation.title == "First words"
+    assert render("message", {"m": run.user_message}) in pushed
+    assert render("run", {"run": run}) in pushed
