@@ -29,7 +29,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
 
-from project.pushes import Rendered, outbox_for, push_on_commit
+from project.pushes import NoQuery, outbox_for, push_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,8 @@ class StreamPublisher:
                 # queued on the run's outbox lane: queue behind it, so the frame
                 # neither overtakes it nor waits for it here (close() need not).
                 self._queued = loop.create_future()
-                outbox.put(Rendered([(self.group, html)]), self._queued, self.lane)
+                frame = [(self.group, html)]
+                outbox.put(NoQuery(lambda: frame), self._queued, self.lane)
             else:
                 await apush_html(group=self.group, html=html)
             self.frames += 1

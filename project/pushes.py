@@ -60,22 +60,24 @@ def _merged(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-class Rendered:
-    """A push rendered already (``(group, html)`` pairs): a ``Build`` that needs
-    no query, so the outbox sends it from its loop without a render thread.
+class NoQuery:
+    """A ``Build`` that makes no query (it renders what it was given, or returns
+    HTML rendered already): the outbox runs it in its own loop, no render thread.
 
     For state the writer holds in hand (the run a claim just wrote, the answer
-    it just stored): rendering it there spares a query and a thread hop per
-    push, which on a busy worker waited for the GIL behind the streams.
+    it just stored) and for stream frames: a render thread would add a query
+    and a thread hop per push, which on a busy worker waited for the GIL
+    behind the streams. Runs when the loop is free (a run step awaiting its
+    provider), in lane order.
     """
 
-    __slots__ = ("pairs",)
+    __slots__ = ("build",)
 
-    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self.pairs = list(pairs)
+    def __init__(self, build: Build) -> None:
+        self.build = build
 
-    def __call__(self) -> list[tuple[str, str]]:
-        return self.pairs
+    def __call__(self) -> Iterable[tuple[str, str]]:
+        return self.build()
 
 
 def _build_guarded(build: Build) -> list[tuple[str, str]]:
@@ -171,7 +173,7 @@ class Outbox:
                         builds = [build for build, _ in batch]
                         pairs = (
                             _build_all(builds)
-                            if all(isinstance(build, Rendered) for build in builds)
+                            if all(isinstance(build, NoQuery) for build in builds)
                             else await render(builds)
                         )
                         for group, html in pairs:
@@ -273,13 +275,11 @@ def push_on_commit(build: Build, lane: str = "", *, in_hand: bool = False) -> No
 
     ``lane``: pushes about the same thing (``run.<id>``, ``message.<id>``) share
     one, so they arrive in commit order. ``in_hand``: ``build`` renders objects
-    the writer holds and makes no query; it runs at commit in the committing
-    thread and the result is sent as :class:`Rendered`.
+    the writer holds and makes no query (:class:`NoQuery`).
     """
     if in_hand:
-        transaction.on_commit(lambda: push_soon(Rendered(_build_guarded(build)), lane), robust=True)
-    else:
-        transaction.on_commit(lambda: push_soon(build, lane), robust=True)
+        build = NoQuery(build)
+    transaction.on_commit(lambda: push_soon(build, lane), robust=True)
 
 
 async def pushes_drain() -> None:
