@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -122,6 +123,42 @@ async def one_stream(
     return out
 
 
+def coalesced(arrivals: list[float], interval: float = 0.05) -> list[float]:
+    """Frame times if chunks arriving at ``arrivals`` were coalesced as Tollgate does:
+    a frame at the first chunk, then at the first chunk ``interval`` s after the last."""
+    frames: list[float] = []
+    for t in arrivals:
+        if not frames or t - frames[-1] >= interval:
+            frames.append(t)
+    return frames
+
+
+async def direct_stream(http: Any, base_url: str, start: asyncio.Event) -> dict:
+    """One stream straight from the provider (SSE over httpx, no Tollgate)."""
+    out: dict = {"gaps": [], "ttft": None, "status": "error", "end": None, "first": None}
+    await start.wait()
+    sent = time.monotonic()
+    arrivals: list[float] = []
+    try:
+        async with http.stream(
+            "POST",
+            base_url + "/chat/completions",
+            json={"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": "Bearer bench-key"},
+        ) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and '"content":"' in line:
+                    arrivals.append(time.monotonic())
+        out["status"] = "completed" if arrivals else "error: no text"
+    except Exception as exc:
+        out["status"] = f"error: {type(exc).__name__}"
+    if arrivals:
+        frames = coalesced(arrivals)
+        out.update(ttft=frames[0] - sent, first=frames[0], end=arrivals[-1])
+        out["gaps"] = [b - a for a, b in itertools.pairwise(frames)]
+    return out
+
+
 def _failure_causes(conversation_ids: list[int]) -> dict[int, str]:
     """The stored error of each conversation's failed run (what the page shows)."""
     from conversations.models import Run
@@ -130,7 +167,10 @@ def _failure_causes(conversation_ids: list[int]) -> dict[int, str]:
     return {run.conversation_id: run.error[:120] for run in rows}
 
 
-async def _level(env: BenchEnv, config, level: int, wait: float) -> dict:
+async def _level(env: BenchEnv, config, level: int, wait: float, direct: bool = False) -> dict:
+    """``level`` streams at once through Tollgate, or with ``direct`` straight from
+    the provider (the same-run baseline of what llmock and this machine deliver)."""
+    import httpx
     from asgiref.sync import sync_to_async
 
     def setup() -> list[tuple[str, int]]:
@@ -141,9 +181,17 @@ async def _level(env: BenchEnv, config, level: int, wait: float) -> dict:
             pairs.append((name, env.conversation(name, config)))
         return pairs
 
-    pairs = await sync_to_async(setup)()
     start = asyncio.Event()
-    tasks = [asyncio.create_task(one_stream(env, n, c, start, wait)) for n, c in pairs]
+    http = httpx.AsyncClient(
+        timeout=wait, limits=httpx.Limits(max_connections=level + 10, max_keepalive_connections=0)
+    )
+    if direct:
+        pairs = []
+        base_url = env.providers["chat"].base_url
+        tasks = [asyncio.create_task(direct_stream(http, base_url, start)) for _ in range(level)]
+    else:
+        pairs = await sync_to_async(setup)()
+        tasks = [asyncio.create_task(one_stream(env, n, c, start, wait)) for n, c in pairs]
     await asyncio.sleep(1.0)  # let every socket connect first
     sampler = RssSampler(
         {
@@ -159,7 +207,12 @@ async def _level(env: BenchEnv, config, level: int, wait: float) -> dict:
     start.set()
     results = await asyncio.gather(*tasks)
     sampler.stop()
-    failed = [c for (_, c), r in zip(pairs, results, strict=True) if r["status"] == "failed"]
+    await http.aclose()
+    failed = (
+        []
+        if direct
+        else [c for (_, c), r in zip(pairs, results, strict=True) if r["status"] == "failed"]
+    )
     if failed:
         causes = await sync_to_async(_failure_causes)(failed)
         for (_, conversation_id), result in zip(pairs, results, strict=True):
@@ -185,10 +238,17 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
     rows = []
     checks = []
     errors_seen = []
-    for level in [1, *levels]:
-        data = await _level(env, config, level, wait)
+    top = max(levels)
+    for level, direct in [(1, False), (top, True), *((level, False) for level in levels)]:
+        data = await _level(env, config, level, wait, direct=direct)
         gaps, ttft, rss, cpu = data["gaps"], data["ttft"], data["rss"], data["cpu"]
-        label = "1 (baseline: one stream alone)" if level == 1 else str(level)
+        label = (
+            f"{level} straight from llmock (baseline: no Tollgate)"
+            if direct
+            else "1 (baseline: one stream alone)"
+            if level == 1
+            else str(level)
+        )
         rows.append(
             [
                 label,
@@ -205,7 +265,7 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
         )
         if data["errors"]:
             errors_seen.append(f"{level}: " + ", ".join(sorted(set(data["errors"]))))
-        if level == max(levels):
+        if level == top and not direct:
             gap99 = percentile(gaps, 0.99)
             checks.append(
                 (
@@ -240,6 +300,10 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
             "Baseline gap: the provider sends a chunk every 20 ms; Tollgate coalesces to at "
             "most one frame per 50 ms, so 50 ms is the floor of the frame gap. A stream alone "
             f"takes {TOKENS} x 20 ms = {TOKENS * 0.02:.1f} s.",
+            f"Second baseline: {top} clients reading llmock's SSE directly (httpx, no Tollgate; "
+            "the Tollgate stack idle), their chunks coalesced into 50 ms frames the same way: "
+            "what the provider and this machine deliver at that level with nothing in between. "
+            "Its TTFT is from the request, not from a message.send.",
             "Worker RSS is the Celery worker process (with any pool processes). 'Streaming at "
             "once' counts streams between their first delta and their end at the busiest "
             "moment: a stream waiting for the worker to start it is not streaming, so the "
