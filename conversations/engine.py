@@ -52,6 +52,24 @@ _db = db_async
 #: Seconds into a stream when its text is first saved (then every
 #: ``TOLLGATE_STREAM_PERSIST_SECONDS``): short replies never write partial text.
 FIRST_PERSIST_SECONDS = 0.1
+#: The longest a busy process stretches the time between saves (``_persist_interval``).
+MAX_PERSIST_SECONDS = 3.0
+
+
+def _persist_interval() -> float:
+    """Seconds between saves of a streaming reply's text (and checks for Stop).
+
+    ``TOLLGATE_STREAM_PERSIST_SECONDS``, stretched when this process streams many
+    replies so that all of them together save at most
+    ``TOLLGATE_STREAM_PERSISTS_PER_SECOND`` times a second, never beyond
+    ``MAX_PERSIST_SECONDS``: at 200 streams every 0.5 s, the saves took a tenth
+    of the worker's CPU (``bench/concurrency.py``, py-spy).
+    """
+    live = events.StreamPublisher.live_count()
+    busy = live / settings.TOLLGATE_STREAM_PERSISTS_PER_SECOND
+    return min(MAX_PERSIST_SECONDS, max(settings.TOLLGATE_STREAM_PERSIST_SECONDS, busy))
+
+
 #: Statuses in which a dispatched step has work to do (the rest wait on others).
 ADVANCEABLE = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING, S.EXECUTING_TOOLS})
 
@@ -478,7 +496,7 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
             if state != "ok":
                 raise StepAborted(state)
         now = time.monotonic()
-        if persisting is not None or now - persisted < settings.TOLLGATE_STREAM_PERSIST_SECONDS:
+        if persisting is not None or now - persisted < _persist_interval():
             return
         persisted = now
         renew = now - lease_renewed > 10
@@ -540,16 +558,32 @@ async def _settled(task: asyncio.Task | None) -> None:
 
 @_db
 def _persist_partial(run_id: int, worker: str, message_id: int, text: str, renew: bool) -> str:
-    """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``."""
-    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
-    state = Run.objects.filter(pk=run_id).values("lease_owner", "cancel_requested").first()
-    if state is None or state["lease_owner"] != worker:
+    """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``.
+
+    On PostgreSQL one round trip (``runs_pg.persist``), where the lease is
+    renewed whether or not it is still ours: the owner check in its ``WHERE``
+    makes that a no-op for a lost lease.
+    """
+    if connection.vendor == "postgresql":
+        state = runs_pg.persist(
+            run_id=run_id,
+            worker=worker,
+            message_id=message_id,
+            text=text,
+            renew_until=_lease_until() if renew else None,
+        )
+        owner, cancel = state if state is not None else ("", False)
+    else:
+        Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
+        row = Run.objects.filter(pk=run_id).values_list("lease_owner", "cancel_requested")
+        owner, cancel = next(iter(row), ("", False))
+        if renew and owner == worker:
+            Run.objects.filter(pk=run_id, lease_owner=worker).update(
+                lease_expires_at=_lease_until()
+            )
+    if owner != worker:
         return "lost"
-    if state["cancel_requested"]:
-        return "cancelled"
-    if renew:
-        Run.objects.filter(pk=run_id, lease_owner=worker).update(lease_expires_at=_lease_until())
-    return "ok"
+    return "cancelled" if cancel else "ok"
 
 
 def _locked_own(run_id: int, worker: str) -> Run | None:

@@ -266,6 +266,11 @@ class StreamPublisher:
         self._queued: asyncio.Future[None] | None = None  # the last frame put on the lane
         StreamPublisher._live.add(self)
 
+    @classmethod
+    def live_count(cls) -> int:
+        """Replies this process is streaming now."""
+        return len(cls._live)
+
     def current_interval(self) -> float:
         """Seconds between this stream's frames now (see the class docstring)."""
         budget = len(StreamPublisher._live) / settings.TOLLGATE_STREAM_FRAMES_PER_SECOND

@@ -370,3 +370,37 @@ def send_insert(
     [row] = pgsql.fetch(insert, params)
     width = len(Message._meta.concrete_fields)
     return pgsql.instance(Message, row[:width]), pgsql.instance(Run, row[width:])
+
+
+# While a reply streams (engine._persist_partial): the text so far, and the
+# run's lease and Stop flag read back, in one round trip.
+_PERSIST_TEXT = """
+UPDATE conversations_message SET content = %(text)s
+WHERE id = %(message)s AND status = %(streaming)s
+"""
+_RENEW_LEASE = """
+UPDATE conversations_run SET lease_expires_at = %(until)s
+WHERE id = %(run)s AND lease_owner = %(worker)s
+"""
+_RUN_STATE = "SELECT lease_owner, cancel_requested FROM conversations_run WHERE id = %(run)s"
+
+
+def persist(
+    *, run_id: int, worker: str, message_id: int, text: str, renew_until: datetime | None
+) -> tuple[str, bool] | None:
+    """Save a streaming message's text, renew the lease when ``renew_until`` is given,
+    and read the run's ``(lease_owner, cancel_requested)``: one round trip, each
+    statement in its own transaction (autocommit). ``None``: no such run."""
+    params = {
+        "run": run_id,
+        "worker": worker,
+        "message": message_id,
+        "text": text,
+        "until": renew_until,
+        "streaming": Message.Status.STREAMING.value,
+    }
+    statements = [(_PERSIST_TEXT, params), (_RUN_STATE, params)]
+    if renew_until is not None:
+        statements.insert(1, (_RENEW_LEASE, params))
+    state = pgsql.pipeline(*statements)[-1]
+    return (state[0][0], state[0][1]) if state else None

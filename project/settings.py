@@ -342,6 +342,11 @@ TOLLGATE_RUN_LEASE_SECONDS = env.int("TOLLGATE_RUN_LEASE_SECONDS", default=180)
 # run is checked for Stop and its lease at most this often (seconds); frames to
 # the browser are not held back by it. Stop takes effect within this time.
 TOLLGATE_STREAM_PERSIST_SECONDS = env.float("TOLLGATE_STREAM_PERSIST_SECONDS", default=0.5)
+# Saves per second one process makes over all its streaming replies; past it,
+# each reply is saved (and checked for Stop) less often, up to every 3 s.
+TOLLGATE_STREAM_PERSISTS_PER_SECOND = env.float(
+    "TOLLGATE_STREAM_PERSISTS_PER_SECOND", default=100.0
+)
 # Frames per second one process sends over all its streaming replies (20/s each
 # by default); past it, each stream's frames coalesce more, up to 5/s.
 TOLLGATE_STREAM_FRAMES_PER_SECOND = env.float("TOLLGATE_STREAM_FRAMES_PER_SECOND", default=800.0)

@@ -189,3 +189,33 @@ def test_message_send_takes_the_fast_path_and_pushes_what_a_query_would(
     assert run.conversation.title == "First words"
     assert render("message", {"m": run.user_message}) in pushed
     assert render("run", {"run": run}) in pushed
+
+
+def test_streaming_saves_report_stop_and_a_lost_lease(conversation):
+    run, start, _ = _claimed(conversation)
+    save = engine._persist_partial.func
+    assert save(run.pk, "w1", start.message_id, "Half a", False) == "ok"
+    assert Message.objects.get(pk=start.message_id).content == "Half a"
+    before = Run.objects.get(pk=run.pk).lease_expires_at
+    assert save(run.pk, "w1", start.message_id, "Half an answer", True) == "ok"
+    assert Run.objects.get(pk=run.pk).lease_expires_at > before  # renewed
+    Run.objects.filter(pk=run.pk).update(cancel_requested=True)
+    assert save(run.pk, "w1", start.message_id, "Half an answer.", False) == "cancelled"
+    Run.objects.filter(pk=run.pk).update(lease_owner="w2")
+    assert save(run.pk, "w1", start.message_id, "More", True) == "lost"
+    lease = Run.objects.get(pk=run.pk).lease_expires_at
+    assert save(run.pk, "w1", start.message_id, "More", True) == "lost"
+    assert Run.objects.get(pk=run.pk).lease_expires_at == lease  # not ours to renew
+
+
+def test_saves_are_spread_out_when_many_replies_stream(settings, monkeypatch):
+    from conversations.events import StreamPublisher
+
+    settings.TOLLGATE_STREAM_PERSIST_SECONDS = 0.5
+    settings.TOLLGATE_STREAM_PERSISTS_PER_SECOND = 100
+    monkeypatch.setattr(StreamPublisher, "live_count", classmethod(lambda cls: 10))
+    assert engine._persist_interval() == 0.5
+    monkeypatch.setattr(StreamPublisher, "live_count", classmethod(lambda cls: 200))
+    assert engine._persist_interval() == 2.0
+    monkeypatch.setattr(StreamPublisher, "live_count", classmethod(lambda cls: 5000))
+    assert engine._persist_interval() == engine.MAX_PERSIST_SECONDS
