@@ -29,6 +29,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from conversations.rendering import render_markdown
 from project.pushes import NoQuery, outbox_for, push_on_commit
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,10 @@ def error_fragment(text: str) -> str:
 # -- streaming -------------------------------------------------------------------
 
 
+#: Stands in for the text when a stream's frame partial is rendered once.
+_PLACEHOLDER = "tollgatestreamtextplaceholder"
+
+
 class StreamPublisher:
     """Coalesce token deltas of one streaming message into frames.
 
@@ -264,6 +269,7 @@ class StreamPublisher:
         self._lock = asyncio.Lock()
         self._closed = False
         self._queued: asyncio.Future[None] | None = None  # the last frame put on the lane
+        self._shell: tuple[str, ...] | None = None  # body_html around the text
         StreamPublisher._live.add(self)
 
     @classmethod
@@ -347,6 +353,21 @@ class StreamPublisher:
                 await self.on_flush(text)
 
     def body_html(self, text: str) -> str:
+        """The ``message-body`` partial of the text so far, as a streaming frame.
+
+        The partial is rendered once per stream around a placeholder, and each
+        frame fills in only the Markdown: the template engine took half of a
+        frame's cost, which at 200 streams was a tenth of the worker's CPU.
+        """
+        if self._shell is None:
+            before, found, after = self._body(_PLACEHOLDER).partition(render_markdown(_PLACEHOLDER))
+            # Not split when the partial does not show the text as one Markdown block.
+            self._shell = (before, after) if found and _PLACEHOLDER not in after else ()
+        if not self._shell:
+            return self._body(text)
+        return self._shell[0] + render_markdown(text) + self._shell[1]
+
+    def _body(self, text: str) -> str:
         streaming = SimpleNamespace(pk=self.message_id, role="assistant", content=text)
         return render("message-body", {"m": streaming, "streaming": True, "body_oob": True})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
@@ -134,3 +135,16 @@ def test_frames_coalesce_more_when_many_streams_are_live(settings):
     for publisher in crowd:
         asyncio.run(publisher.close(final_frame=False))
     assert first.current_interval() == first.interval
+
+
+def test_frames_fill_the_partial_rendered_once(settings):
+    """A frame is the message-body partial with the text's Markdown, rendered or not
+    through the template each time."""
+    from conversations.events import StreamPublisher, render
+
+    publisher = StreamPublisher(message_id=12, conversation_id=999994)
+    for text in ("Hello **world**", "A list:\n\n- one\n- two <script>x</script>", ""):
+        content = SimpleNamespace(pk=12, role="assistant", content=text)
+        expected = render("message-body", {"m": content, "streaming": True, "body_oob": True})
+        assert publisher.body_html(text) == expected
+    assert publisher._shell  # split once, then reused
