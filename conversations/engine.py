@@ -430,15 +430,17 @@ class _GeneralPath(Exception):
     """A PostgreSQL fast path met a case it leaves to the ORM path (rolls back)."""
 
 
-def _claim_and_begin_pg(run_id: int, worker: str) -> tuple[Run, _CallStart]:
+def _claim_and_begin_pg(run_id: int, worker: str) -> tuple[Run | None, _CallStart | None]:
     """The common claim on PostgreSQL (``runs_pg.claim``), then ``_begin_call``.
 
-    Inside ``transaction.atomic``; raises ``_GeneralPath`` (or a refusal) for
-    anything else, and the caller rolls back and takes the ORM path.
+    Inside ``transaction.atomic``. A run this claim does not take (a tool phase,
+    a live lease, Stop…) was not written: the ORM path decides, in the same
+    transaction. After the claim, a refusal raises (``_GeneralPath`` or the
+    admission's error): the caller rolls back and redoes it all on the ORM path.
     """
     claimed = runs_pg.claim(run_id=run_id, worker=worker, now=timezone.now(), until=_lease_until())
     if claimed is None:
-        raise _GeneralPath("not claimable")
+        return _claim_and_begin_orm(run_id, worker)
     run, message = claimed.run, claimed.message
     # Rendered from the rows in hand (no query in another thread before the first frame).
     events.run_status_changed(run_id=run.pk, run=run)
@@ -465,10 +467,14 @@ def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart |
         except (_GeneralPath, NeedsSavepoint, BudgetExceeded, RateLimited):
             pass  # rolled back: the ORM path below decides, words and audits
     with transaction.atomic():
-        run = _claim(run_id, worker)
-        if run is None or run.status != S.CALLING_LLM:
-            return run, None
-        return run, _begin_call(run)
+        return _claim_and_begin_orm(run_id, worker)
+
+
+def _claim_and_begin_orm(run_id: int, worker: str) -> tuple[Run | None, _CallStart | None]:
+    run = _claim(run_id, worker)
+    if run is None or run.status != S.CALLING_LLM:
+        return run, None
+    return run, _begin_call(run)
 
 
 async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
