@@ -137,13 +137,19 @@ def claim(*, run_id: int, worker: str, now: datetime, until: datetime) -> Claime
     """Take run ``run_id``'s lease for a model call, create (or, on a replay,
     reset) the step's assistant message, and read the history: one round trip.
 
-    Inside ``transaction.atomic``. The history is the conversation's complete
-    and stopped messages (the new message is streaming, so not among them).
+    Inside ``transaction.atomic``, whose commit then does not wait for the disk
+    (``synchronous_commit`` off: see the comment in the code). The history is
+    the conversation's complete and stopped messages (the new message is
+    streaming, so not among them).
     Returns ``None`` and changes nothing when the run is not claimable this
     way (any other status, a live lease, Stop requested, no steps left): the
     ORM path decides.
     """
-    claimed, rows = pgsql.pipeline(
+    _, claimed, rows = pgsql.pipeline(
+        # What a database crash may forget of this transaction is harmless: the run is
+        # queued again (recovery re-dispatches it) and the hold and the empty message
+        # go with it, as budgets' own holds do; the stored answer commits durably.
+        ("SET LOCAL synchronous_commit TO OFF", {}),
         (
             _claim_sql(),
             {

@@ -58,9 +58,9 @@ def test_common_step_takes_the_fast_paths(conversation):
     run, start, claim = _claimed(conversation)
     assert run.status == Run.Status.CALLING_LLM and run.step == 1 and run.lease_owner == "w1"
     assert Message.objects.get(pk=start.message_id).status == Message.Status.STREAMING
-    # Claim with the message, and the history (one round trip), then the budget hold.
-    # The ORM path runs 8 statements and 2 savepoint commands.
-    assert len(claim) == 3, claim
+    # No wait for the disk at commit, the claim with the message, and the history (one
+    # round trip), then the budget hold. The ORM path runs 8 statements and 2 savepoints.
+    assert len(claim) == 4, claim
     with CaptureQueriesContext(connection) as store:
         stored = engine._store_answer.func(
             run.pk, "w1", start.message_id, ANSWER, dropped=2, admission=start.admission
