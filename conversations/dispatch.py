@@ -134,9 +134,9 @@ def _gateway_preload() -> None:
     thread that every database call of the embedded web process shares."""
     global _preloading
     if _preloading is None:
-        from conversations.demo import demo_register
+        from conversations.gateway import gateway_preload
 
-        _preloading = threading.Thread(target=demo_register, name="litellm-preload", daemon=True)
+        _preloading = threading.Thread(target=gateway_preload, name="litellm-preload", daemon=True)
         _preloading.start()
 
 

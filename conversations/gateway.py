@@ -225,6 +225,23 @@ def cost_for(*, config: ModelConfig, prompt_tokens: int, completion_tokens: int)
 
 
 #: litellm providers whose stream is the OpenAI SDK's own ``AsyncStream`` of
+def gateway_preload() -> None:
+    """Import what a process's first model call would otherwise import, seconds of it:
+    litellm with the demo provider registered, and the OpenAI SDK's chat resources,
+    which a client imports on its first call (~1 s of the worker's GIL, py-spy).
+
+    Call once per process, early (the worker at start, the embedded web process
+    in a background thread); makes no network call.
+    """
+    import openai
+
+    from conversations.demo import demo_register
+
+    demo_register()
+    client = openai.AsyncOpenAI(api_key="preload", base_url="http://127.0.0.1:9/v1")
+    _ = client.chat.completions  # a cached property: the import happens here
+
+
 #: ``ChatCompletionChunk`` (any OpenAI-compatible server: ``openai/<model>`` + ``api_base``).
 _OPENAI_WIRE = frozenset({"openai"})
 

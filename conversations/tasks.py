@@ -10,15 +10,14 @@ from conversations.dispatch import worker_id
 
 @worker_init.connect
 def _preload_model_gateway(**_kwargs: object) -> None:
-    """Import litellm and register the demo provider in the worker's main process.
+    """Import litellm and what its first call imports, in the worker's main process.
 
-    litellm takes seconds to import; done here, before the prefork pool forks,
-    every pool process inherits it, instead of each one paying for it on its
-    first run step (the first reply after a worker starts used to wait for it).
+    That takes seconds; done here (``gateway_preload``), before any pool forks,
+    the first reply after a worker starts does not wait for it.
     """
-    from conversations.demo import demo_register
+    from conversations.gateway import gateway_preload
 
-    demo_register()
+    gateway_preload()
 
 
 @shared_task(name="conversations.tasks.run_step", acks_late=True, ignore_result=True)

@@ -315,3 +315,28 @@ async def test_demo_answers_from_tool_results():
     )
     assert "denied" in denied.content
     assert "not during the audit" in denied.content
+
+
+def test_preload_imports_what_a_first_call_would():
+    """In a fresh process: after gateway_preload the demo provider is registered and
+    the OpenAI SDK's chat resources (imported lazily by a client's first call, ~1 s
+    of a worker's GIL) are loaded, so a worker's first reply does not wait for them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, django\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
+        "django.setup()\n"
+        "assert 'openai.resources.chat' not in sys.modules\n"
+        "from conversations.gateway import gateway_preload\n"
+        "gateway_preload()\n"
+        "import litellm\n"
+        "print('openai.resources.chat' in sys.modules,\n"
+        "      any(p['provider'] == 'demo' for p in litellm.custom_provider_map))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True"]
