@@ -148,7 +148,9 @@ def claim(*, run_id: int, worker: str, now: datetime, until: datetime) -> Claime
     _, claimed, rows = pgsql.pipeline(
         # What a database crash may forget of this transaction is harmless: the run is
         # queued again (recovery re-dispatches it) and the hold and the empty message
-        # go with it, as budgets' own holds do; the stored answer commits durably.
+        # go with it, as budgets' own holds do; the stored answer commits durably. The
+        # same holds when the ORM claim goes on in this transaction (a tool phase's
+        # lease, or a run it ends: Stop, no steps left), which recovery redoes.
         ("SET LOCAL synchronous_commit TO OFF", {}),
         (
             _claim_sql(),
