@@ -458,7 +458,8 @@ def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart |
     One thread hop and one transaction: the lease, the budget hold and the
     assistant message commit together (a failure leaves the run as it was,
     for a retry or stuck-run recovery), with one commit instead of three.
-    On PostgreSQL the common case takes five round trips (``runs_pg``).
+    On PostgreSQL the common case takes three round trips (``runs_pg.claim``:
+    the claim with its message and the history; the budget hold; the commit).
     """
     if connection.vendor == "postgresql":
         try:

@@ -163,8 +163,7 @@ def run_tools_changed(*, run_id: int) -> None:
 def run_status_changed(*, run_id: int, run: Any = None) -> None:
     """On commit: re-render a run's status line (typing indicator, Stop, Retry, error).
 
-    ``run``: the row as this transaction leaves it (read at commit), rendered
-    without a query.
+    ``run``: the row as this transaction leaves it, rendered without a query.
     """
 
     def build() -> list[tuple[str, str]]:

@@ -196,8 +196,8 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
         conversation, message, run = insert(
             user=user, conversation_id=conversation_id, content=content
         )
-        # The step is sent to a worker first, then the page is told (rendered here,
-        # from the rows in hand): the worker's claim takes longer than that.
+        # The step is sent to a worker first, then the page is told (rendered from
+        # the rows in hand, no query): the worker's claim takes longer than that.
         dispatch_on_commit(run.pk)
         run.user_message = message
         events.run_appended(run_id=run.pk, with_user_message=True, new=run)
