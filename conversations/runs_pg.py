@@ -11,17 +11,19 @@ each is written by hand and pipelined (``project.pgsql``):
 - :func:`send_lock` and :func:`send_insert`: the conversation locked and checked
   (``BEGIN`` in the same round trip), then the user message, the run and the
   conversation's title written by one statement;
-
 - :func:`claim`: ``BEGIN``, the lease taken and the step's message written by
   one statement that returns the run's rows, and the history read, in one
   round trip;
 - :func:`store_text`: ``BEGIN``, the run locked, the message written and the run
-  completed, in one round trip.
+  completed, in one round trip;
+- :func:`persist`: a streaming reply's text saved and its run's state read.
 
-Each returns ``None`` when its case is not the common one (the run is not
-ready, the lease was lost); the engine then rolls the transaction back and
-takes its ORM path, which handles and words every case. The statements test
-exactly the conditions the ORM path tests, so the two agree on what happens.
+``claim`` and ``store_text`` return ``None`` when their case is not the common
+one (the run is not ready, the lease was lost): the engine then takes its ORM
+path, which handles and words every case (after ``store_text``, and after a
+refusal following a claim, once it has rolled the transaction back). The
+statements test exactly the conditions the ORM path tests, so the two agree on
+what happens.
 """
 
 from __future__ import annotations
@@ -169,12 +171,7 @@ def claim(*, run_id: int, worker: str, now: datetime, until: datetime) -> Claime
     )
     if not claimed:
         return None
-    row = claimed[0]
-    objects, at = [], 0
-    for _, model, _ in _RELATED:
-        width = len(model._meta.concrete_fields)
-        objects.append(pgsql.instance(model, row[at : at + width]))
-        at += width
+    objects, (created,) = pgsql.instances(claimed[0], *(model for _, model, _ in _RELATED))
     run, conversation, config, owner, message = objects
     conversation.model_config = config
     conversation.owner = owner
@@ -183,7 +180,7 @@ def claim(*, run_id: int, worker: str, now: datetime, until: datetime) -> Claime
         HistoryRow(pk, role, content, json.loads(calls) if calls else None, call_id)
         for pk, role, content, calls, call_id in rows
     ]
-    return Claimed(run=run, message=message, message_created=row[at], history=history)
+    return Claimed(run=run, message=message, message_created=created, history=history)
 
 
 # The stored answer of a text reply: the run locked and checked, the message
@@ -355,10 +352,9 @@ def send_lock(*, conversation_id: int, owner_id: int) -> tuple[Conversation, boo
     )
     if not rows:
         return None
-    width = len(Conversation._meta.concrete_fields)
-    conversation = pgsql.instance(Conversation, rows[0][:width])
-    conversation.model_config = pgsql.instance(ModelConfig, rows[0][width:-1])
-    return conversation, bool(rows[0][-1])
+    (conversation, config), (in_progress,) = pgsql.instances(rows[0], Conversation, ModelConfig)
+    conversation.model_config = config
+    return conversation, bool(in_progress)
 
 
 def send_insert(
@@ -376,8 +372,8 @@ def send_insert(
         "conversation": conversation.pk,
     }
     [row] = pgsql.fetch(insert, params)
-    width = len(Message._meta.concrete_fields)
-    return pgsql.instance(Message, row[:width]), pgsql.instance(Run, row[width:])
+    (message, run), _ = pgsql.instances(row, Message, Run)
+    return message, run
 
 
 # While a reply streams (engine._persist_partial): the text so far, and the

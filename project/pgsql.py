@@ -127,6 +127,17 @@ def instance(model: type[Model], values: Sequence[Any]) -> Model:
     return model.from_db(connection.alias, names, loaded)
 
 
+def instances(row: Sequence[Any], *models: type[Model]) -> tuple[list[Model], tuple]:
+    """Split a row that selected :func:`select_list` of each of ``models`` in turn:
+    their instances (:func:`instance`), and the row's values after them."""
+    out, at = [], 0
+    for model in models:
+        width = len(model._meta.concrete_fields)
+        out.append(instance(model, row[at : at + width]))
+        at += width
+    return out, tuple(row[at:])
+
+
 def insert_sql(
     model: type[Model], prefix: str, expressions: dict[str, str] | None = None
 ) -> tuple[str, str]:
