@@ -605,6 +605,25 @@ def _locked_own(run_id: int, worker: str) -> Run | None:
     return run
 
 
+def _llm_call_settle(
+    *, admission: Any, result: ChatResult, conversation_id: int, model: str, savepoint: bool = True
+) -> None:
+    """The call's usage to the ledger (``accounts``' ``llm_call_settle``); a provider
+    that reported no usage or price counts as 0."""
+    from accounts.services import llm_call_settle
+
+    llm_call_settle(
+        admission=admission,
+        conversation_id=conversation_id,
+        model=model,
+        prompt_tokens=result.prompt_tokens or 0,
+        completion_tokens=result.completion_tokens or 0,
+        cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
+        latency_ms=result.latency_ms or 0,
+        savepoint=savepoint,
+    )
+
+
 def _llm_call_audit(
     *, run_id: int, step: int, actor: Any, model: str, result: ChatResult, dropped: int
 ) -> None:
@@ -634,8 +653,6 @@ def _store_text_pg(
     """``_store_answer`` of a text reply on PostgreSQL (``runs_pg.store_text``): five
     round trips. Inside ``transaction.atomic``; raises ``_GeneralPath`` (lease lost)
     or ``NeedsSavepoint`` (a budget the hold did not cover) for the ORM path."""
-    from accounts.services import llm_call_settle
-
     stored = runs_pg.store_text(
         run_id=run_id,
         worker=worker,
@@ -655,14 +672,11 @@ def _store_text_pg(
     if stored is None or not stored.message.model:
         raise _GeneralPath("lease lost")
     message, run = stored.message, stored.run
-    llm_call_settle(
+    _llm_call_settle(
         admission=admission,
+        result=result,
         conversation_id=run.conversation_id,
         model=message.model,
-        prompt_tokens=result.prompt_tokens or 0,
-        completion_tokens=result.completion_tokens or 0,
-        cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
-        latency_ms=result.latency_ms or 0,
         savepoint=False,
     )
     events.message_replaced(message_id=message_id, run_id=run_id, message=message)
@@ -697,7 +711,7 @@ def _store_answer(
     Returns the message's id, or ``None`` when the lease was lost (nothing
     stored). A text reply on PostgreSQL takes ``_store_text_pg``.
     """
-    from accounts.services import llm_call_abort, llm_call_settle
+    from accounts.services import llm_call_abort
 
     if connection.vendor == "postgresql" and not result.tool_calls:
         try:
@@ -728,14 +742,11 @@ def _store_answer(
                 "completion_tokens", "cost_usd", "latency_ms", "metadata",
             ]
         )  # fmt: skip
-        llm_call_settle(
+        _llm_call_settle(
             admission=admission,
+            result=result,
             conversation_id=run.conversation_id,
             model=message.model or run.conversation.model_config.litellm_model,
-            prompt_tokens=result.prompt_tokens or 0,
-            completion_tokens=result.completion_tokens or 0,
-            cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
-            latency_ms=result.latency_ms or 0,
         )
         context = run.metadata.setdefault("context", {})
         context[str(run.step)] = {"dropped_messages": dropped}

@@ -199,7 +199,7 @@ class Outbox:
 
     async def drain(self, lane: str | None = None) -> None:
         """Wait until everything queued so far (on ``lane``, or on every lane) is sent."""
-        lanes = list(self.lanes) if lane is None else [lane] if lane in self.lanes else []
+        lanes = list(self.lanes) if lane is None else [lane] if self.pending(lane) else []
         waits = []
         for name in lanes:
             done = self.loop.create_future()
