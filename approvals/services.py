@@ -27,6 +27,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
+from psycopg.types.json import Jsonb
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
 from approvals.canonical import json_safe
@@ -47,7 +48,7 @@ from project import pgsql
 
 logger = logging.getLogger(__name__)
 
-# The audit append on PostgreSQL (``_chain_next_pg``, ``_append_pg``): two round trips.
+# The audit append on PostgreSQL (``audit_record_steps``): two round trips.
 _CHAIN_NEXT = (
     "UPDATE approvals_auditchainhead SET last_sequence = last_sequence + 1 WHERE id = 1 "
     "RETURNING last_sequence, last_hash"
@@ -159,57 +160,92 @@ def audit_record(
     transaction that rolls back disappears with it. Raises ``ValueError``
     for NaN/infinity in ``data``.
     """
-    clean_data = json_safe(data or {})
-    clean_ip = _normalise_ip(ip)
-    actor_id = actor if isinstance(actor, int) else getattr(actor, "pk", None)
+    fields = _audit_fields(
+        action=action, actor=actor, target_type=target_type, target_id=target_id, data=data, ip=ip
+    )
     # No savepoint inside a caller's transaction (two round trips per event):
     # an error here must roll the audited write back with it anyway.
     with transaction.atomic(savepoint=False):
-        taken = _chain_next_pg() if connection.vendor == "postgresql" else None
-        if taken is None:
-            head = _chain_head_locked()
-            taken = head.last_sequence + 1, head.last_hash
-        sequence, prev_hash = taken[0], taken[1] or GENESIS_HASH
-        fields = {
-            "sequence": sequence,
-            "created_at": timezone.now(),
-            "actor_id": actor_id,
-            "action": action,
-            "target_type": target_type,
-            "target_id": str(target_id),
-            "data": clean_data,
-            "ip": clean_ip,
-            "prev_hash": prev_hash,
-        }
-        # The hash covers exactly the fields stored (audit_verify recomputes it).
-        event = AuditEvent(**fields, hash=audit_event_hash(**fields))
         if connection.vendor == "postgresql":
-            _append_pg(event)
-        else:
-            event.save()
-            AuditChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=event.hash)
+            return pgsql.run(_append_steps(fields))
+        head = _chain_head_locked()
+        event = _audit_event(fields, head.last_sequence + 1, head.last_hash)
+        event.save()
+        AuditChainHead.objects.filter(pk=1).update(
+            last_sequence=event.sequence, last_hash=event.hash
+        )
     return event
 
 
-def _chain_next_pg() -> tuple[int, str] | None:
-    """Lock the chain head and take the next sequence number: ``(sequence, previous
-    hash)``, one statement; ``None`` when there is no head row yet."""
-    rows = pgsql.fetch(_CHAIN_NEXT, {})
-    return (rows[0][0], rows[0][1]) if rows else None
+def _audit_fields(
+    *, action: str, actor: Any, target_type: str, target_id: str | int, data: dict | None,
+    ip: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """An event's fields but its place in the chain (raises ``ValueError`` as ``audit_record``)."""
+    return {
+        "actor_id": actor if isinstance(actor, int) else getattr(actor, "pk", None),
+        "action": action,
+        "target_type": target_type,
+        "target_id": str(target_id),
+        "data": json_safe(data or {}),
+        "ip": _normalise_ip(ip),
+    }
 
 
-def _append_pg(event: AuditEvent) -> None:
-    """Insert ``event`` and move the chain head's hash to it: one round trip."""
-    from psycopg.types.json import Jsonb
+def _audit_event(fields: dict[str, Any], sequence: int, prev_hash: str) -> AuditEvent:
+    chained = {
+        "sequence": sequence,
+        "created_at": timezone.now(),
+        **fields,
+        "prev_hash": prev_hash or GENESIS_HASH,
+    }
+    # The hash covers exactly the fields stored (audit_verify recomputes it).
+    return AuditEvent(**chained, hash=audit_event_hash(**chained))
 
-    fields = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
-    fields["data"] = Jsonb(fields["data"])
-    inserted, _ = pgsql.pipeline(
-        (_EVENT_INSERT, fields), (_CHAIN_MOVE, {"sequence": event.sequence, "hash": event.hash})
+
+def audit_record_steps(
+    *,
+    action: str,
+    actor: Any = None,
+    target_type: str = "",
+    target_id: str | int = "",
+    data: dict | None = None,
+    ip: str | None = None,
+) -> pgsql.Steps[AuditEvent]:
+    """``audit_record`` on PostgreSQL as ``pgsql`` steps: two rounds, for a caller
+    that shares them with its own statements (``pgsql.gather``).
+
+    Round one locks the chain head and takes the next sequence number (one
+    ``UPDATE … RETURNING``); round two inserts the event and moves the head's
+    hash to it. Same arguments, result and errors as ``audit_record`` (the
+    ``ValueError`` is raised by this call, before any statement). Run inside
+    ``transaction.atomic``, with the audit as the transaction's last lock (see
+    ``audit_record``): in a shared round, put these steps after the caller's.
+    """
+    fields = _audit_fields(
+        action=action, actor=actor, target_type=target_type, target_id=target_id, data=data, ip=ip
     )
+    return _append_steps(fields)
+
+
+def _append_steps(fields: dict[str, Any]) -> pgsql.Steps[AuditEvent]:
+    (taken,) = yield [(_CHAIN_NEXT, {})]
+    if taken:
+        sequence, prev_hash = taken[0]
+    else:  # no head row yet (the first event ever, or after a test flush)
+        head = _chain_head_locked()
+        sequence, prev_hash = head.last_sequence + 1, head.last_hash
+    event = _audit_event(fields, sequence, prev_hash)
+    params = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
+    params["data"] = Jsonb(params["data"])
+    inserted, _ = yield [
+        (_EVENT_INSERT, params),
+        (_CHAIN_MOVE, {"sequence": event.sequence, "hash": event.hash}),
+    ]
     event.pk = inserted[0][0]
     event._state.adding = False
     event._state.db = connection.alias
+    return event
 
 
 def policy_snapshot(policy: ApprovalPolicy) -> dict[str, Any]:

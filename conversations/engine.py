@@ -38,6 +38,7 @@ from conversations.context import context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs_pg import HISTORY_FIELDS, HISTORY_STATUSES, HistoryRow
+from project import pgsql
 from project.dbthreads import db_async
 
 logger = logging.getLogger(__name__)
@@ -550,7 +551,7 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
         return
 
     stored = await _store_answer(
-        run.pk, worker, message_id, result, dropped=fit.dropped, admission=admission
+        run, worker, message_id, result, dropped=fit.dropped, admission=admission
     )
     if stored is None or not result.tool_calls:
         return
@@ -606,7 +607,7 @@ def _locked_own(run_id: int, worker: str) -> Run | None:
 
 
 def _llm_call_settle(
-    *, admission: Any, result: ChatResult, conversation_id: int, model: str, savepoint: bool = True
+    *, admission: Any, result: ChatResult, conversation_id: int, model: str
 ) -> None:
     """The call's usage to the ledger (``accounts``' ``llm_call_settle``); a provider
     that reported no usage or price counts as 0."""
@@ -620,76 +621,101 @@ def _llm_call_settle(
         completion_tokens=result.completion_tokens or 0,
         cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
         latency_ms=result.latency_ms or 0,
-        savepoint=savepoint,
     )
 
 
-def _llm_call_audit(
-    *, run_id: int, step: int, actor: Any, model: str, result: ChatResult, dropped: int
-) -> None:
-    from approvals.services import audit_record
-
-    audit_record(
-        action="llm.call",
-        actor=actor,
-        target_type="run",
-        target_id=run_id,
-        data={
-            "step": step,
-            "model": model,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
-            "latency_ms": result.latency_ms,
-            "tool_calls": len(result.tool_calls or []),
-            "context_dropped_messages": dropped,
-        },
-    )
+def _llm_call_data(*, step: int, model: str, result: ChatResult, dropped: int) -> dict[str, Any]:
+    """The ``llm.call`` audit event's data."""
+    return {
+        "step": step,
+        "model": model,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
+        "latency_ms": result.latency_ms,
+        "tool_calls": len(result.tool_calls or []),
+        "context_dropped_messages": dropped,
+    }
 
 
 def _store_text_pg(
-    run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
+    run: Run, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
 ) -> int:
-    """``_store_answer`` of a text reply on PostgreSQL (``runs_pg.store_text``): five
-    round trips. Inside ``transaction.atomic``; raises ``_GeneralPath`` (lease lost)
-    or ``NeedsSavepoint`` (a budget the hold did not cover) for the ORM path."""
-    stored = runs_pg.store_text(
-        run_id=run_id,
-        worker=worker,
-        message_id=message_id,
-        now=timezone.now(),
-        fields={
-            "content": result.content,
-            "model": result.model,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "cost_usd": result.cost_usd,
-            "latency_ms": result.latency_ms,
-        },
-        metadata=_answer_metadata(result, dropped),
-        dropped=dropped,
+    """``_store_answer`` of a text reply on PostgreSQL, in three round trips.
+
+    One ``pgsql.gather``: its first round locks and completes the run and
+    finishes the message (``runs_pg.store_text_steps``), writes the ledger row
+    and settles the holds (accounts' ``llm_call_settle_steps``), and locks the
+    audit chain's head, last (approvals' ``audit_record_steps``); its second
+    inserts the ``llm.call`` event. Then the commit. Each module keeps its
+    statements and checks; they share the round trips. ``run``: as claimed
+    (its step, conversation and owner are what the statements check).
+    Inside ``transaction.atomic``; raises ``_GeneralPath`` (the lease lost, no
+    model name) or ``NeedsSavepoint`` (a budget the hold did not cover) for
+    the ORM path, after which the caller rolls back.
+    """
+    from accounts.services import llm_call_settle_steps
+    from approvals.services import audit_record_steps
+
+    model = result.model
+    if not model:
+        raise _GeneralPath("no model name")  # the message keeps the claim's: ORM path
+    owner_id = run.conversation.owner_id
+    stored, _, _ = pgsql.gather(
+        _stored_as_claimed(
+            runs_pg.store_text_steps(
+                run_id=run.pk,
+                worker=worker,
+                message_id=message_id,
+                now=timezone.now(),
+                fields={
+                    "content": result.content,
+                    "model": model,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "cost_usd": result.cost_usd,
+                    "latency_ms": result.latency_ms,
+                },
+                metadata=_answer_metadata(result, dropped),
+                dropped=dropped,
+            ),
+            run,
+        ),
+        llm_call_settle_steps(
+            admission=admission,
+            conversation_id=run.conversation_id,
+            model=model,
+            prompt_tokens=result.prompt_tokens or 0,
+            completion_tokens=result.completion_tokens or 0,
+            cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
+            latency_ms=result.latency_ms or 0,
+        ),
+        audit_record_steps(
+            action="llm.call",
+            actor=owner_id,
+            target_type="run",
+            target_id=run.pk,
+            data=_llm_call_data(step=run.step, model=model, result=result, dropped=dropped),
+        ),
     )
-    if stored is None or not stored.message.model:
-        raise _GeneralPath("lease lost")
-    message, run = stored.message, stored.run
-    _llm_call_settle(
-        admission=admission,
-        result=result,
-        conversation_id=run.conversation_id,
-        model=message.model,
-        savepoint=False,
-    )
-    events.message_replaced(message_id=message_id, run_id=run_id, message=message)
-    events.run_status_changed(run_id=run_id, run=run)
-    _llm_call_audit(
-        run_id=run_id,
-        step=run.step,
-        actor=stored.owner_id,
-        model=message.model,
-        result=result,
-        dropped=dropped,
-    )
+    events.message_replaced(message_id=message_id, run_id=run.pk, message=stored.message)
+    events.run_status_changed(run_id=run.pk, run=stored.run)
     return message_id
+
+
+def _stored_as_claimed(
+    steps: pgsql.Steps[runs_pg.Stored | None], run: Run
+) -> pgsql.Steps[runs_pg.Stored]:
+    """``steps``' result, or ``_GeneralPath`` unless it stored the claimed step of
+    ``run`` (the ledger and the audit were written for that step and owner)."""
+    stored = yield from steps
+    if (
+        stored is None
+        or stored.run.step != run.step
+        or stored.owner_id != run.conversation.owner_id
+    ):
+        raise _GeneralPath("lease lost")
+    return stored
 
 
 def _answer_metadata(result: ChatResult, dropped: int) -> dict[str, Any]:
@@ -702,27 +728,29 @@ def _answer_metadata(result: ChatResult, dropped: int) -> dict[str, Any]:
 
 @_db
 def _store_answer(
-    run_id: int, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
+    run: Run, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
 ) -> int | None:
     """Write the finished assistant message once, settle its usage, transition the run.
 
     The usage record (accounts' ledger) and the message commit together; the
     ``llm.call`` audit event is written last (approvals' lock-order rule).
     Returns the message's id, or ``None`` when the lease was lost (nothing
-    stored). A text reply on PostgreSQL takes ``_store_text_pg``.
+    stored). ``run``: as claimed for this step. A text reply on PostgreSQL
+    takes ``_store_text_pg``.
     """
     from accounts.services import llm_call_abort
+    from approvals.services import audit_record
 
     if connection.vendor == "postgresql" and not result.tool_calls:
         try:
             with transaction.atomic():
                 return _store_text_pg(
-                    run_id, worker, message_id, result, dropped=dropped, admission=admission
+                    run, worker, message_id, result, dropped=dropped, admission=admission
                 )
         except (_GeneralPath, NeedsSavepoint):
             pass  # rolled back: the ORM path below
     with transaction.atomic():
-        run = _locked_own(run_id, worker)
+        run = _locked_own(run.pk, worker)
         if run is None:
             llm_call_abort(admission=admission)
             return None
@@ -765,13 +793,12 @@ def _store_answer(
             events.run_status_changed(run_id=run.pk)
         else:
             run_finish(run=run, status=S.COMPLETED)
-        _llm_call_audit(
-            run_id=run.pk,
-            step=run.step,
+        audit_record(
+            action="llm.call",
             actor=run.conversation.owner,
-            model=message.model,
-            result=result,
-            dropped=dropped,
+            target_type="run",
+            target_id=run.pk,
+            data=_llm_call_data(step=run.step, model=message.model, result=result, dropped=dropped),
         )
         return message.pk
 

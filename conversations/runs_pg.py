@@ -14,13 +14,14 @@ each is written by hand and pipelined (``project.pgsql``):
 - :func:`claim`: ``BEGIN``, the lease taken and the step's message written by
   one statement that returns the run's rows, and the history read, in one
   round trip;
-- :func:`store_text`: ``BEGIN``, the run locked, the message written and the run
-  completed, in one round trip;
+- :func:`store_text_steps`: ``BEGIN``, the run locked, the message written and
+  the run completed, in the round trip that also settles the call's usage and
+  takes the audit's next sequence number (``engine._store_text_pg``);
 - :func:`persist`: a streaming reply's text saved and its run's state read.
 
-``claim`` and ``store_text`` return ``None`` when their case is not the common
+``claim`` and ``store_text_steps`` return ``None`` when their case is not the common
 one (the run is not ready, the lease was lost): the engine then takes its ORM
-path, which handles and words every case (after ``store_text``, and after a
+path, which handles and words every case (after ``store_text_steps``, and after a
 refusal following a claim, once it has rolled the transaction back). The
 statements test exactly the conditions the ORM path tests, so the two agree on
 what happens.
@@ -220,7 +221,7 @@ RETURNING {run}
 
 
 class Stored(NamedTuple):
-    """What :func:`store_text` wrote: the message and the run as they now are, and
+    """What :func:`store_text_steps` wrote: the message and the run as they now are, and
     the conversation's owner."""
 
     message: Message
@@ -236,7 +237,7 @@ def _store_sql() -> tuple[str, str]:
     )  # column names only
 
 
-def store_text(
+def store_text_steps(
     *,
     run_id: int,
     worker: str,
@@ -245,8 +246,10 @@ def store_text(
     fields: dict[str, Any],
     metadata: dict[str, Any],
     dropped: int,
-) -> Stored | None:
-    """Finish a text answer and complete its run (one round trip), inside ``transaction.atomic``.
+) -> pgsql.Steps[Stored | None]:
+    """Finish a text answer and complete its run: ``pgsql`` steps of one round
+    (``pgsql.gather`` shares it with the ledger and the audit), inside
+    ``transaction.atomic``.
 
     ``fields``: the message's ``content``, ``model``, ``prompt_tokens``,
     ``completion_tokens``, ``cost_usd`` (USD), ``latency_ms``; ``metadata`` is
@@ -273,9 +276,11 @@ def store_text(
         "calling": S.CALLING_LLM.value,
     }
     finish_message, complete_run = _store_sql()
-    locked, message, run = pgsql.pipeline(
-        (_LOCK_RUN, params), (finish_message, params), (complete_run, params)
-    )
+    locked, message, run = yield [
+        (_LOCK_RUN, params),
+        (finish_message, params),
+        (complete_run, params),
+    ]
     if not (locked and message and run) or locked[0][0] != worker:
         return None
     return Stored(

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.db.models import F, Q
@@ -55,6 +56,7 @@ from accounts.selectors import (
     ratelimits_applicable,
 )
 from accounts.services import budgets_pg
+from project import pgsql
 
 USD_QUANTUM = Decimal("0.000000000001")  # 12 decimal places, as stored
 HELD = BudgetReservation.Status.HELD
@@ -397,6 +399,120 @@ def budget_reservations_expire(*, older_than: timedelta = timedelta(hours=1)) ->
     return _release(reservations=Q(created_at__lt=timezone.now() - older_than))
 
 
+class _Usage(NamedTuple):
+    """A call's usage, checked: the ``UsageRecord`` fields and what settling needs."""
+
+    fields: dict[str, Any]
+    total: int
+    budgets: list[Budget]
+    reservations: list[int]
+    now: datetime
+
+
+def _usage(
+    *,
+    user: User | int,
+    conversation_id: int | None,
+    run_id: int | None,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: Decimal | int | str,
+    latency_ms: int | None,
+    reservations: list[int] | None,
+    budgets: list[Budget] | None,
+) -> _Usage:
+    cost = to_usd(cost_usd)
+    prompt_tokens = to_tokens(prompt_tokens, name="prompt_tokens")
+    completion_tokens = to_tokens(completion_tokens, name="completion_tokens")
+    if latency_ms is not None:
+        latency_ms = to_tokens(latency_ms, name="latency_ms")
+    if not model:
+        raise ValueError("model must name the model that was called")
+    user_id = user if isinstance(user, int) else user.pk
+    now = timezone.now()
+    fields = {
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "run_id": run_id,
+        "model": model[:200],
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost_usd": cost,
+        "latency_ms": latency_ms,
+        "created_at": now,
+    }
+    return _Usage(
+        fields=fields,
+        total=prompt_tokens + completion_tokens,
+        budgets=budgets_applicable(user=user_id) if budgets is None else budgets,
+        reservations=list(reservations or []),
+        now=now,
+    )
+
+
+def usage_record_steps(
+    *,
+    user: User | int,
+    conversation_id: int | None,
+    run_id: int | None,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: Decimal | int | str,
+    latency_ms: int | None,
+    reservations: list[int] | None = None,
+    _budgets: list[Budget] | None = None,
+) -> pgsql.Steps[UsageRecord]:
+    """``usage_record(..., savepoint=False)`` on PostgreSQL as ``pgsql`` steps: one
+    round (the ledger row and the settled holds, one statement), for a caller that
+    shares it with its own statements (``pgsql.gather``).
+
+    Same arguments and result as ``usage_record``. Raises ``ValueError`` (bad
+    usage) from this call, before any statement; ``NeedsSavepoint`` from this
+    call or from the steps where the general path is needed (a budget that no
+    hold of this call covers): the caller must roll its transaction back and
+    call ``usage_record`` instead.
+    """
+    usage = _usage(
+        user=user, conversation_id=conversation_id, run_id=run_id, model=model,
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd,
+        latency_ms=latency_ms, reservations=reservations, budgets=_budgets,
+    )  # fmt: skip
+    if not (_on_postgresql() and (usage.reservations or not usage.budgets)):
+        raise NeedsSavepoint("usage settle")
+    return _settle_steps(usage)
+
+
+def _settle_steps(usage: _Usage) -> pgsql.Steps[UsageRecord]:
+    fields = usage.fields
+    got = yield from budgets_pg.settle_steps(
+        user_id=fields["user_id"],
+        conversation_id=fields["conversation_id"],
+        run_id=fields["run_id"],
+        model=fields["model"],
+        prompt_tokens=fields["prompt_tokens"],
+        completion_tokens=fields["completion_tokens"],
+        cost=fields["cost_usd"],
+        latency_ms=fields["latency_ms"],
+        reservation_ids=usage.reservations,
+        now=usage.now,
+    )
+    if not all(b.pk in got.counters for b in usage.budgets):
+        # Some budget was not covered by a hold (released, expired): undo and
+        # charge it on the general path, which locks in order.
+        raise NeedsSavepoint("usage settle")
+    _warn_if_crossed(
+        user_id=fields["user_id"],
+        spends=[(b, got.counters[b.pk]) for b in usage.budgets],
+        now=usage.now,
+    )
+    record = UsageRecord(id=got.record_id, **fields)
+    record._state.adding = False
+    record._state.db = connection.alias
+    return record
+
+
 def usage_record(
     *,
     user: User | int,
@@ -439,58 +555,21 @@ def usage_record(
         ValueError: negative or non-numeric tokens or cost, or an empty model.
         NeedsSavepoint: see ``savepoint``.
     """
-    cost = to_usd(cost_usd)
-    prompt_tokens = to_tokens(prompt_tokens, name="prompt_tokens")
-    completion_tokens = to_tokens(completion_tokens, name="completion_tokens")
-    if latency_ms is not None:
-        latency_ms = to_tokens(latency_ms, name="latency_ms")
-    if not model:
-        raise ValueError("model must name the model that was called")
-    user_id = user if isinstance(user, int) else user.pk
-    model = model[:200]
-    total = prompt_tokens + completion_tokens
-    budgets = budgets_applicable(user=user_id) if _budgets is None else _budgets
-    now = timezone.now()
-    fields = {
-        "user_id": user_id,
-        "conversation_id": conversation_id,
-        "run_id": run_id,
-        "model": model,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "cost_usd": cost,
-        "latency_ms": latency_ms,
-        "created_at": now,
-    }
-    if _on_postgresql() and (reservations or not budgets):
+    usage = _usage(
+        user=user, conversation_id=conversation_id, run_id=run_id, model=model,
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd,
+        latency_ms=latency_ms, reservations=reservations, budgets=_budgets,
+    )  # fmt: skip
+    if _on_postgresql() and (reservations or not usage.budgets):
         with transaction.atomic(savepoint=savepoint):
-            got = budgets_pg.settle(
-                user_id=user_id,
-                conversation_id=conversation_id,
-                run_id=run_id,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost=cost,
-                latency_ms=latency_ms,
-                reservation_ids=list(reservations or []),
-                now=now,
-            )
-            if all(b.pk in got.counters for b in budgets):
-                _warn_if_crossed(
-                    user_id=user_id,
-                    spends=[(b, got.counters[b.pk]) for b in budgets],
-                    now=now,
-                )
-                record = UsageRecord(id=got.record_id, **fields)
-                record._state.adding = False
-                record._state.db = connection.alias
-                return record
-            # Some budget was not covered by a hold (released, expired): undo
-            # and charge it on the general path, which locks in order.
-            if not savepoint:
-                raise NeedsSavepoint("usage settle")
-            transaction.set_rollback(True)
+            try:
+                return pgsql.run(_settle_steps(usage))
+            except NeedsSavepoint:
+                if not savepoint:
+                    raise
+                transaction.set_rollback(True)
+    fields, user_id, budgets, now = usage.fields, usage.fields["user_id"], usage.budgets, usage.now
+    cost, total = usage.fields["cost_usd"], usage.total
     with transaction.atomic():
         record = UsageRecord.objects.create(**fields)
         held = list(

@@ -43,7 +43,7 @@ from accounts.models import (
     User,
 )
 from accounts.periods import EPOCH, period_bounds
-from project.pgsql import fetch
+from project.pgsql import Steps, fetch
 
 HELD = BudgetReservation.Status.HELD.value
 SETTLED = BudgetReservation.Status.SETTLED.value
@@ -275,7 +275,7 @@ class Settled:
     counters: dict[int, tuple[datetime, Decimal, int] | None]
 
 
-def settle(
+def settle_steps(
     *,
     user_id: int,
     conversation_id: int | None,
@@ -287,10 +287,11 @@ def settle(
     latency_ms: int | None,
     reservation_ids: list[int],
     now: datetime,
-) -> Settled:
-    """Insert the ledger row and settle the call's held reservations, in one statement.
+) -> Steps[Settled]:
+    """Insert the ledger row and settle the call's held reservations: one statement,
+    as ``pgsql`` steps (one round).
 
-    Call inside ``transaction.atomic``. Reservations no longer held (released,
+    Run inside ``transaction.atomic``. Reservations no longer held (released,
     expired, already settled) or not ``user_id``'s are left alone and absent
     from ``counters``.
     """
@@ -307,7 +308,7 @@ def settle(
         "ids": reservation_ids,
         "total": prompt_tokens + completion_tokens,
     }
-    rows = fetch(_sql(_SETTLE), params)
+    (rows,) = yield [(_sql(_SETTLE), params)]
     counters: dict[int, tuple[datetime, Decimal, int] | None] = {}
     for _, budget_id, period_start, usd, tokens in rows:
         if budget_id is not None:

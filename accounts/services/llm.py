@@ -31,8 +31,10 @@ from accounts.services.budgets import (
     to_tokens,
     to_usd,
     usage_record,
+    usage_record_steps,
 )
 from accounts.services.ratelimits import ratelimit_add_tokens, ratelimit_check
+from project import pgsql
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,52 @@ def llm_call_settle(
     ratelimit_add_tokens(
         user=admission.user_id,
         tokens=prompt_tokens + completion_tokens,
+        _limits=None if admission._ratelimits is None else list(admission._ratelimits),
+    )
+    return record
+
+
+def llm_call_settle_steps(
+    *,
+    admission: Admission,
+    conversation_id: int | None,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: Decimal | int | str,
+    latency_ms: int | None,
+) -> pgsql.Steps[UsageRecord]:
+    """``llm_call_settle(..., savepoint=False)`` on PostgreSQL as ``pgsql`` steps (one
+    round), for a caller that shares the round trip with its own statements
+    (``pgsql.gather``; ``conversations.engine`` stores an answer this way).
+
+    Same arguments and result. Raises as ``usage_record_steps``: ``ValueError``
+    from this call; ``NeedsSavepoint`` from this call or the steps, and the
+    caller must then roll back and call ``llm_call_settle``. The tokens are
+    counted against rate limits once the ledger row is written.
+    """
+    steps = usage_record_steps(
+        user=admission.user_id,
+        conversation_id=conversation_id,
+        run_id=admission.run_id,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=cost_usd,
+        latency_ms=latency_ms,
+        reservations=list(admission.reservation_ids),
+        _budgets=None if admission._budgets is None else list(admission._budgets),
+    )
+    return _then_count_tokens(steps, admission, prompt_tokens + completion_tokens)
+
+
+def _then_count_tokens(
+    steps: pgsql.Steps[UsageRecord], admission: Admission, tokens: int
+) -> pgsql.Steps[UsageRecord]:
+    record = yield from steps
+    ratelimit_add_tokens(
+        user=admission.user_id,
+        tokens=tokens,
         _limits=None if admission._ratelimits is None else list(admission._ratelimits),
     )
     return record

@@ -8,8 +8,10 @@ nothing written (a lost lease, a budget that refuses).
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from django.db import connection
@@ -21,6 +23,7 @@ from approvals.models import AuditEvent
 from conversations import engine, services
 from conversations.gateway import ChatResult
 from conversations.models import Message, Run
+from project import pgsql
 from tools.selectors import tools_offered_for_user
 
 pytestmark = pytest.mark.django_db
@@ -44,6 +47,20 @@ def _statements(captured: CaptureQueriesContext) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _round_trips():
+    """The statements of each ``pgsql.pipeline`` call made inside (a round trip each)."""
+    counts: list[int] = []
+    original = pgsql.pipeline
+
+    def counted(*statements):
+        counts.append(len(statements))
+        return original(*statements)
+
+    with mock.patch.object(pgsql, "pipeline", counted):
+        yield counts
+
+
 def _claimed(conversation, worker: str = "w1"):
     run = services.message_send(
         user=conversation.owner, conversation_id=conversation.pk, content="hello"
@@ -61,13 +78,15 @@ def test_common_step_takes_the_fast_paths(conversation):
     # No wait for the disk at commit, the claim with the message, and the history (one
     # round trip), then the budget hold. The ORM path runs 8 statements and 2 savepoints.
     assert len(claim) == 4, claim
-    with CaptureQueriesContext(connection) as store:
+    with CaptureQueriesContext(connection) as store, _round_trips() as trips:
         stored = engine._store_answer.func(
-            run.pk, "w1", start.message_id, ANSWER, dropped=2, admission=start.admission
+            run, "w1", start.message_id, ANSWER, dropped=2, admission=start.admission
         )
-    # Lock + message + run (one round trip), the ledger, three for the audit append
-    # (two round trips). The ORM path: 11 statements and 2 savepoint commands.
+    # Lock + message + run, the ledger, the audit head (one round trip); the audit
+    # event and the head's hash (one round trip). The ORM path: 11 statements and 2
+    # savepoint commands.
     assert len(_statements(store)) == 7, _statements(store)
+    assert trips == [5, 2]
     assert stored == start.message_id
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED and run.lease_owner == ""
@@ -104,7 +123,7 @@ def test_store_after_a_lost_lease_writes_nothing(conversation):
         lease_owner="w2", lease_expires_at=timezone.now() + timedelta(minutes=1)
     )
     stored = engine._store_answer.func(
-        run.pk, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
+        run, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
     )
     assert stored is None
     run.refresh_from_db()
@@ -148,7 +167,7 @@ def test_pushes_render_the_rows_in_hand_as_a_query_would(
         assert render("message", {"m": message}) in claimed[1]
         with django_capture_on_commit_callbacks(execute=True):
             engine._store_answer.func(
-                run.pk, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
+                run, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
             )
         stored = [listener.receive()["html"] for _ in range(2)]
     message.refresh_from_db()
