@@ -31,6 +31,8 @@ from typing import Any, ParamSpec, TypeVar
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.db import connections
 
+from project.pushes import Deferred, pushes_deferred
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -87,14 +89,21 @@ def _close_if_stale() -> None:
 def db_async(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """``fn`` as a coroutine function that picks its thread at call time (see module).
 
-    The wrapper keeps ``fn`` as ``.func`` (like asgiref's wrappers), so tests
-    can call or wrap the sync original.
+    The pushes ``fn``'s commits schedule are queued on the caller's loop when
+    it returns (``project.pushes.Deferred``). The wrapper keeps ``fn`` as
+    ``.func`` (like asgiref's wrappers), so tests can call or wrap the sync
+    original.
     """
-    thread_sensitive = sync_to_async(fn)
 
-    def pooled_call(*args: Any, **kwargs: Any) -> R:
-        try:
+    def in_thread(deferred: Deferred, *args: Any, **kwargs: Any) -> R:
+        with pushes_deferred(deferred):
             return fn(*args, **kwargs)
+
+    thread_sensitive = sync_to_async(in_thread)
+
+    def pooled_call(deferred: Deferred, *args: Any, **kwargs: Any) -> R:
+        try:
+            return in_thread(deferred, *args, **kwargs)
         finally:
             _close_if_stale()
 
@@ -102,15 +111,20 @@ def db_async(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(fn)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        executor = _pool.get()
-        if executor is None:
-            return await thread_sensitive(*args, **kwargs)
-        runner = pooled.get(executor)
-        if runner is None:
-            runner = pooled[executor] = SyncToAsync(
-                pooled_call, thread_sensitive=False, executor=executor
-            )
-        return await runner(*args, **kwargs)
+        # The pushes fn's commits make are queued when it returns (pushes.Deferred).
+        deferred = Deferred()
+        try:
+            executor = _pool.get()
+            if executor is None:
+                return await thread_sensitive(deferred, *args, **kwargs)
+            runner = pooled.get(executor)
+            if runner is None:
+                runner = pooled[executor] = SyncToAsync(
+                    pooled_call, thread_sensitive=False, executor=executor
+                )
+            return await runner(deferred, *args, **kwargs)
+        finally:
+            deferred.release()
 
     call.func = fn  # type: ignore[attr-defined]
     return call

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
@@ -237,6 +238,58 @@ def _caller_loop() -> asyncio.AbstractEventLoop | None:
     return loop
 
 
+class Deferred:
+    """The pushes a ``db_async`` call's thread commits, queued on the caller's loop when
+    the call returns (``project.dbthreads``), instead of one by one as they commit.
+
+    Each queued push would wake the loop from the thread (``call_soon_threadsafe``)
+    while the thread is still working; and the caller's step, resumed by the same
+    return, would then wait behind their render (about 1 ms for a finished
+    answer's Markdown, on the loop's thread). Queued at return, they render when
+    the step reaches its next wait (its provider's reply, its next database
+    call), in commit order as before. A push added after :meth:`release` (the
+    caller was cancelled while its thread still ran) goes the usual way.
+    """
+
+    __slots__ = ("_items", "_lock", "_open")
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Build, str]] = []
+        self._lock = threading.Lock()
+        self._open = True
+
+    def add(self, build: Build, lane: str) -> bool:
+        """Keep ``build`` for :meth:`release`; ``False`` once released (any thread)."""
+        with self._lock:
+            if self._open:
+                self._items.append((build, lane))
+            return self._open
+
+    def release(self) -> None:
+        """Queue what was kept on the running loop's outbox, in order (loop thread)."""
+        with self._lock:
+            self._open = False
+            items, self._items = self._items, []
+        if items:
+            outbox = outbox_for(asyncio.get_running_loop())
+            for build, lane in items:
+                outbox.put(build, lane=lane)
+
+
+_collecting = threading.local()
+
+
+@contextlib.contextmanager
+def pushes_deferred(deferred: Deferred) -> Iterator[None]:
+    """In this thread, :func:`push_soon` keeps its pushes in ``deferred`` (see there)."""
+    previous = getattr(_collecting, "deferred", None)
+    _collecting.deferred = deferred
+    try:
+        yield
+    finally:
+        _collecting.deferred = previous
+
+
 def push_send_now(build: Build) -> None:
     """Build and send at once, from sync code (blocks on the channel layer)."""
     layer = get_channel_layer()
@@ -251,7 +304,11 @@ def push_send_now(build: Build) -> None:
 
 def push_soon(build: Build, lane: str = "") -> None:
     """Send ``build()``'s pairs now if no loop is around, else queue them on
-    ``lane`` of the caller's loop's outbox and return at once (any thread)."""
+    ``lane`` of the caller's loop's outbox and return at once (any thread); in a
+    ``db_async`` call's thread, when that call returns (:class:`Deferred`)."""
+    deferred = getattr(_collecting, "deferred", None)
+    if deferred is not None and deferred.add(build, lane):
+        return
     loop = _caller_loop()
     if loop is None:
         push_send_now(build)

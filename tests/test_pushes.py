@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -99,3 +100,60 @@ async def test_draining_a_lane_does_not_wait_for_other_lanes():
     await pushes_drain()
     rest = await asyncio.wait_for(layer.receive(channel), 5)
     assert rest["html"] == "slow"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_db_async_calls_pushes_go_out_when_it_returns_in_commit_order():
+    """Not one by one from the thread while it still works: the caller resumes
+    first, and the render waits for the caller's next wait (pushes.Deferred)."""
+    from project.dbthreads import db_async
+
+    layer, channel = await _listening("test.deferred")
+    rendered: list[str] = []
+
+    def build(html: str):
+        def render():
+            rendered.append(html)
+            return [("test.deferred", html)]
+
+        return render
+
+    def write() -> list[str]:
+        with transaction.atomic():
+            push_on_commit(build("one"), in_hand=True)
+        time.sleep(0.2)  # the loop is free meanwhile
+        seen = list(rendered)
+        with transaction.atomic():
+            push_on_commit(build("two"), in_hand=True)
+        return seen
+
+    assert await db_async(write)() == []
+    assert rendered == []  # queued when the call returned, not yet rendered
+    await pushes_drain()
+    received = []
+    while "two" not in "\n".join(received):
+        received.append((await asyncio.wait_for(layer.receive(channel), 5))["html"])
+    assert "\n".join(received) == "one\ntwo"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_cancelled_callers_later_pushes_still_go_out():
+    from project.dbthreads import db_async
+
+    layer, channel = await _listening("test.deferred.cancel")
+    started, go = threading.Event(), threading.Event()
+
+    def write() -> None:
+        started.set()
+        assert go.wait(5)
+        with transaction.atomic():
+            push_on_commit(lambda: [("test.deferred.cancel", "late")])
+
+    task = asyncio.ensure_future(db_async(write)())
+    assert await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    go.set()
+    message = await asyncio.wait_for(layer.receive(channel), 5)
+    assert message["html"] == "late"
