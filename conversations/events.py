@@ -242,6 +242,8 @@ class StreamPublisher:
     """
 
     MAX_INTERVAL = 0.2
+    #: Seconds a stream may go without letting the loop run (see ``feed``).
+    YIELD_EVERY = 0.001
     _live: weakref.WeakSet[StreamPublisher] = weakref.WeakSet()
 
     def __init__(
@@ -262,6 +264,7 @@ class StreamPublisher:
         self.sent_len = 0
         self.frames = 0
         self._last = 0.0
+        self._yielded = 0.0
         self._timer: asyncio.Task[None] | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
@@ -293,23 +296,33 @@ class StreamPublisher:
     async def feed(self, delta: str) -> None:
         self._raise_pending()
         self.parts.append(delta)
+        scheduled = False
         if self._flushing is None or self._flushing.done():
-            self._schedule()
-        # Let the frame task run: a fast provider's chunks arrive already
-        # buffered, so reading them may never suspend on its own.
-        await asyncio.sleep(0)
+            scheduled = self._schedule()
+        # Let the frame task (and the loop's other work) run: a fast provider's
+        # chunks arrive already buffered, so reading them may never suspend on
+        # its own. Not on every delta: a loop turn cost about as much as the
+        # rest of feed, and a reply streams hundreds of deltas.
+        now = time.monotonic()
+        if scheduled or now - self._yielded >= self.YIELD_EVERY:
+            self._yielded = now
+            await asyncio.sleep(0)
 
-    def _schedule(self) -> None:
+    def _schedule(self) -> bool:
+        """Start the next frame, now or by a timer; whether a task was created."""
         if self._closed:
-            return  # close() owns the last frame (or there is none)
+            return False  # close() owns the last frame (or there is none)
         wait = self.current_interval() - (time.monotonic() - self._last)
         loop = asyncio.get_running_loop()
         if wait <= 0:
             if self._timer is not None and not self._timer.done():
                 self._timer.cancel()
             self._flushing = loop.create_task(self._flush_background())
-        elif self._timer is None or self._timer.done():
+            return True
+        if self._timer is None or self._timer.done():
             self._timer = loop.create_task(self._flush_later(wait))
+            return True
+        return False
 
     async def _flush_background(self) -> None:
         try:
