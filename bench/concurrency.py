@@ -159,6 +159,90 @@ async def direct_stream(http: Any, base_url: str, start: asyncio.Event) -> dict:
     return out
 
 
+GATEWAY_MODEL = "bench-gateway-cpu"
+
+
+async def _gateway_cpu(env: BenchEnv, streams: int) -> tuple[list[list[str]], float]:
+    """CPU milliseconds per stream of ``TOKENS`` chunks, read in this process from
+    the unpaced provider four ways: plain httpx with one ``json.loads`` per chunk
+    (the least any relay must do), the OpenAI SDK (what litellm calls for
+    ``openai/`` models), Tollgate's gateway (``stream_chat``: litellm builds the
+    request, the SDK's stream is read directly), and litellm's own streaming
+    wrapper. Rows for the table, and the SDK's CPU ms per stream."""
+    import json
+
+    import httpx
+    import litellm
+    from asgiref.sync import sync_to_async
+    from openai import AsyncOpenAI
+
+    from conversations.gateway import stream_chat
+
+    config = await sync_to_async(env.model)(GATEWAY_MODEL, provider="fast")
+    provider = env.providers["fast"]
+    provider.reply(model=GATEWAY_MODEL, text=words(TOKENS))
+    messages = [{"role": "user", "content": "hi"}]
+
+    async def via_litellm() -> None:
+        response = await litellm.acompletion(
+            model=f"openai/{GATEWAY_MODEL}", api_base=provider.base_url, api_key="bench-key",
+            messages=messages, stream=True, stream_options={"include_usage": True},
+        )  # fmt: skip
+        async for _ in response:
+            pass
+
+    sdk = AsyncOpenAI(base_url=provider.base_url, api_key="bench-key")
+
+    async def via_sdk() -> None:
+        response = await sdk.chat.completions.create(
+            model=GATEWAY_MODEL, messages=messages, stream=True
+        )
+        async for _ in response:
+            pass
+
+    async def via_gateway() -> None:
+        async def on_delta(_: str) -> None:
+            pass
+
+        await stream_chat(config=config, messages=messages, on_delta=on_delta)
+
+    http = httpx.AsyncClient()
+
+    async def via_httpx() -> None:
+        async with http.stream(
+            "POST",
+            provider.base_url + "/chat/completions",
+            json={"model": GATEWAY_MODEL, "stream": True, "messages": messages},
+            headers={"Authorization": "Bearer bench-key"},
+        ) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    json.loads(line[6:])
+
+    rows, base, sdk_ms = [], None, 0.0
+    try:
+        for label, read in [
+            ("httpx, one json.loads per chunk (baseline)", via_httpx),
+            ("OpenAI SDK (what litellm calls)", via_sdk),
+            ("Tollgate's gateway (stream_chat, what the worker calls)", via_gateway),
+            ("litellm.acompletion, through its stream wrapper", via_litellm),
+        ]:
+            for _ in range(3):
+                await read()
+            started = time.process_time()
+            for _ in range(streams):
+                await read()
+            per_stream = (time.process_time() - started) / streams * 1000
+            base = base or per_stream
+            if read is via_sdk:
+                sdk_ms = per_stream
+            rows.append([label, fmt(per_stream, 2), fmt(per_stream / base, 1) + "x"])
+    finally:
+        await http.aclose()
+        await sdk.close()
+    return rows, sdk_ms
+
+
 def _failure_causes(conversation_ids: list[int]) -> dict[int, str]:
     """The stored error of each conversation's failed run (what the page shows)."""
     from conversations.models import Run
@@ -242,6 +326,8 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
     for level, direct in [(1, False), (top, True), *((level, False) for level in levels)]:
         data = await _level(env, config, level, wait, direct=direct)
         gaps, ttft, rss, cpu = data["gaps"], data["ttft"], data["rss"], data["cpu"]
+        if direct:
+            baseline_cpu = cpu.get("provider", 0.0) + cpu.get("client", 0.0)
         label = (
             f"{level} straight from llmock (baseline: no Tollgate)"
             if direct
@@ -275,6 +361,12 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
                     gap99 <= 250 and not data["errors"] and data["peak"] >= 0.9 * level,
                 )
             )
+    gateway, sdk_ms = await _gateway_cpu(env, streams=5 if wait < 100 else 50)
+    # What is left for Tollgate per stream if every frame of the top level is to
+    # arrive within 250 ms of its chunk: the machine's cores over the stream's length
+    # plus 250 ms, less what the provider and the clients used at that level.
+    cores = os.cpu_count() or 1
+    headroom_ms = (cores * (TOKENS * 0.02 + 0.25) - baseline_cpu) / top * 1000
     return Result(
         key="concurrency",
         title=f"3. Concurrent streaming conversations ({TOKENS} tokens each at 50 tokens/s)",
@@ -295,7 +387,9 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
                 "CPU s: web / worker / llmock / clients",
             ],
             rows,
-        ),
+        )
+        + f"\n\nCPU to read one {TOKENS}-chunk stream, in one process (unpaced llmock):\n\n"
+        + table(["read with", "CPU ms per stream", "/ baseline"], gateway),
         notes=[
             "Baseline gap: the provider sends a chunk every 20 ms; Tollgate coalesces to at "
             "most one frame per 50 ms, so 50 ms is the floor of the frame gap. A stream alone "
@@ -308,6 +402,11 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
             "once' counts streams between their first delta and their end at the busiest "
             "moment: a stream waiting for the worker to start it is not streaming, so the "
             "frame-gap target alone says nothing about concurrency.",
+            f"What the machine leaves for Tollgate at {top} streams: {cores} cores x "
+            f"({TOKENS * 0.02:.1f} s + 0.25 s) less the {baseline_cpu:.1f} CPU s the provider "
+            f"and the clients used at that level (llmock baseline row) = {headroom_ms:.1f} ms "
+            f"of CPU per stream, for the web and the worker together; the OpenAI SDK alone "
+            f"needs {sdk_ms:.1f} ms to read one reply (CPU table).",
             *(["Errors: " + "; ".join(errors_seen)] if errors_seen else []),
         ],
         checks=checks,
