@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.db import transaction
+
 from accounts.models import Budget, RateLimit, UsageRecord, User
 from accounts.services.budgets import (
     budget_admit,
@@ -178,7 +180,10 @@ def llm_call_settle_steps(
     Same arguments and result. Raises as ``usage_record_steps``: ``ValueError``
     from this call; ``NeedsSavepoint`` from this call or the steps, and the
     caller must then roll back and call ``llm_call_settle``. The tokens are
-    counted against rate limits once the ledger row is written.
+    counted against rate limits when the transaction commits: not in Redis
+    while the caller's later rounds may still hold locks (the audit chain's
+    head, ``engine._store_text_pg``), and not at all if it rolls back (its
+    caller then settles again on the general path, which counts them).
     """
     steps = usage_record_steps(
         user=admission.user_id,
@@ -199,11 +204,12 @@ def _then_count_tokens(
     steps: pgsql.Steps[UsageRecord], admission: Admission, tokens: int
 ) -> pgsql.Steps[UsageRecord]:
     record = yield from steps
-    ratelimit_add_tokens(
-        user=admission.user_id,
-        tokens=tokens,
-        _limits=None if admission._ratelimits is None else list(admission._ratelimits),
-    )
+    limits = None if admission._ratelimits is None else list(admission._ratelimits)
+    if limits != []:
+        transaction.on_commit(
+            lambda: ratelimit_add_tokens(user=admission.user_id, tokens=tokens, _limits=limits),
+            robust=True,  # a count lost to Redis must not undo the committed ledger
+        )
     return record
 
 

@@ -238,3 +238,26 @@ def test_saves_are_spread_out_when_many_replies_stream(settings, monkeypatch):
     assert engine._persist_interval() == 2.0
     monkeypatch.setattr(StreamPublisher, "live_count", classmethod(lambda cls: 5000))
     assert engine._persist_interval() == engine.MAX_PERSIST_SECONDS
+
+
+def test_the_answers_tokens_count_against_rate_limits_once_committed(
+    conversation, django_capture_on_commit_callbacks
+):
+    from accounts.models import RateLimit
+    from accounts.services import RateLimited, ratelimit_check
+
+    limit = conversation.model_config.max_output_tokens + 1000
+    RateLimit.objects.create(user=conversation.owner, tokens_per_minute=limit)
+    run, start, _ = _claimed(conversation)
+    with django_capture_on_commit_callbacks() as callbacks:
+        engine._store_answer.func(
+            run, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
+        )
+        # Not counted while the store's transaction is open (or if it rolls back).
+        ratelimit_check(user=conversation.owner, tokens=limit)
+    for callback in callbacks:
+        callback()
+    # Counted once committed: the answer's 15 tokens leave less than the whole minute.
+    ratelimit_check(user=conversation.owner, tokens=limit - 15)
+    with pytest.raises(RateLimited):
+        ratelimit_check(user=conversation.owner, tokens=limit - 14)
