@@ -326,8 +326,11 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
     for level, direct in [(1, False), (top, True), *((level, False) for level in levels)]:
         data = await _level(env, config, level, wait, direct=direct)
         gaps, ttft, rss, cpu = data["gaps"], data["ttft"], data["rss"], data["cpu"]
-        if direct:
-            baseline_cpu = cpu.get("provider", 0.0) + cpu.get("client", 0.0)
+        if level == top and not direct:
+            # The provider and the benchmark's WebSocket clients at the top level, and
+            # Tollgate's two processes (web, worker) beside them.
+            others_cpu = cpu.get("provider", 0.0) + cpu.get("client", 0.0)
+            tollgate_cpu = cpu.get("web", 0.0) + cpu.get("worker", 0.0)
         label = (
             f"{level} straight from llmock (baseline: no Tollgate)"
             if direct
@@ -366,7 +369,7 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
     # arrive within 250 ms of its chunk: the machine's cores over the stream's length
     # plus 250 ms, less what the provider and the clients used at that level.
     cores = os.cpu_count() or 1
-    headroom_ms = (cores * (TOKENS * 0.02 + 0.25) - baseline_cpu) / top * 1000
+    headroom_ms = (cores * (TOKENS * 0.02 + 0.25) - others_cpu) / top * 1000
     return Result(
         key="concurrency",
         title=f"3. Concurrent streaming conversations ({TOKENS} tokens each at 50 tokens/s)",
@@ -403,10 +406,10 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
             "moment: a stream waiting for the worker to start it is not streaming, so the "
             "frame-gap target alone says nothing about concurrency.",
             f"What the machine leaves for Tollgate at {top} streams: {cores} cores x "
-            f"({TOKENS * 0.02:.1f} s + 0.25 s) less the {baseline_cpu:.1f} CPU s the provider "
-            f"and the clients used at that level (llmock baseline row) = {headroom_ms:.1f} ms "
-            f"of CPU per stream, for the web and the worker together; the OpenAI SDK alone "
-            f"needs {sdk_ms:.1f} ms to read one reply (CPU table).",
+            f"({TOKENS * 0.02:.1f} s + 0.25 s) less the {others_cpu:.1f} CPU s llmock and the "
+            f"clients used at that level = {headroom_ms:.1f} ms of CPU per stream for the web "
+            f"and the worker together, which used {tollgate_cpu / top * 1000:.1f} ms per "
+            f"stream; the OpenAI SDK alone needs {sdk_ms:.1f} ms to read one reply (CPU table).",
             *(["Errors: " + "; ".join(errors_seen)] if errors_seen else []),
         ],
         checks=checks,
