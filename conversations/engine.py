@@ -606,22 +606,15 @@ def _locked_own(run_id: int, worker: str) -> Run | None:
     return run
 
 
-def _llm_call_settle(
-    *, admission: Any, result: ChatResult, conversation_id: int, model: str
-) -> None:
-    """The call's usage to the ledger (``accounts``' ``llm_call_settle``); a provider
-    that reported no usage or price counts as 0."""
-    from accounts.services import llm_call_settle
-
-    llm_call_settle(
-        admission=admission,
-        conversation_id=conversation_id,
-        model=model,
-        prompt_tokens=result.prompt_tokens or 0,
-        completion_tokens=result.completion_tokens or 0,
-        cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
-        latency_ms=result.latency_ms or 0,
-    )
+def _usage_of(result: ChatResult) -> dict[str, Any]:
+    """The call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms);
+    a provider that reported no usage or price counts as 0."""
+    return {
+        "prompt_tokens": result.prompt_tokens or 0,
+        "completion_tokens": result.completion_tokens or 0,
+        "cost_usd": result.cost_usd if result.cost_usd is not None else Decimal(0),
+        "latency_ms": result.latency_ms or 0,
+    }
 
 
 def _llm_call_data(*, step: int, model: str, result: ChatResult, dropped: int) -> dict[str, Any]:
@@ -685,10 +678,7 @@ def _store_text_pg(
             admission=admission,
             conversation_id=run.conversation_id,
             model=model,
-            prompt_tokens=result.prompt_tokens or 0,
-            completion_tokens=result.completion_tokens or 0,
-            cost_usd=result.cost_usd if result.cost_usd is not None else Decimal(0),
-            latency_ms=result.latency_ms or 0,
+            **_usage_of(result),
         ),
         audit_record_steps(
             action="llm.call",
@@ -738,7 +728,7 @@ def _store_answer(
     stored). ``run``: as claimed for this step. A text reply on PostgreSQL
     takes ``_store_text_pg``.
     """
-    from accounts.services import llm_call_abort
+    from accounts.services import llm_call_abort, llm_call_settle
     from approvals.services import audit_record
 
     if connection.vendor == "postgresql" and not result.tool_calls:
@@ -770,11 +760,11 @@ def _store_answer(
                 "completion_tokens", "cost_usd", "latency_ms", "metadata",
             ]
         )  # fmt: skip
-        _llm_call_settle(
+        llm_call_settle(
             admission=admission,
-            result=result,
             conversation_id=run.conversation_id,
             model=message.model or run.conversation.model_config.litellm_model,
+            **_usage_of(result),
         )
         context = run.metadata.setdefault("context", {})
         context[str(run.step)] = {"dropped_messages": dropped}

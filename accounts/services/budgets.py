@@ -464,9 +464,9 @@ def usage_record_steps(
     reservations: list[int] | None = None,
     _budgets: list[Budget] | None = None,
 ) -> pgsql.Steps[UsageRecord]:
-    """``usage_record(..., savepoint=False)`` on PostgreSQL as ``pgsql`` steps: one
-    round (the ledger row and the settled holds, one statement), for a caller that
-    shares it with its own statements (``pgsql.gather``).
+    """``usage_record``'s common case on PostgreSQL as ``pgsql`` steps, without a
+    savepoint: one round (the ledger row and the settled holds, one statement), for
+    a caller that shares it with its own statements (``pgsql.gather``).
 
     Same arguments and result as ``usage_record``. Raises ``ValueError`` (bad
     usage) from this call, before any statement; ``NeedsSavepoint`` from this
@@ -525,7 +525,6 @@ def usage_record(
     latency_ms: int | None,
     reservations: list[int] | None = None,
     _budgets: list[Budget] | None = None,
-    savepoint: bool = True,
 ) -> UsageRecord:
     """Write one LLM call to the ledger and settle its reservations.
 
@@ -544,16 +543,15 @@ def usage_record(
             a float goes through its repr).
         latency_ms: wall time of the call in milliseconds.
         reservations: ids returned by ``budget_reserve`` for this call.
-        savepoint: ``False`` (PostgreSQL, inside the caller's transaction): no
-            savepoint around the one-statement settle; where the general path
-            would be needed, ``NeedsSavepoint`` is raised instead.
 
     Returns:
         The new ``UsageRecord``.
 
     Raises:
         ValueError: negative or non-numeric tokens or cost, or an empty model.
-        NeedsSavepoint: see ``savepoint``.
+
+    On PostgreSQL the common case is one statement (``usage_record_steps``,
+    which a caller may also share round trips with).
     """
     usage = _usage(
         user=user, conversation_id=conversation_id, run_id=run_id, model=model,
@@ -561,13 +559,11 @@ def usage_record(
         latency_ms=latency_ms, reservations=reservations, budgets=_budgets,
     )  # fmt: skip
     if _on_postgresql() and (reservations or not usage.budgets):
-        with transaction.atomic(savepoint=savepoint):
+        with transaction.atomic():
             try:
                 return pgsql.run(_settle_steps(usage))
             except NeedsSavepoint:
-                if not savepoint:
-                    raise
-                transaction.set_rollback(True)
+                transaction.set_rollback(True)  # to the savepoint: the general path
     fields, user_id, budgets, now = usage.fields, usage.fields["user_id"], usage.budgets, usage.now
     cost, total = usage.fields["cost_usd"], usage.total
     with transaction.atomic():

@@ -126,7 +126,6 @@ def llm_call_settle(
     completion_tokens: int,
     cost_usd: Decimal | int | str,
     latency_ms: int | None,
-    savepoint: bool = True,
 ) -> UsageRecord:
     """Record the finished call's actual usage and settle its reservations.
 
@@ -138,29 +137,43 @@ def llm_call_settle(
         model: the litellm model string or ModelConfig name.
         cost_usd: actual USD (Decimal; a float goes through its repr).
         latency_ms: wall time of the call in milliseconds.
-        savepoint: ``False`` inside the caller's transaction on PostgreSQL: no
-            savepoint around the one-statement settle; ``NeedsSavepoint`` where
-            the general path is needed, and the caller must roll back.
     """
     record = usage_record(
-        user=admission.user_id,
-        conversation_id=conversation_id,
-        run_id=admission.run_id,
-        model=model,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        cost_usd=cost_usd,
-        latency_ms=latency_ms,
-        reservations=list(admission.reservation_ids),
-        _budgets=None if admission._budgets is None else list(admission._budgets),
-        savepoint=savepoint,
-    )
+        **_usage_kwargs(
+            admission, conversation_id, model, prompt_tokens, completion_tokens, cost_usd,
+            latency_ms,
+        )
+    )  # fmt: skip
     ratelimit_add_tokens(
         user=admission.user_id,
         tokens=prompt_tokens + completion_tokens,
         _limits=None if admission._ratelimits is None else list(admission._ratelimits),
     )
     return record
+
+
+def _usage_kwargs(
+    admission: Admission,
+    conversation_id: int | None,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: Decimal | int | str,
+    latency_ms: int | None,
+) -> dict:
+    """``usage_record``'s arguments for the call ``admission`` admitted."""
+    return {
+        "user": admission.user_id,
+        "conversation_id": conversation_id,
+        "run_id": admission.run_id,
+        "model": model,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost_usd": cost_usd,
+        "latency_ms": latency_ms,
+        "reservations": list(admission.reservation_ids),
+        "_budgets": None if admission._budgets is None else list(admission._budgets),
+    }
 
 
 def llm_call_settle_steps(
@@ -173,7 +186,7 @@ def llm_call_settle_steps(
     cost_usd: Decimal | int | str,
     latency_ms: int | None,
 ) -> pgsql.Steps[UsageRecord]:
-    """``llm_call_settle(..., savepoint=False)`` on PostgreSQL as ``pgsql`` steps (one
+    """``llm_call_settle``'s common case on PostgreSQL as ``pgsql`` steps (one
     round), for a caller that shares the round trip with its own statements
     (``pgsql.gather``; ``conversations.engine`` stores an answer this way).
 
@@ -186,17 +199,11 @@ def llm_call_settle_steps(
     caller then settles again on the general path, which counts them).
     """
     steps = usage_record_steps(
-        user=admission.user_id,
-        conversation_id=conversation_id,
-        run_id=admission.run_id,
-        model=model,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        cost_usd=cost_usd,
-        latency_ms=latency_ms,
-        reservations=list(admission.reservation_ids),
-        _budgets=None if admission._budgets is None else list(admission._budgets),
-    )
+        **_usage_kwargs(
+            admission, conversation_id, model, prompt_tokens, completion_tokens, cost_usd,
+            latency_ms,
+        )
+    )  # fmt: skip
     return _then_count_tokens(steps, admission, prompt_tokens + completion_tokens)
 
 
