@@ -13,7 +13,9 @@ step's thread, so it never waits behind the step's own database calls), then
 sends it. Pushes about one thing (a lane: one run, one message) are sent in
 commit order, so a status push never overtakes an earlier one; lanes proceed
 side by side. Pushes render the state current when they are sent (latest
-wins). Without such a loop (a shell, a management command,
+wins). A ``project.dbthreads.db_async`` call's pushes are queued when the call
+returns rather than as each commit happens (:class:`Deferred`), so the step it
+belongs to goes on first. Without such a loop (a shell, a management command,
 synchronous tests) the push is built and sent at once, as before.
 
 A loop that is about to end (``async_to_sync``'s, Celery's prefork task) must

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 from django.db import connection, transaction
 
 from project import pgsql
+from tests.roundtrips import round_trips
 
 pytestmark = pytest.mark.django_db
 
@@ -28,14 +27,7 @@ def _echo(name: str, rounds: int, seen: list):
 
 def test_gather_shares_rounds_and_routes_each_its_rows():
     seen: list = []
-    sizes: list[int] = []
-    original = pgsql.pipeline
-
-    def counted(*statements):
-        sizes.append(len(statements))
-        return original(*statements)
-
-    with mock.patch.object(pgsql, "pipeline", counted):
+    with round_trips() as sizes:
         results = pgsql.gather(_echo("a", 2, seen), _echo("b", 1, seen), _echo("c", 0, seen))
     assert results == ["a done", "b done", "c done"]
     # Round one: a and b together; round two: a alone. c sent nothing.

@@ -8,10 +8,8 @@ nothing written (a lost lease, a budget that refuses).
 
 from __future__ import annotations
 
-import contextlib
 from datetime import timedelta
 from decimal import Decimal
-from unittest import mock
 
 import pytest
 from django.db import connection
@@ -23,7 +21,7 @@ from approvals.models import AuditEvent
 from conversations import engine, services
 from conversations.gateway import ChatResult
 from conversations.models import Message, Run
-from project import pgsql
+from tests.roundtrips import round_trips
 from tools.selectors import tools_offered_for_user
 
 pytestmark = pytest.mark.django_db
@@ -47,20 +45,6 @@ def _statements(captured: CaptureQueriesContext) -> list[str]:
     ]
 
 
-@contextlib.contextmanager
-def _round_trips():
-    """The statements of each ``pgsql.pipeline`` call made inside (a round trip each)."""
-    counts: list[int] = []
-    original = pgsql.pipeline
-
-    def counted(*statements):
-        counts.append(len(statements))
-        return original(*statements)
-
-    with mock.patch.object(pgsql, "pipeline", counted):
-        yield counts
-
-
 def _claimed(conversation, worker: str = "w1"):
     run = services.message_send(
         user=conversation.owner, conversation_id=conversation.pk, content="hello"
@@ -78,7 +62,7 @@ def test_common_step_takes_the_fast_paths(conversation):
     # No wait for the disk at commit, the claim with the message, and the history (one
     # round trip), then the budget hold. The ORM path runs 8 statements and 2 savepoints.
     assert len(claim) == 4, claim
-    with CaptureQueriesContext(connection) as store, _round_trips() as trips:
+    with CaptureQueriesContext(connection) as store, round_trips() as trips:
         stored = engine._store_answer.func(
             run, "w1", start.message_id, ANSWER, dropped=2, admission=start.admission
         )
