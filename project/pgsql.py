@@ -76,13 +76,12 @@ def _cursor(db: Any) -> Any:
 def _rows(cursor: Any) -> list[tuple]:
     # The psycopg cursor's result status, not ``description``: that builds a
     # column object per column (about 0.1 ms for a claim's 80 columns).
+    from psycopg.pq import ExecStatus
+
     result = cursor.cursor.pgresult
-    if result is None or result.status != _TUPLES_OK:
+    if result is None or result.status != ExecStatus.TUPLES_OK:
         return []
     return cursor.cursor.fetchall()
-
-
-_TUPLES_OK = 2  # psycopg.pq.ExecStatus.TUPLES_OK (libpq's PGRES_TUPLES_OK)
 
 
 def fetch(sql: str, params: dict[str, Any]) -> list[tuple]:

@@ -451,6 +451,12 @@ def _usage(
     )
 
 
+def _one_statement(usage: _Usage) -> bool:
+    """Whether the one-statement settle (``_settle_steps``) can take ``usage``: on
+    PostgreSQL, with holds to settle or no budget to charge."""
+    return _on_postgresql() and bool(usage.reservations or not usage.budgets)
+
+
 def usage_record_steps(
     *,
     user: User | int,
@@ -479,7 +485,7 @@ def usage_record_steps(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd,
         latency_ms=latency_ms, reservations=reservations, budgets=_budgets,
     )  # fmt: skip
-    if not (_on_postgresql() and (usage.reservations or not usage.budgets)):
+    if not _one_statement(usage):
         raise NeedsSavepoint("usage settle")
     return _settle_steps(usage)
 
@@ -558,7 +564,7 @@ def usage_record(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd,
         latency_ms=latency_ms, reservations=reservations, budgets=_budgets,
     )  # fmt: skip
-    if _on_postgresql() and (reservations or not usage.budgets):
+    if _one_statement(usage):
         with transaction.atomic():
             try:
                 return pgsql.run(_settle_steps(usage))
