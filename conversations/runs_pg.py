@@ -72,7 +72,8 @@ WITH old AS (
         step = CASE WHEN old.status = %(queued)s THEN r.step + 1 ELSE r.step END,
         started_at = COALESCE(r.started_at, %(now)s),
         lease_owner = %(worker)s,
-        lease_expires_at = %(until)s
+        lease_expires_at = %(until)s,
+        updated_at = %(now)s
     FROM old
     WHERE r.id = old.id
       AND old.status IN (%(queued)s, %(calling)s)
@@ -205,7 +206,7 @@ RETURNING {message}
 
 _COMPLETE_RUN = """
 UPDATE conversations_run AS r SET
-    status = %(completed)s, error = '', finished_at = %(now)s,
+    status = %(completed)s, error = '', finished_at = %(now)s, updated_at = %(now)s,
     lease_owner = '', lease_expires_at = NULL,
     metadata = jsonb_set(
         metadata, '{{context}}',

@@ -100,6 +100,26 @@ def test_common_step_takes_the_fast_paths(conversation):
     assert event.data["prompt_tokens"] == 12
 
 
+def test_claim_and_store_move_updated_at_as_save_would(conversation):
+    # Stuck-run recovery and the admin read Run.updated_at; the ORM path's save()
+    # sets it (auto_now), so the hand-written statements must too.
+    run = services.message_send(
+        user=conversation.owner, conversation_id=conversation.pk, content="hello"
+    )
+    long_ago = timezone.now() - timedelta(hours=1)
+    Run.objects.filter(pk=run.pk).update(updated_at=long_ago)
+    run, start = engine._claim_and_begin.func(run.pk, "w1")
+    claimed_at = Run.objects.values_list("updated_at", flat=True).get(pk=run.pk)
+    assert claimed_at > long_ago
+    Run.objects.filter(pk=run.pk).update(updated_at=long_ago)
+    engine._store_answer.func(
+        run, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
+    )
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED
+    assert run.updated_at > long_ago
+
+
 def test_store_after_a_lost_lease_writes_nothing(conversation):
     run, start, _ = _claimed(conversation)
     # Another worker took over (this one was presumed dead).
