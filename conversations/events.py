@@ -176,34 +176,49 @@ def run_status_changed(*, run_id: int, run: Any = None) -> None:
     push_on_commit(build, lane=f"run.{run_id}", in_hand=run is not None)
 
 
-def conversation_changed(*, conversation_id: int) -> None:
-    """On commit: re-render its owner's conversation list (every tab; new ones appear)."""
+def conversation_changed(*, conversation_id: int, conversation: Any = None) -> None:
+    """On commit: put the conversation's sidebar item first in its owner's lists (every tab).
+
+    ``conversation``: the row as this transaction leaves it (its title, owner and
+    archived flag), rendered without a query.
+
+    One item, not the list: a user may have thousands. It goes first, as a
+    page would order it after the change (most recently active first; every
+    change here touches ``updated_at``). ``static/js/chat.js`` then drops the
+    item's older copy, and the item itself from a list it does not belong in
+    (an archived conversation from the active list, and the other way round).
+    """
 
     def build() -> list[tuple[str, str]]:
         from conversations.models import Conversation
 
-        owner_id = (
+        row = conversation or (
             Conversation.objects.filter(pk=conversation_id)
-            .values_list("owner_id", flat=True)
+            .only("pk", "owner_id", "title", "archived")
             .first()
         )
-        return [] if owner_id is None else [_conversation_list(owner_id)]
+        return [] if row is None else [_conversation_item(row)]
 
-    push_on_commit(build, lane=f"conversation.{conversation_id}")
-
-
-def conversation_list_changed(*, user_id: int) -> None:
-    """On commit: re-render the user's conversation list (after a delete)."""
-    push_on_commit(lambda: [_conversation_list(user_id)], lane=f"user.{user_id}")
+    push_on_commit(build, lane=f"conversation.{conversation_id}", in_hand=conversation is not None)
 
 
-def _conversation_list(user_id: int) -> tuple[str, str]:
-    from conversations import selectors
+def conversation_deleted(*, conversation_id: int, user_id: int) -> None:
+    """On commit: take the conversation's item out of its owner's lists (every tab)."""
+    from conversations.models import Conversation
 
-    conversations = selectors.conversation_list(user=user_id)
+    gone = Conversation(pk=conversation_id, owner_id=user_id)
+    push_on_commit(
+        lambda: [_conversation_item(gone, deleted=True)],
+        lane=f"conversation.{conversation_id}",
+        in_hand=True,
+    )
+
+
+def _conversation_item(conversation: Any, *, deleted: bool = False) -> tuple[str, str]:
+    html = render("conversation-item", {"c": conversation, "deleted": deleted})
     return (
-        user_group(user_id),
-        render("conversation-list", {"conversations": conversations, "oob": True}),
+        user_group(conversation.owner_id),
+        f'<div hx-swap-oob="afterbegin:#conversation-list">{html}</div>',
     )
 
 

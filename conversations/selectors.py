@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from django.conf import settings
 from django.db.models import Q
 from django.http import Http404
 
@@ -11,11 +13,51 @@ from conversations.models import Conversation, Message, ModelConfig, Run
 from tools.models import ToolInvocation
 
 
-def conversation_list(*, user, archived: bool = False) -> list[Conversation]:
-    """The user's conversations, most recently active first (one query)."""
-    return list(
-        Conversation.objects.filter(owner=user, archived=archived).order_by("-updated_at", "-id")
-    )
+@dataclass
+class ConversationPage:
+    """One page of a user's conversation list: ``items``, most recently active
+    first, and ``more``, the cursor of the next page (``None`` on the last)."""
+
+    items: list[Conversation]
+    more: str | None
+
+
+class BadCursor(ValueError):
+    """A ``conversation_page`` cursor that is not one this module made."""
+
+
+def _cursor(conversation: Conversation) -> str:
+    return f"{conversation.updated_at.isoformat()}~{conversation.pk}"
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, int]:
+    stamp, _, pk = cursor.partition("~")
+    try:
+        when = datetime.fromisoformat(stamp)
+        return when if when.tzinfo else when.replace(tzinfo=UTC), int(pk)
+    except ValueError:
+        raise BadCursor(f"Not a conversation list position: {cursor[:80]!r}.") from None
+
+
+def conversation_page(
+    *, user, archived: bool = False, after: str | None = None, size: int | None = None
+) -> ConversationPage:
+    """The user's conversations, most recently active first, ``size`` at a time
+    (default ``TOLLGATE_CONVERSATION_LIST_PAGE``); one query.
+
+    ``after``: the ``more`` cursor of the page before (keyset pagination on
+    ``(updated_at, id)``, the list's order, so a conversation that moves up
+    while the user scrolls is neither repeated on a later page nor skipped
+    before it). Raises ``BadCursor`` for a cursor this function did not make.
+    """
+    size = size or settings.TOLLGATE_CONVERSATION_LIST_PAGE
+    rows = Conversation.objects.filter(owner=user, archived=archived)
+    if after:
+        when, pk = _parse_cursor(after)
+        rows = rows.filter(Q(updated_at__lt=when) | Q(updated_at=when, pk__lt=pk))
+    items = list(rows.order_by("-updated_at", "-id")[: size + 1])
+    more = _cursor(items[size - 1]) if len(items) > size else None
+    return ConversationPage(items=items[:size], more=more)
 
 
 def conversation_get(*, user, conversation_id: int) -> Conversation:

@@ -164,7 +164,7 @@ def conversation_delete(*, user, conversation_id: int) -> None:
         conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
         title = str(conversation)
         conversation.delete()
-        events.conversation_list_changed(user_id=user.pk)
+        events.conversation_deleted(conversation_id=conversation_id, user_id=user.pk)
         audit_record(
             action="conversation.deleted",
             actor=user,
@@ -201,7 +201,7 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
         dispatch_on_commit(run.pk)
         run.user_message = message
         events.run_appended(run_id=run.pk, with_user_message=True, new=run)
-        events.conversation_changed(conversation_id=conversation.pk)
+        events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
         audit_record(
             action="message.sent",
             actor=user,
@@ -253,11 +253,12 @@ def _message_insert_pg(
         raise NotFound("Conversation not found.")
     conversation, in_progress = locked
     _message_send_checks(conversation, in_progress=in_progress)
+    conversation.title = conversation.title or auto_title(content)
     message, run = runs_pg.send_insert(
         conversation=conversation,
         message=Message(conversation=conversation, role=Message.Role.USER, content=content),
         run=Run(conversation=conversation),
-        title=conversation.title or auto_title(content),
+        title=conversation.title,
         now=timezone.now(),
     )
     return conversation, message, run

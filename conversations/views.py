@@ -12,10 +12,10 @@ import logging
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, retarget
 
 from conversations import selectors, services
@@ -28,7 +28,7 @@ def _page(request: HttpRequest, *, conversation=None) -> HttpResponse:
     show_archived = request.GET.get("archived") == "1" and conversation is None
     context = {
         "conversation": conversation,
-        "conversations": selectors.conversation_list(user=request.user, archived=show_archived),
+        "page": selectors.conversation_page(user=request.user, archived=show_archived),
         "show_archived": show_archived,
         "model_configs": selectors.model_configs_enabled(),
         "max_chars": settings.TOLLGATE_MAX_MESSAGE_CHARS,
@@ -48,6 +48,26 @@ def home(request: HttpRequest) -> HttpResponse:
 def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
     return _page(request, conversation=conversation)
+
+
+@login_required
+@require_GET
+def conversation_list_more(request: HttpRequest) -> HttpResponse:
+    """The next page of the sidebar's list (``?after=<cursor>[&archived=1]``), for
+    its "More conversations" button: the items and the next button, if any.
+
+    Answers 400 for a cursor the list did not make.
+    """
+    show_archived = request.GET.get("archived") == "1"
+    try:
+        page = selectors.conversation_page(
+            user=request.user, archived=show_archived, after=request.GET.get("after", "")
+        )
+    except selectors.BadCursor as error:
+        return HttpResponseBadRequest(str(error))
+    return HttpResponse(
+        render_partial("conversation-page", {"page": page, "show_archived": show_archived})
+    )
 
 
 def _error(request: HttpRequest, error: services.ConversationError, fallback: str) -> HttpResponse:

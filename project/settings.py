@@ -268,6 +268,9 @@ LOGGING = {
 # --- Tollgate ---------------------------------------------------------------
 
 TOLLGATE_MAX_MESSAGE_CHARS = env.int("TOLLGATE_MAX_MESSAGE_CHARS", default=100_000)
+# Conversations in the sidebar at first, and per "More conversations": a page
+# draws this many, however many a user has (each costs a render).
+TOLLGATE_CONVERSATION_LIST_PAGE = env.int("TOLLGATE_CONVERSATION_LIST_PAGE", default=50)
 
 # --- Sandbox (code.python / code.shell) ----------------------------------------
 # tools/sandbox.py runs model-written code in bubblewrap; missing pieces disable

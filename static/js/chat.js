@@ -20,16 +20,33 @@
   }
   var follow = true;
   document.addEventListener("htmx:wsBeforeMessage", function () { follow = nearBottom(); });
-  function markCurrent() {
-    document.querySelectorAll(".conversation-item").forEach(function (item) {
+  // The sidebar list: a push puts a changed conversation's item first
+  // (conversations/events.py); keep that copy and drop the older one, drop
+  // items that belong to the other list (archived or not) or were deleted,
+  // show the "no conversations" line when none is left, and mark the one open.
+  function tidyConversations() {
+    var list = document.getElementById("conversation-list");
+    if (!list) return;
+    var seen = {};
+    list.querySelectorAll(".conversation-item").forEach(function (item) {
+      var repeated = seen[item.id];
+      seen[item.id] = true;
+      if (repeated || item.hasAttribute("data-deleted") ||
+          item.getAttribute("data-archived") !== list.getAttribute("data-archived")) {
+        item.remove();
+        return;
+      }
       var link = item.querySelector("a");
       item.classList.toggle("current", !!link && link.pathname === window.location.pathname);
     });
+    var empty = document.getElementById("conversation-list-empty");
+    if (empty) empty.hidden = !!list.querySelector(".conversation-item");
   }
   document.addEventListener("htmx:wsAfterMessage", function () {
-    markCurrent();
+    tidyConversations();
     if (follow) window.scrollTo(0, document.body.scrollHeight);
   });
+  document.addEventListener("htmx:afterSwap", tidyConversations);
   // Pushes sent while the page had no socket are lost: after a reconnect, and
   // on the first connect when a reply was in progress as the page was drawn
   // (it may have moved on before the socket joined), redraw from the server

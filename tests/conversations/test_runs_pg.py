@@ -20,7 +20,7 @@ from accounts.models import Budget, UsageRecord
 from approvals.models import AuditEvent
 from conversations import engine, services
 from conversations.gateway import ChatResult
-from conversations.models import Message, Run
+from conversations.models import Conversation, Message, Run
 from tests.roundtrips import round_trips
 from tools.selectors import tools_offered_for_user
 
@@ -193,13 +193,17 @@ def test_message_send_takes_the_fast_path_and_pushes_what_a_query_would(
     audit_record(action="test.chain_started")  # the chain's head row exists, as it does live
     conversation.title = ""
     conversation.save()  # the first message titles it
-    with GroupListener(f"conversation.{conversation.pk}") as listener:
+    owner = conversation.owner
+    with (
+        GroupListener(f"conversation.{conversation.pk}") as listener,
+        GroupListener(f"user.{owner.pk}") as sidebar,
+    ):
         with (
             CaptureQueriesContext(connection) as sent,
             django_capture_on_commit_callbacks(execute=False) as callbacks,
         ):
             run = services.message_send(
-                user=conversation.owner, conversation_id=conversation.pk, content="First words"
+                user=owner, conversation_id=conversation.pk, content="First words"
             )
         # The lock and check, one insert statement, three for the audit append
         # (the ORM path: 9 statements and 2 savepoint commands).
@@ -207,11 +211,18 @@ def test_message_send_takes_the_fast_path_and_pushes_what_a_query_would(
         for callback in callbacks[1:]:  # [0] dispatches the step to a worker
             callback()
         pushed = listener.receive()["html"]
+        item = sidebar.receive()["html"]
     run = selectors.run_for_push(run_id=run.pk)
     assert run.user_message.content == "First words"
     assert run.conversation.title == "First words"
     assert render("message", {"m": run.user_message}) in pushed
     assert render("run", {"run": run}) in pushed
+    # The sidebar gets the conversation's item, with its new title, to put first.
+    assert item == (
+        '<div hx-swap-oob="afterbegin:#conversation-list">'
+        + render("conversation-item", {"c": Conversation.objects.get(pk=conversation.pk)})
+        + "</div>"
+    )
 
 
 def test_streaming_saves_report_stop_and_a_lost_lease(conversation):

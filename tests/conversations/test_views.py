@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+from html import unescape
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from conversations.models import Conversation, Message, Run
 from tests.conversations.conftest import add_turns
@@ -24,6 +29,71 @@ def test_start_page_lists_own_conversations_only(user_client, conversation, othe
     assert "Secret plans" not in body
     assert "Demo (offline)" in body  # the model picker
     assert 'ws-connect="/ws/"' in body
+
+
+SIDEBAR_ITEM = re.compile(r'<li id="conversation-(\d+)" class="conversation-item')
+
+
+def _sidebar_ids(html: str) -> list[int]:
+    return [int(pk) for pk in SIDEBAR_ITEM.findall(html)]
+
+
+def _more_url(html: str) -> str | None:
+    found = re.search(r'hx-get="([^"]+)"[^>]*>More conversations<', html)
+    return unescape(found.group(1)) if found else None
+
+
+def test_sidebar_pages_through_conversations_newest_first(
+    user_client, user, other_user, demo_model, settings, django_assert_max_num_queries
+):
+    settings.TOLLGATE_CONVERSATION_LIST_PAGE = 3
+    now = timezone.now()
+    mine = [
+        Conversation.objects.create(owner=user, model_config=demo_model, title=f"Chat {i}")
+        for i in range(8)
+    ]
+    Conversation.objects.create(owner=other_user, model_config=demo_model, title="Secret plans")
+    archived = Conversation.objects.create(
+        owner=user, model_config=demo_model, title="Old", archived=True
+    )
+    # Two share a time: the id orders them, and a page boundary falls between them.
+    for index, conversation in enumerate(mine):
+        stamp = now - timedelta(minutes=2 if index in (2, 3) else index)
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=stamp)
+    expected = list(
+        Conversation.objects.filter(owner=user, archived=False)
+        .order_by("-updated_at", "-id")
+        .values_list("pk", flat=True)
+    )
+    assert len(expected) == 8
+
+    body = user_client.get(reverse("home")).content.decode()
+    seen, url = _sidebar_ids(body), _more_url(body)
+    assert len(seen) == 3 and url is not None
+    while url is not None:
+        with django_assert_max_num_queries(3):  # the session, the user, the page
+            response = user_client.get(url)
+        assert response.status_code == 200
+        page = response.content.decode()
+        seen += _sidebar_ids(page)
+        url = _more_url(page)
+    assert seen == expected  # each once, in order; nobody else's, no archived one
+    assert "Secret plans" not in body
+
+    archived_page = user_client.get(reverse("home") + "?archived=1").content.decode()
+    assert _sidebar_ids(archived_page) == [archived.pk]
+    assert 'data-archived="1"' in archived_page
+
+
+def test_sidebar_more_rejects_a_bad_position_and_needs_login(user_client):
+    url = reverse("conversations:list-more")
+    for bad in ("yesterday~1", "2026-11-21T10:00:00~x", "~"):
+        response = user_client.get(url, {"after": bad})
+        assert response.status_code == 400
+        assert "Not a conversation list position" in response.content.decode()
+    assert user_client.post(url).status_code == 405
+    user_client.logout()
+    assert user_client.get(url).status_code == 302
 
 
 def test_conversation_page_renders_markdown_safely(user_client, conversation):

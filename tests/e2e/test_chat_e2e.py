@@ -131,3 +131,42 @@ def test_reload_in_the_middle_of_a_reply_shows_it_and_completes_once(new_page, s
     fresh.goto(f"/c/{conversation}/")
     expect(fresh.locator(f"#message-{message_id}-body")).to_have_text(final)
     assert fresh.locator(".msg-assistant").count() == 1
+
+
+def test_sidebar_follows_sends_archives_and_deletes_in_every_tab(new_page):
+    """A send puts its conversation first in every tab's list; archived and
+    deleted ones leave the list of a tab that shows them, with no reload."""
+    page = new_page()
+    sign_up(page, unique_email("sidebar"))
+    first = chat_new(page)
+    run_id, _ = chat_send(page, "Plan the first trip")
+    expect_run_completed(page, run_id)
+    second = chat_new(page)
+    other = page.context.new_page()
+    other.goto("/")
+    other.evaluate("() => { window.__sameDocument = true; }")
+    items = "#conversation-list .conversation-item"
+    for tab in (page, other):
+        expect(tab.locator(items)).to_have_count(2)
+        expect(tab.locator(items).first).to_have_id(f"conversation-{second}")
+
+    page.goto(f"/c/{first}/")
+    run_id, _ = chat_send(page, "One more thing")
+    for tab in (page, other):
+        expect(tab.locator(items).first).to_have_id(f"conversation-{first}")
+        expect(tab.locator(items)).to_have_count(2)  # moved, not copied
+    expect(page.locator(items).first).to_have_class(re.compile(r"\bcurrent\b"))
+    expect_run_completed(page, run_id)
+
+    page.click("form[action$='/archive'] button")
+    page.wait_for_url(lambda url: "/c/" not in url)  # archived: back to the start page
+    expect(other.locator(items)).to_have_count(1)
+    expect(other.locator(items).first).to_have_id(f"conversation-{second}")
+
+    page.goto(f"/c/{second}/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("form[action$='/delete'] button")
+    page.wait_for_url(lambda url: "/c/" not in url)
+    expect(other.locator(items)).to_have_count(0)
+    expect(other.locator("#conversation-list-empty")).to_be_visible()
+    assert other.evaluate("() => window.__sameDocument === true"), "the tab reloaded"
