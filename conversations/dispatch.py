@@ -141,7 +141,14 @@ def _gateway_preload() -> None:
 
 
 async def _mcp_check_loop() -> None:
-    """Retry MCP servers that are down (beat's ``tools.mcp_servers_check``)."""
+    """Retry MCP servers that are down (beat's ``tools.mcp_servers_check``).
+
+    Starts once the preload thread is done: importing the MCP client here while
+    that thread imports litellm's MCP gateway (the same packages) could leave
+    either with a partially initialized module (see ``gateway_preload``).
+    """
+    if _preloading is not None:
+        await asyncio.to_thread(_preloading.join)
     from tools.mcp.bridge import mcp_servers_check
 
     while True:

@@ -10,6 +10,8 @@ Errors surface as ``GatewayError`` whose ``user_message`` names the cause.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 import os
@@ -225,18 +227,40 @@ def cost_for(*, config: ModelConfig, prompt_tokens: int, completion_tokens: int)
 
 
 #: litellm providers whose stream is the OpenAI SDK's own ``AsyncStream`` of
+#: Modules a first model call imports, or Tollgate's MCP client beside it (see
+#: ``gateway_preload``).
+_FIRST_CALL_IMPORTS = (
+    "litellm.responses.mcp.chat_completions_handler",
+    "litellm.responses.mcp.litellm_proxy_mcp_handler",
+    "tools.mcp.connection",
+)
+
+
 def gateway_preload() -> None:
     """Import what a process's first model call would otherwise import, seconds of it:
-    litellm with the demo provider registered, and the OpenAI SDK's chat resources,
-    which a client imports on its first call (~1 s of the worker's GIL, py-spy).
+    litellm with the demo provider registered, its MCP gateway (imported by a
+    first call with tools), Tollgate's MCP client, and the OpenAI SDK's chat
+    resources, which a client imports on its first call (~1 s of the worker's
+    GIL, py-spy).
 
     Call once per process, early (the worker at start, the embedded web process
     in a background thread); makes no network call.
     """
+    # litellm's first call with ``tools=`` imports its MCP gateway (``completion``
+    # asks it whether the tools are MCP ones): ~320 modules (FastAPI, Starlette,
+    # mcp, httpx2), seconds of a worker's GIL; a failed call's error mapping
+    # imports FastAPI's exceptions (a guardrail check). Imported by a run step's
+    # thread while Tollgate's own MCP client (``tools.mcp``) was being imported
+    # by another, they met mid-import and the call failed ("partially
+    # initialized module 'httpx2'"). All import here, in one thread, first.
     import openai
 
     from conversations.demo import demo_register
 
+    for module in _FIRST_CALL_IMPORTS:
+        importlib.import_module(module)
+    with contextlib.suppress(ImportError):  # FastAPI is there only with dev tools (llmock)
+        importlib.import_module("fastapi.exceptions")
     demo_register()
     client = openai.AsyncOpenAI(api_key="preload", base_url="http://127.0.0.1:9/v1")
     _ = client.chat.completions  # a cached property: the import happens here

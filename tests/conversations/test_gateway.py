@@ -340,3 +340,54 @@ def test_preload_imports_what_a_first_call_would():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "True"]
+
+
+def test_a_first_call_with_tools_imports_no_package_after_preload(llmock):
+    """In a fresh process: litellm's first call with tools imports its MCP gateway
+    (FastAPI, mcp, httpx2…), and a failed one FastAPI's exceptions. After
+    gateway_preload neither imports those, so a run step never imports them while
+    another thread (an MCP check) imports the same packages: that failed a
+    worker's first reply with "partially initialized module 'httpx2'"."""
+    import os
+    import subprocess
+    import sys
+
+    llmock.reply("Hello there")
+    code = (
+        "import asyncio, os, sys, django\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
+        "django.setup()\n"
+        "from conversations.gateway import gateway_preload\n"
+        "gateway_preload()\n"
+        "import litellm\n"
+        "before = set(sys.modules)\n"
+        "tool = {'type': 'function', 'function': {'name': 'f', 'description': 'd',\n"
+        "        'parameters': {'type': 'object', 'properties': {}}}}\n"
+        "async def call(base):\n"
+        "    try:\n"
+        "        response = await litellm.acompletion(model='openai/x', api_key='k',\n"
+        "            api_base=base, stream=True, max_retries=0, num_retries=0,\n"
+        "            messages=[{'role': 'user', 'content': 'hi'}], tools=[tool])\n"
+        "        async for chunk in response:\n"
+        "            pass\n"
+        "        print('answered', base)\n"
+        "    except Exception as error:\n"
+        "        print('failed', type(error).__name__, str(error)[:300].replace(chr(10), ' '))\n"
+        "asyncio.run(call(os.environ['LLMOCK_BASE']))\n"
+        "asyncio.run(call('http://127.0.0.1:9/v1'))\n"
+        "print('new', *sorted({m.split('.')[0] for m in set(sys.modules) - before}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "LLMOCK_BASE": llmock.base_url("openai")},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert "answered" in lines, done.stdout
+    assert "connect" in lines["failed"].lower(), lines  # port 9 refuses: the call went out
+    new = set(lines.get("new", "").split())
+    assert not new & {"mcp", "httpx2", "fastapi", "starlette", "uvicorn"}, new
