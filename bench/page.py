@@ -13,6 +13,8 @@ the template, Markdown included) and the query count
 from __future__ import annotations
 
 import argparse
+import html
+import re
 import sys
 import time
 from pathlib import Path
@@ -73,9 +75,8 @@ def measure(env: BenchEnv, *, quick: bool = False, requests: int = 20) -> Result
     sizes = {10: _conversation(user, config, 10), large: _conversation(user, config, large)}
     client = Client()
     client.force_login(user)
-    figures = {}
-    for size, conversation_id in sizes.items():
-        url = f"/c/{conversation_id}/"
+
+    def timed(url: str) -> tuple[list[float], int, bytes]:
         assert client.get(url).status_code == 200  # warm-up
         times = []
         for _ in range(requests):
@@ -84,11 +85,26 @@ def measure(env: BenchEnv, *, quick: bool = False, requests: int = 20) -> Result
                 response = client.get(url)
             times.append((time.perf_counter() - started) * 1000)
             assert response.status_code == 200
-        figures[size] = (times, len(queries), len(response.content))
-    base = p50(figures[10][0])
+        return times, len(queries), response.content
+
+    figures = {}
+    for size, conversation_id in sizes.items():
+        times, count, content = timed(f"/c/{conversation_id}/")
+        figures[f"{size} messages" + (" (baseline)" if size == 10 else "")] = (
+            times,
+            count,
+            len(content),
+        )
+    # The page draws the last TOLLGATE_TIMELINE_PAGE exchanges; its "Earlier
+    # messages" button loads the ones before, a page at a time.
+    earlier = re.search(rb'hx-get="([^"]+)"[^>]*>Earlier messages<', content)
+    if earlier is not None:
+        times, count, more = timed(html.unescape(earlier.group(1).decode()))
+        figures[f"{large} messages: one 'Earlier messages' page"] = (times, count, len(more))
+    base = p50(figures["10 messages (baseline)"][0])
+    counts = [count for _, count, _ in list(figures.values())[:2]]  # 10 and the long one
     rows = []
-    for size, (times, count, length) in figures.items():
-        label = f"{size} messages" + (" (baseline)" if size == 10 else "")
+    for label, (times, count, length) in figures.items():
         rows.append(
             [
                 label,
@@ -106,12 +122,15 @@ def measure(env: BenchEnv, *, quick: bool = False, requests: int = 20) -> Result
         notes=[
             "Server time only (Django test client in-process: middleware, session, selectors, "
             "template with Markdown rendering); no network, no browser.",
+            "A page draws the conversation's last TOLLGATE_TIMELINE_PAGE exchanges (20; a "
+            "user message and the runs answering it); 'Earlier messages' loads the ones "
+            "before, a page at a time.",
         ],
         checks=[
             (
                 "query count independent of length",
-                f"{figures[10][1]} vs {figures[large][1]} queries",
-                figures[10][1] == figures[large][1],
+                f"{counts[0]} vs {counts[1]} queries",
+                counts[0] == counts[1],
             )
         ],
     )

@@ -86,35 +86,47 @@ class TimelineItem:
 
 @dataclass
 class Timeline:
+    """Display items, oldest first; ``earlier``: the ``before`` of the page
+    before these (``None`` when they start the conversation)."""
+
     items: list[TimelineItem] = field(default_factory=list)
-    active_run: Run | None = None
+    earlier: int | None = None
 
 
-def conversation_timeline(*, conversation: Conversation) -> Timeline:
-    """Messages and runs of ``conversation`` in display order (three queries).
+def conversation_timeline(
+    *, conversation: Conversation, before: int | None = None, size: int | None = None
+) -> Timeline:
+    """The last ``size`` exchanges of ``conversation`` (default
+    ``TOLLGATE_TIMELINE_PAGE``) in display order, or the ``size`` before the
+    user message ``before``: four queries, whatever the conversation's length.
 
-    Each user message is followed by the runs answering it; each run carries
-    ``run.timeline_messages`` (its assistant and tool messages, in order) and
-    ``run.timeline_invocations`` (its tool calls with their approval requests).
+    An exchange is a top-level message (one the user sent) followed by the runs
+    answering it; each run carries ``run.timeline_messages`` (its assistant and
+    tool messages, in order) and ``run.timeline_invocations`` (its tool calls
+    with their approval requests). Pages are keyed on the top-level message id
+    (keyset pagination), so new messages never shift an earlier page.
     """
-    messages = list(Message.objects.filter(conversation=conversation).order_by("id"))
-    runs = list(Run.objects.filter(conversation=conversation).order_by("id"))
+    size = size or settings.TOLLGATE_TIMELINE_PAGE
+    tops = Message.objects.filter(conversation=conversation, run__isnull=True)
+    if before is not None:
+        tops = tops.filter(pk__lt=before)
+    page = list(tops.order_by("-id")[: size + 1])
+    timeline = Timeline(earlier=page[size - 1].pk if len(page) > size else None)
+    page = page[:size][::-1]
+    runs = list(Run.objects.filter(user_message__in=page).order_by("id"))
     by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
-    invocations = _invocations_by_run(Q(run__conversation=conversation))
+    for message in Message.objects.filter(run__in=runs).order_by("id"):
+        by_run[message.run_id].append(message)
+    invocations = _invocations_by_run(Q(run__in=runs))
     runs_by_user_message: dict[int, list[Run]] = {}
     for run in runs:
         run.timeline_messages = by_run[run.pk]
         run.timeline_invocations = invocations.get(run.pk, [])
         runs_by_user_message.setdefault(run.user_message_id, []).append(run)
-    timeline = Timeline()
-    for message in messages:
-        if message.run_id in by_run:
-            by_run[message.run_id].append(message)
-            continue
+    for message in page:
         timeline.items.append(TimelineItem(message=message))
         for run in runs_by_user_message.get(message.pk, []):
             timeline.items.append(TimelineItem(run=run))
-    timeline.active_run = next((r for r in reversed(runs) if not r.is_terminal), None)
     return timeline
 
 

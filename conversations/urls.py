@@ -12,6 +12,7 @@ urlpatterns = [
     path("c/new", views.conversation_create, name="create"),
     path("c/more", views.conversation_list_more, name="list-more"),
     path("c/<int:conversation_id>/", views.conversation_detail, name="detail"),
+    path("c/<int:conversation_id>/earlier", views.conversation_earlier, name="earlier"),
     path("c/<int:conversation_id>/rename", views.conversation_rename, name="rename"),
     path("c/<int:conversation_id>/model", views.conversation_set_model, name="set-model"),
     path("c/<int:conversation_id>/archive", views.conversation_archive, name="archive"),

@@ -52,6 +52,25 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
 
 @login_required
 @require_GET
+def conversation_earlier(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """The exchanges before ``?before=<message id>``, for a chat page's "Earlier
+    messages" button: the items and that page's own button, if any.
+
+    Answers 404 for another user's conversation, 400 for a ``before`` that is
+    not a number.
+    """
+    conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+    before = request.GET.get("before", "")
+    if not before.isdigit():
+        return HttpResponseBadRequest("'before' must be a message id.")
+    timeline = selectors.conversation_timeline(conversation=conversation, before=int(before))
+    return HttpResponse(
+        render_partial("timeline", {"conversation": conversation, "timeline": timeline})
+    )
+
+
+@login_required
+@require_GET
 def conversation_list_more(request: HttpRequest) -> HttpResponse:
     """The next page of the sidebar's list (``?after=<cursor>[&archived=1]``), for
     its "More conversations" button: the items and the next button, if any.

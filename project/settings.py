@@ -271,6 +271,9 @@ TOLLGATE_MAX_MESSAGE_CHARS = env.int("TOLLGATE_MAX_MESSAGE_CHARS", default=100_0
 # Conversations in the sidebar at first, and per "More conversations": a page
 # draws this many, however many a user has (each costs a render).
 TOLLGATE_CONVERSATION_LIST_PAGE = env.int("TOLLGATE_CONVERSATION_LIST_PAGE", default=50)
+# Exchanges (a message and the replies to it) a chat page draws at first, and per
+# "Earlier messages": a long conversation's page costs this many, not all of them.
+TOLLGATE_TIMELINE_PAGE = env.int("TOLLGATE_TIMELINE_PAGE", default=20)
 
 # --- Sandbox (code.python / code.shell) ----------------------------------------
 # tools/sandbox.py runs model-written code in bubblewrap; missing pieces disable

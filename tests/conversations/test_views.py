@@ -11,7 +11,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from conversations.models import Conversation, Message, Run
-from tests.conversations.conftest import add_turns
 
 pytestmark = pytest.mark.django_db
 
@@ -218,31 +217,80 @@ def test_failed_run_shows_error_and_retry(user_client, conversation):
     assert f'id="approvals-inline-{run.pk}"' in body
 
 
-def test_query_count_does_not_grow_with_messages(
-    user_client, conversation, django_assert_num_queries
-):
-    from conversations import services
-
-    add_turns(conversation, 2)
-    run = services.message_send(
-        user=conversation.owner, conversation_id=conversation.pk, content="x"
+def _exchange(conversation, index: int) -> Message:
+    """A user message answered by a completed run (its assistant message)."""
+    question = Message.objects.create(
+        conversation=conversation, role=Message.Role.USER, content=f"Question {index}?"
+    )
+    run = Run.objects.create(
+        conversation=conversation, user_message=question, status=Run.Status.COMPLETED, step=1
     )
     Message.objects.create(
-        conversation=conversation, run=run, run_step=1, role="assistant", content="y"
+        conversation=conversation,
+        run=run,
+        run_step=1,
+        role=Message.Role.ASSISTANT,
+        content=f"Answer **{index}**",
     )
-    url = reverse("conversations:detail", args=[conversation.pk])
-    user_client.get(url)  # warm the session
+    return question
+
+
+QUESTION = re.compile(r"Question (\d+)\?")
+
+
+def _earlier_url(html: str) -> str | None:
+    found = re.search(r'hx-get="([^"]+)"[^>]*>Earlier messages<', html)
+    return unescape(found.group(1)) if found else None
+
+
+def test_page_draws_the_last_exchanges_and_loads_earlier_ones(
+    user_client, user, demo_model, settings, django_assert_num_queries
+):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    with CaptureQueriesContext(connection) as small:
-        user_client.get(url)
-    assert Message.objects.filter(conversation=conversation).count() == 6
-    add_turns(conversation, 22)
-    assert Message.objects.filter(conversation=conversation).count() == 50
-    with django_assert_num_queries(len(small.captured_queries)):
-        response = user_client.get(url)
-    assert response.content.decode().count('class="msg msg-') == 50
+    settings.TOLLGATE_TIMELINE_PAGE = 5
+    small = Conversation.objects.create(owner=user, model_config=demo_model, title="small")
+    large = Conversation.objects.create(owner=user, model_config=demo_model, title="large")
+    for index in range(2):
+        _exchange(small, index)
+    for index in range(12):
+        _exchange(large, index)
+    small_url = reverse("conversations:detail", args=[small.pk])
+    user_client.get(small_url)  # warm the session
+    with CaptureQueriesContext(connection) as queries:
+        user_client.get(small_url)
+    with django_assert_num_queries(len(queries.captured_queries)):
+        body = user_client.get(reverse("conversations:detail", args=[large.pk])).content.decode()
+    # The last five exchanges, oldest first, each with its answer.
+    assert [int(i) for i in QUESTION.findall(body)] == [7, 8, 9, 10, 11]
+    assert body.count("Answer <strong>") == 5
+    seen, url = QUESTION.findall(body), _earlier_url(body)
+    while url is not None:
+        with django_assert_num_queries(7):  # session, user, conversation, four for the page
+            page = user_client.get(url)
+        assert page.status_code == 200
+        html = page.content.decode()
+        seen = QUESTION.findall(html) + seen
+        url = _earlier_url(html)
+    assert [int(i) for i in seen] == list(range(12))  # each once, in order
+
+
+def test_earlier_messages_are_the_owners_only_and_need_a_message_id(
+    user_client, other_user, demo_model
+):
+    theirs = Conversation.objects.create(owner=other_user, model_config=demo_model)
+    _exchange(theirs, 0)
+    url = reverse("conversations:earlier", args=[theirs.pk])
+    assert user_client.get(url, {"before": "999999"}).status_code == 404
+    user_client.force_login(other_user)  # the owner
+    assert user_client.get(url, {"before": "999999"}).status_code == 200
+    for bad in ("", "x", "-1", "1.5"):
+        response = user_client.get(url, {"before": bad})
+        assert response.status_code == 400
+        assert "must be a message id" in response.content.decode()
+    user_client.logout()
+    assert user_client.get(url, {"before": "1"}).status_code == 302
 
 
 def test_admin_pages(client, admin_user, conversation):

@@ -170,3 +170,30 @@ def test_sidebar_follows_sends_archives_and_deletes_in_every_tab(new_page):
     expect(other.locator(items)).to_have_count(0)
     expect(other.locator("#conversation-list-empty")).to_be_visible()
     assert other.evaluate("() => window.__sameDocument === true"), "the tab reloaded"
+
+
+def test_a_long_chat_draws_its_last_exchanges_and_loads_earlier_ones(new_page, stack):
+    page = new_page()
+    sign_up(page, unique_email("earlier"))
+    conversation = chat_new(page)
+    # 25 earlier questions (each a top-level message, an exchange of its own).
+    stack.sql(
+        "INSERT INTO conversations_message (conversation_id, role, status, content,"
+        " tool_call_id, model, metadata, created_at)"
+        " SELECT %s, 'user', 'complete', 'Question ' || i || '?', '', '', '{}', now()"
+        " FROM generate_series(0, 24) AS i RETURNING id",
+        (conversation,),
+    )
+    page.reload()
+    questions = page.locator("#messages .msg-user")
+    expect(questions).to_have_count(20)  # TOLLGATE_TIMELINE_PAGE
+    expect(questions.first).to_contain_text("Question 5?")
+    page.get_by_role("button", name="Earlier messages").click()
+    expect(questions).to_have_count(25)
+    texts = [text.strip() for text in questions.all_inner_texts()]
+    assert [re.search(r"Question (\d+)\?", t).group(1) for t in texts] == [
+        str(i) for i in range(25)
+    ]
+    expect(page.get_by_role("button", name="Earlier messages")).to_have_count(0)
+    run_id, _ = chat_send(page, "And one more")  # the page still takes new messages
+    expect_run_completed(page, run_id)
