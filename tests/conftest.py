@@ -34,6 +34,29 @@ def _tools_offered_forgotten():
     tools_offered_cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _clean_ratelimit_keys():
+    """Forget rate-limit counters of earlier tests and runs: user ids repeat per test
+    database, and a sliding window still counts the minute before."""
+    from django.conf import settings
+
+    def clean():
+        if settings.REDIS_URL:
+            import redis
+
+            client = redis.Redis.from_url(settings.REDIS_URL)
+            keys = list(
+                client.scan_iter(match=f"{settings.TOLLGATE_RATELIMIT_KEY_PREFIX}*", count=1000)
+            )
+            if keys:
+                client.delete(*keys)
+            client.close()
+
+    clean()
+    yield
+    clean()
+
+
 @pytest.fixture
 def password() -> str:
     return DEFAULT_PASSWORD

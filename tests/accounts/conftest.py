@@ -5,30 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from django.conf import settings
 
 from accounts.models import Budget, RateLimit
-
-
-@pytest.fixture(autouse=True)
-def _clean_ratelimit_keys():
-    """Forget rate-limit counters of earlier runs (user ids repeat per test database)."""
-
-    def clean():
-        if settings.REDIS_URL:
-            import redis
-
-            client = redis.Redis.from_url(settings.REDIS_URL)
-            keys = list(
-                client.scan_iter(match=f"{settings.TOLLGATE_RATELIMIT_KEY_PREFIX}*", count=1000)
-            )
-            if keys:
-                client.delete(*keys)
-            client.close()
-
-    clean()
-    yield
-    clean()
 
 
 @pytest.fixture
