@@ -238,10 +238,12 @@ def _append_steps(fields: dict[str, Any]) -> pgsql.Steps[AuditEvent]:
     event = _audit_event(fields, sequence, prev_hash)
     params = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
     params["data"] = Jsonb(params["data"])
-    inserted, _ = yield [
-        (_EVENT_INSERT, params),
-        (_CHAIN_MOVE, {"sequence": event.sequence, "hash": event.hash}),
-    ]
+    inserted, _ = yield pgsql.Last(
+        [
+            (_EVENT_INSERT, params),
+            (_CHAIN_MOVE, {"sequence": event.sequence, "hash": event.hash}),
+        ]
+    )
     event.pk = inserted[0][0]
     event._state.adding = False
     event._state.db = connection.alias

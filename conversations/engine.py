@@ -640,7 +640,7 @@ def _store_text_pg(
     finishes the message (``runs_pg.store_text_steps``), writes the ledger row
     and settles the holds (accounts' ``llm_call_settle_steps``), and locks the
     audit chain's head, last (approvals' ``audit_record_steps``); its second
-    inserts the ``llm.call`` event. Then the commit. Each module keeps its
+    inserts the ``llm.call`` event and commits (``gather(commit=True)``). Each module keeps its
     statements and checks; they share the round trips. ``run``: as claimed
     (its step, conversation and owner are what the statements check).
     Inside ``transaction.atomic``; raises ``_GeneralPath`` (the lease lost, no
@@ -654,7 +654,7 @@ def _store_text_pg(
     if not model:
         raise _GeneralPath("no model name")  # the message keeps the claim's: ORM path
     owner_id = run.conversation.owner_id
-    stored, _, _ = pgsql.gather(
+    stored, _, _ = pgsql.gather(  # with the COMMIT in its last round: nothing written after
         _stored_as_claimed(
             runs_pg.store_text_steps(
                 run_id=run.pk,
@@ -687,6 +687,7 @@ def _store_text_pg(
             target_id=run.pk,
             data=_llm_call_data(step=run.step, model=model, result=result, dropped=dropped),
         ),
+        commit=True,
     )
     events.message_replaced(message_id=message_id, run_id=run.pk, message=stored.message)
     events.run_status_changed(run_id=run.pk, run=stored.run)

@@ -93,25 +93,54 @@ def fetch(sql: str, params: dict[str, Any]) -> list[tuple]:
             return _rows(cursor)
 
 
-def pipeline(*statements: Statement) -> list[list[tuple]]:
+class Last(list):
+    """The statements of a :data:`Steps` generator's last round (it returns once
+    sent their rows): a round made only of last ones may carry the ``COMMIT``
+    (``gather(commit=True)``)."""
+
+
+def pipeline(*statements: Statement, commit: bool = False) -> list[list[tuple]]:
     """Run ``statements`` in order in one round trip; each one's rows, in order.
 
     The server runs them one after the other in the current transaction (or
     in one implicit transaction each, in autocommit mode). When one fails,
     the ones after it are not run and the error is raised as Django's
     ``DatabaseError`` subclass; the caller's ``transaction.atomic`` rolls back.
+
+    ``commit``: also send the transaction's ``COMMIT`` in the same round trip
+    (psycopg queues ``commit()`` in a pipeline), when the current
+    ``transaction.atomic`` is the outermost block, the one that commits; Django's
+    own commit at its end is then a no-op (psycopg sends nothing for a
+    connection with no transaction open) and runs the ``on_commit`` callbacks as
+    usual. Within an enclosing block (a savepoint) the commit stays Django's.
+    Nothing may be written after it in the block: it would run in a
+    transaction of its own.
     """
     db = connections[DEFAULT_DB_ALIAS]  # once: each ``connection.x`` looks it up
+    commit = commit and _commits_here(db)
     cursors = [_cursor(db) for _ in statements]
     try:
         with db.wrap_database_errors:
             with db.connection.pipeline():
                 for cursor, (sql, params) in zip(cursors, statements, strict=True):
                     cursor.execute(sql, params)
+                if commit:
+                    db.connection.commit()
             return [_rows(cursor) for cursor in cursors]
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+def _commits_here(db: Any) -> bool:
+    """Whether the running ``transaction.atomic`` block is the one that commits."""
+    return (
+        db.in_atomic_block
+        and len(db.atomic_blocks) == 1
+        and db.commit_on_exit
+        and not db.needs_rollback
+        and not db.savepoint_ids
+    )
 
 
 def run(steps: Steps[T]) -> T:
@@ -119,7 +148,7 @@ def run(steps: Steps[T]) -> T:
     return gather(steps)[0]
 
 
-def gather(*steps: Steps[Any]) -> list[Any]:
+def gather(*steps: Steps[Any], commit: bool = False) -> list[Any]:
     """Run several :data:`Steps` side by side, sharing round trips; their results, in order.
 
     Each round sends the next statements of every generator still running in
@@ -131,6 +160,10 @@ def gather(*steps: Steps[Any]) -> list[Any]:
     run, the ledger and the audit head in the first round). An exception in a
     generator propagates at once: call inside ``transaction.atomic``, which
     rolls the others' statements back with it.
+
+    ``commit``: when every generator's next round is its :class:`Last`, that
+    round carries the transaction's ``COMMIT`` (see :func:`pipeline`): one
+    round trip less, for a caller that writes nothing after ``gather``.
     """
     results: list[Any] = [None] * len(steps)
     running: list[tuple[int, Steps[Any], list[Statement]]] = []
@@ -147,7 +180,10 @@ def gather(*steps: Steps[Any]) -> list[Any]:
         advance(index, gen, None)
     while running:
         batch, running = running, []
-        rows = pipeline(*(statement for _, _, statements in batch for statement in statements))
+        last = commit and all(isinstance(statements, Last) for _, _, statements in batch)
+        rows = pipeline(
+            *(statement for _, _, statements in batch for statement in statements), commit=last
+        )
         at = 0
         for index, gen, statements in batch:
             advance(index, gen, rows[at : at + len(statements)])

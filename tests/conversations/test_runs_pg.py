@@ -100,6 +100,27 @@ def test_common_step_takes_the_fast_paths(conversation):
     assert event.data["prompt_tokens"] == 12
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_stored_answer_commits_in_its_last_round(conversation):
+    """Outside a test's transaction (as in the worker) the COMMIT rides the audit
+    event's round: no round trip of its own; the pushes still go out on commit."""
+    from tests.listening import GroupListener
+
+    run, start, _ = _claimed(conversation)
+    with GroupListener(f"conversation.{conversation.pk}") as listener:
+        with round_trips() as trips:
+            stored = engine._store_answer.func(
+                run, "w1", start.message_id, ANSWER, dropped=0, admission=start.admission
+            )
+        pushed = [listener.receive()["html"] for _ in range(2)]
+    assert trips == [5, 3]
+    assert stored == start.message_id
+    assert Run.objects.get(pk=run.pk).status == Run.Status.COMPLETED
+    assert Message.objects.get(pk=stored).status == Message.Status.COMPLETE
+    assert AuditEvent.objects.filter(action="llm.call", target_id=str(run.pk)).count() == 1
+    assert f'id="message-{stored}"' in pushed[0] and "run-completed" in pushed[1]
+
+
 def test_claim_and_store_move_updated_at_as_save_would(conversation):
     # Stuck-run recovery and the admin read Run.updated_at; the ORM path's save()
     # sets it (auto_now), so the hand-written statements must too.
