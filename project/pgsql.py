@@ -107,14 +107,13 @@ def pipeline(*statements: Statement, commit: bool = False) -> list[list[tuple]]:
     the ones after it are not run and the error is raised as Django's
     ``DatabaseError`` subclass; the caller's ``transaction.atomic`` rolls back.
 
-    ``commit``: also send the transaction's ``COMMIT`` in the same round trip
-    (psycopg queues ``commit()`` in a pipeline), when the current
-    ``transaction.atomic`` is the outermost block, the one that commits; Django's
-    own commit at its end is then a no-op (psycopg sends nothing for a
-    connection with no transaction open) and runs the ``on_commit`` callbacks as
-    usual. Within an enclosing block (a savepoint) the commit stays Django's.
-    Nothing may be written after it in the block: it would run in a
-    transaction of its own.
+    ``commit``: also send the transaction's ``COMMIT`` in the same round trip,
+    when the current ``transaction.atomic`` is the outermost block, the one that
+    commits; Django's own commit at its end is then a no-op (psycopg sends
+    nothing for a connection with no transaction open) and runs the
+    ``on_commit`` callbacks as usual. Within an enclosing block (a savepoint)
+    the commit stays Django's. Nothing may be written after it in the block: it
+    would run in a transaction of its own.
     """
     db = connections[DEFAULT_DB_ALIAS]  # once: each ``connection.x`` looks it up
     commit = commit and _commits_here(db)
@@ -125,7 +124,10 @@ def pipeline(*statements: Statement, commit: bool = False) -> list[list[tuple]]:
                 for cursor, (sql, params) in zip(cursors, statements, strict=True):
                     cursor.execute(sql, params)
                 if commit:
-                    db.connection.commit()
+                    # A statement, not ``connection.commit()``: in a pipeline that
+                    # syncs at once, and leaving the block syncs again (a second
+                    # round trip, which this saves).
+                    db.connection.cursor().execute("COMMIT", prepare=False)
             return [_rows(cursor) for cursor in cursors]
     finally:
         for cursor in cursors:
