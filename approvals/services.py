@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -167,7 +168,7 @@ def audit_record(
     # an error here must roll the audited write back with it anyway.
     with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
-            return pgsql.run(_append_steps(fields))
+            return pgsql.run(_append_steps(lambda: fields))
         head = _chain_head_locked()
         event = _audit_event(fields, head.last_sequence + 1, head.last_hash)
         event.save()
@@ -211,31 +212,46 @@ def audit_record_steps(
     target_id: str | int = "",
     data: dict | None = None,
     ip: str | None = None,
+    later: Callable[[], dict[str, Any]] | None = None,
 ) -> pgsql.Steps[AuditEvent]:
     """``audit_record`` on PostgreSQL as ``pgsql`` steps: two rounds, for a caller
     that shares them with its own statements (``pgsql.gather``).
 
     Round one locks the chain head and takes the next sequence number (one
-    ``UPDATE … RETURNING``); round two inserts the event and moves the head's
-    hash to it. Same arguments, result and errors as ``audit_record`` (the
-    ``ValueError`` is raised by this call, before any statement). Run inside
-    ``transaction.atomic``, with the audit as the transaction's last lock (see
-    ``audit_record``): in a shared round, put these steps after the caller's.
+    ``UPDATE … RETURNING``); round two (a ``pgsql.Last`` round) inserts the
+    event and moves the head's hash to it. Same arguments, result and errors
+    as ``audit_record`` (the ``ValueError`` is raised by this call, before any
+    statement). Run inside ``transaction.atomic``, with the audit as the
+    transaction's last lock (see ``audit_record``): in a shared round, put
+    these steps after the caller's.
+
+    ``later``: called once round one is answered, it returns some of these
+    arguments (``target_id``, ``data``) that the caller learns from its own rows
+    of that round (the id of a row it inserted); their ``ValueError`` is then
+    raised after round one, which the caller's ``transaction.atomic`` rolls back.
     """
-    fields = _audit_fields(
-        action=action, actor=actor, target_type=target_type, target_id=target_id, data=data, ip=ip
-    )
-    return _append_steps(fields)
+    given = {
+        "action": action,
+        "actor": actor,
+        "target_type": target_type,
+        "target_id": target_id,
+        "data": data,
+        "ip": ip,
+    }
+    if later is None:
+        fields = _audit_fields(**given)
+        return _append_steps(lambda: fields)
+    return _append_steps(lambda: _audit_fields(**{**given, **later()}))
 
 
-def _append_steps(fields: dict[str, Any]) -> pgsql.Steps[AuditEvent]:
+def _append_steps(fields: Callable[[], dict[str, Any]]) -> pgsql.Steps[AuditEvent]:
     (taken,) = yield [(_CHAIN_NEXT, {})]
     if taken:
         sequence, prev_hash = taken[0]
     else:  # no head row yet (the first event ever, or after a test flush)
         head = _chain_head_locked()
         sequence, prev_hash = head.last_sequence + 1, head.last_hash
-    event = _audit_event(fields, sequence, prev_hash)
+    event = _audit_event(fields(), sequence, prev_hash)
     params = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
     params["data"] = Jsonb(params["data"])
     inserted, _ = yield pgsql.Last(

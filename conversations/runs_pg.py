@@ -363,12 +363,13 @@ def send_lock(*, conversation_id: int, owner_id: int) -> tuple[Conversation, boo
     return conversation, bool(in_progress)
 
 
-def send_insert(
+def send_insert_steps(
     *, conversation: Conversation, message: Message, run: Run, title: str, now: datetime
-) -> tuple[Message, Run]:
+) -> pgsql.Steps[tuple[Message, Run]]:
     """Insert the user ``message`` and its ``run`` (unsaved instances; the run's
     ``user_message`` is the new message) and set the conversation's ``title`` and
-    ``updated_at``: one statement. Returns both as stored."""
+    ``updated_at``: one statement, as ``pgsql`` steps (one round, to share with
+    the audit's). Returns both as stored."""
     _, insert = _send_sql()
     params = {
         **pgsql.insert_params(message, "m"),
@@ -377,7 +378,7 @@ def send_insert(
         "now": now,
         "conversation": conversation.pk,
     }
-    [row] = pgsql.fetch(insert, params)
+    ([row],) = yield [(insert, params)]
     (message, run), _ = pgsql.instances(row, Message, Run)
     return message, run
 

@@ -121,6 +121,26 @@ def test_the_stored_answer_commits_in_its_last_round(conversation):
     assert f'id="message-{stored}"' in pushed[0] and "run-completed" in pushed[1]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_message_send_commits_in_its_last_round(conversation):
+    """Outside a test's transaction (as in the web process) the COMMIT rides the
+    audit event's round; the event names the rows inserted in the round before."""
+    from tests.listening import GroupListener
+
+    with GroupListener(f"conversation.{conversation.pk}") as listener:
+        with round_trips() as trips:
+            run = services.message_send(
+                user=conversation.owner, conversation_id=conversation.pk, content="  Hi there "
+            )
+        pushed = listener.receive()["html"]
+    assert trips == [1, 2, 3]
+    event = AuditEvent.objects.get(action="message.sent")
+    assert (event.actor_id, event.target_type) == (conversation.owner_id, "message")
+    assert event.target_id == str(run.user_message_id)
+    assert event.data == {"conversation_id": conversation.pk, "run_id": run.pk, "chars": 8}
+    assert f'id="run-{run.pk}"' in pushed
+
+
 def test_claim_and_store_move_updated_at_as_save_would(conversation):
     # Stuck-run recovery and the admin read Run.updated_at; the ORM path's save()
     # sets it (auto_now), so the hand-written statements must too.
@@ -222,13 +242,16 @@ def test_message_send_takes_the_fast_path_and_pushes_what_a_query_would(
         with (
             CaptureQueriesContext(connection) as sent,
             django_capture_on_commit_callbacks(execute=False) as callbacks,
+            round_trips() as trips,
         ):
             run = services.message_send(
                 user=owner, conversation_id=conversation.pk, content="First words"
             )
         # The lock and check, one insert statement, three for the audit append
-        # (the ORM path: 9 statements and 2 savepoint commands).
+        # (the ORM path: 9 statements and 2 savepoint commands), in three round
+        # trips: the insert shares one with the audit head's lock.
         assert len(_statements(sent)) == 5, _statements(sent)
+        assert trips == [1, 2, 2]
         for callback in callbacks[1:]:  # [0] dispatches the step to a worker
             callback()
         pushed = listener.receive()["html"]
