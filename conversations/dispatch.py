@@ -68,19 +68,30 @@ async def _aspawn(run_id: int) -> None:
 
 
 def _spawn(run_id: int, *, with_recovery: bool = True) -> None:
-    from conversations.engine import run_advance
-
     # A fresh context: the caller's (a request's or consumer call's) ends before
     # the step does, and asgiref's thread-sensitive executor lives in it.
     task = asyncio.get_running_loop().create_task(
-        run_advance(run_id=run_id, worker=worker_id("inprocess")),
-        name=f"run-{run_id}",
-        context=contextvars.Context(),
+        _advance(run_id), name=f"run-{run_id}", context=contextvars.Context()
     )
     _tasks.add(task)
     task.add_done_callback(_done)
     if with_recovery:
         recovery_timer_ensure()
+
+
+async def _advance(run_id: int) -> None:
+    """``run_advance`` once the preload thread, if one runs, is done: a step
+    importing litellm while that thread imports it too can meet it mid-import
+    and fail ("partially initialized module"; see ``gateway_preload``)."""
+    from conversations.engine import run_advance
+
+    await _preloaded()
+    await run_advance(run_id=run_id, worker=worker_id("inprocess"))
+
+
+async def _preloaded() -> None:
+    if _preloading is not None and _preloading.is_alive():
+        await asyncio.to_thread(_preloading.join)
 
 
 def _done(task: asyncio.Task) -> None:
@@ -147,8 +158,7 @@ async def _mcp_check_loop() -> None:
     that thread imports litellm's MCP gateway (the same packages) could leave
     either with a partially initialized module (see ``gateway_preload``).
     """
-    if _preloading is not None:
-        await asyncio.to_thread(_preloading.join)
+    await _preloaded()
     from tools.mcp.bridge import mcp_servers_check
 
     while True:

@@ -153,3 +153,43 @@ def test_recover_stale_finds_expired_leases_only(conversation, monkeypatch):
     assert dispatched == [run.pk]
     Run.objects.filter(pk=run.pk).update(status=Run.Status.AWAITING_APPROVAL)
     assert services.runs_recover_stale() == []  # waiting on a human is not stuck
+
+
+def test_an_in_process_step_waits_for_the_preload_thread(monkeypatch):
+    """In the embedded mode litellm is imported by a background thread at the first
+    page; a step importing it at the same time met that import mid-way and failed
+    ("partially initialized module"). The step starts once the thread is done."""
+    import asyncio
+    import threading
+
+    from conversations import dispatch
+
+    events: list[str] = []
+    release = threading.Event()
+
+    def preload() -> None:
+        release.wait(5)
+        events.append("preloaded")
+
+    async def run_advance(*, run_id: int, worker: str) -> None:
+        events.append(f"step {run_id}")
+        stepped.set()
+
+    monkeypatch.setattr("conversations.engine.run_advance", run_advance)
+    thread = threading.Thread(target=preload, daemon=True)
+    monkeypatch.setattr(dispatch, "_preloading", thread)
+    thread.start()
+
+    stepped: asyncio.Event
+
+    async def main() -> None:
+        nonlocal stepped
+        stepped = asyncio.Event()
+        dispatch._spawn(7, with_recovery=False)
+        await asyncio.sleep(0.2)
+        assert events == []  # still waiting for the preload
+        release.set()
+        await asyncio.wait_for(stepped.wait(), 5)
+
+    asyncio.run(main())
+    assert events == ["preloaded", "step 7"]
