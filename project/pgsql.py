@@ -112,26 +112,29 @@ def pipeline(*statements: Statement, commit: bool = False) -> list[list[tuple]]:
     commits; Django's own commit at its end is then a no-op (psycopg sends
     nothing for a connection with no transaction open) and runs the
     ``on_commit`` callbacks as usual. Within an enclosing block (a savepoint)
-    the commit stays Django's. Nothing may be written after it in the block: it
-    would run in a transaction of its own.
+    the commit stays Django's. Nothing may be written after it in the block (it
+    would run in a transaction of its own), and an error raised after it no
+    longer rolls anything back.
     """
     db = connections[DEFAULT_DB_ALIAS]  # once: each ``connection.x`` looks it up
     commit = commit and _commits_here(db)
     cursors = [_cursor(db) for _ in statements]
+    # A COMMIT statement, not ``connection.commit()``: in a pipeline that syncs at
+    # once, and leaving the pipeline syncs again (a second round trip).
+    committing = db.connection.cursor() if commit else None
     try:
         with db.wrap_database_errors:
             with db.connection.pipeline():
                 for cursor, (sql, params) in zip(cursors, statements, strict=True):
                     cursor.execute(sql, params)
-                if commit:
-                    # A statement, not ``connection.commit()``: in a pipeline that
-                    # syncs at once, and leaving the block syncs again (a second
-                    # round trip, which this saves).
-                    db.connection.cursor().execute("COMMIT", prepare=False)
+                if committing is not None:
+                    committing.execute("COMMIT", prepare=False)
             return [_rows(cursor) for cursor in cursors]
     finally:
         for cursor in cursors:
             cursor.close()
+        if committing is not None:
+            committing.close()
 
 
 def _commits_here(db: Any) -> bool:
