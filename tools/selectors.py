@@ -8,22 +8,22 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, Q
 from django.utils import timezone
 
 from tools.models import Tool, ToolInvocation
 from tools.registry import ToolSpec, registry
 
 
-def _enabled_tool_names(*, user_id: int) -> set[str]:
-    # One query: enabled, available rows with no group or a group the user is in.
-    rows = (
-        Tool.objects.filter(enabled=True, unavailable_reason="")
-        .filter(Q(groups__isnull=True) | Q(groups__user__id=user_id))
-        .values_list("name", flat=True)
-        .distinct()
+def _enabled_tool_names(*, user_id: int, active: bool = False) -> set[str]:
+    # One query: enabled, available rows with no group or a group the user is in
+    # (``active``: and only if the user is active, checked in the same query).
+    rows = Tool.objects.filter(enabled=True, unavailable_reason="").filter(
+        Q(groups__isnull=True) | Q(groups__user__id=user_id)
     )
-    return set(rows)
+    if active:
+        rows = rows.filter(Exists(get_user_model().objects.filter(pk=user_id, is_active=True)))
+    return set(rows.values_list("name", flat=True).distinct())
 
 
 def tools_for_user(*, user: Any) -> list[ToolSpec]:
@@ -97,11 +97,13 @@ def tool_get_for_user(*, user: Any, name: str) -> ToolSpec | None:
 
 
 def tool_names_for_user_id(*, user_id: int) -> set[str]:
-    """Names of the tools user ``user_id`` may use (same rules as ``tools_for_user``)."""
-    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
-    if user is None:
-        return set()
-    return {spec.name for spec in tools_for_user(user=user)}
+    """Names of the tools user ``user_id`` may use (same rules as ``tools_for_user``;
+    an inactive or unknown user may use none). One query, plus one for MCP servers."""
+    from tools.mcp.bridge import mcp_registry_ensure
+
+    mcp_registry_ensure()
+    names = _enabled_tool_names(user_id=user_id, active=True)
+    return {spec.name for spec in registry.all() if spec.name in names}
 
 
 def invocation_tool_message(*, invocation: ToolInvocation) -> dict[str, str]:

@@ -14,6 +14,7 @@ is a no-op (Wagtail ``TaskState`` transitions; STYLE.md "State machines").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from pydantic_core import to_jsonable_python
@@ -125,71 +126,90 @@ def invocations_record(
     the parsed ``arguments_requested``. A call without an id gets ``call_<position>``.
     A replay returns the rows already stored, unchanged. Returns the rows in call
     order (duplicate ids within the list are kept once).
+
+    Inside the caller's transaction no savepoint is taken; the run should be
+    locked (the gate does), or two recorders of the same turn at once make the
+    second fail with ``IntegrityError`` (the unique ``(run, tool_call_id)``).
     """
     available = tool_names_for_user_id(user_id=user_id)
-    invocations: list[ToolInvocation] = []
-    seen: set[str] = set()
-    with transaction.atomic():
-        for position, call in enumerate(tool_calls):
-            call_id = str(call.get("id") or f"call_{position}")[:200]
-            if call_id in seen:
-                continue
-            seen.add(call_id)
-            function = call.get("function") or {}
-            wire = str(function.get("name") or "")
-            raw = function.get("arguments")
-            if raw is None:
-                raw = ""
-            elif not isinstance(raw, str):
-                raw = json.dumps(raw)
-            spec = registry.get_by_wire_name(wire) or registry.get(wire)
-            fields: dict[str, Any] = {
-                "message_id": message_id,
-                "user_id": user_id,
-                "conversation_id": conversation_id,
-                "tool_name": (spec.name if spec else wire)[:200],
-                "position": position,
-                "arguments_raw": raw,
-                "status": Status.REQUESTED,
-            }
-            problem = ""
-            if spec is None or spec.name not in available:
-                problem = (
-                    f"Unknown or unavailable tool {wire!r}. Call only the tools you were given."
-                )
-            else:
-                try:
-                    fields["arguments_requested"] = tool_arguments_parse(spec=spec, raw=raw)
-                except ToolArgumentsInvalid as exc:
-                    problem = str(exc)
-            if problem:
-                fields.update(
-                    status=Status.INVALID,
-                    result=problem,
-                    error=problem,
-                    is_error=True,
-                    finished_at=timezone.now(),
-                )
-            invocation, created = ToolInvocation.objects.get_or_create(
-                run_id=run_id, tool_call_id=call_id, defaults=fields
+    calls: dict[str, dict[str, Any]] = {}
+    for position, call in enumerate(tool_calls):
+        call_id = str(call.get("id") or f"call_{position}")[:200]
+        if call_id not in calls:
+            calls[call_id] = _invocation_fields(call, position, available)
+    # No savepoint in the caller's transaction (the gate's, with the run locked:
+    # no other writer records this run's calls meanwhile); one read for a replay's
+    # rows and one INSERT for the rest, not a get_or_create and its savepoint each.
+    with transaction.atomic(savepoint=False):
+        stored = {
+            row.tool_call_id: row
+            for row in ToolInvocation.objects.filter(run_id=run_id, tool_call_id__in=list(calls))
+        }
+        created = ToolInvocation.objects.bulk_create(
+            ToolInvocation(
+                run_id=run_id,
+                tool_call_id=call_id,
+                message_id=message_id,
+                user_id=user_id,
+                conversation_id=conversation_id,
+                **fields,
             )
-            if created:
-                audit_record(
-                    action="tool.requested",
-                    actor=invocation.user,
-                    target_type="tool_invocation",
-                    target_id=invocation.pk,
-                    data={
-                        "tool": invocation.tool_name,
-                        "tool_call_id": call_id,
-                        "run_id": run_id,
-                        "status": invocation.status,
-                        "arguments": invocation.arguments_requested,
-                        "error": invocation.error or None,
-                    },
-                )
-            invocations.append(invocation)
-    return invocations
+            for call_id, fields in calls.items()
+            if call_id not in stored
+        )
+        for invocation in created:
+            audit_record(
+                action="tool.requested",
+                actor=user_id,
+                target_type="tool_invocation",
+                target_id=invocation.pk,
+                data={
+                    "tool": invocation.tool_name,
+                    "tool_call_id": invocation.tool_call_id,
+                    "run_id": run_id,
+                    "status": invocation.status,
+                    "arguments": invocation.arguments_requested,
+                    "error": invocation.error or None,
+                },
+            )
+    stored.update((invocation.tool_call_id, invocation) for invocation in created)
+    return [stored[call_id] for call_id in calls]
+
+
+def _invocation_fields(call: dict[str, Any], position: int, available: set[str]) -> dict[str, Any]:
+    """A new ``ToolInvocation``'s fields for one OpenAI-format tool call: ``requested``
+    with the parsed arguments, or ``invalid`` with the error the model will read."""
+    function = call.get("function") or {}
+    wire = str(function.get("name") or "")
+    raw = function.get("arguments")
+    if raw is None:
+        raw = ""
+    elif not isinstance(raw, str):
+        raw = json.dumps(raw)
+    spec = registry.get_by_wire_name(wire) or registry.get(wire)
+    fields: dict[str, Any] = {
+        "tool_name": (spec.name if spec else wire)[:200],
+        "position": position,
+        "arguments_raw": raw,
+        "status": Status.REQUESTED,
+    }
+    problem = ""
+    if spec is None or spec.name not in available:
+        problem = f"Unknown or unavailable tool {wire!r}. Call only the tools you were given."
+    else:
+        try:
+            fields["arguments_requested"] = tool_arguments_parse(spec=spec, raw=raw)
+        except ToolArgumentsInvalid as exc:
+            problem = str(exc)
+    if problem:
+        fields.update(
+            status=Status.INVALID,
+            result=problem,
+            error=problem,
+            is_error=True,
+            finished_at=timezone.now(),
+        )
+    return fields
 
 
 def invocation_mark(
@@ -214,7 +234,9 @@ def invocation_mark(
     ``arguments_executed`` (edited arguments) is validated against the tool's
     schema and raises :class:`ToolArgumentsInvalid` without writing.
     ``metadata`` is merged into the row's metadata. Settled statuses set
-    ``finished_at``. Opens its own ``transaction.atomic`` (nests in the caller's).
+    ``finished_at``. Opens its own ``transaction.atomic`` outside a transaction;
+    inside one it takes no savepoint (a refusal raises before writing; a
+    database error leaves the caller's transaction to roll back).
     """
     allowed = (
         set(expected)
@@ -225,7 +247,9 @@ def invocation_mark(
         from tools.mcp.bridge import mcp_registry_ensure
 
         mcp_registry_ensure()
-    with transaction.atomic():
+    # In the caller's transaction (the gate's, a decision's), no savepoint: its two
+    # round trips bought nothing, as a refusal below is raised before any write.
+    with contextlib.nullcontext() if connection.in_atomic_block else transaction.atomic():
         invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
         if invocation.status not in allowed:
             raise InvocationStateError(
