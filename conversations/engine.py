@@ -427,11 +427,44 @@ def _begin_call(
     return _CallStart(fit=fit, tools=tools, admission=admission, message_id=message_id)
 
 
+@dataclass
+class _ToolTurn:
+    """The tool turn an ``executing_tools`` step runs, read in its claim's transaction.
+
+    ``message_id``: the assistant message with the calls (``None``: none found,
+    the run fails). ``interrupted``: invocations a dead worker left running,
+    to recover before anything is claimed. ``approved``: the approved
+    invocations claimed with the lease (``None`` while ``interrupted`` is not
+    empty: they are claimed after the recovery).
+    """
+
+    message_id: int | None
+    interrupted: list[int]
+    approved: list[int] | None
+
+
+def _tool_turn_begin(run: Run) -> _ToolTurn:
+    """The run's tool turn (``_ToolTurn``), in the claim's transaction (run locked)."""
+    from conversations.toolphase import turn_claim_approved
+
+    assistant = _latest_tool_message.func(run)
+    if assistant is None:
+        return _ToolTurn(message_id=None, interrupted=[], approved=None)
+    interrupted = _interrupted_in_turn(assistant.pk)
+    if interrupted:
+        return _ToolTurn(message_id=assistant.pk, interrupted=interrupted, approved=None)
+    approved = turn_claim_approved(run=run, message_id=assistant.pk)
+    return _ToolTurn(message_id=assistant.pk, interrupted=[], approved=approved)
+
+
 class _GeneralPath(Exception):
     """A PostgreSQL fast path met a case it leaves to the ORM path (rolls back)."""
 
 
-def _claim_and_begin_pg(run_id: int, worker: str) -> tuple[Run | None, _CallStart | None]:
+_Begun = tuple[Run | None, _CallStart | _ToolTurn | None]
+
+
+def _claim_and_begin_pg(run_id: int, worker: str) -> _Begun:
     """The common claim on PostgreSQL (``runs_pg.claim``), then ``_begin_call``.
 
     Inside ``transaction.atomic``. A run this claim does not take (a tool phase,
@@ -453,8 +486,10 @@ def _claim_and_begin_pg(run_id: int, worker: str) -> tuple[Run | None, _CallStar
 
 
 @_db
-def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart | None]:
-    """``_claim``, then ``_begin_call`` when the run is to call the model.
+def _claim_and_begin(run_id: int, worker: str) -> _Begun:
+    """``_claim``, then ``_begin_call`` when the run is to call the model, or
+    ``_tool_turn_begin`` when it is to execute tools (the turn's approved calls
+    claimed with the lease).
 
     One thread hop and one transaction: the lease, the budget hold and the
     assistant message commit together (a failure leaves the run as it was,
@@ -472,8 +507,10 @@ def _claim_and_begin(run_id: int, worker: str) -> tuple[Run | None, _CallStart |
         return _claim_and_begin_orm(run_id, worker)
 
 
-def _claim_and_begin_orm(run_id: int, worker: str) -> tuple[Run | None, _CallStart | None]:
+def _claim_and_begin_orm(run_id: int, worker: str) -> _Begun:
     run = _claim(run_id, worker)
+    if run is not None and run.status == S.EXECUTING_TOOLS:
+        return run, _tool_turn_begin(run)
     if run is None or run.status != S.CALLING_LLM:
         return run, None
     return run, _begin_call(run)
@@ -550,12 +587,14 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
                     "answering. Try again.", kind="internal", partial=publisher.text)  # fmt: skip
         return
 
-    stored = await _store_answer(
-        run, worker, message_id, result, dropped=fit.dropped, admission=admission
-    )
-    if stored is None or not result.tool_calls:
-        return
-    await _tool_turn_gate(run.pk, worker, stored)
+    if result.tool_calls:
+        await _store_answer_and_gate(
+            run, worker, message_id, result, dropped=fit.dropped, admission=admission
+        )
+    else:
+        await _store_answer(
+            run, worker, message_id, result, dropped=fit.dropped, admission=admission
+        )
 
 
 async def _settled(task: asyncio.Task | None) -> None:
@@ -819,6 +858,23 @@ def _abort(run_id: int, worker: str, message_id: int, partial: str, *, reason: s
         run_finish(run=run, status=S.CANCELLED)
 
 
+@_db
+def _store_answer_and_gate(
+    run: Run, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
+) -> None:
+    """A tool-call answer: ``_store_answer``, then ``_tool_turn_gate``.
+
+    Two transactions, each writing its audit events last (approvals' lock
+    order), in one thread hop: the approval card is not held up by a return
+    to the loop and a second hand-off between them. Arguments as ``_store_answer``.
+    """
+    stored = _store_answer.func(
+        run, worker, message_id, result, dropped=dropped, admission=admission
+    )
+    if stored is not None:
+        _tool_turn_gate.func(run.pk, worker, stored)
+
+
 # -- the tool phase (conversations/toolphase.py) ----------------------------------
 
 
@@ -860,42 +916,35 @@ def _tool_turn_after_execute(run_id: int, worker: str, message_id: int) -> None:
         turn_continue(run=run, message_id=message_id)
 
 
-async def _step_execute_tools(run: Run, worker: str) -> None:
+async def _step_execute_tools(run: Run, worker: str, turn: _ToolTurn) -> None:
     """Run the turn's approved tool calls concurrently, then move the run on.
 
-    Exactly once per invocation: ``invocation_execute`` proceeds only from
-    ``approved`` under a row lock, so a replayed step skips what already ran.
+    ``turn``: read and claimed with the run (``_tool_turn_begin``). Exactly once
+    per invocation: ``invocation_execute`` proceeds only from ``approved``
+    under a row lock, so a replayed step skips what already ran.
     """
     from tools.services import invocation_recover_interrupted, invocations_execute
 
-    assistant = await _latest_tool_message(run)
-    if assistant is None:
+    if turn.message_id is None:
         await _fail_lost_turn(run.pk, worker)
         return
-    for invocation_id in await _interrupted_in_turn(assistant.pk):
-        # A worker died mid-call: re-run if idempotent, else fail it (tools decides).
-        await invocation_recover_interrupted(invocation_id=invocation_id)
-    ids = await _tool_turn_claim(run.pk, worker, assistant.pk)
+    ids = turn.approved
     if ids is None:
-        return
+        for invocation_id in turn.interrupted:
+            # A worker died mid-call: re-run if idempotent, else fail it (tools decides).
+            await invocation_recover_interrupted(invocation_id=invocation_id)
+        ids = await _tool_turn_claim(run.pk, worker, turn.message_id)
+        if ids is None:
+            return
     if ids:
         await invocations_execute(invocation_ids=ids)
-    await _tool_turn_after_execute(run.pk, worker, assistant.pk)
+    await _tool_turn_after_execute(run.pk, worker, turn.message_id)
 
 
-@_db
 def _interrupted_in_turn(message_id: int) -> list[int]:
-    from tools.models import ToolInvocation
     from tools.selectors import invocation_ids_interrupted
 
-    stuck = invocation_ids_interrupted()
-    if not stuck:
-        return []
-    return list(
-        ToolInvocation.objects.filter(pk__in=stuck, message_id=message_id).values_list(
-            "pk", flat=True
-        )
-    )
+    return invocation_ids_interrupted(message_id=message_id)
 
 
 @_db
@@ -936,8 +985,8 @@ async def run_advance(*, run_id: int, worker: str) -> None:
             return
         await _tool_turn_gate(run.pk, worker, assistant.pk)
         return
-    if run.status == S.EXECUTING_TOOLS:
-        await _step_execute_tools(run, worker)
+    if isinstance(start, _ToolTurn):
+        await _step_execute_tools(run, worker, start)
         return
     if start is not None:
         await _step_call_llm(run, worker, start)

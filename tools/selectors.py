@@ -119,13 +119,14 @@ def invocation_tool_message(*, invocation: ToolInvocation) -> dict[str, str]:
 
 
 def invocation_ids_interrupted(
-    *, grace_seconds: float = 60.0, now: dt.datetime | None = None
+    *, grace_seconds: float = 60.0, now: dt.datetime | None = None, message_id: int | None = None
 ) -> list[int]:
     """Ids of invocations left ``running`` past their tool's timeout plus ``grace_seconds``.
 
     Those were started by a worker that died (or is hung); the recovery job
     passes each to ``invocation_recover_interrupted``. Unregistered tools count
-    as timeout 0.
+    as timeout 0. ``message_id``: only that assistant message's calls (one
+    tool turn, as a run's execution step checks).
     """
     from tools.mcp.bridge import mcp_registry_ensure
 
@@ -134,7 +135,10 @@ def invocation_ids_interrupted(
     stuck = []
     running = ToolInvocation.objects.filter(
         status=ToolInvocation.Status.RUNNING, started_at__isnull=False
-    ).values_list("pk", "tool_name", "started_at")
+    )
+    if message_id is not None:
+        running = running.filter(message_id=message_id)
+    running = running.values_list("pk", "tool_name", "started_at")
     for pk, tool_name, started_at in running:
         spec = registry.get(tool_name)
         timeout = spec.timeout_seconds if spec else 0.0

@@ -182,6 +182,39 @@ def test_worker_lost_after_approval_executes_exactly_once_on_recovery(conversati
     assert invocation.attempts == 1
 
 
+def test_a_call_left_running_by_a_dead_worker_is_recovered_in_its_turn_only(conversation):
+    from conversations.models import Conversation
+    from tests.factories import UserFactory
+
+    other = Conversation.objects.create(
+        owner=UserFactory(), model_config=conversation.model_config, title="other"
+    )
+    runs = []
+    for each in (conversation, other):
+        run, approval = _pending_delete(each)
+        decide(each, approval)
+        # A worker started the call and died: the call is still running, long past
+        # its timeout, and the run's lease has run out.
+        ToolInvocation.objects.filter(run=run).update(
+            status=IS.RUNNING, attempts=1, started_at=timezone.now() - timedelta(minutes=10)
+        )
+        Run.objects.filter(pk=run.pk).update(
+            lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        runs.append(run)
+
+    run = drive(runs[0])
+
+    assert run.status == S.COMPLETED, run.error
+    recovered = ToolInvocation.objects.get(run=run)
+    # notes.delete is idempotent: run again, once, by this step.
+    assert (recovered.status, recovered.attempts) == (IS.SUCCEEDED, 2)
+    assert recovered.metadata["recovered"] == 1
+    assert not Note.objects.filter(user=conversation.owner, key="meeting").exists()
+    untouched = ToolInvocation.objects.get(run=runs[1])
+    assert untouched.status == IS.RUNNING  # another run's turn: its own step recovers it
+
+
 def test_a_live_lease_keeps_a_second_worker_off_the_tools(conversation):
     run, approval = _pending_delete(conversation)
     decide(conversation, approval)
