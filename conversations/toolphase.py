@@ -264,22 +264,29 @@ def approval_decided(approval: ApprovalRequest) -> None:
     pending, the run moves on (execution is dispatched on commit). A decision
     for an invocation that is no longer awaiting approval changes nothing.
     """
-    run_id = (
-        ToolInvocation.objects.filter(pk=approval.invocation_id)
-        .values_list("run_id", flat=True)
-        .first()
-    )
+    # The request names its run (the gate created both): lock it first, then the
+    # invocation, with no query to look the run up.
+    run_id = approval.run_id
     if run_id is None:
+        run_id = (
+            ToolInvocation.objects.filter(pk=approval.invocation_id)
+            .values_list("run_id", flat=True)
+            .first()
+        )
+        if run_id is None:
+            return
+    try:
+        run = (
+            Run.objects.select_for_update(no_key=True, of=("self",))
+            .select_related("conversation__owner", "conversation__model_config")
+            .get(pk=run_id)
+        )
+        invocation = ToolInvocation.objects.select_for_update(no_key=True).get(
+            pk=approval.invocation_id
+        )
+    except (Run.DoesNotExist, ToolInvocation.DoesNotExist):
         return
-    run = (
-        Run.objects.select_for_update(no_key=True, of=("self",))
-        .select_related("conversation__owner", "conversation__model_config")
-        .get(pk=run_id)
-    )
-    invocation = ToolInvocation.objects.select_for_update(no_key=True).get(
-        pk=approval.invocation_id
-    )
-    if invocation.status != IS.AWAITING_APPROVAL:
+    if invocation.run_id != run.pk or invocation.status != IS.AWAITING_APPROVAL:
         return
     status = approval.status
     if status == ApprovalRequest.Status.APPROVED:
