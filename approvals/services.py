@@ -16,14 +16,16 @@ Cancellation (``approvals_cancel_for_run``) does not call it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from jsonschema import SchemaError
@@ -51,8 +53,8 @@ logger = logging.getLogger(__name__)
 
 # The audit append on PostgreSQL (``audit_record_steps``): two round trips.
 _CHAIN_NEXT = (
-    "UPDATE approvals_auditchainhead SET last_sequence = last_sequence + 1 WHERE id = 1 "
-    "RETURNING last_sequence, last_hash"
+    "UPDATE approvals_auditchainhead SET last_sequence = last_sequence + %(count)s "
+    "WHERE id = 1 RETURNING last_sequence, last_hash"
 )
 _EVENT_INSERT = (
     "INSERT INTO approvals_auditevent (sequence, created_at, actor_id, action, target_type, "
@@ -144,7 +146,7 @@ def audit_record(
     target_id: str | int = "",
     data: dict | None = None,
     ip: str | None = None,
-) -> AuditEvent:
+) -> AuditEvent | None:
     """Append one event to the hash-chained audit trail and return it.
 
     ``action``: a dotted name (``approval.decided``). ``actor``: a user, a
@@ -160,22 +162,84 @@ def audit_record(
     is awaited while holding it. An event written inside a
     transaction that rolls back disappears with it. Raises ``ValueError``
     for NaN/infinity in ``data``.
+
+    Inside ``audit_deferred`` the event is appended when that block ends,
+    with the others recorded in it, and ``None`` is returned.
     """
     fields = _audit_fields(
         action=action, actor=actor, target_type=target_type, target_id=target_id, data=data, ip=ip
     )
+    pending = _deferred.get()
+    if pending is not None:
+        pending.append(fields)
+        return None
+    (event,) = _append([fields])
+    return event
+
+
+#: The events ``audit_deferred`` holds in this thread (``None``: none is open).
+_deferred: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
+    "audit_deferred", default=None
+)
+
+
+@contextlib.contextmanager
+def audit_deferred() -> Iterator[None]:
+    """Hold the ``audit_record`` calls made in this block and append them when it ends.
+
+    For a transaction that audits several times (the gate: the call recorded,
+    the decision, the approval request): on PostgreSQL all its events take two
+    round trips (the chain head locked for as many sequence numbers, then
+    every insert and the head's move), not two each, and the head, which
+    every audited transaction queues on, is locked only at the end, as
+    ``audit_record`` asks. Put it inside the ``transaction.atomic`` block, around
+    its writes. Nested blocks: the outermost appends.
+
+    An exception leaving the block still appends the events, as ``audit_record``
+    would have (a caller that catches it and commits keeps the trail whole),
+    unless the transaction is already failing: then they go with its rollback.
+    """
+    if _deferred.get() is not None:
+        yield
+        return
+    pending: list[dict[str, Any]] = []
+    token = _deferred.set(pending)
+    try:
+        yield
+    except Exception:
+        _deferred.reset(token)
+        if pending and not connection.needs_rollback:
+            try:
+                _append(pending)
+            except DatabaseError:  # the transaction is aborted: it rolls back anyway
+                logger.debug("deferred audit events not appended", exc_info=True)
+        raise
+    except BaseException:
+        _deferred.reset(token)
+        raise
+    _deferred.reset(token)
+    if pending:
+        _append(pending)
+
+
+def _append(events: list[dict[str, Any]]) -> list[AuditEvent]:
+    """Append events (``_audit_fields`` dicts, in order) to the chain; the saved rows."""
     # No savepoint inside a caller's transaction (two round trips per event):
     # an error here must roll the audited write back with it anyway.
     with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
-            return pgsql.run(_append_steps(lambda: fields))
+            return pgsql.run(_append_steps(len(events), lambda: events))
         head = _chain_head_locked()
-        event = _audit_event(fields, head.last_sequence + 1, head.last_hash)
-        event.save()
-        AuditChainHead.objects.filter(pk=1).update(
-            last_sequence=event.sequence, last_hash=event.hash
-        )
-    return event
+        sequence, prev_hash = head.last_sequence, head.last_hash
+        saved = []
+        for fields in events:
+            sequence += 1
+            event = _audit_event(fields, sequence, prev_hash)
+            event.save()
+            prev_hash = event.hash
+            saved.append(event)
+        AuditChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=prev_hash)
+    return saved
 
 
 def _audit_fields(
@@ -240,30 +304,45 @@ def audit_record_steps(
     }
     if later is None:
         fields = _audit_fields(**given)
-        return _append_steps(lambda: fields)
-    return _append_steps(lambda: _audit_fields(**{**given, **later()}))
+        events = _append_steps(1, lambda: [fields])
+    else:
+        events = _append_steps(1, lambda: [_audit_fields(**{**given, **later()})])
+    (event,) = yield from events
+    return event
 
 
-def _append_steps(fields: Callable[[], dict[str, Any]]) -> pgsql.Steps[AuditEvent]:
-    (taken,) = yield [(_CHAIN_NEXT, {})]
+def _append_steps(
+    count: int, fields: Callable[[], list[dict[str, Any]]]
+) -> pgsql.Steps[list[AuditEvent]]:
+    """Append ``count`` events on PostgreSQL: round one locks the chain head and
+    takes their sequence numbers; ``fields()`` (called after it) gives their
+    ``_audit_fields``; round two (``pgsql.Last``) inserts them and moves the head."""
+    (taken,) = yield [(_CHAIN_NEXT, {"count": count})]
     if taken:
-        sequence, prev_hash = taken[0]
+        last, prev_hash = taken[0]
+        sequence = last - count
     else:  # no head row yet (the first event ever, or after a test flush)
         head = _chain_head_locked()
-        sequence, prev_hash = head.last_sequence + 1, head.last_hash
-    event = _audit_event(fields(), sequence, prev_hash)
-    params = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
-    params["data"] = Jsonb(params["data"])
-    inserted, _ = yield pgsql.Last(
-        [
-            (_EVENT_INSERT, params),
-            (_CHAIN_MOVE, {"sequence": event.sequence, "hash": event.hash}),
-        ]
+        sequence, prev_hash = head.last_sequence, head.last_hash
+    events = []
+    for each in fields():
+        sequence += 1
+        event = _audit_event(each, sequence, prev_hash)
+        prev_hash = event.hash
+        events.append(event)
+    statements = []
+    for event in events:
+        params = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
+        params["data"] = Jsonb(params["data"])
+        statements.append((_EVENT_INSERT, params))
+    *inserted, _ = yield pgsql.Last(
+        [*statements, (_CHAIN_MOVE, {"sequence": sequence, "hash": prev_hash})]
     )
-    event.pk = inserted[0][0]
-    event._state.adding = False
-    event._state.db = connection.alias
-    return event
+    for event, rows in zip(events, inserted, strict=True):
+        event.pk = rows[0][0]
+        event._state.adding = False
+        event._state.db = connection.alias
+    return events
 
 
 def policy_snapshot(policy: ApprovalPolicy) -> dict[str, Any]:
@@ -527,7 +606,9 @@ def approval_decide(
     """
     now = timezone.now()
     refusal: ApprovalError | None = None
-    with transaction.atomic():
+    # The decision's events and its handler's (the run moving on) are appended
+    # together when the block ends, the audit head locked last.
+    with transaction.atomic(), audit_deferred():
         approval = (
             ApprovalRequest.objects.select_for_update(no_key=True).filter(pk=approval_id).first()
         )

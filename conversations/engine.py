@@ -881,9 +881,12 @@ def _store_answer_and_gate(
 @_db
 def _tool_turn_gate(run_id: int, worker: str, message_id: int) -> None:
     """Gate the turn's tool calls and move the run on (one transaction)."""
+    from approvals.services import audit_deferred
     from conversations.toolphase import turn_continue, turn_gate
 
-    with transaction.atomic():
+    # Its events (each call recorded, each decision, each approval request) are
+    # appended together at the end: two round trips, the audit head locked last.
+    with transaction.atomic(), audit_deferred():
         run = _locked_own(run_id, worker)
         if run is None:
             return

@@ -15,13 +15,14 @@ from django.conf import settings
 from django.contrib.admin.sites import site
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, transaction
 from django.test import RequestFactory
 
 from approvals.models import ApprovalPolicy, AuditAppendOnlyError, AuditChainHead, AuditEvent
 from approvals.selectors import GENESIS_HASH, audit_verify
-from approvals.services import audit_record
+from approvals.services import audit_deferred, audit_record
 from tests.factories import UserFactory
+from tests.roundtrips import round_trips
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -176,6 +177,87 @@ def test_command_process_exits_1_after_tampering():
     broken = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert broken.returncode == 1
     assert f"event id {events[1].pk}" in broken.stderr
+
+
+def test_deferred_events_are_appended_together_when_the_block_ends(user):
+    _fill(1)
+    with round_trips() as trips, transaction.atomic(), audit_deferred():
+        for i in range(3):
+            assert audit_record(action="test.deferred", actor=user, target_id=i) is None
+            with audit_deferred():  # nested: the outer block appends
+                audit_record(action="test.nested", target_id=i)
+        assert not AuditEvent.objects.filter(sequence__gt=1).exists()  # nothing yet
+    events = list(AuditEvent.objects.filter(sequence__gt=1).order_by("sequence"))
+    assert [(e.action, e.target_id) for e in events] == [
+        (action, str(i)) for i in range(3) for action in ("test.deferred", "test.nested")
+    ]
+    assert [e.sequence for e in events] == [2, 3, 4, 5, 6, 7]
+    assert events[0].actor_id == user.pk
+    # The head locked for six numbers (one round trip), then six inserts and the
+    # head's move (one): not two round trips per event.
+    assert trips == [1, 7]
+    assert AuditChainHead.objects.get(pk=1).last_sequence == 7
+    result = audit_verify()
+    assert (result.ok, result.checked) == (True, 7)
+
+
+def test_an_exception_caught_inside_the_transaction_keeps_the_deferred_events(db):
+    with transaction.atomic(), pytest.raises(RuntimeError), audit_deferred():
+        audit_record(action="test.kept")
+        raise RuntimeError("the caller catches this and commits")
+    assert AuditEvent.objects.filter(action="test.kept").count() == 1
+    assert audit_verify().ok
+
+
+def test_a_failed_transaction_rolls_back_with_its_deferred_events(db):
+    with pytest.raises(RuntimeError), transaction.atomic(), audit_deferred():
+        audit_record(action="test.gone")
+        raise RuntimeError
+    assert not AuditEvent.objects.filter(action="test.gone").exists()
+    audit_record(action="test.after")
+    assert audit_verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deferred_blocks_and_single_appends_at_once_keep_one_chain():
+    writers, rounds = 6, 6
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(n):
+        try:
+            barrier.wait(timeout=30)
+            for i in range(rounds):
+                if (n + i) % 2:
+                    with transaction.atomic(), audit_deferred():
+                        for j in range(3):
+                            audit_record(action="test.batch", target_id=f"{n}-{i}-{j}")
+                else:
+                    audit_record(action="test.single", target_id=f"{n}-{i}")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    total = writers * rounds // 2 * (1 + 3)
+    assert sorted(AuditEvent.objects.values_list("sequence", flat=True)) == list(
+        range(1, total + 1)
+    )
+    # A block's events are consecutive in the chain.
+    for n in range(writers):
+        for i in range(rounds):
+            if (n + i) % 2:
+                batch = AuditEvent.objects.filter(target_id__startswith=f"{n}-{i}-")
+                sequences = sorted(batch.values_list("sequence", flat=True))
+                assert sequences == list(range(sequences[0], sequences[0] + 3))
+    result = audit_verify()
+    assert (result.ok, result.checked) == (True, total)
 
 
 @pytest.mark.django_db(transaction=True)
