@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from approvals.models import ApprovalPolicy, AuditAppendOnlyError, AuditChainHea
 from approvals.selectors import GENESIS_HASH, audit_verify
 from approvals.services import audit_deferred, audit_record
 from tests.factories import UserFactory
+from tests.race import race
 from tests.roundtrips import round_trips
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,34 +221,18 @@ def test_a_failed_transaction_rolls_back_with_its_deferred_events(db):
 @pytest.mark.django_db(transaction=True)
 def test_deferred_blocks_and_single_appends_at_once_keep_one_chain():
     writers, rounds = 6, 6
-    barrier = threading.Barrier(writers)
-    errors: list[BaseException] = []
 
     def write(n):
-        try:
-            barrier.wait(timeout=30)
-            for i in range(rounds):
-                if (n + i) % 2:
-                    with transaction.atomic(), audit_deferred():
-                        for j in range(3):
-                            audit_record(action="test.batch", target_id=f"{n}-{i}-{j}")
-                else:
-                    audit_record(action="test.single", target_id=f"{n}-{i}")
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
+        for i in range(rounds):
+            if (n + i) % 2:
+                with transaction.atomic(), audit_deferred():
+                    for j in range(3):
+                        audit_record(action="test.batch", target_id=f"{n}-{i}-{j}")
+            else:
+                audit_record(action="test.single", target_id=f"{n}-{i}")
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == []
-    total = writers * rounds // 2 * (1 + 3)
-    assert sorted(AuditEvent.objects.values_list("sequence", flat=True)) == list(
-        range(1, total + 1)
-    )
+    assert race(writers, write) == [None] * writers
+    _assert_one_chain(writers * rounds // 2 * (1 + 3))
     # A block's events are consecutive in the chain.
     for n in range(writers):
         for i in range(rounds):
@@ -256,39 +240,27 @@ def test_deferred_blocks_and_single_appends_at_once_keep_one_chain():
                 batch = AuditEvent.objects.filter(target_id__startswith=f"{n}-{i}-")
                 sequences = sorted(batch.values_list("sequence", flat=True))
                 assert sequences == list(range(sequences[0], sequences[0] + 3))
-    result = audit_verify()
-    assert (result.ok, result.checked) == (True, total)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_concurrent_writers_keep_one_chain():
-    writers, per_writer = 6, 8
-    barrier = threading.Barrier(writers)
-    errors: list[BaseException] = []
-
-    def write(n):
-        try:
-            barrier.wait(timeout=30)
-            for i in range(per_writer):
-                audit_record(action="test.concurrent", target_id=f"{n}-{i}", data={"n": n})
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == []
-    total = writers * per_writer
+def _assert_one_chain(total: int) -> None:
     assert sorted(AuditEvent.objects.values_list("sequence", flat=True)) == list(
         range(1, total + 1)
     )
     result = audit_verify()
     assert (result.ok, result.checked) == (True, total)
     assert AuditChainHead.objects.get(pk=1).last_sequence == total
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_keep_one_chain():
+    writers, per_writer = 6, 8
+
+    def write(n):
+        for i in range(per_writer):
+            audit_record(action="test.concurrent", target_id=f"{n}-{i}", data={"n": n})
+
+    assert race(writers, write) == [None] * writers
+    _assert_one_chain(writers * per_writer)
 
 
 def test_sign_in_is_audited(client, user, password):

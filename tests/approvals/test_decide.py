@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
 import time_machine
 from django.contrib.auth.models import Group
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from approvals.canonical import arguments_hash
@@ -30,6 +29,7 @@ from approvals.services import (
     approvals_expire_due,
 )
 from tests.factories import UserFactory
+from tests.race import race
 from tools.models import ToolInvocation
 
 
@@ -277,27 +277,6 @@ def test_constraint_backs_single_decision(user, make_approval):
 # --- Concurrency: real connections, real row locks -------------------------------
 
 
-def _race(n, target):
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def run(i):
-        try:
-            barrier.wait(timeout=30)
-            results[i] = target(i)
-        except Exception as exc:
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
-
-
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_decisions_execute_exactly_once(make_approval, decided_handler):
     requester = UserFactory()
@@ -311,7 +290,7 @@ def test_concurrent_decisions_execute_exactly_once(make_approval, decided_handle
         # Double clicks (same person twice) and two people at once.
         return decide(approval, deciders[i % 3], approve=i % 2 == 0, reason=f"attempt {i}")
 
-    results = _race(6, attempt)
+    results = race(6, attempt)
     wins = [r for r in results if isinstance(r, ApprovalRequest)]
     losses = [r for r in results if isinstance(r, ApprovalNotPending)]
     assert len(wins) == 1, results
@@ -338,7 +317,7 @@ def test_decision_racing_the_expiry_sweep_settles_once(make_approval, decided_ha
             return approvals_expire_due(now=later)
         return decide(approval, requester)
 
-    _race(4, attempt)
+    race(4, attempt)
     approval.refresh_from_db()
     assert approval.status in {"approved", "expired"}
     assert ToolInvocation.objects.get(pk=approval.invocation_id).attempts == 1
