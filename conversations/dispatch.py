@@ -115,8 +115,10 @@ async def _drain(run_id: int) -> None:
 
 def recovery_timer_ensure() -> None:
     """Start the in-process timers on the running loop (once per loop): stuck-run
-    recovery and approval expiry, which Celery beat runs otherwise."""
+    recovery and approval expiry, which Celery beat runs otherwise. With Celery,
+    warm the broker connection instead (``broker_warm``, once per process)."""
     if settings.TOLLGATE_DISPATCHER == "celery":
+        _broker_warm()
         return
     from approvals.dispatch import expiry_loop
 
@@ -137,6 +139,32 @@ def recovery_timer_ensure() -> None:
 
 
 _preloading: threading.Thread | None = None
+_warming: threading.Thread | None = None
+
+
+def _broker_warm() -> None:
+    global _warming
+    if _warming is None:
+        _warming = threading.Thread(target=broker_warm, name="broker-warm", daemon=True)
+        _warming.start()
+
+
+def broker_warm() -> None:
+    """Connect this process's Celery producer and declare the run-step queue.
+
+    The first ``run_step.delay`` of a web process otherwise pays for it (kombu's
+    Redis transport imported, the connection made, the queue declared: ~60 ms
+    of the first reply after a start). Called in a thread when the first page
+    connects; a broker that is down is logged, and the first send reports it.
+    """
+    from conversations.tasks import run_step
+
+    app = run_step.app
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.maybe_declare(app.amqp.queues[app.conf.task_default_queue])
+    except Exception:
+        logger.warning("could not connect to the Celery broker in advance", exc_info=True)
 
 
 def _gateway_preload() -> None:

@@ -241,7 +241,8 @@ def gateway_preload() -> None:
     litellm with the demo provider registered, its MCP gateway (imported by a
     first call with tools), Tollgate's MCP client, and the OpenAI SDK's chat
     resources, which a client imports on its first call (~1 s of the worker's
-    GIL, py-spy).
+    GIL, py-spy), and litellm's default tokenizer, which the first context fit
+    loads.
 
     Call once per process, early (the worker at start, the embedded web process
     in a background thread); makes no network call.
@@ -253,6 +254,7 @@ def gateway_preload() -> None:
     # thread while Tollgate's own MCP client (``tools.mcp``) was being imported
     # by another, they met mid-import and the call failed ("partially
     # initialized module 'httpx2'"). All import here, in one thread, first.
+    import litellm
     import openai
 
     from conversations.demo import demo_register
@@ -264,6 +266,9 @@ def gateway_preload() -> None:
     demo_register()
     client = openai.AsyncOpenAI(api_key="preload", base_url="http://127.0.0.1:9/v1")
     _ = client.chat.completions  # a cached property: the import happens here
+    # A step's context fit counts tokens with litellm's default tokenizer, which
+    # its first count loads (tiktoken's cl100k_base, 0.1-0.3 s here): load it now.
+    litellm.token_counter(messages=[{"role": "user", "content": "preload"}])
 
 
 #: ``ChatCompletionChunk`` (any OpenAI-compatible server: ``openai/<model>`` + ``api_base``).

@@ -342,6 +342,49 @@ def test_preload_imports_what_a_first_call_would():
     assert done.stdout.split() == ["True", "True"]
 
 
+def test_the_first_context_fit_after_preload_loads_no_tokenizer():
+    """In a fresh process: the first token count loads tiktoken's encoding
+    (0.1-0.3 s of a worker's first reply); gateway_preload loads it instead."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, django\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
+        "django.setup()\n"
+        "import tiktoken.load\n"
+        "loads = []\n"
+        "original = tiktoken.load.load_tiktoken_bpe\n"
+        "def counted(*args, **kwargs):\n"
+        "    loads.append(args[0] if args else kwargs)\n"
+        "    return original(*args, **kwargs)\n"
+        "tiktoken.load.load_tiktoken_bpe = counted\n"
+        "from conversations.gateway import gateway_preload\n"
+        "from conversations.context import token_count\n"
+        "if os.environ.get('PRELOAD'):\n"
+        "    gateway_preload()\n"
+        "before = len(loads)\n"
+        "token_count(model='openai/bench', message={'role': 'user', 'content': 'hello'})\n"
+        "print(before, len(loads) - before)\n"
+    )
+
+    def loads(**extra: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, **extra},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    assert loads() == ["0", "1"]  # without the preload, the count loads it
+    assert loads(PRELOAD="1") == ["1", "0"]
+
+
 def test_a_first_call_with_tools_imports_no_package_after_preload(llmock):
     """In a fresh process: litellm's first call with tools imports its MCP gateway
     (FastAPI, mcp, httpx2…), and a failed one FastAPI's exceptions. After

@@ -135,3 +135,51 @@ def test_recovery_hands_a_dead_workers_run_to_a_live_worker(celery_worker_proces
     [answer] = Message.objects.filter(run=run)
     assert answer.status == Message.Status.COMPLETE
     assert answer.content != "cut"
+
+
+def test_a_warmed_web_process_sends_its_first_step_without_declaring_the_queue():
+    """In a fresh process: the first ``run_step.delay`` connects to the broker and
+    declares the queue (~60 ms of the first reply); ``broker_warm``, which the
+    first page's connect starts, does that before. A broker of its own (a
+    separate Redis database) receives the one task each process sends."""
+    import redis
+
+    broker = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1").rsplit("/", 1)[0] + "/14"
+    code = (
+        "import os, django\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
+        "django.setup()\n"
+        "from kombu import Queue\n"
+        "declared = []\n"
+        "original = Queue.declare\n"
+        "def counted(self, *args, **kwargs):\n"
+        "    declared.append(self.name)\n"
+        "    return original(self, *args, **kwargs)\n"
+        "Queue.declare = counted\n"
+        "from conversations import dispatch\n"
+        "from conversations.tasks import run_step\n"
+        "if os.environ.get('WARM'):\n"
+        "    dispatch.broker_warm()\n"
+        "before = len(declared)\n"
+        "run_step.delay(0)\n"
+        "print(before, len(declared) - before)\n"
+    )
+
+    def declares(**extra: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "CELERY_BROKER_URL": broker, **extra},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    try:
+        assert declares() == ["0", "1"]  # the first send declares the queue
+        assert declares(WARM="1") == ["1", "0"]
+        assert redis.Redis.from_url(broker).llen("celery") == 2  # both steps were sent
+    finally:
+        redis.Redis.from_url(broker).flushdb()
