@@ -233,6 +233,9 @@ _FIRST_CALL_IMPORTS = (
     "litellm.responses.mcp.chat_completions_handler",
     "litellm.responses.mcp.litellm_proxy_mcp_handler",
     "tools.mcp.connection",
+    # What the asynchronous path adds to a synchronous call's (gateway_preload).
+    "anyio._backends._asyncio",
+    "litellm._service_logger",
 )
 
 
@@ -241,8 +244,8 @@ def gateway_preload() -> None:
     litellm with the demo provider registered, its MCP gateway (imported by a
     first call with tools), Tollgate's MCP client, and the OpenAI SDK's chat
     resources, which a client imports on its first call (~1 s of the worker's
-    GIL, py-spy), and litellm's default tokenizer, which the first context fit
-    loads.
+    GIL, py-spy), litellm's default tokenizer, which the first context fit
+    loads, and litellm's call path, walked by one call it answers itself.
 
     Call once per process, early (the worker at start, the embedded web process
     in a background thread); makes no network call.
@@ -269,6 +272,16 @@ def gateway_preload() -> None:
     # A step's context fit counts tokens with litellm's default tokenizer, which
     # its first count loads (tiktoken's cl100k_base, 0.1-0.3 s here): load it now.
     litellm.token_counter(messages=[{"role": "user", "content": "preload"}])
+    # litellm's first completion builds its call path (provider configuration,
+    # logging, the stream wrapper): ~150 ms of a worker's first reply. A call that
+    # litellm answers itself (``mock_response``) walks it with no network call.
+    for _chunk in litellm.completion(
+        model="openai/preload",
+        messages=[{"role": "user", "content": "preload"}],
+        mock_response="preload",
+        stream=True,
+    ):
+        pass
 
 
 #: ``ChatCompletionChunk`` (any OpenAI-compatible server: ``openai/<model>`` + ``api_base``).

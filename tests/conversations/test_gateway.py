@@ -342,6 +342,50 @@ def test_preload_imports_what_a_first_call_would():
     assert done.stdout.split() == ["True", "True"]
 
 
+def test_a_first_plain_call_after_preload_imports_nothing(llmock):
+    """In a fresh process: litellm's first completion imports its call path
+    (~150 ms of a worker's first reply); after gateway_preload, which walks it
+    with a call litellm answers itself, the first real call imports nothing."""
+    import os
+    import subprocess
+    import sys
+
+    llmock.reply("Hello there")
+    code = (
+        "import asyncio, os, sys, django\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
+        "django.setup()\n"
+        "from conversations.gateway import gateway_preload\n"
+        "if os.environ.get('PRELOAD'):\n"
+        "    gateway_preload()\n"
+        "import litellm\n"
+        "before = set(sys.modules)\n"
+        "async def call():\n"
+        "    response = await litellm.acompletion(model='openai/x', api_key='k',\n"
+        "        api_base=os.environ['LLMOCK_BASE'], stream=True, max_retries=0,\n"
+        "        num_retries=0, messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "    async for chunk in response:\n"
+        "        pass\n"
+        "asyncio.run(call())\n"
+        "print(len(set(sys.modules) - before))\n"
+    )
+
+    def imported(**extra: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "LLMOCK_BASE": llmock.base_url("openai"), **extra},
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(done.stdout.split()[-1])
+
+    assert imported() > 0  # without the preload, the first call imports its path
+    assert imported(PRELOAD="1") == 0
+
+
 def test_the_first_context_fit_after_preload_loads_no_tokenizer():
     """In a fresh process: the first token count loads tiktoken's encoding
     (0.1-0.3 s of a worker's first reply); gateway_preload loads it instead."""
