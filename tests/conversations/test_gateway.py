@@ -7,6 +7,7 @@ import pytest
 
 from conversations.gateway import GatewayError, stream_chat
 from conversations.models import ModelConfig
+from tests.fresh import fresh_process
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
@@ -321,13 +322,8 @@ def test_preload_imports_what_a_first_call_would():
     """In a fresh process: after gateway_preload the demo provider is registered and
     the OpenAI SDK's chat resources (imported lazily by a client's first call, ~1 s
     of a worker's GIL) are loaded, so a worker's first reply does not wait for them."""
-    import subprocess
-    import sys
-
     code = (
-        "import os, sys, django\n"
-        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
-        "django.setup()\n"
+        "import sys\n"
         "assert 'openai.resources.chat' not in sys.modules\n"
         "from conversations.gateway import gateway_preload\n"
         "gateway_preload()\n"
@@ -335,26 +331,16 @@ def test_preload_imports_what_a_first_call_would():
         "print('openai.resources.chat' in sys.modules,\n"
         "      any(p['provider'] == 'demo' for p in litellm.custom_provider_map))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True", "True"]
+    assert fresh_process(code).split() == ["True", "True"]
 
 
 def test_a_first_plain_call_after_preload_imports_nothing(llmock):
     """In a fresh process: litellm's first completion imports its call path
     (~150 ms of a worker's first reply); after gateway_preload, which walks it
     with a call litellm answers itself, the first real call imports nothing."""
-    import os
-    import subprocess
-    import sys
-
     llmock.reply("Hello there")
     code = (
-        "import asyncio, os, sys, django\n"
-        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
-        "django.setup()\n"
+        "import asyncio, sys\n"
         "from conversations.gateway import gateway_preload\n"
         "if os.environ.get('PRELOAD'):\n"
         "    gateway_preload()\n"
@@ -371,16 +357,7 @@ def test_a_first_plain_call_after_preload_imports_nothing(llmock):
     )
 
     def imported(**extra: str) -> int:
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={**os.environ, "LLMOCK_BASE": llmock.base_url("openai"), **extra},
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return int(done.stdout.split()[-1])
+        return int(fresh_process(code, LLMOCK_BASE=llmock.base_url("openai"), **extra).split()[-1])
 
     assert imported() > 0  # without the preload, the first call imports its path
     assert imported(PRELOAD="1") == 0
@@ -389,14 +366,7 @@ def test_a_first_plain_call_after_preload_imports_nothing(llmock):
 def test_the_first_context_fit_after_preload_loads_no_tokenizer():
     """In a fresh process: the first token count loads tiktoken's encoding
     (0.1-0.3 s of a worker's first reply); gateway_preload loads it instead."""
-    import os
-    import subprocess
-    import sys
-
     code = (
-        "import os, django\n"
-        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
-        "django.setup()\n"
         "import tiktoken.load\n"
         "loads = []\n"
         "original = tiktoken.load.load_tiktoken_bpe\n"
@@ -413,20 +383,8 @@ def test_the_first_context_fit_after_preload_loads_no_tokenizer():
         "print(before, len(loads) - before)\n"
     )
 
-    def loads(**extra: str) -> list[str]:
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={**os.environ, **extra},
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout.split()
-
-    assert loads() == ["0", "1"]  # without the preload, the count loads it
-    assert loads(PRELOAD="1") == ["1", "0"]
+    assert fresh_process(code).split() == ["0", "1"]  # without the preload, the count loads it
+    assert fresh_process(code, PRELOAD="1").split() == ["1", "0"]
 
 
 def test_a_first_call_with_tools_imports_no_package_after_preload(llmock):
@@ -435,15 +393,9 @@ def test_a_first_call_with_tools_imports_no_package_after_preload(llmock):
     gateway_preload neither imports those, so a run step never imports them while
     another thread (an MCP check) imports the same packages: that failed a
     worker's first reply with "partially initialized module 'httpx2'"."""
-    import os
-    import subprocess
-    import sys
-
     llmock.reply("Hello there")
     code = (
-        "import asyncio, os, sys, django\n"
-        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
-        "django.setup()\n"
+        "import asyncio, sys\n"
         "from conversations.gateway import gateway_preload\n"
         "gateway_preload()\n"
         "import litellm\n"
@@ -464,17 +416,9 @@ def test_a_first_call_with_tools_imports_no_package_after_preload(llmock):
         "asyncio.run(call('http://127.0.0.1:9/v1'))\n"
         "print('new', *sorted({m.split('.')[0] for m in set(sys.modules) - before}))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "LLMOCK_BASE": llmock.base_url("openai")},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
-    assert "answered" in lines, done.stdout
+    stdout = fresh_process(code, LLMOCK_BASE=llmock.base_url("openai"))
+    lines = dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
+    assert "answered" in lines, stdout
     assert "connect" in lines["failed"].lower(), lines  # port 9 refuses: the call went out
     new = set(lines.get("new", "").split())
     assert not new & {"mcp", "httpx2", "fastapi", "starlette", "uvicorn"}, new

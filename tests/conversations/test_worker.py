@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from conversations import services
 from conversations.models import Message, Run
+from tests.fresh import fresh_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -146,9 +147,7 @@ def test_a_warmed_web_process_sends_its_first_step_without_declaring_the_queue()
 
     broker = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1").rsplit("/", 1)[0] + "/14"
     code = (
-        "import os, django\n"
-        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings')\n"
-        "django.setup()\n"
+        "import os\n"
         "from kombu import Queue\n"
         "declared = []\n"
         "original = Queue.declare\n"
@@ -166,16 +165,7 @@ def test_a_warmed_web_process_sends_its_first_step_without_declaring_the_queue()
     )
 
     def declares(**extra: str) -> list[str]:
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={**os.environ, "CELERY_BROKER_URL": broker, **extra},
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout.split()
+        return fresh_process(code, CELERY_BROKER_URL=broker, **extra).split()
 
     try:
         assert declares() == ["0", "1"]  # the first send declares the queue
