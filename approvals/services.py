@@ -207,17 +207,14 @@ def audit_deferred() -> Iterator[None]:
     try:
         yield
     except Exception:
-        _deferred.reset(token)
         if pending and not connection.needs_rollback:
             try:
                 _append(pending)
             except DatabaseError:  # the transaction is aborted: it rolls back anyway
                 logger.debug("deferred audit events not appended", exc_info=True)
         raise
-    except BaseException:
+    finally:
         _deferred.reset(token)
-        raise
-    _deferred.reset(token)
     if pending:
         _append(pending)
 
@@ -230,15 +227,11 @@ def _append(events: list[dict[str, Any]]) -> list[AuditEvent]:
         if connection.vendor == "postgresql":
             return pgsql.run(_append_steps(len(events), lambda: events))
         head = _chain_head_locked()
-        sequence, prev_hash = head.last_sequence, head.last_hash
-        saved = []
-        for fields in events:
-            sequence += 1
-            event = _audit_event(fields, sequence, prev_hash)
+        saved = _chained(events, head.last_sequence, head.last_hash)
+        for event in saved:
             event.save()
-            prev_hash = event.hash
-            saved.append(event)
-        AuditChainHead.objects.filter(pk=1).update(last_sequence=sequence, last_hash=prev_hash)
+        last = saved[-1]
+        AuditChainHead.objects.filter(pk=1).update(last_sequence=last.sequence, last_hash=last.hash)
     return saved
 
 
@@ -255,6 +248,18 @@ def _audit_fields(
         "data": json_safe(data or {}),
         "ip": _normalise_ip(ip),
     }
+
+
+def _chained(events: list[dict[str, Any]], sequence: int, prev_hash: str) -> list[AuditEvent]:
+    """Unsaved events for ``events`` (``_audit_fields`` dicts, in order), each linked
+    to the one before, the first after the chain's ``sequence`` and ``prev_hash``."""
+    chained = []
+    for fields in events:
+        sequence += 1
+        event = _audit_event(fields, sequence, prev_hash)
+        prev_hash = event.hash
+        chained.append(event)
+    return chained
 
 
 def _audit_event(fields: dict[str, Any], sequence: int, prev_hash: str) -> AuditEvent:
@@ -324,19 +329,15 @@ def _append_steps(
     else:  # no head row yet (the first event ever, or after a test flush)
         head = _chain_head_locked()
         sequence, prev_hash = head.last_sequence, head.last_hash
-    events = []
-    for each in fields():
-        sequence += 1
-        event = _audit_event(each, sequence, prev_hash)
-        prev_hash = event.hash
-        events.append(event)
+    events = _chained(fields(), sequence, prev_hash)
     statements = []
     for event in events:
         params = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
         params["data"] = Jsonb(params["data"])
         statements.append((_EVENT_INSERT, params))
+    last = events[-1]
     *inserted, _ = yield pgsql.Last(
-        [*statements, (_CHAIN_MOVE, {"sequence": sequence, "hash": prev_hash})]
+        [*statements, (_CHAIN_MOVE, {"sequence": last.sequence, "hash": last.hash})]
     )
     for event, rows in zip(events, inserted, strict=True):
         event.pk = rows[0][0]
