@@ -446,11 +446,12 @@ class _ToolTurn:
 def _tool_turn_begin(run: Run) -> _ToolTurn:
     """The run's tool turn (``_ToolTurn``), in the claim's transaction (run locked)."""
     from conversations.toolphase import turn_claim_approved
+    from tools.selectors import invocation_ids_interrupted
 
     assistant = _latest_tool_message.func(run)
     if assistant is None:
         return _ToolTurn(message_id=None, interrupted=[], approved=None)
-    interrupted = _interrupted_in_turn(assistant.pk)
+    interrupted = invocation_ids_interrupted(message_id=assistant.pk)
     if interrupted:
         return _ToolTurn(message_id=assistant.pk, interrupted=interrupted, approved=None)
     approved = turn_claim_approved(run=run, message_id=assistant.pk)
@@ -942,12 +943,6 @@ async def _step_execute_tools(run: Run, worker: str, turn: _ToolTurn) -> None:
     if ids:
         await invocations_execute(invocation_ids=ids)
     await _tool_turn_after_execute(run.pk, worker, turn.message_id)
-
-
-def _interrupted_in_turn(message_id: int) -> list[int]:
-    from tools.selectors import invocation_ids_interrupted
-
-    return invocation_ids_interrupted(message_id=message_id)
 
 
 @_db

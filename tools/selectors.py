@@ -15,15 +15,20 @@ from tools.models import Tool, ToolInvocation
 from tools.registry import ToolSpec, registry
 
 
-def _enabled_tool_names(*, user_id: int, active: bool = False) -> set[str]:
-    # One query: enabled, available rows with no group or a group the user is in
-    # (``active``: and only if the user is active, checked in the same query).
+def _usable_specs(*, user_id: int, active: bool = False) -> list[ToolSpec]:
+    """The registered tools whose ``Tool`` row is enabled, available, and has no
+    group or a group the user is in: one query, plus one for MCP servers
+    (``active``: and only if the user is active, checked in the same query)."""
+    from tools.mcp.bridge import mcp_registry_ensure
+
+    mcp_registry_ensure()
     rows = Tool.objects.filter(enabled=True, unavailable_reason="").filter(
         Q(groups__isnull=True) | Q(groups__user__id=user_id)
     )
     if active:
         rows = rows.filter(Exists(get_user_model().objects.filter(pk=user_id, is_active=True)))
-    return set(rows.values_list("name", flat=True).distinct())
+    names = set(rows.values_list("name", flat=True).distinct())
+    return [spec for spec in registry.all() if spec.name in names]
 
 
 def tools_for_user(*, user: Any) -> list[ToolSpec]:
@@ -36,11 +41,7 @@ def tools_for_user(*, user: Any) -> list[ToolSpec]:
     """
     if not getattr(user, "is_authenticated", False) or not user.is_active:
         return []
-    from tools.mcp.bridge import mcp_registry_ensure
-
-    mcp_registry_ensure()
-    names = _enabled_tool_names(user_id=user.pk)
-    return [spec for spec in registry.all() if spec.name in names]
+    return _usable_specs(user_id=user.pk)
 
 
 #: Seconds this process reuses a user's list of tools offered to the model.
@@ -99,11 +100,7 @@ def tool_get_for_user(*, user: Any, name: str) -> ToolSpec | None:
 def tool_names_for_user_id(*, user_id: int) -> set[str]:
     """Names of the tools user ``user_id`` may use (same rules as ``tools_for_user``;
     an inactive or unknown user may use none). One query, plus one for MCP servers."""
-    from tools.mcp.bridge import mcp_registry_ensure
-
-    mcp_registry_ensure()
-    names = _enabled_tool_names(user_id=user_id, active=True)
-    return {spec.name for spec in registry.all() if spec.name in names}
+    return {spec.name for spec in _usable_specs(user_id=user_id, active=True)}
 
 
 def invocation_tool_message(*, invocation: ToolInvocation) -> dict[str, str]:
