@@ -226,7 +226,6 @@ def cost_for(*, config: ModelConfig, prompt_tokens: int, completion_tokens: int)
     return Decimal(str(prompt_cost)) + Decimal(str(completion_cost))
 
 
-#: litellm providers whose stream is the OpenAI SDK's own ``AsyncStream`` of
 #: Modules a first model call imports, or Tollgate's MCP client beside it (see
 #: ``gateway_preload``).
 _FIRST_CALL_IMPORTS = (
@@ -284,6 +283,7 @@ def gateway_preload() -> None:
         pass
 
 
+#: litellm providers whose stream is the OpenAI SDK's own ``AsyncStream`` of
 #: ``ChatCompletionChunk`` (any OpenAI-compatible server: ``openai/<model>`` + ``api_base``).
 _OPENAI_WIRE = frozenset({"openai"})
 
