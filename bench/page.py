@@ -13,8 +13,6 @@ the template, Markdown included) and the query count
 from __future__ import annotations
 
 import argparse
-import html
-import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BenchEnv, Result, bench_stack, fmt, p50, percentile, table
+from tests.pages import button_url
 
 ANSWER = (
     "Here is a **short** answer with a list:\n\n- one item with `code`\n- another item\n\n"
@@ -97,9 +96,9 @@ def measure(env: BenchEnv, *, quick: bool = False, requests: int = 20) -> Result
         )
     # The page draws the last TOLLGATE_TIMELINE_PAGE exchanges; its "Earlier
     # messages" button loads the ones before, a page at a time.
-    earlier = re.search(rb'hx-get="([^"]+)"[^>]*>Earlier messages<', content)
+    earlier = button_url(content.decode(), "Earlier messages")
     if earlier is not None:
-        times, count, more = timed(html.unescape(earlier.group(1).decode()))
+        times, count, more = timed(earlier)
         figures[f"{large} messages: one 'Earlier messages' page"] = (times, count, len(more))
     base = p50(figures["10 messages (baseline)"][0])
     counts = [count for _, count, _ in list(figures.values())[:2]]  # 10 and the long one

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from html import unescape
 
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 
 from conversations.models import Conversation, Message, Run
+from tests.pages import button_url
 
 pytestmark = pytest.mark.django_db
 
@@ -35,12 +35,6 @@ SIDEBAR_ITEM = re.compile(r'<li id="conversation-(\d+)" class="conversation-item
 
 def _sidebar_ids(html: str) -> list[int]:
     return [int(pk) for pk in SIDEBAR_ITEM.findall(html)]
-
-
-def _button_url(html: str, label: str) -> str | None:
-    """The ``hx-get`` URL of the button labelled ``label``, if the page has one."""
-    found = re.search(r'hx-get="([^"]+)"[^>]*>' + re.escape(label) + "<", html)
-    return unescape(found.group(1)) if found else None
 
 
 def test_sidebar_pages_through_conversations_newest_first(
@@ -68,7 +62,7 @@ def test_sidebar_pages_through_conversations_newest_first(
     assert len(expected) == 8
 
     body = user_client.get(reverse("home")).content.decode()
-    seen, url = _sidebar_ids(body), _button_url(body, "More conversations")
+    seen, url = _sidebar_ids(body), button_url(body, "More conversations")
     assert len(seen) == 3 and url is not None
     while url is not None:
         with django_assert_max_num_queries(3):  # the session, the user, the page
@@ -76,7 +70,7 @@ def test_sidebar_pages_through_conversations_newest_first(
         assert response.status_code == 200
         page = response.content.decode()
         seen += _sidebar_ids(page)
-        url = _button_url(page, "More conversations")
+        url = button_url(page, "More conversations")
     assert seen == expected  # each once, in order; nobody else's, no archived one
     assert "Secret plans" not in body
 
@@ -261,14 +255,14 @@ def test_page_draws_the_last_exchanges_and_loads_earlier_ones(
     # The last five exchanges, oldest first, each with its answer.
     assert [int(i) for i in QUESTION.findall(body)] == [7, 8, 9, 10, 11]
     assert body.count("Answer <strong>") == 5
-    seen, url = QUESTION.findall(body), _button_url(body, "Earlier messages")
+    seen, url = QUESTION.findall(body), button_url(body, "Earlier messages")
     while url is not None:
         with django_assert_num_queries(7):  # session, user, conversation, four for the page
             page = user_client.get(url)
         assert page.status_code == 200
         html = page.content.decode()
         seen = QUESTION.findall(html) + seen
-        url = _button_url(html, "Earlier messages")
+        url = button_url(html, "Earlier messages")
     assert [int(i) for i in seen] == list(range(12))  # each once, in order
 
 
