@@ -36,7 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.topology import Stack, free_port, fresh_database, wait_for_http  # noqa: E402
+from tests.topology import (  # noqa: E402
+    Stack,
+    die_with_parent,
+    free_port,
+    fresh_database,
+    wait_for_http,
+)
 
 LOGS = ROOT / "test-artifacts" / "bench"
 KEY_ENV = "TOLLGATE_BENCH_LLM_KEY"
@@ -125,6 +131,7 @@ class Provider:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent(os.getpid()),
             )
         wait_for_http(self.root + "/health", timeout=60)
 

@@ -6,11 +6,17 @@ a PostgreSQL database and a Redis database given by URL, writes each
 process's output to ``<logs>/<name>.log`` and stops every process it started
 (by process group). ``fresh_database`` creates a database for a stack and
 drops it afterwards.
+
+Every process started here dies with the process that started it
+(``die_with_parent``): a benchmark or test run that is killed, even with
+SIGKILL, leaves no daphne, worker, beat or provider holding ports and
+database connections.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -18,12 +24,38 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOGS = ROOT / "test-artifacts" / "e2e"
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets SIGTERM when
+    the thread that started it exits, however it exits (Linux
+    ``prctl(PR_SET_PDEATHSIG)``, see prctl(2); kept across ``exec``).
+
+    ``parent_pid``: the starting process's pid (``os.getpid()``), to catch a
+    parent that died before the ``prctl`` took effect. Elsewhere than Linux,
+    nothing is set. Raises ``OSError`` in the child (Popen re-raises it) if
+    the ``prctl`` fails.
+    """
+
+    def preexec() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent_pid:  # the parent is already gone
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -141,6 +173,7 @@ class Stack:
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()),
         )
         handle.close()
         self.processes[name] = process
