@@ -407,9 +407,15 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float) -> Result:
             "frame-gap target alone says nothing about concurrency.",
             f"What the machine leaves for Tollgate at {top} streams: {cores} cores x "
             f"({TOKENS * 0.02:.1f} s + 0.25 s) less the {others_cpu:.1f} CPU s llmock and the "
-            f"clients used at that level = {headroom_ms:.1f} ms of CPU per stream for the web "
-            f"and the worker together, which used {tollgate_cpu / top * 1000:.1f} ms per "
-            f"stream; the OpenAI SDK alone needs {sdk_ms:.1f} ms to read one reply (CPU table).",
+            f"clients used at that level = "
+            + (
+                f"{headroom_ms:.1f} ms of CPU per stream"
+                if headroom_ms > 0
+                else "nothing (they alone used more than the cores give in that time)"
+            )
+            + " for the web and the worker together, which used "
+            f"{tollgate_cpu / top * 1000:.1f} ms per stream; the OpenAI SDK alone needs "
+            f"{sdk_ms:.1f} ms to read one reply (CPU table).",
             *(["Errors: " + "; ".join(errors_seen)] if errors_seen else []),
         ],
         checks=checks,
