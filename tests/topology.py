@@ -46,11 +46,14 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
     the ``prctl`` fails.
     """
 
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    # Looked up here, in the parent: between fork and exec the child calls only
+    # the function (the dynamic loader's lock may be held by another thread).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
     def preexec() -> None:
-        if not sys.platform.startswith("linux"):
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != parent_pid:  # the parent is already gone
             os.kill(os.getpid(), signal.SIGTERM)
