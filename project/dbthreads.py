@@ -51,7 +51,7 @@ def db_pool(executor: ThreadPoolExecutor) -> Iterator[None]:
         _pool.reset(token)
 
 
-_named: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+_named: dict[str, tuple[int, ThreadPoolExecutor, int]] = {}
 _named_lock = threading.Lock()
 
 
@@ -63,8 +63,37 @@ def named_pool(name: str, size: int) -> ThreadPoolExecutor | None:
     with _named_lock:
         entry = _named.get(name)
         if entry is None or entry[0] != os.getpid():
-            entry = _named[name] = (os.getpid(), ThreadPoolExecutor(size, thread_name_prefix=name))
+            executor = ThreadPoolExecutor(size, thread_name_prefix=name)
+            entry = _named[name] = (os.getpid(), executor, size)
         return entry[1]
+
+
+def threads_close_connections(executor: ThreadPoolExecutor, threads: int) -> None:
+    """Close the database connections of each of ``executor``'s ``threads`` threads.
+
+    Django's connections belong to the thread that opened them; only that
+    thread can close them. One task per thread (a barrier keeps each thread
+    to one), each closing its own. Waits up to 15 seconds; raises
+    ``threading.BrokenBarrierError`` or ``TimeoutError`` when a thread stays
+    busy that long. For a process's (or a test session's) end: PostgreSQL
+    will not drop a database while a connection to it is open.
+    """
+    barrier = threading.Barrier(threads, timeout=10)
+
+    def close() -> None:
+        barrier.wait()
+        connections.close_all()
+
+    for future in [executor.submit(close) for _ in range(threads)]:
+        future.result(timeout=15)
+
+
+def named_pools_close_connections() -> None:
+    """Close the connections of every :func:`named_pool` thread of this process."""
+    with _named_lock:
+        pools = [(executor, size) for pid, executor, size in _named.values() if pid == os.getpid()]
+    for executor, size in pools:
+        threads_close_connections(executor, size)
 
 
 async def db_call(pool: ThreadPoolExecutor, fn: Callable[..., R], /, **kwargs: Any) -> R:

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +120,11 @@ def _render_executor() -> ThreadPoolExecutor:
 
 def pushes_close_connections() -> None:
     """Close the render threads' database connections (process or test shutdown)."""
+    from project.dbthreads import threads_close_connections  # (dbthreads imports this module)
+
     if _executor is None or _executor[0] != os.getpid():
         return
-    barrier = threading.Barrier(RENDER_THREADS, timeout=10)
-
-    def close() -> None:
-        barrier.wait()  # one task per thread: each closes its own connection
-        connections.close_all()
-
-    for future in [_executor[1].submit(close) for _ in range(RENDER_THREADS)]:
-        future.result(timeout=15)
+    threads_close_connections(_executor[1], RENDER_THREADS)
 
 
 class Outbox:
