@@ -139,6 +139,11 @@ class Budget(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Not a field: the group's name (or None), set on the budgets read with
+    # their group joined (``budgets_applicable``, ``budgets_pg``). Absent on
+    # others, so read it with ``getattr(budget, "group_name", None)``.
+    group_name: str | None
+
     class Meta:
         ordering = ("id",)
         constraints: ClassVar = [

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import TypedDict
 
 from django.contrib.auth.models import Group
 from django.db import connection
@@ -329,6 +330,25 @@ def usage_records_for(*, user: User | int) -> QuerySet[UsageRecord]:
     return UsageRecord.objects.filter(user_id=_user_id(user))
 
 
+class ModelUsage(TypedDict):
+    """One ``UsageSummary.per_model`` row: a model's spend in the period."""
+
+    model: str
+    cost: Decimal | None
+    prompt: int | None
+    completion: int | None
+    calls: int
+    tokens: int
+
+
+class DayUsage(TypedDict):
+    """One ``UsageSummary.per_day`` row: a day's spend (zero without use)."""
+
+    day: date
+    cost: Decimal
+    tokens: int
+
+
 @dataclass(frozen=True)
 class UsageSummary:
     """Spend of one user in one period: totals, per model, per day (UTC)."""
@@ -339,8 +359,8 @@ class UsageSummary:
     total_usd: Decimal
     total_tokens: int
     calls: int
-    per_model: list[dict]
-    per_day: list[dict]
+    per_model: list[ModelUsage]
+    per_day: list[DayUsage]
 
 
 def usage_summary(*, user: User | int, period: str, now: datetime | None = None) -> UsageSummary:
@@ -357,7 +377,7 @@ def usage_summary(*, user: User | int, period: str, now: datetime | None = None)
     now = now or timezone.now()
     start, resets = period_bounds(period, now=now)
     qs = usage_records_for(user=user).filter(created_at__gte=start, created_at__lte=now)
-    per_model = list(
+    by_model = (
         qs.order_by()
         .values("model")
         .annotate(
@@ -368,8 +388,17 @@ def usage_summary(*, user: User | int, period: str, now: datetime | None = None)
         )
         .order_by("-cost", "model")
     )
-    for row in per_model:
-        row["tokens"] = (row["prompt"] or 0) + (row["completion"] or 0)
+    per_model = [
+        ModelUsage(
+            model=row["model"],
+            cost=row["cost"],
+            prompt=row["prompt"],
+            completion=row["completion"],
+            calls=row["calls"],
+            tokens=(row["prompt"] or 0) + (row["completion"] or 0),
+        )
+        for row in by_model
+    ]
     by_day = {
         row["day"]: row
         for row in qs.order_by()
@@ -379,7 +408,7 @@ def usage_summary(*, user: User | int, period: str, now: datetime | None = None)
             cost=Sum("cost_usd"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
         )
     }
-    per_day = []
+    per_day: list[DayUsage] = []
     day = start.date()
     while day <= now.date():
         row = by_day.get(day)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 
 from accounts.charts import bar_chart, column_chart
 from accounts.selectors import budget_statuses, budget_warnings_recent, usage_summary
+from project.http import AuthenticatedHttpRequest
 
 PERIODS = {"daily": "Today", "weekly": "This week", "monthly": "This month"}
 
 
 @login_required
-def usage(request: HttpRequest) -> HttpResponse:
+def usage(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Spend this period per model and per day (SVG), budgets left, warnings.
 
     ``?period=daily|weekly|monthly`` (default monthly; anything else falls back
@@ -27,7 +30,8 @@ def usage(request: HttpRequest) -> HttpResponse:
         [(d["day"].strftime("%d %b"), d["cost"]) for d in summary.per_day],
         label_every=1 if len(summary.per_day) <= 10 else 5,
     )
-    per_model = bar_chart([(m["model"], m["cost"] or 0) for m in summary.per_model])
+    # Decimal(0), not the int 0: bar_chart takes Decimal rows (a zero renders the same).
+    per_model = bar_chart([(m["model"], m["cost"] or Decimal(0)) for m in summary.per_model])
     return render(
         request,
         "accounts/usage.html",

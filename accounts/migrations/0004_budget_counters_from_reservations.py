@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django.db import migrations
@@ -15,7 +16,7 @@ def build_counters(apps, schema_editor):
     defaults = set(
         Budget.objects.filter(user__isnull=True, group__isnull=True).values_list("id", flat=True)
     )
-    totals: dict[tuple[int, int, object], dict[str, object]] = {}
+    totals: dict[tuple[int, int, datetime], dict[str, Decimal | int]] = {}
     rows = (
         BudgetReservation.objects.filter(status__in=["held", "settled"])
         .order_by()

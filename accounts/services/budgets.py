@@ -30,8 +30,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
+from django.contrib.auth.models import Group
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -104,13 +105,15 @@ def format_usd(amount: Decimal) -> str:
 
 def _limit_label(budget: Budget, kind: str) -> str:
     if kind == "cost":
-        return f"{budget.period} budget of {format_usd(budget.cost_limit_usd)}"
+        # Not None: callers only label a cost limit that is set.
+        return f"{budget.period} budget of {format_usd(cast(Decimal, budget.cost_limit_usd))}"
     return f"{budget.period} budget of {budget.token_limit:,} tokens"
 
 
 def _owner_label(budget: Budget) -> str:
     if budget.group_id:
-        name = getattr(budget, "group_name", None) or budget.group.name
+        # group_id is set, so the (non-null, CASCADE) foreign key loads a Group.
+        name = getattr(budget, "group_name", None) or cast(Group, budget.group).name
         return f"the group {name}'s"
     return "your"
 
@@ -203,11 +206,13 @@ def _refusal(
     budget: Budget, kind: str, used: Decimal | int, need: Decimal | int, *, now: datetime
 ) -> BudgetExceeded:
     resets_at = period_bounds(budget.period, now=now)[1]
-    limit = budget.cost_limit_usd if kind == "cost" else budget.token_limit
+    # Not None: the caller (``_reserve_locked``) only refuses against a set limit.
+    limit = cast("Decimal | int", budget.cost_limit_usd if kind == "cost" else budget.token_limit)
     message = f"{_limit_label(budget, kind)} reached"
     if used < limit:
-        used_s = format_usd(used) if kind == "cost" else f"{used:,} tokens"
-        need_s = format_usd(need) if kind == "cost" else f"{need:,} tokens"
+        # A cost refusal passes USD Decimals, a token one ints.
+        used_s = format_usd(cast(Decimal, used)) if kind == "cost" else f"{used:,} tokens"
+        need_s = format_usd(cast(Decimal, need)) if kind == "cost" else f"{need:,} tokens"
         message += f" ({used_s} used, this call needs up to {need_s})"
     return BudgetExceeded(
         f"{message}; {format_reset(resets_at)}", budget_id=budget.pk, resets_at=resets_at
@@ -597,7 +602,7 @@ def usage_record(
         spends: list[tuple[Budget, tuple[datetime, Decimal, int] | None]] = []
         settled_counter = {}
         for r in held:
-            counter = by_id.get(r.counter_id)
+            counter = by_id.get(r.counter_id) if r.counter_id is not None else None
             if counter is not None:
                 _counter_add(counter, held=(-r.cost_usd, -r.tokens), spent=(cost, total))
                 settled_counter[r.budget_id] = counter

@@ -122,14 +122,14 @@ def ratelimit_add_tokens(
     user_id = user if isinstance(user, int) else user.pk
     if _limits is None:
         _limits = ratelimits_applicable(user=user_id)
-    limits = [rl for rl in _limits if rl.tokens_per_minute]
+    limits = [(rl, rl.tokens_per_minute) for rl in _limits if rl.tokens_per_minute]
     if not limits:
         return
     _, token_counter = ratelimit_limiters()
-    for limit in limits:
-        item = RateLimitItemPerMinute(limit.tokens_per_minute)
+    for limit, per_minute in limits:
+        item = RateLimitItemPerMinute(per_minute)
         ids = ("tok", f"rl{limit.pk}", _scope(limit, user_id))
-        if not token_counter.hit(item, *ids, cost=min(tokens, limit.tokens_per_minute)):
+        if not token_counter.hit(item, *ids, cost=min(tokens, per_minute)):
             remaining = token_counter.get_window_stats(item, *ids).remaining
             if remaining > 0:
                 token_counter.hit(item, *ids, cost=remaining)
