@@ -22,7 +22,10 @@ import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from litellm.types.llms.openai import ChatCompletionToolCallChunk
 
 PROVIDER = "demo"
 MODEL = "demo/tollgate"
@@ -63,7 +66,7 @@ class Recogniser:
     pattern: re.Pattern[str]
     tool: str  # registry name; the wire name replaces "." with "__"
     keys: tuple[str, ...]
-    value: Callable[[re.Match[str]], str]
+    value: Callable[[re.Match[str]], str | dict[str, str]]
 
 
 RECOGNISERS: tuple[Recogniser, ...] = (
@@ -301,7 +304,11 @@ def _build_provider() -> Any:
     from litellm.types.utils import GenericStreamingChunk
 
     class DemoLLM(CustomLLM):
-        async def astreaming(
+        # litellm declares astreaming as a coroutine returning the iterator, but uses
+        # the call's result as the stream (CustomStreamWrapper(completion_stream=...)):
+        # an async generator, as its custom-provider docs write it; litellm passes
+        # every argument by keyword.
+        async def astreaming(  # type: ignore[override]
             self, *args: Any, **kwargs: Any
         ) -> AsyncIterator[GenericStreamingChunk]:
             messages = kwargs.get("messages") or []
@@ -325,7 +332,8 @@ def _build_provider() -> Any:
                     await asyncio.sleep(delay)
                 yield {
                     "text": "",
-                    "tool_use": {**call, "index": position},
+                    # demo_plan's calls are OpenAI tool calls: with the index, a chunk's.
+                    "tool_use": cast("ChatCompletionToolCallChunk", {**call, "index": position}),
                     "is_finished": False,
                     "finish_reason": "",
                     "usage": None,

@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -49,7 +50,23 @@ S = Run.Status
 # a caller's transaction, as tests do), the worker host's thread pool inside the
 # host (project/dbthreads.py). Not channels' database_sync_to_async, which closes
 # the connection before each call.
-_db = db_async
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _DbFunction(Protocol[P, R]):
+    """A ``db_async`` wrapper: awaited from async code, the sync original kept as ``func``."""
+
+    func: Callable[P, R]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]: ...
+
+
+def _db(fn: Callable[P, R]) -> _DbFunction[P, R]:
+    """``db_async(fn)``, typed with the ``.func`` it sets (once, at decoration)."""
+    return cast("_DbFunction[P, R]", db_async(fn))
+
+
 #: Seconds into a stream when its text is first saved (then every
 #: ``TOLLGATE_STREAM_PERSIST_SECONDS``): short replies never write partial text.
 FIRST_PERSIST_SECONDS = 0.1
@@ -214,7 +231,9 @@ def history_messages(
             for values in Message.objects.filter(
                 conversation=conversation, status__in=HISTORY_STATUSES
             )
-            .exclude(pk=exclude_id)
+            # exclude_id=None is Django's pk__isnull=True (excludes nothing), which
+            # django-stubs' lookup check does not model.
+            .exclude(pk=exclude_id)  # type: ignore[misc]
             .order_by("id")
             .values_list(*HISTORY_FIELDS)
         ]
@@ -222,7 +241,7 @@ def history_messages(
     out: list[dict] = []
     if not any(m.role == Message.Role.SYSTEM for m in rows):
         out.append({"role": "system", "content": settings.TOLLGATE_SYSTEM_PROMPT})
-    open_calls: set[str] = set()
+    open_calls: set[str | None] = set()
     for m in rows:
         if m.role == Message.Role.TOOL:
             if m.tool_call_id in open_calls:
@@ -781,10 +800,11 @@ def _store_answer(
         except (_GeneralPath, NeedsSavepoint):
             pass  # rolled back: the ORM path below
     with transaction.atomic():
-        run = _locked_own(run.pk, worker)
-        if run is None:
+        locked = _locked_own(run.pk, worker)
+        if locked is None:
             llm_call_abort(admission=admission)
             return None
+        run = locked
         message = Message.objects.get(pk=message_id)
         message.content = result.content
         message.tool_calls = result.tool_calls or None

@@ -7,11 +7,14 @@ agent loop").
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+if TYPE_CHECKING:
+    from tools.models import ToolInvocation
 
 
 class ModelConfig(models.Model):
@@ -180,6 +183,11 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Not fields: set on instances loaded for display (``selectors.conversation_timeline``,
+    # ``selectors.run_for_push``, ``events.run_appended``), read by the templates.
+    timeline_messages: list[Message]
+    timeline_invocations: list[ToolInvocation]
 
     class Meta:
         ordering = ("-id",)

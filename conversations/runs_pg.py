@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import json
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from psycopg.types.json import Jsonb
 
@@ -174,7 +174,10 @@ def claim(*, run_id: int, worker: str, now: datetime, until: datetime) -> Claime
     if not claimed:
         return None
     objects, (created,) = pgsql.instances(claimed[0], *(model for _, model, _ in _RELATED))
-    run, conversation, config, owner, message = objects
+    # ``instances`` builds one instance of each model passed, in order (``_RELATED``'s).
+    run, conversation, config, owner, message = cast(
+        "tuple[Run, Conversation, ModelConfig, User, Message]", objects
+    )
     conversation.model_config = config
     conversation.owner = owner
     run.conversation = conversation
@@ -285,8 +288,8 @@ def store_text_steps(
     if not (locked and message and run) or locked[0][0] != worker:
         return None
     return Stored(
-        message=pgsql.instance(Message, message[0]),
-        run=pgsql.instance(Run, run[0]),
+        message=cast(Message, pgsql.instance(Message, message[0])),
+        run=cast(Run, pgsql.instance(Run, run[0])),
         owner_id=locked[0][3],
     )
 
@@ -358,7 +361,8 @@ def send_lock(*, conversation_id: int, owner_id: int) -> tuple[Conversation, boo
     )
     if not rows:
         return None
-    (conversation, config), (in_progress,) = pgsql.instances(rows[0], Conversation, ModelConfig)
+    objects, (in_progress,) = pgsql.instances(rows[0], Conversation, ModelConfig)
+    conversation, config = cast("tuple[Conversation, ModelConfig]", objects)
     conversation.model_config = config
     return conversation, bool(in_progress)
 
@@ -379,7 +383,8 @@ def send_insert_steps(
         "conversation": conversation.pk,
     }
     ([row],) = yield [(insert, params)]
-    (message, run), _ = pgsql.instances(row, Message, Run)
+    objects, _ = pgsql.instances(row, Message, Run)
+    message, run = cast("tuple[Message, Run]", objects)  # the models passed, in order
     return message, run
 
 

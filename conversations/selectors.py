@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 from django.conf import settings
 from django.db.models import Q
@@ -116,7 +117,7 @@ def conversation_timeline(
     runs = list(Run.objects.filter(user_message__in=page).order_by("id"))
     by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
     for message in Message.objects.filter(run__in=runs).order_by("id"):
-        by_run[message.run_id].append(message)
+        by_run[cast(int, message.run_id)].append(message)  # not None: run__in
     invocations = _invocations_by_run(Q(run__in=runs))
     runs_by_user_message: dict[int, list[Run]] = {}
     for run in runs:

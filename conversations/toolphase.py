@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from django.conf import settings
 from django.utils import timezone
@@ -36,6 +36,14 @@ logger = logging.getLogger(__name__)
 
 S = Run.Status
 IS = ToolInvocation.Status
+
+
+class _DecisionFields(TypedDict):
+    """The gate's decision as ``invocation_mark`` stores it."""
+
+    decision: str
+    decision_explanation: str
+
 
 DENIED_BY_POLICY = "Denied by policy ({explanation}). The tool was not run."
 DENIED_BY_USER = "The user denied this tool call; the tool was not run."
@@ -117,7 +125,10 @@ def turn_gate(*, run: Run, message: Message) -> None:
             trusted_hints=bool(spec.metadata.get("trusted", True)),
             invocation_id=invocation.pk,
         )
-        common = {"decision": decision.action, "decision_explanation": decision.explanation[:500]}
+        common: _DecisionFields = {
+            "decision": decision.action,
+            "decision_explanation": decision.explanation[:500],
+        }
         if decision.action == "allow":
             invocation_mark(invocation_id=invocation.pk, status=IS.APPROVED, **common)
         elif decision.action == "deny":
@@ -320,7 +331,8 @@ def approval_decided(approval: ApprovalRequest) -> None:
         return
     events.run_tools_changed(run_id=run.pk)
     if run.status == S.AWAITING_APPROVAL:
-        turn_continue(run=run, message_id=invocation.message_id)
+        # Not None: invocations are recorded by turn_gate, with their message's id.
+        turn_continue(run=run, message_id=cast(int, invocation.message_id))
 
 
 def run_cancel_tools(*, run: Run, actor: Any = None) -> None:

@@ -12,7 +12,7 @@ import logging
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -20,11 +20,12 @@ from django_htmx.http import HttpResponseClientRedirect, retarget
 
 from conversations import selectors, services
 from conversations.events import render as render_partial
+from project.http import AuthenticatedHttpRequest
 
 logger = logging.getLogger(__name__)
 
 
-def _page(request: HttpRequest, *, conversation=None) -> HttpResponse:
+def _page(request: AuthenticatedHttpRequest, *, conversation=None) -> HttpResponse:
     show_archived = request.GET.get("archived") == "1" and conversation is None
     context = {
         "conversation": conversation,
@@ -39,20 +40,20 @@ def _page(request: HttpRequest, *, conversation=None) -> HttpResponse:
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The start page: conversation list and a box to start a new chat."""
     return _page(request)
 
 
 @login_required
-def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_detail(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
     return _page(request, conversation=conversation)
 
 
 @login_required
 @require_GET
-def conversation_earlier(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_earlier(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     """The exchanges before ``?before=<message id>``, for a chat page's "Earlier
     messages" button: the items and that page's own button, if any.
 
@@ -71,7 +72,7 @@ def conversation_earlier(request: HttpRequest, conversation_id: int) -> HttpResp
 
 @login_required
 @require_GET
-def conversation_list_more(request: HttpRequest) -> HttpResponse:
+def conversation_list_more(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The next page of the sidebar's list (``?after=<cursor>[&archived=1]``), for
     its "More conversations" button: the items and the next button, if any.
 
@@ -89,7 +90,9 @@ def conversation_list_more(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _error(request: HttpRequest, error: services.ConversationError, fallback: str) -> HttpResponse:
+def _error(
+    request: AuthenticatedHttpRequest, error: services.ConversationError, fallback: str
+) -> HttpResponse:
     if isinstance(error, services.NotFound):
         raise Http404(str(error))
     logger.info("rejected %s for user %s: %s", request.path, request.user.pk, error)
@@ -100,7 +103,7 @@ def _error(request: HttpRequest, error: services.ConversationError, fallback: st
     return redirect(fallback)
 
 
-def _done(request: HttpRequest, url: str) -> HttpResponse:
+def _done(request: AuthenticatedHttpRequest, url: str) -> HttpResponse:
     if request.htmx:
         return HttpResponse(status=204)
     return redirect(url)
@@ -115,7 +118,7 @@ def _int_or_none(value: str | None) -> int | None:
 
 @login_required
 @require_POST
-def conversation_create(request: HttpRequest) -> HttpResponse:
+def conversation_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     """New conversation with the picked model; with ``content``, also send it."""
     content = request.POST.get("content", "")
     try:
@@ -136,7 +139,7 @@ def conversation_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def conversation_rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     url = reverse("conversations:detail", args=[conversation_id])
     try:
         services.conversation_rename(
@@ -149,7 +152,7 @@ def conversation_rename(request: HttpRequest, conversation_id: int) -> HttpRespo
 
 @login_required
 @require_POST
-def conversation_set_model(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_set_model(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     url = reverse("conversations:detail", args=[conversation_id])
     try:
         services.conversation_set_model(
@@ -164,7 +167,7 @@ def conversation_set_model(request: HttpRequest, conversation_id: int) -> HttpRe
 
 @login_required
 @require_POST
-def conversation_archive(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_archive(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     archived = request.POST.get("archived", "1") == "1"
     try:
         services.conversation_archive(
@@ -180,7 +183,7 @@ def conversation_archive(request: HttpRequest, conversation_id: int) -> HttpResp
 
 @login_required
 @require_POST
-def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     try:
         services.conversation_delete(user=request.user, conversation_id=conversation_id)
     except services.ConversationError as error:
@@ -191,7 +194,7 @@ def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpRespo
 
 @login_required
 @require_POST
-def message_send(request: HttpRequest, conversation_id: int) -> HttpResponse:
+def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     """HTTP twin of the WebSocket ``message.send`` (no-JS fallback)."""
     url = reverse("conversations:detail", args=[conversation_id])
     try:
@@ -207,7 +210,7 @@ def message_send(request: HttpRequest, conversation_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_cancel(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
     try:
         run = services.run_cancel(user=request.user, run_id=run_id)
     except services.ConversationError as error:
@@ -217,7 +220,7 @@ def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_retry(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
     try:
         run = services.run_retry(user=request.user, run_id=run_id)
     except services.ConversationError as error:
