@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin
 from django.db.models import QuerySet
@@ -10,6 +10,9 @@ from django.http import HttpRequest
 
 from approvals.models import ApprovalPolicy, ApprovalRequest, AuditEvent
 from approvals.services import policy_changed_record, policy_snapshot
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 
 def _ip(request: HttpRequest) -> str | None:
@@ -66,7 +69,8 @@ class ApprovalPolicyAdmin(admin.ModelAdmin):
             old = ApprovalPolicy.objects.filter(pk=obj.pk).first()
             before = policy_snapshot(old) if old else None
         else:
-            obj.created_by = request.user
+            # The admin site lets in signed-in staff only: never an AnonymousUser.
+            obj.created_by = cast("User", request.user)
         super().save_model(request, obj, form, change)
         policy_changed_record(
             policy=obj,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -187,7 +187,8 @@ class DecisionForm(forms.Form):
         return edited if ok else None
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        # Form.clean() returns self.cleaned_data, a dict (never None).
+        cleaned = cast("dict[str, Any]", super().clean())
         decision = cleaned.get("decision")
         cleaned["approve"] = decision != "deny"
         cleaned["edited"] = None

@@ -48,7 +48,7 @@ class AuditEventQuerySet(models.QuerySet):
     def bulk_create(self, *args: Any, **kwargs: Any) -> list:
         raise AuditAppendOnlyError("Audit events are written one by one by audit_record().")
 
-    def _raw_delete(self, using: str) -> int:
+    def _raw_delete(self, using: str | None) -> int:
         raise AuditAppendOnlyError("Audit events cannot be deleted.")
 
     delete.alters_data = True  # type: ignore[attr-defined]

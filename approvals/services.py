@@ -372,8 +372,11 @@ def policy_changed_record(
     actor: Any = None,
     ip: str | None = None,
     before: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Audit ``policy.changed`` (``operation``: created, updated or deleted) with a field diff."""
+) -> AuditEvent | None:
+    """Audit ``policy.changed`` (``operation``: created, updated or deleted) with a field diff.
+
+    Returns the event, or ``None`` inside ``audit_deferred`` (as ``audit_record``).
+    """
     after = policy_snapshot(policy) if operation != "deleted" else None
     return audit_record(
         action="policy.changed",

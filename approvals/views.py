@@ -30,6 +30,7 @@ from approvals.services import (
     arguments_validate,
     json_diff,
 )
+from project.http import AuthenticatedHttpRequest
 
 PAGE_SIZE = 25
 
@@ -51,7 +52,7 @@ def _can_decide_fast(approval: ApprovalRequest, user: Any, group_ids: set[int]) 
 
 @login_required
 @require_GET
-def approval_list(request: HttpRequest) -> HttpResponse:
+def approval_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     """GET /approvals/: the user's approvals and those they approve, filterable by status/tool."""
     filters = ApprovalFilterForm(request.GET or None)
     status = tool = None
@@ -82,7 +83,7 @@ def approval_list(request: HttpRequest) -> HttpResponse:
 
 
 def _card_response(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     approval: ApprovalRequest,
     *,
     status: int = 200,
@@ -110,7 +111,7 @@ def _card_response(
     return render(request, "approvals/panel.html", context, status=status)
 
 
-def _visible_or_404(request: HttpRequest, pk: int) -> ApprovalRequest:
+def _visible_or_404(request: AuthenticatedHttpRequest, pk: int) -> ApprovalRequest:
     approval = approval_get_visible(user=request.user, approval_id=pk)
     if approval is None:
         raise Http404("No such approval.")
@@ -119,14 +120,14 @@ def _visible_or_404(request: HttpRequest, pk: int) -> ApprovalRequest:
 
 @login_required
 @require_GET
-def approval_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def approval_detail(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """GET /approvals/<id>/: one card (a fragment for htmx, a page otherwise)."""
     return _card_response(request, _visible_or_404(request, pk))
 
 
 @login_required
 @require_POST
-def approval_decide_view(request: HttpRequest, pk: int) -> HttpResponse:
+def approval_decide_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     """POST /approvals/<id>/decide: approve, deny, edit-and-approve, or preview an edit.
 
     Answers the re-rendered card: 200 on success, 400 for invalid input or
@@ -138,7 +139,7 @@ def approval_decide_view(request: HttpRequest, pk: int) -> HttpResponse:
     form = DecisionForm(request.POST, approval=approval)
     if not form.is_valid():
         errors = "; ".join(
-            f"{'' if field == '__all__' else field + ': '}{' '.join(msgs)}"
+            f"{'' if field == '__all__' else field + ': '}{' '.join(str(msg) for msg in msgs)}"
             for field, msgs in form.errors.items()
         )
         return _card_response(request, approval, status=400, error=errors, form=form)

@@ -26,11 +26,14 @@ import functools
 import sys
 from collections.abc import Generator, Sequence
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
+
+if TYPE_CHECKING:
+    from psycopg._queries import PostgresQuery
 
 #: One statement: SQL with ``%(name)s`` placeholders, and its parameters.
 Statement = tuple[str, dict[str, Any]]
@@ -54,8 +57,9 @@ def _cursor_class() -> type:
             result = super().execute(query, params, **kwargs)
             if self._query is None:
                 # psycopg keeps no query object for a prepared execution, and
-                # Django's query log (DEBUG, assertNumQueries) reads its text.
-                self._query = SimpleNamespace(query=query.encode())
+                # Django's query log (DEBUG, assertNumQueries) reads its text:
+                # a stand-in with only ``.query``, all that the log reads.
+                self._query = cast("PostgresQuery", SimpleNamespace(query=query.encode()))
             return result
 
     return PreparedCursor
@@ -199,7 +203,10 @@ def gather(*steps: Steps[Any], commit: bool = False) -> list[Any]:
 def select_list(model: type[Model], alias: str) -> str:
     """``alias.col, …`` for every concrete field of ``model``, in :func:`instance`'s order."""
     qn = connection.ops.quote_name
-    return ", ".join(f"{alias}.{qn(field.column)}" for field in model._meta.concrete_fields)
+    # A concrete field is one with a column: ``field.column`` is never None here.
+    return ", ".join(
+        f"{alias}.{qn(cast(str, field.column))}" for field in model._meta.concrete_fields
+    )
 
 
 @functools.cache
@@ -246,7 +253,8 @@ def insert_sql(
     qn = connection.ops.quote_name
     expressions = expressions or {}
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-    columns = ", ".join(qn(field.column) for field in fields)
+    # Concrete fields: each has a column (``field.column`` is never None).
+    columns = ", ".join(qn(cast(str, field.column)) for field in fields)
     values = ", ".join(
         expressions.get(field.attname, f"%({prefix}_{field.attname})s") for field in fields
     )

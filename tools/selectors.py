@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -135,11 +135,13 @@ def invocation_ids_interrupted(
     )
     if message_id is not None:
         running = running.filter(message_id=message_id)
-    running = running.values_list("pk", "tool_name", "started_at")
-    for pk, tool_name, started_at in running:
+    rows = running.values_list("pk", "tool_name", "started_at")
+    for pk, tool_name, started_at in rows:
         spec = registry.get(tool_name)
         timeout = spec.timeout_seconds if spec else 0.0
-        if started_at <= now - dt.timedelta(seconds=timeout + grace_seconds):
+        # Never None: the rows are filtered on started_at__isnull=False.
+        started = cast(dt.datetime, started_at)
+        if started <= now - dt.timedelta(seconds=timeout + grace_seconds):
             stuck.append(pk)
     return stuck
 

@@ -385,7 +385,8 @@ def _invocations_claim(
     from tools.mcp.bridge import mcp_registry_ensure
 
     mcp_registry_ensure()
-    now, allowed = timezone.now(), {}
+    now = timezone.now()
+    allowed: dict[int, set[str]] = {}
     with transaction.atomic():
         return {
             pk: _invocation_claim_locked(pk, now=now, allowed=allowed)

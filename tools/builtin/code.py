@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from tools.registry import ToolContext, ToolError, tool
-from tools.sandbox import SandboxResult, SandboxUnavailable, run_code, sandbox_available
+from tools.sandbox import Language, SandboxResult, SandboxUnavailable, run_code, sandbox_available
 
 # Outer bound only: the sandbox enforces its own wall time (settings), and the
 # tool timeout must not cut a run short before the sandbox reports it.
@@ -38,7 +38,7 @@ def sandbox_result_payload(result: SandboxResult) -> dict[str, Any]:
     }
 
 
-async def _run(language: str, code: str, ctx: ToolContext) -> dict[str, Any]:
+async def _run(language: Language, code: str, ctx: ToolContext) -> dict[str, Any]:
     if ctx.conversation_id is None:
         raise ToolError("Code runs only inside a conversation (it needs a workspace).")
     try:

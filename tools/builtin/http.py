@@ -32,7 +32,7 @@ import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, cast
 
 import httpx
 from django.conf import settings
@@ -136,7 +136,10 @@ async def _check_resolution(url: httpx.URL, allow: Allowlist) -> None:
     except socket.gaierror as exc:
         raise ToolError(f"Cannot resolve host {url.host!r}.") from exc
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        # An AF_INET/AF_INET6 sockaddr, (host, port[, flowinfo, scope_id]), whose
+        # host is a string: the only families getaddrinfo answers for a host name.
+        host = cast(str, info[4][0])
+        address = ipaddress.ip_address(host.split("%", 1)[0])
         if not allow.address_allowed(address):
             raise ToolError(
                 f"Refused: host {url.host!r} resolves to the non-public address {address}, "

@@ -32,7 +32,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -91,7 +91,8 @@ def mcp_connection_mode() -> Literal["pool", "session"]:
     """
     mode = getattr(settings, "TOLLGATE_MCP_CONNECTIONS", "auto")
     if mode in ("pool", "session"):
-        return mode
+        # Checked just above; mypy does not narrow ``in`` to the literals.
+        return cast('Literal["pool", "session"]', mode)
     if settings.TOLLGATE_DISPATCHER == "celery":
         return "session"
     reactor = sys.modules.get("twisted.internet.reactor")
