@@ -23,11 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, ParamSpec, Protocol, TypeVar, cast
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -50,23 +49,7 @@ S = Run.Status
 # a caller's transaction, as tests do), the worker host's thread pool inside the
 # host (project/dbthreads.py). Not channels' database_sync_to_async, which closes
 # the connection before each call.
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class _DbFunction(Protocol[P, R]):
-    """A ``db_async`` wrapper: awaited from async code, the sync original kept as ``func``."""
-
-    func: Callable[P, R]
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]: ...
-
-
-def _db(fn: Callable[P, R]) -> _DbFunction[P, R]:
-    """``db_async(fn)``, typed with the ``.func`` it sets (once, at decoration)."""
-    return cast("_DbFunction[P, R]", db_async(fn))
-
-
+_db = db_async
 #: Seconds into a stream when its text is first saved (then every
 #: ``TOLLGATE_STREAM_PERSIST_SECONDS``): short replies never write partial text.
 FIRST_PERSIST_SECONDS = 0.1

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.db import connections
@@ -115,7 +115,16 @@ def _close_if_stale() -> None:
             connection.close()
 
 
-def db_async(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+class DbFunction(Protocol[P, R]):
+    """What :func:`db_async` returns: awaited from async code, the sync original
+    kept as ``func``."""
+
+    func: Callable[P, R]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]: ...
+
+
+def db_async(fn: Callable[P, R]) -> DbFunction[P, R]:
     """``fn`` as a coroutine function that picks its thread at call time (see module).
 
     The pushes ``fn``'s commits schedule are queued on the caller's loop when
@@ -155,5 +164,6 @@ def db_async(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         finally:
             deferred.release()
 
-    call.func = fn  # type: ignore[attr-defined]
-    return call
+    wrapper = cast("DbFunction[P, R]", call)
+    wrapper.func = fn
+    return wrapper
