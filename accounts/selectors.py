@@ -389,14 +389,7 @@ def usage_summary(*, user: User | int, period: str, now: datetime | None = None)
         .order_by("-cost", "model")
     )
     per_model = [
-        ModelUsage(
-            model=row["model"],
-            cost=row["cost"],
-            prompt=row["prompt"],
-            completion=row["completion"],
-            calls=row["calls"],
-            tokens=(row["prompt"] or 0) + (row["completion"] or 0),
-        )
+        ModelUsage(**row, tokens=(row["prompt"] or 0) + (row["completion"] or 0))
         for row in by_model
     ]
     by_day = {
