@@ -37,17 +37,3 @@ class RateLimited(Exception):
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
         self.message = message
-
-
-class NeedsSavepoint(Exception):
-    """A one-statement path could not finish without its savepoint (``savepoint=False``).
-
-    Raised by ``llm_call_admit`` called with ``savepoint=False``, and by the
-    steps of ``llm_call_settle_steps`` (``usage_record_steps``), where they
-    would otherwise roll back to a savepoint and take the general path: a
-    refusal to word, a budget counter to create, a budget not covered by a
-    hold. The caller's transaction has done part of the work and must roll
-    back; ``llm_call_admit`` with ``savepoint=True`` (the default) or
-    ``llm_call_settle`` then gives the complete answer. Not an error the user
-    sees.
-    """

@@ -140,7 +140,7 @@ class Budget(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     # Not a field: the group's name (or None), set on the budgets read with
-    # their group joined (``budgets_applicable``, ``budgets_pg``). Absent on
+    # their group joined (``budgets_applicable``). Absent on
     # others, so read it with ``getattr(budget, "group_name", None)``.
     group_name: str | None
 

@@ -29,11 +29,11 @@ class AuditAppendOnlyError(Exception):
 
 
 class AuditEventQuerySet(models.QuerySet):
-    """A queryset that refuses every bulk write but inserts of single rows.
+    """A queryset that refuses every write but the insert of new, chained events.
 
-    ``update``, ``delete``, ``bulk_update`` and ``bulk_create`` raise
-    ``AuditAppendOnlyError``; new events are written by
-    ``approvals.services.audit_record`` only, which chains their hashes.
+    ``update``, ``delete`` and ``bulk_update`` raise ``AuditAppendOnlyError``, and
+    so does ``bulk_create`` of rows without their chain hashes; new events are
+    written by ``approvals.services.audit_record`` only, which chains them.
     """
 
     def update(self, **kwargs: Any) -> int:
@@ -45,8 +45,14 @@ class AuditEventQuerySet(models.QuerySet):
     def bulk_update(self, *args: Any, **kwargs: Any) -> int:
         raise AuditAppendOnlyError("Audit events cannot be updated.")
 
-    def bulk_create(self, *args: Any, **kwargs: Any) -> list:
-        raise AuditAppendOnlyError("Audit events are written one by one by audit_record().")
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list:
+        """Insert new, chained events only (``audit_record`` appends a transaction's
+        events in one statement); raises ``AuditAppendOnlyError`` for anything else."""
+        objs = list(objs)
+        conflicts = kwargs.get("ignore_conflicts") or kwargs.get("update_conflicts")
+        if conflicts or any(not e._state.adding or not e.hash or not e.prev_hash for e in objs):
+            raise AuditAppendOnlyError("Write audit events with audit_record().")
+        return super().bulk_create(objs, *args, **kwargs)
 
     def _raw_delete(self, using: str | None) -> int:
         raise AuditAppendOnlyError("Audit events cannot be deleted.")

@@ -20,7 +20,7 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,6 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
-from psycopg.types.json import Jsonb
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
 from approvals.canonical import json_safe
@@ -47,25 +46,8 @@ from approvals.selectors import (
     audit_event_hash,
     gate_evaluate,
 )
-from project import pgsql
 
 logger = logging.getLogger(__name__)
-
-# The audit append on PostgreSQL (``audit_record_steps``): two round trips.
-_CHAIN_NEXT = (
-    "UPDATE approvals_auditchainhead SET last_sequence = last_sequence + %(count)s "
-    "WHERE id = 1 RETURNING last_sequence, last_hash"
-)
-_EVENT_INSERT = (
-    "INSERT INTO approvals_auditevent (sequence, created_at, actor_id, action, target_type, "
-    "target_id, data, ip, prev_hash, hash) VALUES (%(sequence)s, %(created_at)s, %(actor_id)s, "
-    "%(action)s, %(target_type)s, %(target_id)s, %(data)s, %(ip)s::inet, %(prev_hash)s, "
-    "%(hash)s) RETURNING id"
-)
-_CHAIN_MOVE = (
-    "UPDATE approvals_auditchainhead SET last_sequence = %(sequence)s, last_hash = %(hash)s "
-    "WHERE id = 1"
-)
 
 EXPIRED_REASON = "not approved in time"
 
@@ -224,12 +206,8 @@ def _append(events: list[dict[str, Any]]) -> list[AuditEvent]:
     # No savepoint inside a caller's transaction (two round trips per event):
     # an error here must roll the audited write back with it anyway.
     with transaction.atomic(savepoint=False):
-        if connection.vendor == "postgresql":
-            return pgsql.run(_append_steps(len(events), lambda: events))
         head = _chain_head_locked()
-        saved = _chained(events, head.last_sequence, head.last_hash)
-        for event in saved:
-            event.save()
+        saved = AuditEvent.objects.bulk_create(_chained(events, head.last_sequence, head.last_hash))
         last = saved[-1]
         AuditChainHead.objects.filter(pk=1).update(last_sequence=last.sequence, last_hash=last.hash)
     return saved
@@ -271,79 +249,6 @@ def _audit_event(fields: dict[str, Any], sequence: int, prev_hash: str) -> Audit
     }
     # The hash covers exactly the fields stored (audit_verify recomputes it).
     return AuditEvent(**chained, hash=audit_event_hash(**chained))
-
-
-def audit_record_steps(
-    *,
-    action: str,
-    actor: Any = None,
-    target_type: str = "",
-    target_id: str | int = "",
-    data: dict | None = None,
-    ip: str | None = None,
-    later: Callable[[], dict[str, Any]] | None = None,
-) -> pgsql.Steps[AuditEvent]:
-    """``audit_record`` on PostgreSQL as ``pgsql`` steps: two rounds, for a caller
-    that shares them with its own statements (``pgsql.gather``).
-
-    Round one locks the chain head and takes the next sequence number (one
-    ``UPDATE … RETURNING``); round two (a ``pgsql.Last`` round) inserts the
-    event and moves the head's hash to it. Same arguments, result and errors
-    as ``audit_record`` (the ``ValueError`` is raised by this call, before any
-    statement). Run inside ``transaction.atomic``, with the audit as the
-    transaction's last lock (see ``audit_record``): in a shared round, put
-    these steps after the caller's.
-
-    ``later``: called once round one is answered, it returns some of these
-    arguments (``target_id``, ``data``) that the caller learns from its own rows
-    of that round (the id of a row it inserted); their ``ValueError`` is then
-    raised after round one, which the caller's ``transaction.atomic`` rolls back.
-    """
-    given = {
-        "action": action,
-        "actor": actor,
-        "target_type": target_type,
-        "target_id": target_id,
-        "data": data,
-        "ip": ip,
-    }
-    if later is None:
-        fields = _audit_fields(**given)
-        events = _append_steps(1, lambda: [fields])
-    else:
-        events = _append_steps(1, lambda: [_audit_fields(**{**given, **later()})])
-    (event,) = yield from events
-    return event
-
-
-def _append_steps(
-    count: int, fields: Callable[[], list[dict[str, Any]]]
-) -> pgsql.Steps[list[AuditEvent]]:
-    """Append ``count`` events on PostgreSQL: round one locks the chain head and
-    takes their sequence numbers; ``fields()`` (called after it) gives their
-    ``_audit_fields``; round two (``pgsql.Last``) inserts them and moves the head."""
-    (taken,) = yield [(_CHAIN_NEXT, {"count": count})]
-    if taken:
-        last, prev_hash = taken[0]
-        sequence = last - count
-    else:  # no head row yet (the first event ever, or after a test flush)
-        head = _chain_head_locked()
-        sequence, prev_hash = head.last_sequence, head.last_hash
-    events = _chained(fields(), sequence, prev_hash)
-    statements = []
-    for event in events:
-        params = {f.attname: getattr(event, f.attname) for f in AuditEvent._meta.concrete_fields}
-        params["data"] = Jsonb(params["data"])
-        statements.append((_EVENT_INSERT, params))
-    last = events[-1]
-    *inserted, _ = yield pgsql.Last(
-        [*statements, (_CHAIN_MOVE, {"sequence": last.sequence, "hash": last.hash})]
-    )
-    for event, rows in zip(events, inserted, strict=True):
-        event.pk = rows[0][0]
-        event._state.adding = False
-        event._state.db = connection.alias
-    return events
 
 
 def policy_snapshot(policy: ApprovalPolicy) -> dict[str, Any]:

@@ -26,19 +26,17 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from accounts.errors import BudgetExceeded, NeedsSavepoint, RateLimited
-from conversations import events, runs_pg
+from accounts.errors import BudgetExceeded, RateLimited
+from conversations import events
 from conversations.context import context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
-from conversations.runs_pg import HISTORY_FIELDS, HISTORY_STATUSES, HistoryRow
-from project import pgsql
 from project.dbthreads import db_async
 
 logger = logging.getLogger(__name__)
@@ -195,6 +193,20 @@ def _claim(run_id: int, worker: str) -> Run | None:
 # -- step 1: read state ------------------------------------------------------------
 
 
+class HistoryRow(NamedTuple):
+    """One stored message as the model's history needs it (``history_messages``)."""
+
+    id: int
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str
+
+
+#: Messages the history is built from (streaming and failed ones are left out).
+HISTORY_STATUSES = (Message.Status.COMPLETE.value, Message.Status.STOPPED.value)
+
+
 def history_messages(
     *,
     conversation: Conversation,
@@ -206,7 +218,6 @@ def history_messages(
     Failed and still-streaming messages are left out; an assistant message's
     ``tool_calls`` are kept only when every call has its tool result, and a
     tool result only when its call is there (providers reject either half alone).
-    ``rows``: the stored messages already read (``runs_pg.claim``), else read here.
     """
     if rows is None:
         rows = [
@@ -218,7 +229,7 @@ def history_messages(
             # django-stubs' lookup check does not model.
             .exclude(pk=exclude_id)  # type: ignore[misc]
             .order_by("id")
-            .values_list(*HISTORY_FIELDS)
+            .values_list(*HistoryRow._fields)
         ]
     answered = {m.tool_call_id for m in rows if m.role == Message.Role.TOOL}
     out: list[dict] = []
@@ -286,9 +297,9 @@ def _prepare(run: Run) -> int:
     return message.pk
 
 
-def _history(run: Run, rows: list[HistoryRow] | None = None) -> list[dict]:
+def _history(run: Run) -> list[dict]:
     # Still-streaming rows (this step's, on a replay) are left out by history_messages.
-    return history_messages(conversation=run.conversation, rows=rows)
+    return history_messages(conversation=run.conversation)
 
 
 def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | None:
@@ -299,16 +310,11 @@ def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | Non
     )
 
 
-def _admit(
-    run: Run, config: ModelConfig, prompt_tokens: int, *, fast: bool = False
-) -> tuple[Any, str]:
+def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]:
     """Rate limits and budget reservation before a model call (accounts' services).
 
     Returns ``(admission, "")`` or ``(None, message for the user)``; a refusal is
     audited as ``budget.refused``. No model call is made after a refusal.
-    ``fast`` (the PostgreSQL claim): no savepoint; a refusal raises instead
-    (``_GeneralPath``, ``NeedsSavepoint``, ``BudgetExceeded``, ``RateLimited``)
-    and the claim is redone on the ORM path, which words and audits it.
     """
     from accounts.selectors import budget_requires_prices
     from accounts.services import llm_call_admit
@@ -319,8 +325,6 @@ def _admit(
     tokens = prompt_tokens + config.max_output_tokens
     refusal: dict[str, Any] | None = None
     if estimate is None and budget_requires_prices(user=user):
-        if fast:
-            raise _GeneralPath("no prices")
         refusal = {
             "reason": "no_prices",
             "message": (
@@ -336,17 +340,12 @@ def _admit(
                     run_id=run.pk,
                     estimated_cost_usd=estimate or Decimal(0),
                     estimated_tokens=tokens,
-                    savepoint=not fast,
                 ),
                 "",
             )
         except BudgetExceeded as exc:
-            if fast:
-                raise
             refusal = {"reason": "budget", "message": exc.message, "budget_id": exc.budget_id}
         except RateLimited as exc:
-            if fast:
-                raise
             refusal = {
                 "reason": "rate_limit",
                 "message": exc.message,
@@ -389,23 +388,15 @@ class _CallStart:
     kind: str = ""
 
 
-def _begin_call(
-    run: Run,
-    *,
-    rows: list[HistoryRow] | None = None,
-    message_id: int | None = None,
-    fast: bool = False,
-) -> _CallStart:
+def _begin_call(run: Run) -> _CallStart:
     """History, tools offered, context fit, admission, the assistant message.
 
     One database hop for everything before the model call (each hop is a
     thread handoff; on a busy worker they added up to most of the added time
-    to first token). A context or budget refusal comes back in ``error``, or
-    with ``fast`` (the PostgreSQL claim) is raised for the ORM path to redo.
-    ``rows``/``message_id``: the history and the step's message, from that claim.
+    to first token). A context or budget refusal comes back in ``error``.
     """
     config: ModelConfig = run.conversation.model_config
-    history = _history(run, rows)
+    history = _history(run)
     tools = _tools_for_run(run)
     try:
         fit = context_fit(
@@ -416,16 +407,13 @@ def _begin_call(
             tools=tools,
         )
     except GatewayError as error:
-        if fast:
-            raise _GeneralPath(error.kind) from error
         return _CallStart(error=error.user_message, kind=error.kind)
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
-    admission, refusal = _admit(run, config, fit.prompt_tokens, fast=fast)
+    admission, refusal = _admit(run, config, fit.prompt_tokens)
     if admission is None:
         return _CallStart(error=refusal, kind="budget")
-    if message_id is None:
-        message_id = _prepare(run)
+    message_id = _prepare(run)
     return _CallStart(fit=fit, tools=tools, admission=admission, message_id=message_id)
 
 
@@ -460,32 +448,7 @@ def _tool_turn_begin(run: Run) -> _ToolTurn:
     return _ToolTurn(message_id=assistant.pk, interrupted=[], approved=approved)
 
 
-class _GeneralPath(Exception):
-    """A PostgreSQL fast path met a case it leaves to the ORM path (rolls back)."""
-
-
 _Begun = tuple[Run | None, _CallStart | _ToolTurn | None]
-
-
-def _claim_and_begin_pg(run_id: int, worker: str) -> _Begun:
-    """The common claim on PostgreSQL (``runs_pg.claim``), then ``_begin_call``.
-
-    Inside ``transaction.atomic``. A run this claim does not take (a tool phase,
-    a live lease, Stop…) was not written: the ORM path decides, in the same
-    transaction. After the claim, a refusal raises (``_GeneralPath`` or the
-    admission's error): the caller rolls back and redoes it all on the ORM path.
-    """
-    claimed = runs_pg.claim(run_id=run_id, worker=worker, now=timezone.now(), until=_lease_until())
-    if claimed is None:
-        return _claim_and_begin_orm(run_id, worker)
-    run, message = claimed.run, claimed.message
-    # Rendered from the rows in hand (no query in another thread before the first frame).
-    events.run_status_changed(run_id=run.pk, run=run)
-    if claimed.message_created:
-        events.message_appended(message_id=message.pk, run_id=run.pk, message=message)
-    else:
-        events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
-    return run, _begin_call(run, rows=claimed.history, message_id=message.pk, fast=True)
 
 
 @_db
@@ -497,15 +460,7 @@ def _claim_and_begin(run_id: int, worker: str) -> _Begun:
     One thread hop and one transaction: the lease, the budget hold and the
     assistant message commit together (a failure leaves the run as it was,
     for a retry or stuck-run recovery), with one commit instead of three.
-    On PostgreSQL the common case takes three round trips (``runs_pg.claim``:
-    the claim with its message and the history; the budget hold; the commit).
     """
-    if connection.vendor == "postgresql":
-        try:
-            with transaction.atomic():
-                return _claim_and_begin_pg(run_id, worker)
-        except (_GeneralPath, NeedsSavepoint, BudgetExceeded, RateLimited):
-            pass  # rolled back: the ORM path below decides, words and audits
     with transaction.atomic():
         return _claim_and_begin_orm(run_id, worker)
 
@@ -608,29 +563,12 @@ async def _settled(task: asyncio.Task | None) -> None:
 
 @_db
 def _persist_partial(run_id: int, worker: str, message_id: int, text: str, renew: bool) -> str:
-    """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``.
-
-    On PostgreSQL one round trip (``runs_pg.persist``), where the lease is
-    renewed whether or not it is still ours: the owner check in its ``WHERE``
-    makes that a no-op for a lost lease.
-    """
-    if connection.vendor == "postgresql":
-        state = runs_pg.persist(
-            run_id=run_id,
-            worker=worker,
-            message_id=message_id,
-            text=text,
-            renew_until=_lease_until() if renew else None,
-        )
-        owner, cancel = state if state is not None else ("", False)
-    else:
-        Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
-        row = Run.objects.filter(pk=run_id).values_list("lease_owner", "cancel_requested")
-        owner, cancel = next(iter(row), ("", False))
-        if renew and owner == worker:
-            Run.objects.filter(pk=run_id, lease_owner=worker).update(
-                lease_expires_at=_lease_until()
-            )
+    """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``."""
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
+    row = Run.objects.filter(pk=run_id).values_list("lease_owner", "cancel_requested")
+    owner, cancel = next(iter(row), ("", False))
+    if renew and owner == worker:
+        Run.objects.filter(pk=run_id, lease_owner=worker).update(lease_expires_at=_lease_until())
     if owner != worker:
         return "lost"
     return "cancelled" if cancel else "ok"
@@ -673,84 +611,6 @@ def _llm_call_data(*, step: int, model: str, result: ChatResult, dropped: int) -
     }
 
 
-def _store_text_pg(
-    run: Run, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
-) -> int:
-    """``_store_answer`` of a text reply on PostgreSQL, in three round trips.
-
-    One ``pgsql.gather``: its first round locks and completes the run and
-    finishes the message (``runs_pg.store_text_steps``), writes the ledger row
-    and settles the holds (accounts' ``llm_call_settle_steps``), and locks the
-    audit chain's head, last (approvals' ``audit_record_steps``); its second
-    inserts the ``llm.call`` event and commits (``gather(commit=True)``). Each module keeps its
-    statements and checks; they share the round trips. ``run``: as claimed
-    (its step, conversation and owner are what the statements check).
-    Inside ``transaction.atomic``; raises ``_GeneralPath`` (the lease lost, no
-    model name) or ``NeedsSavepoint`` (a budget the hold did not cover) for
-    the ORM path, after which the caller rolls back.
-    """
-    from accounts.services import llm_call_settle_steps
-    from approvals.services import audit_record_steps
-
-    model = result.model
-    if not model:
-        raise _GeneralPath("no model name")  # the message keeps the claim's: ORM path
-    owner_id = run.conversation.owner_id
-    stored, _, _ = pgsql.gather(  # with the COMMIT in its last round: nothing written after
-        _stored_as_claimed(
-            runs_pg.store_text_steps(
-                run_id=run.pk,
-                worker=worker,
-                message_id=message_id,
-                now=timezone.now(),
-                fields={
-                    "content": result.content,
-                    "model": model,
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                    "cost_usd": result.cost_usd,
-                    "latency_ms": result.latency_ms,
-                },
-                metadata=_answer_metadata(result, dropped),
-                dropped=dropped,
-            ),
-            run,
-        ),
-        llm_call_settle_steps(
-            admission=admission,
-            conversation_id=run.conversation_id,
-            model=model,
-            **_usage_of(result),
-        ),
-        audit_record_steps(
-            action="llm.call",
-            actor=owner_id,
-            target_type="run",
-            target_id=run.pk,
-            data=_llm_call_data(step=run.step, model=model, result=result, dropped=dropped),
-        ),
-        commit=True,
-    )
-    events.message_replaced(message_id=message_id, run_id=run.pk, message=stored.message)
-    events.run_status_changed(run_id=run.pk, run=stored.run)
-    return message_id
-
-
-def _stored_as_claimed(
-    steps: pgsql.Steps[runs_pg.Stored | None], run: Run
-) -> pgsql.Steps[runs_pg.Stored]:
-    """``steps``' result, or ``_GeneralPath`` unless it stored the claimed step of
-    ``run`` (the ledger and the audit were written for that step and owner)."""
-    stored = yield from steps
-    if (
-        stored is None
-        or stored.run.step != run.step
-        or stored.owner_id != run.conversation.owner_id
-    ):
-        raise _GeneralPath("lease lost")
-    return stored
-
-
 def _answer_metadata(result: ChatResult, dropped: int) -> dict[str, Any]:
     return {
         "ttft_ms": result.ttft_ms,
@@ -774,14 +634,6 @@ def _store_answer(
     from accounts.services import llm_call_abort, llm_call_settle
     from approvals.services import audit_record
 
-    if connection.vendor == "postgresql" and not result.tool_calls:
-        try:
-            with transaction.atomic():
-                return _store_text_pg(
-                    run, worker, message_id, result, dropped=dropped, admission=admission
-                )
-        except (_GeneralPath, NeedsSavepoint):
-            pass  # rolled back: the ORM path below
     with transaction.atomic():
         locked = _locked_own(run.pk, worker)
         if locked is None:

@@ -13,15 +13,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from approvals.services import audit_record, audit_record_steps
-from conversations import events, runs_pg
+from approvals.services import audit_record
+from conversations import events
 from conversations.engine import dispatch_on_commit, run_finish
 from conversations.models import Conversation, Message, ModelConfig, Run
-from project import pgsql
 
 logger = logging.getLogger(__name__)
 
@@ -194,15 +193,10 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
             f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
         )
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            conversation, message, run = _message_send_pg(
-                user=user, conversation_id=conversation_id, content=content
-            )
-        else:
-            conversation, message, run = _message_insert(
-                user=user, conversation_id=conversation_id, content=content
-            )
-            audit_record(**_message_sent(user, message, run))
+        conversation, message, run = _message_insert(
+            user=user, conversation_id=conversation_id, content=content
+        )
+        audit_record(**_message_sent(user, message, run))
         # The step is sent to a worker first, then the page is told (rendered from
         # the rows in hand, no query): the worker's claim takes longer than that.
         dispatch_on_commit(run.pk)
@@ -253,51 +247,6 @@ def _message_insert(
     if not conversation.title:
         conversation.title = auto_title(content)
     conversation.save(update_fields=["title", "updated_at"])
-    return conversation, message, run
-
-
-def _message_send_pg(
-    *, user, conversation_id: int, content: str
-) -> tuple[Conversation, Message, Run]:
-    """``_message_insert`` and its audit on PostgreSQL in three round trips, the
-    first with ``BEGIN``, the last with the ``COMMIT`` (``conversations.runs_pg``,
-    ``pgsql.gather``): part of what the chat waits for before a run starts.
-
-    The lock and checks; then the insert and the audit head's lock (last, as
-    ``audit_record`` asks), whose event takes the new rows' ids; then the event
-    and the commit. Nothing is written after it: the caller only schedules.
-    """
-    if user is None or not user.is_authenticated:
-        raise NotFound("Conversation not found.")
-    locked = runs_pg.send_lock(conversation_id=conversation_id, owner_id=user.pk)
-    if locked is None:
-        raise NotFound("Conversation not found.")
-    conversation, in_progress = locked
-    _message_send_checks(conversation, in_progress=in_progress)
-    conversation.title = conversation.title or auto_title(content)
-    inserted: list[tuple[Message, Run]] = []
-
-    def insert() -> pgsql.Steps[None]:
-        inserted.append(
-            (
-                yield from runs_pg.send_insert_steps(
-                    conversation=conversation,
-                    message=Message(
-                        conversation=conversation, role=Message.Role.USER, content=content
-                    ),
-                    run=Run(conversation=conversation),
-                    title=conversation.title,
-                    now=timezone.now(),
-                )
-            )
-        )
-
-    pgsql.gather(
-        insert(),
-        audit_record_steps(action="message.sent", later=lambda: _message_sent(user, *inserted[0])),
-        commit=True,
-    )
-    message, run = inserted[0]
     return conversation, message, run
 
 

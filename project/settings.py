@@ -379,13 +379,6 @@ CELERY_BEAT_SCHEDULE["accounts-budget-reservations-expire"] = {
     "schedule": env.int("TOLLGATE_BUDGET_EXPIRE_EVERY_SECONDS", default=300),
 }
 
-# --- Budget check performance ---------------------------------------------------
-
-# The per-call budget statements (accounts.services.budgets_pg) are prepared
-# on each PostgreSQL connection. Turn off behind a pooler that cannot keep
-# prepared statements (PgBouncer in transaction mode before 1.21).
-TOLLGATE_DB_PREPARED_STATEMENTS = env.bool("TOLLGATE_DB_PREPARED_STATEMENTS", default=True)
-
 # --- MCP servers as tool sources (tools/mcp/bridge.py) ---------------------------
 
 # How a process reaches MCP servers: "pool" (one supervised connection per server,

@@ -12,14 +12,12 @@ from accounts.services.budgets import (
     budget_reservations_expire,
     budget_reserve,
     usage_record,
-    usage_record_steps,
 )
 from accounts.services.llm import (
     Admission,
     llm_call_abort,
     llm_call_admit,
     llm_call_settle,
-    llm_call_settle_steps,
 )
 from accounts.services.ratelimits import ratelimit_add_tokens, ratelimit_check
 from accounts.services.users import admin_create_or_promote
@@ -37,9 +35,7 @@ __all__ = [
     "llm_call_abort",
     "llm_call_admit",
     "llm_call_settle",
-    "llm_call_settle_steps",
     "ratelimit_add_tokens",
     "ratelimit_check",
     "usage_record",
-    "usage_record_steps",
 ]

@@ -18,10 +18,9 @@ checked and written while holding the row lock of every counter it touches
 (``SELECT ... FOR NO KEY UPDATE``), so two charges of one counter are
 serialised and the second sees the first. Every writer locks reservation rows
 (by id) before counters, and counters in (budget id, id) order, so no two
-writers deadlock. On PostgreSQL the per-call paths run as one statement each
-(``accounts.services.budgets_pg``); the general path below runs everywhere,
-also on SQLite (embedded mode), where the ``BEGIN IMMEDIATE`` transaction is
-the lock (one writer at a time).
+writers deadlock. The same ORM code runs on PostgreSQL and on SQLite (embedded
+mode), where the ``BEGIN IMMEDIATE`` transaction is the lock (one writer at a
+time).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts import events
-from accounts.errors import BudgetExceeded, NeedsSavepoint
+from accounts.errors import BudgetExceeded
 from accounts.models import (
     Budget,
     BudgetCounter,
@@ -56,8 +55,6 @@ from accounts.selectors import (
     budgets_applicable,
     ratelimits_applicable,
 )
-from accounts.services import budgets_pg
-from project import pgsql
 
 USD_QUANTUM = Decimal("0.000000000001")  # 12 decimal places, as stored
 HELD = BudgetReservation.Status.HELD
@@ -116,24 +113,6 @@ def _owner_label(budget: Budget) -> str:
         name = getattr(budget, "group_name", None) or cast(Group, budget.group).name
         return f"the group {name}'s"
     return "your"
-
-
-def _commit_without_wal_flush() -> None:
-    """Let this transaction's COMMIT return before its WAL reaches the disk.
-
-    Only for holds: other transactions see the rows at commit either way; a
-    database crash may forget the last few hundred milliseconds of holds,
-    which is harmless (the call's ``usage_record`` then charges the budgets
-    directly). Saves one disk flush per LLM call. The usage ledger keeps
-    ordinary durable commits. PostgreSQL only; a no-op elsewhere.
-    """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-
-
-def _on_postgresql() -> bool:
-    return connection.vendor == "postgresql"
 
 
 def _counters_lock(
@@ -266,48 +245,21 @@ def budget_admit(
     tokens: int,
     run_id: int | None,
     check: Callable[[list[RateLimit]], None] | None = None,
-    savepoint: bool = True,
 ) -> tuple[list[Budget], list[RateLimit], list[BudgetReservation]]:
     """Reserve like ``budget_reserve``, running ``check`` before the hold commits.
 
     ``check`` gets the applicable rate limits (by id) and may raise: then
     nothing is held. Returns ``(budgets, rate limits, held reservations)``
     (the rate limits are ``[]`` when ``check`` is None). ``cost`` must come
-    from ``to_usd`` and ``tokens`` be checked by the caller. ``savepoint=False``
-    (PostgreSQL, inside the caller's transaction): no savepoint around the
-    one-statement hold; where it would be needed, ``NeedsSavepoint`` is raised
-    instead, and so is whatever ``check`` raises.
+    from ``to_usd`` and ``tokens`` be checked by the caller.
 
     Raises:
         BudgetExceeded: a limit would be passed; nothing was written.
-        NeedsSavepoint: see ``savepoint``.
     """
-    relax = not connection.in_atomic_block  # never relax a caller's own transaction
     now = timezone.now()
-    if _on_postgresql():
-        with transaction.atomic(savepoint=savepoint):
-            got = budgets_pg.reserve(
-                user_id=user_id,
-                cost=cost,
-                tokens=tokens,
-                run_id=run_id,
-                now=now,
-                relax_commit=relax,
-            )
-            if got.complete:
-                if check is not None:
-                    check(got.ratelimits)
-                return got.budgets, got.ratelimits, got.reservations
-            # A limit refused, or a period without a counter yet: undo and
-            # let the general path create counters and word the refusal.
-            if not savepoint:
-                raise NeedsSavepoint("budget hold")
-            transaction.set_rollback(True)
     ratelimits = ratelimits_applicable(user=user_id) if check is not None else []
     budgets = budgets_applicable(user=user_id)
     with transaction.atomic():
-        if relax and budgets:
-            _commit_without_wal_flush()
         reservations = (
             _reserve_locked(
                 user_id=user_id, budgets=budgets, cost=cost, tokens=tokens, run_id=run_id, now=now
@@ -335,9 +287,7 @@ def budget_reserve(
     or ``spent + this`` would pass it (cost or tokens), nothing is held and
     ``BudgetExceeded`` is raised for the first such budget (lowest id).
     Otherwise one ``held`` reservation per budget is created and added to its
-    counter. A user with no budget gets ``[]``. The commit skips the WAL flush
-    when this function owns the transaction (a hold lost in a database crash
-    is harmless: the call's ``usage_record`` then charges the budgets).
+    counter. A user with no budget gets ``[]``.
 
     Args:
         user: the user (or their id) the call is made for.
@@ -456,74 +406,6 @@ def _usage(
     )
 
 
-def _one_statement(usage: _Usage) -> bool:
-    """Whether the one-statement settle (``_settle_steps``) can take ``usage``: on
-    PostgreSQL, with holds to settle or no budget to charge."""
-    return _on_postgresql() and bool(usage.reservations or not usage.budgets)
-
-
-def usage_record_steps(
-    *,
-    user: User | int,
-    conversation_id: int | None,
-    run_id: int | None,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cost_usd: Decimal | int | str,
-    latency_ms: int | None,
-    reservations: list[int] | None = None,
-    _budgets: list[Budget] | None = None,
-) -> pgsql.Steps[UsageRecord]:
-    """``usage_record``'s common case on PostgreSQL as ``pgsql`` steps, without a
-    savepoint: one round (the ledger row and the settled holds, one statement), for
-    a caller that shares it with its own statements (``pgsql.gather``).
-
-    Same arguments and result as ``usage_record``. Raises ``ValueError`` (bad
-    usage) from this call, before any statement; ``NeedsSavepoint`` from this
-    call or from the steps where the general path is needed (a budget that no
-    hold of this call covers): the caller must roll its transaction back and
-    call ``usage_record`` instead.
-    """
-    usage = _usage(
-        user=user, conversation_id=conversation_id, run_id=run_id, model=model,
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd,
-        latency_ms=latency_ms, reservations=reservations, budgets=_budgets,
-    )  # fmt: skip
-    if not _one_statement(usage):
-        raise NeedsSavepoint("usage settle")
-    return _settle_steps(usage)
-
-
-def _settle_steps(usage: _Usage) -> pgsql.Steps[UsageRecord]:
-    fields = usage.fields
-    got = yield from budgets_pg.settle_steps(
-        user_id=fields["user_id"],
-        conversation_id=fields["conversation_id"],
-        run_id=fields["run_id"],
-        model=fields["model"],
-        prompt_tokens=fields["prompt_tokens"],
-        completion_tokens=fields["completion_tokens"],
-        cost=fields["cost_usd"],
-        latency_ms=fields["latency_ms"],
-        reservation_ids=usage.reservations,
-        now=usage.now,
-    )
-    if not all(b.pk in got.counters for b in usage.budgets):
-        # Some budget was not covered by a hold (released, expired): undo and
-        # charge it on the general path, which locks in order.
-        raise NeedsSavepoint("usage settle")
-    _warn_if_crossed(
-        user_id=fields["user_id"],
-        spends=[(b, got.counters[b.pk]) for b in usage.budgets],
-        now=usage.now,
-    )
-    record = UsageRecord(id=got.record_id, **fields)
-    record._state.adding = False
-    record._state.db = connection.alias
-    return record
-
-
 def usage_record(
     *,
     user: User | int,
@@ -560,21 +442,12 @@ def usage_record(
 
     Raises:
         ValueError: negative or non-numeric tokens or cost, or an empty model.
-
-    On PostgreSQL the common case is one statement (``usage_record_steps``,
-    which a caller may also share round trips with).
     """
     usage = _usage(
         user=user, conversation_id=conversation_id, run_id=run_id, model=model,
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd,
         latency_ms=latency_ms, reservations=reservations, budgets=_budgets,
     )  # fmt: skip
-    if _one_statement(usage):
-        with transaction.atomic():
-            try:
-                return pgsql.run(_settle_steps(usage))
-            except NeedsSavepoint:
-                transaction.set_rollback(True)  # to the savepoint: the general path
     fields, user_id, budgets, now = usage.fields, usage.fields["user_id"], usage.budgets, usage.now
     cost, total = usage.fields["cost_usd"], usage.total
     with transaction.atomic():

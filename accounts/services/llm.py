@@ -24,8 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db import transaction
-
 from accounts.models import Budget, RateLimit, UsageRecord, User
 from accounts.services.budgets import (
     budget_admit,
@@ -33,10 +31,8 @@ from accounts.services.budgets import (
     to_tokens,
     to_usd,
     usage_record,
-    usage_record_steps,
 )
 from accounts.services.ratelimits import ratelimit_add_tokens, ratelimit_check
-from project import pgsql
 
 
 @dataclass(frozen=True)
@@ -64,24 +60,18 @@ def llm_call_admit(
     run_id: int | None,
     estimated_cost_usd: Decimal | int | str,
     estimated_tokens: int,
-    savepoint: bool = True,
 ) -> Admission:
     """Reserve the worst case against every budget and check the rate limits.
 
     One transaction: the hold is written (``budget_admit``), the rate limits
     are checked in Redis, then the hold commits; a refused rate limit rolls
-    the hold back. On PostgreSQL that is one statement plus one Redis script
-    per rate limit.
+    the hold back.
 
     Args:
         user: who the call is for.
         run_id: the run making the call (plain id).
         estimated_cost_usd: worst-case USD (see this module's docstring).
         estimated_tokens: worst-case tokens (prompt + max_tokens).
-        savepoint: ``False`` inside the caller's transaction on PostgreSQL: no
-            savepoint around the hold; a refusal, or a hold the one-statement
-            path cannot take, raises (``NeedsSavepoint`` for the latter) and
-            the caller must roll back (``budget_admit``).
 
     Returns:
         An ``Admission`` to pass to ``llm_call_settle`` or ``llm_call_abort``.
@@ -92,7 +82,6 @@ def llm_call_admit(
         RateLimited: too many requests/tokens this minute; nothing was held
             (the refused request is not counted).
         ValueError: negative or non-numeric estimates.
-        NeedsSavepoint: only with ``savepoint=False``.
     """
     user_id = user if isinstance(user, int) else user.pk
     cost = to_usd(estimated_cost_usd, name="estimated_cost_usd")
@@ -104,7 +93,7 @@ def llm_call_admit(
     # Refusals (RateLimited, BudgetExceeded) propagate; the caller audits them
     # (accounts does not import approvals).
     budgets, ratelimits, reservations = budget_admit(
-        user_id=user_id, cost=cost, tokens=tokens, run_id=run_id, check=check, savepoint=savepoint
+        user_id=user_id, cost=cost, tokens=tokens, run_id=run_id, check=check
     )
     return Admission(
         user_id=user_id,
@@ -174,50 +163,6 @@ def _usage_kwargs(
         "reservations": list(admission.reservation_ids),
         "_budgets": None if admission._budgets is None else list(admission._budgets),
     }
-
-
-def llm_call_settle_steps(
-    *,
-    admission: Admission,
-    conversation_id: int | None,
-    model: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cost_usd: Decimal | int | str,
-    latency_ms: int | None,
-) -> pgsql.Steps[UsageRecord]:
-    """``llm_call_settle``'s common case on PostgreSQL as ``pgsql`` steps (one
-    round), for a caller that shares the round trip with its own statements
-    (``pgsql.gather``; ``conversations.engine`` stores an answer this way).
-
-    Same arguments and result. Raises as ``usage_record_steps``: ``ValueError``
-    from this call; ``NeedsSavepoint`` from this call or the steps, and the
-    caller must then roll back and call ``llm_call_settle``. The tokens are
-    counted against rate limits when the transaction commits: not in Redis
-    while the caller's later rounds may still hold locks (the audit chain's
-    head, ``engine._store_text_pg``), and not at all if it rolls back (its
-    caller then settles again on the general path, which counts them).
-    """
-    steps = usage_record_steps(
-        **_usage_kwargs(
-            admission, conversation_id, model, prompt_tokens, completion_tokens, cost_usd,
-            latency_ms,
-        )
-    )  # fmt: skip
-    return _then_count_tokens(steps, admission, prompt_tokens + completion_tokens)
-
-
-def _then_count_tokens(
-    steps: pgsql.Steps[UsageRecord], admission: Admission, tokens: int
-) -> pgsql.Steps[UsageRecord]:
-    record = yield from steps
-    limits = None if admission._ratelimits is None else list(admission._ratelimits)
-    if limits != []:
-        transaction.on_commit(
-            lambda: ratelimit_add_tokens(user=admission.user_id, tokens=tokens, _limits=limits),
-            robust=True,  # a count lost to Redis must not undo the committed ledger
-        )
-    return record
 
 
 def llm_call_abort(*, admission: Admission) -> int:
