@@ -10,4 +10,4 @@ class ApprovalsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from approvals import signals  # noqa: F401  (connects the sign-in audit receivers)
+        from approvals import receivers  # noqa: F401  (connects the sign-in audit receivers)

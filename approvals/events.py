@@ -1,7 +1,7 @@
 """Pushes to browsers: the approval card and the pending badge, as htmx OOB fragments.
 
-Every message is ``{"type": "html.push", "html": ...}`` sent to ``user.<id>``
-groups on commit (DESIGN.md, "Events to the browser"). Each recipient gets
+Every push goes to users' groups on commit through the one push path
+(``project.pushes.send_event_on_commit``; DESIGN.md, "Events to the browser"). Each recipient gets
 their own rendering: the buttons only for those who may decide, their own
 badge count.
 
@@ -22,7 +22,7 @@ from django.template.loader import render_to_string
 
 from approvals.models import ApprovalRequest
 from approvals.selectors import approval_can_decide, approvals_pending_count
-from project.pushes import push_on_commit, push_send_now
+from project.pushes import send_event_on_commit, user_group
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +89,9 @@ def approval_pairs(approval_id: int, *, created: bool = False) -> list[tuple[str
     if approval is None:
         return []
     return [
-        (f"user.{user.pk}", approval_push_html(approval=approval, user=user, created=created))
+        (user_group(user.pk), approval_push_html(approval=approval, user=user, created=created))
         for user in approval_recipients(approval)
     ]
-
-
-def approval_send(approval_id: int, *, created: bool = False) -> None:
-    """Render and ``group_send`` the card and badge to every recipient now (sync)."""
-    push_send_now(lambda: approval_pairs(approval_id, created=created))
 
 
 def approval_push(approval_id: int, *, created: bool = False) -> None:
@@ -107,6 +102,6 @@ def approval_push(approval_id: int, *, created: bool = False) -> None:
     them. Failures (Redis down) are logged, never raised: the database is the
     truth and a reload shows the state.
     """
-    push_on_commit(
+    send_event_on_commit(
         lambda: approval_pairs(approval_id, created=created), lane=f"approval.{approval_id}"
     )

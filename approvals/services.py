@@ -4,14 +4,17 @@ State transitions follow Wagtail's ``TaskState`` habit (STYLE.md): lock the
 row, check the expected status, write, record who and when, audit, and push
 to browsers with ``transaction.on_commit``.
 
-The decided-handler contract (``settings.TOLLGATE_APPROVAL_DECIDED_HANDLER``,
-a dotted path, default ``None``): ``handler(approval: ApprovalRequest) -> None``
-is called once per request that leaves ``pending`` by approval, denial or
-expiry, inside the transaction that holds the request's row lock, after its
-status, ``decided_*`` fields and edits are saved. Execute
-``approval.effective_arguments``. Schedule work with
-``transaction.on_commit``; an exception rolls the decision back.
-Cancellation (``approvals_cancel_for_run``) does not call it.
+Apps above this one learn of decisions through two signals
+(``approvals.signals``), connected in their ``AppConfig.ready``:
+``approval_deciding`` is sent inside a decision's (or expiry's) transaction
+before the request is locked, so that receivers lock the rows that come first
+in the lock order (the run, then its tool invocation: ``conversations.runs``);
+``approval_decided`` is sent once per request that leaves ``pending`` by
+approval, denial or expiry, in the same transaction, after its status,
+``decided_*`` fields and edits are saved (execute
+``approval.effective_arguments``; schedule work with ``transaction.on_commit``;
+an exception rolls the decision back). Cancellation
+(``approvals_cancel_for_run``) sends neither: its caller holds those locks.
 """
 
 from __future__ import annotations
@@ -24,10 +27,8 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
@@ -46,6 +47,7 @@ from approvals.selectors import (
     audit_event_hash,
     gate_evaluate,
 )
+from approvals.signals import approval_decided, approval_deciding
 
 logger = logging.getLogger(__name__)
 
@@ -451,20 +453,15 @@ def approval_request_create(
     return approval
 
 
-def _call_decided_handler(approval: ApprovalRequest) -> None:
-    path = getattr(settings, "TOLLGATE_APPROVAL_DECIDED_HANDLER", None)
-    if path:
-        import_string(path)(approval)
-
-
 def _expire_locked(approval: ApprovalRequest, *, now: datetime) -> None:
-    """Mark a locked pending request expired, audit, call the handler, push on commit."""
+    """Mark a locked pending request expired, audit, send ``approval_decided``, push
+    on commit."""
     approval.status = ApprovalRequest.Status.EXPIRED
     approval.decided_at = now
     approval.reason = EXPIRED_REASON
     approval.save(update_fields=["status", "decided_at", "reason"])
-    # The handler first: the audit chain-head lock is taken last (see audit_record).
-    _call_decided_handler(approval)
+    # The receivers first: the audit chain-head lock is taken last (see audit_record).
+    approval_decided.send(sender=ApprovalRequest, approval=approval)
     audit_record(
         action="approval.expired",
         target_type="approval_request",
@@ -480,6 +477,22 @@ def _expire_locked(approval: ApprovalRequest, *, now: datetime) -> None:
     approval_push(approval.pk)
 
 
+def _lock_in_order(approval_id: int, **conditions: Any) -> ApprovalRequest | None:
+    """Lock approval request ``approval_id`` (matching ``conditions``) after the rows
+    that come before it in the lock order: ``approval_deciding``'s receivers lock
+    them (the run, then its invocation). ``None`` when no such request. Inside
+    ``transaction.atomic``."""
+    found = ApprovalRequest.objects.filter(pk=approval_id, **conditions).first()
+    if found is None:
+        return None
+    approval_deciding.send(sender=ApprovalRequest, approval=found)
+    return (
+        ApprovalRequest.objects.select_for_update(no_key=True)
+        .filter(pk=approval_id, **conditions)
+        .first()
+    )
+
+
 def approval_decide(
     *,
     approval_id: int,
@@ -493,10 +506,11 @@ def approval_decide(
 ) -> ApprovalRequest:
     """Approve or deny a pending request, exactly once.
 
-    Locks the request (``SELECT … FOR NO KEY UPDATE``) and checks, in order:
+    Locks the request (``SELECT … FOR NO KEY UPDATE``), after the rows before it
+    in the lock order (``approval_deciding``), and checks, in order:
     the actor may decide it (else audits ``approval.forbidden`` and raises
     ``ApprovalForbidden``); it is pending (else ``ApprovalNotPending``); it
-    has not passed ``expires_at`` (else marks it expired, calls the handler
+    has not passed ``expires_at`` (else marks it expired, sends ``approval_decided``
     and raises ``ApprovalNotPending``); ``arguments_hash`` is the hash of the
     arguments it shows (else ``ApprovalArgumentsMismatch``); edited
     arguments (approve only) validate against ``arguments_schema`` (else
@@ -505,8 +519,8 @@ def approval_decide(
 
     Then records the outcome, ``decided_by``/``decided_at``, ``reason`` and
     the edit diff, creates the conversation-scoped allow rule for the
-    requester when ``always_allow``, audits ``approval.decided``, calls the
-    decided handler (module docstring) inside the same transaction and pushes
+    requester when ``always_allow``, audits ``approval.decided``, sends
+    ``approval_decided`` (module docstring) inside the same transaction and pushes
     the updated card on commit. Edits identical to the request are no edit;
     edits and ``always_allow`` are ignored on a denial.
 
@@ -518,9 +532,7 @@ def approval_decide(
     # The decision's events and its handler's (the run moving on) are appended
     # together when the block ends, the audit head locked last.
     with transaction.atomic(), audit_deferred():
-        approval = (
-            ApprovalRequest.objects.select_for_update(no_key=True).filter(pk=approval_id).first()
-        )
+        approval = _lock_in_order(approval_id)
         if approval is None:
             raise ApprovalNotFound("No such approval.")
         if not approval_can_decide(user=actor, approval=approval):
@@ -631,8 +643,8 @@ def _decide_locked(
             created_by=actor,
         )
         rule_id = rule.pk
-    # The handler first: the audit chain-head lock is taken last (see audit_record).
-    _call_decided_handler(approval)
+    # The receivers first: the audit chain-head lock is taken last (see audit_record).
+    approval_decided.send(sender=ApprovalRequest, approval=approval)
     if rule is not None:
         policy_changed_record(policy=rule, operation="created", actor=actor, ip=ip)
     audit_record(
@@ -662,12 +674,12 @@ def _decide_locked(
 def approvals_expire_due(*, now: datetime | None = None, limit: int = 500) -> list[int]:
     """Expire pending requests whose ``expires_at`` has passed; return their ids.
 
-    Each request is expired in its own short transaction, locked with
-    ``skip_locked`` (one being decided right now is left to its decider):
-    status ``expired``, ``decided_at`` = ``now``, reason "not approved in
-    time", an ``approval.expired`` audit event, the decided handler, and a
-    pushed card on commit. A handler error is logged and that request stays
-    pending for the next sweep. Run by Celery beat (``approvals.tasks``) or
+    Each request is expired in its own short transaction, locked in the lock
+    order (after its run and invocation; one decided meanwhile is left as its
+    decider left it): status ``expired``, ``decided_at`` = ``now``, reason "not
+    approved in time", an ``approval.expired`` audit event, ``approval_decided``,
+    and a pushed card on commit. A receiver's error is logged and that request
+    stays pending for the next sweep. Run by Celery beat (``approvals.tasks``) or
     ``approvals.dispatch.expiry_loop`` in embedded mode.
     """
     now = now or timezone.now()
@@ -679,14 +691,12 @@ def approvals_expire_due(*, now: datetime | None = None, limit: int = 500) -> li
     expired: list[int] = []
     for pk in due:
         try:
-            with transaction.atomic():
-                approval = (
-                    ApprovalRequest.objects.select_for_update(no_key=True, skip_locked=True)
-                    .filter(pk=pk, status=ApprovalRequest.Status.PENDING, expires_at__lte=now)
-                    .first()
+            with transaction.atomic(), audit_deferred():
+                approval = _lock_in_order(
+                    pk, status=ApprovalRequest.Status.PENDING, expires_at__lte=now
                 )
                 if approval is None:
-                    continue
+                    continue  # decided meanwhile
                 _expire_locked(approval, now=now)
         except Exception:
             logger.exception("Expiring approval %s failed", pk)
@@ -700,8 +710,8 @@ def approvals_cancel_for_run(*, run_id: int, actor: Any = None) -> int:
 
     Waits for row locks held by a decision in progress, then re-checks the
     status, so a request is either decided or cancelled, never both. Audits
-    ``approval.cancelled`` and pushes the cards on commit. Does not call the
-    decided handler: the caller (the run's cancellation) settles its
+    ``approval.cancelled`` and pushes the cards on commit. Sends no signal: the
+    caller (the run's cancellation) holds the run's lock and settles its
     invocations itself.
     """
     from approvals.events import approval_push

@@ -1,30 +1,20 @@
-"""Sign-in and sign-out go to the audit trail (Django's auth signals; allauth sends them too)."""
+"""Signals approvals sends to the apps above it (connected in their ``AppConfig.ready``).
+
+Approvals may not import those apps (DESIGN.md, "Layers"); they register here.
+Both are sent inside the transaction of a decision or an expiry, with
+``sender=ApprovalRequest`` and ``approval=`` the request; a receiver's exception
+rolls the decision back.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from django.dispatch import Signal
 
-from django.contrib.auth.signals import user_logged_in, user_logged_out
-from django.dispatch import receiver
+#: Before the request is locked: receivers lock the rows that come first in the lock
+#: order (``conversations.runs``: the run, then its tool invocation). ``approval`` is
+#: the request as read without a lock.
+approval_deciding = Signal()
 
-from approvals.services import audit_record
-
-
-def _ip(request: Any) -> str | None:
-    return request.META.get("REMOTE_ADDR") if request is not None else None
-
-
-@receiver(user_logged_in, dispatch_uid="approvals.audit_signed_in")
-def audit_signed_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    audit_record(
-        action="auth.signed_in", actor=user, target_type="user", target_id=user.pk, ip=_ip(request)
-    )
-
-
-@receiver(user_logged_out, dispatch_uid="approvals.audit_signed_out")
-def audit_signed_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    if user is None:
-        return
-    audit_record(
-        action="auth.signed_out", actor=user, target_type="user", target_id=user.pk, ip=_ip(request)
-    )
+#: After the request left ``pending`` (approved, denied or expired) and was saved,
+#: still locked: receivers apply the outcome (``conversations.toolphase``).
+approval_decided = Signal()

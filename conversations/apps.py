@@ -4,7 +4,33 @@ from django.apps import AppConfig
 
 
 class ConversationsConfig(AppConfig):
-    """Conversations, messages, runs (the agent loop), model configs and the LLM gateway."""
+    """Conversations, messages, runs (the agent loop), model configs and the LLM gateway.
+
+    ``ready`` connects this app to the signals of the apps below it (they may not
+    import it) and to its own state machine's ``run_step_due``.
+    """
 
     name = "conversations"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Imported here, not at the top: these modules import models, which
+        # Django's app registry allows only once it is ready.
+        from approvals.models import ApprovalRequest
+        from approvals.signals import approval_decided, approval_deciding
+        from conversations import dispatch, selectors, toolphase
+        from conversations.models import Run
+        from conversations.runs import run_step_due
+        from tools.models import ToolInvocation
+        from tools.signals import run_cancel_query
+
+        approval_deciding.connect(
+            toolphase.approval_lock_subject, sender=ApprovalRequest, dispatch_uid="conversations"
+        )
+        approval_decided.connect(
+            toolphase.approval_decided, sender=ApprovalRequest, dispatch_uid="conversations"
+        )
+        run_cancel_query.connect(
+            selectors.run_cancel_requested, sender=ToolInvocation, dispatch_uid="conversations"
+        )
+        run_step_due.connect(dispatch.run_step_due_received, sender=Run, dispatch_uid="dispatch")

@@ -16,17 +16,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from approvals.services import ApprovalError, approval_decide_from_payload
 from conversations import services
-from conversations.events import conversation_group, error_fragment, user_group
+from conversations.dispatch import recovery_timer_ensure
+from conversations.events import error_fragment
 from conversations.models import Conversation
-from project.dbthreads import db_call, named_pool
+from project.dbthreads import db_async, db_concurrent
+from project.pushes import conversation_group, user_group
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +62,10 @@ Handler = Callable[["PageConsumer", Any], Awaitable[None]]
 
 
 async def _db(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
-    """A service call from the consumer: on the web process's database pool
-    (``TOLLGATE_WEB_DB_THREADS`` threads), so many sockets' calls do not queue
-    behind one thread; thread-sensitive when the pool is off (SQLite)."""
-    pool = named_pool("web-db", settings.TOLLGATE_WEB_DB_THREADS)
-    if pool is None:
-        return await database_sync_to_async(fn)(**kwargs)
-    return await db_call(pool, fn, **kwargs)
+    """A service call from the consumer, on the loop's default executor
+    (``db_concurrent``), so many sockets' calls do not queue behind one thread."""
+    with db_concurrent():
+        return await db_async(fn)(**kwargs)
 
 
 async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None:
@@ -132,8 +129,6 @@ class PageConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.append(group)
         await self.accept()
-        from conversations.dispatch import recovery_timer_ensure
-
         recovery_timer_ensure()
 
     async def disconnect(self, code: int) -> None:

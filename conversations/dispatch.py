@@ -1,6 +1,9 @@
 """Who runs the engine's steps: Celery or asyncio tasks in the web process.
 
-``settings.TOLLGATE_DISPATCHER``: ``"celery"`` sends ``conversations.tasks.run_step``
+A run's next step is announced by the state machine (``runs.run_step_due``, sent
+on commit); :func:`dispatch_run_step` receives it (connected in
+``ConversationsConfig.ready``). ``settings.TOLLGATE_DISPATCHER``: ``"celery"``
+sends ``conversations.tasks.run_step``
 (ids only); ``"inprocess"`` (the embedded mode) creates an asyncio task on the
 web process's event loop and keeps a strong reference until it finishes. In
 in-process mode the first dispatch also starts a timer that runs
@@ -15,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
-import socket
 import threading
-import uuid
+from typing import Any
 
 from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
 from django.conf import settings
 
+from approvals.dispatch import expiry_loop
+from conversations.engine import run_advance
+from conversations.gateway import gateway_preload
+from conversations.runs import runs_recover_stale, worker_id
+from conversations.tasks import run_step
 from project.pushes import pushes_drain
 
 logger = logging.getLogger(__name__)
@@ -31,19 +37,17 @@ _tasks: set[asyncio.Task] = set()
 _recovery: dict[tuple[int, str], asyncio.Task] = {}  # (event loop id, name) → timer task
 
 
-def worker_id(prefix: str) -> str:
-    """A lease owner id unique to one attempt: ``<prefix>@<host>/<pid>/<random>``."""
-    return f"{prefix}@{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-
-
 def dispatch_run_step(run_id: int) -> None:
     """Schedule one ``run_advance`` of run ``run_id``. Call after commit (``on_commit``)."""
     if settings.TOLLGATE_DISPATCHER == "celery":
-        from conversations.tasks import run_step
-
         run_step.delay(run_id)
         return
     _inprocess(run_id)
+
+
+def run_step_due_received(*, run_id: int, **_signal: Any) -> None:
+    """Receiver of ``runs.run_step_due``: :func:`dispatch_run_step`."""
+    dispatch_run_step(run_id)
 
 
 def _inprocess(run_id: int) -> None:
@@ -83,8 +87,6 @@ async def _advance(run_id: int) -> None:
     """``run_advance`` once the preload thread, if one runs, is done: a step
     importing litellm while that thread imports it too can meet it mid-import
     and fail ("partially initialized module"; see ``gateway_preload``)."""
-    from conversations.engine import run_advance
-
     await _preloaded()
     await run_advance(run_id=run_id, worker=worker_id("inprocess"))
 
@@ -120,8 +122,6 @@ def recovery_timer_ensure() -> None:
     if settings.TOLLGATE_DISPATCHER == "celery":
         _broker_warm()
         return
-    from approvals.dispatch import expiry_loop
-
     _gateway_preload()
     loop = asyncio.get_running_loop()
     for name, make in (
@@ -157,8 +157,6 @@ def broker_warm() -> None:
     of the first reply after a start). Called in a thread when the first page
     connects; a broker that is down is logged, and the first send reports it.
     """
-    from conversations.tasks import run_step
-
     app = run_step.app
     try:
         with app.producer_or_acquire() as producer:
@@ -173,8 +171,6 @@ def _gateway_preload() -> None:
     thread that every database call of the embedded web process shares."""
     global _preloading
     if _preloading is None:
-        from conversations.gateway import gateway_preload
-
         _preloading = threading.Thread(target=gateway_preload, name="litellm-preload", daemon=True)
         _preloading.start()
 
@@ -198,8 +194,6 @@ async def _mcp_check_loop() -> None:
 
 
 async def _recovery_loop() -> None:
-    from conversations.services import runs_recover_stale
-
     entry = settings.CELERY_BEAT_SCHEDULE.get("conversations-recover-stale-runs", {})
     interval = float(entry.get("schedule", 60.0))
     while True:

@@ -1,21 +1,24 @@
-"""The agent loop engine: advance a ``Run`` one step, state in the database.
-
-DESIGN.md, "The agent loop" (continuation-passing, durable)::
-
-    queued → calling_llm → (text only) → completed
-                         → (tool calls) → gating → executing_tools → calling_llm …
-                                        → awaiting_approval ──(all decided)──┘
-    any state → cancelled | failed        steps > max_steps → failed
+"""The agent loop engine: advance a ``Run`` one step, its state in the database.
 
 ``run_advance`` is the only entry point; the dispatcher (``dispatch.py``) calls
-it from a Celery task or an asyncio task. Each step: take the lease (row lock,
-expected status), read state, do ONE model call streaming deltas, store the
-assistant message once (keyed by (run, step), so a replayed step rewrites the
-same row), transition, release the lease and schedule the next step on commit.
+it from a Celery task or an asyncio task. A step begins with one transaction
+(:func:`_step_begin`): the run is locked and its lease taken
+(``runs.run_claim``), and what the step needs is read and written in the same
+transaction. Then, by the run's status:
 
-``run.step`` is the number of the model call the run is on; it is incremented
-by the transition INTO ``calling_llm`` (from queued here, from the tool phase
-via ``run_llm_call_schedule``), never by a replay of the call itself.
+- ``calling_llm``: the history, the tools offered, the context fit, rate limits
+  and the budget hold, the step's assistant message; then ONE model call
+  streaming deltas to the browser; then one transaction stores the answer
+  (keyed by (run, step), so a replayed step rewrites the same row), settles its
+  usage and moves the run on (``completed``, or ``gating`` and straight through
+  the gate);
+- ``gating`` (a worker died after storing a tool-call answer): the gate again;
+- ``executing_tools``: the turn's approved calls, concurrently, then the next
+  state.
+
+Every status change goes through the state machine (``conversations.runs``),
+which schedules the next step on commit. ``run.step`` counts model calls; it
+goes up with each transition into ``calling_llm``, never with a replay.
 """
 
 from __future__ import annotations
@@ -24,35 +27,44 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from accounts.errors import BudgetExceeded, RateLimited
+from accounts.selectors import budget_requires_prices
+from accounts.services import Admission, llm_call_abort, llm_call_admit, llm_call_settle
+from approvals.services import audit_deferred, audit_record
 from conversations import events
-from conversations.context import context_fit
+from conversations.context import FitResult, context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.runs import run_claim, run_lease_renew, run_lock, run_transition
+from conversations.toolphase import (
+    run_stop,
+    tools_offered,
+    turn_claim_approved,
+    turn_continue,
+    turn_gate,
+)
 from project.dbthreads import db_async
+from tools.selectors import invocation_ids_interrupted
+from tools.services import invocation_recover_interrupted, invocations_execute
 
 logger = logging.getLogger(__name__)
 
 S = Run.Status
 
-# Database calls: thread-sensitive sync_to_async by default (a step can run inside
-# a caller's transaction, as tests do), the worker host's thread pool inside the
-# host (project/dbthreads.py). Not channels' database_sync_to_async, which closes
-# the connection before each call.
-_db = db_async
 #: Seconds into a stream when its text is first saved (then every
 #: ``TOLLGATE_STREAM_PERSIST_SECONDS``): short replies never write partial text.
 FIRST_PERSIST_SECONDS = 0.1
 #: The longest a busy process stretches the time between saves (``_persist_interval``).
 MAX_PERSIST_SECONDS = 3.0
+#: Seconds between lease renewals while a reply streams (the lease lasts
+#: ``TOLLGATE_RUN_LEASE_SECONDS``).
+LEASE_RENEW_SECONDS = 10.0
 
 
 def _persist_interval() -> float:
@@ -69,128 +81,11 @@ def _persist_interval() -> float:
     return min(MAX_PERSIST_SECONDS, max(settings.TOLLGATE_STREAM_PERSIST_SECONDS, busy))
 
 
-#: Statuses in which a dispatched step has work to do (the rest wait on others).
-ADVANCEABLE = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING, S.EXECUTING_TOOLS})
-
-
 class StepAborted(StreamAborted):
     """Raised from the stream callback when the run was cancelled or its lease lost."""
 
 
-def _lease_until() -> Any:
-    return timezone.now() + timedelta(seconds=settings.TOLLGATE_RUN_LEASE_SECONDS)
-
-
-def _release(run: Run) -> None:
-    run.lease_owner = ""
-    run.lease_expires_at = None
-
-
-def _stop_streaming_messages(run: Run, status: str) -> None:
-    for message in Message.objects.filter(run=run, status=Message.Status.STREAMING):
-        message.status = status
-        message.save(update_fields=["status"])
-        events.message_replaced(message_id=message.pk, run_id=message.run_id)
-
-
-def run_finish(*, run: Run, status: str, error: str = "") -> None:
-    """Move ``run`` to a terminal ``status`` (completed, failed, cancelled).
-
-    Precondition: inside ``transaction.atomic`` with ``run`` locked. Marks
-    any still-streaming message of the run stopped (cancel) or failed, clears
-    the lease, pushes the new status on commit.
-    """
-    if status not in Run.TERMINAL:
-        raise ValueError(f"{status} is not a terminal status")
-    run.status = status
-    run.error = error[:2000]
-    run.finished_at = timezone.now()
-    _release(run)
-    run.save(update_fields=["status", "error", "finished_at", "lease_owner", "lease_expires_at"])
-    if status == S.CANCELLED:
-        _stop_streaming_messages(run, Message.Status.STOPPED)
-    elif status == S.FAILED:
-        _stop_streaming_messages(run, Message.Status.FAILED)
-    events.run_status_changed(run_id=run.pk)
-
-
-def run_llm_call_schedule(*, run: Run) -> None:
-    """Transition a locked run into ``calling_llm`` for its next model call, on commit.
-
-    For the tool phase (the lead's gate/executor): call when every invocation
-    of the turn is settled. Fails the run with a clear message when the next
-    call would exceed ``run.max_steps``. Precondition: inside
-    ``transaction.atomic`` with ``run`` locked by ``select_for_update``.
-    """
-    if run.step >= run.max_steps:
-        run_finish(
-            run=run,
-            status=S.FAILED,
-            error=(
-                f"Stopped after {run.step} model calls without a final answer "
-                f"(this run's limit is {run.max_steps} steps)."
-            ),
-        )
-        return
-    run.status = S.CALLING_LLM
-    run.step += 1
-    _release(run)
-    run.save(update_fields=["status", "step", "lease_owner", "lease_expires_at"])
-    events.run_status_changed(run_id=run.pk)
-    dispatch_on_commit(run.pk)
-
-
-def dispatch_on_commit(run_id: int) -> None:
-    """Schedule the run's next step when the current transaction commits."""
-    from conversations.dispatch import dispatch_run_step
-
-    transaction.on_commit(lambda: dispatch_run_step(run_id))
-
-
-# -- step 0: the lease -------------------------------------------------------------
-
-
-def _claim(run_id: int, worker: str) -> Run | None:
-    """Lock the run, check it has work for us, take the lease; ``None`` = nothing to do.
-
-    Runs in the caller's transaction when there is one (``_claim_and_begin``).
-    """
-    with transaction.atomic(savepoint=False):
-        try:
-            run = (
-                Run.objects.select_for_update(no_key=True, of=("self",))
-                .select_related("conversation__model_config", "conversation__owner")
-                .get(pk=run_id)  # not .first(): its ORDER BY costs more Python than the query
-            )
-        except Run.DoesNotExist:
-            return None
-        if run.is_terminal or run.status not in ADVANCEABLE:
-            return None
-        now = timezone.now()
-        if run.lease_expires_at is not None and run.lease_expires_at > now:
-            return None  # another worker is on it (a duplicate or redelivered task)
-        if run.cancel_requested:
-            run_finish(run=run, status=S.CANCELLED)
-            return None
-        if run.status == S.QUEUED:
-            if run.step >= run.max_steps:
-                run_finish(
-                    run=run,
-                    status=S.FAILED,
-                    error=f"This run may not call the model (limit {run.max_steps} steps).",
-                )
-                return None
-            run.status = S.CALLING_LLM
-            run.step += 1
-            run.started_at = run.started_at or now
-        run.lease_owner = worker
-        run.lease_expires_at = _lease_until()
-        run.save(update_fields=["status", "step", "started_at", "lease_owner", "lease_expires_at"])
-        events.run_status_changed(run_id=run.pk)
-        return run
-
-
-# -- step 1: read state ------------------------------------------------------------
+# -- the history the model reads ------------------------------------------------------
 
 
 class HistoryRow(NamedTuple):
@@ -207,30 +102,19 @@ class HistoryRow(NamedTuple):
 HISTORY_STATUSES = (Message.Status.COMPLETE.value, Message.Status.STOPPED.value)
 
 
-def history_messages(
-    *,
-    conversation: Conversation,
-    exclude_id: int | None = None,
-    rows: list[HistoryRow] | None = None,
-) -> list[dict]:
+def history_messages(*, conversation: Conversation) -> list[dict]:
     """The conversation as OpenAI-format messages, system prompt first.
 
     Failed and still-streaming messages are left out; an assistant message's
     ``tool_calls`` are kept only when every call has its tool result, and a
     tool result only when its call is there (providers reject either half alone).
     """
-    if rows is None:
-        rows = [
-            HistoryRow(*values)
-            for values in Message.objects.filter(
-                conversation=conversation, status__in=HISTORY_STATUSES
-            )
-            # exclude_id=None is Django's pk__isnull=True (excludes nothing), which
-            # django-stubs' lookup check does not model.
-            .exclude(pk=exclude_id)  # type: ignore[misc]
-            .order_by("id")
-            .values_list(*HistoryRow._fields)
-        ]
+    rows = [
+        HistoryRow(*values)
+        for values in Message.objects.filter(conversation=conversation, status__in=HISTORY_STATUSES)
+        .order_by("id")
+        .values_list(*HistoryRow._fields)
+    ]
     answered = {m.tool_call_id for m in rows if m.role == Message.Role.TOOL}
     out: list[dict] = []
     if not any(m.role == Message.Role.SYSTEM for m in rows):
@@ -258,50 +142,6 @@ def history_messages(
     return out
 
 
-def _tools_for_run(run: Run) -> list[dict] | None:
-    """OpenAI-format tool list offered to the model for this run (``None``: no tools)."""
-    from conversations.toolphase import tools_offered
-
-    return tools_offered(run=run)
-
-
-def _prepare(run: Run) -> int:
-    """Create (or reset, on replay) the assistant message of this step; its id."""
-    with transaction.atomic(savepoint=False):
-        # The run's lease (just claimed) keeps other workers out: no savepoint
-        # for get_or_create's race is needed.
-        message = next(
-            iter(
-                Message.objects.filter(
-                    run=run, run_step=run.step, role=Message.Role.ASSISTANT
-                ).order_by()[:1]
-            ),
-            None,
-        )
-        if message is None:
-            message = Message.objects.create(
-                run=run,
-                run_step=run.step,
-                role=Message.Role.ASSISTANT,
-                conversation_id=run.conversation_id,
-                status=Message.Status.STREAMING,
-                model=run.conversation.model_config.litellm_model,
-            )
-            events.message_appended(message_id=message.pk, run_id=message.run_id)
-        else:
-            message.content = ""
-            message.tool_calls = None
-            message.status = Message.Status.STREAMING
-            message.save(update_fields=["content", "tool_calls", "status"])
-            events.message_replaced(message_id=message.pk, run_id=message.run_id)
-    return message.pk
-
-
-def _history(run: Run) -> list[dict]:
-    # Still-streaming rows (this step's, on a replay) are left out by history_messages.
-    return history_messages(conversation=run.conversation)
-
-
 def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | None:
     """USD a call can cost at most: prompt tokens plus ``max_output_tokens`` at the
     model's prices (``None`` when no price is known for the model)."""
@@ -310,20 +150,46 @@ def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | Non
     )
 
 
-def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]:
-    """Rate limits and budget reservation before a model call (accounts' services).
+# -- step begin: one transaction ------------------------------------------------------
+
+
+@dataclass
+class _CallStart:
+    """What ``_begin_call`` prepared for the model call."""
+
+    run: Run
+    fit: FitResult
+    tools: list[dict] | None
+    admission: Admission
+    message_id: int
+
+
+@dataclass
+class _ToolTurn:
+    """The tool turn an ``executing_tools`` step runs, read in its claim's transaction.
+
+    ``message_id``: the assistant message with the calls. ``interrupted``:
+    invocations a dead worker left running, to recover before anything is
+    claimed. ``approved``: the approved invocations, claimed with the lease
+    (``None`` while ``interrupted`` is not empty: claimed after the recovery).
+    """
+
+    run: Run
+    message_id: int
+    interrupted: list[int]
+    approved: list[int] | None
+
+
+def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Admission | None, str]:
+    """Rate limits and the budget hold before a model call (accounts' services).
 
     Returns ``(admission, "")`` or ``(None, message for the user)``; a refusal is
     audited as ``budget.refused``. No model call is made after a refusal.
     """
-    from accounts.selectors import budget_requires_prices
-    from accounts.services import llm_call_admit
-    from approvals.services import audit_record
-
     user = run.conversation.owner
     estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens)
     tokens = prompt_tokens + config.max_output_tokens
-    refusal: dict[str, Any] | None = None
+    refusal: dict[str, Any]
     if estimate is None and budget_requires_prices(user=user):
         refusal = {
             "reason": "no_prices",
@@ -334,15 +200,13 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]
         }
     else:
         try:
-            return (
-                llm_call_admit(
-                    user=user,
-                    run_id=run.pk,
-                    estimated_cost_usd=estimate or Decimal(0),
-                    estimated_tokens=tokens,
-                ),
-                "",
+            admission = llm_call_admit(
+                user=user,
+                run_id=run.pk,
+                estimated_cost_usd=estimate or Decimal(0),
+                estimated_tokens=tokens,
             )
+            return admission, ""
         except BudgetExceeded as exc:
             refusal = {"reason": "budget", "message": exc.message, "budget_id": exc.budget_id}
         except RateLimited as exc:
@@ -366,38 +230,52 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]
     return None, refusal["message"]
 
 
-@_db
-def _abort_admission(admission: Any) -> None:
-    from accounts.services import llm_call_abort
+def _step_message(run: Run) -> int:
+    """Create (or reset, on a replay) the assistant message of this step; its id.
 
-    llm_call_abort(admission=admission)
+    The run's lease (just taken) keeps other workers out, so no savepoint for a
+    ``get_or_create`` race is needed.
+    """
+    message = (
+        Message.objects.filter(run=run, run_step=run.step, role=Message.Role.ASSISTANT)
+        .order_by()
+        .first()
+    )
+    if message is None:
+        message = Message.objects.create(
+            run=run,
+            run_step=run.step,
+            role=Message.Role.ASSISTANT,
+            conversation_id=run.conversation_id,
+            status=Message.Status.STREAMING,
+            model=run.conversation.model_config.litellm_model,
+        )
+        events.message_appended(message_id=message.pk, run_id=run.pk, message=message)
+    else:
+        message.content = ""
+        message.tool_calls = None
+        message.status = Message.Status.STREAMING
+        message.save(update_fields=["content", "tool_calls", "status"])
+        events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
+    return message.pk
 
 
-# -- step 2: the model call ------------------------------------------------------
+def _fail_locked(run: Run, error: str, *, kind: str) -> None:
+    """Fail locked ``run`` with ``error`` (shown to the user); ``kind`` names the cause."""
+    metadata = {**run.metadata, "error_kind": kind}
+    run_transition(run=run, to=S.FAILED, error=error, metadata=metadata, data={"kind": kind})
 
 
-@dataclass
-class _CallStart:
-    """What ``_begin_call`` prepared for the model call (or why there is none)."""
+def _begin_call(run: Run) -> _CallStart | None:
+    """History, tools offered, context fit, admission, the step's assistant message.
 
-    fit: Any = None
-    tools: list[dict] | None = None
-    admission: Any = None
-    message_id: int | None = None
-    error: str = ""
-    kind: str = ""
-
-
-def _begin_call(run: Run) -> _CallStart:
-    """History, tools offered, context fit, admission, the assistant message.
-
-    One database hop for everything before the model call (each hop is a
-    thread handoff; on a busy worker they added up to most of the added time
-    to first token). A context or budget refusal comes back in ``error``.
+    In the claim's transaction (run locked and leased): one thread hop and one
+    commit for everything before the model call. A context or budget refusal
+    fails the run here (``None``).
     """
     config: ModelConfig = run.conversation.model_config
-    history = _history(run)
-    tools = _tools_for_run(run)
+    history = history_messages(conversation=run.conversation)
+    tools = tools_offered(run=run)
     try:
         fit = context_fit(
             messages=history,
@@ -407,80 +285,215 @@ def _begin_call(run: Run) -> _CallStart:
             tools=tools,
         )
     except GatewayError as error:
-        return _CallStart(error=error.user_message, kind=error.kind)
+        _fail_locked(run, error.user_message, kind=error.kind)
+        return None
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
     admission, refusal = _admit(run, config, fit.prompt_tokens)
     if admission is None:
-        return _CallStart(error=refusal, kind="budget")
-    message_id = _prepare(run)
-    return _CallStart(fit=fit, tools=tools, admission=admission, message_id=message_id)
+        _fail_locked(run, refusal, kind="budget")
+        return None
+    return _CallStart(
+        run=run, fit=fit, tools=tools, admission=admission, message_id=_step_message(run)
+    )
 
 
-@dataclass
-class _ToolTurn:
-    """The tool turn an ``executing_tools`` step runs, read in its claim's transaction.
-
-    ``message_id``: the assistant message with the calls (``None``: none found,
-    the run fails). ``interrupted``: invocations a dead worker left running,
-    to recover before anything is claimed. ``approved``: the approved
-    invocations claimed with the lease (``None`` while ``interrupted`` is not
-    empty: they are claimed after the recovery).
-    """
-
-    message_id: int | None
-    interrupted: list[int]
-    approved: list[int] | None
+def _latest_tool_message_id(run: Run) -> int | None:
+    return (
+        Message.objects.filter(run=run, role=Message.Role.ASSISTANT, tool_calls__isnull=False)
+        .order_by("-id")
+        .values_list("pk", flat=True)
+        .first()
+    )
 
 
-def _tool_turn_begin(run: Run) -> _ToolTurn:
-    """The run's tool turn (``_ToolTurn``), in the claim's transaction (run locked)."""
-    from conversations.toolphase import turn_claim_approved
-    from tools.selectors import invocation_ids_interrupted
-
-    assistant = _latest_tool_message.func(run)
-    if assistant is None:
-        return _ToolTurn(message_id=None, interrupted=[], approved=None)
-    interrupted = invocation_ids_interrupted(message_id=assistant.pk)
+def _tool_turn_begin(run: Run, message_id: int) -> _ToolTurn:
+    """The run's tool turn (the calls of assistant message ``message_id``), in the
+    claim's transaction (run locked and leased)."""
+    interrupted = invocation_ids_interrupted(message_id=message_id)
     if interrupted:
-        return _ToolTurn(message_id=assistant.pk, interrupted=interrupted, approved=None)
-    approved = turn_claim_approved(run=run, message_id=assistant.pk)
-    return _ToolTurn(message_id=assistant.pk, interrupted=[], approved=approved)
+        return _ToolTurn(run=run, message_id=message_id, interrupted=interrupted, approved=None)
+    approved = turn_claim_approved(run=run, message_id=message_id)
+    return _ToolTurn(run=run, message_id=message_id, interrupted=[], approved=approved)
 
 
-_Begun = tuple[Run | None, _CallStart | _ToolTurn | None]
+def _gate_locked(run: Run, message_id: int) -> None:
+    """Put the turn's tool calls through the gate and move the run on (run locked)."""
+    message = Message.objects.get(pk=message_id)
+    turn_gate(run=run, message=message)
+    events.run_tools_changed(run_id=run.pk)
+    turn_continue(run=run, message_id=message_id)
 
 
-@_db
-def _claim_and_begin(run_id: int, worker: str) -> _Begun:
-    """``_claim``, then ``_begin_call`` when the run is to call the model, or
-    ``_tool_turn_begin`` when it is to execute tools (the turn's approved calls
-    claimed with the lease).
+@db_async
+def _step_begin(run_id: int, worker: str) -> _CallStart | _ToolTurn | None:
+    """Claim the run and prepare its step, in one transaction; what to do next.
 
-    One thread hop and one transaction: the lease, the budget hold and the
-    assistant message commit together (a failure leaves the run as it was,
-    for a retry or stuck-run recovery), with one commit instead of three.
+    ``None``: nothing more for this worker (another holds the run, it waits on
+    people, it is over, or this transaction already moved it on: stopped,
+    failed, gated). The lease, the budget hold and the assistant message commit
+    together; a failure leaves the run as it was, for a retry or stuck-run
+    recovery. Audit events are appended together at the end (``audit_deferred``).
     """
-    with transaction.atomic():
-        return _claim_and_begin_orm(run_id, worker)
+    with transaction.atomic(), audit_deferred():
+        run = run_claim(run_id=run_id, worker=worker)
+        if run is None:
+            return None
+        if run.cancel_requested:
+            run_stop(run=run)
+            return None
+        if run.status == S.CALLING_LLM:
+            return _begin_call(run)
+        message_id = _latest_tool_message_id(run)
+        if message_id is None:
+            _fail_locked(run, "Lost track of this run's tool calls.", kind="internal")
+            return None
+        if run.status == S.GATING:
+            _gate_locked(run, message_id)
+            return None
+        return _tool_turn_begin(run, message_id)
 
 
-def _claim_and_begin_orm(run_id: int, worker: str) -> _Begun:
-    run = _claim(run_id, worker)
-    if run is not None and run.status == S.EXECUTING_TOOLS:
-        return run, _tool_turn_begin(run)
-    if run is None or run.status != S.CALLING_LLM:
-        return run, None
-    return run, _begin_call(run)
+# -- the model call ---------------------------------------------------------------------
 
 
-async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
-    config: ModelConfig = run.conversation.model_config
-    if start.message_id is None:
-        await _fail(run.pk, worker, None, start.error, kind=start.kind)
-        return
-    fit, tools, admission, message_id = start.fit, start.tools, start.admission, start.message_id
+def _locked_own(run_id: int, worker: str) -> Run | None:
+    """Lock the run if ``worker`` still holds its lease and it is not over."""
+    run = run_lock(run_id=run_id)
+    if run is None or run.lease_owner != worker or run.is_terminal:
+        logger.warning("run %s: lease lost by %s; result discarded", run_id, worker)
+        return None
+    return run
 
+
+@db_async
+def _persist_partial(run_id: int, worker: str, message_id: int, text: str, renew: bool) -> str:
+    """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``."""
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
+    owner, cancel = run_lease_renew(run_id=run_id, worker=worker, renew=renew)
+    if owner != worker:
+        return "lost"
+    return "cancelled" if cancel else "ok"
+
+
+def _usage_of(result: ChatResult) -> dict[str, Any]:
+    """The call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms);
+    a provider that reported no usage or price counts as 0."""
+    return {
+        "prompt_tokens": result.prompt_tokens or 0,
+        "completion_tokens": result.completion_tokens or 0,
+        "cost_usd": result.cost_usd if result.cost_usd is not None else Decimal(0),
+        "latency_ms": result.latency_ms or 0,
+    }
+
+
+@db_async
+def _store_answer(
+    run_id: int, worker: str, message_id: int, result: ChatResult, start: _CallStart
+) -> None:
+    """Write the finished assistant message once, settle its usage, move the run on.
+
+    One transaction: the message; for tool calls the gate (``gating``, then what
+    the gate decided); the usage record (accounts' ledger); the ``llm.call`` and
+    transition audit events, appended last. A lost lease discards the result
+    and releases the budget hold.
+    """
+    with transaction.atomic(), audit_deferred():
+        run = _locked_own(run_id, worker)
+        if run is None:
+            llm_call_abort(admission=start.admission)
+            return
+        message = Message.objects.get(pk=message_id)
+        message.content = result.content
+        message.tool_calls = result.tool_calls or None
+        message.status = Message.Status.COMPLETE
+        message.model = result.model or message.model
+        message.prompt_tokens = result.prompt_tokens
+        message.completion_tokens = result.completion_tokens
+        message.cost_usd = result.cost_usd
+        message.latency_ms = result.latency_ms
+        dropped = start.fit.dropped
+        message.metadata = {
+            **message.metadata,
+            "ttft_ms": result.ttft_ms,
+            "finish_reason": result.finish_reason,
+            "context_dropped_messages": dropped,
+        }
+        message.save(
+            update_fields=[
+                "content", "tool_calls", "status", "model", "prompt_tokens",
+                "completion_tokens", "cost_usd", "latency_ms", "metadata",
+            ]
+        )  # fmt: skip
+        events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
+        metadata = {**run.metadata}
+        metadata["context"] = {
+            **metadata.get("context", {}),
+            str(run.step): {"dropped_messages": dropped},
+        }
+        if dropped:
+            metadata["context_dropped_messages"] = (
+                metadata.get("context_dropped_messages", 0) + dropped
+            )
+        if not result.tool_calls:
+            run_transition(run=run, to=S.COMPLETED, metadata=metadata)
+        elif run.cancel_requested:
+            run_stop(run=run, metadata=metadata)
+        else:
+            run_transition(run=run, to=S.GATING, worker=worker, metadata=metadata)
+            _gate_locked(run, message.pk)
+        llm_call_settle(
+            admission=start.admission,
+            conversation_id=run.conversation_id,
+            model=message.model or run.conversation.model_config.litellm_model,
+            **_usage_of(result),
+        )
+        audit_record(
+            action="llm.call",
+            actor=run.conversation.owner,
+            target_type="run",
+            target_id=run.pk,
+            data={
+                "step": run.step,
+                "model": message.model,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
+                "latency_ms": result.latency_ms,
+                "tool_calls": len(result.tool_calls or []),
+                "context_dropped_messages": dropped,
+            },
+        )
+
+
+@db_async
+def _end_call(
+    run_id: int,
+    worker: str,
+    message_id: int,
+    admission: Admission,
+    *,
+    partial: str,
+    error: str = "",
+    kind: str = "",
+) -> None:
+    """End a model call that produced no answer: release its budget hold, keep the
+    ``partial`` text, and fail the run with ``error`` (``kind`` names the cause) or,
+    without one, stop it (Stop was pressed)."""
+    with transaction.atomic(), audit_deferred():
+        run = _locked_own(run_id, worker)  # the run first, then the hold (the lock order)
+        llm_call_abort(admission=admission)
+        if run is None:
+            return
+        Message.objects.filter(pk=message_id).update(content=partial)
+        if error:
+            _fail_locked(run, error, kind=kind)
+        else:
+            run_stop(run=run)
+
+
+async def _step_call_llm(start: _CallStart, worker: str) -> None:
+    run, config, message_id = start.run, start.run.conversation.model_config, start.message_id
     lease_renewed = time.monotonic()
     # The text is first saved FIRST_PERSIST_SECONDS into the stream (a reload then
     # shows the reply begun), then every TOLLGATE_STREAM_PERSIST_SECONDS; a reply
@@ -492,7 +505,7 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
         # Frames go to the browser every ~50 ms; the database gets the text so
         # far (what a reload shows) and is asked about Stop and the lease at
         # most every TOLLGATE_STREAM_PERSIST_SECONDS, in the background: a
-        # frame never waits for the database (a busy pool would stall it).
+        # frame never waits for the database.
         nonlocal lease_renewed, persisted, persisting
         if persisting is not None and persisting.done():
             state, persisting = persisting.result(), None
@@ -502,7 +515,7 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
         if persisting is not None or now - persisted < _persist_interval():
             return
         persisted = now
-        renew = now - lease_renewed > 10
+        renew = now - lease_renewed > LEASE_RENEW_SECONDS
         if renew:
             lease_renewed = now
         persisting = asyncio.ensure_future(
@@ -518,41 +531,31 @@ async def _step_call_llm(run: Run, worker: str, start: _CallStart) -> None:
     try:
         result = await stream_chat(
             config=config,
-            messages=fit.messages,
-            tools=tools,
+            messages=start.fit.messages,
+            tools=start.tools,
             on_delta=publisher.feed,
             max_tokens=config.max_output_tokens,
         )
         # No last frame: _store_answer pushes the finished message.
         await publisher.close(final_frame=False)
         await _settled(persisting)  # its state no longer matters: the answer is complete
-    except StepAborted as aborted:
+    except StepAborted:
         await _settled(persisting)
-        await _abort_admission(admission)
-        await _abort(run.pk, worker, message_id, publisher.text, reason=str(aborted))
+        await _end_call(run.pk, worker, message_id, start.admission, partial=publisher.text)
         return
     except GatewayError as error:
         await _settled(persisting)
-        await _abort_admission(admission)
-        await _fail(run.pk, worker, message_id, error.user_message, kind=error.kind,
-                    partial=publisher.text)  # fmt: skip
+        await _end_call(run.pk, worker, message_id, start.admission, partial=publisher.text,
+                        error=error.user_message, kind=error.kind)  # fmt: skip
         return
     except Exception:
         await _settled(persisting)
         logger.exception("run %s step %s failed", run.pk, run.step)
-        await _abort_admission(admission)
-        await _fail(run.pk, worker, message_id, "Something went wrong on the server while "
-                    "answering. Try again.", kind="internal", partial=publisher.text)  # fmt: skip
+        await _end_call(run.pk, worker, message_id, start.admission, partial=publisher.text,
+                        error="Something went wrong on the server while answering. Try again.",
+                        kind="internal")  # fmt: skip
         return
-
-    if result.tool_calls:
-        await _store_answer_and_gate(
-            run, worker, message_id, result, dropped=fit.dropped, admission=admission
-        )
-    else:
-        await _store_answer(
-            run, worker, message_id, result, dropped=fit.dropped, admission=admission
-        )
+    await _store_answer(run.pk, worker, message_id, result, start)
 
 
 async def _settled(task: asyncio.Task | None) -> None:
@@ -561,201 +564,11 @@ async def _settled(task: asyncio.Task | None) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-@_db
-def _persist_partial(run_id: int, worker: str, message_id: int, text: str, renew: bool) -> str:
-    """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``."""
-    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
-    row = Run.objects.filter(pk=run_id).values_list("lease_owner", "cancel_requested")
-    owner, cancel = next(iter(row), ("", False))
-    if renew and owner == worker:
-        Run.objects.filter(pk=run_id, lease_owner=worker).update(lease_expires_at=_lease_until())
-    if owner != worker:
-        return "lost"
-    return "cancelled" if cancel else "ok"
+# -- the tool phase ---------------------------------------------------------------------
 
 
-def _locked_own(run_id: int, worker: str) -> Run | None:
-    run = (
-        Run.objects.select_for_update(no_key=True, of=("self",))
-        .select_related("conversation__owner", "conversation__model_config")
-        .get(pk=run_id)
-    )
-    if run.lease_owner != worker or run.is_terminal:
-        logger.warning("run %s: lease lost by %s; result discarded", run_id, worker)
-        return None
-    return run
-
-
-def _usage_of(result: ChatResult) -> dict[str, Any]:
-    """The call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms);
-    a provider that reported no usage or price counts as 0."""
-    return {
-        "prompt_tokens": result.prompt_tokens or 0,
-        "completion_tokens": result.completion_tokens or 0,
-        "cost_usd": result.cost_usd if result.cost_usd is not None else Decimal(0),
-        "latency_ms": result.latency_ms or 0,
-    }
-
-
-def _llm_call_data(*, step: int, model: str, result: ChatResult, dropped: int) -> dict[str, Any]:
-    """The ``llm.call`` audit event's data."""
-    return {
-        "step": step,
-        "model": model,
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
-        "latency_ms": result.latency_ms,
-        "tool_calls": len(result.tool_calls or []),
-        "context_dropped_messages": dropped,
-    }
-
-
-def _answer_metadata(result: ChatResult, dropped: int) -> dict[str, Any]:
-    return {
-        "ttft_ms": result.ttft_ms,
-        "finish_reason": result.finish_reason,
-        "context_dropped_messages": dropped,
-    }
-
-
-@_db
-def _store_answer(
-    run: Run, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
-) -> int | None:
-    """Write the finished assistant message once, settle its usage, transition the run.
-
-    The usage record (accounts' ledger) and the message commit together; the
-    ``llm.call`` audit event is written last (approvals' lock-order rule).
-    Returns the message's id, or ``None`` when the lease was lost (nothing
-    stored). ``run``: as claimed for this step. A text reply on PostgreSQL
-    takes ``_store_text_pg``.
-    """
-    from accounts.services import llm_call_abort, llm_call_settle
-    from approvals.services import audit_record
-
-    with transaction.atomic():
-        locked = _locked_own(run.pk, worker)
-        if locked is None:
-            llm_call_abort(admission=admission)
-            return None
-        run = locked
-        message = Message.objects.get(pk=message_id)
-        message.content = result.content
-        message.tool_calls = result.tool_calls or None
-        message.status = Message.Status.COMPLETE
-        message.model = result.model or message.model
-        message.prompt_tokens = result.prompt_tokens
-        message.completion_tokens = result.completion_tokens
-        message.cost_usd = result.cost_usd
-        message.latency_ms = result.latency_ms
-        message.metadata = {**message.metadata, **_answer_metadata(result, dropped)}
-        message.save(
-            update_fields=[
-                "content", "tool_calls", "status", "model", "prompt_tokens",
-                "completion_tokens", "cost_usd", "latency_ms", "metadata",
-            ]
-        )  # fmt: skip
-        llm_call_settle(
-            admission=admission,
-            conversation_id=run.conversation_id,
-            model=message.model or run.conversation.model_config.litellm_model,
-            **_usage_of(result),
-        )
-        context = run.metadata.setdefault("context", {})
-        context[str(run.step)] = {"dropped_messages": dropped}
-        if dropped:
-            run.metadata["context_dropped_messages"] = (
-                run.metadata.get("context_dropped_messages", 0) + dropped
-            )
-        run.save(update_fields=["metadata"])
-        events.message_replaced(message_id=message.pk, run_id=message.run_id)
-        if result.tool_calls:
-            if run.cancel_requested:
-                run_finish(run=run, status=S.CANCELLED)
-                return None
-            run.status = S.GATING
-            run.save(update_fields=["status"])
-            events.run_status_changed(run_id=run.pk)
-        else:
-            run_finish(run=run, status=S.COMPLETED)
-        audit_record(
-            action="llm.call",
-            actor=run.conversation.owner,
-            target_type="run",
-            target_id=run.pk,
-            data=_llm_call_data(step=run.step, model=message.model, result=result, dropped=dropped),
-        )
-        return message.pk
-
-
-@_db
-def _fail(
-    run_id: int, worker: str, message_id: int | None, error: str, *, kind: str, partial: str = ""
-) -> None:
-    with transaction.atomic():
-        run = _locked_own(run_id, worker)
-        if run is None:
-            return
-        if message_id is not None:
-            Message.objects.filter(pk=message_id).update(content=partial)
-        run.metadata["error_kind"] = kind
-        run.save(update_fields=["metadata"])
-        run_finish(run=run, status=S.FAILED, error=error)
-
-
-@_db
-def _abort(run_id: int, worker: str, message_id: int, partial: str, *, reason: str) -> None:
-    with transaction.atomic():
-        run = _locked_own(run_id, worker)
-        if run is None:
-            return
-        Message.objects.filter(pk=message_id).update(content=partial)
-        run_finish(run=run, status=S.CANCELLED)
-
-
-@_db
-def _store_answer_and_gate(
-    run: Run, worker: str, message_id: int, result: ChatResult, *, dropped: int, admission: Any
-) -> None:
-    """A tool-call answer: ``_store_answer``, then ``_tool_turn_gate``.
-
-    Two transactions, each writing its audit events last (approvals' lock
-    order), in one thread hop: the approval card is not held up by a return
-    to the loop and a second hand-off between them. Arguments as ``_store_answer``.
-    """
-    stored = _store_answer.func(
-        run, worker, message_id, result, dropped=dropped, admission=admission
-    )
-    if stored is not None:
-        _tool_turn_gate.func(run.pk, worker, stored)
-
-
-# -- the tool phase (conversations/toolphase.py) ----------------------------------
-
-
-@_db
-def _tool_turn_gate(run_id: int, worker: str, message_id: int) -> None:
-    """Gate the turn's tool calls and move the run on (one transaction)."""
-    from approvals.services import audit_deferred
-    from conversations.toolphase import turn_continue, turn_gate
-
-    # Its events (each call recorded, each decision, each approval request) are
-    # appended together at the end: two round trips, the audit head locked last.
-    with transaction.atomic(), audit_deferred():
-        run = _locked_own(run_id, worker)
-        if run is None:
-            return
-        message = Message.objects.get(pk=message_id)
-        turn_gate(run=run, message=message)
-        events.run_tools_changed(run_id=run.pk)
-        turn_continue(run=run, message_id=message_id)
-
-
-@_db
+@db_async
 def _tool_turn_claim(run_id: int, worker: str, message_id: int) -> list[int] | None:
-    from conversations.toolphase import turn_claim_approved
-
     with transaction.atomic():
         run = _locked_own(run_id, worker)
         if run is None:
@@ -763,11 +576,9 @@ def _tool_turn_claim(run_id: int, worker: str, message_id: int) -> list[int] | N
         return turn_claim_approved(run=run, message_id=message_id)
 
 
-@_db
+@db_async
 def _tool_turn_after_execute(run_id: int, worker: str, message_id: int) -> None:
-    from conversations.toolphase import turn_continue
-
-    with transaction.atomic():
+    with transaction.atomic(), audit_deferred():
         run = _locked_own(run_id, worker)
         if run is None:
             return
@@ -775,71 +586,39 @@ def _tool_turn_after_execute(run_id: int, worker: str, message_id: int) -> None:
         turn_continue(run=run, message_id=message_id)
 
 
-async def _step_execute_tools(run: Run, worker: str, turn: _ToolTurn) -> None:
+async def _step_execute_tools(turn: _ToolTurn, worker: str) -> None:
     """Run the turn's approved tool calls concurrently, then move the run on.
 
-    ``turn``: read and claimed with the run (``_tool_turn_begin``). Exactly once
-    per invocation: ``invocation_execute`` proceeds only from ``approved``
-    under a row lock, so a replayed step skips what already ran.
+    Exactly once per invocation: ``invocations_execute`` proceeds only from
+    ``approved`` under a row lock, so a replayed step skips what already ran.
     """
-    from tools.services import invocation_recover_interrupted, invocations_execute
-
-    if turn.message_id is None:
-        await _fail_lost_turn(run.pk, worker)
-        return
+    run_id = turn.run.pk
     ids = turn.approved
     if ids is None:
         for invocation_id in turn.interrupted:
             # A worker died mid-call: re-run if idempotent, else fail it (tools decides).
             await invocation_recover_interrupted(invocation_id=invocation_id)
-        ids = await _tool_turn_claim(run.pk, worker, turn.message_id)
+        ids = await _tool_turn_claim(run_id, worker, turn.message_id)
         if ids is None:
             return
     if ids:
         await invocations_execute(invocation_ids=ids)
-    await _tool_turn_after_execute(run.pk, worker, turn.message_id)
+    await _tool_turn_after_execute(run_id, worker, turn.message_id)
 
 
-@_db
-def _fail_lost_turn(run_id: int, worker: str) -> None:
-    with transaction.atomic():
-        run = _locked_own(run_id, worker)
-        if run is not None:
-            run_finish(run=run, status=S.FAILED, error="Lost track of this run's tool calls.")
-
-
-@_db
-def _latest_tool_message(run: Run) -> Message | None:
-    return (
-        Message.objects.filter(run=run, role=Message.Role.ASSISTANT, tool_calls__isnull=False)
-        .order_by("-id")
-        .first()
-    )
-
-
-# -- entry point -------------------------------------------------------------------
+# -- entry point -------------------------------------------------------------------------
 
 
 async def run_advance(*, run_id: int, worker: str) -> None:
     """Advance run ``run_id`` by one step as ``worker`` (a unique id per attempt).
 
-    Safe to call any number of times: a run that is terminal, waiting on a
-    human or tools, or leased by another live worker is left alone; a step
-    replayed after a crash rewrites the same assistant message. Never raises
-    for model errors: they fail the run with a message naming the cause.
+    Safe to call any number of times: a run that is over, waiting on people or
+    leased by another live worker is left alone; a step replayed after a crash
+    rewrites the same assistant message. Never raises for model errors: they
+    fail the run with a message naming the cause.
     """
-    run, start = await _claim_and_begin(run_id, worker)
-    if run is None:
-        return
-    if run.status == S.GATING:
-        assistant = await _latest_tool_message(run)
-        if assistant is None:
-            await _fail_lost_turn(run.pk, worker)
-            return
-        await _tool_turn_gate(run.pk, worker, assistant.pk)
-        return
-    if isinstance(start, _ToolTurn):
-        await _step_execute_tools(run, worker, start)
-        return
-    if start is not None:
-        await _step_call_llm(run, worker, start)
+    begun = await _step_begin(run_id, worker)
+    if isinstance(begun, _CallStart):
+        await _step_call_llm(begun, worker)
+    elif isinstance(begun, _ToolTurn):
+        await _step_execute_tools(begun, worker)

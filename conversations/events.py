@@ -7,8 +7,8 @@ Every push is ``{"type": "html.push", "html": ...}`` sent with ``group_send`` to
 so the same partial draws an element on page load and on push.
 
 Functions that follow a database write schedule their push with
-``project.pushes.push_on_commit`` (a rolled-back write pushes nothing; the
-writer does not wait for the push). Token deltas
+``project.pushes.send_event_on_commit`` (a rolled-back write pushes nothing; the
+writer does not wait for the push); group names come from ``project.pushes``. Token deltas
 are pushed by ``StreamPublisher``, which coalesces them (at most one frame per
 ``interval`` seconds, 20/s by default) and always sends the WHOLE body of the
 streaming message, so a page that loaded mid-reply is corrected by the next
@@ -29,20 +29,21 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from conversations import selectors
+from conversations.models import Conversation, Message, Run
 from conversations.rendering import render_markdown
-from project.pushes import NoQuery, outbox_for, push_on_commit
+from project.pushes import (
+    NoQuery,
+    conversation_group,
+    outbox_for,
+    run_lane,
+    send_event_on_commit,
+    user_group,
+)
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = "conversations/chat.html"
-
-
-def conversation_group(conversation_id: int) -> str:
-    return f"conversation.{conversation_id}"
-
-
-def user_group(user_id: int) -> str:
-    return f"user.{user_id}"
 
 
 async def apush_html(*, group: str, html: str) -> None:
@@ -73,8 +74,6 @@ def run_appended(*, run_id: int, with_user_message: bool, new: Any = None) -> No
     """
 
     def build() -> list[tuple[str, str]]:
-        from conversations import selectors
-
         if new is not None:
             run = new
             run.timeline_messages, run.timeline_invocations = [], []
@@ -91,13 +90,13 @@ def run_appended(*, run_id: int, with_user_message: bool, new: Any = None) -> No
             )
         ]
 
-    push_on_commit(build, lane=f"run.{run_id}", in_hand=new is not None)
+    send_event_on_commit(build, lane=run_lane(run_id), in_hand=new is not None)
 
 
 def message_lane(*, message_id: int, run_id: int | None) -> str:
     """The outbox lane of a message's pushes: its run's (so the final text never
     arrives after the run's "completed"), or its own outside a run."""
-    return f"run.{run_id}" if run_id is not None else f"message.{message_id}"
+    return run_lane(run_id) if run_id is not None else f"message.{message_id}"
 
 
 def message_appended(*, message_id: int, run_id: int | None = None, message: Any = None) -> None:
@@ -107,8 +106,6 @@ def message_appended(*, message_id: int, run_id: int | None = None, message: Any
     """
 
     def build() -> list[tuple[str, str]]:
-        from conversations.models import Message
-
         m = message if message is not None else Message.objects.get(pk=message_id)
         target = f"#run-{m.run_id}-messages" if m.run_id else "#messages"
         html = render("message", {"m": m})
@@ -120,7 +117,7 @@ def message_appended(*, message_id: int, run_id: int | None = None, message: Any
         ]
 
     lane = message_lane(message_id=message_id, run_id=run_id)
-    push_on_commit(build, lane=lane, in_hand=message is not None)
+    send_event_on_commit(build, lane=lane, in_hand=message is not None)
 
 
 def message_replaced(*, message_id: int, run_id: int | None = None, message: Any = None) -> None:
@@ -130,13 +127,11 @@ def message_replaced(*, message_id: int, run_id: int | None = None, message: Any
     """
 
     def build() -> list[tuple[str, str]]:
-        from conversations.models import Message
-
         m = message if message is not None else Message.objects.get(pk=message_id)
         return [(conversation_group(m.conversation_id), render("message", {"m": m, "oob": True}))]
 
     lane = message_lane(message_id=message_id, run_id=run_id)
-    push_on_commit(build, lane=lane, in_hand=message is not None)
+    send_event_on_commit(build, lane=lane, in_hand=message is not None)
 
 
 def run_tools_changed(*, run_id: int) -> None:
@@ -147,8 +142,6 @@ def run_tools_changed(*, run_id: int) -> None:
     """
 
     def build() -> list[tuple[str, str]]:
-        from conversations import selectors
-
         run = selectors.run_for_push(run_id=run_id)
         return [
             (
@@ -157,7 +150,7 @@ def run_tools_changed(*, run_id: int) -> None:
             )
         ]
 
-    push_on_commit(build, lane=f"run.{run_id}")
+    send_event_on_commit(build, lane=run_lane(run_id))
 
 
 def run_status_changed(*, run_id: int, run: Any = None) -> None:
@@ -167,13 +160,11 @@ def run_status_changed(*, run_id: int, run: Any = None) -> None:
     """
 
     def build() -> list[tuple[str, str]]:
-        from conversations.models import Run
-
         r = run if run is not None else Run.objects.get(pk=run_id)
         html = render("run-status", {"run": r, "oob": True})
         return [(conversation_group(r.conversation_id), html)]
 
-    push_on_commit(build, lane=f"run.{run_id}", in_hand=run is not None)
+    send_event_on_commit(build, lane=run_lane(run_id), in_hand=run is not None)
 
 
 def conversation_changed(*, conversation_id: int, conversation: Any = None) -> None:
@@ -190,8 +181,6 @@ def conversation_changed(*, conversation_id: int, conversation: Any = None) -> N
     """
 
     def build() -> list[tuple[str, str]]:
-        from conversations.models import Conversation
-
         row = conversation or (
             Conversation.objects.filter(pk=conversation_id)
             .only("pk", "owner_id", "title", "archived")
@@ -199,15 +188,15 @@ def conversation_changed(*, conversation_id: int, conversation: Any = None) -> N
         )
         return [] if row is None else [_conversation_item(row)]
 
-    push_on_commit(build, lane=f"conversation.{conversation_id}", in_hand=conversation is not None)
+    send_event_on_commit(
+        build, lane=f"conversation.{conversation_id}", in_hand=conversation is not None
+    )
 
 
 def conversation_deleted(*, conversation_id: int, user_id: int) -> None:
     """On commit: take the conversation's item out of its owner's lists (every tab)."""
-    from conversations.models import Conversation
-
     gone = Conversation(pk=conversation_id, owner_id=user_id)
-    push_on_commit(
+    send_event_on_commit(
         lambda: [_conversation_item(gone, deleted=True)],
         lane=f"conversation.{conversation_id}",
         in_hand=True,

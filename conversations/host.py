@@ -7,10 +7,11 @@ the rest (docs/benchmarks.md, concurrency). Here the worker's pool is
 ``threads`` (settings ``CELERY_WORKER_POOL``); each ``run_step`` task hands
 its step to this process's host and waits for it, so Celery still acks late
 (a step lost with its worker is delivered again), while the steps themselves
-interleave on one asyncio loop. Their database calls go to a small thread
-pool (``project.dbthreads``; ``TOLLGATE_ENGINE_DB_THREADS`` threads, one
-PostgreSQL connection each), and their browser pushes to the loop's outbox
-(``project.pushes``), which lives as long as the process.
+interleave on one asyncio loop. Their database calls run on that loop's
+default executor (``project.dbthreads.db_concurrent``: asgiref's
+``sync_to_async``, one connection per executor thread), and their browser
+pushes go to the loop's outbox (``project.pushes``), which lives as long as
+the process.
 """
 
 from __future__ import annotations
@@ -19,19 +20,16 @@ import asyncio
 import concurrent.futures
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
-from django.conf import settings
-
-from project.dbthreads import db_pool
+from conversations.engine import run_advance
+from project.dbthreads import db_concurrent
 
 
 class EngineHost:
-    """An event loop in a daemon thread plus the thread pool for its database calls."""
+    """An event loop in a daemon thread, running run steps."""
 
-    def __init__(self, *, db_threads: int) -> None:
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.db_executor = ThreadPoolExecutor(db_threads, thread_name_prefix="engine-db")
         self.thread = threading.Thread(target=self._serve, name="engine-host", daemon=True)
         self.thread.start()
 
@@ -40,9 +38,7 @@ class EngineHost:
         self.loop.run_forever()
 
     async def _advance(self, run_id: int, worker: str) -> None:
-        from conversations.engine import run_advance
-
-        with db_pool(self.db_executor):
+        with db_concurrent():
             await run_advance(run_id=run_id, worker=worker)
 
     def submit(self, *, run_id: int, worker: str) -> concurrent.futures.Future[None]:
@@ -62,5 +58,5 @@ def engine_host() -> EngineHost:
     global _host
     with _lock:
         if _host is None or _host[0] != os.getpid():
-            _host = (os.getpid(), EngineHost(db_threads=settings.TOLLGATE_ENGINE_DB_THREADS))
+            _host = (os.getpid(), EngineHost())
         return _host[1]

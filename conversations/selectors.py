@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from django.conf import settings
 from django.db.models import Q
@@ -151,11 +151,12 @@ def run_for_push(*, run_id: int) -> Run:
     return run
 
 
-def run_cancel_requested(*, run_id: int) -> bool:
+def run_cancel_requested(*, run_id: int, **_signal: Any) -> bool:
     """Whether run ``run_id`` was asked to stop (or no longer exists); one query.
 
-    ``settings.TOLLGATE_RUN_CANCELLED_CHECK`` names this function, so tools can
-    stop a running call (MCP cancellation) without importing conversations.
+    Receiver of ``tools.signals.run_cancel_query`` (``ConversationsConfig.ready``),
+    so tools can stop a running call (MCP cancellation) without importing
+    conversations.
     """
     flag = Run.objects.filter(pk=run_id).values_list("cancel_requested", flat=True).first()
     return flag is None or bool(flag)

@@ -9,18 +9,16 @@ nothing is written.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
-from django.utils import timezone
 
-from approvals.services import audit_record
+from approvals.services import audit_deferred, audit_record
 from conversations import events
-from conversations.engine import dispatch_on_commit, run_finish
 from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.runs import run_cancel_request, run_lock, run_step_schedule
+from conversations.toolphase import run_stop
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +145,14 @@ def conversation_set_model(*, user, conversation_id: int, model_config_id: int) 
 
 def conversation_archive(*, user, conversation_id: int, archived: bool = True) -> Conversation:
     """Archive (read-only, hidden from the list) or unarchive a conversation."""
-    with transaction.atomic():
+    with transaction.atomic(), audit_deferred():
         conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
         if archived:
-            active = conversation.runs.exclude(status__in=Run.TERMINAL).select_for_update()
-            for run in active:
-                run_finish(run=run, status=Run.Status.CANCELLED)
+            active = conversation.runs.exclude(status__in=Run.TERMINAL).values_list("pk", flat=True)
+            for run_id in sorted(active):
+                run = run_lock(run_id=run_id)
+                if run is not None and not run.is_terminal:
+                    run_stop(run=run, actor=user)
         conversation.archived = archived
         conversation.save(update_fields=["archived", "updated_at"])
         events.conversation_changed(conversation_id=conversation.pk)
@@ -199,7 +199,7 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
         audit_record(**_message_sent(user, message, run))
         # The step is sent to a worker first, then the page is told (rendered from
         # the rows in hand, no query): the worker's claim takes longer than that.
-        dispatch_on_commit(run.pk)
+        run_step_schedule(run_id=run.pk)
         run.user_message = message
         events.run_appended(run_id=run.pk, with_user_message=True, new=run)
         events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
@@ -251,12 +251,9 @@ def _message_insert(
 
 
 def _own_run(*, user, run_id: int) -> Run:
+    """Lock run ``run_id`` of ``user`` (``runs.run_lock``); ``NotFound`` otherwise."""
     run = (
-        Run.objects.select_for_update(no_key=True, of=("self",))
-        .filter(pk=run_id, conversation__owner=user)
-        .first()
-        if user is not None and user.is_authenticated
-        else None
+        run_lock(run_id=run_id, owner=user) if user is not None and user.is_authenticated else None
     )
     if run is None:
         raise NotFound("Run not found.")
@@ -267,23 +264,25 @@ def run_cancel(*, user, run_id: int) -> Run:
     """Stop a run. The partial reply is kept and marked stopped.
 
     A run being streamed by a live worker is flagged (``cancel_requested``) and
-    the worker stops at its next frame; any other active run is cancelled at
-    once. Raises ``NotFound`` or ``RunNotCancellable`` (already finished).
+    the worker stops at its next save of the reply; any other active run is
+    stopped at once, its unstarted tool calls and pending approvals cancelled.
+    Raises ``NotFound`` or ``RunNotCancellable`` (already finished).
     """
-    with transaction.atomic():
+    with transaction.atomic(), audit_deferred():
         run = _own_run(user=user, run_id=run_id)
         if run.is_terminal:
-            raise RunNotCancellable("This reply has already finished.")
-        run.cancel_requested = True
-        run.save(update_fields=["cancel_requested"])
-        leased = run.lease_expires_at is not None and run.lease_expires_at > timezone.now()
-        if not leased:
-            from conversations.toolphase import run_cancel_tools
-
-            run_cancel_tools(run=run, actor=user)
-            run_finish(run=run, status=Run.Status.CANCELLED)
-        audit_record(action="run.cancel_requested", actor=user, target_type="run", target_id=run.pk)
+            raise RunNotCancellable(f"This reply has already {_FINISHED[run.status]}.")
+        if not run_cancel_request(run=run, actor=user):
+            run_stop(run=run, actor=user)
     return run
+
+
+#: How a finished run is described to someone who tries to stop it.
+_FINISHED: dict[str, str] = {
+    Run.Status.COMPLETED: "finished",
+    Run.Status.FAILED: "failed",
+    Run.Status.CANCELLED: "been stopped",
+}
 
 
 def run_retry(*, user, run_id: int) -> Run:
@@ -293,8 +292,14 @@ def run_retry(*, user, run_id: int) -> Run:
     ``RunNotRetryable``, ``ConversationArchived``, ``ModelUnavailable``.
     """
     with transaction.atomic():
+        conversation_id = (
+            Run.objects.filter(pk=run_id).values_list("conversation_id", flat=True).first()
+        )
+        if conversation_id is None:
+            raise NotFound("Run not found.")
+        # The conversation first, then the run (the lock order in conversations.runs).
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
         run = _own_run(user=user, run_id=run_id)
-        conversation = _own_conversation(user=user, conversation_id=run.conversation_id, lock=True)
         if run.status != Run.Status.FAILED:
             raise RunNotRetryable("Only a failed reply can be retried.")
         if conversation.runs.filter(pk__gt=run.pk).exists():
@@ -311,32 +316,5 @@ def run_retry(*, user, run_id: int) -> Run:
         )
         conversation.save(update_fields=["updated_at"])
         events.run_appended(run_id=new.pk, with_user_message=False)
-        dispatch_on_commit(new.pk)
+        run_step_schedule(run_id=new.pk)
     return new
-
-
-def runs_recover_stale(*, grace_seconds: int = 30) -> list[int]:
-    """Re-dispatch runs whose worker stopped: lease expired in an advanceable state,
-    or queued for ``grace_seconds`` without a lease (the dispatch was lost).
-
-    Returns the run ids dispatched. ``awaiting_approval`` and
-    ``executing_tools`` runs are continued by the approvals/tools side, not here.
-    """
-    from conversations.dispatch import dispatch_run_step
-    from conversations.engine import ADVANCEABLE
-
-    now = timezone.now()
-    ids = list(
-        Run.objects.filter(status__in=ADVANCEABLE)
-        .filter(
-            Q(lease_expires_at__lt=now)
-            | Q(
-                lease_expires_at__isnull=True, updated_at__lt=now - timedelta(seconds=grace_seconds)
-            )
-        )
-        .values_list("pk", flat=True)[:500]
-    )
-    for run_id in ids:
-        logger.info("recovering stale run %s", run_id)
-        dispatch_run_step(run_id)
-    return ids

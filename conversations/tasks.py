@@ -5,7 +5,9 @@ from __future__ import annotations
 from celery import shared_task
 from celery.signals import worker_init
 
-from conversations.dispatch import worker_id
+from conversations import runs
+from conversations.gateway import gateway_preload
+from conversations.host import engine_host
 
 
 @worker_init.connect
@@ -15,8 +17,6 @@ def _preload_model_gateway(**_kwargs: object) -> None:
     That takes seconds; done here (``gateway_preload``), before any pool forks,
     the first reply after a worker starts does not wait for it.
     """
-    from conversations.gateway import gateway_preload
-
     gateway_preload()
 
 
@@ -28,14 +28,10 @@ def run_step(run_id: int) -> None:
     among the other steps in progress; this task's thread waits for it, so
     the message is acknowledged only when the step is over.
     """
-    from conversations.host import engine_host
-
-    engine_host().submit(run_id=run_id, worker=worker_id("celery")).result()
+    engine_host().submit(run_id=run_id, worker=runs.worker_id("celery")).result()
 
 
 @shared_task(name="conversations.tasks.runs_recover_stale", ignore_result=True)
 def runs_recover_stale() -> int:
     """Re-dispatch runs whose worker stopped holding them (beat, every minute)."""
-    from conversations import services
-
-    return len(services.runs_recover_stale())
+    return len(runs.runs_recover_stale())

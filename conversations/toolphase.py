@@ -9,24 +9,28 @@ one turn run concurrently; when every invocation of the turn is settled their
 results become tool messages and the next model call is scheduled.
 
 Every function here that changes state runs inside ``transaction.atomic`` with
-the run row locked (``select_for_update``), taking the run's lock before any
-invocation's, so decisions, executions and the engine never deadlock.
+the run row locked, taking the run's lock before any invocation's and those
+before any approval request's (the lock order in ``conversations.runs``).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any, TypedDict, cast
 
 from django.conf import settings
-from django.utils import timezone
 
 from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
-from conversations.engine import run_finish, run_llm_call_schedule
 from conversations.models import Message, Run
+from conversations.runs import (
+    run_lease_extend,
+    run_lease_release,
+    run_lock,
+    run_step_schedule,
+    run_transition,
+)
 from tools.models import ToolInvocation
 from tools.registry import ToolSpec, registry
 from tools.selectors import invocation_tool_message, tools_offered_for_user
@@ -193,56 +197,40 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
         events.message_appended(message_id=tool_message.pk, run_id=tool_message.run_id)
 
 
-def _cancel_turn(run: Run, message_id: int, actor: Any = None) -> None:
-    approvals_cancel_for_run(run_id=run.pk, actor=actor)
-    for invocation in _turn(run, message_id):
-        if invocation.status in (IS.REQUESTED, IS.AWAITING_APPROVAL, IS.APPROVED):
-            invocation_mark(
-                invocation_id=invocation.pk,
-                status=IS.CANCELLED,
-                result=CANCELLED_RESULT,
-                is_error=True,
-            )
-
-
 def turn_continue(*, run: Run, message_id: int) -> None:
     """Move a locked run on from the state of its current tool turn.
 
-    - cancel requested → pending approvals and calls cancelled, run cancelled;
+    - Stop asked for → pending approvals and calls cancelled, run cancelled;
     - some invocation awaits a person → ``awaiting_approval`` (no worker waits);
-    - some invocation is approved and not started → ``executing_tools`` and a
-      step is dispatched on commit;
-    - some invocation is still running (another worker) → ``executing_tools``,
-      left to that worker or to the recovery job;
-    - all settled → tool messages written, next model call scheduled.
+    - some invocation is approved, running or not yet gated → ``executing_tools``,
+      with a step scheduled on commit (a call another worker still runs is left to
+      it: the step finds nothing approved, and the recovery job covers a worker
+      that died);
+    - all settled → tool messages written, next model call (``calling_llm``).
 
-    Precondition: inside ``transaction.atomic`` with ``run`` locked.
+    The caller's lease on the run, if any, is given up. Precondition: inside
+    ``transaction.atomic`` with ``run`` locked.
     """
-    from conversations.engine import dispatch_on_commit
-
     if run.is_terminal:
         return
     if run.cancel_requested:
-        _cancel_turn(run, message_id)
-        events.run_tools_changed(run_id=run.pk)
-        run_finish(run=run, status=S.CANCELLED)
+        run_stop(run=run)
         return
     statuses = {invocation.status for invocation in _turn(run, message_id)}
     if IS.AWAITING_APPROVAL in statuses:
-        next_status = S.AWAITING_APPROVAL
+        target = S.AWAITING_APPROVAL
     elif statuses & {IS.APPROVED, IS.RUNNING, IS.REQUESTED}:
-        next_status = S.EXECUTING_TOOLS
+        target = S.EXECUTING_TOOLS
     else:
         turn_write_results(run=run, message_id=message_id)
-        run_llm_call_schedule(run=run)
+        target = S.CALLING_LLM
+    if target != run.status:
+        run_transition(run=run, to=target)
         return
-    run.status = next_status
-    run.lease_owner = ""
-    run.lease_expires_at = None
-    run.save(update_fields=["status", "lease_owner", "lease_expires_at", "updated_at"])
-    events.run_status_changed(run_id=run.pk)
-    if IS.APPROVED in statuses and next_status == S.EXECUTING_TOOLS:
-        dispatch_on_commit(run.pk)
+    if run.lease_owner:
+        run_lease_release(run=run)
+    if target == S.EXECUTING_TOOLS and IS.APPROVED in statuses:
+        run_step_schedule(run_id=run.pk)
 
 
 def turn_claim_approved(*, run: Run, message_id: int) -> list[int]:
@@ -257,26 +245,33 @@ def turn_claim_approved(*, run: Run, message_id: int) -> list[int]:
         (spec.timeout_seconds for inv in approved if (spec := registry.get(inv.tool_name))),
         default=0,
     )
-    run.lease_expires_at = timezone.now() + timedelta(
-        seconds=longest + settings.TOLLGATE_RUN_LEASE_SECONDS
-    )
-    run.save(update_fields=["lease_expires_at"])
+    run_lease_extend(run=run, seconds=longest + settings.TOLLGATE_RUN_LEASE_SECONDS)
     return [inv.pk for inv in approved]
 
 
-def approval_decided(approval: ApprovalRequest) -> None:
-    """``TOLLGATE_APPROVAL_DECIDED_HANDLER``: apply a decision to its invocation and run.
+def approval_lock_subject(*, approval: ApprovalRequest, **_signal: Any) -> None:
+    """Receiver of ``approvals.signals.approval_deciding``: lock the approval's run,
+    then its invocation, before approvals locks the request (the lock order in
+    ``conversations.runs``), so a decision and a Stop (or an expiry) queue on the
+    run instead of deadlocking."""
+    if approval.run_id is not None:
+        run_lock(run_id=approval.run_id)
+    ToolInvocation.objects.select_for_update(no_key=True).filter(pk=approval.invocation_id).first()
 
-    Called by approvals inside the decision's transaction (the request row is
-    locked and already saved as approved, denied or expired). Approved → the
-    invocation is approved with the effective (possibly edited) arguments;
-    denied → its result tells the model it was denied, with the reason;
-    expired → "not approved in time". When the turn has no approval left
-    pending, the run moves on (execution is dispatched on commit). A decision
-    for an invocation that is no longer awaiting approval changes nothing.
+
+def approval_decided(*, approval: ApprovalRequest, **_signal: Any) -> None:
+    """Receiver of ``approvals.signals.approval_decided``: apply a decision to its
+    invocation and run.
+
+    Called by approvals inside the decision's transaction (the run, the
+    invocation and the request are locked, in that order, and the request is
+    already saved as approved, denied or expired). Approved → the invocation is
+    approved with the effective (possibly edited) arguments; denied → its result
+    tells the model it was denied, with the reason; expired → "not approved in
+    time". When the turn has no approval left pending, the run moves on
+    (execution is scheduled on commit). A decision for an invocation that is no
+    longer awaiting approval changes nothing.
     """
-    # The request names its run (the gate created both): lock it first, then the
-    # invocation, with no query to look the run up.
     run_id = approval.run_id
     if run_id is None:
         run_id = (
@@ -286,16 +281,13 @@ def approval_decided(approval: ApprovalRequest) -> None:
         )
         if run_id is None:
             return
-    try:
-        run = (
-            Run.objects.select_for_update(no_key=True, of=("self",))
-            .select_related("conversation__owner", "conversation__model_config")
-            .get(pk=run_id)
-        )
-        invocation = ToolInvocation.objects.select_for_update(no_key=True).get(
-            pk=approval.invocation_id
-        )
-    except (Run.DoesNotExist, ToolInvocation.DoesNotExist):
+    run = run_lock(run_id=run_id)
+    invocation = (
+        ToolInvocation.objects.select_for_update(no_key=True)
+        .filter(pk=approval.invocation_id)
+        .first()
+    )
+    if run is None or invocation is None:
         return
     if invocation.run_id != run.pk or invocation.status != IS.AWAITING_APPROVAL:
         return
@@ -335,15 +327,27 @@ def approval_decided(approval: ApprovalRequest) -> None:
         turn_continue(run=run, message_id=cast(int, invocation.message_id))
 
 
-def run_cancel_tools(*, run: Run, actor: Any = None) -> None:
-    """Cancel the pending approvals and unstarted tool calls of a run being stopped.
+def run_stop(*, run: Run, actor: Any = None, metadata: dict[str, Any] | None = None) -> None:
+    """Stop locked ``run`` now: its unstarted tool calls are cancelled (each
+    invocation, then its pending approval request, in the lock order), and the run
+    moves to ``cancelled``. ``actor``: who pressed Stop (``None``: the system);
+    ``metadata``: the run's new metadata, written with the transition.
 
     Precondition: inside ``transaction.atomic`` with ``run`` locked.
     """
-    message_ids = set(
-        ToolInvocation.objects.filter(run=run).values_list("message_id", flat=True).distinct()
+    open_calls = list(
+        ToolInvocation.objects.filter(
+            run=run, status__in=(IS.REQUESTED, IS.AWAITING_APPROVAL, IS.APPROVED)
+        ).order_by("id")
     )
-    for message_id in message_ids:
-        _cancel_turn(run, message_id, actor=actor)
-    if message_ids:
+    for invocation in open_calls:
+        invocation_mark(
+            invocation_id=invocation.pk,
+            status=IS.CANCELLED,
+            result=CANCELLED_RESULT,
+            is_error=True,
+        )
+    approvals_cancel_for_run(run_id=run.pk, actor=actor)
+    if open_calls:
         events.run_tools_changed(run_id=run.pk)
+    run_transition(run=run, to=S.CANCELLED, actor=actor, metadata=metadata)

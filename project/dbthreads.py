@@ -1,19 +1,23 @@
-"""Where async code runs its database calls: thread-sensitive, or a bounded pool.
+"""Database calls from async code: asgiref's ``sync_to_async`` and Django's own
+connection handling, in one of two modes.
 
-``db_async(fn)`` wraps a sync function that does its own database work (its
-own ``transaction.atomic``) for calling from async code:
+``db_async(fn)`` wraps a sync function that does its own database work (its own
+``transaction.atomic``) for calling from async code:
 
-- by default it is asgiref's thread-sensitive ``sync_to_async``: the call runs
-  in the thread that owns the caller's connection (the request's, the Celery
-  task's under ``async_to_sync``, the test's), so it can join a transaction the
-  caller holds;
-- inside :func:`db_pool` (the worker's engine host, ``conversations/host.py``)
-  it runs on that pool's threads instead: many concurrent run steps share a
-  few threads and so a few PostgreSQL connections (one per pool thread), and
-  no step waits for another's query behind a single thread.
+- by default it is asgiref's thread-sensitive ``sync_to_async``: the call runs in
+  the thread that owns the caller's connection (the request's, the Celery task's
+  under ``async_to_sync``, the test's), so it can join a transaction the caller
+  holds;
+- inside :func:`db_concurrent` (the worker's engine host around every run step,
+  the page consumer around each service call) it is ``sync_to_async`` with
+  ``thread_sensitive=False``: the running loop's default executor (asyncio's own,
+  ``min(32, cores + 4)`` threads), so hundreds of concurrent steps or sockets do
+  not queue behind one thread. Each of those threads keeps its own connection
+  (``CONN_MAX_AGE``), closed after an error or once older than ``CONN_MAX_AGE``,
+  which is what Django does at the end of a request.
 
-A pooled call closes its thread's connection after an error or when it is
-older than ``CONN_MAX_AGE`` (what Django does at the end of a request).
+On SQLite (the embedded mode) :func:`db_concurrent` changes nothing: one writer
+at a time, from one thread.
 """
 
 from __future__ import annotations
@@ -21,98 +25,33 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import os
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
-from asgiref.sync import SyncToAsync, sync_to_async
-from django.db import connections
+from asgiref.sync import sync_to_async
+from django.db import connection
 
+from project.db import connections_close_stale
 from project.pushes import Deferred, pushes_deferred
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_pool: contextvars.ContextVar[ThreadPoolExecutor | None] = contextvars.ContextVar(
-    "tollgate_db_pool", default=None
+_concurrent: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tollgate_db_concurrent", default=False
 )
 
 
 @contextlib.contextmanager
-def db_pool(executor: ThreadPoolExecutor) -> Iterator[None]:
-    """Run ``db_async`` calls made in this context (and tasks it creates) on ``executor``."""
-    token = _pool.set(executor)
+def db_concurrent() -> Iterator[None]:
+    """Run the ``db_async`` calls made in this context (and in tasks it creates) on
+    the loop's default executor instead of the one thread-sensitive thread; a
+    no-op on SQLite."""
+    token = _concurrent.set(connection.vendor != "sqlite")
     try:
         yield
     finally:
-        _pool.reset(token)
-
-
-_named: dict[str, tuple[int, ThreadPoolExecutor, int]] = {}
-_named_lock = threading.Lock()
-
-
-def named_pool(name: str, size: int) -> ThreadPoolExecutor | None:
-    """This process's pool ``name`` of ``size`` threads (``None`` when size ≤ 0:
-    stay thread-sensitive, as SQLite needs); created on first use, again after a fork."""
-    if size <= 0:
-        return None
-    with _named_lock:
-        entry = _named.get(name)
-        if entry is None or entry[0] != os.getpid():
-            executor = ThreadPoolExecutor(size, thread_name_prefix=name)
-            entry = _named[name] = (os.getpid(), executor, size)
-        return entry[1]
-
-
-def threads_close_connections(executor: ThreadPoolExecutor, threads: int) -> None:
-    """Close the database connections of each of ``executor``'s ``threads`` threads.
-
-    Django's connections belong to the thread that opened them; only that
-    thread can close them. One task per thread (a barrier keeps each thread
-    to one), each closing its own. Waits up to 15 seconds; raises
-    ``threading.BrokenBarrierError`` or ``TimeoutError`` when a thread stays
-    busy that long. For a process's (or a test session's) end: PostgreSQL
-    will not drop a database while a connection to it is open.
-    """
-    barrier = threading.Barrier(threads, timeout=10)
-
-    def close() -> None:
-        barrier.wait()
-        connections.close_all()
-
-    for future in [executor.submit(close) for _ in range(threads)]:
-        future.result(timeout=15)
-
-
-def named_pools_close_connections() -> None:
-    """Close the connections of every :func:`named_pool` thread of this process."""
-    with _named_lock:
-        pools = [(executor, size) for pid, executor, size in _named.values() if pid == os.getpid()]
-    for executor, size in pools:
-        threads_close_connections(executor, size)
-
-
-async def db_call(pool: ThreadPoolExecutor, fn: Callable[..., R], /, **kwargs: Any) -> R:
-    """Call ``fn(**kwargs)`` on one of ``pool``'s threads from async code."""
-    with db_pool(pool):
-        return await db_async(fn)(**kwargs)
-
-
-def _close_if_stale() -> None:
-    # Django's close_if_unusable_or_obsolete would also re-arm the health check,
-    # a SELECT 1 before the next query; a pooled call is not a request.
-    now = time.monotonic()
-    for connection in connections.all(initialized_only=True):
-        if connection.connection is None or connection.in_atomic_block:
-            continue
-        if connection.errors_occurred or (
-            connection.close_at is not None and now >= connection.close_at
-        ):
-            connection.close()
+        _concurrent.reset(token)
 
 
 class DbFunction(Protocol[P, R]):
@@ -127,39 +66,29 @@ class DbFunction(Protocol[P, R]):
 def db_async(fn: Callable[P, R]) -> DbFunction[P, R]:
     """``fn`` as a coroutine function that picks its thread at call time (see module).
 
-    The pushes ``fn``'s commits schedule are queued on the caller's loop when
-    it returns (``project.pushes.Deferred``). The wrapper keeps ``fn`` as
-    ``.func`` (like asgiref's wrappers), so tests can call or wrap the sync
-    original.
+    The pushes ``fn``'s commits schedule are queued on the caller's loop when it
+    returns (``project.pushes.Deferred``). The wrapper keeps ``fn`` as ``.func``
+    (like asgiref's wrappers), so tests can call or wrap the sync original.
     """
 
     def in_thread(deferred: Deferred, *args: Any, **kwargs: Any) -> R:
         with pushes_deferred(deferred):
             return fn(*args, **kwargs)
 
-    thread_sensitive = sync_to_async(in_thread)
-
-    def pooled_call(deferred: Deferred, *args: Any, **kwargs: Any) -> R:
+    def concurrent_call(deferred: Deferred, *args: Any, **kwargs: Any) -> R:
         try:
             return in_thread(deferred, *args, **kwargs)
         finally:
-            _close_if_stale()
+            connections_close_stale()
 
-    pooled: dict[ThreadPoolExecutor, SyncToAsync] = {}
+    thread_sensitive = sync_to_async(in_thread)
+    concurrent = sync_to_async(concurrent_call, thread_sensitive=False)
 
     @functools.wraps(fn)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        # The pushes fn's commits make are queued when it returns (pushes.Deferred).
         deferred = Deferred()
         try:
-            executor = _pool.get()
-            if executor is None:
-                return await thread_sensitive(deferred, *args, **kwargs)
-            runner = pooled.get(executor)
-            if runner is None:
-                runner = pooled[executor] = SyncToAsync(
-                    pooled_call, thread_sensitive=False, executor=executor
-                )
+            runner = concurrent if _concurrent.get() else thread_sensitive
             return await runner(deferred, *args, **kwargs)
         finally:
             deferred.release()

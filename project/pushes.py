@@ -1,22 +1,25 @@
-"""The push outbox: browser pushes sent after commit without holding up the writer.
+"""The one way to push to the browser: ``send_event_on_commit`` (Zulip's habit), and
+the one place that names the channel-layer groups.
 
 A push is a list of ``(group, html)`` pairs sent with the channel layer's
 ``group_send`` as ``{"type": "html.push", "html": ...}`` (see
-``conversations.consumers.PageConsumer``). Pushes that follow a database write
-are scheduled with :func:`push_on_commit`: a rolled-back write pushes nothing.
+``conversations.consumers.PageConsumer``). Every app's ``events.py`` calls
+:func:`send_event_on_commit` after a write (a rolled-back write pushes nothing),
+or :func:`send_event` for a push that follows no write (a tool's progress);
+group names come from :func:`user_group` and :func:`conversation_group` only.
 
 Where the commit happens in a thread that ``sync_to_async`` runs for an event
 loop (a run step in the worker, a consumer's or view's database call in
 daphne), the push is queued on that loop's outbox and the writer returns at
-once: the outbox renders it on the process's push-render threads (not the
-step's thread, so it never waits behind the step's own database calls), then
-sends it. Pushes about one thing (a lane: one run, one message) are sent in
-commit order, so a status push never overtakes an earlier one; lanes proceed
-side by side. Pushes render the state current when they are sent (latest
-wins). A ``project.dbthreads.db_async`` call's pushes are queued when the call
-returns rather than as each commit happens (:class:`Deferred`), so the step it
-belongs to goes on first. Without such a loop (a shell, a management command,
-synchronous tests) the push is built and sent at once, as before.
+once: the outbox renders it on the loop's default executor (at most
+``RENDER_CONCURRENCY`` at a time per loop), then sends it. Pushes about one
+thing (a lane: one run, one message) are sent in commit order, so a status
+push never overtakes an earlier one; lanes proceed side by side. Pushes render
+the state current when they are sent (latest wins). A
+``project.dbthreads.db_async`` call's pushes are queued when the call returns
+rather than as each commit happens (:class:`Deferred`), so the step it belongs
+to goes on first. Without such a loop (a shell, a management command,
+synchronous tests) the push is built and sent at once.
 
 A loop that is about to end (``async_to_sync``'s, Celery's prefork task) must
 ``await pushes_drain()`` first, or what is still queued is lost; a reload
@@ -34,13 +37,31 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
+from project.db import connections_close_stale
+
 logger = logging.getLogger(__name__)
+
+
+def user_group(user_id: int) -> str:
+    """The group of every page of user ``user_id`` (approval cards, the badge, warnings)."""
+    return f"user.{user_id}"
+
+
+def conversation_group(conversation_id: int) -> str:
+    """The group of the chat pages showing conversation ``conversation_id``."""
+    return f"conversation.{conversation_id}"
+
+
+def run_lane(run_id: int) -> str:
+    """The outbox lane of everything pushed about run ``run_id`` (its status, its
+    messages, its tool calls and their progress), so they arrive in order."""
+    return f"run.{run_id}"
+
 
 #: ``build()`` returns the pairs to send: ``[(group, html), ...]`` (may query).
 Build = Callable[[], Iterable[tuple[str, str]]]
@@ -99,32 +120,20 @@ def _build_all(builds: list[Build]) -> list[tuple[str, str]]:
     return _merged(pair for build in builds for pair in _build_guarded(build))
 
 
-#: Two threads: one slow render (a locked row, a big page) does not hold up every
-#: other lane; with four, renders took the GIL the worker's event loop needs and
-#: frames and approval cards got slower under load (docs/benchmarks.md).
-RENDER_THREADS = 2
-_executor: tuple[int, ThreadPoolExecutor] | None = None
+#: Renders of one loop's pushes that may run at once (each in a thread of the loop's
+#: default executor, with its database connection): with four, renders took the
+#: GIL the worker's event loop needs and frames and approval cards got slower
+#: under load (docs/benchmarks.md); one slow render (a locked row, a big page)
+#: must not hold up every other lane either.
+RENDER_CONCURRENCY = 2
 
 
-def _render_executor() -> ThreadPoolExecutor:
-    """The push-render threads of this process (``RENDER_THREADS``, one database
-    connection each; created after a fork, never inherited)."""
-    global _executor
-    if _executor is None or _executor[0] != os.getpid():
-        _executor = (
-            os.getpid(),
-            ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="push-render"),
-        )
-    return _executor[1]
-
-
-def pushes_close_connections() -> None:
-    """Close the render threads' database connections (process or test shutdown)."""
-    from project.dbthreads import threads_close_connections  # (dbthreads imports this module)
-
-    if _executor is None or _executor[0] != os.getpid():
-        return
-    threads_close_connections(_executor[1], RENDER_THREADS)
+def _render(builds: list[Build]) -> list[tuple[str, str]]:
+    """``_build_all`` in an executor thread, whose connection is closed when stale."""
+    try:
+        return _build_all(builds)
+    finally:
+        connections_close_stale()
 
 
 class Outbox:
@@ -141,6 +150,7 @@ class Outbox:
         # The loop keeps only weak references to tasks: without these, a lane's
         # drain could be collected mid-send and the lane would never send again.
         self.tasks: dict[str, asyncio.Task] = {}
+        self.renders = asyncio.Semaphore(RENDER_CONCURRENCY)
 
     def put(self, build: Build | None, done: asyncio.Future | None = None, lane: str = "") -> None:
         """Queue ``build`` on ``lane`` (``None``: a barrier that only resolves ``done``).
@@ -157,7 +167,7 @@ class Outbox:
 
     async def _drain(self, lane: str, queue: collections.deque) -> None:
         layer = get_channel_layer()
-        render = sync_to_async(_build_all, thread_sensitive=False, executor=_render_executor())
+        render = sync_to_async(_render, thread_sensitive=False)
         try:
             while queue:
                 # Everything queued up to the next barrier renders in one thread
@@ -169,11 +179,11 @@ class Outbox:
                 try:
                     if batch and layer is not None:
                         builds = [build for build, _ in batch]
-                        pairs = (
-                            _build_all(builds)
-                            if all(isinstance(build, NoQuery) for build in builds)
-                            else await render(builds)
-                        )
+                        if all(isinstance(build, NoQuery) for build in builds):
+                            pairs = _build_all(builds)
+                        else:
+                            async with self.renders:
+                                pairs = await render(builds)
                         for group, html in pairs:
                             await layer.group_send(group, _message(html))
                 except Exception:
@@ -278,7 +288,7 @@ _collecting = threading.local()
 
 @contextlib.contextmanager
 def pushes_deferred(deferred: Deferred) -> Iterator[None]:
-    """In this thread, :func:`push_soon` keeps its pushes in ``deferred`` (see there)."""
+    """In this thread, :func:`send_event` keeps its pushes in ``deferred`` (see there)."""
     previous = getattr(_collecting, "deferred", None)
     _collecting.deferred = deferred
     try:
@@ -287,7 +297,7 @@ def pushes_deferred(deferred: Deferred) -> Iterator[None]:
         _collecting.deferred = previous
 
 
-def push_send_now(build: Build) -> None:
+def _send_now(build: Build) -> None:
     """Build and send at once, from sync code (blocks on the channel layer)."""
     layer = get_channel_layer()
     if layer is None:
@@ -299,16 +309,23 @@ def push_send_now(build: Build) -> None:
             logger.exception("push to browser failed (send)")
 
 
-def push_soon(build: Build, lane: str = "") -> None:
-    """Send ``build()``'s pairs now if no loop is around, else queue them on
-    ``lane`` of the caller's loop's outbox and return at once (any thread); in a
-    ``db_async`` call's thread, when that call returns (:class:`Deferred`)."""
+def send_event(build: Build, lane: str = "", *, in_hand: bool = False) -> None:
+    """Push ``build()``'s pairs now: sent at once if no loop is around, else queued
+    on ``lane`` of the caller's loop's outbox, returning at once (any thread); in a
+    ``db_async`` call's thread, when that call returns (:class:`Deferred`).
+
+    For pushes that follow no write; after a write, :func:`send_event_on_commit`.
+    ``build`` returns ``[(group, html), ...]``, groups named by :func:`user_group`
+    and :func:`conversation_group`; ``in_hand``: it makes no query (:class:`NoQuery`).
+    """
+    if in_hand and not isinstance(build, NoQuery):
+        build = NoQuery(build)
     deferred = getattr(_collecting, "deferred", None)
     if deferred is not None and deferred.add(build, lane):
         return
     loop = _caller_loop()
     if loop is None:
-        push_send_now(build)
+        _send_now(build)
         return
     try:
         running_here = asyncio.get_running_loop() is loop
@@ -320,20 +337,23 @@ def push_soon(build: Build, lane: str = "") -> None:
     try:
         loop.call_soon_threadsafe(lambda: outbox_for(loop).put(build, lane=lane))
     except RuntimeError:  # the loop closed meanwhile
-        push_send_now(build)
+        _send_now(build)
 
 
-def push_on_commit(build: Build, lane: str = "", *, in_hand: bool = False) -> None:
-    """Schedule ``push_soon(build, lane)`` for when the current transaction commits
-    (at once outside a transaction); a rolled-back transaction pushes nothing.
+def send_event_on_commit(build: Build, lane: str = "", *, in_hand: bool = False) -> None:
+    """The one push path after a write: :func:`send_event` when the current
+    transaction commits (at once outside a transaction); a rolled-back transaction
+    pushes nothing (Zulip's ``send_event_on_commit``).
 
-    ``lane``: pushes about the same thing (``run.<id>``, ``message.<id>``) share
-    one, so they arrive in commit order. ``in_hand``: ``build`` renders objects
-    the writer holds and makes no query (:class:`NoQuery`).
+    ``build``: returns ``[(group, html), ...]`` when the push is sent (it may query
+    then, in an executor thread). ``lane``: pushes about the same thing
+    (``run.<id>``, ``message.<id>``) share one, so they arrive in commit order.
+    ``in_hand``: ``build`` renders objects the writer holds and makes no query
+    (:class:`NoQuery`). A push that fails is logged, never raised.
     """
     if in_hand:
         build = NoQuery(build)
-    transaction.on_commit(lambda: push_soon(build, lane), robust=True)
+    transaction.on_commit(lambda: send_event(build, lane), robust=True)
 
 
 async def pushes_drain() -> None:

@@ -163,13 +163,9 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # The worker runs run steps on one event loop per process (conversations/host.py):
 # its pool threads only wait for them, so there are many; the steps' database
-# calls share TOLLGATE_ENGINE_DB_THREADS threads (one PostgreSQL connection each).
+# calls run on that loop's default executor (one PostgreSQL connection per thread).
 CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=256)
-TOLLGATE_ENGINE_DB_THREADS = env.int("TOLLGATE_ENGINE_DB_THREADS", default=8)
-# The WebSocket consumer's database calls (send, stop, decide) in daphne: a pool of
-# this many threads on PostgreSQL; 0 (the default on SQLite) keeps them on one thread.
-TOLLGATE_WEB_DB_THREADS = env.int("TOLLGATE_WEB_DB_THREADS", default=0 if EMBEDDED else 8)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -313,11 +309,6 @@ TOLLGATE_HTTP_TIMEOUT_SECONDS = env.float("TOLLGATE_HTTP_TIMEOUT_SECONDS", defau
 
 # Seconds an approval request stays open when its rule sets no override.
 TOLLGATE_APPROVAL_EXPIRY_SECONDS = env.int("TOLLGATE_APPROVAL_EXPIRY_SECONDS", default=1800)
-# Dotted path of ``handler(approval)``, called inside the deciding transaction
-# when a request is approved, denied or expires (approvals/services.py).
-TOLLGATE_APPROVAL_DECIDED_HANDLER = env.str(
-    "TOLLGATE_APPROVAL_DECIDED_HANDLER", default="conversations.toolphase.approval_decided"
-)
 # How often beat (or the embedded timer) expires overdue requests, in seconds.
 TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS = env.float(
     "TOLLGATE_APPROVAL_EXPIRY_SWEEP_SECONDS", default=30.0
@@ -393,11 +384,6 @@ CELERY_BEAT_SCHEDULE["tools-mcp-servers-check"] = {
     "task": "tools.mcp_servers_check",
     "schedule": TOLLGATE_MCP_CHECK_SECONDS,
 }
-# Dotted path of ``check(*, run_id) -> bool``: has the run been stopped? A running
-# tool call (MCP) polls it and is cancelled when it says so.
-TOLLGATE_RUN_CANCELLED_CHECK = env.str(
-    "TOLLGATE_RUN_CANCELLED_CHECK", default="conversations.selectors.run_cancel_requested"
-)
 # --- Benchmarks / extra tools -----------------------------------------------------
 
 # Dotted modules imported at startup after the built-in tools (tools/apps.py), so

@@ -18,23 +18,21 @@ sys.modules.setdefault("uvloop", None)  # type: ignore[arg-type]
 
 @pytest.fixture(scope="session", autouse=True)
 def _thread_connections_closed(django_db_setup, django_db_blocker):
-    """Close the connections other threads opened before the test database is
-    dropped (PostgreSQL refuses to drop a database that has connections): the
-    push-render threads', the web's database pool's (``named_pool``) and the
-    one asgiref runs thread-sensitive calls on outside ``async_to_sync``."""
+    """Close the connection of the thread asgiref runs thread-sensitive calls on
+    outside ``async_to_sync`` before the test database is dropped (PostgreSQL
+    refuses to drop a database that has connections), and those of executor
+    threads that have ended (the default executors of the tests' event loops):
+    collecting their thread-local connection objects closes them."""
     yield
     import asyncio
+    import gc
 
     from asgiref.sync import sync_to_async
     from django.db import connections
 
-    from project.dbthreads import named_pools_close_connections
-    from project.pushes import pushes_close_connections
-
     with django_db_blocker.unblock():
-        pushes_close_connections()
-        named_pools_close_connections()
         asyncio.run(sync_to_async(connections.close_all)())
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from decimal import Decimal
+
 import factory
+from django.utils import timezone
 
 from accounts.models import User
+from approvals.canonical import arguments_hash
 
 DEFAULT_PASSWORD = "correct-horse-battery-staple"
 
@@ -22,3 +27,104 @@ class UserFactory(factory.django.DjangoModelFactory):
     def _save(obj, create, extracted, **kwargs):
         if create:
             obj.save()
+
+
+class ModelConfigFactory(factory.django.DjangoModelFactory):
+    """The offline demo model, free (``django_get_or_create`` on its name: a data
+    migration may have made the row already)."""
+
+    class Meta:
+        model = "conversations.ModelConfig"
+        django_get_or_create = ("name",)
+
+    name = "Demo (offline)"
+    litellm_model = "demo/tollgate"
+    input_cost_per_token = Decimal(0)
+    output_cost_per_token = Decimal(0)
+
+
+class ConversationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "conversations.Conversation"
+
+    owner = factory.SubFactory(UserFactory)
+    model_config = factory.SubFactory(ModelConfigFactory)
+    title = "Test chat"
+
+
+class MessageFactory(factory.django.DjangoModelFactory):
+    """A user's message, by default; pass ``role``/``run``/``run_step`` for others."""
+
+    class Meta:
+        model = "conversations.Message"
+
+    conversation = factory.SubFactory(ConversationFactory)
+    role = "user"
+    content = factory.Sequence(lambda n: f"message {n}")
+
+
+class RunFactory(factory.django.DjangoModelFactory):
+    """A run answering a new user message; ``status`` and the rest as given (tests
+    put runs in any state directly; the code moves them only through
+    ``conversations.runs.run_transition``)."""
+
+    class Meta:
+        model = "conversations.Run"
+
+    conversation = factory.SubFactory(ConversationFactory)
+    user_message = factory.SubFactory(
+        MessageFactory, conversation=factory.SelfAttribute("..conversation")
+    )
+
+
+class ToolInvocationFactory(factory.django.DjangoModelFactory):
+    """A tool call of a run, awaiting approval by default."""
+
+    class Meta:
+        model = "tools.ToolInvocation"
+
+    run = factory.SubFactory(RunFactory)
+    user = factory.SelfAttribute("run.conversation.owner")
+    conversation_id = factory.SelfAttribute("run.conversation_id")
+    tool_call_id = factory.Sequence(lambda n: f"call_{n}")
+    tool_name = "notes.write"
+    arguments_requested = factory.LazyFunction(lambda: {"key": "todo", "value": "buy milk"})
+    status = "awaiting_approval"
+
+
+class ApprovalPolicyFactory(factory.django.DjangoModelFactory):
+    """A rule for everyone unless ``user``/``group`` is given."""
+
+    class Meta:
+        model = "approvals.ApprovalPolicy"
+
+    tool_pattern = "notes.*"
+    action = "ask"
+
+
+class ApprovalRequestFactory(factory.django.DjangoModelFactory):
+    """A pending request for ``invocation`` (its run, conversation and requester),
+    bound to its arguments' hash, expiring in half an hour."""
+
+    class Meta:
+        model = "approvals.ApprovalRequest"
+
+    invocation = factory.SubFactory(ToolInvocationFactory)
+    requester = factory.SelfAttribute("invocation.user")
+    conversation_id = factory.SelfAttribute("invocation.conversation_id")
+    run_id = factory.SelfAttribute("invocation.run_id")
+    tool_name = factory.SelfAttribute("invocation.tool_name")
+    arguments = factory.SelfAttribute("invocation.arguments_requested")
+    arguments_hash = factory.LazyAttribute(lambda o: arguments_hash(o.arguments))
+    hints = factory.LazyFunction(lambda: {"read_only": False, "destructive": False})
+    expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(minutes=30))
+
+
+class BudgetFactory(factory.django.DjangoModelFactory):
+    """A monthly budget for ``user`` (or ``group``; neither: everyone's default)."""
+
+    class Meta:
+        model = "accounts.Budget"
+
+    period = "monthly"
+    cost_limit_usd = Decimal("10")

@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from project.pushes import push_on_commit, pushes_drain
+from project.pushes import pushes_drain, send_event_on_commit
 
 
 async def _listening(group: str):
@@ -40,13 +40,13 @@ async def test_pushes_follow_commits_in_order_and_never_block_the_writer():
 
     def write() -> None:
         with transaction.atomic():
-            push_on_commit(lambda: [("test.pushes", "one")])
-            push_on_commit(blocked_build)
+            send_event_on_commit(lambda: [("test.pushes", "one")])
+            send_event_on_commit(blocked_build)
         with transaction.atomic():
-            push_on_commit(lambda: [("test.pushes", "rolled back")])
+            send_event_on_commit(lambda: [("test.pushes", "rolled back")])
             transaction.set_rollback(True)
         with transaction.atomic():
-            push_on_commit(lambda: [("test.pushes", "three"), ("test.pushes", "four")])
+            send_event_on_commit(lambda: [("test.pushes", "three"), ("test.pushes", "four")])
 
     await sync_to_async(write)()
     # The writer is back although the second push is still being rendered.
@@ -69,7 +69,7 @@ def test_without_a_loop_the_push_is_sent_at_once():
 
     with GroupListener("test.pushes.sync") as listener:
         with transaction.atomic():
-            push_on_commit(lambda: [("test.pushes.sync", "now")])
+            send_event_on_commit(lambda: [("test.pushes.sync", "now")])
         message = listener.receive()
     assert message == {"type": "html.push", "html": "now"}
 
@@ -85,9 +85,9 @@ async def test_draining_a_lane_does_not_wait_for_other_lanes():
 
     def write() -> None:
         with transaction.atomic():
-            push_on_commit(lambda: [("test.lanes", "mine")], lane="message.1")
-            push_on_commit(blocked_build, lane="run.2")
-            push_on_commit(lambda: [("test.lanes", "mine, later")], lane="message.1")
+            send_event_on_commit(lambda: [("test.lanes", "mine")], lane="message.1")
+            send_event_on_commit(blocked_build, lane="run.2")
+            send_event_on_commit(lambda: [("test.lanes", "mine, later")], lane="message.1")
 
     await sync_to_async(write)()
     await asyncio.wait_for(outbox_for(asyncio.get_running_loop()).drain("message.1"), 0.5)
@@ -120,11 +120,11 @@ async def test_a_db_async_calls_pushes_go_out_when_it_returns_in_commit_order():
 
     def write() -> list[str]:
         with transaction.atomic():
-            push_on_commit(build("one"), in_hand=True)
+            send_event_on_commit(build("one"), in_hand=True)
         time.sleep(0.2)  # the loop is free meanwhile
         seen = list(rendered)
         with transaction.atomic():
-            push_on_commit(build("two"), in_hand=True)
+            send_event_on_commit(build("two"), in_hand=True)
         return seen
 
     assert await db_async(write)() == []
@@ -147,7 +147,7 @@ async def test_a_cancelled_callers_later_pushes_still_go_out():
         started.set()
         assert go.wait(5)
         with transaction.atomic():
-            push_on_commit(lambda: [("test.deferred.cancel", "late")])
+            send_event_on_commit(lambda: [("test.deferred.cancel", "late")])
 
     task = asyncio.ensure_future(db_async(write)())
     assert await asyncio.to_thread(started.wait, 5)

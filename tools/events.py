@@ -1,19 +1,16 @@
 """Pushes from the tools app to the browser (tools must not import conversations).
 
-Same contract as ``conversations/events.py``: a channel-layer message
-``{"type": "html.push", "html": ...}`` sent to ``conversation.<id>``, with
+Through the one push path (``project.pushes``), to the conversation's group, with
 server-rendered fragments that carry ``hx-swap-oob`` and stable ids.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 
-from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
 
-logger = logging.getLogger(__name__)
+from project.pushes import conversation_group, run_lane, send_event
 
 TEMPLATE = "tools/mcp.html"
 
@@ -39,12 +36,22 @@ class ProgressPusher:
 
     ``await pusher(progress, total, message)`` is an MCP ``on_progress`` callback.
     Updates arriving faster than the rate are dropped, except the last one of a
-    known total. A push that fails is logged and never raised (progress is a nicety;
-    the call goes on). Sent straight away, not on commit: there is no write to wait for.
+    known total. Queued on the loop's outbox at once (``send_event``: there is no
+    write to wait for), on the run's lane (``run_id``), so the last update is sent
+    before the finished call's block replaces it; a push that fails is logged
+    there and never raised (progress is a nicety; the call goes on).
     """
 
-    def __init__(self, *, conversation_id: int, invocation_id: int, per_second: float = 10.0):
-        self.group = f"conversation.{conversation_id}"
+    def __init__(
+        self,
+        *,
+        conversation_id: int,
+        invocation_id: int,
+        run_id: int | None = None,
+        per_second: float = 10.0,
+    ):
+        self.group = conversation_group(conversation_id)
+        self.lane = run_lane(run_id) if run_id is not None else f"invocation.{invocation_id}"
         self.invocation_id = invocation_id
         self.interval = 1.0 / per_second
         self.sent = 0
@@ -56,14 +63,9 @@ class ProgressPusher:
         if now - self._last < self.interval and not final:
             return
         self._last = now
-        layer = get_channel_layer()
-        if layer is None:
-            return
         html = progress_html(
             invocation_id=self.invocation_id, progress=progress, total=total, message=message
         )
-        try:
-            await layer.group_send(self.group, {"type": "html.push", "html": html})
-            self.sent += 1
-        except Exception:
-            logger.exception("progress push for invocation %s failed", self.invocation_id)
+        frame = [(self.group, html)]
+        send_event(lambda: frame, lane=self.lane, in_hand=True)
+        self.sent += 1

@@ -49,9 +49,11 @@ TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RESULT_CHARS = 20_000
 
-# Sync handlers run here rather than in the event loop's default executor: a
-# handler abandoned at its timeout then does not hold up the loop's shutdown
-# (``async_to_sync`` waits for the default executor's threads).
+# The one executor of our own, for a correctness need rather than speed: sync
+# handlers run here, not in the event loop's default executor, so a handler
+# abandoned at its timeout (its thread cannot be killed) does not hold up the
+# loop's shutdown (``asyncio.run`` and ``async_to_sync`` wait for the default
+# executor's threads) nor take one of the threads the loop's database calls use.
 _SYNC_HANDLER_EXECUTOR = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tool-handler")
 
 Handler = Callable[[dict[str, Any], "ToolContext"], Awaitable[Any]]
@@ -95,7 +97,7 @@ class ToolContext:
     run_id: int | None = None
     invocation_id: int | None = None
     # Awaitable check "has the run been stopped?", set by ``invocation_execute`` when the
-    # call belongs to a run (``settings.TOLLGATE_RUN_CANCELLED_CHECK``); a long-running
+    # call belongs to a run (``tools.signals.run_cancel_query``); a long-running
     # handler polls it (MCP tools poll every ~0.5 s and send notifications/cancelled).
     cancel_requested: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
 

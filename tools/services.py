@@ -21,10 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 from pydantic_core import to_jsonable_python
 
 from approvals.services import audit_record
@@ -39,6 +37,7 @@ from tools.registry import (
     registry,
 )
 from tools.selectors import tool_names_for_user_id, tools_offered_changed
+from tools.signals import run_cancel_query
 from tools.validation import tool_arguments_parse, tool_arguments_validate
 
 logger = logging.getLogger(__name__)
@@ -516,21 +515,21 @@ async def _invocation_run(
     }
 
 
-def _run_cancel_check(run_id: int | None) -> Callable[[], Awaitable[bool]] | None:
-    """``ToolContext.cancel_requested`` for a call of run ``run_id``.
+def _run_cancel_asked(*, run_id: int) -> bool:
+    """Whether any receiver of ``run_cancel_query`` says run ``run_id`` must stop."""
+    replies = run_cancel_query.send(sender=ToolInvocation, run_id=run_id)
+    return any(reply for _, reply in replies)
 
-    tools may not import conversations, so the check is a dotted path in
-    ``settings.TOLLGATE_RUN_CANCELLED_CHECK`` to a sync ``check(*, run_id) -> bool``
-    (conversations provides ``conversations.selectors.run_cancel_requested``),
-    the same inversion approvals uses for ``TOLLGATE_APPROVAL_DECIDED_HANDLER``.
-    """
-    path = getattr(settings, "TOLLGATE_RUN_CANCELLED_CHECK", "")
-    if run_id is None or not path:
+
+def _run_cancel_check(run_id: int | None) -> Callable[[], Awaitable[bool]] | None:
+    """``ToolContext.cancel_requested`` for a call of run ``run_id``: asks the
+    ``run_cancel_query`` signal (tools may not import conversations, which answers)."""
+    if run_id is None:
         return None
-    check = db_async(import_string(path))
+    check = db_async(_run_cancel_asked)
 
     async def cancel_requested() -> bool:
-        return bool(await check(run_id=run_id))
+        return await check(run_id=run_id)
 
     return cancel_requested
 

@@ -7,13 +7,14 @@ import itertools
 import pytest
 from django.contrib.auth.models import Group
 
+from approvals.models import ApprovalRequest
 from approvals.selectors import GateDecision
 from approvals.services import approval_request_create
+from approvals.signals import approval_decided
+from conversations import toolphase
 from conversations.models import Conversation, Message, ModelConfig, Run
 from tests.approvals import handlers
 from tools.models import ToolInvocation
-
-HANDLER = "tests.approvals.handlers.record_decided"
 
 NOTE_SCHEMA = {
     "type": "object",
@@ -34,12 +35,28 @@ _calls = itertools.count(1)
 
 @pytest.fixture(autouse=True)
 def decided_handler(settings):
-    settings.TOLLGATE_APPROVAL_DECIDED_HANDLER = HANDLER
+    """Approvals on their own: the ``approval_decided`` calls made during the test,
+    ``[(approval id, status)]``, received by ``handlers.record_decided`` in place of
+    conversations' receiver (which the views and browser tests exercise)."""
     # Users are made by the dozen here; the default hasher costs a second each on a busy machine.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     handlers.CALLS.clear()
+    approval_decided.disconnect(sender=ApprovalRequest, dispatch_uid="conversations")
+    approval_decided.connect(handlers.record_decided, dispatch_uid="tests.record_decided")
     yield handlers.CALLS
+    approval_decided.disconnect(dispatch_uid="tests.record_decided")
+    approval_decided.connect(
+        toolphase.approval_decided, sender=ApprovalRequest, dispatch_uid="conversations"
+    )
     handlers.CALLS.clear()
+
+
+@pytest.fixture
+def exploding_receiver():
+    """An ``approval_decided`` receiver that raises (a decision must roll back)."""
+    approval_decided.connect(handlers.exploding, dispatch_uid="tests.exploding")
+    yield
+    approval_decided.disconnect(dispatch_uid="tests.exploding")
 
 
 @pytest.fixture

@@ -1,8 +1,11 @@
-"""A decided-handler for tests: counts calls in memory and in the invocation row."""
+"""A receiver of ``approvals.signals.approval_decided`` for the approvals tests, in
+place of the real one (``conversations.toolphase.approval_decided``): counts calls in
+memory and in the invocation row, and settles the invocation as the engine would."""
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from django.db.models import F
 
@@ -12,7 +15,7 @@ CALLS: list[tuple[int, str]] = []
 _lock = threading.Lock()
 
 
-def record_decided(approval) -> None:
+def record_decided(*, approval: Any, **_signal: Any) -> None:
     with _lock:
         CALLS.append((approval.pk, approval.status))
     # Like the conversations engine would: settle the invocation in the same transaction.
@@ -28,5 +31,5 @@ def record_decided(approval) -> None:
     )
 
 
-def exploding(approval) -> None:
-    raise RuntimeError("handler failed")
+def exploding(**_signal: Any) -> None:
+    raise RuntimeError("receiver failed")

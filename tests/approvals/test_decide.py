@@ -243,9 +243,10 @@ def test_expire_due_sweeps_only_overdue(user, make_approval, decided_handler):
     assert AuditEvent.objects.filter(action="approval.expired", target_id=str(soon.pk)).exists()
 
 
-def test_expire_due_keeps_request_pending_when_handler_fails(user, make_approval, settings):
+def test_expire_due_keeps_request_pending_when_a_receiver_fails(
+    user, make_approval, exploding_receiver
+):
     approval = make_approval(user, expires=1)
-    settings.TOLLGATE_APPROVAL_DECIDED_HANDLER = "tests.approvals.handlers.exploding"
     with time_machine.travel(timezone.now() + timedelta(seconds=5)):
         assert approvals_expire_due() == []
     approval.refresh_from_db()

@@ -18,7 +18,6 @@ from django.utils import timezone
 from approvals.dispatch import expiry_loop
 from approvals.models import ApprovalRequest
 from project.celery import app as celery_app
-from tests.approvals.conftest import HANDLER
 from tests.factories import UserFactory
 from tools.models import ToolInvocation
 
@@ -42,7 +41,6 @@ def test_celery_worker_expires_overdue_approvals(make_approval):
     env = {
         **os.environ,
         "DATABASE_URL": f"{base}/{db_name}",
-        "TOLLGATE_APPROVAL_DECIDED_HANDLER": HANDLER,
         "SECRET_KEY": "x" * 50,
     }
     queue = f"approvals-test-{os.getpid()}"
@@ -80,7 +78,8 @@ def test_celery_worker_expires_overdue_approvals(make_approval):
         assert approval.status == "expired"
         keep.refresh_from_db()
         assert keep.status == "pending"
-        # The worker called the decided handler in the same transaction.
+        # The worker's approval_decided receiver settled the invocation in the same
+        # transaction.
         assert ToolInvocation.objects.get(pk=approval.invocation_id).status == "expired"
     finally:
         worker.terminate()

@@ -112,13 +112,13 @@ def test_steps_over_max_steps_fail_clearly(conversation):
 def test_next_llm_call_past_max_steps_fails(conversation):
     from django.db import transaction
 
-    from conversations.engine import run_llm_call_schedule
+    from conversations.runs import run_lock, run_transition
 
     run = send(conversation)
     Run.objects.filter(pk=run.pk).update(status=Run.Status.GATING, step=2, max_steps=2)
     with transaction.atomic():
-        locked = Run.objects.select_for_update().get(pk=run.pk)
-        run_llm_call_schedule(run=locked)
+        locked = run_lock(run_id=run.pk)
+        assert run_transition(run=locked, to=Run.Status.CALLING_LLM) == Run.Status.FAILED
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
     assert "Stopped after 2 model calls" in run.error

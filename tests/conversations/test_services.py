@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conversations import services
+from conversations import runs, services
 from conversations.models import Conversation, Message, ModelConfig, Run
 
 pytestmark = pytest.mark.django_db
@@ -147,12 +147,12 @@ def test_recover_stale_finds_expired_leases_only(conversation, monkeypatch):
         lease_owner="w",
         lease_expires_at=timezone.now() + timedelta(minutes=1),
     )
-    assert services.runs_recover_stale() == []
+    assert runs.runs_recover_stale() == []
     Run.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert services.runs_recover_stale() == [run.pk]
+    assert runs.runs_recover_stale() == [run.pk]
     assert dispatched == [run.pk]
     Run.objects.filter(pk=run.pk).update(status=Run.Status.AWAITING_APPROVAL)
-    assert services.runs_recover_stale() == []  # waiting on a human is not stuck
+    assert runs.runs_recover_stale() == []  # waiting on a human is not stuck
 
 
 def test_an_in_process_step_waits_for_the_preload_thread(monkeypatch):
@@ -175,7 +175,7 @@ def test_an_in_process_step_waits_for_the_preload_thread(monkeypatch):
         events.append(f"step {run_id}")
         stepped.set()
 
-    monkeypatch.setattr("conversations.engine.run_advance", run_advance)
+    monkeypatch.setattr(dispatch, "run_advance", run_advance)
     thread = threading.Thread(target=preload, daemon=True)
     monkeypatch.setattr(dispatch, "_preloading", thread)
     thread.start()

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from approvals.models import ApprovalPolicy, ApprovalRequest, AuditEvent
 from approvals.services import ApprovalNotPending, approval_decide, approvals_expire_due
-from conversations import services
+from conversations import runs, services
 from conversations.engine import run_advance
 from conversations.models import Message, Run
 from tests.conversations.conftest import drive, send
@@ -174,7 +174,7 @@ def test_worker_lost_after_approval_executes_exactly_once_on_recovery(conversati
     Run.objects.filter(pk=run.pk).update(
         lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert run.pk in services.runs_recover_stale()
+    assert run.pk in runs.runs_recover_stale()
     run = drive(run)
     assert run.status == S.COMPLETED
     invocation = ToolInvocation.objects.get(run=run)

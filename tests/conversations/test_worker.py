@@ -20,7 +20,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
-from conversations import services
+from conversations import runs, services
 from conversations.models import Message, Run
 from tests.fresh import fresh_process
 
@@ -130,7 +130,7 @@ def test_recovery_hands_a_dead_workers_run_to_a_live_worker(celery_worker_proces
         lease_expires_at=timezone.now() - timedelta(seconds=5),
     )
     Message.objects.filter(run=run).update(status=Message.Status.STREAMING, content="cut")
-    assert services.runs_recover_stale() == [run.pk]
+    assert runs.runs_recover_stale() == [run.pk]
     run = wait_for(run, celery_worker_process)
     assert run.status == Run.Status.COMPLETED
     [answer] = Message.objects.filter(run=run)

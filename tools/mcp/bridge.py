@@ -607,7 +607,9 @@ def _handler(*, server_name: str, remote_name: str, name: str) -> Any:
         on_progress = None
         if ctx.conversation_id is not None and ctx.invocation_id is not None:
             on_progress = ProgressPusher(
-                conversation_id=ctx.conversation_id, invocation_id=ctx.invocation_id
+                conversation_id=ctx.conversation_id,
+                invocation_id=ctx.invocation_id,
+                run_id=ctx.run_id,
             )
         cancel = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(_watch_cancel(ctx, cancel))
