@@ -55,8 +55,12 @@ EXTRA_ENV = {
     "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
 }
 
-# Frames as the chat page receives them (conversations/events.py partials).
-DELTA_MARK = 'class="msg-body" hx-swap-oob="outerHTML"'
+# Frames as the chat page receives them (conversations/events.py partials): a
+# stream frame replaces the streaming message's tail, or its whole body (a keyframe).
+DELTA_MARKS = (
+    'class="msg-tail" hx-swap-oob="outerHTML"',
+    'class="msg-body" hx-swap-oob="outerHTML"',
+)
 CARD_MARK = 'hx-swap-oob="innerHTML:#approval-slot-'
 RUN_DONE_RE = re.compile(r'class="run-status run-(completed|failed|cancelled)"')
 CARD_RE = re.compile(r'id="approval-(\d+)"[^>]*data-arguments-hash="([0-9a-f]{64})"')
@@ -419,7 +423,8 @@ class WsClient:
 
 
 def is_delta(text: str) -> bool:
-    return DELTA_MARK in text
+    """Whether a pushed frame is a stream frame (a delta or a keyframe)."""
+    return any(mark in text for mark in DELTA_MARKS)
 
 
 # -- reporting ------------------------------------------------------------------------

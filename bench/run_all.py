@@ -2,7 +2,8 @@
 
 Starts the production topology once (``bench/harness.py``: daphne, Celery
 worker and beat, PostgreSQL, Redis, three llmock providers), runs benchmarks
-1-7 in order, prints each table, then replaces the generated part of
+1-8 in order (8, Markdown per stream frame, runs in this process and does not
+use the stack), prints each table, then replaces the generated part of
 ``docs/benchmarks.md`` (between the ``bench:start``/``bench:end`` markers;
 every other section of the file, e.g. "Budget and rate-limit check", is kept
 as it is). ``bench/budget_check.py`` runs too (its own database) and its
@@ -25,7 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import approval, concurrency, loop, page, parallel, streaming, ttft  # noqa: E402
+from bench import (  # noqa: E402
+    approval,
+    concurrency,
+    loop,
+    markdown_frames,
+    page,
+    parallel,
+    streaming,
+    ttft,
+)
 from bench.harness import Result, bench_stack, machine, server_versions  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -39,6 +49,7 @@ BENCHMARKS = {
     "parallel": parallel,
     "loop": loop,
     "page": page,
+    "markdown": markdown_frames,
 }
 
 

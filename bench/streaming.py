@@ -171,8 +171,9 @@ async def _measure(
         ),
         notes=[
             "Tokens/s is counted from the first text to the last (time to first token is "
-            "benchmark 1). Frames are coalesced (at most one per 50 ms) and each carries the "
-            "whole message body rendered as Markdown, so a long fast stream costs more per frame.",
+            "benchmark 1). Frames are coalesced (at most one per 50 ms); each renders only the "
+            "Markdown after the finished blocks (benchmark 8), but this reply is one paragraph, "
+            "all tail, so a long fast stream still costs more per frame.",
             "Two baselines: a direct litellm client in the benchmark process (it competes for "
             "the same 2 cores, so it can be slower than the relay), and the rate llmock emitted "
             "for the relayed streams themselves (its journal: chunks sent / response time), "

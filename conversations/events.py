@@ -8,11 +8,13 @@ so the same partial draws an element on page load and on push.
 
 Functions that follow a database write schedule their push with
 ``project.pushes.send_event_on_commit`` (a rolled-back write pushes nothing; the
-writer does not wait for the push); group names come from ``project.pushes``. Token deltas
-are pushed by ``StreamPublisher``, which coalesces them (at most one frame per
-``interval`` seconds, 20/s by default) and always sends the WHOLE body of the
-streaming message, so a page that loaded mid-reply is corrected by the next
-frame: nothing missing, nothing doubled.
+writer does not wait for the push); group names come from ``project.pushes``.
+Token deltas are pushed by ``StreamPublisher``, which coalesces them (at most one frame per
+``interval`` seconds, 20/s by default). A frame costs O(new text): it appends
+the Markdown blocks finished since the last frame and replaces the unfinished
+tail. About once a second a keyframe replaces the whole body instead (the
+finished blocks' HTML is kept, so it costs bytes, not rendering), so a page
+that loaded mid-reply, or missed a frame, is corrected within a second.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 
 from conversations import selectors
 from conversations.models import Conversation, Message, Run
-from conversations.rendering import render_markdown
+from conversations.rendering import MarkdownStream, StreamFrame
 from project.pushes import (
     NoQuery,
     conversation_group,
@@ -219,8 +222,9 @@ def error_fragment(text: str) -> str:
 # -- streaming -------------------------------------------------------------------
 
 
-#: Stands in for the text when a stream's frame partial is rendered once.
-_PLACEHOLDER = "tollgatestreamtextplaceholder"
+#: Stand in for the HTML when a stream's frame partials are rendered once.
+_BLOCKS_PLACEHOLDER = "tollgatestreamblocksplaceholder"
+_TAIL_PLACEHOLDER = "tollgatestreamtailplaceholder"
 
 
 class StreamPublisher:
@@ -230,14 +234,27 @@ class StreamPublisher:
     ``interval`` seconds, from a background task on the running loop (on the
     next delta after the interval, or from a timer so the tail is not held
     back), so reading the provider's stream never waits on a frame. At most
-    one frame is in flight; frames carry the WHOLE body, so they stay in
-    order and a late one is never stale. Each frame is first sent to the
-    conversation group, then handed to ``on_flush(text)`` (the engine persists
-    the text so far and may raise to stop the stream). An error raised by
-    ``on_flush`` is re-raised from the next ``feed`` or from ``close``. Call
-    ``close()`` when the stream ends: it waits for the frame in flight, then
-    flushes what is left. While the loop's outbox (``project.pushes``) still
-    holds the push that draws the message, frames queue behind it on its lane.
+    one frame is in flight, so frames arrive in order. Each frame is first
+    sent to the conversation group, then handed to ``on_flush(text)`` (the
+    engine persists the text so far and may raise to stop the stream). An
+    error raised by ``on_flush`` is re-raised from the next ``feed`` or from
+    ``close``. Call ``close()`` when the stream ends: it waits for the frame
+    in flight, then flushes what is left. While the loop's outbox
+    (``project.pushes``) still holds the push that draws the message, frames
+    queue behind it on its lane.
+
+    What a frame holds (``frame_html``): the text is rendered by a
+    ``MarkdownStream``, so a frame costs O(new text), not O(text). A delta
+    frame appends the blocks finished since the previous frame to
+    ``#message-<id>-blocks`` and replaces ``#message-<id>-tail`` (the
+    unfinished last block and the typing indicator). The first frame, and then
+    one at most every ``KEYFRAME_SECONDS``, is a keyframe: the whole
+    ``#message-<id>-body``, made of the finished blocks' HTML kept from
+    earlier frames and the tail, so it costs bytes, not rendering. A page that
+    loaded mid-reply (it draws the saved text split the same way, which may
+    trail what was sent) or missed a frame is whole again by the next keyframe;
+    the browser keeps no state of its own. The finished message is pushed
+    whole by the engine (``message_replaced``), not by a frame.
 
     Under load the interval stretches: a process sends at most
     ``TOLLGATE_STREAM_FRAMES_PER_SECOND`` frames over all its live streams, so
@@ -246,6 +263,8 @@ class StreamPublisher:
     """
 
     MAX_INTERVAL = 0.2
+    #: Seconds between keyframes (the whole body), at least.
+    KEYFRAME_SECONDS = 1.0
     #: Seconds a stream may go without letting the loop run (see ``feed``).
     YIELD_EVERY = 0.001
     _live: weakref.WeakSet[StreamPublisher] = weakref.WeakSet()
@@ -275,7 +294,12 @@ class StreamPublisher:
         self._lock = asyncio.Lock()
         self._closed = False
         self._queued: asyncio.Future[None] | None = None  # the last frame put on the lane
-        self._shell: tuple[str, ...] | None = None  # body_html around the text
+        self.keyframes = 0
+        self._markdown = MarkdownStream()  # fed up to sent_len
+        self._keyframe_at: float | None = None  # time.monotonic() of the last keyframe
+        # The partials around the HTML (see _shells); () when they cannot be split.
+        self._body_shell: tuple[str, str, str] | tuple[()] | None = None
+        self._tail_shell: tuple[str, str] | tuple[()] = ()
         StreamPublisher._live.add(self)
 
     @classmethod
@@ -351,8 +375,9 @@ class StreamPublisher:
             if len(text) == self.sent_len:
                 return
             self._last = time.monotonic()
+            self._markdown.feed(text[self.sent_len :])
             self.sent_len = len(text)
-            html = self.body_html(text)
+            html = self.frame_html()
             loop = asyncio.get_running_loop()
             outbox = outbox_for(loop)
             if (self._queued is not None and not self._queued.done()) or outbox.pending(self.lane):
@@ -368,24 +393,69 @@ class StreamPublisher:
             if self.on_flush is not None:
                 await self.on_flush(text)
 
-    def body_html(self, text: str) -> str:
-        """The ``message-body`` partial of the text so far, as a streaming frame.
+    def frame_html(self) -> str:
+        """The next frame for the text fed so far: a keyframe when one is due, else a
+        delta (see the class docstring). Renders only the Markdown after the finished
+        blocks (``MarkdownStream.render``)."""
+        frame = self._markdown.render()
+        now = time.monotonic()
+        if self._keyframe_at is None or now - self._keyframe_at >= self.KEYFRAME_SECONDS:
+            self._keyframe_at = now
+            self.keyframes += 1
+            return self.keyframe_html(frame.tail)
+        return self.delta_html(frame)
 
-        The partial is rendered once per stream around a placeholder, and each
-        frame fills in only the Markdown: the template engine took half of a
-        frame's cost, which at 200 streams was a tenth of the worker's CPU.
-        """
-        if self._shell is None:
-            before, found, after = self._body(_PLACEHOLDER).partition(render_markdown(_PLACEHOLDER))
-            # Not split when the partial does not show the text as one Markdown block.
-            self._shell = (before, after) if found and _PLACEHOLDER not in after else ()
-        if not self._shell:
-            return self._body(text)
-        return self._shell[0] + render_markdown(text) + self._shell[1]
+    def delta_html(self, frame: StreamFrame) -> str:
+        """A delta frame: ``frame.blocks`` appended to ``#message-<id>-blocks`` (when
+        there are any), then ``#message-<id>-tail`` replaced by ``frame.tail``."""
+        self._shells()
+        if self._tail_shell:
+            tail = self._tail_shell[0] + frame.tail + self._tail_shell[1]
+        else:
+            tail = render("message-tail", self._context(tail=frame.tail, tail_oob=True))
+        if not frame.blocks:
+            return tail
+        blocks = "".join(frame.blocks)
+        target = f"#message-{self.message_id}-blocks"
+        return f'<div hx-swap-oob="beforeend:{target}">{blocks}</div>\n{tail}'
 
-    def _body(self, text: str) -> str:
-        streaming = SimpleNamespace(pk=self.message_id, role="assistant", content=text)
-        return render("message-body", {"m": streaming, "streaming": True, "body_oob": True})
+    def keyframe_html(self, tail: str) -> str:
+        """A keyframe: the whole ``message-body`` partial, replacing the body, with
+        every finished block's HTML (kept, not rendered again) and ``tail``."""
+        blocks = self._markdown.finished_html
+        self._shells()
+        if self._body_shell:
+            before, between, after = self._body_shell
+            return before + blocks + between + tail + after
+        context = self._context(blocks=blocks, tail=tail)
+        return render("message-body", {**context, "body_oob": True})
+
+    def _context(self, *, tail: str, blocks: str = "", **extra: Any) -> dict[str, Any]:
+        """The partials' context: the message as a stream frame draws it, and its
+        pieces (``blocks`` and ``tail``: sanitised HTML from ``MarkdownStream``)."""
+        streaming = SimpleNamespace(pk=self.message_id, role="assistant", status="streaming")
+        blocks_html = mark_safe(blocks)  # noqa: S308 - nh3's output, or a placeholder
+        tail_html = mark_safe(tail)  # noqa: S308 - the same
+        pieces = SimpleNamespace(blocks=[blocks_html], tail=tail_html)
+        return {"m": streaming, "stream": pieces, **extra}
+
+    def _shells(self) -> None:
+        """Render the frame partials once per stream around placeholders, so that
+        each frame fills in only the HTML: the template engine took half of a
+        frame's cost, which at 200 streams was a tenth of the worker's CPU. A
+        shell stays ``()`` when its partial does not show a placeholder once,
+        as is; frames then render that partial each time."""
+        if self._body_shell is not None:
+            return
+        context = self._context(blocks=_BLOCKS_PLACEHOLDER, tail=_TAIL_PLACEHOLDER)
+        body = render("message-body", {**context, "body_oob": True})
+        before, _, rest = body.partition(_BLOCKS_PLACEHOLDER)
+        between, _, after = rest.partition(_TAIL_PLACEHOLDER)
+        once = body.count(_BLOCKS_PLACEHOLDER) == body.count(_TAIL_PLACEHOLDER) == 1
+        self._body_shell = (before, between, after) if once and _TAIL_PLACEHOLDER in rest else ()
+        tail = render("message-tail", self._context(tail=_TAIL_PLACEHOLDER, tail_oob=True))
+        before, _, after = tail.partition(_TAIL_PLACEHOLDER)
+        self._tail_shell = (before, after) if tail.count(_TAIL_PLACEHOLDER) == 1 else ()
 
     async def close(self, *, final_frame: bool = True) -> None:
         """Wait for the frame in flight; then send what is left unless

@@ -1,15 +1,27 @@
 """Message text → safe HTML: Markdown (markdown-it-py), highlighted code (Pygments),
 sanitised with nh3 (an allow-list HTML sanitiser; raw HTML in the source is
 never passed through). Tool output is not Markdown: it is escaped as-is.
+
+Two ways in, one configuration: ``render_markdown`` renders a whole text once
+(a finished message); ``MarkdownStream`` renders a growing text piece by piece
+(a reply being streamed), and the pieces it hands out join to exactly what
+``render_markdown`` makes of the same text.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import nh3
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
+    from markdown_it.token import Token
 
 _ALLOWED_TAGS = {
     "p", "br", "hr", "em", "strong", "del", "s", "code", "pre", "span", "blockquote",
@@ -44,13 +56,22 @@ def _highlight(code: str, lang: str, _attrs: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _markdown():  # type: ignore[no-untyped-def]
+def _markdown() -> MarkdownIt:
+    """The one parser and renderer of message Markdown (both ways in use it).
+
+    The ``reference`` rule is off: a link reference definition (``[x]: url``)
+    anywhere in a text turns every ``[x]`` before it into a link, which would
+    change blocks a stream has already finished. Without it ``[x]: url`` is a
+    paragraph of plain text and ``[x]`` stays as typed, in a finished message
+    and a streamed one alike (inline links ``[x](url)`` are unaffected).
+    """
     from markdown_it import MarkdownIt
 
     return (
         MarkdownIt("commonmark", {"html": False, "highlight": _highlight, "breaks": True})
         .enable("table")
         .enable("strikethrough")
+        .disable("reference")
     )
 
 
@@ -67,10 +88,181 @@ def _cleaner() -> nh3.Cleaner:
     )
 
 
+def _sanitised(html: str) -> SafeString:
+    return mark_safe(_cleaner().clean(html))  # noqa: S308 - sanitised by nh3 right here
+
+
 def render_markdown(text: str) -> SafeString:
-    """Render Markdown ``text`` to sanitised HTML safe to put in a page."""
-    clean = _cleaner().clean(_markdown().render(text or ""))
-    return mark_safe(clean)  # noqa: S308 - sanitised by nh3 just above
+    """Render Markdown ``text`` to sanitised HTML safe to put in a page (one full render).
+
+    Equal to the pieces ``MarkdownStream`` hands out for the same text, joined.
+    """
+    return _sanitised(_markdown().render(text or ""))
+
+
+def _render_tokens(tokens: list[Token]) -> SafeString:
+    md = _markdown()
+    return _sanitised(md.renderer.render(tokens, md.options, {}))
+
+
+def _top_level_starts(tokens: list[Token]) -> list[tuple[int, int]]:
+    """``(token index, first source line)`` of each top-level block in ``tokens``:
+    the level-0 tokens with a line range (closing tokens and inline content have none)."""
+    return [
+        (i, token.map[0])
+        for i, token in enumerate(tokens)
+        if token.level == 0 and token.map is not None
+    ]
+
+
+def _normalised(text: str) -> str:
+    """``text`` with markdown-it's own input normalisation (each line break to
+    LF, NUL to U+FFFD), so that its line numbers index this string's lines."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
+
+
+_EMPTY = mark_safe("")
+
+
+@dataclass(frozen=True)
+class StreamFrame:
+    """What changed since the previous ``MarkdownStream.render()``.
+
+    ``blocks``: the HTML of each top-level block finished since then, in order
+    (each sanitised; empty when none was). ``tail``: the sanitised HTML of
+    everything after the finished blocks; it replaces the previous tail.
+    """
+
+    blocks: list[SafeString]
+    tail: SafeString
+
+
+class MarkdownStream:
+    """Render a growing Markdown text so that each step costs O(new text), not O(text).
+
+    ``feed(delta)`` appends text; ``render()`` returns a ``StreamFrame``. For
+    any text, fed in any number of pieces and rendered after any of them::
+
+        "".join(stream.blocks) + stream.render().tail == render_markdown(text)
+
+    How: the text is cut at top-level block boundaries (markdown-it tokens of
+    level 0 with a line range). The stream keeps only the text after the
+    finished prefix, and ``render()`` parses only that. Every top-level block
+    but the last is finished (a later top-level block has started, so nothing
+    later can change it): it is rendered once, from its own tokens (the
+    renderer's output for a token slice is what it makes of those tokens in
+    the whole text), sanitised, appended to ``blocks``, and its text dropped.
+    The last block is the unfinished tail, rendered again on every call.
+
+    Edge cases, and what keeps the pieces equal to the whole render:
+
+    - Only complete lines finish a block. The line still being typed can change
+      the kind of block it starts, and so whether the block before it ended:
+      "para" + LF + "#" is a paragraph and an empty heading, but with "x" added
+      it is one paragraph; "***" (a rule) becomes "***bold***"; an opening code
+      fence stops being one when its info string gets a backtick; a table's
+      delimiter row decides whether the line above it is the table's header or
+      the paragraph's last line. So blocks are found in the text up to its last
+      line break, and the part-line always stays in the tail.
+    - Setext headings (an underline of ``=`` or ``-``), lazy continuation lines,
+      loose lists (blank lines between or inside items) and tables: the
+      underline, the continuation, the next item and the next row all belong to
+      the last block, which stays the tail until a later top-level block starts.
+    - A code fence left open runs to the end of the text in both renders: it is
+      the tail.
+    - ``breaks: True`` only changes line breaks inside a block.
+    - Reference-style links are off in the shared configuration (``_markdown``).
+    - CR LF, CR and NUL are normalised on the way in as markdown-it does; a CR
+      that ends one delta and an LF that starts the next are one line break.
+
+    The tail is still O(its own length) on every call: one huge code fence, a
+    long paragraph without a blank line, a long list (a whole list is one
+    top-level block until something else starts at its left margin), a long
+    table or blockquote. Finding the last line break is an O(tail) scan too.
+    """
+
+    def __init__(self) -> None:
+        self._rest = ""  # the normalised text after the finished blocks
+        self._pending_cr = False  # the last delta ended with CR
+        self._new_line = False  # a line break arrived since the last render()
+        self._handed_out = 0  # how many of ``blocks`` render() has returned
+        #: Sanitised HTML of every finished block, in order.
+        self.blocks: list[SafeString] = []
+        self._finished_html = ""  # "".join(blocks), grown as they come
+
+    def feed(self, delta: str) -> None:
+        """Append ``delta`` (any piece of text, e.g. a provider's token) to the text."""
+        if self._pending_cr and delta.startswith("\n"):
+            delta = delta[1:]  # the LF of a CR LF split across deltas
+        if delta:
+            self._pending_cr = delta.endswith("\r")
+        delta = _normalised(delta)
+        self._new_line = self._new_line or "\n" in delta
+        self._rest += delta
+
+    @property
+    def finished_html(self) -> SafeString:
+        """Every finished block's HTML, joined: kept as made, nothing is rendered."""
+        return mark_safe(self._finished_html)  # noqa: S308 - joined sanitised pieces
+
+    def render(self) -> StreamFrame:
+        """Finish the blocks that complete lines have closed, then render the tail.
+
+        Returns the blocks finished since the previous call and the tail's HTML.
+        Cost, in characters of the text after the finished blocks (``t``): a
+        parse of it up to its last line break (only when a line break arrived
+        since the previous call), one render of each newly finished block, and
+        a parse and render of the tail (skipped when the text ends at a line
+        break: the first parse's last block is the tail).
+        """
+        tail_tokens = None
+        if self._new_line:
+            self._new_line = False
+            tail_tokens = self._finish()
+        if tail_tokens is not None:
+            tail = _render_tokens(tail_tokens)
+        elif self._rest:
+            tail = _render_tokens(_markdown().parse(self._rest))
+        else:
+            tail = _EMPTY
+        new = self.blocks[self._handed_out :]
+        self._handed_out = len(self.blocks)
+        return StreamFrame(blocks=new, tail=tail)
+
+    def _finish(self) -> list[Token] | None:
+        """Move the finished blocks out of the text into ``blocks``.
+
+        Returns the tail's tokens when the text ends at a line break (the parse
+        of the complete lines was then the parse of the whole text), else None.
+        """
+        end = self._rest.rfind("\n") + 1
+        whole = end == len(self._rest)
+        tokens = _markdown().parse(self._rest[:end])
+        starts = _top_level_starts(tokens)
+        if len(starts) >= 2:
+            for (first, _), (after, _) in pairwise(starts):
+                html = _render_tokens(tokens[first:after])
+                self.blocks.append(html)
+                self._finished_html += html
+            last, line = starts[-1]
+            cut = 0
+            for _ in range(line):  # to the start of the tail's first line
+                cut = self._rest.index("\n", cut) + 1
+            self._rest = self._rest[cut:]
+            tokens = tokens[last:]
+        return tokens if whole else None
+
+
+def markdown_blocks(text: str) -> StreamFrame:
+    """Split ``text`` as a stream of it is split: its finished blocks and its tail.
+
+    For drawing a reply that is still being streamed (a page loaded mid-reply),
+    so that the frames which follow (blocks appended, the tail replaced)
+    continue from what the page shows. ``blocks`` is every finished block.
+    """
+    stream = MarkdownStream()
+    stream.feed(text or "")
+    return stream.render()
 
 
 def render_untrusted(text: str) -> SafeString:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import template
 from django.utils.safestring import SafeString
 
-from conversations.rendering import render_markdown, render_untrusted
+from conversations.rendering import StreamFrame, markdown_blocks, render_markdown, render_untrusted
 
 register = template.Library()
 
@@ -14,6 +14,13 @@ register = template.Library()
 def markdown(text: str) -> SafeString:
     """Sanitised HTML of Markdown ``text``."""
     return render_markdown(text)
+
+
+@register.filter
+def markdown_stream(text: str) -> StreamFrame:
+    """Markdown ``text`` of a reply still being streamed, split as its stream splits
+    it: ``.blocks`` (the finished blocks' sanitised HTML, a list) and ``.tail``."""
+    return markdown_blocks(text)
 
 
 @register.filter

@@ -33,7 +33,7 @@ def test_budget_check_prints_a_table():
 
 @pytest.mark.slow
 def test_main_job_benchmarks_print_their_tables():
-    """bench/run_all.py --quick runs benchmarks 1-7 once against a real stack."""
+    """bench/run_all.py --quick runs benchmarks 1-8 once against a real stack."""
     if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         pytest.skip("the benchmarks need PostgreSQL (DATABASE_URL)")
     env = {
@@ -65,6 +65,7 @@ def test_main_job_benchmarks_print_their_tables():
         "5. Parallel tools",
         "6. Agent-loop overhead",
         "7. Conversation page",
+        "8. Markdown rendering per stream frame",
     ):
         assert f"### {title}" in out, out[-3000:]
     assert "FAILED" not in out
@@ -74,5 +75,25 @@ def test_main_job_benchmarks_print_their_tables():
         "slowest single call (baseline)",
         "one state transition (baseline)",
         "10 messages (baseline)",
+        "200 tokens rendered whole, once (baseline)",
     ):
         assert f"| {row}" in out
+
+
+def test_markdown_frames_benchmark_prints_its_table():
+    """bench/markdown_frames.py --quick (no stack: Markdown in its own process)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "markdown_frames.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "### 8. Markdown rendering per stream frame" in out
+    assert "| old ms/frame" in out and "| new ms/frame" in out
+    for row in ("200 tokens rendered whole, once (baseline)", "60 tokens", "120 tokens"):
+        assert f"| {row}" in out
+    assert "Target new per-frame cost flat as the reply grows" in out

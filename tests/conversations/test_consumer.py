@@ -168,11 +168,12 @@ async def test_message_send_streams_reply_in_process(cookie, conversation, setti
         assert 'hx-swap-oob="beforeend:#messages"' in joined  # user message + run block
         assert f'id="run-{run.pk}"' in joined
         assert f'hx-swap-oob="beforeend:#run-{run.pk}-messages"' in joined
-        body_frames = [
-            f for f in frames if f.lstrip().startswith(f'<div id="message-{answer.pk}-body"')
-        ]
-        assert body_frames  # streamed as whole-body replacements
-        assert all('hx-swap-oob="outerHTML"' in f for f in body_frames)
+        body = f'<div id="message-{answer.pk}-body" class="msg-body" hx-swap-oob="outerHTML">'
+        tail = f'<div id="message-{answer.pk}-tail" class="msg-tail" hx-swap-oob="outerHTML">'
+        blocks = f'<div hx-swap-oob="beforeend:#message-{answer.pk}-blocks">'
+        stream_frames = [f for f in frames if f.lstrip().startswith((body, tail, blocks))]
+        assert stream_frames[0].startswith(body)  # a keyframe (the whole body) first
+        assert all(body in f or tail in f for f in stream_frames)  # then tails replaced
         assert "offline demo model" in joined
         assert f'id="message-{answer.pk}" class="msg msg-assistant msg-complete"' in joined
     finally:

@@ -97,7 +97,7 @@ def test_history_pairs_tool_calls_with_results(conversation):
     assert out[4] == {"role": "tool", "tool_call_id": "y", "content": "ok"}
 
 
-async def test_stream_publisher_coalesces_and_sends_whole_body(settings):
+async def test_stream_publisher_coalesces_deltas_into_frames(settings):
     from channels.layers import get_channel_layer
 
     from conversations.events import StreamPublisher
@@ -117,12 +117,13 @@ async def test_stream_publisher_coalesces_and_sends_whole_body(settings):
     await publisher.close()
     assert persisted[-1] == "".join(words)
     assert publisher.frames < len(words) / 10  # coalesced, not one frame per delta
-    last = None
-    for _ in range(publisher.frames):
-        last = await layer.receive(channel)
-    assert last["type"] == "html.push"
-    assert last["html"].startswith('<div id="message-5-body"')
-    assert "w0 w1" in last["html"] and "w299" in last["html"]  # the whole body, not a delta
+    received = [await layer.receive(channel) for _ in range(publisher.frames)]
+    assert all(frame["type"] == "html.push" for frame in received)
+    assert received[0]["html"].startswith('<div id="message-5-body"')  # a keyframe first
+    last = received[-1]["html"]
+    # One paragraph: the unfinished tail, which a frame replaces whole.
+    assert last.startswith(('<div id="message-5-tail"', '<div id="message-5-body"'))
+    assert "w0 w1" in last and "w299" in last
     await layer.group_discard("conversation.999999", channel)
 
 

@@ -117,6 +117,39 @@ def test_conversation_page_renders_markdown_safely(user_client, conversation):
     assert "Tool output — untrusted" in body
 
 
+def test_a_reply_still_streaming_is_drawn_split_as_its_frames_continue_it(
+    user_client, conversation
+):
+    """Mid-reply, the page draws the saved text as the stream splits it (finished
+    blocks, then the tail with the typing indicator), so frames continue it; a
+    finished message is one render of its text, the pieces joined."""
+    from conversations.rendering import markdown_blocks, render_markdown
+
+    text = "# Plan\n\n- one\n- two\n\n```python\nprint('hi')\n```\n\nStill writing,\nthe re"
+    streaming = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        content=text,
+    )
+    done = Message.objects.create(
+        conversation=conversation, role=Message.Role.ASSISTANT, content=text
+    )
+    body = user_client.get(reverse("conversations:detail", args=[conversation.pk])).content
+    page = body.decode()
+    split = markdown_blocks(text)
+    assert len(split.blocks) == 3
+    assert (
+        f'<div id="message-{streaming.pk}-body" class="msg-body">'
+        f'<div id="message-{streaming.pk}-blocks" class="msg-blocks">{"".join(split.blocks)}</div>'
+        f'<div id="message-{streaming.pk}-tail" class="msg-tail">{split.tail}<span class="typing"'
+    ) in page
+    whole = render_markdown(text)
+    assert whole == "".join(split.blocks) + split.tail
+    assert f'<div id="message-{done.pk}-body" class="msg-body">{whole}</div>' in page
+    assert f"message-{done.pk}-tail" not in page
+
+
 def test_other_users_conversation_is_404(client, other_user, conversation):
     client.force_login(other_user)
     assert client.get(reverse("conversations:detail", args=[conversation.pk])).status_code == 404

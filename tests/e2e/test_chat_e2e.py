@@ -29,12 +29,16 @@ LONGER_PROMPT = (
 )
 
 # Records every distinct text of the streaming assistant body, in order, as
-# pushes replace it (no polling interval to miss frames).
+# pushes change it (no polling interval to miss frames), and the most finished
+# Markdown blocks the streaming body held (frames append them, then replace the tail).
 RECORD_BODIES = """() => {
   window.__bodies = [];
+  window.__blocks = 0;
   const grab = () => {
     const body = document.querySelector("#messages .msg-assistant .msg-body");
     if (!body) return;
+    const blocks = body.querySelector(".msg-blocks");
+    if (blocks) window.__blocks = Math.max(window.__blocks, blocks.children.length);
     const text = body.innerText.trim();
     if (text && window.__bodies[window.__bodies.length - 1] !== text) window.__bodies.push(text);
   };
@@ -84,6 +88,9 @@ def test_sign_up_log_in_and_watch_a_reply_stream(new_page, stack):
     assert all(len(a) < len(b) for a, b in itertools.pairwise(partial)), partial
     assert len(partial[-1]) < len(final)
     assert partial[0].split()[0] == final.split()[0]
+    assert all(text.count("You wrote:") <= 1 for text in bodies)  # no block shown twice
+    # The reply's first paragraphs were finished, and appended, while it streamed.
+    assert page.evaluate("window.__blocks") >= 2
 
     # Stored once, complete, and the same text a fresh page shows.
     rows = _assistant_rows(stack, run_id)
