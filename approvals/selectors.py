@@ -11,7 +11,6 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from approvals.canonical import canonical_json, sha256_hex
 from approvals.conditions import condition_matches
 from approvals.models import (
     ApprovalPolicy,
@@ -22,6 +21,7 @@ from approvals.models import (
     tool_pattern_is_glob,
     tool_pattern_literal_prefix,
 )
+from audit.canonical import canonical_json, sha256_hex
 
 GENESIS_HASH = "0" * 64
 

@@ -32,7 +32,6 @@ from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
-from approvals.canonical import json_safe
 from approvals.models import (
     ApprovalPolicy,
     ApprovalRequest,
@@ -46,6 +45,7 @@ from approvals.selectors import (
     audit_event_hash,
     gate_evaluate,
 )
+from audit.canonical import json_safe
 
 logger = logging.getLogger(__name__)
 
