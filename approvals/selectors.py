@@ -15,13 +15,12 @@ from approvals.conditions import condition_matches
 from approvals.models import (
     ApprovalPolicy,
     ApprovalRequest,
-    AuditChainHead,
-    AuditEvent,
     hints_destructive,
     tool_pattern_is_glob,
     tool_pattern_literal_prefix,
 )
 from audit.canonical import canonical_json, sha256_hex
+from audit.models import AuditChainHead, AuditEvent
 
 GENESIS_HASH = "0" * 64
 

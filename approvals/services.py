@@ -32,12 +32,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
-from approvals.models import (
-    ApprovalPolicy,
-    ApprovalRequest,
-    AuditChainHead,
-    AuditEvent,
-)
+from approvals.models import ApprovalPolicy, ApprovalRequest
 from approvals.selectors import (
     GENESIS_HASH,
     GateDecision,
@@ -46,6 +41,7 @@ from approvals.selectors import (
     gate_evaluate,
 )
 from audit.canonical import json_safe
+from audit.models import AuditChainHead, AuditEvent
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.test import RequestFactory
 
-from approvals.models import ApprovalPolicy, AuditAppendOnlyError, AuditChainHead, AuditEvent
+from approvals.models import ApprovalPolicy
 from approvals.selectors import GENESIS_HASH, audit_verify
 from approvals.services import audit_deferred, audit_record
+from audit.models import AuditAppendOnlyError, AuditChainHead, AuditEvent
 from tests.factories import UserFactory
 from tests.race import race
 
@@ -92,9 +93,9 @@ def _tamper(sql, params):
 @pytest.mark.parametrize(
     ("sql", "reason"),
     [
-        ("UPDATE approvals_auditevent SET data = %s::jsonb WHERE id = %s", "edited"),
-        ("UPDATE approvals_auditevent SET action = 'x' || %s WHERE id = %s", "edited"),
-        ("DELETE FROM approvals_auditevent WHERE %s = %s AND id = %s", "missing"),
+        ("UPDATE audit_auditevent SET data = %s::jsonb WHERE id = %s", "edited"),
+        ("UPDATE audit_auditevent SET action = 'x' || %s WHERE id = %s", "edited"),
+        ("DELETE FROM audit_auditevent WHERE %s = %s AND id = %s", "missing"),
     ],
 )
 def test_tampering_in_sql_is_found(db, sql, reason):
@@ -115,7 +116,7 @@ def test_tampering_in_sql_is_found(db, sql, reason):
 
 def test_removing_the_last_event_is_found(db):
     events = _fill(3)
-    _tamper("DELETE FROM approvals_auditevent WHERE id = %s", [events[-1].pk])
+    _tamper("DELETE FROM audit_auditevent WHERE id = %s", [events[-1].pk])
     result = audit_verify()
     assert not result.ok
     assert "end" in result.reason
@@ -139,7 +140,7 @@ def test_rehashed_forgery_is_found(db):
         prev_hash=target.prev_hash,
     )
     _tamper(
-        "UPDATE approvals_auditevent SET data = %s::jsonb, hash = %s WHERE id = %s",
+        "UPDATE audit_auditevent SET data = %s::jsonb, hash = %s WHERE id = %s",
         [json.dumps({"i": "forged"}), forged, target.pk],
     )
     result = audit_verify()
@@ -152,7 +153,7 @@ def test_command_reports_ok_and_names_the_broken_row(db, capsys):
     call_command("audit_verify")
     assert "OK: 4 events" in capsys.readouterr().out
     _tamper(
-        "UPDATE approvals_auditevent SET data = %s::jsonb WHERE id = %s",
+        "UPDATE audit_auditevent SET data = %s::jsonb WHERE id = %s",
         [json.dumps({"i": "tampered"}), events[2].pk],
     )
     with pytest.raises(CommandError) as info:
@@ -172,7 +173,7 @@ def test_command_process_exits_1_after_tampering():
     clean = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert clean.returncode == 0, clean.stderr
     assert "OK: 3 events" in clean.stdout
-    _tamper("UPDATE approvals_auditevent SET ip = %s WHERE id = %s", ["198.51.100.1", events[1].pk])
+    _tamper("UPDATE audit_auditevent SET ip = %s WHERE id = %s", ["198.51.100.1", events[1].pk])
     broken = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert broken.returncode == 1
     assert f"event id {events[1].pk}" in broken.stderr
