@@ -22,7 +22,7 @@ class AuditEventQuerySet(models.QuerySet):
 
     ``update``, ``delete`` and ``bulk_update`` raise ``AuditAppendOnlyError``, and
     so does ``bulk_create`` of rows without their chain hashes; new events are
-    written by ``approvals.services.audit_record`` only, which chains them.
+    written by ``audit.services.audit_record`` only, which chains them.
     """
 
     def update(self, **kwargs: Any) -> int:
@@ -55,7 +55,7 @@ class AuditEvent(models.Model):
 
     ``hash`` is SHA-256 over the canonical JSON of (sequence, created_at,
     actor_id, action, target_type, target_id, data, ip, prev_hash); see
-    ``approvals.selectors.audit_event_hash``. Any edit of a stored row, or a row
+    ``audit.selectors.audit_event_hash``. Any edit of a stored row, or a row
     removed from the middle, breaks the chain; ``manage.py audit_verify``
     finds it.
 
@@ -95,7 +95,7 @@ class AuditEvent(models.Model):
         if not self._state.adding or kwargs.get("force_update") or kwargs.get("update_fields"):
             raise AuditAppendOnlyError("Audit events cannot be changed once written.")
         if not self.hash or not self.prev_hash:
-            raise AuditAppendOnlyError("Write audit events with approvals.services.audit_record().")
+            raise AuditAppendOnlyError("Write audit events with audit.services.audit_record().")
         kwargs["force_insert"] = True
         super().save(*args, **kwargs)
 

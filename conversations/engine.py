@@ -318,7 +318,7 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Any, str]
     """
     from accounts.selectors import budget_requires_prices
     from accounts.services import llm_call_admit
-    from approvals.services import audit_record
+    from audit.services import audit_record
 
     user = run.conversation.owner
     estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens)
@@ -632,7 +632,7 @@ def _store_answer(
     takes ``_store_text_pg``.
     """
     from accounts.services import llm_call_abort, llm_call_settle
-    from approvals.services import audit_record
+    from audit.services import audit_record
 
     with transaction.atomic():
         locked = _locked_own(run.pk, worker)
@@ -737,7 +737,7 @@ def _store_answer_and_gate(
 @_db
 def _tool_turn_gate(run_id: int, worker: str, message_id: int) -> None:
     """Gate the turn's tool calls and move the run on (one transaction)."""
-    from approvals.services import audit_deferred
+    from audit.services import audit_deferred
     from conversations.toolphase import turn_continue, turn_gate
 
     # Its events (each call recorded, each decision, each approval request) are

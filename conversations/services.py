@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from approvals.services import audit_record
+from audit.services import audit_record
 from conversations import events
 from conversations.engine import dispatch_on_commit, run_finish
 from conversations.models import Conversation, Message, ModelConfig, Run
