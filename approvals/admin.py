@@ -1,4 +1,4 @@
-"""Admin: policies (every save and delete is audited); requests and audit events read-only."""
+"""Admin: policies (every save and delete is audited); approval requests read-only."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from approvals.models import ApprovalPolicy, ApprovalRequest, AuditEvent
+from approvals.models import ApprovalPolicy, ApprovalRequest
 from approvals.services import policy_changed_record, policy_snapshot
 
 if TYPE_CHECKING:
@@ -120,20 +120,3 @@ class ApprovalRequestAdmin(ReadOnlyAdmin):
     list_filter = ("status", "tool_name", "approver_group")
     search_fields = ("tool_name", "requester__email", "reason")
     list_select_related = ("requester", "approver_group", "decided_by")
-
-
-@admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = (
-        "sequence",
-        "created_at",
-        "action",
-        "actor_id",
-        "target_type",
-        "target_id",
-        "ip",
-    )
-    list_filter = ("action", "target_type")
-    search_fields = ("action", "target_id")
-    date_hierarchy = "created_at"
-    ordering = ("-sequence",)

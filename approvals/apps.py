@@ -4,10 +4,7 @@ from django.apps import AppConfig
 
 
 class ApprovalsConfig(AppConfig):
-    """Approval policies, approval requests and decisions, and the audit trail."""
+    """Approval policies, approval requests and decisions (the gate)."""
 
     name = "approvals"
     default_auto_field = "django.db.models.BigAutoField"
-
-    def ready(self) -> None:
-        from approvals import receivers  # noqa: F401  (connects the sign-in audit receivers)

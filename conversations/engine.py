@@ -36,7 +36,7 @@ from django.db import transaction
 from accounts.errors import BudgetExceeded, RateLimited
 from accounts.selectors import budget_requires_prices
 from accounts.services import Admission, llm_call_abort, llm_call_admit, llm_call_settle
-from approvals.services import audit_deferred, audit_record
+from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.context import FitResult, context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat

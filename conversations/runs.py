@@ -47,7 +47,7 @@ from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
 
-from approvals.services import audit_record
+from audit.services import audit_record
 from conversations import events
 from conversations.models import Message, Run
 

@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from approvals.services import audit_deferred, audit_record
+from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule

@@ -306,7 +306,7 @@ class MCPServerAdmin(admin.ModelAdmin):
         )
 
     def save_model(self, request: HttpRequest, obj: MCPServer, form: Any, change: bool) -> None:
-        from approvals.services import audit_record
+        from audit.services import audit_record
         from tools.mcp.bridge import mcp_tool_rows_sync
 
         super().save_model(request, obj, form, change)
@@ -334,7 +334,7 @@ class MCPServerAdmin(admin.ModelAdmin):
         super().delete_queryset(request, queryset)
 
     def _deleted(self, request: HttpRequest, servers: list[MCPServer]) -> None:
-        from approvals.services import audit_record
+        from audit.services import audit_record
         from tools.mcp.bridge import mcp_tool_rows_retire
 
         for server in servers:

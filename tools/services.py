@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from pydantic_core import to_jsonable_python
 
-from approvals.services import audit_record
+from audit.services import audit_record
 from project.dbthreads import db_async
 from tools.models import Tool, ToolInvocation
 from tools.registry import (

@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from approvals.canonical import arguments_hash
-from approvals.models import ApprovalPolicy, ApprovalRequest, AuditEvent
+from approvals.models import ApprovalPolicy, ApprovalRequest
 from approvals.selectors import (
     approval_can_decide,
     approvals_for_user,
@@ -28,6 +28,7 @@ from approvals.services import (
     approvals_cancel_for_run,
     approvals_expire_due,
 )
+from audit.models import AuditEvent
 from tests.factories import UserFactory
 from tests.race import race
 from tools.models import ToolInvocation

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -108,3 +109,8 @@ async def test_embedded_expiry_loop(make_approval):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_settings_schedule_expiry():
+    entry = settings.CELERY_BEAT_SCHEDULE["approvals-expire"]
+    assert entry["task"] == "approvals.tasks.expire_approvals"

@@ -6,9 +6,10 @@ import pytest
 from django.contrib.auth.models import Group
 
 from approvals.conditions import condition_matches, parse_path
-from approvals.models import ApprovalPolicy, AuditEvent
+from approvals.models import ApprovalPolicy
 from approvals.selectors import gate_evaluate
 from approvals.services import gate_decide
+from audit.models import AuditEvent
 from tests.factories import UserFactory
 
 CONV = 4242

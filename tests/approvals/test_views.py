@@ -8,8 +8,9 @@ import pytest
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 
-from approvals.models import ApprovalRequest, AuditEvent
+from approvals.models import ApprovalRequest
 from approvals.services import ApprovalNotFound, approval_decide_from_payload
+from audit.models import AuditEvent
 from tests.factories import UserFactory
 
 HTMX = {"HTTP_HX_REQUEST": "true"}

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from accounts.models import Budget, RateLimit, UsageRecord
-from approvals.models import AuditEvent
+from audit.models import AuditEvent
 from conversations import services
 from conversations.engine import run_advance
 from conversations.models import Conversation, Message, Run

@@ -11,7 +11,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from approvals.models import AuditEvent
+from audit.models import AuditEvent
 from conversations import runs
 from conversations.models import Message, Run
 from tests.factories import MessageFactory, RunFactory

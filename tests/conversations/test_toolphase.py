@@ -13,8 +13,9 @@ import time_machine
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from approvals.models import ApprovalPolicy, ApprovalRequest, AuditEvent
+from approvals.models import ApprovalPolicy, ApprovalRequest
 from approvals.services import ApprovalNotPending, approval_decide, approvals_expire_due
+from audit.models import AuditEvent
 from conversations import runs, services
 from conversations.engine import run_advance
 from conversations.models import Message, Run

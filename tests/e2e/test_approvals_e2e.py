@@ -51,7 +51,7 @@ def _approval(stack, invocation_id: int) -> dict:
 
 def _audit(stack, action: str, target_type: str, target_id: int) -> list[tuple]:
     return stack.sql(
-        "SELECT actor_id, data FROM approvals_auditevent"
+        "SELECT actor_id, data FROM audit_auditevent"
         " WHERE action = %s AND target_type = %s AND target_id = %s ORDER BY sequence",
         (action, target_type, str(target_id)),
     )

@@ -83,7 +83,7 @@ def test_zero_budget_set_in_admin_refuses_the_next_message(new_page, stack, admi
         (0,)
     ]
     refused = stack.sql(
-        "SELECT data->>'reason' FROM approvals_auditevent"
+        "SELECT data->>'reason' FROM audit_auditevent"
         " WHERE action = 'budget.refused' AND target_id = %s",
         (str(run_id),),
     )

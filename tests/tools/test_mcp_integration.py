@@ -25,8 +25,9 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from approvals.models import ApprovalRequest, AuditEvent
+from approvals.models import ApprovalRequest
 from approvals.services import AlwaysAllowRefused, approval_decide
+from audit.models import AuditEvent
 from conversations import events, services
 from conversations.engine import run_advance
 from conversations.models import Conversation, Message, ModelConfig, Run

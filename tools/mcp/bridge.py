@@ -350,7 +350,7 @@ def mcp_server_health_record(
     anything), updates the ``Tool`` rows' availability, and on a change (or the
     first check) audits ``mcp.server_up`` / ``mcp.server_down``. Locks the row.
     """
-    from approvals.services import audit_record
+    from audit.services import audit_record
     from tools.models import MCPServer
 
     error = (error or "")[:4000]
@@ -394,7 +394,7 @@ def mcp_server_tools_store(
     audited as ``mcp.tools_refreshed`` with the names added and removed.
     Returns the server, or None if it was deleted meanwhile.
     """
-    from approvals.services import audit_record
+    from audit.services import audit_record
     from tools.models import MCPServer
 
     data = [tool.as_dict() for tool in tools]

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class AuditConfig(AppConfig):
+    """The append-only, hash-chained audit trail that every app writes through.
+
+    The bottom app layer (DESIGN.md): it imports no other Tollgate app.
+    """
+
+    name = "audit"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from audit import signals  # noqa: F401  (connects the sign-in and sign-out receivers)
