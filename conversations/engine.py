@@ -41,7 +41,7 @@ from conversations import events
 from conversations.context import FitResult, context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
-from conversations.runs import run_claim, run_lease_renew, run_lock, run_transition
+from conversations.runs import run_claim, run_lease_renew, run_lock, run_relock, run_transition
 from conversations.toolphase import (
     run_stop,
     tools_offered,
@@ -161,7 +161,7 @@ class _CallStart:
     fit: FitResult
     tools: list[dict] | None
     admission: Admission
-    message_id: int
+    message: Message
 
 
 @dataclass
@@ -230,17 +230,18 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Admission
     return None, refusal["message"]
 
 
-def _step_message(run: Run) -> int:
-    """Create (or reset, on a replay) the assistant message of this step; its id.
+def _step_message(run: Run, *, resumed: bool) -> Message:
+    """Create the assistant message of this step or, when the step is ``resumed``
+    (a worker held it before, and may have created it), reset it.
 
     The run's lease (just taken) keeps other workers out, so no savepoint for a
     ``get_or_create`` race is needed.
     """
-    message = (
-        Message.objects.filter(run=run, run_step=run.step, role=Message.Role.ASSISTANT)
-        .order_by()
-        .first()
-    )
+    message = None
+    if resumed:
+        message = Message.objects.filter(
+            run=run, run_step=run.step, role=Message.Role.ASSISTANT
+        ).first()
     if message is None:
         message = Message.objects.create(
             run=run,
@@ -257,7 +258,7 @@ def _step_message(run: Run) -> int:
         message.status = Message.Status.STREAMING
         message.save(update_fields=["content", "tool_calls", "status"])
         events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
-    return message.pk
+    return message
 
 
 def _fail_locked(run: Run, error: str, *, kind: str) -> None:
@@ -266,7 +267,7 @@ def _fail_locked(run: Run, error: str, *, kind: str) -> None:
     run_transition(run=run, to=S.FAILED, error=error, metadata=metadata, data={"kind": kind})
 
 
-def _begin_call(run: Run) -> _CallStart | None:
+def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     """History, tools offered, context fit, admission, the step's assistant message.
 
     In the claim's transaction (run locked and leased): one thread hop and one
@@ -293,9 +294,8 @@ def _begin_call(run: Run) -> _CallStart | None:
     if admission is None:
         _fail_locked(run, refusal, kind="budget")
         return None
-    return _CallStart(
-        run=run, fit=fit, tools=tools, admission=admission, message_id=_step_message(run)
-    )
+    message = _step_message(run, resumed=resumed)
+    return _CallStart(run=run, fit=fit, tools=tools, admission=admission, message=message)
 
 
 def _latest_tool_message_id(run: Run) -> int | None:
@@ -336,14 +336,15 @@ def _step_begin(run_id: int, worker: str) -> _CallStart | _ToolTurn | None:
     recovery. Audit events are appended together at the end (``audit_deferred``).
     """
     with transaction.atomic(), audit_deferred():
-        run = run_claim(run_id=run_id, worker=worker)
-        if run is None:
+        claim = run_claim(run_id=run_id, worker=worker)
+        if claim is None:
             return None
+        run = claim.run
         if run.cancel_requested:
             run_stop(run=run)
             return None
         if run.status == S.CALLING_LLM:
-            return _begin_call(run)
+            return _begin_call(run, resumed=claim.resumed)
         message_id = _latest_tool_message_id(run)
         if message_id is None:
             _fail_locked(run, "Lost track of this run's tool calls.", kind="internal")
@@ -388,43 +389,41 @@ def _usage_of(result: ChatResult) -> dict[str, Any]:
 
 
 @db_async
-def _store_answer(
-    run_id: int, worker: str, message_id: int, result: ChatResult, start: _CallStart
-) -> None:
+def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     """Write the finished assistant message once, settle its usage, move the run on.
 
-    One transaction: the message; for tool calls the gate (``gating``, then what
-    the gate decided); the usage record (accounts' ledger); the ``llm.call`` and
-    transition audit events, appended last. A lost lease discards the result
-    and releases the budget hold.
+    One transaction: the run's row locked again (the rest was loaded by the
+    claim), the message; for tool calls the gate (``gating``, then what the gate
+    decided); the usage record (accounts' ledger); the audit events, appended
+    last. A lost lease discards the result and releases the budget hold.
     """
+    run, message = start.run, start.message
     with transaction.atomic(), audit_deferred():
-        run = _locked_own(run_id, worker)
-        if run is None:
-            llm_call_abort(admission=start.admission)
+        own = run_relock(run=run, worker=worker)
+        if not own:
+            llm_call_abort(admission=start.admission)  # after the run's lock (the lock order)
+            logger.warning("run %s: lease lost by %s; answer discarded", run.pk, worker)
             return
-        message = Message.objects.get(pk=message_id)
-        message.content = result.content
-        message.tool_calls = result.tool_calls or None
-        message.status = Message.Status.COMPLETE
-        message.model = result.model or message.model
-        message.prompt_tokens = result.prompt_tokens
-        message.completion_tokens = result.completion_tokens
-        message.cost_usd = result.cost_usd
-        message.latency_ms = result.latency_ms
         dropped = start.fit.dropped
-        message.metadata = {
-            **message.metadata,
-            "ttft_ms": result.ttft_ms,
-            "finish_reason": result.finish_reason,
-            "context_dropped_messages": dropped,
+        fields = {
+            "content": result.content,
+            "tool_calls": result.tool_calls or None,
+            "status": Message.Status.COMPLETE,
+            "model": result.model or message.model,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "cost_usd": result.cost_usd,
+            "latency_ms": result.latency_ms,
+            "metadata": {
+                **message.metadata,
+                "ttft_ms": result.ttft_ms,
+                "finish_reason": result.finish_reason,
+                "context_dropped_messages": dropped,
+            },
         }
-        message.save(
-            update_fields=[
-                "content", "tool_calls", "status", "model", "prompt_tokens",
-                "completion_tokens", "cost_usd", "latency_ms", "metadata",
-            ]
-        )  # fmt: skip
+        Message.objects.filter(pk=message.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(message, name, value)
         events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
         metadata = {**run.metadata}
         metadata["context"] = {
@@ -468,24 +467,18 @@ def _store_answer(
 
 @db_async
 def _end_call(
-    run_id: int,
-    worker: str,
-    message_id: int,
-    admission: Admission,
-    *,
-    partial: str,
-    error: str = "",
-    kind: str = "",
+    worker: str, start: _CallStart, *, partial: str, error: str = "", kind: str = ""
 ) -> None:
     """End a model call that produced no answer: release its budget hold, keep the
     ``partial`` text, and fail the run with ``error`` (``kind`` names the cause) or,
     without one, stop it (Stop was pressed)."""
+    run = start.run
     with transaction.atomic(), audit_deferred():
-        run = _locked_own(run_id, worker)  # the run first, then the hold (the lock order)
-        llm_call_abort(admission=admission)
-        if run is None:
+        own = run_relock(run=run, worker=worker)  # the run first, then the hold (the lock order)
+        llm_call_abort(admission=start.admission)
+        if not own:
             return
-        Message.objects.filter(pk=message_id).update(content=partial)
+        Message.objects.filter(pk=start.message.pk).update(content=partial)
         if error:
             _fail_locked(run, error, kind=kind)
         else:
@@ -493,7 +486,7 @@ def _end_call(
 
 
 async def _step_call_llm(start: _CallStart, worker: str) -> None:
-    run, config, message_id = start.run, start.run.conversation.model_config, start.message_id
+    run, config, message_id = start.run, start.run.conversation.model_config, start.message.pk
     lease_renewed = time.monotonic()
     # The text is first saved FIRST_PERSIST_SECONDS into the stream (a reload then
     # shows the reply begun), then every TOLLGATE_STREAM_PERSIST_SECONDS; a reply
@@ -541,21 +534,21 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
         await _settled(persisting)  # its state no longer matters: the answer is complete
     except StepAborted:
         await _settled(persisting)
-        await _end_call(run.pk, worker, message_id, start.admission, partial=publisher.text)
+        await _end_call(worker, start, partial=publisher.text)
         return
     except GatewayError as error:
         await _settled(persisting)
-        await _end_call(run.pk, worker, message_id, start.admission, partial=publisher.text,
-                        error=error.user_message, kind=error.kind)  # fmt: skip
+        await _end_call(worker, start, partial=publisher.text, error=error.user_message,
+                        kind=error.kind)  # fmt: skip
         return
     except Exception:
         await _settled(persisting)
         logger.exception("run %s step %s failed", run.pk, run.step)
-        await _end_call(run.pk, worker, message_id, start.admission, partial=publisher.text,
+        await _end_call(worker, start, partial=publisher.text,
                         error="Something went wrong on the server while answering. Try again.",
                         kind="internal")  # fmt: skip
         return
-    await _store_answer(run.pk, worker, message_id, result, start)
+    await _store_answer(worker, result, start)
 
 
 async def _settled(task: asyncio.Task | None) -> None:

@@ -39,7 +39,7 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
@@ -69,6 +69,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 #: Statuses in which a worker has work to do (the others wait on people or are over).
 ADVANCEABLE: frozenset[str] = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING, S.EXECUTING_TOOLS})
+
+#: Transitions into these are audited (``run.<status>``): a run's outcome, and each
+#: wait on people. The moves between (a model call, the gate, the tools) are audited
+#: by what happens in them: ``llm.call``, ``gate.decided``, ``tool.executed``.
+AUDITED: frozenset[str] = frozenset({S.AWAITING_APPROVAL, S.COMPLETED, S.FAILED, S.CANCELLED})
 
 #: Sent on commit when a run has a step for a worker to take: ``run_id`` (int).
 #: ``conversations.dispatch`` receives it (Celery or an asyncio task).
@@ -158,8 +163,9 @@ def run_transition(
       is scheduled on commit (``run_step_due``).
     - Written with one compare-and-set ``UPDATE``; ``RunChanged`` if the row's
       status was no longer the one ``run`` carries.
-    - Audits ``run.<to>`` (``actor``: who caused it, ``None`` for the system;
-      ``data`` is added to the event's) and pushes the status line on commit.
+    - Audits ``run.<to>`` when ``to`` is in ``AUDITED`` (``actor``: who caused it,
+      ``None`` for the system; ``data`` is added to the event's), and pushes the
+      status line on commit.
     - ``metadata``: the run's new ``metadata``, written by the same ``UPDATE``.
     """
     current = run.status
@@ -194,12 +200,15 @@ def run_transition(
     fields["lease_owner"] = worker if keep else ""
     fields["lease_expires_at"] = lease_until() if keep else None
     _write(run, current, fields)
-    if terminal:
+    if to in (S.CANCELLED, S.FAILED):  # a completed run's reply was stored complete
         _streaming_messages_end(run, cancelled=to == S.CANCELLED)
-    event: dict[str, Any] = {"from": current, "step": run.step, **(data or {})}
-    if error:
-        event["error"] = error[:500]
-    audit_record(action=f"run.{to}", actor=actor, target_type="run", target_id=run.pk, data=event)
+    if to in AUDITED:
+        event: dict[str, Any] = {"from": current, "step": run.step, **(data or {})}
+        if error:
+            event["error"] = error[:500]
+        audit_record(
+            action=f"run.{to}", actor=actor, target_type="run", target_id=run.pk, data=event
+        )
     events.run_status_changed(run_id=run.pk, run=run)
     if not keep and to in ADVANCEABLE:
         run_step_schedule(run_id=run.pk)
@@ -220,7 +229,16 @@ def run_step_schedule(*, run_id: int) -> None:
     transaction.on_commit(lambda: run_step_due.send(sender=Run, run_id=run_id))
 
 
-def run_claim(*, run_id: int, worker: str) -> Run | None:
+class Claim(NamedTuple):
+    """What :func:`run_claim` took: the locked ``run`` (its conversation, owner and
+    model config loaded), and whether a worker held this step before (``resumed``: its
+    lease expired; what it wrote of the step, an assistant message, may be there)."""
+
+    run: Run
+    resumed: bool
+
+
+def run_claim(*, run_id: int, worker: str) -> Claim | None:
     """Lock run ``run_id`` and take its lease for ``worker``, if it has work for one.
 
     ``None`` (nothing written) when the run does not exist, waits on people or is
@@ -233,16 +251,36 @@ def run_claim(*, run_id: int, worker: str) -> Run | None:
     run = run_lock(run_id=run_id)
     if run is None or run.status not in ADVANCEABLE or run_lease_is_live(run):
         return None
+    resumed = bool(run.lease_owner)
     if run.cancel_requested:
-        return run
+        return Claim(run, resumed)
     if run.status == S.QUEUED:
         if run_transition(run=run, to=S.CALLING_LLM, worker=worker) != S.CALLING_LLM:
             return None
-        return run
+        return Claim(run, resumed)
     fields = {"lease_owner": worker, "lease_expires_at": lease_until()}
     _write(run, run.status, fields)
     events.run_status_changed(run_id=run.pk, run=run)
-    return run
+    return Claim(run, resumed)
+
+
+def run_relock(*, run: Run, worker: str) -> bool:
+    """Lock the row of ``run`` (loaded earlier in this step) and refresh its status,
+    lease and Stop flag; whether ``worker`` still holds its lease and it is not over.
+
+    One light query, for a step's later transactions: the conversation, owner and
+    model config loaded by the claim are kept. Call inside ``transaction.atomic``.
+    """
+    row = (
+        Run.objects.select_for_update(no_key=True)
+        .filter(pk=run.pk)
+        .values_list("status", "lease_owner", "lease_expires_at", "cancel_requested")
+        .first()
+    )
+    if row is None:
+        return False
+    run.status, run.lease_owner, run.lease_expires_at, run.cancel_requested = row
+    return run.lease_owner == worker and not run.is_terminal
 
 
 def run_lease_extend(*, run: Run, seconds: float) -> None:

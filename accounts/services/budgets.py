@@ -259,13 +259,13 @@ def budget_admit(
     now = timezone.now()
     ratelimits = ratelimits_applicable(user=user_id) if check is not None else []
     budgets = budgets_applicable(user=user_id)
-    with transaction.atomic():
-        reservations = (
-            _reserve_locked(
-                user_id=user_id, budgets=budgets, cost=cost, tokens=tokens, run_id=run_id, now=now
-            )
-            if budgets
-            else []
+    if not budgets:  # nothing to hold: no transaction (nor a caller's savepoint) to open
+        if check is not None:
+            check(ratelimits)
+        return budgets, ratelimits, []
+    with transaction.atomic():  # a savepoint in a caller's transaction: a refusal undoes it
+        reservations = _reserve_locked(
+            user_id=user_id, budgets=budgets, cost=cost, tokens=tokens, run_id=run_id, now=now
         )
         if check is not None:
             check(ratelimits)
@@ -450,7 +450,9 @@ def usage_record(
     )  # fmt: skip
     fields, user_id, budgets, now = usage.fields, usage.fields["user_id"], usage.budgets, usage.now
     cost, total = usage.fields["cost_usd"], usage.total
-    with transaction.atomic():
+    # No savepoint in a caller's transaction: nothing here is refused after a write,
+    # and an error must roll the caller's write (the stored answer) back with it.
+    with transaction.atomic(savepoint=False):
         record = UsageRecord.objects.create(**fields)
         held = list(
             BudgetReservation.objects.select_for_update(no_key=True)

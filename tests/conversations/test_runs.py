@@ -39,7 +39,7 @@ def test_exactly_the_tables_transitions_are_allowed(
     run.refresh_from_db()
     assert run.status == (target if allowed else current)
     audited = AuditEvent.objects.filter(action=f"run.{target}", target_id=str(run.pk))
-    assert audited.exists() == allowed
+    assert audited.exists() == (allowed and target in runs.AUDITED)
     if not allowed:
         assert callbacks == []
 
@@ -125,13 +125,24 @@ def test_an_end_marks_the_streaming_reply(target, message_status):
 def test_a_claim_takes_only_a_free_run_with_work_to_do():
     queued = RunFactory(status=S.QUEUED)
     with transaction.atomic():
-        claimed = runs.run_claim(run_id=queued.pk, worker="w1")
+        claimed, resumed = runs.run_claim(run_id=queued.pk, worker="w1")
     assert (claimed.status, claimed.step, claimed.lease_owner) == (S.CALLING_LLM, 1, "w1")
+    assert not resumed
     with transaction.atomic():
         assert runs.run_claim(run_id=queued.pk, worker="w2") is None  # w1's lease is live
     waiting = RunFactory(status=S.AWAITING_APPROVAL)
     with transaction.atomic():
         assert runs.run_claim(run_id=waiting.pk, worker="w1") is None
+    # A step whose worker died (its lease ran out) is resumed by the next claim.
+    Run.objects.filter(pk=queued.pk).update(lease_expires_at=timezone.now())
+    with transaction.atomic():
+        claimed, resumed = runs.run_claim(run_id=queued.pk, worker="w2")
+    assert (claimed.status, claimed.step, claimed.lease_owner, resumed) == (
+        S.CALLING_LLM,
+        1,
+        "w2",
+        True,
+    )
 
 
 def _status_writes(path: Path) -> list[int]:
