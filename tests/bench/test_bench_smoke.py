@@ -12,20 +12,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _bench(script: str, *args: str, timeout: float, **env: str) -> str:
+    """Run ``bench/<script>`` with ``args``; its standard output (fails on a non-zero exit)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
 @pytest.mark.slow
 def test_budget_check_prints_a_table():
     if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         pytest.skip("the benchmark needs PostgreSQL (DATABASE_URL)")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "budget_check.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    out = _bench("budget_check.py", "--quick", timeout=240)
     assert "| step" in out and "median µs" in out and "p99 µs" in out
     for row in ("baseline: SELECT 1", "baseline: Redis INCR", "llm_call_admit", "admit + settle"):
         assert f"| {row}" in out
@@ -36,27 +42,14 @@ def test_main_job_benchmarks_print_their_tables():
     """bench/run_all.py --quick runs benchmarks 1-8 once against a real stack."""
     if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         pytest.skip("the benchmarks need PostgreSQL (DATABASE_URL)")
-    env = {
-        **os.environ,
-        "BENCH_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "run_all.py"),
-            "--quick",
-            "--no-write",
-            "--no-budget",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    out = _bench(
+        "run_all.py",
+        "--quick",
+        "--no-write",
+        "--no-budget",
         timeout=600,
-        check=False,
+        BENCH_REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout
     for title in (
         "1. Time to first token",
         "2. Streaming cost",
@@ -82,16 +75,7 @@ def test_main_job_benchmarks_print_their_tables():
 
 def test_markdown_frames_benchmark_prints_its_table():
     """bench/markdown_frames.py --quick (no stack: Markdown in its own process)."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "markdown_frames.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    out = _bench("markdown_frames.py", "--quick", timeout=120)
     assert "### 8. Markdown rendering per stream frame" in out
     assert "| old ms/frame" in out and "| new ms/frame" in out
     for row in ("200 tokens rendered whole, once (baseline)", "60 tokens", "120 tokens"):
