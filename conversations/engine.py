@@ -41,16 +41,23 @@ from conversations import events
 from conversations.context import FitResult, context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
-from conversations.runs import run_claim, run_lease_renew, run_lock, run_relock, run_transition
+from conversations.runs import (
+    run_claim,
+    run_control,
+    run_lease_renew,
+    run_lock,
+    run_relock,
+    run_transition,
+)
 from conversations.toolphase import (
     run_stop,
     tools_offered,
-    turn_claim_approved,
+    turn_approved,
     turn_continue,
     turn_gate,
+    turn_running,
 )
 from project.dbthreads import db_async
-from tools.selectors import invocation_ids_interrupted
 from tools.services import invocation_recover_interrupted, invocations_execute
 
 logger = logging.getLogger(__name__)
@@ -62,9 +69,12 @@ S = Run.Status
 FIRST_PERSIST_SECONDS = 0.1
 #: The longest a busy process stretches the time between saves (``_persist_interval``).
 MAX_PERSIST_SECONDS = 3.0
-#: Seconds between lease renewals while a reply streams (the lease lasts
-#: ``TOLLGATE_RUN_LEASE_SECONDS``).
-LEASE_RENEW_SECONDS = 10.0
+
+
+def _heartbeat_seconds() -> float:
+    """Seconds between renewals of a step's lease: a quarter of the lease
+    (``TOLLGATE_RUN_LEASE_SECONDS``), so three may be missed before it runs out."""
+    return settings.TOLLGATE_RUN_LEASE_SECONDS / 4
 
 
 def _persist_interval() -> float:
@@ -169,9 +179,10 @@ class _ToolTurn:
     """The tool turn an ``executing_tools`` step runs, read in its claim's transaction.
 
     ``message_id``: the assistant message with the calls. ``interrupted``:
-    invocations a dead worker left running, to recover before anything is
-    claimed. ``approved``: the approved invocations, claimed with the lease
-    (``None`` while ``interrupted`` is not empty: claimed after the recovery).
+    invocations the worker that held this step before left running when it
+    died, to recover before anything runs. ``approved``: the approved
+    invocations to run (``None`` while ``interrupted`` is not empty: read again
+    after the recovery).
     """
 
     run: Run
@@ -307,13 +318,15 @@ def _latest_tool_message_id(run: Run) -> int | None:
     )
 
 
-def _tool_turn_begin(run: Run, message_id: int) -> _ToolTurn:
+def _tool_turn_begin(run: Run, message_id: int, *, resumed: bool) -> _ToolTurn:
     """The run's tool turn (the calls of assistant message ``message_id``), in the
-    claim's transaction (run locked and leased)."""
-    interrupted = invocation_ids_interrupted(message_id=message_id)
+    claim's transaction (run locked and leased). Only the worker holding a run's
+    lease runs its tools, so when the step is ``resumed`` (that worker's lease ran
+    out: it died) the calls still ``running`` are orphans."""
+    interrupted = turn_running(run=run, message_id=message_id) if resumed else []
     if interrupted:
         return _ToolTurn(run=run, message_id=message_id, interrupted=interrupted, approved=None)
-    approved = turn_claim_approved(run=run, message_id=message_id)
+    approved = turn_approved(run=run, message_id=message_id)
     return _ToolTurn(run=run, message_id=message_id, interrupted=[], approved=approved)
 
 
@@ -352,7 +365,7 @@ def _step_begin(run_id: int, worker: str) -> _CallStart | _ToolTurn | None:
         if run.status == S.GATING:
             _gate_locked(run, message_id)
             return None
-        return _tool_turn_begin(run, message_id)
+        return _tool_turn_begin(run, message_id, resumed=claim.resumed)
 
 
 # -- the model call ---------------------------------------------------------------------
@@ -368,10 +381,10 @@ def _locked_own(run_id: int, worker: str) -> Run | None:
 
 
 @db_async
-def _persist_partial(run_id: int, worker: str, message_id: int, text: str, renew: bool) -> str:
+def _persist_partial(run_id: int, worker: str, message_id: int, text: str) -> str:
     """Save the text so far (a reload shows it); ``"ok"``, ``"cancelled"`` or ``"lost"``."""
     Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(content=text)
-    owner, cancel = run_lease_renew(run_id=run_id, worker=worker, renew=renew)
+    owner, cancel = run_control(run_id=run_id)
     if owner != worker:
         return "lost"
     return "cancelled" if cancel else "ok"
@@ -487,11 +500,10 @@ def _end_call(
 
 async def _step_call_llm(start: _CallStart, worker: str) -> None:
     run, config, message_id = start.run, start.run.conversation.model_config, start.message.pk
-    lease_renewed = time.monotonic()
     # The text is first saved FIRST_PERSIST_SECONDS into the stream (a reload then
     # shows the reply begun), then every TOLLGATE_STREAM_PERSIST_SECONDS; a reply
     # that ends sooner is written once, by _store_answer.
-    persisted = lease_renewed - settings.TOLLGATE_STREAM_PERSIST_SECONDS + FIRST_PERSIST_SECONDS
+    persisted = time.monotonic() - settings.TOLLGATE_STREAM_PERSIST_SECONDS + FIRST_PERSIST_SECONDS
     persisting: asyncio.Task[str] | None = None
 
     async def on_flush(text: str) -> None:
@@ -499,7 +511,7 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
         # far (what a reload shows) and is asked about Stop and the lease at
         # most every TOLLGATE_STREAM_PERSIST_SECONDS, in the background: a
         # frame never waits for the database.
-        nonlocal lease_renewed, persisted, persisting
+        nonlocal persisted, persisting
         if persisting is not None and persisting.done():
             state, persisting = persisting.result(), None
             if state != "ok":
@@ -508,12 +520,7 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
         if persisting is not None or now - persisted < _persist_interval():
             return
         persisted = now
-        renew = now - lease_renewed > LEASE_RENEW_SECONDS
-        if renew:
-            lease_renewed = now
-        persisting = asyncio.ensure_future(
-            _persist_partial(run.pk, worker, message_id, text, renew)
-        )
+        persisting = asyncio.ensure_future(_persist_partial(run.pk, worker, message_id, text))
 
     publisher = events.StreamPublisher(
         message_id=message_id,
@@ -566,7 +573,7 @@ def _tool_turn_claim(run_id: int, worker: str, message_id: int) -> list[int] | N
         run = _locked_own(run_id, worker)
         if run is None:
             return None
-        return turn_claim_approved(run=run, message_id=message_id)
+        return turn_approved(run=run, message_id=message_id)
 
 
 @db_async
@@ -590,7 +597,7 @@ async def _step_execute_tools(turn: _ToolTurn, worker: str) -> None:
     if ids is None:
         for invocation_id in turn.interrupted:
             # A worker died mid-call: re-run if idempotent, else fail it (tools decides).
-            await invocation_recover_interrupted(invocation_id=invocation_id)
+            await invocation_recover_interrupted(invocation_id=invocation_id, orphaned=True)
         ids = await _tool_turn_claim(run_id, worker, turn.message_id)
         if ids is None:
             return
@@ -611,7 +618,31 @@ async def run_advance(*, run_id: int, worker: str) -> None:
     fail the run with a message naming the cause.
     """
     begun = await _step_begin(run_id, worker)
-    if isinstance(begun, _CallStart):
-        await _step_call_llm(begun, worker)
-    elif isinstance(begun, _ToolTurn):
-        await _step_execute_tools(begun, worker)
+    if begun is None:
+        return
+    heartbeat = asyncio.ensure_future(_heartbeat(run_id, worker))
+    try:
+        if isinstance(begun, _CallStart):
+            await _step_call_llm(begun, worker)
+        else:
+            await _step_execute_tools(begun, worker)
+    finally:
+        heartbeat.cancel()
+
+
+_lease_renew = db_async(run_lease_renew)
+
+
+async def _heartbeat(run_id: int, worker: str) -> None:
+    """Renew ``worker``'s lease on the run every ``_heartbeat_seconds()`` while its
+    step runs (cancelled when the step ends), so that a short lease serves a long
+    step: if the worker dies, the lease runs out within ``TOLLGATE_RUN_LEASE_SECONDS``
+    and the recovery job hands the run to another worker. Stops once the lease is
+    lost; a failed renewal is logged and retried at the next beat."""
+    while True:
+        await asyncio.sleep(_heartbeat_seconds())
+        try:
+            if not await _lease_renew(run_id=run_id, worker=worker):
+                return
+        except Exception:
+            logger.warning("run %s: lease renewal failed", run_id, exc_info=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 if TYPE_CHECKING:
     from tools.models import ToolInvocation
@@ -202,3 +203,15 @@ class Run(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def is_resuming(self) -> bool:
+        """Whether the run is being picked up after its worker stopped: its lease ran
+        out (the recovery job is handing it on), or another worker resumed the step
+        now in progress (``metadata["resumed_step"]``, set by ``runs.run_claim``)."""
+        if self.is_terminal:
+            return False
+        lapsed = bool(self.lease_owner) and (
+            self.lease_expires_at is not None and self.lease_expires_at <= timezone.now()
+        )
+        return lapsed or self.metadata.get("resumed_step") == self.step

@@ -35,6 +35,7 @@ an approval, an expiry racing either):
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -50,6 +51,8 @@ from django.utils import timezone
 from audit.services import audit_record
 from conversations import events
 from conversations.models import Message, Run
+
+logger = logging.getLogger(__name__)
 
 S = Run.Status
 
@@ -258,7 +261,10 @@ def run_claim(*, run_id: int, worker: str) -> Claim | None:
         if run_transition(run=run, to=S.CALLING_LLM, worker=worker) != S.CALLING_LLM:
             return None
         return Claim(run, resumed)
-    fields = {"lease_owner": worker, "lease_expires_at": lease_until()}
+    fields: dict[str, Any] = {"lease_owner": worker, "lease_expires_at": lease_until()}
+    if resumed:  # the status line says so until the step is done (Run.is_resuming)
+        fields["metadata"] = {**run.metadata, "resumed_step": run.step}
+        logger.info("run %s: resumed by %s after %s stopped", run.pk, worker, run.lease_owner)
     _write(run, run.status, fields)
     events.run_status_changed(run_id=run.pk, run=run)
     return Claim(run, resumed)
@@ -283,24 +289,25 @@ def run_relock(*, run: Run, worker: str) -> bool:
     return run.lease_owner == worker and not run.is_terminal
 
 
-def run_lease_extend(*, run: Run, seconds: float) -> None:
-    """Extend the lease the caller holds on locked ``run`` to ``seconds`` from now
-    (a tool phase: the slowest tool's timeout plus the usual lease)."""
-    _write(run, run.status, {"lease_expires_at": lease_until(seconds)})
-
-
 def run_lease_release(*, run: Run) -> None:
     """Give up the caller's lease on locked ``run`` without changing its status."""
     _write(run, run.status, {"lease_owner": "", "lease_expires_at": None})
 
 
-def run_lease_renew(*, run_id: int, worker: str, renew: bool) -> tuple[str, bool]:
-    """While streaming: renew ``worker``'s lease on run ``run_id`` (if ``renew`` and
-    it still holds it) and read ``(lease_owner, cancel_requested)``; ``("", False)``
-    when the run is gone. No lock: a lease lost meanwhile is not renewed (the
-    owner is part of the ``UPDATE``'s condition)."""
-    if renew:
-        Run.objects.filter(pk=run_id, lease_owner=worker).update(lease_expires_at=lease_until())
+def run_lease_renew(*, run_id: int, worker: str) -> bool:
+    """The heartbeat of a worker advancing run ``run_id``: its lease runs
+    ``TOLLGATE_RUN_LEASE_SECONDS`` from now again. Returns whether ``worker`` still
+    held it (a lease lost meanwhile is not renewed: the owner is part of the
+    ``UPDATE``'s condition). One statement, no lock held."""
+    renewed = Run.objects.filter(pk=run_id, lease_owner=worker).update(
+        lease_expires_at=lease_until()
+    )
+    return bool(renewed)
+
+
+def run_control(*, run_id: int) -> tuple[str, bool]:
+    """``(lease_owner, cancel_requested)`` of run ``run_id`` (``("", False)`` when it is
+    gone): whether a streaming worker still holds it, and whether Stop was pressed."""
     row = Run.objects.filter(pk=run_id).values_list("lease_owner", "cancel_requested")
     return next(iter(row), ("", False))
 
@@ -338,5 +345,6 @@ def runs_recover_stale(*, grace_seconds: int = 30) -> list[int]:
         .values_list("pk", flat=True)[:500]
     )
     for run_id in ids:
+        events.run_status_changed(run_id=run_id)  # "Resuming…" until a worker has it
         run_step_due.send(sender=Run, run_id=run_id)
     return ids

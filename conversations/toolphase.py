@@ -18,14 +18,11 @@ from __future__ import annotations
 import logging
 from typing import Any, TypedDict, cast
 
-from django.conf import settings
-
 from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
 from conversations.models import Message, Run
 from conversations.runs import (
-    run_lease_extend,
     run_lease_release,
     run_lock,
     run_step_schedule,
@@ -233,20 +230,19 @@ def turn_continue(*, run: Run, message_id: int) -> None:
         run_step_schedule(run_id=run.pk)
 
 
-def turn_claim_approved(*, run: Run, message_id: int) -> list[int]:
-    """Ids of the turn's approved invocations; extends the run's lease to cover them.
+def turn_approved(*, run: Run, message_id: int) -> list[int]:
+    """Ids of the turn's approved invocations, to run under the caller's lease (the
+    engine's heartbeat keeps it while they run, however long).
 
-    The lease must outlast the slowest tool (its timeout, seconds) plus the
-    usual lease, or the recovery job would start a second worker on the run.
     Precondition: inside ``transaction.atomic`` with ``run`` locked and leased.
     """
-    approved = [inv for inv in _turn(run, message_id) if inv.status == IS.APPROVED]
-    longest = max(
-        (spec.timeout_seconds for inv in approved if (spec := registry.get(inv.tool_name))),
-        default=0,
-    )
-    run_lease_extend(run=run, seconds=longest + settings.TOLLGATE_RUN_LEASE_SECONDS)
-    return [inv.pk for inv in approved]
+    return [inv.pk for inv in _turn(run, message_id) if inv.status == IS.APPROVED]
+
+
+def turn_running(*, run: Run, message_id: int) -> list[int]:
+    """Ids of the turn's invocations left ``running``: for a resumed step, the calls
+    the worker that held the run before was running when it died."""
+    return [inv.pk for inv in _turn(run, message_id) if inv.status == IS.RUNNING]
 
 
 def approval_lock_subject(*, approval: ApprovalRequest, **_signal: Any) -> None:

@@ -334,8 +334,10 @@ TOLLGATE_LLM_TIMEOUT = env.float("TOLLGATE_LLM_TIMEOUT", default=120.0)
 TOLLGATE_LLM_MAX_RETRIES = env.int("TOLLGATE_LLM_MAX_RETRIES", default=3)
 # Longest Retry-After (seconds) worth waiting for; a longer one fails the call at once.
 TOLLGATE_LLM_MAX_RETRY_WAIT = env.float("TOLLGATE_LLM_MAX_RETRY_WAIT", default=30.0)
-# Seconds a worker holds a run before the recovery job may hand it to another worker.
-TOLLGATE_RUN_LEASE_SECONDS = env.int("TOLLGATE_RUN_LEASE_SECONDS", default=180)
+# Seconds a worker's lease on a run lasts; the worker renews it every quarter of that
+# while it advances the run (a heartbeat), so a run held by a worker that died is
+# handed to another within this plus TOLLGATE_RUN_RECOVERY_INTERVAL.
+TOLLGATE_RUN_LEASE_SECONDS = env.int("TOLLGATE_RUN_LEASE_SECONDS", default=20)
 # While a reply streams, its text so far is saved (what a reload shows) and the
 # run is checked for Stop and its lease at most this often (seconds); frames to
 # the browser are not held back by it. Stop takes effect within this time.
@@ -355,7 +357,7 @@ TOLLGATE_SYSTEM_PROMPT = env.str(
 )
 CELERY_BEAT_SCHEDULE["conversations-recover-stale-runs"] = {
     "task": "conversations.tasks.runs_recover_stale",
-    "schedule": env.float("TOLLGATE_RUN_RECOVERY_INTERVAL", default=60.0),
+    "schedule": env.float("TOLLGATE_RUN_RECOVERY_INTERVAL", default=10.0),
 }
 
 # --- Budgets and rate limits ---------------------------------------------------

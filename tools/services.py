@@ -580,7 +580,7 @@ async def invocations_execute(*, invocation_ids: list[int]) -> list[ToolInvocati
     return [rows[pk] for pk in invocation_ids]
 
 
-def _invocation_recover_claim(*, invocation_id: int, grace_seconds: float) -> bool:
+def _invocation_recover_claim(*, invocation_id: int, grace_seconds: float, orphaned: bool) -> bool:
     """Lock a stuck RUNNING row; re-approve it (True) or fail it (False)."""
     with transaction.atomic():
         invocation = ToolInvocation.objects.select_for_update(no_key=True).get(pk=invocation_id)
@@ -588,7 +588,7 @@ def _invocation_recover_claim(*, invocation_id: int, grace_seconds: float) -> bo
             return False
         spec = registry.get(invocation.tool_name)
         timeout = spec.timeout_seconds if spec else 0.0
-        if invocation.started_at is not None:
+        if invocation.started_at is not None and not orphaned:
             age = (timezone.now() - invocation.started_at).total_seconds()
             if age < timeout + grace_seconds:
                 return False  # may still be running in a live worker
@@ -605,20 +605,22 @@ def _invocation_recover_claim(*, invocation_id: int, grace_seconds: float) -> bo
 
 
 async def invocation_recover_interrupted(
-    *, invocation_id: int, grace_seconds: float = 60.0
+    *, invocation_id: int, grace_seconds: float = 60.0, orphaned: bool = False
 ) -> ToolInvocation:
     """Settle an invocation left ``running`` by a worker that died.
 
-    Acts only when the row is ``running`` and started more than the tool's
-    ``timeout_seconds + grace_seconds`` ago (so a live worker's call is never
-    touched); otherwise returns it unchanged. An idempotent tool (MCP
+    Acts only when the row is ``running`` and either ``orphaned`` (the caller
+    knows the worker that ran it is gone: the run's lease, which that worker
+    renewed while the call ran, expired) or started more than the tool's
+    ``timeout_seconds + grace_seconds`` (seconds) ago, so a live worker's call is
+    never touched; otherwise returns it unchanged. An idempotent tool (MCP
     ``idempotentHint``) is put back to ``approved`` and run again through
     :func:`invocation_execute`; any other tool is failed with
     "interrupted; not retried because the tool is not idempotent", because
     it may already have had its effect.
     """
     rerun = await db_async(_invocation_recover_claim)(
-        invocation_id=invocation_id, grace_seconds=grace_seconds
+        invocation_id=invocation_id, grace_seconds=grace_seconds, orphaned=orphaned
     )
     if rerun:
         return await invocation_execute(invocation_id=invocation_id)

@@ -145,11 +145,11 @@ def test_cancel_requested_mid_stream_keeps_partial(conversation, monkeypatch, se
 
     calls = {"n": 0}
 
-    def persist_then_cancel(run_id, worker, message_id, text, renew):
+    def persist_then_cancel(run_id, worker, message_id, text):
         calls["n"] += 1
         if calls["n"] == 1:
             Run.objects.filter(pk=run_id).update(cancel_requested=True)
-        return original.func(run_id, worker, message_id, text, renew)
+        return original.func(run_id, worker, message_id, text)
 
     from asgiref.sync import sync_to_async
 
@@ -179,9 +179,9 @@ def test_streamed_text_is_persisted_at_most_once_per_interval(conversation, monk
     original = engine._persist_partial
     calls: list[str] = []
 
-    def counting(run_id, worker, message_id, text, renew):
+    def counting(run_id, worker, message_id, text):
         calls.append(text)
-        return original.func(run_id, worker, message_id, text, renew)
+        return original.func(run_id, worker, message_id, text)
 
     monkeypatch.setattr(engine, "_persist_partial", sync_to_async(counting))
     monkeypatch.setenv("TOLLGATE_DEMO_DELAY_MS", "0")
@@ -227,3 +227,43 @@ def test_context_trimming_is_recorded(conversation, demo_model):
     assert run.status == Run.Status.COMPLETED
     assert run.metadata["context_dropped_messages"] > 0
     assert run.metadata["context"]["1"]["dropped_messages"] > 0
+
+
+def test_a_step_longer_than_the_lease_keeps_it_by_heartbeat(conversation, monkeypatch, settings):
+    """The lease (1 s here) outlives a step of several seconds: the heartbeat renews it,
+    so a second worker claiming the run mid-step finds it taken."""
+    import asyncio
+    import time
+
+    from django.db import transaction
+
+    from conversations import runs
+    from conversations.engine import run_advance
+    from project.dbthreads import db_async
+
+    advance(send(conversation, "Warm up"))  # a first step loads the tokenizer: seconds
+    settings.TOLLGATE_RUN_LEASE_SECONDS = 1
+    monkeypatch.setenv("TOLLGATE_DEMO_DELAY_MS", "400")  # the demo's reply: a few seconds
+    run = send(conversation, "Hello")
+
+    @db_async
+    def claim_as_another_worker() -> tuple[str, bool]:
+        with transaction.atomic():
+            status = Run.objects.get(pk=run.pk).status
+            return status, runs.run_claim(run_id=run.pk, worker="second") is not None
+
+    started = time.monotonic()
+
+    async def both() -> tuple[str, bool]:
+        step = asyncio.ensure_future(run_advance(run_id=run.pk, worker="first"))
+        await asyncio.sleep(2.5)  # leases' worth into the stream
+        taken = await claim_as_another_worker()
+        await step
+        return taken
+
+    # Mid-step (still calling the model), and not taken.
+    assert async_to_sync(both)() == (Run.Status.CALLING_LLM, False)
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED
+    assert Message.objects.get(run=run).status == Message.Status.COMPLETE
+    assert (time.monotonic() - started) > 3 * settings.TOLLGATE_RUN_LEASE_SECONDS
