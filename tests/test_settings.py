@@ -5,10 +5,16 @@ Each case starts a fresh Python process, since settings are read once at import.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from project.deployment import deployment_default, deployment_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,3 +68,148 @@ def test_check_deploy_warns_with_debug_on():
     )
     assert result.returncode != 0
     assert "security.W018" in result.stdout + result.stderr
+
+
+# -- the deployment's names in Redis ------------------------------------------------
+
+#: Variables that decide this deployment's names in Redis; each case sets its own.
+DEPLOYMENT_VARIABLES = {
+    "SECRET_KEY",
+    "DEBUG",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "TOLLGATE_DEPLOYMENT",
+    "TOLLGATE_RATELIMIT_KEY_PREFIX",
+}
+
+SETTINGS_SHOWN = (
+    "TOLLGATE_DEPLOYMENT",
+    "CHANNEL_LAYERS",
+    "CACHES",
+    "TOLLGATE_RATELIMIT_KEY_PREFIX",
+    "CELERY_BROKER_TRANSPORT_OPTIONS",
+)
+
+
+def load_settings(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Load the settings alone in a fresh process with ``env`` for the deployment
+    variables; it prints ``SETTINGS_SHOWN`` as JSON."""
+    base = {k: v for k, v in os.environ.items() if k not in DEPLOYMENT_VARIABLES}
+    base.update(env, DJANGO_SETTINGS_MODULE="project.settings")
+    code = (
+        "import json\n"
+        "from django.conf import settings\n"
+        f"print(json.dumps({{name: getattr(settings, name) for name in {SETTINGS_SHOWN!r}}}))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def settings_values(env: dict[str, str]) -> dict:
+    result = load_settings(env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def redis_names(values: dict) -> list[str]:
+    """The channel layer's, the cache's, the rate limits' and the broker's prefixes."""
+    return [
+        values["CHANNEL_LAYERS"]["default"]["CONFIG"]["prefix"],
+        values["CACHES"]["default"]["KEY_PREFIX"],
+        values["TOLLGATE_RATELIMIT_KEY_PREFIX"],
+        values["CELERY_BROKER_TRANSPORT_OPTIONS"]["global_keyprefix"],
+    ]
+
+
+SHARED_REDIS = {
+    "DEBUG": "False",
+    "SECRET_KEY": "production-" + "s" * 50,
+    "DATABASE_URL": "postgres://tollgate@db.internal:5432/tollgate",
+    "REDIS_URL": "redis://redis.internal:6379/0",
+}
+
+
+def test_every_redis_name_starts_with_the_deployment_name():
+    values = settings_values({**SHARED_REDIS, "TOLLGATE_DEPLOYMENT": "staging"})
+    assert values["TOLLGATE_DEPLOYMENT"] == "staging"
+    assert redis_names(values) == [
+        "tollgate.staging.",
+        "tollgate.staging.cache",
+        "tollgate.staging.rl",
+        "tollgate.staging.",
+    ]
+
+
+def test_default_deployment_name_comes_from_the_database_name_and_secret_key():
+    production = settings_values(SHARED_REDIS)
+    name = production["TOLLGATE_DEPLOYMENT"]
+    assert name == deployment_default(
+        database_name="tollgate", secret_key=SHARED_REDIS["SECRET_KEY"]
+    )
+    assert redis_names(production) == [
+        f"tollgate.{name}.",
+        f"tollgate.{name}.cache",
+        f"tollgate.{name}.rl",
+        f"tollgate.{name}.",
+    ]
+    # Staging on the same Redis server, another database number, configured apart.
+    staging = settings_values(
+        {
+            **SHARED_REDIS,
+            "SECRET_KEY": "staging-" + "t" * 50,
+            "DATABASE_URL": "postgres://tollgate@db.internal:5432/tollgate_staging",
+            "REDIS_URL": "redis://redis.internal:6379/1",
+        }
+    )
+    assert staging["TOLLGATE_DEPLOYMENT"] != name
+    # A worker of production reaching the same database by another address and
+    # password, with a broker of its own, is still production.
+    worker = settings_values(
+        {
+            **SHARED_REDIS,
+            "DATABASE_URL": "postgres://tollgate:pw@10.0.0.5:6432/tollgate",
+            "CELERY_BROKER_URL": "redis://redis.internal:6379/2",
+        }
+    )
+    assert worker["TOLLGATE_DEPLOYMENT"] == name
+    assert worker["CELERY_BROKER_TRANSPORT_OPTIONS"]["global_keyprefix"] == f"tollgate.{name}."
+
+
+def test_default_deployment_name_differs_with_either_input():
+    name = deployment_default(database_name="tollgate", secret_key="k" * 50)
+    assert len(name) == 10
+    assert name == deployment_default(database_name="tollgate", secret_key="k" * 50)
+    assert name != deployment_default(database_name="tollgate2", secret_key="k" * 50)
+    assert name != deployment_default(database_name="tollgate", secret_key="j" * 50)
+    assert "k" * 10 not in name
+
+
+@pytest.mark.parametrize("bad", ["prod.eu", "has space", "x" * 41, "-lead", "prod:1", "é"])
+def test_deployment_name_must_be_short_letters_digits_dash_underscore(bad):
+    with pytest.raises(ImproperlyConfigured, match="TOLLGATE_DEPLOYMENT"):
+        deployment_name(bad, database_name="tollgate", secret_key="k")
+    assert deployment_name("eu-prod_2", database_name="tollgate", secret_key="k") == "eu-prod_2"
+
+
+def test_a_bad_deployment_name_refuses_to_start():
+    result = load_settings({**SHARED_REDIS, "TOLLGATE_DEPLOYMENT": "prod.eu"})
+    assert result.returncode != 0
+    assert "TOLLGATE_DEPLOYMENT='prod.eu' is not a deployment name" in result.stderr
+
+
+def test_embedded_mode_keeps_its_in_process_layers(tmp_path):
+    values = settings_values({"DEBUG": "True", "TOLLGATE_DATA_DIR": str(tmp_path)})
+    assert values["CHANNEL_LAYERS"] == {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    }
+    assert values["CACHES"] == {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    }
+    assert "global_keyprefix" not in values["CELERY_BROKER_TRANSPORT_OPTIONS"]
