@@ -1,5 +1,5 @@
 """What sets one Tollgate deployment apart from the others: its name in a Redis
-server it may share.
+server it may share, and the exact origins its pages are served from.
 
 Pure functions of environment values, called by ``project/settings.py`` while
 it loads (so nothing here may touch ``django.conf.settings``).
@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -49,3 +51,60 @@ def deployment_name(configured: str, *, database_name: str, secret_key: str) -> 
             "letters, digits, '-' or '_', starting with a letter or digit."
         )
     return configured
+
+
+def origin_exact(origin: str, *, setting: str) -> str:
+    """``origin`` as ``scheme://host[:port]`` in lower case (a trailing ``/`` dropped).
+
+    ``setting`` names the setting it came from, for the error.
+
+    Raises:
+        ImproperlyConfigured: not an http(s) origin naming one host (a path, a
+            query, credentials, a wildcard, a leading ``.``, a bad port).
+    """
+    parts = urlsplit(origin.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    host = parts.hostname or ""
+    if (
+        parts.scheme not in {"http", "https"}
+        or not host
+        or host.startswith(".")
+        or "*" in parts.netloc
+        or "@" in parts.netloc
+        or parts.path not in {"", "/"}
+        or parts.query
+        or parts.fragment
+        or port == -1
+    ):
+        raise ImproperlyConfigured(
+            f"{setting}: {origin!r} is not an exact origin; write scheme://host[:port], "
+            "such as https://tollgate.example.com or http://127.0.0.1:8000."
+        )
+    if ":" in host:  # IPv6, which urlsplit hands back without its brackets
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def websocket_origins(*, csrf_trusted_origins: Iterable[str], extra: Iterable[str]) -> list[str]:
+    """The origins whose pages may open the WebSocket, exact, without duplicates.
+
+    Every entry of ``csrf_trusted_origins`` except wildcards (``https://*.example.com``
+    names no origin exactly), then every entry of ``extra``
+    (``TOLLGATE_WEBSOCKET_ORIGINS``).
+
+    Raises:
+        ImproperlyConfigured: an entry is not an exact origin (:func:`origin_exact`).
+    """
+    origins: list[str] = []
+    for setting, entries in (
+        ("CSRF_TRUSTED_ORIGINS", [o for o in csrf_trusted_origins if "*" not in o]),
+        ("TOLLGATE_WEBSOCKET_ORIGINS", list(extra)),
+    ):
+        for entry in entries:
+            origin = origin_exact(entry, setting=setting)
+            if origin not in origins:
+                origins.append(origin)
+    return origins

@@ -16,7 +16,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from project.deployment import deployment_name
+from project.deployment import deployment_name, websocket_origins
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -253,6 +253,20 @@ if env.bool("USE_X_FORWARDED_PROTO", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # /healthz is probed over plain HTTP by load balancers on the private side.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+# The exact origins (scheme://host[:port]) whose pages may open the WebSocket,
+# which carries the session cookie: a page of the same host on another scheme or
+# port would send that cookie too. CSRF_TRUSTED_ORIGINS (without its wildcard
+# entries) plus TOLLGATE_WEBSOCKET_ORIGINS; that one defaults, in DEBUG and the
+# embedded mode, to the loopback address runserver and scripts/serve use
+# (scripts/serve passes its own HOST and PORT).
+_LOOPBACK_ORIGINS = ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"]
+TOLLGATE_WEBSOCKET_ORIGINS = websocket_origins(
+    csrf_trusted_origins=CSRF_TRUSTED_ORIGINS,
+    extra=env.list(
+        "TOLLGATE_WEBSOCKET_ORIGINS", default=_LOOPBACK_ORIGINS if DEBUG or EMBEDDED else []
+    ),
+)
 
 # --- I18N, static -------------------------------------------------------------
 

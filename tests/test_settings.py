@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from project.deployment import deployment_default, deployment_name
+from project.deployment import deployment_default, deployment_name, origin_exact
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,8 @@ def test_check_deploy_warns_with_debug_on():
 
 # -- the deployment's names in Redis ------------------------------------------------
 
-#: Variables that decide this deployment's names in Redis; each case sets its own.
+#: Variables that decide this deployment's names in Redis and the origins it
+#: serves; each case sets its own.
 DEPLOYMENT_VARIABLES = {
     "SECRET_KEY",
     "DEBUG",
@@ -81,6 +82,8 @@ DEPLOYMENT_VARIABLES = {
     "CELERY_BROKER_URL",
     "TOLLGATE_DEPLOYMENT",
     "TOLLGATE_RATELIMIT_KEY_PREFIX",
+    "CSRF_TRUSTED_ORIGINS",
+    "TOLLGATE_WEBSOCKET_ORIGINS",
 }
 
 SETTINGS_SHOWN = (
@@ -89,6 +92,7 @@ SETTINGS_SHOWN = (
     "CACHES",
     "TOLLGATE_RATELIMIT_KEY_PREFIX",
     "CELERY_BROKER_TRANSPORT_OPTIONS",
+    "TOLLGATE_WEBSOCKET_ORIGINS",
 )
 
 
@@ -213,3 +217,90 @@ def test_embedded_mode_keeps_its_in_process_layers(tmp_path):
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     }
     assert "global_keyprefix" not in values["CELERY_BROKER_TRANSPORT_OPTIONS"]
+
+
+# -- the origins a WebSocket may come from ------------------------------------------
+
+
+def test_websocket_origins_are_the_exact_csrf_trusted_origins_and_the_extra_ones():
+    values = settings_values(
+        {
+            **SHARED_REDIS,
+            "CSRF_TRUSTED_ORIGINS": "https://tollgate.example.com,https://*.example.org",
+            "TOLLGATE_WEBSOCKET_ORIGINS": "https://Chat.Example.org/,https://tollgate.example.com",
+        }
+    )
+    assert values["TOLLGATE_WEBSOCKET_ORIGINS"] == [
+        "https://tollgate.example.com",
+        "https://chat.example.org",
+    ]
+
+
+def test_production_without_origins_accepts_no_websocket():
+    assert settings_values(SHARED_REDIS)["TOLLGATE_WEBSOCKET_ORIGINS"] == []
+
+
+def test_debug_and_embedded_mode_accept_the_loopback_serve_address(tmp_path):
+    loopback = ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"]
+    debug = settings_values({**SHARED_REDIS, "DEBUG": "True"})
+    assert debug["TOLLGATE_WEBSOCKET_ORIGINS"] == loopback
+    embedded = settings_values(
+        {"SECRET_KEY": SHARED_REDIS["SECRET_KEY"], "TOLLGATE_DATA_DIR": str(tmp_path)}
+    )
+    assert embedded["TOLLGATE_WEBSOCKET_ORIGINS"] == loopback
+    served = settings_values(
+        {
+            "SECRET_KEY": SHARED_REDIS["SECRET_KEY"],
+            "TOLLGATE_DATA_DIR": str(tmp_path),
+            "TOLLGATE_WEBSOCKET_ORIGINS": "http://127.0.0.1:8123",
+        }
+    )
+    assert served["TOLLGATE_WEBSOCKET_ORIGINS"] == ["http://127.0.0.1:8123"]
+
+
+def test_a_websocket_origin_that_is_not_exact_refuses_to_start():
+    result = load_settings({**SHARED_REDIS, "TOLLGATE_WEBSOCKET_ORIGINS": "tollgate.example.com"})
+    assert result.returncode != 0
+    assert "TOLLGATE_WEBSOCKET_ORIGINS: 'tollgate.example.com' is not an exact origin" in (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "exact"),
+    [
+        ("https://tollgate.example.com", "https://tollgate.example.com"),
+        ("HTTPS://Tollgate.Example.COM/", "https://tollgate.example.com"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_origin_exact_normalises(given, exact):
+    assert origin_exact(given, setting="X") == exact
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "tollgate.example.com",
+        "ftp://tollgate.example.com",
+        "https://*.example.com",
+        "https://.example.com",
+        "https://tollgate.example.com/chat",
+        "https://tollgate.example.com?x=1",
+        "https://user@tollgate.example.com",
+        "https://tollgate.example.com:99999",
+        "*",
+        "",
+    ],
+)
+def test_origin_exact_refuses_anything_but_one_origin(bad):
+    with pytest.raises(ImproperlyConfigured, match="not an exact origin"):
+        origin_exact(bad, setting="TOLLGATE_WEBSOCKET_ORIGINS")
+
+
+def test_check_deploy_warns_when_no_origin_may_open_the_websocket():
+    env = {**PRODUCTION_ENV, "CSRF_TRUSTED_ORIGINS": "", "TOLLGATE_WEBSOCKET_ORIGINS": ""}
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode != 0
+    assert "tollgate.W001" in result.stdout + result.stderr

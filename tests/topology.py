@@ -144,6 +144,8 @@ class Stack:
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            # The one origin its pages are opened at (browser tests, benchmarks' sockets).
+            "TOLLGATE_WEBSOCKET_ORIGINS": self.base_url,
             "SESSION_COOKIE_SECURE": "False",
             "CSRF_COOKIE_SECURE": "False",
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
