@@ -1,4 +1,5 @@
-"""Settings read from the environment: refusals and the deploy checklist.
+"""Settings read from the environment: refusals, the deploy checklist (with README's
+production variables), the deployment's names in Redis and its WebSocket origins.
 
 Each case starts a fresh Python process, since settings are read once at import.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +22,16 @@ from project.deployment import deployment_default, deployment_name, origin_exact
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+def run_manage(
+    *args: str, env: dict[str, str], inherit: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``manage.py *args`` in a fresh process with ``env`` on top of this process's
+    environment (without ``SECRET_KEY`` and ``DEBUG``), or with ``inherit=False``
+    on top of ``PATH`` and ``HOME`` only."""
+    if inherit:
+        base = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    else:
+        base = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
     base.update(env)
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -43,23 +54,42 @@ def test_debug_mode_starts_without_secret_key():
     assert result.returncode == 0, result.stderr
 
 
+def readme_production_env() -> dict[str, str]:
+    """The variables README's production section exports (its ``export`` lines)."""
+    section = (ROOT / "README.md").read_text().split("\n## Production topology\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    env: dict[str, str] = {}
+    for line in section.splitlines():
+        if line.startswith("export "):
+            for word in shlex.split(line, comments=True)[1:]:
+                name, _, value = word.partition("=")
+                env[name] = value
+    return env
+
+
+#: README's production variables, its placeholder secret made a real one.
 PRODUCTION_ENV = {
-    "DEBUG": "False",
+    **readme_production_env(),
     "SECRET_KEY": "p" * 20 + "-Zq8w!Kd2@xVb9#Lm4$Tn7&Rc5*Hy3^Gf6",
-    "ALLOWED_HOSTS": "tollgate.example.com",
-    "CSRF_TRUSTED_ORIGINS": "https://tollgate.example.com",
-    "SECURE_SSL_REDIRECT": "True",
-    "SECURE_HSTS_SECONDS": "31536000",
-    "SECURE_HSTS_INCLUDE_SUBDOMAINS": "True",
-    "SECURE_HSTS_PRELOAD": "True",
-    "USE_X_FORWARDED_PROTO": "True",
 }
 
 
-def test_check_deploy_is_clean_with_production_values():
-    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV)
+def test_readme_lists_the_production_variables():
+    readme = readme_production_env()
+    assert readme["SECRET_KEY"] == "..."
+    assert readme["DEBUG"] == "False"
+    assert {"DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS"} <= set(readme)
+    example = (ROOT / ".env.example").read_text()
+    for name in readme:
+        assert re.search(rf"^#? ?{name}=", example, re.MULTILINE), f"{name} not in .env.example"
+
+
+def test_check_deploy_is_clean_with_exactly_the_readme_production_variables():
+    result = run_manage(
+        "check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV, inherit=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "System check identified no issues" in result.stdout
+    assert "System check identified no issues (0 silenced)." in result.stdout
 
 
 def test_check_deploy_warns_with_debug_on():
