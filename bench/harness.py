@@ -3,9 +3,10 @@
 ``bench_stack()`` starts the production topology on loopback (daphne, a
 Celery worker, Celery beat — ``tests/topology.py``'s ``Stack``) against a
 fresh PostgreSQL database (``<DATABASE_URL name>_stack``, dropped at the end)
-and its own Redis database (``BENCH_REDIS_URL``, default db 14, flushed at the
-start), plus three ``llmock`` servers (an OpenAI-compatible server from PyPI)
-as providers: ``fast`` (no delay between chunks), ``paced`` (2 ms between
+and a Redis database (``BENCH_REDIS_URL``, default db 14; the stack's keys,
+under its deployment's prefix, are deleted at the start and the end), plus
+three ``llmock`` servers (an OpenAI-compatible server from PyPI) as
+providers: ``fast`` (no delay between chunks), ``paced`` (2 ms between
 chunks: 500 tokens/s) and ``chat`` (20 ms: 50 tokens/s). The benchmark
 process itself is a Django process on the same database (``django.setup``),
 so it can create users and model configs and read timestamps.
@@ -314,9 +315,6 @@ def bench_stack(
         raise SystemExit("DATABASE_URL must be a PostgreSQL URL (the stack needs PostgreSQL)")
     name = base.rsplit("/", 1)[-1].split("?")[0] + "_stack"
     redis_url = _redis_url()
-    subprocess.run(
-        ["redis-cli", "-u", redis_url, "FLUSHDB"], check=False, capture_output=True, timeout=10
-    )
     providers = {
         "fast": Provider("fast", chunk_delay_ms=0),
         "paced": Provider("paced", chunk_delay_ms=2),
@@ -328,6 +326,8 @@ def bench_stack(
     with fresh_database(base, name) as url:
         stack = Stack(database_url=url, redis_url=redis_url, logs=LOGS, extra_env=EXTRA_ENV)
         try:
+            # Only this stack's keys: others may share the Redis database number.
+            stack.redis_forget()
             for provider in providers.values():
                 provider.start()
             stack.manage("migrate", "--noinput")
@@ -339,6 +339,7 @@ def bench_stack(
             yield BenchEnv(stack=stack, providers=providers, redis_url=redis_url, database_url=url)
         finally:
             stack.stop_all()
+            stack.redis_forget()
             for provider in providers.values():
                 provider.stop()
             with contextlib.suppress(Exception):

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.core.checks import register
 
 
 class ConversationsConfig(AppConfig):
     """Conversations, messages, runs (the agent loop), model configs and the LLM gateway.
 
     ``ready`` connects this app to the signals of the apps below it (they may not
-    import it) and to its own state machine's ``run_step_due``.
+    import it) and to its own state machine's ``run_step_due``, and registers its
+    deploy check of the WebSocket's origins.
     """
 
     name = "conversations"
@@ -18,7 +20,7 @@ class ConversationsConfig(AppConfig):
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
         from approvals.signals import approval_decided, approval_deciding
-        from conversations import dispatch, selectors, toolphase
+        from conversations import checks, dispatch, selectors, toolphase
         from conversations.models import Run
         from conversations.runs import run_step_due
         from tools.models import ToolInvocation
@@ -34,3 +36,4 @@ class ConversationsConfig(AppConfig):
             selectors.run_cancel_requested, sender=ToolInvocation, dispatch_uid="conversations"
         )
         run_step_due.connect(dispatch.run_step_due_received, sender=Run, dispatch_uid="dispatch")
+        register(checks.websocket_origins_check, "tollgate", deploy=True)

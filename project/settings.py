@@ -16,6 +16,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from project.deployment import deployment_name, websocket_origins
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 if (BASE_DIR / ".env").is_file():
@@ -121,6 +123,21 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# --- Deployment name ------------------------------------------------------------
+# Deployments may share one Redis server (staging and production on different
+# database numbers), but Redis pub/sub ignores the database number: every name
+# this deployment uses in Redis (channel-layer channels and groups, cache keys,
+# rate-limit counters, Celery's broker keys) starts with TOLLGATE_REDIS_PREFIX.
+# Unset, the name is a hash of the database name and SECRET_KEY: it differs
+# between deployments unless they share both, and every process of one
+# deployment derives the same (it changes when either changes: set it to keep it).
+TOLLGATE_DEPLOYMENT = deployment_name(
+    env.str("TOLLGATE_DEPLOYMENT", default=""),
+    database_name=str(DATABASES["default"]["NAME"]),
+    secret_key=SECRET_KEY,
+)
+TOLLGATE_REDIS_PREFIX = f"tollgate.{TOLLGATE_DEPLOYMENT}."
+
 # --- Redis: channel layer, cache, Celery broker --------------------------------
 
 REDIS_URL = env.str("REDIS_URL", default="")
@@ -135,14 +152,16 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # channels_redis names the pub/sub channel of group g "<prefix>__group__g"
+            # and a socket's own channel "<prefix>specific.<hex>".
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": TOLLGATE_REDIS_PREFIX},
         }
     }
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "tollgate",
+            "KEY_PREFIX": TOLLGATE_REDIS_PREFIX + "cache",
         }
     }
 else:
@@ -175,7 +194,14 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=540
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A message not acknowledged within this many seconds is redelivered; it must
 # exceed the longest task (the hard time limit).
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 60}
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+    "visibility_timeout": CELERY_TASK_TIME_LIMIT + 60
+}
+if CELERY_BROKER_URL.split(":", 1)[0].split("+", 1)[0] in {"redis", "rediss", "sentinel"}:
+    # kombu's Redis transport puts this before every key (the "celery" queue's
+    # list, its bindings, the unacked hash) and pub/sub channel (remote control)
+    # it uses, so another deployment's worker never takes this one's run steps.
+    CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = TOLLGATE_REDIS_PREFIX
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
 CELERY_TIMEZONE = "UTC"
@@ -227,6 +253,20 @@ if env.bool("USE_X_FORWARDED_PROTO", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # /healthz is probed over plain HTTP by load balancers on the private side.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+# The exact origins (scheme://host[:port]) whose pages may open the WebSocket,
+# which carries the session cookie: a page of the same host on another scheme or
+# port would send that cookie too. CSRF_TRUSTED_ORIGINS (without its wildcard
+# entries) plus TOLLGATE_WEBSOCKET_ORIGINS; that one defaults, in DEBUG and the
+# embedded mode, to the loopback address runserver and scripts/serve use
+# (scripts/serve passes its own HOST and PORT).
+_LOOPBACK_ORIGINS = ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"]
+TOLLGATE_WEBSOCKET_ORIGINS = websocket_origins(
+    csrf_trusted_origins=CSRF_TRUSTED_ORIGINS,
+    extra=env.list(
+        "TOLLGATE_WEBSOCKET_ORIGINS", default=_LOOPBACK_ORIGINS if DEBUG or EMBEDDED else []
+    ),
+)
 
 # --- I18N, static -------------------------------------------------------------
 
@@ -365,9 +405,11 @@ CELERY_BEAT_SCHEDULE["conversations-recover-stale-runs"] = {
 # A budget reservation still held after this many seconds belongs to a call
 # whose worker died; the periodic job releases it.
 TOLLGATE_BUDGET_HOLD_SECONDS = env.int("TOLLGATE_BUDGET_HOLD_SECONDS", default=3600)
-# Redis key prefix of the rate-limit counters (lets a benchmark or a second
-# deployment share one Redis database without sharing counters).
-TOLLGATE_RATELIMIT_KEY_PREFIX = env.str("TOLLGATE_RATELIMIT_KEY_PREFIX", default="tollgate-rl")
+# Redis key prefix of the rate-limit counters; the deployment's own by default
+# (a benchmark sets another to keep its counters apart within one deployment).
+TOLLGATE_RATELIMIT_KEY_PREFIX = env.str(
+    "TOLLGATE_RATELIMIT_KEY_PREFIX", default=TOLLGATE_REDIS_PREFIX + "rl"
+)
 CELERY_BEAT_SCHEDULE["accounts-budget-reservations-expire"] = {
     "task": "accounts.budget_reservations_expire",
     "schedule": env.int("TOLLGATE_BUDGET_EXPIRE_EVERY_SECONDS", default=300),

@@ -144,6 +144,8 @@ class Stack:
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            # The one origin its pages are opened at (browser tests, benchmarks' sockets).
+            "TOLLGATE_WEBSOCKET_ORIGINS": self.base_url,
             "SESSION_COOKIE_SECURE": "False",
             "CSRF_COOKIE_SECURE": "False",
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -280,6 +282,26 @@ class Stack:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=15)
         self.processes.clear()
+
+    def redis_forget(self) -> None:
+        """Delete every key of this stack's deployment from its Redis database.
+
+        Only its own (``TOLLGATE_REDIS_PREFIX``, asked of its settings): other
+        runs and checkouts may share the database number, and a ``FLUSHDB``
+        would take their queued run steps too.
+        """
+        import redis
+
+        prefix = self.manage(
+            "shell", "-c", "from django.conf import settings; print(settings.TOLLGATE_REDIS_PREFIX)"
+        ).stdout.split()[-1]
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
 
     def sql(self, query: str, params: tuple | dict = ()) -> list[tuple]:
         """Rows of a read-only query against the stack's database (autocommit)."""

@@ -1,7 +1,8 @@
 """Requests and tokens per minute, counted with the ``limits`` library.
 
 Storage: Redis at ``settings.REDIS_URL`` (keys prefixed with
-``settings.TOLLGATE_RATELIMIT_KEY_PREFIX``, default ``tollgate-rl``), or
+``settings.TOLLGATE_RATELIMIT_KEY_PREFIX``, by default the deployment's
+``tollgate.<TOLLGATE_DEPLOYMENT>.rl``), or
 process memory when ``REDIS_URL`` is empty (embedded mode, one process).
 
 - Requests per minute use ``limits``' moving window (exact; one list entry per

@@ -43,6 +43,9 @@ def test_celery_worker_expires_overdue_approvals(make_approval):
         **os.environ,
         "DATABASE_URL": f"{base}/{db_name}",
         "SECRET_KEY": "x" * 50,
+        # Another database name and secret would name another deployment, whose
+        # worker would never see this process's task.
+        "TOLLGATE_DEPLOYMENT": settings.TOLLGATE_DEPLOYMENT,
     }
     queue = f"approvals-test-{os.getpid()}"
     worker = subprocess.Popen(

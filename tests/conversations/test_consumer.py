@@ -25,8 +25,19 @@ def session_cookie(client, user) -> bytes:
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-def communicator(path: str, cookie: bytes | None, origin: bytes = b"http://localhost"):
-    headers = [(b"origin", origin), (b"host", b"localhost")]
+ORIGIN = b"https://tollgate.example.com"
+
+
+@pytest.fixture(autouse=True)
+def _served_origin(settings):
+    """The deployment serves its pages at ``ORIGIN`` only."""
+    settings.TOLLGATE_WEBSOCKET_ORIGINS = [ORIGIN.decode()]
+
+
+def communicator(path: str, cookie: bytes | None, origin: bytes | None = ORIGIN):
+    headers = [(b"host", b"tollgate.example.com")]
+    if origin is not None:
+        headers.append((b"origin", origin))
     if cookie:
         headers.append((b"cookie", cookie))
     return WebsocketCommunicator(application, path, headers=headers)
@@ -51,10 +62,38 @@ async def test_anonymous_is_rejected():
     assert code == 4401
 
 
-async def test_foreign_origin_is_rejected(cookie):
-    ws = communicator("/ws/", cookie, origin=b"https://evil.example")
+async def test_the_exact_served_origin_is_accepted(cookie):
+    ws = communicator("/ws/", cookie, origin=ORIGIN)
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.disconnect()
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        pytest.param(b"http://tollgate.example.com", id="other-scheme"),
+        pytest.param(b"https://tollgate.example.com:8443", id="other-port"),
+        pytest.param(b"https://evil.example", id="other-host"),
+        pytest.param(b"https://sub.tollgate.example.com", id="subdomain"),
+        pytest.param(b"null", id="opaque"),
+        pytest.param(None, id="missing"),
+    ],
+)
+async def test_a_logged_in_socket_from_another_origin_is_refused(cookie, origin):
+    ws = communicator("/ws/", cookie, origin=origin)
     connected, _ = await ws.connect()
     assert not connected
+
+
+async def test_the_same_host_on_other_loopback_ports_and_schemes_is_refused(cookie, settings):
+    settings.TOLLGATE_WEBSOCKET_ORIGINS = ["http://127.0.0.1:8000"]
+    served = communicator("/ws/", cookie, origin=b"http://127.0.0.1:8000")
+    assert (await served.connect())[0]
+    await served.disconnect()
+    for origin in (b"https://127.0.0.1:8000", b"http://127.0.0.1:1", b"http://127.0.0.1"):
+        connected, _ = await communicator("/ws/", cookie, origin=origin).connect()
+        assert not connected, origin
 
 
 async def test_cannot_join_another_users_conversation(other_cookie, conversation):

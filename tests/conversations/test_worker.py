@@ -45,6 +45,9 @@ def celery_worker_process(transactional_db, tmp_path):
         "DATABASE_URL": _database_url(),
         "REDIS_URL": django_settings.REDIS_URL,
         "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+        # The test database's name would give the worker a deployment name of its
+        # own (queues and groups this process never uses): it is this process's peer.
+        "TOLLGATE_DEPLOYMENT": django_settings.TOLLGATE_DEPLOYMENT,
         "TOLLGATE_DISPATCHER": "celery",
         "TOLLGATE_DEMO_DELAY_MS": "0",
         "CONN_MAX_AGE": "0",
@@ -142,10 +145,19 @@ def test_a_warmed_web_process_sends_its_first_step_without_declaring_the_queue()
     """In a fresh process: the first ``run_step.delay`` connects to the broker and
     declares the queue (~60 ms of the first reply); ``broker_warm``, which the
     first page's connect starts, does that before. A broker of its own (a
-    separate Redis database) receives the one task each process sends."""
+    separate Redis database, shared with benchmarks and other checkouts' runs)
+    receives the one task each process sends, under this deployment's prefix."""
     import redis
 
     broker = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1").rsplit("/", 1)[0] + "/14"
+    client = redis.Redis.from_url(broker)
+    prefix = django_settings.TOLLGATE_REDIS_PREFIX
+
+    def forget() -> None:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+
     code = (
         "import os\n"
         "from kombu import Queue\n"
@@ -167,9 +179,11 @@ def test_a_warmed_web_process_sends_its_first_step_without_declaring_the_queue()
     def declares(**extra: str) -> list[str]:
         return fresh_process(code, CELERY_BROKER_URL=broker, **extra).split()
 
+    forget()
     try:
         assert declares() == ["0", "1"]  # the first send declares the queue
         assert declares(WARM="1") == ["1", "0"]
-        assert redis.Redis.from_url(broker).llen("celery") == 2  # both steps were sent
+        assert client.llen(f"{prefix}celery") == 2  # both steps were sent
     finally:
-        redis.Redis.from_url(broker).flushdb()
+        forget()
+        client.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,10 +51,9 @@ def stack() -> Iterator[Stack]:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
         conn.execute(f'CREATE DATABASE "{db_name}"')
+    # Shared with other runs; the stack's keys carry its deployment name (derived
+    # from the fresh database's name), so runs at once stay apart.
     redis_url = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/9")
-    subprocess.run(
-        ["redis-cli", "-u", redis_url, "FLUSHDB"], check=False, capture_output=True, timeout=10
-    )
     data_dir = Path(tempfile.mkdtemp(prefix="tollgate-e2e-"))
     data_dir.chmod(0o755)  # like var/: the sandbox's unprivileged uid passes through it
     topology = Stack(
@@ -64,6 +62,7 @@ def stack() -> Iterator[Stack]:
     for log in ARTIFACTS.glob("*.log"):
         log.unlink()
     try:
+        topology.redis_forget()  # an earlier run's, should its database name recur
         topology.manage("migrate", "--noinput")
         topology.start_web()
         topology.start_worker()
@@ -75,6 +74,7 @@ def stack() -> Iterator[Stack]:
         shutil.rmtree(data_dir, ignore_errors=True)
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        topology.redis_forget()
 
 
 @pytest.fixture(scope="package")
