@@ -50,6 +50,8 @@ def stack(transactional_db, tmp_path):
         logs=tmp_path,
         extra_env={
             "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+            # This test process's deployment: the worker takes the steps it sends.
+            "TOLLGATE_DEPLOYMENT": django_settings.TOLLGATE_DEPLOYMENT,
             "TOLLGATE_EXTRA_TOOL_MODULES": "bench.benchtools",
             "TOLLGATE_DEMO_DELAY_MS": "250",  # a reply that streams for many seconds
             "CONN_MAX_AGE": "0",
