@@ -1,4 +1,5 @@
-"""Admin: policies (every save and delete is audited); approval requests read-only."""
+"""Admin: policies (every save and delete is audited); approval requests and their
+votes read-only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from approvals.models import ApprovalPolicy, ApprovalRequest
+from approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalVote
 from approvals.services import policy_changed_record, policy_snapshot
 
 if TYPE_CHECKING:
@@ -29,10 +30,12 @@ class ApprovalPolicyAdmin(admin.ModelAdmin):
         "conversation_id",
         "condition",
         "approvers_group",
+        "four_eyes",
+        "approvals_required",
         "expires_after_seconds",
         "enabled",
     )
-    list_filter = ("action", "enabled", "group", "approvers_group")
+    list_filter = ("action", "enabled", "four_eyes", "group", "approvers_group")
     search_fields = ("tool_pattern", "description", "user__email", "group__name")
     raw_id_fields = ("user",)
     readonly_fields = ("created_by", "created_at", "updated_at")
@@ -49,7 +52,21 @@ class ApprovalPolicyAdmin(admin.ModelAdmin):
             "Only when an argument matches",
             {"fields": ("condition_path", "condition_operator", "condition_value")},
         ),
-        ("Asking", {"fields": ("approvers_group", "expires_after_seconds")}),
+        (
+            "Asking",
+            {
+                "fields": (
+                    "approvers_group",
+                    "four_eyes",
+                    "approvals_required",
+                    "expires_after_seconds",
+                ),
+                "description": (
+                    "For rules that ask. Four eyes and more than one approval need an "
+                    "approvers group; one denial always denies."
+                ),
+            },
+        ),
         ("History", {"fields": ("created_by", "created_at", "updated_at")}),
     )
 
@@ -105,6 +122,27 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class ApprovalVoteInline(admin.TabularInline):
+    """The votes of one request, oldest first, read-only (written only by
+    ``approval_decide``)."""
+
+    model = ApprovalVote
+    extra = 0
+    can_delete = False
+    fields = ("created_at", "voter", "decision", "reason", "edited", "arguments_hash")
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(ApprovalRequest)
 class ApprovalRequestAdmin(ReadOnlyAdmin):
     list_display = (
@@ -113,10 +151,13 @@ class ApprovalRequestAdmin(ReadOnlyAdmin):
         "requester",
         "status",
         "approver_group",
+        "four_eyes",
+        "approvals_required",
         "decided_by",
         "created_at",
         "decided_at",
     )
-    list_filter = ("status", "tool_name", "approver_group")
+    list_filter = ("status", "four_eyes", "tool_name", "approver_group")
+    inlines = (ApprovalVoteInline,)
     search_fields = ("tool_name", "requester__email", "reason")
     list_select_related = ("requester", "approver_group", "decided_by")

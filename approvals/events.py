@@ -2,8 +2,9 @@
 
 Every push goes to users' groups on commit through the one push path
 (``project.pushes.send_event_on_commit``; DESIGN.md, "Events to the browser"). Each recipient gets
-their own rendering: the buttons only for those who may decide, their own
-badge count.
+their own rendering: the buttons only for those who may still vote (the
+progress of a request needing several approvals is pushed on every vote),
+their own badge count.
 
 Where a pushed card lands:
 - an update replaces the element ``#approval-<id>`` wherever it is (OOB by id);
@@ -21,7 +22,7 @@ from django.contrib.auth import get_user_model
 from django.template.loader import render_to_string
 
 from approvals.models import ApprovalRequest
-from approvals.selectors import approval_can_decide, approvals_pending_count
+from approvals.selectors import approval_can_vote, approvals_pending_count, votes_prefetch
 from project.pushes import send_event_on_commit, user_group
 
 logger = logging.getLogger(__name__)
@@ -31,12 +32,12 @@ BADGE_TEMPLATE = "approvals/panel.html#approval-badge"
 
 
 def approval_card_html(*, approval: ApprovalRequest, user: Any, oob: bool = False) -> str:
-    """The card as ``user`` sees it (buttons only if they may decide)."""
+    """The card as ``user`` sees it (buttons only if they may still vote)."""
     return render_to_string(
         CARD_TEMPLATE,
         {
             "approval": approval,
-            "can_decide": approval_can_decide(user=user, approval=approval),
+            "can_vote": approval_can_vote(user=user, approval=approval),
             "viewer": user,
             "oob": oob,
         },
@@ -83,6 +84,7 @@ def approval_pairs(approval_id: int, *, created: bool = False) -> list[tuple[str
     """The ``(group, html)`` pushes of one approval: card and badge per recipient."""
     approval = (
         ApprovalRequest.objects.select_related("requester", "decided_by", "approver_group")
+        .prefetch_related(votes_prefetch())
         .filter(pk=approval_id)
         .first()
     )

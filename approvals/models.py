@@ -14,11 +14,20 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
+
+from approvals.canonical import arguments_hash as compute_arguments_hash
 
 GLOB_CHARS = "*?["
 TOOL_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.:/\-*?\[\]!]+$")
+
+#: The most approvals a rule may ask for (the group's size is not known when the rule
+#: is written; a request needing more people than can approve it only ends by denial
+#: or expiry).
+APPROVALS_REQUIRED_MAX = 10
 
 
 # --- Policies --------------------------------------------------------------------
@@ -92,6 +101,22 @@ class ApprovalPolicy(models.Model):
         related_name="approver_policies",
         help_text="Who decides requests this rule asks for; blank: the requester decides.",
     )
+    four_eyes = models.BooleanField(
+        "four eyes",
+        default=False,
+        help_text=(
+            "The requester may never decide their own request: not as a member of the "
+            "approvers group, not as staff or superuser. Needs an approvers group."
+        ),
+    )
+    approvals_required = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(APPROVALS_REQUIRED_MAX)],
+        help_text=(
+            f"How many different people must approve (1 to {APPROVALS_REQUIRED_MAX}); "
+            "one denial denies at once. More than 1 needs an approvers group."
+        ),
+    )
     expires_after_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,
@@ -121,6 +146,16 @@ class ApprovalPolicy(models.Model):
                 condition=Q(conversation_id__isnull=True) | Q(user__isnull=False),
                 name="approvals_policy_conversation_needs_user",
             ),
+            models.CheckConstraint(
+                condition=Q(approvals_required__gte=1)
+                & Q(approvals_required__lte=APPROVALS_REQUIRED_MAX),
+                name="approvals_policy_approvals_required_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(four_eyes=False, approvals_required=1)
+                | Q(approvers_group__isnull=False),
+                name="approvals_policy_quorum_needs_approvers",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -148,6 +183,15 @@ class ApprovalPolicy(models.Model):
             errors.setdefault("group", []).append("Choose a user or a group, not both.")
         if self.conversation_id is not None and self.user_id is None:
             errors.setdefault("user", []).append("A conversation-scoped rule needs a user.")
+        if self.four_eyes and self.approvers_group_id is None:
+            errors.setdefault("four_eyes", []).append(
+                "Four eyes needs an approvers group: without one only the requester "
+                "decides, and four eyes forbids exactly that."
+            )
+        if (self.approvals_required or 1) > 1 and self.approvers_group_id is None:
+            errors.setdefault("approvals_required", []).append(
+                "Several approvals need an approvers group: without one only the requester decides."
+            )
         pattern = self.tool_pattern or ""
         if not pattern or not TOOL_PATTERN_RE.match(pattern):
             errors.setdefault("tool_pattern", []).append(
@@ -198,11 +242,17 @@ class ApprovalPolicy(models.Model):
 class ApprovalRequest(models.Model):
     """A tool call waiting for (or past) a human decision.
 
-    Bound to the exact arguments shown (``arguments_hash``) and single-use:
-    the status leaves ``pending`` once, under a row lock, and a check
-    constraint ties ``decided_at`` to that (null exactly while pending).
-    ``arguments_schema`` is a copy of the tool's JSON Schema so edits are
-    validated here without importing ``tools``.
+    Bound to the exact arguments shown (``arguments_hash``; after an edit,
+    ``effective_arguments_hash``) and single-use: the status leaves ``pending``
+    once, under a row lock, and a check constraint ties ``decided_at`` to that
+    (null exactly while pending). ``arguments_schema`` is a copy of the tool's
+    JSON Schema so edits are validated here without importing ``tools``.
+
+    ``approver_group``, ``four_eyes`` and ``approvals_required`` are copied from
+    the rule when the gate asks, so a later change of the rule leaves open
+    requests as they were asked. Each person's approval or denial is an
+    ``ApprovalVote``; the request is approved by ``approvals_required`` approvals
+    from different people, denied by the first denial.
     """
 
     class Status(models.TextChoices):
@@ -225,6 +275,12 @@ class ApprovalRequest(models.Model):
         blank=True,
         related_name="approval_requests",
         help_text="Members decide; blank: the requester decides.",
+    )
+    four_eyes = models.BooleanField(
+        default=False, help_text="The requester may never decide this request."
+    )
+    approvals_required = models.PositiveSmallIntegerField(
+        default=1, help_text="Approvals from different people that approve it."
     )
     conversation_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
@@ -261,6 +317,15 @@ class ApprovalRequest(models.Model):
                 | (~Q(status="pending") & Q(decided_at__isnull=False)),
                 name="approvals_request_decided_iff_not_pending",
             ),
+            models.CheckConstraint(
+                condition=Q(approvals_required__gte=1),
+                name="approvals_request_approvals_required_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(four_eyes=False, approvals_required=1)
+                | Q(approver_group__isnull=False),
+                name="approvals_request_quorum_needs_approvers",
+            ),
         ]
         indexes: ClassVar = [
             models.Index(fields=["status", "expires_at"]),
@@ -280,6 +345,19 @@ class ApprovalRequest(models.Model):
         return self.edited_arguments if self.edited_arguments is not None else self.arguments
 
     @property
+    def effective_arguments_hash(self) -> str:
+        """The hash a decision must quote: of the edited arguments once an approver
+        edited them (a later approver approves exactly those), else ``arguments_hash``."""
+        if self.edited_arguments is None:
+            return self.arguments_hash
+        return compute_arguments_hash(self.edited_arguments)
+
+    @property
+    def needs_several(self) -> bool:
+        """Whether more than one person takes part: several approvals, or four eyes."""
+        return self.four_eyes or self.approvals_required > 1
+
+    @property
     def is_destructive(self) -> bool:
         return hints_destructive(self.hints or {})
 
@@ -291,12 +369,53 @@ class ApprovalRequest(models.Model):
     @property
     def always_allow_permitted(self) -> bool:
         """Whether "always allow" may be offered: never for a destructive tool, never
-        for an untrusted server's tool (its hints cannot be believed; MCP spec)."""
-        return not self.is_destructive and self.hints_trusted
+        for an untrusted server's tool (its hints cannot be believed; MCP spec), never
+        where the rule wants more than one person (one click would waive that for
+        every later call)."""
+        return not self.is_destructive and self.hints_trusted and not self.needs_several
 
     @property
     def conversation_url(self) -> str:
         return f"/c/{self.conversation_id}/" if self.conversation_id else ""
+
+
+class ApprovalVote(models.Model):
+    """One person's approval or denial of one request: at most one per person.
+
+    ``arguments_hash`` is the hash of the arguments voted on (the edited ones
+    when this voter edited them); ``edited`` marks the vote that edited them.
+    Written only by ``approvals.services.approval_decide``, under the request's
+    row lock; kept when the request expires or is cancelled.
+    """
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve"
+        DENY = "deny"
+
+    approval = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="votes")
+    voter = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="approval_votes",
+    )
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    reason = models.TextField(blank=True)
+    arguments_hash = models.CharField(max_length=64)
+    edited = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("created_at", "id")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["approval", "voter"], name="approvals_vote_once_per_voter"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decision} by {self.voter_id} on approval {self.approval_id}"
 
 
 def hints_destructive(hints: dict[str, Any]) -> bool:

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from approvals.conditions import condition_matches
 from approvals.models import (
     ApprovalPolicy,
     ApprovalRequest,
+    ApprovalVote,
     hints_destructive,
     tool_pattern_is_glob,
     tool_pattern_literal_prefix,
@@ -31,6 +32,8 @@ class GateDecision:
     people ("asked because: rule #4, group Staff, tool notes.*").
     ``expires_after_seconds``: how long an "ask" stays open (seconds).
     ``approver_group_id``: who decides an "ask" (``None``: the requester).
+    ``four_eyes``: the requester may never decide it. ``approvals_required``:
+    approvals from different people that approve it (1 or more).
     """
 
     action: str
@@ -38,6 +41,8 @@ class GateDecision:
     explanation: str
     expires_after_seconds: int
     approver_group_id: int | None = None
+    four_eyes: bool = False
+    approvals_required: int = 1
 
 
 _SUBJECT_RANK = {"conversation": 3, "user": 2, "group": 1, "everyone": 0}
@@ -166,6 +171,8 @@ def gate_evaluate(
             explanation=_explain(winner),
             expires_after_seconds=winner.expires_after_seconds or _default_expiry(),
             approver_group_id=winner.approvers_group_id,
+            four_eyes=winner.four_eyes,
+            approvals_required=winner.approvals_required,
         )
     if read_only:
         return GateDecision(
@@ -190,24 +197,150 @@ def gate_evaluate(
 # --- Approvals: who may see and decide -------------------------------------------
 
 
-def approval_can_decide(*, user: Any, approval: ApprovalRequest) -> bool:
-    """Whether ``user`` may approve or deny ``approval``.
+FORBIDDEN_MESSAGE = "You may not decide this approval."
+FOUR_EYES_MESSAGE = "You asked for this tool call; under this rule someone else must decide it."
 
-    With an approver group, its members decide (the requester only if a
-    member); without one, the requester decides their own request.
+
+def approval_decide_refusal(
+    *, user: Any, approval: ApprovalRequest, group_ids: set[int] | None = None
+) -> str | None:
+    """Why ``user`` may not decide ``approval`` (a sentence for people), or ``None``.
+
+    Under four eyes (``approval.four_eyes``) the requester never decides,
+    whatever else they are (a member of the approver group, staff, superuser):
+    that is checked first. Otherwise, with an approver group its members decide
+    (the requester only if a member); without one, the requester decides their
+    own request. Being staff or superuser never lets anyone decide.
+
+    ``group_ids``: the ids of ``user``'s groups when the caller has them (a
+    list page), else one query. Whether they have voted already is not checked
+    here (``approval_can_vote``; ``approval_decide`` under the lock).
     """
     if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
-        return False
+        return FORBIDDEN_MESSAGE
+    if approval.four_eyes and approval.requester_id == user.pk:
+        return FOUR_EYES_MESSAGE
     if approval.approver_group_id is not None:
-        return user.groups.filter(pk=approval.approver_group_id).exists()
-    return approval.requester_id == user.pk
+        if group_ids is not None:
+            member = approval.approver_group_id in group_ids
+        else:
+            member = user.groups.filter(pk=approval.approver_group_id).exists()
+        return None if member else FORBIDDEN_MESSAGE
+    return None if approval.requester_id == user.pk else FORBIDDEN_MESSAGE
+
+
+def approval_can_decide(
+    *, user: Any, approval: ApprovalRequest, group_ids: set[int] | None = None
+) -> bool:
+    """Whether ``user`` is one of the people who decide ``approval`` (see
+    ``approval_decide_refusal``; ``group_ids`` as there)."""
+    return approval_decide_refusal(user=user, approval=approval, group_ids=group_ids) is None
 
 
 def approval_can_view(*, user: Any, approval: ApprovalRequest) -> bool:
-    """The requester sees their request; approvers see the ones they may decide."""
+    """The requester sees their request (under four eyes too); approvers see the
+    ones they may decide."""
     if user is None or not getattr(user, "is_authenticated", False):
         return False
     return approval.requester_id == user.pk or approval_can_decide(user=user, approval=approval)
+
+
+def approval_votes(*, approval: ApprovalRequest) -> list[ApprovalVote]:
+    """The votes cast on ``approval``, oldest first, each with its ``voter``.
+
+    A request needing one approval has none while pending (its first vote
+    decides it), so it costs no query; otherwise ``approval.votes.all()``:
+    prefetch ``votes__voter`` for lists (``approvals_for_user`` does).
+    """
+    if approval.approvals_required <= 1 and approval.is_pending:
+        return []
+    return list(approval.votes.all())
+
+
+def approval_can_vote(
+    *, user: Any, approval: ApprovalRequest, group_ids: set[int] | None = None
+) -> bool:
+    """Whether the card offers ``user`` the buttons: ``approval`` is pending, they
+    decide it (``approval_can_decide``) and have not voted on it yet."""
+    if not approval.is_pending:
+        return False
+    if not approval_can_decide(user=user, approval=approval, group_ids=group_ids):
+        return False
+    return all(vote.voter_id != user.pk for vote in approval_votes(approval=approval))
+
+
+@dataclass(frozen=True)
+class ApprovalProgress:
+    """Where a request stands, for its card.
+
+    ``approvers``: display names of those who approved, in order.
+    ``required``: approvals needed. ``editor``: the display name of the approver
+    who edited the arguments, or ``""``. ``who``: who may still decide, for
+    people ("anyone in Approvers but Ana, Bob"; "Ana" without an approver
+    group). ``may_edit``: whether the next approver may still edit the
+    arguments (no approval given yet). ``viewer_approved``: whether the viewer
+    passed to ``approval_progress`` is among the approvers.
+    """
+
+    approvers: list[str]
+    required: int
+    editor: str
+    who: str
+    may_edit: bool
+    viewer_approved: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.approvers)
+
+    @property
+    def remaining(self) -> int:
+        return max(self.required - self.count, 0)
+
+
+def _name(user: Any) -> str:
+    return user.get_full_name() if user is not None else "a former user"
+
+
+def approval_progress(*, approval: ApprovalRequest, viewer: Any = None) -> ApprovalProgress:
+    """The approvals gathered on ``approval`` and who may still decide it, as
+    ``viewer`` (a user, optional) sees it.
+
+    Reads ``approval_votes`` (prefetch ``votes__voter``) and the joined
+    ``requester`` and ``approver_group``. Those who may still decide: the
+    approver group's members but the requester under four eyes and those who
+    have voted; without a group, the requester.
+    """
+    approvals = [
+        vote
+        for vote in approval_votes(approval=approval)
+        if vote.decision == ApprovalVote.Decision.APPROVE
+    ]
+    editor = next((vote for vote in approvals if vote.edited), None)
+    group = approval.approver_group if approval.approver_group_id is not None else None
+    if group is None:
+        who = _name(approval.requester)
+    else:
+        # Under four eyes the requester never votes, so no name comes twice.
+        but = [_name(approval.requester)] if approval.four_eyes else []
+        but += [_name(vote.voter) for vote in approvals]
+        who = f"anyone in {group.name}" + (" but " + ", ".join(but) if but else "")
+    return ApprovalProgress(
+        approvers=[_name(vote.voter) for vote in approvals],
+        required=approval.approvals_required,
+        editor=_name(editor.voter) if editor is not None else "",
+        who=who,
+        may_edit=not approvals,
+        viewer_approved=viewer is not None
+        and any(vote.voter_id == getattr(viewer, "pk", None) for vote in approvals),
+    )
+
+
+def votes_prefetch() -> Prefetch:
+    """Prefetch of ``ApprovalRequest.votes`` with their voters, oldest first."""
+    return Prefetch(
+        "votes", queryset=ApprovalVote.objects.select_related("voter").order_by("created_at", "id")
+    )
 
 
 def _visible_q(user: Any) -> Q:
@@ -225,7 +358,8 @@ def approvals_for_user(
 
     Optional filters: ``status`` (an ``ApprovalRequest.Status`` value), ``tool``
     (exact tool name), ``conversation_id``. Newest first; related users,
-    group and policy are joined so a page's query count does not grow.
+    group and policy are joined and the votes prefetched with their voters, so
+    a page's query count does not grow.
     """
     if user is None or not getattr(user, "is_authenticated", False):
         return ApprovalRequest.objects.none()
@@ -236,8 +370,10 @@ def approvals_for_user(
         qs = qs.filter(tool_name=tool)
     if conversation_id is not None:
         qs = qs.filter(conversation_id=conversation_id)
-    return qs.select_related("requester", "decided_by", "approver_group", "policy").order_by(
-        "-created_at", "-id"
+    return (
+        qs.select_related("requester", "decided_by", "approver_group", "policy")
+        .prefetch_related(votes_prefetch())
+        .order_by("-created_at", "-id")
     )
 
 
@@ -248,20 +384,24 @@ def approval_get_visible(*, user: Any, approval_id: int) -> ApprovalRequest | No
     return (
         ApprovalRequest.objects.filter(_visible_q(user), pk=approval_id)
         .select_related("requester", "decided_by", "approver_group", "policy")
+        .prefetch_related(votes_prefetch())
         .first()
     )
 
 
 def approvals_pending_count(*, user: Any) -> int:
-    """Pending, unexpired approvals that ``user`` may decide (the nav badge number)."""
+    """Pending, unexpired approvals that ``user`` may still vote on (the nav badge
+    number): not their own under four eyes, not those they have voted on."""
     if user is None or not getattr(user, "is_authenticated", False):
         return 0
-    decidable = Q(approver_group__isnull=True, requester=user) | Q(
-        approver_group__isnull=False, approver_group__in=user.groups.all()
+    decidable = Q(approver_group__isnull=True, requester=user) | (
+        Q(approver_group__isnull=False, approver_group__in=user.groups.all())
+        & ~Q(four_eyes=True, requester=user)
     )
     return (
         ApprovalRequest.objects.filter(decidable)
         .filter(status=ApprovalRequest.Status.PENDING, expires_at__gt=timezone.now())
+        .exclude(Exists(ApprovalVote.objects.filter(approval=OuterRef("pk"), voter=user)))
         .count()
     )
 

@@ -4,16 +4,19 @@ State transitions follow Wagtail's ``TaskState`` habit (STYLE.md): lock the
 row, check the expected status, write, record who and when, audit, and push
 to browsers with ``transaction.on_commit``.
 
+A decision is a vote (``ApprovalVote``, one per person): one denial denies a
+request, ``approvals_required`` approvals from different people approve it.
+
 Apps above this one learn of decisions through two signals
 (``approvals.signals``), connected in their ``AppConfig.ready``:
 ``approval_deciding`` is sent inside a decision's (or expiry's) transaction
 before the request is locked, so that receivers lock the rows that come first
 in the lock order (the run, then its tool invocation: ``conversations.runs``);
 ``approval_decided`` is sent once per request that leaves ``pending`` by
-approval, denial or expiry, in the same transaction, after its status,
-``decided_*`` fields and edits are saved (execute
-``approval.effective_arguments``; schedule work with ``transaction.on_commit``;
-an exception rolls the decision back). Cancellation
+approval, denial or expiry (never for a vote that leaves it pending), in the
+same transaction, after its status, ``decided_*`` fields and edits are saved
+(execute ``approval.effective_arguments``; schedule work with
+``transaction.on_commit``; an exception rolls the decision back). Cancellation
 (``approvals_cancel_for_run``) sends neither: its caller holds those locks.
 """
 
@@ -29,8 +32,13 @@ from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
-from approvals.models import ApprovalPolicy, ApprovalRequest
-from approvals.selectors import GateDecision, approval_can_decide, gate_evaluate
+from approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalVote
+from approvals.selectors import (
+    GateDecision,
+    approval_decide_refusal,
+    approval_votes,
+    gate_evaluate,
+)
 from approvals.signals import approval_decided, approval_deciding
 from audit.canonical import json_safe
 from audit.models import AuditEvent
@@ -66,6 +74,15 @@ class ApprovalNotPending(ApprovalError):
         self.status = status
 
 
+class ApprovalAlreadyVoted(ApprovalError):
+    """The actor has already voted on this request (answer 409)."""
+
+
+class ApprovalEditRefused(ApprovalError):
+    """An edit of arguments that already have an approval (answer 409): later
+    approvers approve exactly what the first approval was for."""
+
+
 class ApprovalArgumentsMismatch(ApprovalError):
     """The decision quotes a hash of other arguments than the request's (answer 409)."""
 
@@ -94,6 +111,8 @@ def policy_snapshot(policy: ApprovalPolicy) -> dict[str, Any]:
         "condition_operator": policy.condition_operator,
         "condition_value": policy.condition_value,
         "approvers_group_id": policy.approvers_group_id,
+        "four_eyes": policy.four_eyes,
+        "approvals_required": policy.approvals_required,
         "expires_after_seconds": policy.expires_after_seconds,
         "enabled": policy.enabled,
         "description": policy.description,
@@ -236,16 +255,20 @@ def approval_request_create(
 
     ``arguments`` are stored and hashed canonically (``arguments_hash``);
     ``expires_at`` is now + ``decision.expires_after_seconds``; the approver
-    group comes from the deciding rule. Call inside ``transaction.atomic``
-    with the invocation's state change; the card and badge are pushed to the
-    requester and the approvers on commit. Raises ``IntegrityError`` when the
-    invocation already has a request (one per invocation).
+    group, four eyes and the approvals required come from the deciding rule
+    (copied, so a later change of the rule leaves this request as asked). Call
+    inside ``transaction.atomic`` with the invocation's state change; the card
+    and badge are pushed to the requester and the approvers on commit. Raises
+    ``IntegrityError`` when the invocation already has a request (one per
+    invocation).
     """
     clean_arguments = json_safe(arguments)
     approval = ApprovalRequest.objects.create(
         invocation_id=invocation_id,
         requester=requester,
         approver_group_id=decision.approver_group_id,
+        four_eyes=decision.four_eyes,
+        approvals_required=decision.approvals_required,
         conversation_id=conversation_id,
         run_id=run_id,
         tool_name=tool_name,
@@ -271,6 +294,8 @@ def approval_request_create(
             "arguments_hash": approval.arguments_hash,
             "policy_id": decision.policy_id,
             "approver_group_id": decision.approver_group_id,
+            "four_eyes": decision.four_eyes,
+            "approvals_required": decision.approvals_required,
             "explanation": approval.explanation,
             "expires_at": approval.expires_at,
         },
@@ -332,39 +357,54 @@ def approval_decide(
     always_allow: bool = False,
     ip: str | None = None,
 ) -> ApprovalRequest:
-    """Approve or deny a pending request, exactly once.
+    """Cast ``actor``'s vote on a pending request: approve (possibly with edited
+    arguments) or deny. Returns the request as it stands after the vote.
 
     Locks the request (``SELECT … FOR NO KEY UPDATE``), after the rows before it
     in the lock order (``approval_deciding``), and checks, in order:
-    the actor may decide it (else audits ``approval.forbidden`` and raises
-    ``ApprovalForbidden``); it is pending (else ``ApprovalNotPending``); it
-    has not passed ``expires_at`` (else marks it expired, sends ``approval_decided``
-    and raises ``ApprovalNotPending``); ``arguments_hash`` is the hash of the
-    arguments it shows (else ``ApprovalArgumentsMismatch``); edited
-    arguments (approve only) validate against ``arguments_schema`` (else
-    ``ApprovalArgumentsInvalid``); ``always_allow`` (approve only) is not for
-    a destructive tool (else ``AlwaysAllowRefused``).
+    the actor decides it (``approval_decide_refusal``: under four eyes never the
+    requester; else audits ``approval.forbidden`` and raises ``ApprovalForbidden``
+    with the reason); it is pending (else ``ApprovalNotPending``); it has not
+    passed ``expires_at`` (else marks it expired, sends ``approval_decided`` and
+    raises ``ApprovalNotPending``); the actor has not voted on it yet (else
+    ``ApprovalAlreadyVoted``); ``arguments_hash`` is the hash of the arguments it
+    shows, ``effective_arguments_hash`` (else ``ApprovalArgumentsMismatch``);
+    edited arguments (approve only) come before any approval (else
+    ``ApprovalEditRefused``) and validate against ``arguments_schema`` (else
+    ``ApprovalArgumentsInvalid``); ``always_allow`` (approve only) is not for a
+    destructive tool, an untrusted server's tool, or a request needing more
+    than one person (else ``AlwaysAllowRefused``).
 
-    Then records the outcome, ``decided_by``/``decided_at``, ``reason`` and
-    the edit diff, creates the conversation-scoped allow rule for the
-    requester when ``always_allow``, audits ``approval.decided``, sends
-    ``approval_decided`` (module docstring) inside the same transaction and pushes
-    the updated card on commit. Edits identical to the request are no edit;
-    edits and ``always_allow`` are ignored on a denial.
+    Then records the vote (``ApprovalVote``, one per person) and audits
+    ``approval.voted``. A denial denies the request at once; an approval
+    approves it when it is the ``approvals_required``-th approval (each from a
+    different person); otherwise the request stays pending with the vote and
+    the first approver's edit recorded (later approvers approve exactly the
+    edited arguments), and the card is pushed on commit.
+
+    Deciding records the outcome, ``decided_by`` (the deciding voter),
+    ``decided_at`` and ``reason``, creates the conversation-scoped allow rule
+    for the requester when ``always_allow``, audits ``approval.decided``, sends
+    ``approval_decided`` (module docstring) inside the same transaction, once,
+    and pushes the updated card on commit. Edits identical to the shown
+    arguments are no edit; edits and ``always_allow`` are ignored on a denial.
 
     Call outside a transaction: the refusal audit and the expiry are
     committed before the error is raised, which an outer rollback would undo.
     """
-    now = timezone.now()
     refusal: ApprovalError | None = None
-    # The decision's events and its handler's (the run moving on) are appended
-    # together when the block ends, the audit head locked last.
+    votes: list[ApprovalVote] = []
+    # The vote's and decision's events and the handler's (the run moving on) are
+    # appended together when the block ends, the audit head locked last.
     with transaction.atomic(), audit_deferred():
         approval = _lock_in_order(approval_id)
         if approval is None:
             raise ApprovalNotFound("No such approval.")
-        if not approval_can_decide(user=actor, approval=approval):
-            refusal = ApprovalForbidden("You may not decide this approval.")
+        # Read once locked: votes queued on the lock are timed in the order they count.
+        now = timezone.now()
+        why_not = approval_decide_refusal(user=actor, approval=approval)
+        if why_not is not None:
+            refusal = ApprovalForbidden(why_not)
         elif approval.status != ApprovalRequest.Status.PENDING:
             refusal = ApprovalNotPending(
                 f"This approval is already {approval.status}.", status=approval.status
@@ -374,15 +414,26 @@ def approval_decide(
             refusal = ApprovalNotPending(
                 "This approval expired before it was decided.", status=approval.status
             )
-        elif arguments_hash != approval.arguments_hash:
-            refusal = ApprovalArgumentsMismatch(
-                "These are not the arguments this approval was asked for; reload the card."
-            )
+        else:
+            votes = approval_votes(approval=approval)  # read under the lock
+            if any(vote.voter_id == actor.pk for vote in votes):
+                # A denial ends the request, so a vote on a pending one is an approval.
+                refusal = ApprovalAlreadyVoted("You have already approved this request.")
+            elif arguments_hash != approval.effective_arguments_hash:
+                refusal = ApprovalArgumentsMismatch(
+                    "These are not the arguments this approval was asked for; reload the card."
+                )
         if refusal is None:
             edited: dict | None = None
             diff: list[dict[str, Any]] | None = None
             if approve and edited_arguments is not None:
                 edited_clean = json_safe(edited_arguments)
+                changed = compute_arguments_hash(edited_clean) != approval.effective_arguments_hash
+                if changed and votes:
+                    raise ApprovalEditRefused(
+                        "These arguments already have an approval; approve them as shown, "
+                        "or deny with a reason."
+                    )
                 errors = arguments_validate(
                     schema=approval.arguments_schema or {}, arguments=edited_clean
                 )
@@ -390,7 +441,7 @@ def approval_decide(
                     raise ApprovalArgumentsInvalid(
                         "The edited arguments are not valid: " + "; ".join(errors), errors=errors
                     )
-                if compute_arguments_hash(edited_clean) != approval.arguments_hash:
+                if changed:
                     edited = edited_clean
                     diff = json_diff(approval.arguments, edited_clean)
             if approve and always_allow and approval.is_destructive:
@@ -401,9 +452,15 @@ def approval_decide(
                 refusal = AlwaysAllowRefused(
                     "“Always allow” is never available for tools of an untrusted MCP server."
                 )
+            elif approve and always_allow and approval.needs_several:
+                refusal = AlwaysAllowRefused(
+                    "“Always allow” is not available where the rule wants more than one "
+                    "person to decide."
+                )
             else:
-                return _decide_locked(
+                return _vote_locked(
                     approval,
+                    votes=votes,
                     actor=actor,
                     approve=approve,
                     edited=edited,
@@ -424,6 +481,7 @@ def approval_decide(
                 "requester_id": approval.requester_id,
                 "attempted": "approve" if approve else "deny",
                 "always_allow": always_allow,
+                "four_eyes": approval.four_eyes,
                 "why": str(refusal),
             },
             ip=ip,
@@ -431,9 +489,10 @@ def approval_decide(
     raise refusal
 
 
-def _decide_locked(
+def _vote_locked(
     approval: ApprovalRequest,
     *,
+    votes: list[ApprovalVote],
     actor: Any,
     approve: bool,
     edited: dict | None,
@@ -443,12 +502,80 @@ def _decide_locked(
     ip: str | None,
     now: datetime,
 ) -> ApprovalRequest:
+    """Record ``actor``'s vote on the locked pending ``approval`` (``votes``: those
+    cast before, all approvals, read under the lock); decide it when the vote is a
+    denial or completes the approvals required, else push the progress."""
+    if edited is not None:
+        approval.edited_arguments = edited
+        approval.arguments_diff = diff
+    vote = ApprovalVote.objects.create(
+        approval=approval,
+        voter=actor,
+        decision=ApprovalVote.Decision.APPROVE if approve else ApprovalVote.Decision.DENY,
+        reason=reason.strip(),
+        arguments_hash=approval.effective_arguments_hash,
+        edited=edited is not None,
+        created_at=now,
+    )
+    # Counted under the request's row lock: concurrent votes queue on it, so each
+    # sees the ones before it and exactly one completes the count.
+    approvals = len(votes) + 1 if approve else len(votes)
+    audit_record(
+        action="approval.voted",
+        actor=actor,
+        target_type="approval_request",
+        target_id=approval.pk,
+        data={
+            "vote_id": vote.pk,
+            "decision": vote.decision,
+            "tool": approval.tool_name,
+            "invocation_id": approval.invocation_id,
+            "requester_id": approval.requester_id,
+            "arguments_hash": vote.arguments_hash,
+            "edited": vote.edited,
+            "diff": diff,
+            "reason": vote.reason,
+            "approvals": approvals,
+            "approvals_required": approval.approvals_required,
+        },
+        ip=ip,
+    )
+    if not approve or approvals >= approval.approvals_required:
+        return _decide_locked(  # which saves the edit with the outcome
+            approval,
+            votes=[*votes, vote],
+            actor=actor,
+            approve=approve,
+            reason=reason,
+            always_allow=always_allow,
+            ip=ip,
+            now=now,
+        )
+    if edited is not None:
+        approval.save(update_fields=["edited_arguments", "arguments_diff"])
+    from approvals.events import approval_push
+
+    approval_push(approval.pk)
+    return approval
+
+
+def _decide_locked(
+    approval: ApprovalRequest,
+    *,
+    votes: list[ApprovalVote],
+    actor: Any,
+    approve: bool,
+    reason: str,
+    always_allow: bool,
+    ip: str | None,
+    now: datetime,
+) -> ApprovalRequest:
     approval.status = ApprovalRequest.Status.APPROVED if approve else ApprovalRequest.Status.DENIED
     approval.decided_by = actor
     approval.decided_at = now
     approval.reason = reason.strip()
-    approval.edited_arguments = edited
-    approval.arguments_diff = diff
+    # An earlier approver's edit stays on a denied request (the card shows it); only
+    # an approval runs it (``effective_arguments``).
     approval.save(
         update_fields=[
             "status",
@@ -486,10 +613,13 @@ def _decide_locked(
             "invocation_id": approval.invocation_id,
             "requester_id": approval.requester_id,
             "arguments_hash": approval.arguments_hash,
-            "edited": edited is not None,
-            "diff": diff,
+            "edited": approve and approval.edited_arguments is not None,
+            "diff": approval.arguments_diff if approve else None,
             "reason": approval.reason,
             "always_allow_policy_id": rule_id,
+            "four_eyes": approval.four_eyes,
+            "approvals_required": approval.approvals_required,
+            "votes": [{"voter_id": v.voter_id, "decision": v.decision} for v in votes],
         },
         ip=ip,
     )

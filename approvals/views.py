@@ -14,14 +14,16 @@ from approvals.events import approval_badge_html
 from approvals.forms import ApprovalFilterForm, DecisionForm
 from approvals.models import ApprovalRequest
 from approvals.selectors import (
-    approval_can_decide,
+    approval_can_vote,
     approval_get_visible,
     approval_tools_for_user,
     approvals_for_user,
 )
 from approvals.services import (
+    ApprovalAlreadyVoted,
     ApprovalArgumentsInvalid,
     ApprovalArgumentsMismatch,
+    ApprovalEditRefused,
     ApprovalError,
     ApprovalForbidden,
     ApprovalNotFound,
@@ -44,12 +46,6 @@ def _group_ids(user: Any) -> set[int]:
     return set(user.groups.values_list("pk", flat=True))
 
 
-def _can_decide_fast(approval: ApprovalRequest, user: Any, group_ids: set[int]) -> bool:
-    if approval.approver_group_id is not None:
-        return approval.approver_group_id in group_ids
-    return approval.requester_id == user.pk
-
-
 @login_required
 @require_GET
 def approval_list(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -64,7 +60,10 @@ def approval_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     ).get_page(request.GET.get("page"))
     group_ids = _group_ids(request.user)
     items = [
-        {"approval": a, "can_decide": _can_decide_fast(a, request.user, group_ids)}
+        {
+            "approval": a,
+            "can_vote": approval_can_vote(user=request.user, approval=a, group_ids=group_ids),
+        }
         for a in page.object_list
     ]
     return render(
@@ -72,6 +71,7 @@ def approval_list(request: AuthenticatedHttpRequest) -> HttpResponse:
         "approvals/panel.html",
         {
             "items": items,
+            "viewer": request.user,
             "page": page,
             "filters": filters,
             "tools": approval_tools_for_user(user=request.user),
@@ -94,7 +94,7 @@ def _card_response(
 ) -> HttpResponse:
     context = {
         "approval": approval,
-        "can_decide": approval_can_decide(user=request.user, approval=approval),
+        "can_vote": approval_can_vote(user=request.user, approval=approval),
         "viewer": request.user,
         "error": error,
         "form": form,
@@ -131,9 +131,10 @@ def approval_decide_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResp
     """POST /approvals/<id>/decide: approve, deny, edit-and-approve, or preview an edit.
 
     Answers the re-rendered card: 200 on success, 400 for invalid input or
-    edits, 403 (audited) when the user may see but not decide it, 404 when
-    they may not see it, 409 when it is no longer pending or the arguments
-    hash is not the current one.
+    edits, 403 (audited) when the user may see but not decide it (the requester
+    under four eyes too), 404 when they may not see it, 409 when it is no longer
+    pending, the user has already voted, the arguments hash is not the current
+    one, or an edit comes after an approval.
     """
     approval = _visible_or_404(request, pk)
     form = DecisionForm(request.POST, approval=approval)
@@ -160,7 +161,12 @@ def approval_decide_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResp
         raise Http404(str(exc)) from exc
     except ApprovalForbidden as exc:
         return _card_response(request, _visible_or_404(request, pk), status=403, error=str(exc))
-    except (ApprovalNotPending, ApprovalArgumentsMismatch) as exc:
+    except (
+        ApprovalNotPending,
+        ApprovalAlreadyVoted,
+        ApprovalArgumentsMismatch,
+        ApprovalEditRefused,
+    ) as exc:
         return _card_response(request, _visible_or_404(request, pk), status=409, error=str(exc))
     except ApprovalArgumentsInvalid as exc:
         return _card_response(

@@ -92,6 +92,16 @@ class ToolInvocationFactory(factory.django.DjangoModelFactory):
     status = "awaiting_approval"
 
 
+class GroupFactory(factory.django.DjangoModelFactory):
+    """A group (approvers, usually); add members with ``user.groups.add(group)``."""
+
+    class Meta:
+        model = "auth.Group"
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"Group {n}")
+
+
 class ApprovalPolicyFactory(factory.django.DjangoModelFactory):
     """A rule for everyone unless ``user``/``group`` is given."""
 

@@ -7,7 +7,12 @@ from typing import Any
 
 from django import template
 
-from approvals.selectors import approval_can_decide, approvals_pending_count
+from approvals.selectors import (
+    ApprovalProgress,
+    approval_can_vote,
+    approvals_pending_count,
+)
+from approvals.selectors import approval_progress as progress_of
 
 register = template.Library()
 
@@ -63,7 +68,7 @@ def approval_card(context: template.Context, approval: Any) -> dict[str, Any]:
     user = context.get("user")
     return {
         "approval": approval,
-        "can_decide": approval_can_decide(user=user, approval=approval),
+        "can_vote": approval_can_vote(user=user, approval=approval),
         "viewer": user,
         "csrf_token": context.get("csrf_token"),
     }
@@ -78,3 +83,10 @@ def decision_form(approval: Any, form: Any = None) -> Any:
     if bound_to is not None and bound_to.pk == approval.pk:
         return form
     return DecisionForm(approval=approval)
+
+
+@register.simple_tag
+def approval_progress(approval: Any, viewer: Any = None) -> ApprovalProgress:
+    """The card's "Approved by … (1 of 2)" and "may decide" lines
+    (``approvals.selectors.approval_progress``)."""
+    return progress_of(approval=approval, viewer=viewer)

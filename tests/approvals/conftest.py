@@ -100,6 +100,8 @@ def make_approval(make_invocation):
         hints=None,
         schema=None,
         approver_group=None,
+        four_eyes=False,
+        approvals_required=1,
         expires=1800,
         invocation=None,
     ):
@@ -111,6 +113,8 @@ def make_approval(make_invocation):
             explanation="asked because: no rule matched and the tool is not read-only",
             expires_after_seconds=expires,
             approver_group_id=approver_group.pk if approver_group else None,
+            four_eyes=four_eyes,
+            approvals_required=approvals_required,
         )
         return approval_request_create(
             invocation_id=invocation.pk,

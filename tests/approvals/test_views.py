@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from approvals.models import ApprovalRequest
 from approvals.services import ApprovalNotFound, approval_decide_from_payload
 from audit.models import AuditEvent
-from tests.factories import UserFactory
+from tests.factories import GroupFactory, UserFactory
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
@@ -285,3 +285,154 @@ def test_card_and_badge_pushed_to_requester_and_approvers(
 @pytest.mark.parametrize("path", ["/approvals/", "/approvals/1/"])
 def test_views_need_sign_in(client, db, path):
     assert client.get(path).status_code == 302
+
+
+# --- Four eyes and several approvals on the card ---------------------------------
+
+
+def _quorum(make_approval, **kwargs):
+    """Rita asks; Ana and Bob (and Rita) are Approvers; four eyes, two approvals."""
+    rita, ana, bob = UserFactory(name="Rita"), UserFactory(name="Ana"), UserFactory(name="Bob")
+    group = GroupFactory(name="Approvers")
+    for person in (rita, ana, bob):
+        person.groups.add(group)
+    approval = make_approval(
+        rita, approver_group=group, four_eyes=True, approvals_required=2, **kwargs
+    )
+    return approval, rita, ana, bob
+
+
+def _card(client, person, approval):
+    client.force_login(person)
+    return client.get(f"/approvals/{approval.pk}/", **HTMX).content.decode()
+
+
+def test_card_shows_progress_and_buttons_only_to_those_who_may_still_vote(
+    client, make_approval, decided_handler
+):
+    approval, rita, ana, bob = _quorum(make_approval)
+
+    fresh = _card(client, ana, approval)
+    assert "No approvals yet (0 of 2)" in fresh
+    assert "May decide: anyone in Approvers but Rita" in fresh
+    assert 'name="decision"' in fresh
+    assert "Edit arguments" in fresh  # the first approver may still edit
+    own = _card(client, rita, approval)
+    assert 'name="decision"' not in own
+    assert "Waiting for anyone in Approvers but Rita to decide." in own
+
+    refused = post_decide(client, approval, decision="approve")  # Rita, still signed in
+    assert refused.status_code == 403
+    assert "You asked for this tool call; under this rule someone else must decide it." in (
+        refused.content.decode()
+    )
+
+    client.force_login(ana)
+    voted = post_decide(client, approval, decision="approve")
+    assert voted.status_code == 200
+    body = voted.content.decode()
+    assert "Approved by Ana (1 of 2)" in body
+    assert "You approved; waiting for 1 more approval from anyone in Approvers but Rita, Ana." in (
+        body
+    )
+    assert 'name="decision"' not in body
+    again = post_decide(client, approval, decision="approve")
+    assert again.status_code == 409
+    assert "You have already approved this request." in again.content.decode()
+
+    bobs = _card(client, bob, approval)
+    assert "Approved by Ana (1 of 2)" in bobs
+    assert "May decide: anyone in Approvers but Rita, Ana" in bobs
+    assert 'name="decision"' in bobs
+    assert "Edit arguments" not in bobs  # Ana's approval is for these arguments
+    assert decided_handler == []
+
+    done = post_decide(client, approval, decision="approve")
+    assert done.status_code == 200
+    assert "Approved by Ana, Bob (2 of 2)" in done.content.decode()
+    assert decided_handler == [(approval.pk, "approved")]
+
+
+def test_card_after_an_edit_shows_and_binds_the_edited_arguments(client, make_approval):
+    approval, _rita, ana, bob = _quorum(make_approval, arguments={"key": "todo", "text": "milk"})
+    client.force_login(ana)
+    response = post_decide(
+        client, approval, decision="edit", arguments_json="", arg__key="todo", arg__text="tea"
+    )
+    assert response.status_code == 200
+    approval.refresh_from_db()
+    bobs = _card(client, bob, approval)
+    assert f'data-arguments-hash="{approval.effective_arguments_hash}"' in bobs
+    assert f'value="{approval.effective_arguments_hash}"' in bobs
+    assert approval.effective_arguments_hash != approval.arguments_hash
+    assert "Edited by Ana when approving" in bobs
+    shown = bobs.split('class="json arguments"')[1].split("</pre>")[0]
+    assert "&quot;text&quot;: &quot;tea&quot;" in shown
+    stale = post_decide(client, approval, decision="approve")  # the hash as first asked
+    assert stale.status_code == 409
+    done = post_decide(
+        client, approval, decision="approve", arguments_hash=approval.effective_arguments_hash
+    )
+    assert done.status_code == 200
+    approval.refresh_from_db()
+    assert approval.status == "approved"
+    assert approval.effective_arguments == {"key": "todo", "text": "tea"}
+
+
+def test_each_vote_is_pushed_to_every_recipient(make_approval, django_capture_on_commit_callbacks):
+    from tests.listening import GroupListener
+
+    approval, rita, ana, bob = _quorum(make_approval)
+    listeners = {p.pk: GroupListener(f"user.{p.pk}") for p in (rita, ana, bob)}
+    with listeners[rita.pk], listeners[ana.pk], listeners[bob.pk]:
+        with django_capture_on_commit_callbacks(execute=True):
+            approval_decide_from_payload(
+                user=ana,
+                payload={
+                    "approval_id": approval.pk,
+                    "decision": "approve",
+                    "arguments_hash": approval.arguments_hash,
+                },
+                ip=None,
+            )
+        for person, may_vote in ((rita, False), (ana, False), (bob, True)):
+            html = listeners[person.pk].receive()["html"]
+            assert f'<article id="approval-{approval.pk}"' in html
+            assert "Approved by Ana (1 of 2)" in html
+            assert ('name="decision"' in html) is may_vote
+            badge = html.split('id="approval-badge"')[1].split("</a>")[0]
+            assert ('<span class="count">1</span>' in badge) is may_vote
+
+
+def test_list_query_count_does_not_grow_with_votes(
+    client, make_approval, django_assert_max_num_queries
+):
+    approval, _rita, ana, bob = _quorum(make_approval)
+    approval_decide_from_payload(
+        user=ana,
+        payload={
+            "approval_id": approval.pk,
+            "decision": "approve",
+            "arguments_hash": approval.arguments_hash,
+        },
+        ip=None,
+    )
+    client.force_login(bob)
+    with django_assert_max_num_queries(16) as few:
+        body = client.get("/approvals/").content.decode()
+    assert "Approved by Ana (1 of 2)" in body
+    for _ in range(4):
+        more = make_approval(
+            UserFactory(), approver_group=approval.approver_group, approvals_required=2
+        )
+        approval_decide_from_payload(
+            user=ana,
+            payload={
+                "approval_id": more.pk,
+                "decision": "approve",
+                "arguments_hash": more.arguments_hash,
+            },
+            ip=None,
+        )
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        assert client.get("/approvals/").content.decode().count("Approved by Ana (1 of 2)") == 5
