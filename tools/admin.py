@@ -111,13 +111,13 @@ class ToolInvocationAdmin(admin.ModelAdmin):
         "decision",
         "is_error",
         "user",
-        "run",
+        "run_id",
         "attempts",
         "duration_ms",
         "created_at",
     )
     list_filter = ("status", "decision", "is_error", "tool_name", "created_at")
-    search_fields = ("tool_name", "tool_call_id", "user__email", "=run__id")
+    search_fields = ("tool_name", "tool_call_id", "user__email", "=run_id")
     list_select_related = ("user",)
     date_hierarchy = "created_at"
     ordering = ("-id",)

@@ -2,8 +2,10 @@
 
 ``ToolInvocation`` is keyed by (run, provider ``tool_call_id``): a replayed
 agent-loop step finds the row it already wrote and does nothing twice.
-The foreign keys into ``conversations`` are by name only; this app never
-imports ``conversations`` (DESIGN.md: conversations → tools → approvals).
+Its run and message are plain id columns, not foreign keys: they belong to
+``conversations``, an app above this one, which this app neither imports nor
+points at (docs/architecture.md: conversations → approvals → tools → accounts
+→ audit → project).
 """
 
 from __future__ import annotations
@@ -83,15 +85,14 @@ class ToolInvocation(models.Model):
         ASK = "ask"
         DENY = "deny"
 
-    run = models.ForeignKey(
-        "conversations.Run", on_delete=models.CASCADE, related_name="tool_invocations"
-    )
-    message = models.ForeignKey(
-        "conversations.Message",
-        on_delete=models.CASCADE,
+    # Ids, not foreign keys: runs and messages belong to ``conversations``, above
+    # this app (docs/architecture.md). Deleting a run deletes its invocations
+    # through ``tools.services.invocations_delete``, called by conversations.
+    run_id = models.BigIntegerField(db_index=True, help_text="The run that made the call.")
+    message_id = models.BigIntegerField(
         null=True,
         blank=True,
-        related_name="tool_invocations",
+        db_index=True,
         help_text="The assistant message that made the call.",
     )
     user = models.ForeignKey(
@@ -118,10 +119,10 @@ class ToolInvocation(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
-        ordering = ("run", "position", "id")
+        ordering = ("run_id", "position", "id")
         constraints: ClassVar = [
             models.UniqueConstraint(
-                fields=["run", "tool_call_id"], name="tools_invocation_run_call_unique"
+                fields=["run_id", "tool_call_id"], name="tools_invocation_run_call_unique"
             ),
         ]
         indexes: ClassVar = [models.Index(fields=["status", "created_at"])]

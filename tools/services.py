@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from pydantic_core import to_jsonable_python
 
@@ -278,6 +279,26 @@ def invocation_mark(
             invocation.finished_at = timezone.now()
         invocation.save()
     return invocation
+
+
+def invocations_delete(*, run_ids: Iterable[int] = (), message_ids: Iterable[int] = ()) -> int:
+    """Delete the invocations of runs ``run_ids`` and of assistant messages
+    ``message_ids`` (primary keys); return how many invocations went.
+
+    Their approval requests go with them (a cascade inside ``approvals``).
+    What a foreign key's ``CASCADE`` did before ``run_id``/``message_id`` became
+    plain columns: ``conversations`` calls this when it deletes runs or
+    messages, inside the transaction that deletes them. Not audited: the caller
+    audits the deletion it makes. No ids: nothing deleted, no query.
+    """
+    run_ids, message_ids = list(run_ids), list(message_ids)
+    if not run_ids and not message_ids:
+        return 0
+    # ``delete()`` is atomic itself (Django's collector: no savepoint in a transaction).
+    _, deleted = ToolInvocation.objects.filter(
+        Q(run_id__in=run_ids) | Q(message_id__in=message_ids)
+    ).delete()
+    return deleted.get(ToolInvocation._meta.label, 0)
 
 
 # --- Execution ------------------------------------------------------------------
