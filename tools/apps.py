@@ -35,12 +35,12 @@ class ToolsConfig(AppConfig):
 
 
 def _clear_offered_on_changes() -> None:
-    """Changes to what a user may be offered clear the cached lists (tools.selectors)."""
+    """Changes to what a user may be offered clear the cached lists (tools.offered)."""
     from django.contrib.auth import get_user_model
     from django.db.models.signals import m2m_changed, post_delete, post_save
 
     from tools.models import MCPServer, Tool
-    from tools.selectors import tools_offered_changed
+    from tools.offered import tools_offered_changed
 
     for model in (Tool, MCPServer):
         for signal in (post_save, post_delete):

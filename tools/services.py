@@ -29,6 +29,7 @@ from pydantic_core import to_jsonable_python
 from audit.services import audit_record
 from project.dbthreads import db_async
 from tools.models import Tool, ToolInvocation
+from tools.offered import tools_offered_changed
 from tools.registry import (
     ToolArgumentsInvalid,
     ToolContext,
@@ -37,7 +38,7 @@ from tools.registry import (
     ToolSpec,
     registry,
 )
-from tools.selectors import tool_names_for_user_id, tools_offered_changed
+from tools.selectors import tool_names_for_user_id
 from tools.signals import run_cancel_query
 from tools.validation import tool_arguments_parse, tool_arguments_validate
 

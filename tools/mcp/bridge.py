@@ -51,6 +51,7 @@ from tools.mcp.errors import (
 from tools.mcp.pool import mcp_pool
 from tools.mcp.render import MAX_INLINE_IMAGE_BYTES, result_to_text
 from tools.mcp.types import MCPCallResult, MCPToolHints, MCPToolInfo
+from tools.offered import tools_offered_changed
 from tools.registry import (
     ToolAlreadyRegistered,
     ToolContext,
@@ -332,7 +333,6 @@ def mcp_tool_rows_sync(*, server: MCPServer) -> None:
 def mcp_tool_rows_retire(*, server_name: str, reason: str) -> None:
     """Mark every ``Tool`` row of server ``server_name`` unavailable (server deleted)."""
     from tools.models import Tool
-    from tools.selectors import tools_offered_changed
 
     Tool.objects.filter(source=f"mcp:{server_name}").update(
         unavailable_reason=reason, updated_at=timezone.now()
