@@ -17,6 +17,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+from approvals.conditions import parse_path
+
 GLOB_CHARS = "*?["
 TOOL_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.:/\-*?\[\]!]+$")
 
@@ -182,8 +184,6 @@ class ApprovalPolicy(models.Model):
                             f"Invalid regular expression: {exc}."
                         )
             if self.condition_path:
-                from approvals.conditions import parse_path
-
                 try:
                     parse_path(self.condition_path)
                 except ValueError as exc:

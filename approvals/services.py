@@ -23,14 +23,22 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
+from approvals.events import approval_push
+from approvals.forms import DecisionForm
 from approvals.models import ApprovalPolicy, ApprovalRequest
-from approvals.selectors import GateDecision, approval_can_decide, gate_evaluate
+from approvals.selectors import (
+    GateDecision,
+    approval_can_decide,
+    approval_get_visible,
+    gate_evaluate,
+)
 from approvals.signals import approval_decided, approval_deciding
 from audit.canonical import json_safe
 from audit.models import AuditEvent
@@ -275,8 +283,6 @@ def approval_request_create(
             "expires_at": approval.expires_at,
         },
     )
-    from approvals.events import approval_push
-
     approval_push(approval.pk, created=True)
     return approval
 
@@ -300,8 +306,6 @@ def _expire_locked(approval: ApprovalRequest, *, now: datetime) -> None:
             "expires_at": approval.expires_at,
         },
     )
-    from approvals.events import approval_push
-
     approval_push(approval.pk)
 
 
@@ -493,8 +497,6 @@ def _decide_locked(
         },
         ip=ip,
     )
-    from approvals.events import approval_push
-
     approval_push(approval.pk)
     return approval
 
@@ -542,8 +544,6 @@ def approvals_cancel_for_run(*, run_id: int, actor: Any = None) -> int:
     caller (the run's cancellation) holds the run's lock and settles its
     invocations itself.
     """
-    from approvals.events import approval_push
-
     now = timezone.now()
     count = 0
     with transaction.atomic():
@@ -583,11 +583,6 @@ def approval_decide_from_payload(*, user: Any, payload: dict, ip: str | None) ->
     ``ApprovalNotFound`` when ``user`` may not see the approval, and the
     errors of ``approval_decide`` otherwise. Call outside a transaction.
     """
-    from django.core.exceptions import ValidationError
-
-    from approvals.forms import DecisionForm
-    from approvals.selectors import approval_get_visible
-
     try:
         approval_id = int(payload.get("approval_id"))  # type: ignore[arg-type]
     except (TypeError, ValueError):

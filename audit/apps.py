@@ -13,4 +13,7 @@ class AuditConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from audit import signals  # noqa: F401  (connects the sign-in and sign-out receivers)
+        # Here, not at the top: audit.signals imports models, which the app registry
+        # allows only once it is ready. Importing it connects the sign-in and
+        # sign-out receivers.
+        from audit import signals  # noqa: F401

@@ -10,14 +10,16 @@ points at (docs/architecture.md: conversations → approvals → tools → accou
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import shutil
+from typing import ClassVar
 
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
-if TYPE_CHECKING:
-    from tools.mcp.config import MCPServerConfig
+from tools.mcp.config import MCPServerConfig
+from tools.mcp.errors import MCPConfigError
 
 
 class Tool(models.Model):
@@ -280,8 +282,6 @@ class MCPServer(models.Model):
 
         Raises ``tools.mcp.MCPConfigError`` when the fields are inconsistent.
         """
-        from tools.mcp.config import MCPServerConfig
-
         return MCPServerConfig(
             name=self.name,
             transport=self.transport,  # type: ignore[arg-type]
@@ -297,12 +297,6 @@ class MCPServer(models.Model):
         )
 
     def clean(self) -> None:
-        import shutil
-
-        from django.core.exceptions import ValidationError
-
-        from tools.mcp.errors import MCPConfigError
-
         errors: dict[str, str] = {}
         if not isinstance(self.args, list) or not all(isinstance(a, str) for a in self.args):
             errors["args"] = "Arguments must be a JSON list of strings."

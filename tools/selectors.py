@@ -11,6 +11,7 @@ from django.db.models import Exists, Q
 from django.utils import timezone
 
 from tools import offered
+from tools.mcp.bridge import mcp_registry_ensure
 from tools.models import Tool, ToolInvocation
 from tools.registry import ToolSpec, registry
 
@@ -19,8 +20,6 @@ def _usable_specs(*, user_id: int, active: bool = False) -> list[ToolSpec]:
     """The registered tools whose ``Tool`` row is enabled, available, and has no
     group or a group the user is in: one query, plus one for MCP servers
     (``active``: and only if the user is active, checked in the same query)."""
-    from tools.mcp.bridge import mcp_registry_ensure
-
     mcp_registry_ensure()
     rows = Tool.objects.filter(enabled=True, unavailable_reason="").filter(
         Q(groups__isnull=True) | Q(groups__user__id=user_id)
@@ -107,8 +106,6 @@ def invocation_ids_interrupted(
     as timeout 0. ``message_id``: only that assistant message's calls (one
     tool turn, as a run's execution step checks).
     """
-    from tools.mcp.bridge import mcp_registry_ensure
-
     mcp_registry_ensure()  # an MCP tool's timeout is known only once it is registered
     now = now or timezone.now()
     stuck = []

@@ -28,6 +28,7 @@ from pydantic_core import to_jsonable_python
 
 from audit.services import audit_record
 from project.dbthreads import db_async
+from tools.mcp.bridge import mcp_registry_ensure
 from tools.models import Tool, ToolInvocation
 from tools.offered import tools_offered_changed
 from tools.registry import (
@@ -245,8 +246,6 @@ def invocation_mark(
         else {Status.REQUESTED, Status.AWAITING_APPROVAL, Status.APPROVED}
     )
     if arguments_executed is not None:
-        from tools.mcp.bridge import mcp_registry_ensure
-
         mcp_registry_ensure()
     # In the caller's transaction (the gate's, a decision's), no savepoint: its two
     # round trips bought nothing, as a refusal below is raised before any write.
@@ -403,8 +402,6 @@ def _invocations_claim(
     another, the tenth call of a turn started tens of milliseconds after the
     first (docs/benchmarks.md, parallel tools).
     """
-    from tools.mcp.bridge import mcp_registry_ensure
-
     mcp_registry_ensure()
     now = timezone.now()
     allowed: dict[int, set[str]] = {}
