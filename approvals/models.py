@@ -1,8 +1,9 @@
 """Approval policies and approval requests (the audit trail is the ``audit`` app's).
 
-Foreign keys "upward" (to ``tools``) are by string only: this app never
-imports ``tools`` or ``conversations`` (DESIGN.md: conversations → tools →
-approvals → accounts → audit).
+The request's invocation is a foreign key down the layers, to
+``tools.ToolInvocation``; the run and conversation, which belong to
+``conversations`` above, are plain ids (docs/architecture.md: conversations
+→ approvals → tools → accounts → audit → project).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from django.apps import AppConfig
 class AuditConfig(AppConfig):
     """The append-only, hash-chained audit trail that every app writes through.
 
-    The bottom app layer (DESIGN.md): it imports no other Tollgate app.
+    The bottom app layer (docs/architecture.md): it imports no other Tollgate app.
     """
 
     name = "audit"
