@@ -9,8 +9,8 @@ from django.http import HttpResponse
 from django.shortcuts import render
 
 from accounts.charts import bar_chart, column_chart
+from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import budget_statuses, budget_warnings_recent, usage_summary
-from project.http import AuthenticatedHttpRequest
 
 PERIODS = {"daily": "Today", "weekly": "This week", "monthly": "This month"}
 

@@ -1,8 +1,9 @@
 """Approval policies and approval requests (the audit trail is the ``audit`` app's).
 
-Foreign keys "upward" (to ``tools``) are by string only: this app never
-imports ``tools`` or ``conversations`` (DESIGN.md: conversations → tools →
-approvals → accounts → audit).
+The request's invocation is a foreign key down the layers, to
+``tools.ToolInvocation``; the run and conversation, which belong to
+``conversations`` above, are plain ids (docs/architecture.md: conversations
+→ approvals → tools → accounts → audit → project).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
+from approvals.conditions import parse_path
 
 GLOB_CHARS = "*?["
 TOOL_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.:/\-*?\[\]!]+$")
@@ -226,8 +228,6 @@ class ApprovalPolicy(models.Model):
                             f"Invalid regular expression: {exc}."
                         )
             if self.condition_path:
-                from approvals.conditions import parse_path
-
                 try:
                     parse_path(self.condition_path)
                 except ValueError as exc:

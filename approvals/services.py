@@ -26,16 +26,20 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
+from approvals.events import approval_push
+from approvals.forms import DecisionForm
 from approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalVote
 from approvals.selectors import (
     GateDecision,
     approval_decide_refusal,
+    approval_get_visible,
     approval_votes,
     gate_evaluate,
 )
@@ -300,8 +304,6 @@ def approval_request_create(
             "expires_at": approval.expires_at,
         },
     )
-    from approvals.events import approval_push
-
     approval_push(approval.pk, created=True)
     return approval
 
@@ -325,8 +327,6 @@ def _expire_locked(approval: ApprovalRequest, *, now: datetime) -> None:
             "expires_at": approval.expires_at,
         },
     )
-    from approvals.events import approval_push
-
     approval_push(approval.pk)
 
 
@@ -553,8 +553,6 @@ def _vote_locked(
         )
     if edited is not None:
         approval.save(update_fields=["edited_arguments", "arguments_diff"])
-    from approvals.events import approval_push
-
     approval_push(approval.pk)
     return approval
 
@@ -623,8 +621,6 @@ def _decide_locked(
         },
         ip=ip,
     )
-    from approvals.events import approval_push
-
     approval_push(approval.pk)
     return approval
 
@@ -672,8 +668,6 @@ def approvals_cancel_for_run(*, run_id: int, actor: Any = None) -> int:
     caller (the run's cancellation) holds the run's lock and settles its
     invocations itself.
     """
-    from approvals.events import approval_push
-
     now = timezone.now()
     count = 0
     with transaction.atomic():
@@ -713,11 +707,6 @@ def approval_decide_from_payload(*, user: Any, payload: dict, ip: str | None) ->
     ``ApprovalNotFound`` when ``user`` may not see the approval, and the
     errors of ``approval_decide`` otherwise. Call outside a transaction.
     """
-    from django.core.exceptions import ValidationError
-
-    from approvals.forms import DecisionForm
-    from approvals.selectors import approval_get_visible
-
     try:
         approval_id = int(payload.get("approval_id"))  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -10,6 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.http import AuthenticatedHttpRequest
 from approvals.events import approval_badge_html
 from approvals.forms import ApprovalFilterForm, DecisionForm
 from approvals.models import ApprovalRequest
@@ -32,7 +33,6 @@ from approvals.services import (
     arguments_validate,
     json_diff,
 )
-from project.http import AuthenticatedHttpRequest
 
 PAGE_SIZE = 25
 

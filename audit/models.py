@@ -1,15 +1,13 @@
 """The append-only, hash-chained audit trail: its events and the chain's head.
 
-The bottom app layer: nothing here imports another Tollgate app. The actor
-is a foreign key to ``settings.AUTH_USER_MODEL`` by setting, with no
-database constraint (see ``AuditEvent``).
+The bottom app layer: nothing here imports or points at another Tollgate
+app. The actor is a plain user id, not a foreign key (see ``AuditEvent``).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from django.conf import settings
 from django.db import models
 
 
@@ -59,19 +57,15 @@ class AuditEvent(models.Model):
     removed from the middle, breaks the chain; ``manage.py audit_verify``
     finds it.
 
-    The actor is a plain id column with no database constraint, so deleting a
-    user neither rewrites (``SET NULL``) nor deletes (``CASCADE``) history.
+    The actor is a plain id column (the user is ``accounts``', an app above
+    this one: docs/architecture.md), so deleting a user neither rewrites
+    (``SET NULL``) nor deletes (``CASCADE``) history.
     """
 
     sequence = models.PositiveBigIntegerField(unique=True, editable=False)
     created_at = models.DateTimeField(editable=False, db_index=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        null=True,
-        blank=True,
-        related_name="+",
+    actor_id = models.BigIntegerField(
+        null=True, blank=True, db_index=True, help_text="The user who acted; none for the system."
     )
     action = models.CharField(max_length=100, db_index=True)
     target_type = models.CharField(max_length=100, blank=True)

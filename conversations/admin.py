@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.services import conversation_rows_delete
 
 
 @admin.register(ModelConfig)
@@ -26,7 +31,18 @@ class ModelConfigAdmin(admin.ModelAdmin):
     )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class DeletesToolCalls(admin.ModelAdmin):
+    """Deletes through ``conversation_rows_delete``, so the tool invocations of the
+    runs and messages deleted (ids in ``tools``, not foreign keys) go with them."""
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        conversation_rows_delete(rows=type(obj).objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        conversation_rows_delete(rows=queryset)
+
+
+class ReadOnlyAdmin(DeletesToolCalls):
     """Rows written by the product only; admins look, and may delete."""
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -54,7 +70,7 @@ class MessageInline(admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(DeletesToolCalls):
     list_display = ("id", "title", "owner", "model_config", "archived", "updated_at")
     list_filter = ("archived", "model_config")
     search_fields = ("title", "owner__email")

@@ -3,6 +3,9 @@ from __future__ import annotations
 from django.apps import AppConfig
 from django.core.checks import register
 
+from approvals.signals import approval_decided, approval_deciding
+from tools.signals import run_cancel_query
+
 
 class ConversationsConfig(AppConfig):
     """Conversations, messages, runs (the agent loop), model configs and the LLM gateway.
@@ -19,12 +22,10 @@ class ConversationsConfig(AppConfig):
         # Imported here, not at the top: these modules import models, which
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
-        from approvals.signals import approval_decided, approval_deciding
         from conversations import checks, dispatch, selectors, toolphase
         from conversations.models import Run
         from conversations.runs import run_step_due
         from tools.models import ToolInvocation
-        from tools.signals import run_cancel_query
 
         approval_deciding.connect(
             toolphase.approval_lock_subject, sender=ApprovalRequest, dispatch_uid="conversations"

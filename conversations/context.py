@@ -44,7 +44,7 @@ def _groups(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 @functools.lru_cache(maxsize=16_384)
 def _tokens(model: str, item: str, is_tools: bool) -> int:
     """``litellm.token_counter`` of one message (or a tools list), as JSON."""
-    import litellm
+    import litellm  # deliberately lazy: seconds at import (conversations.gateway.gateway_preload)
 
     value = json.loads(item)
     if is_tools:

@@ -300,6 +300,7 @@ def _count_tokens(text: str) -> int:
 
 
 def _build_provider() -> Any:
+    # litellm is imported on first use: seconds at import (see the module docstring).
     from litellm import CustomLLM
     from litellm.types.utils import GenericStreamingChunk
 
@@ -363,7 +364,7 @@ _lock = threading.Lock()
 
 def demo_register() -> None:
     """Register the ``demo`` provider with litellm once per process (idempotent)."""
-    import litellm
+    import litellm  # deliberately lazy: seconds at import (see the module docstring)
 
     with _lock:
         if any(item["provider"] == PROVIDER for item in litellm.custom_provider_map):
@@ -373,6 +374,6 @@ def demo_register() -> None:
             *litellm.custom_provider_map,
             {"provider": PROVIDER, "custom_handler": _build_provider()},
         ]
-        from litellm.utils import custom_llm_setup
+        from litellm.utils import custom_llm_setup  # lazy, as litellm above
 
         custom_llm_setup()

@@ -30,6 +30,7 @@ from conversations.gateway import gateway_preload
 from conversations.runs import runs_recover_stale, worker_id
 from conversations.tasks import run_step
 from project.pushes import pushes_drain
+from tools.mcp.bridge import mcp_servers_check
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +179,13 @@ def _gateway_preload() -> None:
 async def _mcp_check_loop() -> None:
     """Retry MCP servers that are down (beat's ``tools.mcp_servers_check``).
 
-    Starts once the preload thread is done: importing the MCP client here while
-    that thread imports litellm's MCP gateway (the same packages) could leave
-    either with a partially initialized module (see ``gateway_preload``).
+    Starts once the preload thread is done: a first MCP connection imports what
+    the MCP client imports only when it connects (anyio's asyncio backend and
+    its streams), which that thread imports too, with litellm's MCP gateway;
+    two threads importing the same packages at once could leave either with a
+    partially initialized module (see ``gateway_preload``).
     """
     await _preloaded()
-    from tools.mcp.bridge import mcp_servers_check
-
     while True:
         try:
             await mcp_servers_check()

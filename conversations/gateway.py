@@ -20,10 +20,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
+from types import SimpleNamespace as NS
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from django.conf import settings
 from django.utils import timezone
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from conversations.demo import PROVIDER as DEMO
+from conversations.demo import demo_register
 
 if TYPE_CHECKING:
     from conversations.models import ModelConfig
@@ -122,9 +134,8 @@ def _retry_after_seconds(exc: BaseException) -> float | None:
 
 def _classify(exc: BaseException, config: ModelConfig) -> GatewayError:
     """Map a litellm/openai/httpx exception to a ``GatewayError`` naming the cause."""
-    import httpx
-    import litellm
-    import openai
+    import litellm  # deliberately lazy: seconds at import (see gateway_preload)
+    import openai  # deliberately lazy, as litellm (it imports this too)
 
     name = config.name
     detail = str(getattr(exc, "message", "") or exc)[:300]
@@ -212,7 +223,7 @@ def cost_for(*, config: ModelConfig, prompt_tokens: int, completion_tokens: int)
         return Decimal(prompt_tokens) * (config.input_cost_per_token or Decimal(0)) + Decimal(
             completion_tokens
         ) * (config.output_cost_per_token or Decimal(0))
-    import litellm
+    import litellm  # deliberately lazy: seconds at import (see gateway_preload)
 
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
@@ -256,10 +267,8 @@ def gateway_preload() -> None:
     # thread while Tollgate's own MCP client (``tools.mcp``) was being imported
     # by another, they met mid-import and the call failed ("partially
     # initialized module 'httpx2'"). All import here, in one thread, first.
-    import litellm
-    import openai
-
-    from conversations.demo import demo_register
+    import litellm  # deliberately lazy: this function is what imports it, once
+    import openai  # deliberately lazy, as litellm
 
     for module in _FIRST_CALL_IMPORTS:
         importlib.import_module(module)
@@ -320,7 +329,7 @@ async def _acompletion(kwargs: dict[str, Any], config: ModelConfig) -> Any:
     backoff: at the start of a burst after a quiet spell, several calls met
     connections the provider had closed (docs/benchmarks.md, concurrency).
     """
-    import litellm
+    import litellm  # deliberately lazy: seconds at import (see gateway_preload)
 
     try:
         return await litellm.acompletion(**kwargs)
@@ -344,9 +353,7 @@ def _chunk_source(response: Any) -> tuple[Any, bool]:
     True); any other provider goes through litellm's wrapper. litellm still
     builds and sends the request (parameters, keys, errors before the stream).
     """
-    import openai
-
-    from conversations.demo import PROVIDER as DEMO
+    import openai  # deliberately lazy: seconds at import, with litellm (see gateway_preload)
 
     stream = getattr(response, "completion_stream", None)
     provider = getattr(response, "custom_llm_provider", None)
@@ -359,8 +366,6 @@ def _chunk_source(response: Any) -> tuple[Any, bool]:
 
 async def _openai_shaped(stream: Any) -> Any:
     """litellm ``GenericStreamingChunk`` dicts as OpenAI-shaped chunk objects."""
-    from types import SimpleNamespace as NS
-
     async for item in stream:
         usage = item.get("usage")
         call = item.get("tool_use")
@@ -400,7 +405,7 @@ async def _stream_once(
     config: ModelConfig,
     on_delta: Callable[[str], Awaitable[None]] | None,
 ) -> ChatResult:
-    import litellm
+    import litellm  # deliberately lazy: seconds at import (see gateway_preload)
 
     started = time.monotonic()
     result = ChatResult(model=config.litellm_model)
@@ -519,16 +524,6 @@ async def stream_chat(
     (capped at ``TOLLGATE_LLM_MAX_RETRY_WAIT`` seconds; a longer wait fails at
     once). Raises ``GatewayError``.
     """
-    from tenacity import (
-        AsyncRetrying,
-        RetryCallState,
-        retry_if_exception,
-        stop_after_attempt,
-        wait_exponential_jitter,
-    )
-
-    from conversations.demo import demo_register
-
     demo_register()
     kwargs: dict[str, Any] = {
         "model": config.litellm_model,

@@ -13,15 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
-from typing import TYPE_CHECKING
 
 import nh3
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
-
-if TYPE_CHECKING:
-    from markdown_it import MarkdownIt
-    from markdown_it.token import Token
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
+from pygments.util import ClassNotFound
 
 _ALLOWED_TAGS = {
     "p", "br", "hr", "em", "strong", "del", "s", "code", "pre", "span", "blockquote",
@@ -40,11 +41,6 @@ _ALLOWED_ATTRIBUTES = {
 
 
 def _highlight(code: str, lang: str, _attrs: str) -> str:
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import get_lexer_by_name
-    from pygments.util import ClassNotFound
-
     try:
         lexer = get_lexer_by_name(lang) if lang else None
     except ClassNotFound:
@@ -65,8 +61,6 @@ def _markdown() -> MarkdownIt:
     paragraph of plain text and ``[x]`` stays as typed, in a finished message
     and a streamed one alike (inline links ``[x](url)`` are unaffected).
     """
-    from markdown_it import MarkdownIt
-
     return (
         MarkdownIt("commonmark", {"html": False, "highlight": _highlight, "breaks": True})
         .enable("table")
@@ -272,6 +266,4 @@ def render_untrusted(text: str) -> SafeString:
 
 def pygments_css() -> str:
     """CSS for highlighted code blocks (class ``highlight``)."""
-    from pygments.formatters import HtmlFormatter
-
     return HtmlFormatter(style="friendly").get_style_defs(".highlight")

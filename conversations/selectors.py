@@ -118,7 +118,7 @@ def conversation_timeline(
     by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
     for message in Message.objects.filter(run__in=runs).order_by("id"):
         by_run[cast(int, message.run_id)].append(message)  # not None: run__in
-    invocations = _invocations_by_run(Q(run__in=runs))
+    invocations = _invocations_by_run(Q(run_id__in=list(by_run)))
     runs_by_user_message: dict[int, list[Run]] = {}
     for run in runs:
         run.timeline_messages = by_run[run.pk]

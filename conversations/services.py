@@ -13,12 +13,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule
 from conversations.toolphase import run_stop
+from tools.services import invocations_delete
 
 logger = logging.getLogger(__name__)
 
@@ -160,11 +162,11 @@ def conversation_archive(*, user, conversation_id: int, archived: bool = True) -
 
 
 def conversation_delete(*, user, conversation_id: int) -> None:
-    """Delete a conversation with its messages and runs."""
+    """Delete a conversation with its messages, runs and their tool calls."""
     with transaction.atomic():
         conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
         title = str(conversation)
-        conversation.delete()
+        conversation_rows_delete(rows=Conversation.objects.filter(pk=conversation.pk))
         events.conversation_deleted(conversation_id=conversation_id, user_id=user.pk)
         audit_record(
             action="conversation.deleted",
@@ -173,6 +175,35 @@ def conversation_delete(*, user, conversation_id: int) -> None:
             target_id=conversation_id,
             data={"title": title},
         )
+
+
+def conversation_rows_delete(
+    *, rows: QuerySet[Conversation] | QuerySet[Message] | QuerySet[Run]
+) -> None:
+    """Delete ``rows`` (conversations, messages or runs) and what goes with them.
+
+    Django's cascades delete this app's rows (a conversation's messages and
+    runs, the runs answering a user message; a deleted run's messages keep
+    their text and lose the run). The tool invocations of every run deleted,
+    and of every message deleted, live in ``tools`` by id, not by foreign key
+    (docs/architecture.md), so they are deleted here through
+    ``tools.services.invocations_delete``, with their approval requests, in the
+    same transaction. Not audited (the caller audits what it deletes, as
+    ``conversation_delete`` does). Raises ``TypeError`` for rows of another model.
+    """
+    if rows.model is Conversation:
+        runs = Run.objects.filter(conversation__in=rows)
+        message_ids: list[int] = []  # their invocations are their runs'
+    elif rows.model is Message:
+        runs = Run.objects.filter(user_message__in=rows)
+        message_ids = list(rows.values_list("pk", flat=True))
+    elif rows.model is Run:
+        runs, message_ids = rows, []
+    else:
+        raise TypeError(f"Not a conversations row: {rows.model.__name__}.")
+    with transaction.atomic():
+        invocations_delete(run_ids=runs.values_list("pk", flat=True), message_ids=message_ids)
+        rows.delete()
 
 
 def message_send(*, user, conversation_id: int, content: str) -> Run:

@@ -85,7 +85,9 @@ def tools_offered(*, run: Run) -> list[dict[str, Any]] | None:
 
 def _turn(run: Run, message_id: int) -> list[ToolInvocation]:
     return list(
-        ToolInvocation.objects.filter(run=run, message_id=message_id).order_by("position", "id")
+        ToolInvocation.objects.filter(run_id=run.pk, message_id=message_id).order_by(
+            "position", "id"
+        )
     )
 
 
@@ -333,7 +335,7 @@ def run_stop(*, run: Run, actor: Any = None, metadata: dict[str, Any] | None = N
     """
     open_calls = list(
         ToolInvocation.objects.filter(
-            run=run, status__in=(IS.REQUESTED, IS.AWAITING_APPROVAL, IS.APPROVED)
+            run_id=run.pk, status__in=(IS.REQUESTED, IS.AWAITING_APPROVAL, IS.APPROVED)
         ).order_by("id")
     )
     for invocation in open_calls:

@@ -18,9 +18,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, retarget
 
+from accounts.http import AuthenticatedHttpRequest
 from conversations import selectors, services
 from conversations.events import render as render_partial
-from project.http import AuthenticatedHttpRequest
 
 logger = logging.getLogger(__name__)
 

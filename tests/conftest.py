@@ -38,7 +38,7 @@ def _thread_connections_closed(django_db_setup, django_db_blocker):
 @pytest.fixture(autouse=True)
 def _tools_offered_forgotten():
     """Each test starts without another's cached lists of tools offered."""
-    from tools.selectors import tools_offered_cache_clear
+    from tools.offered import tools_offered_cache_clear
 
     tools_offered_cache_clear()
 

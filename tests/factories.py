@@ -78,12 +78,19 @@ class RunFactory(factory.django.DjangoModelFactory):
 
 
 class ToolInvocationFactory(factory.django.DjangoModelFactory):
-    """A tool call of a run, awaiting approval by default."""
+    """A tool call of a run, awaiting approval by default; pass ``run`` and
+    ``message`` (rows, or ``message=None``) to place it: the model keeps only
+    their ids (``run_id``, ``message_id``)."""
 
     class Meta:
         model = "tools.ToolInvocation"
 
-    run = factory.SubFactory(RunFactory)
+    class Params:
+        run = factory.SubFactory(RunFactory)
+        message = None
+
+    run_id = factory.SelfAttribute("run.pk")
+    message_id = factory.LazyAttribute(lambda o: o.message.pk if o.message else None)
     user = factory.SelfAttribute("run.conversation.owner")
     conversation_id = factory.SelfAttribute("run.conversation_id")
     tool_call_id = factory.Sequence(lambda n: f"call_{n}")

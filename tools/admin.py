@@ -12,6 +12,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
+from audit.services import audit_record
+from tools.mcp.bridge import (
+    mcp_registry_ensure,
+    mcp_server_refresh,
+    mcp_tool_rows_retire,
+    mcp_tool_rows_sync,
+)
+from tools.mcp.errors import MCPClientError
 from tools.models import HttpAllowedHost, MCPServer, Note, Tool, ToolInvocation
 from tools.registry import registry
 from tools.services import (
@@ -57,8 +65,6 @@ class ToolAdmin(admin.ModelAdmin):
     readonly_fields = tuple(field for field in fields if field not in {"enabled", "groups"})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tool]:
-        from tools.mcp.bridge import mcp_registry_ensure
-
         mcp_registry_ensure()  # so "available" and the schema know MCP tools
         return super().get_queryset(request).prefetch_related("groups")
 
@@ -75,8 +81,6 @@ class ToolAdmin(admin.ModelAdmin):
 
     @admin.display(description="arguments (JSON Schema)")
     def parameters_schema(self, obj: Tool) -> str:
-        import json
-
         spec = registry.get(obj.name)
         return json.dumps(spec.parameters, indent=2) if spec else "(not registered)"
 
@@ -111,13 +115,13 @@ class ToolInvocationAdmin(admin.ModelAdmin):
         "decision",
         "is_error",
         "user",
-        "run",
+        "run_id",
         "attempts",
         "duration_ms",
         "created_at",
     )
     list_filter = ("status", "decision", "is_error", "tool_name", "created_at")
-    search_fields = ("tool_name", "tool_call_id", "user__email", "=run__id")
+    search_fields = ("tool_name", "tool_call_id", "user__email", "=run_id")
     list_select_related = ("user",)
     date_hierarchy = "created_at"
     ordering = ("-id",)
@@ -306,9 +310,6 @@ class MCPServerAdmin(admin.ModelAdmin):
         )
 
     def save_model(self, request: HttpRequest, obj: MCPServer, form: Any, change: bool) -> None:
-        from audit.services import audit_record
-        from tools.mcp.bridge import mcp_tool_rows_sync
-
         super().save_model(request, obj, form, change)
         mcp_tool_rows_sync(server=obj)  # availability follows "enabled" at once
         audit_record(
@@ -334,9 +335,6 @@ class MCPServerAdmin(admin.ModelAdmin):
         super().delete_queryset(request, queryset)
 
     def _deleted(self, request: HttpRequest, servers: list[MCPServer]) -> None:
-        from audit.services import audit_record
-        from tools.mcp.bridge import mcp_tool_rows_retire
-
         for server in servers:
             mcp_tool_rows_retire(
                 server_name=server.name, reason=f"MCP server {server.name!r} was deleted."
@@ -351,9 +349,6 @@ class MCPServerAdmin(admin.ModelAdmin):
             )
 
     def _refresh(self, request: HttpRequest, queryset: QuerySet[MCPServer], reconnect: bool):
-        from tools.mcp.bridge import mcp_server_refresh
-        from tools.mcp.errors import MCPClientError
-
         for server in queryset:
             try:
                 fresh = async_to_sync(mcp_server_refresh)(

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connections
+from django.db.models.signals import m2m_changed, post_delete, post_migrate, post_save
+
+from tools.offered import tools_offered_changed
 
 
 class ToolsConfig(AppConfig):
@@ -21,11 +27,9 @@ class ToolsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from importlib import import_module
-
-        from django.conf import settings
-
-        import tools.builtin  # noqa: F401  (registers the built-in tools)
+        # Here, not at the top: the built-in tools import models, which the app
+        # registry allows only once it is ready. Importing them registers them.
+        import tools.builtin  # noqa: F401
 
         for module in getattr(settings, "TOLLGATE_EXTRA_TOOL_MODULES", []):
             import_module(module)
@@ -35,12 +39,8 @@ class ToolsConfig(AppConfig):
 
 
 def _clear_offered_on_changes() -> None:
-    """Changes to what a user may be offered clear the cached lists (tools.selectors)."""
-    from django.contrib.auth import get_user_model
-    from django.db.models.signals import m2m_changed, post_delete, post_save
-
-    from tools.models import MCPServer, Tool
-    from tools.selectors import tools_offered_changed
+    """Changes to what a user may be offered clear the cached lists (tools.offered)."""
+    from tools.models import MCPServer, Tool  # models: only once the registry is ready
 
     for model in (Tool, MCPServer):
         for signal in (post_save, post_delete):
@@ -50,8 +50,7 @@ def _clear_offered_on_changes() -> None:
 
 
 def _sync_after_migrate(*, using: str = "default", plan: Any = None, **kwargs: Any) -> None:
-    from django.db import connections
-
+    # Not at the top: this module is imported before the app registry is ready.
     from tools.models import Tool
     from tools.services import tools_sync
 

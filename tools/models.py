@@ -2,20 +2,24 @@
 
 ``ToolInvocation`` is keyed by (run, provider ``tool_call_id``): a replayed
 agent-loop step finds the row it already wrote and does nothing twice.
-The foreign keys into ``conversations`` are by name only; this app never
-imports ``conversations`` (DESIGN.md: conversations → tools → approvals).
+Its run and message are plain id columns, not foreign keys: they belong to
+``conversations``, an app above this one, which this app neither imports nor
+points at (docs/architecture.md: conversations → approvals → tools → accounts
+→ audit → project).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import shutil
+from typing import ClassVar
 
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
-if TYPE_CHECKING:
-    from tools.mcp.config import MCPServerConfig
+from tools.mcp.config import MCPServerConfig
+from tools.mcp.errors import MCPConfigError
 
 
 class Tool(models.Model):
@@ -83,15 +87,14 @@ class ToolInvocation(models.Model):
         ASK = "ask"
         DENY = "deny"
 
-    run = models.ForeignKey(
-        "conversations.Run", on_delete=models.CASCADE, related_name="tool_invocations"
-    )
-    message = models.ForeignKey(
-        "conversations.Message",
-        on_delete=models.CASCADE,
+    # Ids, not foreign keys: runs and messages belong to ``conversations``, above
+    # this app (docs/architecture.md). Deleting a run deletes its invocations
+    # through ``tools.services.invocations_delete``, called by conversations.
+    run_id = models.BigIntegerField(db_index=True, help_text="The run that made the call.")
+    message_id = models.BigIntegerField(
         null=True,
         blank=True,
-        related_name="tool_invocations",
+        db_index=True,
         help_text="The assistant message that made the call.",
     )
     user = models.ForeignKey(
@@ -118,10 +121,10 @@ class ToolInvocation(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
-        ordering = ("run", "position", "id")
+        ordering = ("run_id", "position", "id")
         constraints: ClassVar = [
             models.UniqueConstraint(
-                fields=["run", "tool_call_id"], name="tools_invocation_run_call_unique"
+                fields=["run_id", "tool_call_id"], name="tools_invocation_run_call_unique"
             ),
         ]
         indexes: ClassVar = [models.Index(fields=["status", "created_at"])]
@@ -279,8 +282,6 @@ class MCPServer(models.Model):
 
         Raises ``tools.mcp.MCPConfigError`` when the fields are inconsistent.
         """
-        from tools.mcp.config import MCPServerConfig
-
         return MCPServerConfig(
             name=self.name,
             transport=self.transport,  # type: ignore[arg-type]
@@ -296,12 +297,6 @@ class MCPServer(models.Model):
         )
 
     def clean(self) -> None:
-        import shutil
-
-        from django.core.exceptions import ValidationError
-
-        from tools.mcp.errors import MCPConfigError
-
         errors: dict[str, str] = {}
         if not isinstance(self.args, list) or not all(isinstance(a, str) for a in self.args):
             errors["args"] = "Arguments must be a JSON list of strings."

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db import connections
 from pydantic import ConfigDict, ValidationError, create_model
 
 # OpenAI (and most OpenAI-compatible servers) require function names to match this.
@@ -364,8 +365,6 @@ def spec_from_function(
 def _call_in_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     # The thread is a pool thread, not a request thread: close any database
     # connection the handler opened so it does not linger in the pool.
-    from django.db import connections
-
     try:
         return fn(**kwargs)
     finally:

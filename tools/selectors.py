@@ -7,10 +7,11 @@ import time
 from typing import Any, cast
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.db.models import Exists, Q
 from django.utils import timezone
 
+from tools import offered
+from tools.mcp.bridge import mcp_registry_ensure
 from tools.models import Tool, ToolInvocation
 from tools.registry import ToolSpec, registry
 
@@ -19,8 +20,6 @@ def _usable_specs(*, user_id: int, active: bool = False) -> list[ToolSpec]:
     """The registered tools whose ``Tool`` row is enabled, available, and has no
     group or a group the user is in: one query, plus one for MCP servers
     (``active``: and only if the user is active, checked in the same query)."""
-    from tools.mcp.bridge import mcp_registry_ensure
-
     mcp_registry_ensure()
     rows = Tool.objects.filter(enabled=True, unavailable_reason="").filter(
         Q(groups__isnull=True) | Q(groups__user__id=user_id)
@@ -47,8 +46,6 @@ def tools_for_user(*, user: Any) -> list[ToolSpec]:
 #: Seconds this process reuses a user's list of tools offered to the model.
 OFFERED_CACHE_SECONDS = 5.0
 _OFFERED_MAX_USERS = 10_000
-#: user id -> (monotonic expiry, registry version, specs)
-_offered: dict[int, tuple[float, int, list[ToolSpec]]] = {}
 
 
 def tools_offered_for_user(*, user: Any) -> list[ToolSpec]:
@@ -58,35 +55,19 @@ def tools_offered_for_user(*, user: Any) -> list[ToolSpec]:
     is advisory: recording a call and running it check the tool afresh
     (``tools.services``), so a tool disabled meanwhile is refused, never run.
     Changes in this process (``Tool`` and ``MCPServer`` rows, group membership,
-    the registry) take effect at once (``tools_offered_changed``); changes
-    made in another process, within ``OFFERED_CACHE_SECONDS``.
+    the registry) take effect at once (``tools.offered.tools_offered_changed``);
+    changes made in another process, within ``OFFERED_CACHE_SECONDS``.
     """
     now = time.monotonic()
-    hit = _offered.get(user.pk)
+    hit = offered.cache.get(user.pk)
     if hit is not None and hit[0] > now and hit[1] == registry.version:
         return hit[2]
     version = registry.version
     specs = tools_for_user(user=user)
-    if len(_offered) >= _OFFERED_MAX_USERS:
-        _offered.clear()
-    _offered[user.pk] = (now + OFFERED_CACHE_SECONDS, version, specs)
+    if len(offered.cache) >= _OFFERED_MAX_USERS:
+        offered.cache.clear()
+    offered.cache[user.pk] = (now + OFFERED_CACHE_SECONDS, version, specs)
     return specs
-
-
-def tools_offered_changed(**_signal: Any) -> None:
-    """What users may be offered changed: forget the cached lists now and again when
-    the current transaction commits, so no thread caches the old rows in between.
-
-    Connected to the ``Tool``/``MCPServer``/group signals (``ToolsConfig.ready``);
-    call it after a bulk ``update()`` of ``Tool`` rows, which sends none.
-    """
-    tools_offered_cache_clear()
-    transaction.on_commit(tools_offered_cache_clear)
-
-
-def tools_offered_cache_clear(**_signal: Any) -> None:
-    """Forget every cached list of tools offered (also a signal receiver)."""
-    _offered.clear()
 
 
 def tool_get_for_user(*, user: Any, name: str) -> ToolSpec | None:
@@ -125,8 +106,6 @@ def invocation_ids_interrupted(
     as timeout 0. ``message_id``: only that assistant message's calls (one
     tool turn, as a run's execution step checks).
     """
-    from tools.mcp.bridge import mcp_registry_ensure
-
     mcp_registry_ensure()  # an MCP tool's timeout is known only once it is registered
     now = now or timezone.now()
     stuck = []

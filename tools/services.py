@@ -22,12 +22,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from pydantic_core import to_jsonable_python
 
 from audit.services import audit_record
 from project.dbthreads import db_async
+from tools.mcp.bridge import mcp_registry_ensure
 from tools.models import Tool, ToolInvocation
+from tools.offered import tools_offered_changed
 from tools.registry import (
     ToolArgumentsInvalid,
     ToolContext,
@@ -36,7 +39,7 @@ from tools.registry import (
     ToolSpec,
     registry,
 )
-from tools.selectors import tool_names_for_user_id, tools_offered_changed
+from tools.selectors import tool_names_for_user_id
 from tools.signals import run_cancel_query
 from tools.validation import tool_arguments_parse, tool_arguments_validate
 
@@ -243,8 +246,6 @@ def invocation_mark(
         else {Status.REQUESTED, Status.AWAITING_APPROVAL, Status.APPROVED}
     )
     if arguments_executed is not None:
-        from tools.mcp.bridge import mcp_registry_ensure
-
         mcp_registry_ensure()
     # In the caller's transaction (the gate's, a decision's), no savepoint: its two
     # round trips bought nothing, as a refusal below is raised before any write.
@@ -278,6 +279,26 @@ def invocation_mark(
             invocation.finished_at = timezone.now()
         invocation.save()
     return invocation
+
+
+def invocations_delete(*, run_ids: Iterable[int] = (), message_ids: Iterable[int] = ()) -> int:
+    """Delete the invocations of runs ``run_ids`` and of assistant messages
+    ``message_ids`` (primary keys); return how many invocations went.
+
+    Their approval requests go with them (a cascade inside ``approvals``).
+    What a foreign key's ``CASCADE`` did before ``run_id``/``message_id`` became
+    plain columns: ``conversations`` calls this when it deletes runs or
+    messages, inside the transaction that deletes them. Not audited: the caller
+    audits the deletion it makes. No ids: nothing deleted, no query.
+    """
+    run_ids, message_ids = list(run_ids), list(message_ids)
+    if not run_ids and not message_ids:
+        return 0
+    # ``delete()`` is atomic itself (Django's collector: no savepoint in a transaction).
+    _, deleted = ToolInvocation.objects.filter(
+        Q(run_id__in=run_ids) | Q(message_id__in=message_ids)
+    ).delete()
+    return deleted.get(ToolInvocation._meta.label, 0)
 
 
 # --- Execution ------------------------------------------------------------------
@@ -381,8 +402,6 @@ def _invocations_claim(
     another, the tenth call of a turn started tens of milliseconds after the
     first (docs/benchmarks.md, parallel tools).
     """
-    from tools.mcp.bridge import mcp_registry_ensure
-
     mcp_registry_ensure()
     now = timezone.now()
     allowed: dict[int, set[str]] = {}

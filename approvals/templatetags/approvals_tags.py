@@ -6,7 +6,12 @@ import json
 from typing import Any
 
 from django import template
+from django.utils.safestring import mark_safe
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name
 
+from approvals.forms import DecisionForm
 from approvals.selectors import (
     ApprovalProgress,
     approval_can_vote,
@@ -39,11 +44,6 @@ def code_preview(approval: Any) -> str:
     code = arguments.get("code") if isinstance(arguments, dict) else None
     if not language or not isinstance(code, str):
         return ""
-    from django.utils.safestring import mark_safe
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import get_lexer_by_name
-
     body = highlight(code, get_lexer_by_name(language), HtmlFormatter(nowrap=True))
     return mark_safe(  # noqa: S308 - Pygments escapes the source it formats
         f'<pre class="highlight code-preview"><code class="language-{language}">{body}</code></pre>'
@@ -77,8 +77,6 @@ def approval_card(context: template.Context, approval: Any) -> dict[str, Any]:
 @register.simple_tag
 def decision_form(approval: Any, form: Any = None) -> Any:
     """The bound form a view passed, or a fresh ``DecisionForm`` for the card's editor."""
-    from approvals.forms import DecisionForm
-
     bound_to = getattr(form, "approval", None)
     if bound_to is not None and bound_to.pk == approval.pk:
         return form

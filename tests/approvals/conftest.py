@@ -78,7 +78,7 @@ def make_invocation(db):
             )
             run = Run.objects.create(conversation=conversation, user_message=message)
         return ToolInvocation.objects.create(
-            run=run,
+            run_id=run.pk,
             user=user,
             conversation_id=conversation.pk,
             tool_call_id=f"call_{next(_calls)}",

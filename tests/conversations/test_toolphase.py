@@ -41,7 +41,7 @@ def final_answer(run: Run) -> str:
 def test_read_only_tool_is_allowed_by_default_and_answered(conversation):
     run = drive(send(conversation, "calculate 17*23"))
     assert run.status == S.COMPLETED, run.error
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.tool_name == "calc.evaluate"
     assert invocation.decision == "allow"
     assert invocation.status == IS.SUCCEEDED
@@ -80,7 +80,7 @@ def decide(conversation, approval: ApprovalRequest, *, approve: bool = True, **e
 def test_destructive_tool_waits_for_approval_then_runs_once(conversation):
     run, approval = _pending_delete(conversation)
     assert run.lease_owner == ""  # nobody holds the run while it waits
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.status == IS.AWAITING_APPROVAL
 
     decide(conversation, approval)
@@ -106,7 +106,7 @@ def test_deny_with_reason_reaches_the_model(conversation):
     decide(conversation, approval, approve=False, reason="keep it for the audit")
     run = drive(run)
     assert run.status == S.COMPLETED
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.status == IS.DENIED
     assert invocation.attempts == 0
     assert "keep it for the audit" in Message.objects.get(run=run, role="tool").content
@@ -121,7 +121,7 @@ def test_edited_arguments_are_the_ones_executed_and_audited(conversation):
     decide(conversation, approval, edited_arguments={"key": "other"})
     run = drive(run)
     assert run.status == S.COMPLETED
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.arguments_requested == {"key": "meeting"}
     assert invocation.arguments_executed == {"key": "other"}
     assert Note.objects.filter(key="meeting").exists()
@@ -137,7 +137,7 @@ def test_expired_request_tells_the_model_and_the_run_continues(conversation):
     run.refresh_from_db()
     run = drive(run)
     assert run.status == S.COMPLETED
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.status == IS.EXPIRED
     assert "not approved in time" in invocation.result.lower()
     assert Note.objects.filter(key="meeting").exists()
@@ -147,7 +147,7 @@ def test_policy_deny_returns_a_denial_without_asking(conversation):
     ApprovalPolicy.objects.create(tool_pattern="calc.*", action=ApprovalPolicy.Action.DENY)
     run = drive(send(conversation, "calculate 2+2"))
     assert run.status == S.COMPLETED
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.status == IS.DENIED
     assert invocation.decision == "deny"
     assert "rule #" in invocation.decision_explanation
@@ -162,7 +162,7 @@ def test_cancelling_a_waiting_run_cancels_its_approval(conversation):
     approval.refresh_from_db()
     assert run.status == S.CANCELLED
     assert approval.status == ApprovalRequest.Status.CANCELLED
-    assert ToolInvocation.objects.get(run=run).status == IS.CANCELLED
+    assert ToolInvocation.objects.get(run_id=run.pk).status == IS.CANCELLED
     with pytest.raises(ApprovalNotPending):
         decide(conversation, approval)
     assert Note.objects.filter(key="meeting").exists()
@@ -178,7 +178,7 @@ def test_worker_lost_after_approval_executes_exactly_once_on_recovery(conversati
     assert run.pk in runs.runs_recover_stale()
     run = drive(run)
     assert run.status == S.COMPLETED
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.status == IS.SUCCEEDED
     assert invocation.attempts == 1
 
@@ -196,7 +196,7 @@ def test_a_call_left_running_by_a_dead_worker_is_recovered_in_its_turn_only(conv
         decide(each, approval)
         # A worker started the call and died: the call is still running, long past
         # its timeout, and the run's lease has run out.
-        ToolInvocation.objects.filter(run=run).update(
+        ToolInvocation.objects.filter(run_id=run.pk).update(
             status=IS.RUNNING, attempts=1, started_at=timezone.now() - timedelta(minutes=10)
         )
         Run.objects.filter(pk=run.pk).update(
@@ -207,12 +207,12 @@ def test_a_call_left_running_by_a_dead_worker_is_recovered_in_its_turn_only(conv
     run = drive(runs[0])
 
     assert run.status == S.COMPLETED, run.error
-    recovered = ToolInvocation.objects.get(run=run)
+    recovered = ToolInvocation.objects.get(run_id=run.pk)
     # notes.delete is idempotent: run again, once, by this step.
     assert (recovered.status, recovered.attempts) == (IS.SUCCEEDED, 2)
     assert recovered.metadata["recovered"] == 1
     assert not Note.objects.filter(user=conversation.owner, key="meeting").exists()
-    untouched = ToolInvocation.objects.get(run=runs[1])
+    untouched = ToolInvocation.objects.get(run_id=runs[1].pk)
     assert untouched.status == IS.RUNNING  # another run's turn: its own step recovers it
 
 
@@ -223,7 +223,7 @@ def test_a_live_lease_keeps_a_second_worker_off_the_tools(conversation):
         lease_owner="live-worker", lease_expires_at=timezone.now() + timedelta(minutes=5)
     )
     async_to_sync(run_advance)(run_id=run.pk, worker="second-worker")
-    assert ToolInvocation.objects.get(run=run).status == IS.APPROVED  # untouched
+    assert ToolInvocation.objects.get(run_id=run.pk).status == IS.APPROVED  # untouched
 
 
 def test_tools_are_offered_only_when_enabled_for_the_user(conversation):
@@ -232,7 +232,7 @@ def test_tools_are_offered_only_when_enabled_for_the_user(conversation):
     Tool.objects.filter(name="calc.evaluate").update(enabled=False)
     run = drive(send(conversation, "calculate 17*23"))
     assert run.status == S.COMPLETED
-    assert not ToolInvocation.objects.filter(run=run).exists()
+    assert not ToolInvocation.objects.filter(run_id=run.pk).exists()
     assert "offline demo model" in final_answer(run)
 
 
@@ -240,7 +240,7 @@ def test_conversation_page_shows_the_pending_card(client, conversation):
     run, approval = _pending_delete(conversation)
     client.force_login(conversation.owner)
     page = client.get(f"/c/{conversation.pk}/").content.decode()
-    assert f'id="approval-slot-{ToolInvocation.objects.get(run=run).pk}"' in page
+    assert f'id="approval-slot-{ToolInvocation.objects.get(run_id=run.pk).pk}"' in page
     assert f'id="approval-{approval.pk}"' in page
     assert "notes.delete" in page
     assert approval.arguments_hash in page

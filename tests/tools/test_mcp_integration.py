@@ -277,7 +277,7 @@ def test_untrusted_servers_read_only_tool_asks_then_runs_after_approval(conversa
     approve(approval)
     run = drive(run)
     assert run.status == S.COMPLETED, run.error
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.status == IS.SUCCEEDED
     assert '"timezone": "Asia/Tokyo"' in invocation.result
     assert invocation.metadata["mcp_server"] == "time"
@@ -303,7 +303,7 @@ def test_trusted_read_only_tool_is_allowed_and_is_error_result_fails_the_call(
     refresh(time_server)
     run = drive(send(conversation, 'use tool time.get_current_time {"timezone": "Mars/Olympus"}'))
     assert run.status == S.COMPLETED, run.error
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.decision == "allow"
     assert invocation.status == IS.FAILED and invocation.is_error is True
     assert "Mars/Olympus" in invocation.result
@@ -325,7 +325,7 @@ def test_server_down_gives_a_clear_error_marks_rows_unavailable_and_recovers(
     approve(approval)
     run = drive(run)
     assert run.status == S.COMPLETED, run.error
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.status == IS.FAILED
     assert "MCP server 'ours' is unavailable" in invocation.result
     assert "refusing to start" in invocation.result  # the server's own stderr
@@ -421,7 +421,7 @@ def test_stopping_the_run_cancels_a_running_mcp_call(conversation, ours, tmp_pat
     async_to_sync(run_then_stop)()
     run.refresh_from_db()
     assert run.status == S.CANCELLED
-    invocation = ToolInvocation.objects.get(run=run)
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
     assert invocation.status == IS.FAILED
     assert "was cancelled" in invocation.result and "The run was stopped" in invocation.result
     assert marker.read_text() == "cancelled"  # the server received notifications/cancelled

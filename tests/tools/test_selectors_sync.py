@@ -6,13 +6,9 @@ from django.core.management import call_command
 
 from tests.factories import UserFactory
 from tools.models import Tool
+from tools.offered import tools_offered_cache_clear
 from tools.registry import registry
-from tools.selectors import (
-    tool_get_for_user,
-    tools_for_user,
-    tools_offered_cache_clear,
-    tools_offered_for_user,
-)
+from tools.selectors import tool_get_for_user, tools_for_user, tools_offered_for_user
 from tools.services import NOT_REGISTERED, tools_sync
 
 pytestmark = pytest.mark.django_db

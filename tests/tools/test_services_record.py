@@ -49,7 +49,7 @@ def test_record_stores_calls_in_order_and_is_idempotent(run):
     again = _record(run, calls)
     assert [i.pk for i in again] == [i.pk for i in first]
     assert again[0].status == Status.APPROVED  # a replay changes nothing
-    assert ToolInvocation.objects.filter(run=run).count() == 2
+    assert ToolInvocation.objects.filter(run_id=run.pk).count() == 2
 
 
 def test_invalid_arguments_become_an_error_result_not_an_exception(run):

@@ -32,7 +32,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -40,6 +40,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit.services import audit_record
+from tools.events import ProgressPusher
 from tools.mcp.config import MCPServerConfig
 from tools.mcp.connection import MCPConnection, mcp_session
 from tools.mcp.errors import (
@@ -51,6 +53,8 @@ from tools.mcp.errors import (
 from tools.mcp.pool import mcp_pool
 from tools.mcp.render import MAX_INLINE_IMAGE_BYTES, result_to_text
 from tools.mcp.types import MCPCallResult, MCPToolHints, MCPToolInfo
+from tools.models import MCPServer, Tool
+from tools.offered import tools_offered_changed
 from tools.registry import (
     ToolAlreadyRegistered,
     ToolContext,
@@ -59,9 +63,6 @@ from tools.registry import (
     ToolSpec,
     registry,
 )
-
-if TYPE_CHECKING:
-    from tools.models import MCPServer
 
 logger = logging.getLogger(__name__)
 
@@ -255,8 +256,6 @@ def mcp_registry_ensure() -> None:
     unregistered. Call from sync code (it uses the ORM). Cheap enough to call on
     every tool lookup that matters.
     """
-    from tools.models import MCPServer
-
     stamps = dict(MCPServer.objects.values_list("name", "updated_at"))
     with _lock:
         loaded = dict(_loaded)
@@ -290,8 +289,6 @@ def mcp_tool_rows_sync(*, server: MCPServer) -> None:
     "no longer offered" for rows of tools the server stopped listing. A name
     taken by a tool of another source is left alone.
     """
-    from tools.models import Tool
-
     reason = _unavailable_reason(server)
     infos = {info.name: info for info in mcp_tool_infos(server=server)}
     with transaction.atomic():
@@ -331,9 +328,6 @@ def mcp_tool_rows_sync(*, server: MCPServer) -> None:
 
 def mcp_tool_rows_retire(*, server_name: str, reason: str) -> None:
     """Mark every ``Tool`` row of server ``server_name`` unavailable (server deleted)."""
-    from tools.models import Tool
-    from tools.selectors import tools_offered_changed
-
     Tool.objects.filter(source=f"mcp:{server_name}").update(
         unavailable_reason=reason, updated_at=timezone.now()
     )
@@ -350,9 +344,6 @@ def mcp_server_health_record(
     anything), updates the ``Tool`` rows' availability, and on a change (or the
     first check) audits ``mcp.server_up`` / ``mcp.server_down``. Locks the row.
     """
-    from audit.services import audit_record
-    from tools.models import MCPServer
-
     error = (error or "")[:4000]
     with transaction.atomic():
         server = MCPServer.objects.select_for_update().filter(pk=server_id).first()
@@ -394,9 +385,6 @@ def mcp_server_tools_store(
     audited as ``mcp.tools_refreshed`` with the names added and removed.
     Returns the server, or None if it was deleted meanwhile.
     """
-    from audit.services import audit_record
-    from tools.models import MCPServer
-
     data = [tool.as_dict() for tool in tools]
     now = timezone.now()
     with transaction.atomic():
@@ -448,8 +436,6 @@ async def mcp_server_refresh(
         MCPClientError: it could not be reached or listed; the message says why
             (the server is then marked down with that message).
     """
-    from tools.models import MCPServer
-
     server = await MCPServer.objects.aget(pk=server_id)
     try:
         config = server.to_config()
@@ -490,8 +476,6 @@ async def mcp_servers_check() -> list[str]:
     its wait has passed: the reconnect settings' initial wait doubled per failure
     in a row, up to the maximum. Each try is ``mcp_server_refresh``.
     """
-    from tools.models import MCPServer
-
     now = timezone.now()
     tried = []
     async for server in MCPServer.objects.filter(enabled=True, healthy=False):
@@ -593,9 +577,6 @@ def _handler(*, server_name: str, remote_name: str, name: str) -> Any:
         chat. Raises ``ToolError`` with a clear message when the server is disabled,
         down, exits mid-call, times out, rejects the call, or the run was stopped.
         """
-        from tools.events import ProgressPusher
-        from tools.models import MCPServer
-
         server = await MCPServer.objects.filter(name=server_name).afirst()
         if server is None or not server.enabled:
             state = "deleted" if server is None else "disabled"

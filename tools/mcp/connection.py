@@ -42,6 +42,9 @@ from typing import IO, Any, Literal
 import anyio
 import anyio.abc
 import mcp_types
+from jsonschema import SchemaError
+from jsonschema.exceptions import best_match
+from jsonschema.validators import validator_for
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -156,10 +159,6 @@ def tool_arguments_validate(tool: MCPToolInfo, arguments: dict[str, Any]) -> Non
         MCPInvalidArguments: with the first (best-matching) violation and its path.
             A schema that is itself invalid is not enforced (the server validates).
     """
-    from jsonschema import SchemaError
-    from jsonschema.exceptions import best_match
-    from jsonschema.validators import validator_for
-
     if not isinstance(arguments, dict):
         raise MCPInvalidArguments(f"Arguments for {tool.name} must be a JSON object.")
     schema = tool.input_schema

@@ -24,6 +24,8 @@ import asyncio
 import weakref
 from typing import Any
 
+from django.conf import settings
+
 from tools.mcp.config import MCPServerConfig
 from tools.mcp.connection import HealthCallback, MCPConnection, ToolsChangedCallback
 
@@ -32,8 +34,6 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MCPPool] = weakref.
 
 def _backoff_settings() -> tuple[float, float]:
     try:
-        from django.conf import settings
-
         return (
             float(getattr(settings, "TOLLGATE_MCP_RECONNECT_INITIAL_SECONDS", 0.5)),
             float(getattr(settings, "TOLLGATE_MCP_RECONNECT_MAX_SECONDS", 60.0)),

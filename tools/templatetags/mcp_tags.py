@@ -8,6 +8,8 @@ from typing import Any
 from django import template
 from django.utils.safestring import SafeString, mark_safe
 
+from tools.mcp import MCPCallResult, result_to_html
+
 register = template.Library()
 logger = logging.getLogger(__name__)
 
@@ -17,8 +19,6 @@ def mcp_result_html(data: Any) -> SafeString:
     """Safe HTML of a stored MCP result (``MCPCallResult.to_dict()``): text, images,
     links, resources, structured content; every server string escaped
     (``tools.mcp.render.result_to_html``). Unreadable data renders as nothing."""
-    from tools.mcp import MCPCallResult, result_to_html
-
     if not isinstance(data, dict):
         return mark_safe("")
     try:

@@ -7,6 +7,10 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError
 
+from tools.mcp.bridge import mcp_server_refresh
+from tools.mcp.errors import MCPClientError
+from tools.models import MCPServer
+
 
 class Command(BaseCommand):
     help = "Connect to MCP servers (all enabled ones, or those named) and refresh their tools."
@@ -15,10 +19,6 @@ class Command(BaseCommand):
         parser.add_argument("names", nargs="*", help="server names (default: every enabled one)")
 
     def handle(self, *args: Any, names: list[str], **options: Any) -> None:
-        from tools.mcp.bridge import mcp_server_refresh
-        from tools.mcp.errors import MCPClientError
-        from tools.models import MCPServer
-
         servers = (
             MCPServer.objects.filter(name__in=names)
             if names

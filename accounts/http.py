@@ -1,5 +1,8 @@
 """Request types for views' annotations (django-stubs' and django-htmx's documented pattern).
 
+In ``accounts``, the app of ``User``, so that the apps whose views use them
+(all above ``accounts``) import down the layers (docs/architecture.md).
+
 Views behind ``login_required`` take an :class:`AuthenticatedHttpRequest`:
 ``request.user`` is a ``User`` there, and ``request.htmx`` (django-htmx's
 middleware, ``django_htmx.middleware.HtmxDetails``) says whether htmx sent it.
