@@ -92,7 +92,7 @@ def test_a_killed_workers_runs_resume_within_30_seconds_and_finish_once(stack, c
         what="the reply did not start streaming",
     )
     invocation = _poll(
-        lambda: ToolInvocation.objects.filter(run=tooling, status="running").first(),
+        lambda: ToolInvocation.objects.filter(run_id=tooling.pk, status="running").first(),
         timeout=60,
         what="the tool call did not start",
     )
