@@ -64,11 +64,20 @@ def approval_badge(context: template.Context) -> dict[str, Any]:
 
 @register.inclusion_tag("approvals/panel.html#approval-card", takes_context=True)
 def approval_card(context: template.Context, approval: Any) -> dict[str, Any]:
-    """One approval card as the signed-in user sees it (for the chat page)."""
+    """One approval card as the signed-in user sees it (for the chat page).
+
+    The viewer's groups are read once per request (kept on the request), not once
+    per card."""
     user = context.get("user")
+    request = context.get("request")
+    group_ids = getattr(request, "approval_viewer_group_ids", None)
+    if group_ids is None and user is not None and user.is_authenticated:
+        group_ids = set(user.groups.values_list("pk", flat=True))
+        if request is not None:
+            request.approval_viewer_group_ids = group_ids
     return {
         "approval": approval,
-        "can_vote": approval_can_vote(user=user, approval=approval),
+        "can_vote": approval_can_vote(user=user, approval=approval, group_ids=group_ids),
         "viewer": user,
         "csrf_token": context.get("csrf_token"),
     }

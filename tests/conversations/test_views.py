@@ -327,3 +327,45 @@ def test_admin_pages(client, admin_user, conversation):
     page = client.get(reverse("admin:conversations_conversation_change", args=[conversation.pk]))
     assert page.status_code == 200
     assert client.get(reverse("admin:conversations_message_add")).status_code == 403
+
+
+def _cards_waiting(conversation, count: int, group, voter) -> None:
+    """``count`` runs of ``conversation``, each waiting for a 2-of-N approval that
+    ``voter`` has given once (the card shows "Approved by … (1 of 2)")."""
+    from approvals.models import ApprovalVote
+    from tests.factories import ApprovalRequestFactory, RunFactory, ToolInvocationFactory
+
+    for _ in range(count):
+        run = RunFactory(conversation=conversation, status=Run.Status.AWAITING_APPROVAL, step=1)
+        approval = ApprovalRequestFactory(
+            invocation=ToolInvocationFactory(run=run),
+            approver_group=group,
+            approvals_required=2,
+        )
+        ApprovalVote.objects.create(
+            approval=approval,
+            voter=voter,
+            decision=ApprovalVote.Decision.APPROVE,
+            arguments_hash=approval.arguments_hash,
+        )
+
+
+def test_the_chat_page_draws_approval_progress_in_a_fixed_number_of_queries(
+    user_client, user, django_assert_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.factories import ConversationFactory, GroupFactory, UserFactory
+
+    group, voter = GroupFactory(name="Approvers"), UserFactory(name="Ana")
+    voter.groups.add(group)
+    one, many = ConversationFactory(owner=user), ConversationFactory(owner=user)
+    _cards_waiting(one, 1, group, voter)
+    _cards_waiting(many, 4, group, voter)
+    user_client.get(reverse("conversations:detail", args=[one.pk]))  # warm the session
+    with CaptureQueriesContext(connection) as queries:
+        user_client.get(reverse("conversations:detail", args=[one.pk]))
+    with django_assert_num_queries(len(queries.captured_queries)):
+        body = user_client.get(reverse("conversations:detail", args=[many.pk])).content.decode()
+    assert body.count("(1 of 2)") == 4
