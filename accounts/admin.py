@@ -25,6 +25,7 @@ from django.utils.html import format_html
 from accounts.models import Budget, BudgetReservation, BudgetWarning, RateLimit, UsageRecord, User
 from accounts.selectors import budget_tightest_cost_for_users
 from accounts.services.budgets import format_usd
+from project.admin import ReadOnlyAdminMixin
 
 
 class UserCreateForm(UserCreationForm):
@@ -184,17 +185,8 @@ class RateLimitAdmin(admin.ModelAdmin):
     fields = ("user", "group", *RATELIMIT_FIELDS)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The ledger is written by services only; admins read and export it."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 def _csv_cell(value) -> str:

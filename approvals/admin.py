@@ -11,6 +11,7 @@ from django.http import HttpRequest
 
 from approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalVote
 from approvals.services import policy_changed_record, policy_snapshot
+from project.admin import ReadOnlyAdminMixin
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -111,18 +112,7 @@ class ApprovalPolicyAdmin(admin.ModelAdmin):
             self.delete_model(request, obj)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class ApprovalVoteInline(admin.TabularInline):
+class ApprovalVoteInline(ReadOnlyAdminMixin, admin.TabularInline):
     """The votes of one request, oldest first, read-only (written only by
     ``approval_decide``)."""
 
@@ -133,18 +123,9 @@ class ApprovalVoteInline(admin.TabularInline):
     readonly_fields = fields
     ordering = ("created_at", "id")
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(ReadOnlyAdmin):
+class ApprovalRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "tool_name",

@@ -10,6 +10,7 @@ from django.http import HttpRequest
 
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.services import conversation_rows_delete
+from project.admin import ReadOnlyAdminMixin
 
 
 @admin.register(ModelConfig)
@@ -42,14 +43,10 @@ class DeletesToolCalls(admin.ModelAdmin):
         conversation_rows_delete(rows=queryset)
 
 
-class ReadOnlyAdmin(DeletesToolCalls):
+class ReadOnlyAdmin(ReadOnlyAdminMixin, DeletesToolCalls):
     """Rows written by the product only; admins look, and may delete."""
 
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+    deletable = True
 
 
 class MessageInline(admin.TabularInline):
