@@ -32,8 +32,11 @@ def _normalise_ip(ip: str | None) -> str | None:
         return None
 
 
-def _chain_head_locked() -> AuditChainHead:
-    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+def _chain_head_locked() -> tuple[int, str]:
+    """Lock the chain's head row; its ``(last_sequence, last_hash)``. Creates the row
+    first when there is none (the first event ever, or after a test flush)."""
+    locked = AuditChainHead.objects.select_for_update().filter(pk=1)
+    head = next(iter(locked.values_list("last_sequence", "last_hash")), None)
     if head is not None:
         return head
     # First event ever (or after a test flush): create the head from the last
@@ -48,7 +51,7 @@ def _chain_head_locked() -> AuditChainHead:
             )
     except IntegrityError:
         pass
-    return AuditChainHead.objects.select_for_update().get(pk=1)
+    return next(iter(locked.values_list("last_sequence", "last_hash")))
 
 
 def audit_record(
@@ -137,8 +140,8 @@ def _append(events: list[dict[str, Any]]) -> list[AuditEvent]:
     # No savepoint inside a caller's transaction (two round trips per event):
     # an error here must roll the audited write back with it anyway.
     with transaction.atomic(savepoint=False):
-        head = _chain_head_locked()
-        saved = AuditEvent.objects.bulk_create(_chained(events, head.last_sequence, head.last_hash))
+        sequence, prev_hash = _chain_head_locked()
+        saved = AuditEvent.objects.bulk_create(_chained(events, sequence, prev_hash))
         last = saved[-1]
         AuditChainHead.objects.filter(pk=1).update(last_sequence=last.sequence, last_hash=last.hash)
     return saved

@@ -42,6 +42,7 @@ from conversations.context import FitResult, context_fit
 from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import (
+    RunChanged,
     run_claim,
     run_control,
     run_lease_renew,
@@ -405,19 +406,34 @@ def _usage_of(result: ChatResult) -> dict[str, Any]:
 def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     """Write the finished assistant message once, settle its usage, move the run on.
 
-    One transaction: the run's row locked again (the rest was loaded by the
-    claim), the message; for tool calls the gate (``gating``, then what the gate
-    decided); the usage record (accounts' ledger); the audit events, appended
-    last. A lost lease discards the result and releases the budget hold.
+    One transaction, the run's row taken first: a text answer completes the run
+    with a compare-and-set on its status and lease (``holder``), which locks the
+    row; a tool-call answer locks it again (``run_relock``: Stop may have come
+    meanwhile) and goes through the gate (``gating``, then what the gate
+    decided). Then the message, the usage record (accounts' ledger) and the
+    audit events, appended last. A lost lease discards the result and releases
+    the budget hold.
     """
     run, message = start.run, start.message
+    dropped = start.fit.dropped
+    metadata = {**run.metadata}
+    metadata["context"] = {
+        **metadata.get("context", {}),
+        str(run.step): {"dropped_messages": dropped},
+    }
+    if dropped:
+        metadata["context_dropped_messages"] = metadata.get("context_dropped_messages", 0) + dropped
     with transaction.atomic(), audit_deferred():
-        own = run_relock(run=run, worker=worker)
-        if not own:
+        try:
+            if result.tool_calls:
+                if not run_relock(run=run, worker=worker):
+                    raise RunChanged(f"Run {run.pk} is no longer {worker}'s.")
+            else:
+                run_transition(run=run, to=S.COMPLETED, metadata=metadata, holder=worker)
+        except RunChanged:
             llm_call_abort(admission=start.admission)  # after the run's lock (the lock order)
             logger.warning("run %s: lease lost by %s; answer discarded", run.pk, worker)
             return
-        dropped = start.fit.dropped
         fields = {
             "content": result.content,
             "tool_calls": result.tool_calls or None,
@@ -438,20 +454,9 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         for name, value in fields.items():
             setattr(message, name, value)
         events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
-        metadata = {**run.metadata}
-        metadata["context"] = {
-            **metadata.get("context", {}),
-            str(run.step): {"dropped_messages": dropped},
-        }
-        if dropped:
-            metadata["context_dropped_messages"] = (
-                metadata.get("context_dropped_messages", 0) + dropped
-            )
-        if not result.tool_calls:
-            run_transition(run=run, to=S.COMPLETED, metadata=metadata)
-        elif run.cancel_requested:
+        if result.tool_calls and run.cancel_requested:
             run_stop(run=run, metadata=metadata)
-        else:
+        elif result.tool_calls:
             run_transition(run=run, to=S.GATING, worker=worker, metadata=metadata)
             _gate_locked(run, message.pk)
         llm_call_settle(

@@ -128,12 +128,16 @@ def run_lease_is_live(run: Run) -> bool:
     return run.lease_expires_at is not None and run.lease_expires_at > timezone.now()
 
 
-def _write(run: Run, expected: str, fields: dict[str, Any]) -> None:
-    """Compare-and-set: write ``fields`` if the row's status is still ``expected``,
-    and copy them onto ``run``. Raises ``RunChanged`` otherwise."""
+def _write(run: Run, expected: str, fields: dict[str, Any], *, holder: str | None = None) -> None:
+    """Compare-and-set: write ``fields`` if the row's status is still ``expected``
+    (and, with ``holder``, its lease still that worker's), and copy them onto
+    ``run``. Raises ``RunChanged`` otherwise."""
     fields["updated_at"] = timezone.now()
-    if not Run.objects.filter(pk=run.pk, status=expected).update(**fields):
-        raise RunChanged(f"Run {run.pk} is no longer {expected}.")
+    condition: dict[str, Any] = {"pk": run.pk, "status": expected}
+    if holder is not None:
+        condition["lease_owner"] = holder
+    if not Run.objects.filter(**condition).update(**fields):
+        raise RunChanged(f"Run {run.pk} is no longer {expected} (or no longer {holder}'s).")
     for name, value in fields.items():
         setattr(run, name, value)
 
@@ -147,11 +151,15 @@ def run_transition(
     actor: Any = None,
     data: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    holder: str | None = None,
 ) -> str:
     """Move ``run`` from its current status to ``to``; returns the status reached.
 
-    Precondition: inside ``transaction.atomic`` with ``run`` locked (``run_lock``);
-    ``run`` is that instance and is updated in place.
+    Precondition: inside ``transaction.atomic`` with ``run`` locked (``run_lock``),
+    or ``holder`` given: the worker whose lease the caller expects the run to
+    carry, checked by the write itself, which then takes the row's lock (a step's
+    last transaction, with ``run`` as its claim loaded it). ``run`` is updated in
+    place.
 
     - ``to`` must be in ``TRANSITIONS[run.status]``, else ``IllegalTransition``.
     - Into ``calling_llm`` the step counter (model calls) goes up by one; a run
@@ -202,7 +210,7 @@ def run_transition(
     keep = bool(worker) and not terminal
     fields["lease_owner"] = worker if keep else ""
     fields["lease_expires_at"] = lease_until() if keep else None
-    _write(run, current, fields)
+    _write(run, current, fields, holder=holder)
     if to in (S.CANCELLED, S.FAILED):  # a completed run's reply was stored complete
         _streaming_messages_end(run, cancelled=to == S.CANCELLED)
     if to in AUDITED:

@@ -454,6 +454,8 @@ def usage_record(
     # and an error must roll the caller's write (the stored answer) back with it.
     with transaction.atomic(savepoint=False):
         record = UsageRecord.objects.create(**fields)
+        if not budgets and not reservations:
+            return record  # nothing held, nothing to charge: the ledger row is all
         held = list(
             BudgetReservation.objects.select_for_update(no_key=True)
             .filter(pk__in=list(reservations or []), user_id=user_id, status=HELD)
