@@ -153,6 +153,7 @@ class ApprovalRequestAdmin(ReadOnlyAdmin):
         "approver_group",
         "four_eyes",
         "approvals_required",
+        "estimated_cost_usd",
         "decided_by",
         "created_at",
         "decided_at",
