@@ -284,12 +284,13 @@ class BudgetReservationAdmin(ReadOnlyAdmin):
         "budget",
         "user",
         "status",
+        "kind",
         "cost_usd",
         "tokens",
         "run_id",
         "usage",
     )
-    list_filter = ("status", "budget")
+    list_filter = ("status", "kind", "budget")
     list_select_related = ("budget", "budget__user", "budget__group", "user")
 
 

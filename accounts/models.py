@@ -319,12 +319,21 @@ class BudgetReservation(models.Model):
     row's ``counter``. ``period_start`` is the start (UTC) of the budget period
     the row was created in. The rows are the audit of every hold; the budget
     check reads the counters, never the rows.
+
+    ``kind`` says what a row is for: ``call``, a model call's hold and, settled,
+    its usage; ``approval``, held when a person approved a tool call, for what
+    that call and the run's next model call may cost, released when that model
+    call is admitted (its own hold replaces it) or by the expiry of old holds.
     """
 
     class Status(models.TextChoices):
         HELD = "held"
         SETTLED = "settled"
         RELEASED = "released"
+
+    class Kind(models.TextChoices):
+        CALL = "call", "model call"
+        APPROVAL = "approval", "approved tool call"
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="reservations")
     user = models.ForeignKey(
@@ -352,6 +361,7 @@ class BudgetReservation(models.Model):
         related_name="reservations",
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.HELD)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CALL)
     created_at = models.DateTimeField(default=timezone.now)
     settled_at = models.DateTimeField(null=True, blank=True)
 
@@ -362,6 +372,13 @@ class BudgetReservation(models.Model):
             models.Index(fields=["budget", "user", "created_at"]),
             models.Index(
                 fields=["created_at"], condition=Q(status="held"), name="accounts_resv_held_idx"
+            ),
+            # Looked up in front of every model call (budget_release_approved); a few
+            # rows at most, whatever the size of the table.
+            models.Index(
+                fields=["run_id"],
+                condition=Q(status="held", kind="approval"),
+                name="accounts_resv_approval_idx",
             ),
         ]
         constraints: ClassVar = [

@@ -134,6 +134,7 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "approver_group",
         "four_eyes",
         "approvals_required",
+        "estimated_cost_usd",
         "decided_by",
         "created_at",
         "decided_at",

@@ -253,6 +253,9 @@ class ApprovalRequest(models.Model):
     requests as they were asked. Each person's approval or denial is an
     ``ApprovalVote``; the request is approved by ``approvals_required`` approvals
     from different people, denied by the first denial.
+
+    ``cost_estimate`` (``approvals.costs.CostEstimate.as_json``) is what approving
+    may cost, given by the app that asked; ``estimated_cost_usd`` its known total.
     """
 
     class Status(models.TextChoices):
@@ -307,6 +310,22 @@ class ApprovalRequest(models.Model):
     reason = models.TextField(blank=True)
     edited_arguments = models.JSONField(null=True, blank=True)
     arguments_diff = models.JSONField(null=True, blank=True)
+    estimated_cost_usd = models.DecimalField(
+        "estimated cost (USD)",
+        max_digits=24,
+        decimal_places=12,
+        null=True,
+        blank=True,
+        help_text="The parts of the cost estimate that have an amount; blank: none has.",
+    )
+    cost_estimate = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            "What approving may cost (approvals.costs.CostEstimate): the call's own cost and "
+            "the run's next model step; empty: not estimated."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

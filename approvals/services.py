@@ -18,12 +18,18 @@ same transaction, after its status, ``decided_*`` fields and edits are saved
 (execute ``approval.effective_arguments``; schedule work with
 ``transaction.on_commit``; an exception rolls the decision back). Cancellation
 (``approvals_cancel_for_run``) sends neither: its caller holds those locks.
+
+The vote that approves a request first holds its cost estimate
+(``approvals.costs``) against the requester's budgets, in the same
+transaction, after the request's lock (the lock order: run, invocation,
+request, budget rows, audit head); a hold the budgets refuse refuses the vote.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -32,7 +38,10 @@ from django.utils import timezone
 from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
 
+from accounts.models import BudgetReservation
+from accounts.services import BudgetExceeded, budget_hold_approved, budget_requires_prices
 from approvals.canonical import arguments_hash as compute_arguments_hash
+from approvals.costs import CostEstimate
 from approvals.events import approval_push
 from approvals.forms import DecisionForm
 from approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalVote
@@ -89,6 +98,18 @@ class ApprovalEditRefused(ApprovalError):
 
 class ApprovalArgumentsMismatch(ApprovalError):
     """The decision quotes a hash of other arguments than the request's (answer 409)."""
+
+
+class ApprovalBudgetExceeded(ApprovalError):
+    """Approving would pass a budget of the requester's (answer 409; it is audited as
+    ``approval.refused``): nothing ran, no vote was recorded, the request is still
+    pending. ``reason`` is ``budget`` or ``no_prices`` (the next model step has no
+    known price and a cost limit applies); ``budget_id`` the refusing budget."""
+
+    def __init__(self, message: str, *, reason: str, budget_id: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.budget_id = budget_id
 
 
 class ApprovalArgumentsInvalid(ApprovalError):
@@ -254,13 +275,16 @@ def approval_request_create(
     arguments: dict,
     arguments_schema: dict,
     decision: GateDecision,
+    cost: CostEstimate | None = None,
 ) -> ApprovalRequest:
     """Create the pending request for an "ask" decision, audit it, push the card.
 
     ``arguments`` are stored and hashed canonically (``arguments_hash``);
     ``expires_at`` is now + ``decision.expires_after_seconds``; the approver
     group, four eyes and the approvals required come from the deciding rule
-    (copied, so a later change of the rule leaves this request as asked). Call
+    (copied, so a later change of the rule leaves this request as asked).
+    ``cost`` is what approving may cost (shown on the card, held when the
+    request is approved); ``None``: not estimated. Call
     inside ``transaction.atomic`` with the invocation's state change; the card
     and badge are pushed to the requester and the approvers on commit. Raises
     ``IntegrityError`` when the invocation already has a request (one per
@@ -284,6 +308,8 @@ def approval_request_create(
         explanation=decision.explanation[:500],
         policy_id=decision.policy_id,
         expires_at=timezone.now() + timedelta(seconds=decision.expires_after_seconds),
+        estimated_cost_usd=None if cost is None else cost.total_usd,
+        cost_estimate={} if cost is None else cost.as_json(),
     )
     audit_record(
         action="approval.requested",
@@ -302,6 +328,7 @@ def approval_request_create(
             "approvals_required": decision.approvals_required,
             "explanation": approval.explanation,
             "expires_at": approval.expires_at,
+            "cost_estimate": approval.cost_estimate,
         },
     )
     approval_push(approval.pk, created=True)
@@ -373,7 +400,10 @@ def approval_decide(
     ``ApprovalEditRefused``) and validate against ``arguments_schema`` (else
     ``ApprovalArgumentsInvalid``); ``always_allow`` (approve only) is not for a
     destructive tool, an untrusted server's tool, or a request needing more
-    than one person (else ``AlwaysAllowRefused``).
+    than one person (else ``AlwaysAllowRefused``); for the vote that approves
+    it, its cost estimate can be held against the requester's budgets
+    (``_cost_hold``; else audits ``approval.refused`` and raises
+    ``ApprovalBudgetExceeded``: no vote, still pending).
 
     Then records the vote (``ApprovalVote``, one per person) and audits
     ``approval.voted``. A denial denies the request at once; an approval
@@ -458,18 +488,47 @@ def approval_decide(
                     "person to decide."
                 )
             else:
-                return _vote_locked(
-                    approval,
-                    votes=votes,
-                    actor=actor,
-                    approve=approve,
-                    edited=edited,
-                    diff=diff,
-                    reason=reason,
-                    always_allow=approve and always_allow,
-                    ip=ip,
-                    now=now,
-                )
+                try:
+                    held = (
+                        _cost_hold(approval, actor=actor)
+                        if approve and len(votes) + 1 >= approval.approvals_required
+                        else []
+                    )
+                except ApprovalBudgetExceeded as exc:
+                    refusal = exc  # the hold's savepoint is undone: nothing was written
+                else:
+                    return _vote_locked(
+                        approval,
+                        votes=votes,
+                        actor=actor,
+                        approve=approve,
+                        edited=edited,
+                        diff=diff,
+                        reason=reason,
+                        always_allow=approve and always_allow,
+                        ip=ip,
+                        now=now,
+                        held=held,
+                    )
+    if isinstance(refusal, ApprovalBudgetExceeded):
+        audit_record(
+            action="approval.refused",
+            actor=actor,
+            target_type="approval_request",
+            target_id=approval_id,
+            data={
+                "tool": approval.tool_name,
+                "invocation_id": approval.invocation_id,
+                "requester_id": approval.requester_id,
+                "attempted": "approve",
+                "reason": refusal.reason,
+                "budget_id": refusal.budget_id,
+                "estimated_cost_usd": approval.estimated_cost_usd,
+                "cost_estimate": approval.cost_estimate,
+                "why": str(refusal),
+            },
+            ip=ip,
+        )
     if isinstance(refusal, ApprovalForbidden):
         audit_record(
             action="approval.forbidden",
@@ -489,6 +548,58 @@ def approval_decide(
     raise refusal
 
 
+def _whose(approval: ApprovalRequest, actor: Any) -> str:
+    """Whose spending a budget refusal is about, as the deciding person reads it."""
+    if getattr(actor, "pk", None) == approval.requester_id:
+        return "your"
+    return f"{approval.requester.get_full_name()}'s"
+
+
+def _cost_hold(approval: ApprovalRequest, *, actor: Any) -> list[BudgetReservation]:
+    """Hold the locked ``approval``'s cost estimate against the requester's budgets
+    (not the approver's: the requester's run spends it) before the vote that
+    approves it is recorded; the held reservations (``[]``: nothing to hold).
+
+    ``accounts.services.budget_hold_approved`` holds the tool's own cost and the
+    run's next model step (once per run). Raises ``ApprovalBudgetExceeded``, with
+    nothing written, when a budget would be passed, or when the next step has no
+    known price and a cost limit applies to the requester: the engine refuses
+    such a model call (``budget_requires_prices``), so the tool would run for
+    nothing. Inside the decision's transaction, the request locked after its run.
+    """
+    cost = CostEstimate.from_json(approval.cost_estimate)
+    if cost is None:
+        return []
+    step = cost.next_step
+    if (
+        step is not None
+        and step.cost_usd is None
+        and budget_requires_prices(user=approval.requester_id)
+    ):
+        raise ApprovalBudgetExceeded(
+            f"Not approved: the model {step.model or 'of this conversation'} has no known "
+            f"prices, and a budget limits {_whose(approval, actor)} spending; an administrator "
+            "must set its prices before this can run. Nothing ran; the request is still pending.",
+            reason="no_prices",
+        )
+    try:
+        return budget_hold_approved(
+            user=approval.requester_id,
+            run_id=approval.run_id,
+            cost_usd=cost.tool_cost_usd or Decimal(0),
+            next_call_cost_usd=(step.cost_usd or Decimal(0)) if step else Decimal(0),
+            next_call_tokens=step.tokens if step else 0,
+        )
+    except BudgetExceeded as exc:
+        raise ApprovalBudgetExceeded(
+            f"Not approved: the estimated cost would pass a budget that limits "
+            f"{_whose(approval, actor)} spending: {exc.message}. Nothing ran; the request "
+            "is still pending.",
+            reason="budget",
+            budget_id=exc.budget_id,
+        ) from exc
+
+
 def _vote_locked(
     approval: ApprovalRequest,
     *,
@@ -501,10 +612,12 @@ def _vote_locked(
     always_allow: bool,
     ip: str | None,
     now: datetime,
+    held: list[BudgetReservation],
 ) -> ApprovalRequest:
     """Record ``actor``'s vote on the locked pending ``approval`` (``votes``: those
     cast before, all approvals, read under the lock); decide it when the vote is a
-    denial or completes the approvals required, else push the progress."""
+    denial or completes the approvals required, else push the progress. ``held``:
+    the budget holds taken for an approving vote (``_cost_hold``)."""
     if edited is not None:
         approval.edited_arguments = edited
         approval.arguments_diff = diff
@@ -550,6 +663,7 @@ def _vote_locked(
             always_allow=always_allow,
             ip=ip,
             now=now,
+            held=held,
         )
     if edited is not None:
         approval.save(update_fields=["edited_arguments", "arguments_diff"])
@@ -567,6 +681,7 @@ def _decide_locked(
     always_allow: bool,
     ip: str | None,
     now: datetime,
+    held: list[BudgetReservation],
 ) -> ApprovalRequest:
     approval.status = ApprovalRequest.Status.APPROVED if approve else ApprovalRequest.Status.DENIED
     approval.decided_by = actor
@@ -618,6 +733,15 @@ def _decide_locked(
             "four_eyes": approval.four_eyes,
             "approvals_required": approval.approvals_required,
             "votes": [{"voter_id": v.voter_id, "decision": v.decision} for v in votes],
+            "estimated_cost_usd": approval.estimated_cost_usd,
+            # Every applicable budget holds the same amount; none: nothing to hold.
+            "cost_held": {
+                "reservation_ids": [r.pk for r in held],
+                "cost_usd": held[0].cost_usd,
+                "tokens": held[0].tokens,
+            }
+            if held
+            else None,
         },
         ip=ip,
     )

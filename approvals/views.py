@@ -24,6 +24,7 @@ from approvals.services import (
     ApprovalAlreadyVoted,
     ApprovalArgumentsInvalid,
     ApprovalArgumentsMismatch,
+    ApprovalBudgetExceeded,
     ApprovalEditRefused,
     ApprovalError,
     ApprovalForbidden,
@@ -134,7 +135,8 @@ def approval_decide_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResp
     edits, 403 (audited) when the user may see but not decide it (the requester
     under four eyes too), 404 when they may not see it, 409 when it is no longer
     pending, the user has already voted, the arguments hash is not the current
-    one, or an edit comes after an approval.
+    one, an edit comes after an approval, or approving would pass a budget of
+    the requester's (the card says why; the request stays pending).
     """
     approval = _visible_or_404(request, pk)
     form = DecisionForm(request.POST, approval=approval)
@@ -166,6 +168,7 @@ def approval_decide_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResp
         ApprovalAlreadyVoted,
         ApprovalArgumentsMismatch,
         ApprovalEditRefused,
+        ApprovalBudgetExceeded,
     ) as exc:
         return _card_response(request, _visible_or_404(request, pk), status=409, error=str(exc))
     except ApprovalArgumentsInvalid as exc:

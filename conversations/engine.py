@@ -35,7 +35,13 @@ from django.db import transaction
 
 from accounts.errors import BudgetExceeded, RateLimited
 from accounts.selectors import budget_requires_prices
-from accounts.services import Admission, llm_call_abort, llm_call_admit, llm_call_settle
+from accounts.services import (
+    Admission,
+    budget_release_approved,
+    llm_call_abort,
+    llm_call_admit,
+    llm_call_settle,
+)
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.context import FitResult, context_fit
@@ -287,6 +293,9 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     fails the run here (``None``).
     """
     config: ModelConfig = run.conversation.model_config
+    # What approving this run's tool calls held was for this call: its own hold
+    # replaces it, or a refusal below ends the run it was held for.
+    budget_release_approved(run_id=run.pk)
     history = history_messages(conversation=run.conversation)
     tools = tools_offered(run=run)
     try:

@@ -18,9 +18,12 @@ from __future__ import annotations
 import logging
 from typing import Any, TypedDict, cast
 
+from approvals.costs import CostEstimate, NextStepEstimate
 from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
+from conversations.context import token_count
+from conversations.gateway import cost_for
 from conversations.models import Message, Run
 from conversations.runs import (
     run_lease_release,
@@ -91,14 +94,54 @@ def _turn(run: Run, message_id: int) -> list[ToolInvocation]:
     )
 
 
+def next_step_estimate(*, run: Run, message: Message) -> NextStepEstimate:
+    """The worst case of the model call that follows the tool calls of ``message``,
+    for approval cards and the hold taken when one is approved.
+
+    As the engine reserves for that call (``engine.worst_case_cost``), through the
+    one pricing rule (``gateway.cost_for``): the input so far at the model's input
+    price plus ``max_output_tokens`` at its output price (``cost_usd`` ``None``
+    when no price is known). The input so far is what the model read and wrote in
+    the call that asked for the tools (the usage stored on ``message``: the
+    provider's count, or litellm's), at most the context window less the answer
+    (the engine drops old turns beyond it); the tool results are not known yet.
+    Without stored usage, the answer's own tokens (``context.token_count``).
+    """
+    config = run.conversation.model_config
+    if message.prompt_tokens is not None and message.completion_tokens is not None:
+        so_far = message.prompt_tokens + message.completion_tokens
+    else:
+        answer = {"role": "assistant", "content": message.content, "tool_calls": message.tool_calls}
+        so_far = token_count(model=config.litellm_model, message=answer)
+    output_tokens = config.max_output_tokens
+    input_tokens = min(so_far, max(config.context_window - output_tokens, 0))
+    cost = cost_for(config=config, prompt_tokens=input_tokens, completion_tokens=output_tokens)
+    input_price = output_price = None
+    if cost is not None:  # per token, as the same rule prices one
+        input_price = cost_for(config=config, prompt_tokens=1, completion_tokens=0)
+        output_price = cost_for(config=config, prompt_tokens=0, completion_tokens=1)
+    return NextStepEstimate(
+        model=config.name,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost_usd=cost,
+        input_price_usd=input_price,
+        output_price_usd=output_price,
+    )
+
+
 def turn_gate(*, run: Run, message: Message) -> None:
     """Record the tool calls of ``message`` and put each through the gate.
 
     Replay-safe: invocations are keyed by (run, tool_call_id) and only ones
-    still ``requested`` are gated. Precondition: inside ``transaction.atomic``
-    with ``run`` locked and its lease held by the caller.
+    still ``requested`` are gated. A request for approval carries what approving
+    may cost: the tool's own estimate (``ToolSpec.cost_usd_estimate``) and the
+    next model step's (``next_step_estimate``, once per turn). Precondition:
+    inside ``transaction.atomic`` with ``run`` locked and its lease held by the
+    caller.
     """
     user = run.conversation.owner
+    next_step: NextStepEstimate | None = None
     invocations = invocations_record(
         run_id=run.pk,
         message_id=message.pk,
@@ -144,6 +187,8 @@ def turn_gate(*, run: Run, message: Message) -> None:
             )
         else:
             invocation_mark(invocation_id=invocation.pk, status=IS.AWAITING_APPROVAL, **common)
+            if next_step is None:  # one model call follows the whole turn
+                next_step = next_step_estimate(run=run, message=message)
             approval_request_create(
                 invocation_id=invocation.pk,
                 requester=user,
@@ -155,6 +200,7 @@ def turn_gate(*, run: Run, message: Message) -> None:
                 arguments=arguments,
                 arguments_schema=spec.parameters,
                 decision=decision,
+                cost=CostEstimate(tool_cost_usd=spec.cost_usd_estimate, next_step=next_step),
             )
 
 

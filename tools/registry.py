@@ -36,6 +36,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -132,7 +133,11 @@ class ToolSpec:
     ``source`` is ``"builtin"`` or ``"mcp:<server>"``. ``availability``, when
     set, is called by ``tools_sync`` and returns ``(True, "")`` or
     ``(False, reason)``; an unavailable tool is offered to no one and admin
-    shows the reason.
+    shows the reason. ``cost_usd_estimate`` is what one call of the tool itself
+    costs, in US dollars (a paid API behind it), shown on approval cards and held
+    against the user's budget when a call is approved; ``None`` (every built-in,
+    every MCP tool: nothing they report says what a call costs) means no
+    estimate, which is not $0.
     """
 
     name: str
@@ -149,6 +154,7 @@ class ToolSpec:
     enabled_by_default: bool = True
     availability: Callable[[], tuple[bool, str]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    cost_usd_estimate: Decimal | None = None
 
     def __post_init__(self) -> None:
         if not TOOL_NAME_RE.match(self.name):
@@ -165,6 +171,9 @@ class ToolSpec:
             raise ValueError(f"Tool {self.name!r}: parameters must be a JSON Schema object.")
         if self.timeout_seconds <= 0 or self.max_result_chars <= 0:
             raise ValueError(f"Tool {self.name!r}: timeout and result limit must be positive.")
+        if self.cost_usd_estimate is not None:
+            # Frozen: the checked value replaces the given one (an int or str is accepted).
+            object.__setattr__(self, "cost_usd_estimate", _usd(self.name, self.cost_usd_estimate))
 
     @property
     def wire_name(self) -> str:
@@ -193,6 +202,19 @@ class ToolSpec:
             "idempotentHint": self.idempotent,
             "openWorldHint": self.open_world,
         }
+
+
+def _usd(name: str, value: Any) -> Decimal:
+    """A tool's cost estimate as a finite, non-negative Decimal (never through a float)."""
+    if isinstance(value, bool | float):
+        raise ValueError(f"Tool {name!r}: cost_usd_estimate must be a Decimal, int or str.")
+    try:
+        amount = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ValueError(f"Tool {name!r}: cost_usd_estimate {value!r} is not a number.") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"Tool {name!r}: cost_usd_estimate must be a finite amount >= 0.")
+    return amount
 
 
 class ToolRegistry:
@@ -286,6 +308,7 @@ def spec_from_function(
     enabled_by_default: bool = True,
     availability: Callable[[], tuple[bool, str]] | None = None,
     source: str = "builtin",
+    cost_usd_estimate: Decimal | None = None,
 ) -> ToolSpec:
     """Build a :class:`ToolSpec` from a plain (sync or async) function.
 
@@ -359,6 +382,7 @@ def spec_from_function(
         enabled_by_default=enabled_by_default,
         availability=availability,
         metadata={"function": f"{fn.__module__}.{fn.__qualname__}"},
+        cost_usd_estimate=cost_usd_estimate,
     )
 
 
@@ -383,6 +407,7 @@ def tool(
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS,
     enabled_by_default: bool = True,
     availability: Callable[[], tuple[bool, str]] | None = None,
+    cost_usd_estimate: Decimal | None = None,
     into: ToolRegistry | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a function as a tool and register it (in ``registry`` unless ``into``).
@@ -394,7 +419,9 @@ def tool(
             "Current date and time in a time zone."
 
     Hints follow MCP ``ToolAnnotations`` (see the module docstring); defaults:
-    ``destructive = not read_only``, ``idempotent = read_only``. The function is
+    ``destructive = not read_only``, ``idempotent = read_only``;
+    ``cost_usd_estimate`` (USD per call, see ``ToolSpec``) only for a tool whose
+    call really costs money. The function is
     returned unchanged, with the spec on ``fn.tool_spec``. Raises
     :class:`ToolAlreadyRegistered` on a name clash and ``TypeError``/``ValueError``
     for a function or name that cannot be described.
@@ -413,6 +440,7 @@ def tool(
             max_result_chars=max_result_chars,
             enabled_by_default=enabled_by_default,
             availability=availability,
+            cost_usd_estimate=cost_usd_estimate,
         )
         (into or registry).register(spec)
         fn.tool_spec = spec  # type: ignore[attr-defined]

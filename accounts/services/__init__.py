@@ -8,9 +8,12 @@ from __future__ import annotations
 from accounts.errors import BudgetExceeded, RateLimited
 from accounts.selectors import budget_requires_prices, budgets_applicable
 from accounts.services.budgets import (
+    budget_hold_approved,
     budget_release,
+    budget_release_approved,
     budget_reservations_expire,
     budget_reserve,
+    format_usd,
     usage_record,
 )
 from accounts.services.llm import (
@@ -27,11 +30,14 @@ __all__ = [
     "BudgetExceeded",
     "RateLimited",
     "admin_create_or_promote",
+    "budget_hold_approved",
     "budget_release",
+    "budget_release_approved",
     "budget_requires_prices",
     "budget_reservations_expire",
     "budget_reserve",
     "budgets_applicable",
+    "format_usd",
     "llm_call_abort",
     "llm_call_admit",
     "llm_call_settle",

@@ -6,6 +6,12 @@ ledger row and settles those reservations to the actual figures; a call that
 failed before any usage releases them (``budget_release``). Periods are UTC
 (``accounts.periods``).
 
+Approving a tool call holds what it and the run's next model call may cost
+(``budget_hold_approved``, kind ``approval``), so that a decision which would
+pass a budget is refused before anything runs; admitting that model call
+releases those holds first (``budget_release_approved``): its own hold covers
+the same call, and counting both would count it twice.
+
 Counting: each (budget, scope, period) has a ``BudgetCounter`` row holding the
 running sums of its held and settled reservations; every write here changes a
 reservation and its counter in one transaction, so the check reads one row
@@ -60,6 +66,8 @@ USD_QUANTUM = Decimal("0.000000000001")  # 12 decimal places, as stored
 HELD = BudgetReservation.Status.HELD
 SETTLED = BudgetReservation.Status.SETTLED
 RELEASED = BudgetReservation.Status.RELEASED
+CALL = BudgetReservation.Kind.CALL
+APPROVAL = BudgetReservation.Kind.APPROVAL
 
 
 def to_usd(value: Decimal | int | float | str, *, name: str = "cost_usd") -> Decimal:
@@ -206,6 +214,7 @@ def _reserve_locked(
     tokens: int,
     run_id: int | None,
     now: datetime,
+    reservation_kind: str = CALL,
 ) -> list[BudgetReservation]:
     """The general reservation: lock the counters, check in Python, hold. Inside atomic."""
     keys = {b.pk: budget_counter_key(budget=b, user_id=user_id, now=now) for b in budgets}
@@ -232,6 +241,7 @@ def _reserve_locked(
                 period_start=counter.period_start,
                 counter=counter,
                 status=HELD,
+                kind=reservation_kind,
                 created_at=now,
             )
         )
@@ -245,13 +255,15 @@ def budget_admit(
     tokens: int,
     run_id: int | None,
     check: Callable[[list[RateLimit]], None] | None = None,
+    kind: str = CALL,
 ) -> tuple[list[Budget], list[RateLimit], list[BudgetReservation]]:
     """Reserve like ``budget_reserve``, running ``check`` before the hold commits.
 
     ``check`` gets the applicable rate limits (by id) and may raise: then
     nothing is held. Returns ``(budgets, rate limits, held reservations)``
     (the rate limits are ``[]`` when ``check`` is None). ``cost`` must come
-    from ``to_usd`` and ``tokens`` be checked by the caller.
+    from ``to_usd`` and ``tokens`` be checked by the caller; ``kind`` is the
+    reservations' ``BudgetReservation.Kind``.
 
     Raises:
         BudgetExceeded: a limit would be passed; nothing was written.
@@ -265,7 +277,13 @@ def budget_admit(
         return budgets, ratelimits, []
     with transaction.atomic():  # a savepoint in a caller's transaction: a refusal undoes it
         reservations = _reserve_locked(
-            user_id=user_id, budgets=budgets, cost=cost, tokens=tokens, run_id=run_id, now=now
+            user_id=user_id,
+            budgets=budgets,
+            cost=cost,
+            tokens=tokens,
+            run_id=run_id,
+            now=now,
+            reservation_kind=kind,
         )
         if check is not None:
             check(ratelimits)
@@ -309,9 +327,74 @@ def budget_reserve(
     return budget_admit(user_id=user_id, cost=cost, tokens=tokens, run_id=run_id)[2]
 
 
-def _release(*, reservations: Q) -> int:
+def budget_hold_approved(
+    *,
+    user: User | int,
+    run_id: int | None,
+    cost_usd: Decimal | int | str,
+    next_call_cost_usd: Decimal | int | str,
+    next_call_tokens: int,
+) -> list[BudgetReservation]:
+    """Hold, before an approved tool call runs, what it and the run's next model call
+    may cost, against every budget that applies to ``user`` (who asked for the call).
+
+    The hold is ``cost_usd`` (the call's own cost) plus the next model call's worst
+    case (``next_call_cost_usd``, ``next_call_tokens``), unless an earlier approval
+    hold of ``run_id`` already covers that model call: the calls of one turn are
+    followed by one model call, however many of them people approve. Checked and
+    written as ``budget_reserve`` does (all or nothing), as reservations of kind
+    ``approval``; nothing left to hold (all zero) holds nothing and refuses
+    nothing. ``budget_release_approved`` releases them when the model call is
+    admitted; ``budget_reservations_expire`` when it never is.
+
+    Precondition: the caller serialises the holds of one run (approvals decides
+    with the run's row locked), so two approvals cannot both miss each other's
+    hold of the model call.
+
+    Returns:
+        The held reservations (``[]``: nothing to hold, or no budget applies).
+
+    Raises:
+        BudgetExceeded: a limit would be passed; nothing was written.
+        ValueError: negative or non-numeric amounts.
+    """
+    cost = to_usd(cost_usd)
+    call_cost = to_usd(next_call_cost_usd, name="next_call_cost_usd")
+    call_tokens = to_tokens(next_call_tokens, name="next_call_tokens")
+    if (
+        run_id is not None
+        and (call_cost or call_tokens)
+        and BudgetReservation.objects.filter(run_id=run_id, kind=APPROVAL, status=HELD).exists()
+    ):
+        call_cost, call_tokens = Decimal(0), 0
+    if not cost and not call_cost and not call_tokens:
+        return []
+    user_id = user if isinstance(user, int) else user.pk
+    return budget_admit(
+        user_id=user_id,
+        cost=cost + call_cost,
+        tokens=call_tokens,
+        run_id=run_id,
+        kind=APPROVAL,
+    )[2]
+
+
+def budget_release_approved(*, run_id: int) -> int:
+    """Release the approval holds of run ``run_id`` (``budget_hold_approved``): its
+    next model call is being admitted, and that call's own hold replaces them.
+
+    Call in the admission's transaction, before the call is reserved, after the
+    run's row lock (the lock order: reservations, then counters). Returns the
+    number of rows released; a run without approval holds costs one indexed read.
+    """
+    # In front of every model call: no savepoint (two more round trips) for a
+    # release that refuses nothing; an error rolls the caller back with it.
+    return _release(reservations=Q(run_id=run_id, kind=APPROVAL), savepoint=False)
+
+
+def _release(*, reservations: Q, savepoint: bool = True) -> int:
     """Release the held reservations matching ``reservations`` and their counters' holds."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=savepoint):
         rows = list(
             BudgetReservation.objects.select_for_update(no_key=True)
             .filter(reservations, status=HELD)

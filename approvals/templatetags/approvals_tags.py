@@ -1,4 +1,4 @@
-"""Template helpers: the nav badge, the approval card and ``|pretty_json``."""
+"""Template helpers: the nav badge, the approval card, its cost line and ``|pretty_json``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 
+from approvals.costs import CostEstimate
+from approvals.costs import cost_summary as summary_of
 from approvals.forms import DecisionForm
 from approvals.selectors import (
     ApprovalProgress,
@@ -48,6 +50,14 @@ def code_preview(approval: Any) -> str:
     return mark_safe(  # noqa: S308 - Pygments escapes the source it formats
         f'<pre class="highlight code-preview"><code class="language-{language}">{body}</code></pre>'
     )
+
+
+@register.filter
+def cost_summary(approval: Any) -> str:
+    """The card's "Estimated cost: …" line, or "" for a request stored without an
+    estimate (``approvals.costs``)."""
+    estimate = CostEstimate.from_json(getattr(approval, "cost_estimate", None))
+    return "" if estimate is None else summary_of(estimate)
 
 
 @register.filter

@@ -104,6 +104,7 @@ def make_approval(make_invocation):
         approvals_required=1,
         expires=1800,
         invocation=None,
+        cost=None,
     ):
         arguments = {"key": "todo", "text": "buy milk"} if arguments is None else arguments
         invocation = invocation or make_invocation(user, tool_name=tool_name, arguments=arguments)
@@ -127,6 +128,7 @@ def make_approval(make_invocation):
             arguments=arguments,
             arguments_schema=NOTE_SCHEMA if schema is None else schema,
             decision=decision,
+            cost=cost,
         )
 
     return make

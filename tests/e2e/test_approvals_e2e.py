@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 
 import pytest
 from playwright.sync_api import expect
@@ -311,6 +312,83 @@ def test_python_code_is_shown_highlighted_and_runs_after_approval(new_page, stac
     expect(run.locator(".msg-assistant.msg-complete").last).to_contain_text("45")
     expect_run_completed(page, run_id)
     assert _invocation(stack, run_id)["status"] == "succeeded"
+
+
+PRICED_MODEL = """
+from decimal import Decimal
+from conversations.models import ModelConfig
+ModelConfig.objects.get_or_create(
+    name="Demo, priced",
+    defaults=dict(
+        litellm_model="demo/tollgate",
+        input_cost_per_token=Decimal("0.000002"),
+        output_cost_per_token=Decimal("0.000008"),
+        max_output_tokens=1024,
+    ),
+)
+"""
+
+USER_BUDGET = """
+from decimal import Decimal
+from accounts.models import Budget, User
+Budget.objects.create(user=User.objects.get(email={email!r}), period="monthly",
+                      cost_limit_usd=Decimal({limit!r}))
+"""
+
+COST_LINE = re.compile(
+    r"^Estimated cost: about \$0\.00\d\d? \(next model step: [\d,]+ input \+ up to 1,024"
+    r" output tokens; this tool: no estimate\)$"
+)
+
+
+def test_the_card_shows_the_estimate_and_approving_over_the_budget_is_refused(new_page, stack):
+    stack.manage("shell", "-c", PRICED_MODEL)
+    page = new_page()
+    email = unique_email("cost")
+    sign_up(page, email)
+    chat_new(page)
+    page.locator("#model-picker").select_option(label="Demo, priced")
+    expect(page.locator("#model-picker option:checked")).to_have_text("Demo, priced")
+    run_id, card = _ask(page, "remember that the meeting is on Friday")
+    cost = card.locator(".approval-cost")
+    expect(cost).to_have_text(COST_LINE)
+    estimated = stack.sql(
+        "SELECT estimated_cost_usd::text FROM approvals_approvalrequest WHERE run_id = %s",
+        (run_id,),
+    )[0][0]
+    assert Decimal("0.008") < Decimal(estimated) < Decimal("0.01"), estimated  # 1,024 x $8/M
+
+    # A budget of the requester's that the estimate would pass: refused, on the card.
+    stack.manage("shell", "-c", USER_BUDGET.format(email=email, limit="0.001"))
+    card.get_by_role("button", name="Approve", exact=True).click()
+    expect(card.locator(".error")).to_contain_text(
+        "Not approved: the estimated cost would pass a budget that limits your spending:"
+        " monthly budget of $0.001 reached"
+    )
+    expect(card.locator(".error")).to_contain_text("Nothing ran; the request is still pending.")
+    expect(card.locator(".status-badge")).to_have_text("Pending")
+    expect(cost).to_have_text(COST_LINE)
+    invocation = _invocation(stack, run_id)
+    assert (invocation["status"], invocation["attempts"]) == ("awaiting_approval", 0)
+    user_id = _user_id(stack, email)
+    assert stack.sql("SELECT count(*) FROM tools_note WHERE user_id = %s", (user_id,)) == [(0,)]
+    refused = _audit(
+        stack, "approval.refused", "approval_request", _approval(stack, invocation["id"])["id"]
+    )
+    assert [data["reason"] for _, data in refused] == ["budget"]
+
+    # Room for it: approved, the estimate held until the next model call is admitted.
+    stack.sql(
+        "UPDATE accounts_budget SET cost_limit_usd = 1 WHERE user_id = %s RETURNING id",
+        (user_id,),
+    )
+    card.get_by_role("button", name="Approve", exact=True).click()
+    expect(card.locator(".status-badge")).to_have_text("Approved")
+    expect_run_completed(page, run_id)
+    assert stack.sql(
+        "SELECT kind, status FROM accounts_budgetreservation WHERE run_id = %s ORDER BY id",
+        (run_id,),
+    ) == [("approval", "released"), ("call", "settled")]
 
 
 # Appends to a file in the conversation's workspace and prints how many times

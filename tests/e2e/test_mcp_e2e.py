@@ -60,6 +60,8 @@ def test_mcp_tool_asks_with_the_server_name_and_hints_then_runs(new_page, stack,
     expect(card).to_contain_text("untrusted")
     expect(card.locator("input[name=always_allow]")).to_have_count(0)
     expect(card.locator("pre.arguments")).to_contain_text('"timezone": "Asia/Tokyo"')
+    # Nothing an MCP server says gives a call's cost: no estimate, never $0.
+    expect(card.locator(".approval-cost")).to_contain_text("this tool: no estimate")
 
     card.get_by_role("button", name="Approve", exact=True).click()
 

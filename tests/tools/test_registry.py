@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -149,6 +150,23 @@ def test_hint_defaults_follow_mcp_semantics():
         "idempotentHint": True,
         "openWorldHint": True,
     }
+
+
+def test_a_tools_own_cost_is_no_estimate_unless_declared():
+    def fn() -> str:
+        return ""
+
+    assert spec_from_function(fn, name="x.free").cost_usd_estimate is None
+    assert all(spec.cost_usd_estimate is None for spec in registry.all())  # no built-in has one
+    local = ToolRegistry()
+    tool(name="x.paid", into=local, cost_usd_estimate=Decimal("0.01"))(fn)
+    assert local.get("x.paid").cost_usd_estimate == Decimal("0.01")
+    assert spec_from_function(fn, name="x.str", cost_usd_estimate="0.5").cost_usd_estimate == (
+        Decimal("0.5")
+    )
+    for bad in (Decimal(-1), Decimal("NaN"), 0.1, True, "cheap"):
+        with pytest.raises(ValueError, match="cost_usd_estimate"):
+            spec_from_function(fn, name="x.bad", cost_usd_estimate=bad)
 
 
 def test_handler_coerces_with_pydantic_and_passes_context():
