@@ -45,7 +45,13 @@ from accounts.services import (
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.context import FitResult, context_fit
-from conversations.gateway import ChatResult, GatewayError, StreamAborted, cost_for, stream_chat
+from conversations.gateway import (
+    ChatResult,
+    GatewayError,
+    StreamAborted,
+    stream_chat,
+    worst_case_cost,
+)
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import (
     RunChanged,
@@ -157,14 +163,6 @@ def history_messages(*, conversation: Conversation) -> list[dict]:
             continue
         out.append(item)
     return out
-
-
-def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | None:
-    """USD a call can cost at most: prompt tokens plus ``max_output_tokens`` at the
-    model's prices (``None`` when no price is known for the model)."""
-    return cost_for(
-        config=config, prompt_tokens=prompt_tokens, completion_tokens=config.max_output_tokens
-    )
 
 
 # -- step begin: one transaction ------------------------------------------------------
@@ -294,8 +292,10 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     """
     config: ModelConfig = run.conversation.model_config
     # What approving this run's tool calls held was for this call: its own hold
-    # replaces it, or a refusal below ends the run it was held for.
-    budget_release_approved(run_id=run.pk)
+    # replaces it, or a refusal below ends the run it was held for. Only a call
+    # after a tool turn can have such holds (not a run's first).
+    if run.step > 1:
+        budget_release_approved(run_id=run.pk)
     history = history_messages(conversation=run.conversation)
     tools = tools_offered(run=run)
     try:

@@ -214,6 +214,16 @@ def _api_key(config: ModelConfig) -> str | None:
     return key
 
 
+def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | None:
+    """USD a call can cost at most: ``prompt_tokens`` plus ``max_output_tokens`` at the
+    model's prices (``cost_for``; ``None`` when no price is known for the model). What
+    admission reserves before a call, and what an approval card estimates for the
+    call after a tool turn."""
+    return cost_for(
+        config=config, prompt_tokens=prompt_tokens, completion_tokens=config.max_output_tokens
+    )
+
+
 def cost_for(*, config: ModelConfig, prompt_tokens: int, completion_tokens: int) -> Decimal | None:
     """USD cost of a call: the ModelConfig's prices when set, else litellm's price map.
 

@@ -48,6 +48,7 @@ from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
 
+from accounts.services import budget_release_approved
 from audit.services import audit_record
 from conversations import events
 from conversations.models import Message, Run
@@ -77,6 +78,9 @@ ADVANCEABLE: frozenset[str] = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING, S.EX
 #: wait on people. The moves between (a model call, the gate, the tools) are audited
 #: by what happens in them: ``llm.call``, ``gate.decided``, ``tool.executed``.
 AUDITED: frozenset[str] = frozenset({S.AWAITING_APPROVAL, S.COMPLETED, S.FAILED, S.CANCELLED})
+
+#: Statuses of a tool turn: approval holds (``accounts``) may exist for the run then.
+_AFTER_TOOLS = frozenset({S.GATING, S.AWAITING_APPROVAL, S.EXECUTING_TOOLS})
 
 #: Sent on commit when a run has a step for a worker to take: ``run_id`` (int).
 #: ``conversations.dispatch`` receives it (Celery or an asyncio task).
@@ -166,8 +170,9 @@ def run_transition(
       that has made ``max_steps`` calls fails instead, with a message saying so
       (the status returned is then ``failed``).
     - Leaving ``queued`` sets ``started_at``; a terminal status sets
-      ``finished_at`` and ``error`` (≤ 2,000 characters) and marks the run's
-      still-streaming messages stopped (cancelled) or failed.
+      ``finished_at`` and ``error`` (≤ 2,000 characters); ``cancelled`` and
+      ``failed`` mark the run's still-streaming messages stopped or failed and
+      release the budget holds its approved tool calls took (``accounts``).
     - ``worker``: the caller goes on advancing the run in this step and keeps
       (or takes) its lease for ``TOLLGATE_RUN_LEASE_SECONDS``. Otherwise the
       lease is released and, if ``to`` needs a worker (``ADVANCEABLE``), a step
@@ -213,6 +218,10 @@ def run_transition(
     _write(run, current, fields, holder=holder)
     if to in (S.CANCELLED, S.FAILED):  # a completed run's reply was stored complete
         _streaming_messages_end(run, cancelled=to == S.CANCELLED)
+        if current in _AFTER_TOOLS or run.step > 1:
+            # Holds taken when its tool calls were approved, for a model call that
+            # will not come (the next call's admission releases them otherwise).
+            budget_release_approved(run_id=run.pk)
     if to in AUDITED:
         event: dict[str, Any] = {"from": current, "step": run.step, **(data or {})}
         if error:

@@ -23,7 +23,7 @@ from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
 from conversations.context import token_count
-from conversations.gateway import cost_for
+from conversations.gateway import cost_for, worst_case_cost
 from conversations.models import Message, Run
 from conversations.runs import (
     run_lease_release,
@@ -98,8 +98,8 @@ def next_step_estimate(*, run: Run, message: Message) -> NextStepEstimate:
     """The worst case of the model call that follows the tool calls of ``message``,
     for approval cards and the hold taken when one is approved.
 
-    As the engine reserves for that call (``engine.worst_case_cost``), through the
-    one pricing rule (``gateway.cost_for``): the input so far at the model's input
+    As the engine reserves for that call (``gateway.worst_case_cost``, the one pricing
+    rule): the input so far at the model's input
     price plus ``max_output_tokens`` at its output price (``cost_usd`` ``None``
     when no price is known). The input so far is what the model read and wrote in
     the call that asked for the tools (the usage stored on ``message``: the
@@ -115,7 +115,7 @@ def next_step_estimate(*, run: Run, message: Message) -> NextStepEstimate:
         so_far = token_count(model=config.litellm_model, message=answer)
     output_tokens = config.max_output_tokens
     input_tokens = min(so_far, max(config.context_window - output_tokens, 0))
-    cost = cost_for(config=config, prompt_tokens=input_tokens, completion_tokens=output_tokens)
+    cost = worst_case_cost(config=config, prompt_tokens=input_tokens)
     input_price = output_price = None
     if cost is not None:  # per token, as the same rule prices one
         input_price = cost_for(config=config, prompt_tokens=1, completion_tokens=0)

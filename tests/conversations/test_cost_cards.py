@@ -173,3 +173,22 @@ def test_an_unpriced_model_shows_no_estimate_and_approving_follows_the_unpriced_
     held.refresh_from_db()
     assert held.status == "released"
     assert_counters_match_rows()
+
+
+def test_stopping_a_run_after_approval_releases_its_hold(conversation, priced):
+    from conversations import services
+
+    BudgetFactory(user=conversation.owner, cost_limit_usd=D(1))
+    run, approval = ask_to_delete(conversation)
+    spent_before = spent(conversation.owner)
+    approve(approval)
+    held = BudgetReservation.objects.get(run_id=run.pk, kind="approval")
+    assert spent(conversation.owner) > spent_before
+
+    services.run_cancel(user=conversation.owner, run_id=run.pk)  # before the tool ran
+    run.refresh_from_db()
+    assert run.status == S.CANCELLED
+    held.refresh_from_db()
+    assert held.status == "released"  # not held for the hour until expiry
+    assert spent(conversation.owner) == spent_before
+    assert_counters_match_rows()
