@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
-from django.contrib.auth.models import Group
 
 from approvals.models import ApprovalRequest
 from approvals.selectors import GateDecision
 from approvals.services import approval_request_create
 from approvals.signals import approval_decided
 from conversations import toolphase
-from conversations.models import Conversation, Message, ModelConfig, Run
 from tests.approvals import handlers
-from tools.models import ToolInvocation
+from tests.factories import ConversationFactory, GroupFactory, RunFactory, ToolInvocationFactory
 
 NOTE_SCHEMA = {
     "type": "object",
@@ -29,8 +25,6 @@ NOTE_SCHEMA = {
     "required": ["key"],
     "additionalProperties": False,
 }
-
-_calls = itertools.count(1)
 
 
 @pytest.fixture(autouse=True)
@@ -61,30 +55,22 @@ def exploding_receiver():
 
 @pytest.fixture
 def staff_group(db):
-    return Group.objects.create(name="Staff")
+    return GroupFactory(name="Staff")
 
 
 @pytest.fixture
 def make_invocation(db):
+    """A tool call awaiting approval in a run of ``user`` (a new conversation and run
+    unless given)."""
+
     def make(user, *, conversation=None, run=None, tool_name="notes.delete", arguments=None):
-        model, _ = ModelConfig.objects.get_or_create(
-            name="demo", defaults={"litellm_model": "demo/tollgate"}
-        )
-        if conversation is None:
-            conversation = Conversation.objects.create(owner=user, model_config=model)
         if run is None:
-            message = Message.objects.create(
-                conversation=conversation, role=Message.Role.USER, content="please"
+            run = RunFactory(
+                conversation=conversation or ConversationFactory(owner=user),
+                user_message__content="please",
             )
-            run = Run.objects.create(conversation=conversation, user_message=message)
-        return ToolInvocation.objects.create(
-            run_id=run.pk,
-            user=user,
-            conversation_id=conversation.pk,
-            tool_call_id=f"call_{next(_calls)}",
-            tool_name=tool_name,
-            arguments_requested=arguments or {},
-            status=ToolInvocation.Status.AWAITING_APPROVAL,
+        return ToolInvocationFactory(
+            run=run, user=user, tool_name=tool_name, arguments_requested=arguments or {}
         )
 
     return make

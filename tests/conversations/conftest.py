@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
 from conversations.models import Conversation, Message, ModelConfig, Run
+from tests.factories import ConversationFactory, ModelConfigFactory
 
 
 @pytest.fixture(autouse=True)
@@ -16,22 +15,14 @@ def _fast_demo(monkeypatch):
 
 @pytest.fixture
 def demo_model(db) -> ModelConfig:
-    # Transactional tests truncate tables, so the data migration's row may be gone.
-    config, _ = ModelConfig.objects.get_or_create(
-        name="Demo (offline)",
-        defaults={
-            "litellm_model": "demo/tollgate",
-            "input_cost_per_token": Decimal(0),
-            "output_cost_per_token": Decimal(0),
-            "is_default": True,
-        },
-    )
-    return config
+    """The offline demo model, free (transactional tests truncate tables, so the data
+    migration's row may be gone: the factory gets it, or makes it the default)."""
+    return ModelConfigFactory(is_default=True)
 
 
 @pytest.fixture
 def conversation(user, demo_model) -> Conversation:
-    return Conversation.objects.create(owner=user, model_config=demo_model, title="Test chat")
+    return ConversationFactory(owner=user, model_config=demo_model)
 
 
 @pytest.fixture
