@@ -131,6 +131,59 @@ def test_bad_input_is_400_and_changes_nothing(user_client, user, make_approval):
     assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
 
 
+@pytest.mark.parametrize(
+    ("edited", "message"),
+    [
+        ('{"key": NaN}', "NaN and Infinity are not numbers JSON can hold"),
+        ('{"key": Infinity}', "NaN and Infinity are not numbers JSON can hold"),
+        ('{"key": -Infinity}', "NaN and Infinity are not numbers JSON can hold"),
+        ('{"key": 1e999}', "a number is too large to hold"),
+        ('{"key": "a\\u0000b"}', "Null characters are not allowed."),
+        ('{"\\u0000": "b"}', "Null characters are not allowed."),
+        ('{"key": "\\ud800"}', "Not valid JSON: unexpected end of hex escape"),
+        ('{"key": ' + "[" * 90_000 + "]" * 90_000 + "}", "nested more than 32 levels deep"),
+        ('{"a":' * 5000 + "1" + "}" * 5000, "nested more than 32 levels deep"),
+        ("x" * 200_001, "at most 200000 characters"),
+    ],
+    ids=["nan", "inf", "-inf", "1e999", "nul", "nul-key", "surrogate", "deep", "deep-obj", "long"],
+)
+@pytest.mark.parametrize("decision", ["edit", "approve", "preview"])
+def test_edited_arguments_that_cannot_be_stored_are_400(
+    user_client, user, make_approval, edited, message, decision
+):
+    """The issue's examples: each is refused with a message, nothing reaches PostgreSQL."""
+    approval = make_approval(user, arguments={"key": "a"})
+    response = post_decide(user_client, approval, decision=decision, edited_arguments=edited)
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert message in body
+    assert len(body) < 60_000  # the card, not the input echoed back
+    approval.refresh_from_db()
+    assert (approval.status, approval.edited_arguments) == ("pending", None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("reason", "a\x00b", "Null characters are not allowed."),
+        ("arguments_json", '{"key": NaN}', "NaN and Infinity"),
+        ("arg__key", "a\x00b", "Null characters are not allowed."),
+        ("decision", "x" * 5000, "Choose approve, deny, edit or preview."),
+    ],
+)
+def test_other_decision_fields_are_checked_the_same_way(
+    user_client, user, make_approval, field, value, message
+):
+    schemas = {"arg__key": {"type": "object", "properties": {"key": {"type": "string"}}}}
+    approval = make_approval(user, arguments={"key": "a"}, schema=schemas.get(field, {}))
+    data = {"decision": "edit" if field != "reason" else "deny", field: value}
+    response = post_decide(user_client, approval, **data)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert "x" * 100 not in response.content.decode()
+    assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
+
+
 def test_edit_form_from_schema(user_client, user, make_approval):
     approval = make_approval(user, arguments={"key": "todo", "text": "milk", "tags": ["a"]})
     card = user_client.get(f"/approvals/{approval.pk}/", **HTMX).content.decode()
