@@ -129,6 +129,25 @@ async def _fuzz_frames(fuzzer: Visitor, ids: corpus.Ids, report: dict[str, list[
     return len(cases)
 
 
+async def _oversized_frame(fuzzer: Visitor, ids: corpus.Ids, report: dict[str, list[str]]) -> None:
+    """Over daphne's 1 MiB message limit (``--websocket-max-message-size``), the
+    transport drops the connection (autobahn's ``failByDrop``: no close frame, or
+    1009 "message too big") before the application sees the frame; the user's
+    other sockets and the session are untouched."""
+    bystander = await fuzzer.socket(ids.conversation)
+    socket = await fuzzer.socket(ids.conversation)
+    try:
+        await socket.answer("x" * 2_000_000, wait=10)
+        report["accepted"].append("oversized frame")
+    except websockets.ConnectionClosed as closed:
+        if closed.rcvd is not None and closed.rcvd.code != 1009:
+            report["socket closed"].append(f"oversized frame: {closed.rcvd}")
+    answer = await bystander.answer({"type": "run.cancel", "run_id": ids.finished_run})
+    if "already finished" not in error_text(answer):
+        report["valid frame refused"].append(f"after the oversized frame: {answer[:200]}")
+    await bystander.close()
+
+
 async def _fuzz_connects(fuzzer: Visitor, ids: corpus.Ids, report: dict[str, list[str]]) -> int:
     queries = corpus.socket_queries(ids)
     url = fuzzer.stack.base_url.replace("http://", "ws://") + "/ws/?"
@@ -204,6 +223,7 @@ async def test_malformed_input_gets_a_message_and_nothing_else(stack: Stack):
         ids = await _setup(fuzzer, other)
         offsets = _log_offsets(stack)
         frames = await _fuzz_frames(fuzzer, ids, report)
+        await _oversized_frame(fuzzer, ids, report)
         connects = await _fuzz_connects(fuzzer, ids, report)
         posts = await _fuzz_posts(fuzzer, ids, report)
         # The user's session still works.
