@@ -60,7 +60,8 @@ def test_a_multipart_body_that_cannot_be_read_is_400(user_client, conversation, 
     assert _refusals(caplog) == [("django.request", "WARNING", None)]
 
 
-def test_a_body_within_the_limits_reaches_the_view(user_client, conversation):
+def test_a_body_within_the_limits_reaches_the_view(user_client, conversation, monkeypatch):
+    monkeypatch.setattr("conversations.dispatch.dispatch_run_step", lambda run_id: None)
     response = user_client.post(
         reverse("conversations:message-send", args=[conversation.pk]), {"content": "hello"}
     )

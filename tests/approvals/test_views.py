@@ -118,6 +118,35 @@ def test_replayed_and_stale_decisions_are_409(user_client, user, make_approval):
     assert ApprovalRequest.objects.get(pk=approval.pk).status == "denied"
 
 
+def test_a_decision_that_lost_to_stop_or_expiry_is_409_and_says_what_happened(
+    user_client, user, make_approval
+):
+    """Stop cancelled the request first, or its time ran out: the decision is told so."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals.services import approvals_cancel_for_run
+
+    stopped = make_approval(user)
+    approvals_cancel_for_run(run_id=stopped.run_id, actor=user)
+    response = post_decide(user_client, stopped, decision="approve")
+    assert response.status_code == 409
+    assert "This approval is already cancelled." in response.content.decode()
+
+    late = make_approval(user)
+    ApprovalRequest.objects.filter(pk=late.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    response = post_decide(user_client, late, decision="approve")
+    assert response.status_code == 409
+    assert "This approval expired before it was decided." in response.content.decode()
+    assert ApprovalRequest.objects.get(pk=late.pk).status == "expired"
+    again = post_decide(user_client, late, decision="deny")
+    assert again.status_code == 409
+    assert "This approval is already expired." in again.content.decode()
+
+
 def test_bad_input_is_400_and_changes_nothing(user_client, user, make_approval):
     approval = make_approval(user)
     assert post_decide(user_client, approval, decision="maybe").status_code == 400

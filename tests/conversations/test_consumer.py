@@ -126,6 +126,12 @@ async def test_groups_joined_receive_pushes(cookie, user, conversation, other_us
     await ws.disconnect()
 
 
+@pytest.fixture
+def no_dispatch(monkeypatch):
+    """Runs a test starts are not sent to a worker: only the consumer's answer is under test."""
+    monkeypatch.setattr("conversations.dispatch.dispatch_run_step", lambda run_id: None)
+
+
 def _send(conversation_id: object, content: object) -> str:
     return json.dumps(
         {"type": "message.send", "conversation_id": conversation_id, "content": content}
@@ -158,7 +164,9 @@ def _send(conversation_id: object, content: object) -> str:
         (_send(1, ["hi"]), "content: Input should be a valid string"),
     ],
 )
-async def test_malformed_frames_get_an_error_and_change_nothing(cookie, conversation, frame, error):
+async def test_malformed_frames_get_an_error_and_change_nothing(
+    cookie, conversation, frame, error, no_dispatch
+):
     ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
     assert (await ws.connect())[0]
     await ws.send_to(text_data=frame)
@@ -209,7 +217,9 @@ async def test_a_message_with_a_nul_character_is_refused_and_its_text_put_back(
     assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None)]
 
 
-async def test_a_message_refused_for_the_state_gets_its_text_back(cookie, conversation):
+async def test_a_message_refused_for_the_state_gets_its_text_back(
+    cookie, conversation, no_dispatch
+):
     """A reply still being written: the new message is refused and kept in the composer."""
     from conversations import services
 
@@ -366,3 +376,36 @@ async def test_approval_decided_over_the_socket_by_its_owner_only(
     assert approval.status == ApprovalRequest.Status.APPROVED
     assert approval.decided_by_id == conversation.owner_id
     await owner.disconnect()
+
+
+async def test_stop_and_approve_that_lost_are_told_what_happened(cookie, conversation, no_dispatch):
+    """A reply already stopped, an approval already cancelled by that Stop: each
+    refusal says what happened, and the socket goes on."""
+    from approvals.models import ApprovalRequest
+    from conversations import services
+
+    approval = await _pending_approval(conversation)
+    await database_sync_to_async(services.run_cancel)(
+        user=conversation.owner, run_id=approval.run_id
+    )
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(text_data=json.dumps({"type": "run.cancel", "run_id": approval.run_id}))
+    assert "This reply has already been stopped." in await ws.receive_from(timeout=5)
+    await ws.send_to(
+        text_data=json.dumps(
+            {
+                "type": "approval.decide",
+                "approval_id": approval.pk,
+                "decision": "approve",
+                "arguments_hash": approval.arguments_hash,
+            }
+        )
+    )
+    assert "This approval is already cancelled." in await ws.receive_from(timeout=5)
+    await sync_to_async(approval.refresh_from_db)()
+    assert approval.status == ApprovalRequest.Status.CANCELLED
+    await ws.send_to(text_data=_send(conversation.pk, "Hello"))
+    reply = await ws.receive_from(timeout=5)
+    assert 'id="chat-errors"' in reply and "error-box" not in reply
+    await ws.disconnect()
