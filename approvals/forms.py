@@ -224,6 +224,8 @@ class ApprovalFilterForm(forms.Form):
     """Filters of the approvals page: status and tool."""
 
     status = forms.ChoiceField(
-        choices=[("", "Any status"), *ApprovalRequest.Status.choices], required=False
+        choices=[("", "Any status"), *ApprovalRequest.Status.choices],
+        required=False,
+        error_messages={"invalid_choice": "Choose a status from the list."},
     )
     tool = forms.CharField(max_length=200, required=False)

@@ -40,6 +40,27 @@ def test_list_shows_own_and_filters(user_client, user, other_user, make_approval
     assert 'id="approvals-empty"' in denied
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"status": "bogus" * 1000}, "status: Choose a status from the list."),
+        ({"tool": "notes\x00"}, "tool: Null characters are not allowed."),
+        ({"tool": "x" * 201}, "tool: Ensure this value has at most 200 characters"),
+    ],
+)
+def test_filters_that_cannot_be_used_are_400_with_why(
+    user_client, user, make_approval, params, message
+):
+    approval = make_approval(user)
+    response = user_client.get("/approvals/", params)
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert f'<p class="error" role="alert">These filters cannot be used: {message}' in body
+    assert "bogusbogus" not in body
+    assert f'id="approval-{approval.pk}"' in body  # unfiltered
+    assert user_client.get("/approvals/", {"page": "²"}).status_code == 200  # the first page
+
+
 def test_list_query_count_does_not_grow(
     user_client, user, make_approval, django_assert_max_num_queries
 ):

@@ -299,10 +299,12 @@ def posts(ids: Ids, *, max_chars: int) -> list[Post]:
     for i, after in enumerate(["garbage", "\u0000", "x" * 5000, "2024-01-01T00:00:00|²"]):
         add(Post(f"more.after[{i}]", "GET", "/c/more", {"after": after}, htmx=True))
     for i, params in enumerate(
-        [{"status": "bogus"}, {"tool": "\u0000"}, {"tool": "x" * 500}, {"page": "²"},
-         {"page": "-1"}, {"page": "9" * 30}, {"status": "\u0000"}]
+        [{"status": "bogus"}, {"tool": "\u0000"}, {"tool": "x" * 500}, {"status": "\u0000"}]
     ):  # fmt: skip
-        add(Post(f"approvals.filters[{i}]", "GET", "/approvals/", params, bad=False))
+        add(Post(f"approvals.filters[{i}]", "GET", "/approvals/", params))
+    # The pager's page: Paginator.get_page shows the first or the last page instead.
+    for i, page in enumerate(["²", "-1", "9" * 30, "\u0000"]):
+        add(Post(f"approvals.page[{i}]", "GET", "/approvals/", {"page": page}, bad=False))
     add(Post("approval.other", "GET", f"/approvals/{ids.other_approval}/"))
     add(Post("approval.huge-id", "GET", "/approvals/99999999999999999999999/"))
     for i, period in enumerate(["bogus", "\u0000", "x" * 5000]):
