@@ -5,11 +5,11 @@
 ``approval.decide`` from a second page's socket of the same user: frames on one
 socket are handled in order, so a race needs two). Each round: a run waits at
 the gate (the offline demo model asks for ``notes.delete`` on "forget the
-meeting"), Stop and Approve go out at once. Every round must end exactly one
-way: the run cancelled; the approval either approved (its call then cancelled,
-or finished if the worker had started it) or cancelled, with Approve told
-"This approval is already cancelled."; no answer ≥ 500, no other error, no
-traceback or ERROR in the logs.
+meeting <n>", a note never written), Stop and Approve go out at once. Every
+round must end exactly one way: the run cancelled; the approval either approved
+(its call then cancelled, or run to its end if a worker had started it) or
+cancelled, with Approve told "This approval is already cancelled."; no answer
+≥ 500, no other error, no traceback or ERROR in the logs.
 
 Waiting runs are made ``BATCH`` at a time, one per conversation, and raced
 one by one (a round is two requests; a run takes a worker a few steps).
@@ -152,9 +152,12 @@ def _judge(item: Round, final: tuple[str, str, str], tally: Counter, problems: l
     elif run != "cancelled":
         problems.append(f"run {item.run}: {run} after Stop")
     elif approval == "approved" and item.approve == expected_approve:
-        if invocation not in {"cancelled", "succeeded"}:
+        # Cancelled, unless a worker had started it before Stop: then it ran to its
+        # end (failed, mostly: the demo deletes a note that was never written).
+        if invocation not in {"cancelled", "succeeded", "failed"}:
             problems.append(f"run {item.run}: approved call ended {invocation}")
-        tally[f"approved, call {invocation}"] += 1
+        ran = "cancelled" if invocation == "cancelled" else "ran before Stop"
+        tally[f"approved, call {ran}"] += 1
     elif approval == "cancelled" and loser:
         if invocation != "cancelled":
             problems.append(f"run {item.run}: cancelled approval's call ended {invocation}")
