@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
+from django.utils.deprecation import MiddlewareMixin
 from django.utils.log import log_response
 
 
-class FormBodyMiddleware:
+class FormBodyMiddleware(MiddlewareMixin):
     """Read a POST's form body first, and refuse one Django's parser refuses.
 
     Django refuses a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` or with more
@@ -22,20 +21,18 @@ class FormBodyMiddleware:
     a warning without a traceback.
     """
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "POST":
-            try:
-                request.POST  # noqa: B018 - parsed now, so that a refusal is ours
-            except RequestDataTooBig:
-                return self._refuse(request, 413, "The form is too large to send.")
-            except (TooManyFieldsSent, TooManyFilesSent):
-                return self._refuse(request, 400, "The form has too many fields.")
-            except MultiPartParserError:
-                return self._refuse(request, 400, "The form could not be read.")
-        return self.get_response(request)
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        if request.method != "POST":
+            return None
+        try:
+            request.POST  # noqa: B018 - parsed now, so that a refusal is ours
+        except RequestDataTooBig:
+            return self._refuse(request, 413, "The form is too large to send.")
+        except (TooManyFieldsSent, TooManyFilesSent):
+            return self._refuse(request, 400, "The form has too many fields.")
+        except MultiPartParserError:
+            return self._refuse(request, 400, "The form could not be read.")
+        return None
 
     @staticmethod
     def _refuse(request: HttpRequest, status: int, message: str) -> HttpResponse:
