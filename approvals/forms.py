@@ -9,8 +9,11 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from approvals.models import ApprovalRequest
+from project.inbound import InboundError, json_parse
 
 ARG_PREFIX = "arg__"
+#: Longest JSON text an editor field takes (as much as a model may send: tools.validation).
+MAX_JSON_CHARS = 200_000
 
 
 def _schema_properties(schema: Any) -> dict[str, dict]:
@@ -57,17 +60,20 @@ class DecisionForm(forms.Form):
         ("preview", "Preview edits"),
     )
 
-    decision = forms.ChoiceField(choices=DECISIONS)
+    decision = forms.ChoiceField(
+        choices=DECISIONS,
+        error_messages={"invalid_choice": "Choose approve, deny, edit or preview."},
+    )
     arguments_hash = forms.RegexField(
         regex=r"^[0-9a-f]{64}$",
         error_messages={"invalid": "The arguments hash must be 64 lowercase hex digits."},
     )
     reason = forms.CharField(max_length=2000, required=False)
     always_allow = forms.BooleanField(required=False)
-    edited_arguments = forms.CharField(required=False, max_length=200_000, strip=False)
+    edited_arguments = forms.CharField(required=False, max_length=MAX_JSON_CHARS, strip=False)
     arguments_json = forms.CharField(
         required=False,
-        max_length=200_000,
+        max_length=MAX_JSON_CHARS,
         strip=False,
         label="Arguments (JSON)",
         widget=forms.Textarea(attrs={"rows": 8, "class": "json"}),
@@ -137,9 +143,9 @@ class DecisionForm(forms.Form):
 
     def _parse_json_object(self, text: str, field: str) -> dict | None:
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            self.add_error(field, f"Not valid JSON: {exc.msg} (line {exc.lineno}).")
+            value = json_parse(text, max_chars=MAX_JSON_CHARS)
+        except InboundError as exc:
+            self.add_error(field, str(exc))
             return None
         if not isinstance(value, dict):
             self.add_error(field, "The arguments must be a JSON object.")
@@ -161,9 +167,9 @@ class DecisionForm(forms.Form):
                     edited.pop(name, None)
                     continue
                 try:
-                    edited[name] = json.loads(value)
-                except json.JSONDecodeError as exc:
-                    self.add_error(key, f"Not valid JSON: {exc.msg}.")
+                    edited[name] = json_parse(value, max_chars=MAX_JSON_CHARS)
+                except InboundError as exc:
+                    self.add_error(key, str(exc))
                     ok = False
             elif kind == "enum":
                 if value in (None, ""):
@@ -218,6 +224,8 @@ class ApprovalFilterForm(forms.Form):
     """Filters of the approvals page: status and tool."""
 
     status = forms.ChoiceField(
-        choices=[("", "Any status"), *ApprovalRequest.Status.choices], required=False
+        choices=[("", "Any status"), *ApprovalRequest.Status.choices],
+        required=False,
+        error_messages={"invalid_choice": "Choose a status from the list."},
     )
     tool = forms.CharField(max_length=200, required=False)

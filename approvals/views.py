@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
@@ -50,12 +51,19 @@ def _group_ids(user: Any) -> set[int]:
 @login_required
 @require_GET
 def approval_list(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """GET /approvals/: the user's approvals and those they approve, filterable by status/tool."""
+    """GET /approvals/: the user's approvals and those they approve, filterable by status/tool.
+
+    Filters that are not valid (an unknown status, a tool name with a NUL
+    character) answer 400: the page unfiltered, with a message saying why.
+    """
     filters = ApprovalFilterForm(request.GET or None)
     status = tool = None
+    filter_error = ""
     if filters.is_valid():
         status = filters.cleaned_data["status"] or None
         tool = filters.cleaned_data["tool"] or None
+    elif filters.is_bound:
+        filter_error = "These filters cannot be used: " + _form_errors(filters)
     page = Paginator(
         approvals_for_user(user=request.user, status=status, tool=tool), PAGE_SIZE
     ).get_page(request.GET.get("page"))
@@ -79,7 +87,17 @@ def approval_list(request: AuthenticatedHttpRequest) -> HttpResponse:
             "status_choices": ApprovalRequest.Status.choices,
             "selected_status": status or "",
             "selected_tool": tool or "",
+            "filter_error": filter_error,
         },
+        status=400 if filter_error else 200,
+    )
+
+
+def _form_errors(form: forms.Form) -> str:
+    """A form's errors as one line: ``"status: Select a valid choice. …"``."""
+    return "; ".join(
+        f"{'' if field == '__all__' else field + ': '}{' '.join(str(msg) for msg in msgs)}"
+        for field, msgs in form.errors.items()
     )
 
 
@@ -141,10 +159,7 @@ def approval_decide_view(request: AuthenticatedHttpRequest, pk: int) -> HttpResp
     approval = _visible_or_404(request, pk)
     form = DecisionForm(request.POST, approval=approval)
     if not form.is_valid():
-        errors = "; ".join(
-            f"{'' if field == '__all__' else field + ': '}{' '.join(str(msg) for msg in msgs)}"
-            for field, msgs in form.errors.items()
-        )
+        errors = _form_errors(form)
         return _card_response(request, approval, status=400, error=errors, form=form)
     if form.cleaned_data["decision"] == "preview":
         edited = form.cleaned_data["edited"]

@@ -1,61 +1,152 @@
 """The page's single WebSocket (``/ws/``, optional ``?conversation=<id>``).
 
 Joins ``user.<id>`` always and ``conversation.<id>`` only for a conversation the
-user owns (else the connection is closed with 4403). Anonymous users are
-closed with 4401. Outbound: ``html.push`` group messages are forwarded as text
-frames (htmx's ws extension swaps them). Inbound: JSON frames validated with
-pydantic and routed through ``INBOUND`` (``type`` → model + handler); anything
-else gets an inline error fragment, a log line, and changes nothing.
+user owns (else the connection is closed with 4403; an id that is not a whole
+number from 1 is refused the same way). Anonymous users are closed with 4401.
+Outbound: ``html.push`` group messages are forwarded as text frames (htmx's ws
+extension swaps them).
+
+Inbound: every frame is answered with the page's error box (``#chat-errors``):
+empty when the request was carried out, else with a message for people.
+``frame_parse`` checks a frame's length before parsing it, parses it strictly
+(``project.inbound.json_parse``: bounded nesting, no NaN) and validates it with
+the pydantic model of its ``type`` (``INBOUND``). A refused frame is logged
+once, as a warning, changes nothing and leaves the socket open; a refused
+``message.send`` also puts the typed text back into the composer. A request
+the services refuse for the state it finds (a reply already stopped, an
+approval already decided) is answered the same way, with the service's message.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError as DjangoValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from approvals.services import ApprovalError, approval_decide_from_payload
 from conversations import services
 from conversations.dispatch import recovery_timer_ensure
-from conversations.events import error_fragment
+from conversations.events import composer_text_fragment, error_fragment
 from conversations.models import Conversation
+from conversations.runs import RunStateError
 from project.dbthreads import db_async, db_concurrent
+from project.inbound import Id, InboundError, Text, id_parse, json_parse
 from project.pushes import conversation_group, user_group
 
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+#: A frame longer than this is refused before it is parsed (daphne itself closes
+#: the socket on a message over 1 MiB, its ``--websocket-max-message-size``).
 MAX_FRAME_CHARS = 1_000_000
+#: Nesting a frame may have: the frame, htmx's ``HEADERS``, and room to spare.
+MAX_FRAME_DEPTH = 4
+#: Longest message of a refusal (a field's value can end up in a form's message).
+MAX_ERROR_CHARS = 300
 
 
 class Frame(BaseModel):
-    """Base of inbound frames: unknown keys (htmx adds ``HEADERS``) are ignored."""
+    """Base of inbound frames: unknown keys (htmx adds ``HEADERS``) are ignored;
+    ``type`` names the request (a ``Literal`` in each subclass)."""
 
     model_config = ConfigDict(extra="ignore")
+    type: str
 
 
 class MessageSendFrame(Frame):
-    conversation_id: int
-    content: str = Field(max_length=MAX_FRAME_CHARS)
+    type: Literal["message.send"]
+    conversation_id: Id
+    # The length is the service's to check (``TOLLGATE_MAX_MESSAGE_CHARS``).
+    content: Text
 
 
 class RunCancelFrame(Frame):
-    run_id: int
+    type: Literal["run.cancel"]
+    run_id: Id
 
 
 class ApprovalDecideFrame(Frame):
     """An approval card's form sent over the socket; the fields are checked by
-    approvals' ``DecisionForm`` (``approval_decide_from_payload``)."""
+    approvals' ``DecisionForm`` (``approval_decide_from_payload``), each a single
+    value as a form field holds (text, a number or a boolean)."""
 
     model_config = ConfigDict(extra="allow")
-    approval_id: int
+    type: Literal["approval.decide"]
+    approval_id: Id
+
+    @model_validator(mode="after")
+    def _form_values(self) -> ApprovalDecideFrame:
+        for key, value in (self.model_extra or {}).items():
+            if key != "HEADERS" and not isinstance(value, str | int | float | bool):
+                raise ValueError(f"{key[:40]} must be text, a number or true/false")
+        return self
+
+
+InboundFrame = Annotated[
+    MessageSendFrame | RunCancelFrame | ApprovalDecideFrame, Field(discriminator="type")
+]
+_INBOUND_FRAME: TypeAdapter[Frame] = TypeAdapter(InboundFrame)
+
+
+class FrameRefused(InboundError):
+    """A frame that is not a valid request; ``data`` is what it parsed to, if anything."""
+
+    def __init__(self, message: str, *, data: Any = None) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+def frame_parse(text: str) -> Frame:
+    """The request in an inbound text frame (a ``Frame`` subclass of ``INBOUND``).
+
+    Raises :class:`FrameRefused` with a message for people: too long (checked
+    first), not strict JSON or nested too deeply (``json_parse``), not an
+    object, no or an unknown ``type``, or a field of the wrong kind (an id that
+    is not a whole number from 1, text with a NUL character, a missing field).
+    """
+    try:
+        data = json_parse(
+            text, max_chars=MAX_FRAME_CHARS, max_depth=MAX_FRAME_DEPTH, allow_nul=True
+        )
+    except InboundError as error:
+        raise FrameRefused(f"The page sent a request that cannot be read. {error}") from None
+    try:
+        return _INBOUND_FRAME.validate_python(data)
+    except ValidationError as error:
+        raise FrameRefused(_frame_error(error), data=data) from None
+
+
+def _validation_message(error: DjangoValidationError) -> str:
+    """A form's refusal as one line: ``"reason: Null characters are not allowed."``."""
+    if not hasattr(error, "error_dict"):
+        return " ".join(error.messages)
+    return "; ".join(
+        " ".join(messages) if field == "__all__" else f"{field}: {' '.join(messages)}"
+        for field, messages in error.message_dict.items()
+    )
+
+
+def _frame_error(error: ValidationError) -> str:
+    first = error.errors(include_url=False)[0]
+    kind = first["type"]
+    if kind == "union_tag_not_found":
+        return "The request has no type."
+    if kind == "union_tag_invalid":
+        return f"Unknown request type {str(first['ctx']['tag'])[:40]!r}."
+    if kind == "model_attributes_type":
+        return "A request must be a JSON object."
+    problems = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"][1:])
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{field}: {message}" if field else message)
+    return "Invalid request: " + "; ".join(problems)
 
 
 Handler = Callable[["PageConsumer", Any], Awaitable[None]]
@@ -91,11 +182,11 @@ async def _approval_decide(consumer: PageConsumer, frame: ApprovalDecideFrame) -
     )
 
 
-#: Inbound frame ``type`` → (pydantic model, handler).
-INBOUND: dict[str, tuple[type[Frame], Handler]] = {
-    "message.send": (MessageSendFrame, _message_send),
-    "run.cancel": (RunCancelFrame, _run_cancel),
-    "approval.decide": (ApprovalDecideFrame, _approval_decide),
+#: Inbound frame model → its handler (the model's ``type`` names the request).
+INBOUND: dict[type[Frame], Handler] = {
+    MessageSendFrame: _message_send,
+    RunCancelFrame: _run_cancel,
+    ApprovalDecideFrame: _approval_decide,
 }
 
 
@@ -116,15 +207,16 @@ class PageConsumer(AsyncWebsocketConsumer):
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        query = parse_qs(self.scope.get("query_string", b"").decode())
+        query = parse_qs(self.scope.get("query_string", b"").decode(errors="replace"))
         raw = (query.get("conversation") or [""])[0]
         groups = [user_group(self.user.pk)]
         if raw:
-            if not raw.isdigit() or not await _owns(self.user, int(raw)):
-                logger.warning("user %s may not join conversation %r", self.user.pk, raw)
+            conversation_id = id_parse(raw)
+            if conversation_id is None or not await _owns(self.user, conversation_id):
+                logger.warning("user %s may not join conversation %r", self.user.pk, raw[:40])
                 await self.close(code=CLOSE_FORBIDDEN)
                 return
-            groups.append(conversation_group(int(raw)))
+            groups.append(conversation_group(conversation_id))
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.append(group)
@@ -137,45 +229,41 @@ class PageConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
-            await self._reject("Binary frames are not supported.", repr(bytes_data)[:80])
-            return
-        if len(text_data) > MAX_FRAME_CHARS + 10_000:
-            await self._reject("That message is too large.", f"{len(text_data)} chars")
+            await self._refuse("Binary frames are not supported.", repr((bytes_data or b"")[:80]))
             return
         try:
-            data = json.loads(text_data)
-        except ValueError:
-            await self._reject("The page sent something that is not JSON.", text_data[:80])
-            return
-        if not isinstance(data, dict) or data.get("type") not in INBOUND:
-            kind = data.get("type") if isinstance(data, dict) else type(data).__name__
-            await self._reject(f"Unknown request type {str(kind)[:40]!r}.", text_data[:80])
-            return
-        model, handler = INBOUND[data["type"]]
-        try:
-            frame = model.model_validate(data)
-        except ValidationError as error:
-            fields = ", ".join(str(e["loc"][0]) for e in error.errors() if e.get("loc"))
-            await self._reject(f"Invalid request: check {fields or 'the fields'}.", text_data[:80])
+            frame = frame_parse(text_data)
+        except FrameRefused as error:
+            await self._refuse(str(error), repr(text_data[:80]), data=error.data)
             return
         try:
-            await handler(self, frame)
-        except (services.ConversationError, ApprovalError) as error:
-            logger.info("user %s %s rejected: %s", self.user.pk, data["type"], error)
-            await self.send(text_data=error_fragment(str(error)))
+            await INBOUND[type(frame)](self, frame)
+        except (services.ConversationError, ApprovalError, RunStateError) as error:
+            # Not bad input: the state changed first (a lost race, a finished run).
+            logger.info("user %s %s refused: %s", self.user.pk, frame.type, error)
+            await self._answer(str(error), frame.model_dump())
             return
         except DjangoValidationError as error:
-            logger.info("user %s %s invalid: %s", self.user.pk, data["type"], error.messages)
-            await self.send(
-                text_data=error_fragment("Invalid request: " + " ".join(error.messages))
-            )
+            await self._refuse("Invalid request: " + _validation_message(error), frame.type)
             return
         # Success clears a previous error box.
         await self.send(text_data=error_fragment(""))
 
-    async def _reject(self, message: str, detail: str) -> None:
-        logger.warning("bad frame from user %s: %s (%s)", self.user.pk, message, detail)
-        await self.send(text_data=error_fragment(message))
+    async def _refuse(self, message: str, detail: str, *, data: Any = None) -> None:
+        """Answer a frame that is not a valid request, and log it once (a warning)."""
+        logger.warning("bad frame from user %s: %s (%s)", self.user.pk, message[:200], detail)
+        await self._answer(message, data)
+
+    async def _answer(self, message: str, data: Any) -> None:
+        """The error box with ``message``; for a ``message.send``, the typed text too."""
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[: MAX_ERROR_CHARS - 1] + "…"
+        html = error_fragment(message)
+        if isinstance(data, dict) and data.get("type") == "message.send":
+            content = data.get("content")
+            if isinstance(content, str) and content.strip():
+                html += composer_text_fragment(content)
+        await self.send(text_data=html)
 
     async def html_push(self, event: dict[str, Any]) -> None:
         """Forward server-rendered HTML (from ``<app>/events.py``) to the browser."""

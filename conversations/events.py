@@ -219,6 +219,16 @@ def error_fragment(text: str) -> str:
     return render("chat-errors", {"error": text, "oob": True})
 
 
+def composer_text_fragment(text: str) -> str:
+    """The composer's text put back (an OOB fragment), after its message was refused.
+
+    The page clears the composer once a message went out (``static/js/chat.js``);
+    this makes ``text`` the composer's text again. NUL characters, which HTML
+    cannot carry (the refusal said why), become U+FFFD as a browser shows them.
+    """
+    return render("composer-text", {"content": text.replace("\x00", "\ufffd")})
+
+
 # -- streaming -------------------------------------------------------------------
 
 

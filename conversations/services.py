@@ -120,6 +120,19 @@ def conversation_create(
     return conversation
 
 
+def conversation_start(
+    *, user, model_config_id: int | None = None, content: str = ""
+) -> Conversation:
+    """A new conversation (``conversation_create``) with ``content`` as its first
+    message (``message_send``) unless it is blank: both or neither, so a refused
+    message leaves no empty conversation behind. Raises what they raise."""
+    with transaction.atomic():
+        conversation = conversation_create(user=user, model_config_id=model_config_id)
+        if content.strip():
+            message_send(user=user, conversation_id=conversation.pk, content=content)
+    return conversation
+
+
 def conversation_rename(*, user, conversation_id: int, title: str) -> Conversation:
     """Rename (title stripped, 1 to 200 chars). Raises ``NotFound``, ``ConversationError``."""
     title = " ".join(title.split())

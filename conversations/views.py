@@ -1,31 +1,60 @@
 """Chat pages and actions. Views parse input, call one service, render.
 
-Another user's conversation or run answers 404. Actions answer htmx requests
-with 204 (the WebSocket push redraws the page) or an inline error fragment,
-and plain form posts with a redirect (errors as flash messages).
+Another user's conversation or run answers 404. Every input is read with a form
+(``conversations.forms``). Actions answer htmx requests with 204 (the WebSocket
+push redraws the page) and plain form posts with a redirect. A refused action
+(invalid input: 400; a state that does not allow it, such as a reply already
+stopped: 409) answers htmx with the page's error box, swapped out of band, and a
+plain post with its page drawn again, the error shown and what was typed kept;
+it is logged once, as a warning.
 """
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.forms import Form
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.log import log_response
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect, retarget
+from django_htmx.http import HttpResponseClientRedirect, reswap
 
 from accounts.http import AuthenticatedHttpRequest
 from conversations import selectors, services
+from conversations.events import composer_text_fragment, error_fragment
 from conversations.events import render as render_partial
+from conversations.forms import (
+    ArchiveForm,
+    ConversationStartForm,
+    EarlierForm,
+    MessageForm,
+    ModelPickForm,
+    RenameForm,
+)
+from project.inbound import id_parse
 
-logger = logging.getLogger(__name__)
+#: Refusals for the state a service found (HTTP 409); any other is bad input (400).
+CONFLICTS: tuple[type[services.ConversationError], ...] = (
+    services.ConversationArchived,
+    services.RunInProgress,
+    services.RunNotCancellable,
+    services.RunNotRetryable,
+    services.ModelUnavailable,
+)
 
 
-def _page(request: AuthenticatedHttpRequest, *, conversation=None) -> HttpResponse:
+def _page(
+    request: AuthenticatedHttpRequest,
+    *,
+    conversation=None,
+    status: int = 200,
+    **extra: Any,
+) -> HttpResponse:
     show_archived = request.GET.get("archived") == "1" and conversation is None
     context = {
         "conversation": conversation,
@@ -33,10 +62,11 @@ def _page(request: AuthenticatedHttpRequest, *, conversation=None) -> HttpRespon
         "show_archived": show_archived,
         "model_configs": selectors.model_configs_enabled(),
         "max_chars": settings.TOLLGATE_MAX_MESSAGE_CHARS,
+        **extra,
     }
     if conversation is not None:
         context["timeline"] = selectors.conversation_timeline(conversation=conversation)
-    return render(request, "conversations/chat.html", context)
+    return render(request, "conversations/chat.html", context, status=status)
 
 
 @login_required
@@ -61,10 +91,14 @@ def conversation_earlier(request: AuthenticatedHttpRequest, conversation_id: int
     not a number.
     """
     conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
-    before = request.GET.get("before", "")
-    if not before.isdigit():
-        return HttpResponseBadRequest("'before' must be a message id.")
-    timeline = selectors.conversation_timeline(conversation=conversation, before=int(before))
+    form = EarlierForm(request.GET)
+    if not form.is_valid():
+        response = HttpResponseBadRequest(_form_message(form))
+        log_response("Bad 'before' on %s", request.path, response=response, request=request)
+        return response
+    timeline = selectors.conversation_timeline(
+        conversation=conversation, before=form.cleaned_data["before"]
+    )
     return HttpResponse(
         render_partial("timeline", {"conversation": conversation, "timeline": timeline})
     )
@@ -90,17 +124,72 @@ def conversation_list_more(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
 
 
-def _error(
-    request: AuthenticatedHttpRequest, error: services.ConversationError, fallback: str
+def _form_message(form: Form) -> str:
+    """A form's errors as one line for people: ``"Title: Null characters are not allowed."``."""
+    parts = []
+    for field, errors in form.errors.items():
+        text = " ".join(str(error) for error in errors)
+        parts.append(text if field == "__all__" else f"{form[field].label}: {text}")
+    return " ".join(parts)
+
+
+def _shown(value: Any) -> Any:
+    """Typed text as a page shows it again: NUL (which HTML cannot carry) as U+FFFD."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
+def _refuse(
+    request: AuthenticatedHttpRequest,
+    message: str,
+    *,
+    status: int = 400,
+    conversation_id: int | None = None,
+    typed: dict[str, Any] | None = None,
 ) -> HttpResponse:
+    """Answer a refused action with ``message``, keeping what was typed.
+
+    ``typed``: what the form held, for the page's context: ``typed_content`` (the
+    message), ``typed_title``, ``typed_model``. htmx: the error box (and the
+    composer's text) out of band, no other swap. A plain post: the conversation's
+    page (or the start page when ``conversation_id`` is ``None``) with the error
+    and the typed values. Logged once, as a warning.
+    """
+    typed = {key: _shown(value) for key, value in (typed or {}).items()}
+    if request.htmx:
+        html = error_fragment(message)
+        if (typed.get("typed_content") or "").strip():
+            html += composer_text_fragment(typed["typed_content"])
+        response = reswap(HttpResponse(html, status=status), "none")
+    else:
+        conversation = None
+        if conversation_id is not None:
+            conversation = selectors.conversation_get(
+                user=request.user, conversation_id=conversation_id
+            )
+        response = _page(request, conversation=conversation, status=status, error=message, **typed)
+    log_response(
+        "Refused %s for user %s: %s",
+        request.path,
+        request.user.pk,
+        message,
+        response=response,
+        request=request,
+    )
+    return response
+
+
+def _refused(
+    request: AuthenticatedHttpRequest,
+    error: services.ConversationError,
+    *,
+    conversation_id: int | None = None,
+    typed: dict[str, Any] | None = None,
+) -> HttpResponse:
+    """``_refuse`` for a service's refusal: 404 for ``NotFound``, 409 for a conflict."""
     if isinstance(error, services.NotFound):
         raise Http404(str(error))
-    logger.info("rejected %s for user %s: %s", request.path, request.user.pk, error)
-    if request.htmx:
-        response = HttpResponse(render_partial("chat-errors", {"error": str(error)}))
-        return retarget(response, "#chat-errors")
-    messages.error(request, str(error))
-    return redirect(fallback)
+    status = 409 if isinstance(error, CONFLICTS) else 400
+    return _refuse(request, str(error), status=status, conversation_id=conversation_id, typed=typed)
 
 
 def _done(request: AuthenticatedHttpRequest, url: str) -> HttpResponse:
@@ -109,29 +198,26 @@ def _done(request: AuthenticatedHttpRequest, url: str) -> HttpResponse:
     return redirect(url)
 
 
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except ValueError:
-        return -1  # an id that matches nothing: "not available"
-
-
 @login_required
 @require_POST
 def conversation_create(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """New conversation with the picked model; with ``content``, also send it."""
-    content = request.POST.get("content", "")
+    """New conversation with the picked model; with ``content``, also send it (both or neither)."""
+    form = ConversationStartForm(request.POST)
+    typed = {
+        "typed_content": request.POST.get("content", ""),
+        "typed_model": id_parse(request.POST.get("model_config", "")),
+    }
+    if not form.is_valid():
+        return _refuse(request, _form_message(form), typed=typed)
     try:
-        conversation = services.conversation_create(
-            user=request.user, model_config_id=_int_or_none(request.POST.get("model_config"))
+        conversation = services.conversation_start(
+            user=request.user,
+            model_config_id=form.cleaned_data["model_config"],
+            content=form.cleaned_data["content"],
         )
-        url = reverse("conversations:detail", args=[conversation.pk])
-        if content.strip():
-            services.message_send(
-                user=request.user, conversation_id=conversation.pk, content=content
-            )
     except services.ConversationError as error:
-        return _error(request, error, reverse("home"))
+        return _refused(request, error, typed=typed)
+    url = reverse("conversations:detail", args=[conversation.pk])
     if request.htmx:
         return HttpResponseClientRedirect(url)
     return redirect(url)
@@ -140,41 +226,49 @@ def conversation_create(request: AuthenticatedHttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
-    url = reverse("conversations:detail", args=[conversation_id])
+    form = RenameForm(request.POST)
+    typed = {"typed_title": request.POST.get("title", "")}
+    if not form.is_valid():
+        return _refuse(request, _form_message(form), conversation_id=conversation_id, typed=typed)
     try:
         services.conversation_rename(
-            user=request.user, conversation_id=conversation_id, title=request.POST.get("title", "")
+            user=request.user, conversation_id=conversation_id, title=form.cleaned_data["title"]
         )
     except services.ConversationError as error:
-        return _error(request, error, url)
-    return redirect(url)
+        return _refused(request, error, conversation_id=conversation_id, typed=typed)
+    return redirect("conversations:detail", conversation_id)
 
 
 @login_required
 @require_POST
 def conversation_set_model(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
-    url = reverse("conversations:detail", args=[conversation_id])
+    form = ModelPickForm(request.POST)
+    if not form.is_valid():
+        return _refuse(request, _form_message(form), conversation_id=conversation_id)
     try:
         services.conversation_set_model(
             user=request.user,
             conversation_id=conversation_id,
-            model_config_id=_int_or_none(request.POST.get("model_config")) or -1,
+            model_config_id=form.cleaned_data["model_config"],
         )
     except services.ConversationError as error:
-        return _error(request, error, url)
-    return redirect(url)
+        return _refused(request, error, conversation_id=conversation_id)
+    return redirect("conversations:detail", conversation_id)
 
 
 @login_required
 @require_POST
 def conversation_archive(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
-    archived = request.POST.get("archived", "1") == "1"
+    form = ArchiveForm(request.POST)
+    if not form.is_valid():
+        return _refuse(request, _form_message(form), conversation_id=conversation_id)
+    archived = form.cleaned_data["archived"] != "0"
     try:
         services.conversation_archive(
             user=request.user, conversation_id=conversation_id, archived=archived
         )
     except services.ConversationError as error:
-        return _error(request, error, reverse("home"))
+        return _refused(request, error, conversation_id=conversation_id)
     if archived:
         messages.success(request, "Conversation archived.")
         return redirect("home")
@@ -187,7 +281,7 @@ def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: int)
     try:
         services.conversation_delete(user=request.user, conversation_id=conversation_id)
     except services.ConversationError as error:
-        return _error(request, error, reverse("home"))
+        return _refused(request, error, conversation_id=conversation_id)
     messages.success(request, "Conversation deleted.")
     return redirect("home")
 
@@ -196,25 +290,29 @@ def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: int)
 @require_POST
 def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     """HTTP twin of the WebSocket ``message.send`` (no-JS fallback)."""
-    url = reverse("conversations:detail", args=[conversation_id])
+    form = MessageForm(request.POST)
+    typed = {"typed_content": request.POST.get("content", "")}
+    if not form.is_valid():
+        return _refuse(request, _form_message(form), conversation_id=conversation_id, typed=typed)
     try:
         services.message_send(
             user=request.user,
             conversation_id=conversation_id,
-            content=request.POST.get("content", ""),
+            content=form.cleaned_data["content"],
         )
     except services.ConversationError as error:
-        return _error(request, error, url)
-    return _done(request, url)
+        return _refused(request, error, conversation_id=conversation_id, typed=typed)
+    return _done(request, reverse("conversations:detail", args=[conversation_id]))
 
 
 @login_required
 @require_POST
 def run_cancel(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """Stop a reply. 409 when it has already finished, failed or been stopped."""
     try:
         run = services.run_cancel(user=request.user, run_id=run_id)
     except services.ConversationError as error:
-        return _error(request, error, reverse("home"))
+        return _refused(request, error)
     return _done(request, reverse("conversations:detail", args=[run.conversation_id]))
 
 
@@ -224,5 +322,5 @@ def run_retry(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
     try:
         run = services.run_retry(user=request.user, run_id=run_id)
     except services.ConversationError as error:
-        return _error(request, error, reverse("home"))
+        return _refused(request, error)
     return _done(request, reverse("conversations:detail", args=[run.conversation_id]))

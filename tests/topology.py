@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -316,3 +318,39 @@ class Stack:
             text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
             out.append(f"----- {name} log ({path}) -----\n" + "\n".join(text))
         return "\n".join(out)
+
+
+@contextlib.contextmanager
+def stack_running(*, name: str, logs: Path = DEFAULT_LOGS) -> Iterator[Stack]:
+    """The whole topology (daphne, a Celery worker, Celery beat), started and healthy.
+
+    Its database is ``name``, made fresh on ``DATABASE_URL``'s server and
+    dropped afterwards; its Redis is ``E2E_REDIS_URL`` (default database 9),
+    shared with other runs: the stack's keys carry its deployment name, derived
+    from the fresh database's name, and only they are deleted, before and after.
+    ``logs``' old ``*.log`` files are deleted first; sandbox workspaces live in a
+    throwaway data directory. Every process is stopped, even when the caller fails.
+    """
+    base_db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tollgate")
+    redis_url = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/9")
+    data_dir = Path(tempfile.mkdtemp(prefix="tollgate-stack-"))
+    data_dir.chmod(0o755)  # like var/: the sandbox's unprivileged uid passes through it
+    logs.mkdir(parents=True, exist_ok=True)
+    for log in logs.glob("*.log"):
+        log.unlink()
+    with fresh_database(base_db, name) as database_url:
+        topology = Stack(
+            database_url=database_url, redis_url=redis_url, logs=logs, data_dir=data_dir
+        )
+        try:
+            topology.redis_forget()  # an earlier run's, should its database name recur
+            topology.manage("migrate", "--noinput")
+            topology.start_web()
+            topology.start_worker()
+            topology.start_beat()
+            wait_for_http(topology.base_url + "/healthz", timeout=90)
+            yield topology
+        finally:
+            topology.stop_all()
+            shutil.rmtree(data_dir, ignore_errors=True)
+            topology.redis_forget()

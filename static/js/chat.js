@@ -1,5 +1,6 @@
 // Chat page behaviour: Enter sends, Shift+Enter adds a line, the composer
-// clears after its message went out over the WebSocket, and the message list
+// clears after its message went out over the WebSocket (and gets its text back
+// if the server refused it), and the message list
 // follows the stream while the reader is at the bottom.
 (function () {
   "use strict";
@@ -11,9 +12,15 @@
       if (box.value.trim()) box.form.requestSubmit();
     }
   });
+  // A refused message's text comes back as the textarea's content (its default
+  // value: conversations/events.py composer_text_fragment); clear that too.
   document.addEventListener("htmx:wsAfterSend", function (event) {
     var form = event.target.closest && event.target.closest("#composer");
-    if (form) { form.reset(); form.querySelector("textarea").focus(); }
+    if (!form) return;
+    var box = form.querySelector("textarea");
+    box.defaultValue = "";
+    form.reset();
+    box.focus();
   });
   function nearBottom() {
     return window.innerHeight + window.scrollY >= document.body.scrollHeight - 160;

@@ -40,6 +40,27 @@ def test_list_shows_own_and_filters(user_client, user, other_user, make_approval
     assert 'id="approvals-empty"' in denied
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"status": "bogus" * 1000}, "status: Choose a status from the list."),
+        ({"tool": "notes\x00"}, "tool: Null characters are not allowed."),
+        ({"tool": "x" * 201}, "tool: Ensure this value has at most 200 characters"),
+    ],
+)
+def test_filters_that_cannot_be_used_are_400_with_why(
+    user_client, user, make_approval, params, message
+):
+    approval = make_approval(user)
+    response = user_client.get("/approvals/", params)
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert f'<p class="error" role="alert">These filters cannot be used: {message}' in body
+    assert "bogusbogus" not in body
+    assert f'id="approval-{approval.pk}"' in body  # unfiltered
+    assert user_client.get("/approvals/", {"page": "²"}).status_code == 200  # the first page
+
+
 def test_list_query_count_does_not_grow(
     user_client, user, make_approval, django_assert_max_num_queries
 ):
@@ -118,6 +139,35 @@ def test_replayed_and_stale_decisions_are_409(user_client, user, make_approval):
     assert ApprovalRequest.objects.get(pk=approval.pk).status == "denied"
 
 
+def test_a_decision_that_lost_to_stop_or_expiry_is_409_and_says_what_happened(
+    user_client, user, make_approval
+):
+    """Stop cancelled the request first, or its time ran out: the decision is told so."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from approvals.services import approvals_cancel_for_run
+
+    stopped = make_approval(user)
+    approvals_cancel_for_run(run_id=stopped.run_id, actor=user)
+    response = post_decide(user_client, stopped, decision="approve")
+    assert response.status_code == 409
+    assert "This approval is already cancelled." in response.content.decode()
+
+    late = make_approval(user)
+    ApprovalRequest.objects.filter(pk=late.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    response = post_decide(user_client, late, decision="approve")
+    assert response.status_code == 409
+    assert "This approval expired before it was decided." in response.content.decode()
+    assert ApprovalRequest.objects.get(pk=late.pk).status == "expired"
+    again = post_decide(user_client, late, decision="deny")
+    assert again.status_code == 409
+    assert "This approval is already expired." in again.content.decode()
+
+
 def test_bad_input_is_400_and_changes_nothing(user_client, user, make_approval):
     approval = make_approval(user)
     assert post_decide(user_client, approval, decision="maybe").status_code == 400
@@ -128,6 +178,59 @@ def test_bad_input_is_400_and_changes_nothing(user_client, user, make_approval):
     bad_json = post_decide(user_client, approval, decision="approve", edited_arguments="{nope")
     assert bad_json.status_code == 400
     assert "Not valid JSON" in bad_json.content.decode()
+    assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("edited", "message"),
+    [
+        ('{"key": NaN}', "NaN and Infinity are not numbers JSON can hold"),
+        ('{"key": Infinity}', "NaN and Infinity are not numbers JSON can hold"),
+        ('{"key": -Infinity}', "NaN and Infinity are not numbers JSON can hold"),
+        ('{"key": 1e999}', "a number is too large to hold"),
+        ('{"key": "a\\u0000b"}', "Null characters are not allowed."),
+        ('{"\\u0000": "b"}', "Null characters are not allowed."),
+        ('{"key": "\\ud800"}', "Not valid JSON: unexpected end of hex escape"),
+        ('{"key": ' + "[" * 90_000 + "]" * 90_000 + "}", "nested more than 32 levels deep"),
+        ('{"a":' * 5000 + "1" + "}" * 5000, "nested more than 32 levels deep"),
+        ("x" * 200_001, "at most 200000 characters"),
+    ],
+    ids=["nan", "inf", "-inf", "1e999", "nul", "nul-key", "surrogate", "deep", "deep-obj", "long"],
+)
+@pytest.mark.parametrize("decision", ["edit", "approve", "preview"])
+def test_edited_arguments_that_cannot_be_stored_are_400(
+    user_client, user, make_approval, edited, message, decision
+):
+    """The issue's examples: each is refused with a message, nothing reaches PostgreSQL."""
+    approval = make_approval(user, arguments={"key": "a"})
+    response = post_decide(user_client, approval, decision=decision, edited_arguments=edited)
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert message in body
+    assert len(body) < 60_000  # the card, not the input echoed back
+    approval.refresh_from_db()
+    assert (approval.status, approval.edited_arguments) == ("pending", None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("reason", "a\x00b", "Null characters are not allowed."),
+        ("arguments_json", '{"key": NaN}', "NaN and Infinity"),
+        ("arg__key", "a\x00b", "Null characters are not allowed."),
+        ("decision", "x" * 5000, "Choose approve, deny, edit or preview."),
+    ],
+)
+def test_other_decision_fields_are_checked_the_same_way(
+    user_client, user, make_approval, field, value, message
+):
+    schemas = {"arg__key": {"type": "object", "properties": {"key": {"type": "string"}}}}
+    approval = make_approval(user, arguments={"key": "a"}, schema=schemas.get(field, {}))
+    data = {"decision": "edit" if field != "reason" else "deny", field: value}
+    response = post_decide(user_client, approval, **data)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert "x" * 100 not in response.content.decode()
     assert ApprovalRequest.objects.get(pk=approval.pk).status == "pending"
 
 

@@ -126,17 +126,47 @@ async def test_groups_joined_receive_pushes(cookie, user, conversation, other_us
     await ws.disconnect()
 
 
+@pytest.fixture
+def no_dispatch(monkeypatch):
+    """Runs a test starts are not sent to a worker: only the consumer's answer is under test."""
+    monkeypatch.setattr("conversations.dispatch.dispatch_run_step", lambda run_id: None)
+
+
+def _send(conversation_id: object, content: object) -> str:
+    return json.dumps(
+        {"type": "message.send", "conversation_id": conversation_id, "content": content}
+    )
+
+
 @pytest.mark.parametrize(
     ("frame", "error"),
     [
-        ("{not json", "not JSON"),
-        ('{"type": "explode"}', "Unknown request type"),
-        ("[1, 2]", "Unknown request type"),
+        ("{not json", "cannot be read. Not valid JSON"),
+        ('{"type": "explode"}', "Unknown request type &#x27;explode&#x27;."),
+        ('{"type": []}', "Unknown request type &#x27;[]&#x27;."),
+        ('{"type": {"a": 1}}', "Unknown request type"),
+        ('{"run_id": 1}', "The request has no type."),
+        ("[1, 2]", "A request must be a JSON object."),
         ('{"type": "message.send", "conversation_id": "x", "content": "hi"}', "conversation_id"),
-        ('{"type": "run.cancel"}', "run_id"),
+        ('{"type": "run.cancel"}', "run_id: Field required"),
+        ('{"type": "run.cancel", "run_id": "²"}', "run_id: Expected an id"),
+        ('{"type": "run.cancel", "run_id": "\u0661"}', "run_id: Expected an id"),
+        ('{"type": "run.cancel", "run_id": true}', "run_id: Expected an id"),
+        ('{"type": "run.cancel", "run_id": 1.0}', "run_id: Expected an id"),
+        ('{"type": "run.cancel", "run_id": 9223372036854775808}', "run_id: Expected an id"),
+        ('{"type": "run.cancel", "run_id": NaN}', "NaN and Infinity are not numbers JSON can hold"),
+        ('{"type": "run.cancel", "run_id": 1e999}', "a number is too large to hold"),
+        ("[" * 100_000 + "]" * 100_000, "nested more than 4 levels deep"),
+        ('{"a":' * 100_000 + "1" + "}" * 100_000, "nested more than 4 levels deep"),
+        ('{"type": "run.cancel", "run_id": 1, "x": [[[[[]]]]]}', "nested more than 4 levels"),
+        (r'{"type": "run.cancel", "run_id": 1, "x": "\ud800"}', "hex escape"),
+        ("x" * 1_000_001, "Too long: 1,000,001 characters"),
+        (_send(1, ["hi"]), "content: Input should be a valid string"),
     ],
 )
-async def test_malformed_frames_get_an_error_and_change_nothing(cookie, conversation, frame, error):
+async def test_malformed_frames_get_an_error_and_change_nothing(
+    cookie, conversation, frame, error, no_dispatch
+):
     ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
     assert (await ws.connect())[0]
     await ws.send_to(text_data=frame)
@@ -144,8 +174,77 @@ async def test_malformed_frames_get_an_error_and_change_nothing(cookie, conversa
     assert 'id="chat-errors"' in reply
     assert 'hx-swap-oob="outerHTML"' in reply
     assert error in reply
+    assert len(reply) < 1000  # the message, not the frame
+    assert await database_sync_to_async(Message.objects.count)() == 0
+    # The socket is still open and still does what it is for.
+    await ws.send_to(text_data=_send(conversation.pk, "Hello"))
+    reply = await ws.receive_from(timeout=5)
+    assert 'id="chat-errors"' in reply and "error-box" not in reply
+    assert await database_sync_to_async(Message.objects.count)() == 1
+    await ws.disconnect()
+
+
+async def test_a_binary_frame_is_refused(cookie, conversation, caplog):
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(bytes_data=_send(conversation.pk, "hi").encode())
+    assert "Binary frames are not supported." in await ws.receive_from(timeout=5)
+    await ws.disconnect()
+    assert [r.levelname for r in caplog.records if r.name == "conversations.consumers"] == [
+        "WARNING"
+    ]
+
+
+@pytest.mark.parametrize(
+    "content", ["a\x00b", "\x00", "line one\n\x00<b>two</b>"], ids=["inside", "only", "html"]
+)
+async def test_a_message_with_a_nul_character_is_refused_and_its_text_put_back(
+    cookie, conversation, content, caplog
+):
+    """The composer was cleared when the frame went out; the refusal puts the text
+    back (NUL shown as U+FFFD, as a browser would), so nothing typed is lost."""
+    typed = content
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(text_data=_send(conversation.pk, typed))
+    reply = await ws.receive_from(timeout=5)
+    assert "content: Null characters are not allowed." in reply
+    shown = typed.replace("\x00", "\ufffd").replace("<", "&lt;").replace(">", "&gt;")
+    assert f'<textarea id="composer-content" hx-swap-oob="innerHTML">\n{shown}</textarea>' in reply
     assert await database_sync_to_async(Message.objects.count)() == 0
     await ws.disconnect()
+    records = [r for r in caplog.records if r.name == "conversations.consumers"]
+    assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None)]
+
+
+async def test_a_message_refused_for_the_state_gets_its_text_back(
+    cookie, conversation, no_dispatch
+):
+    """A reply still being written: the new message is refused and kept in the composer."""
+    from conversations import services
+
+    await database_sync_to_async(services.message_send)(
+        user=conversation.owner, conversation_id=conversation.pk, content="first"
+    )
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(text_data=_send(conversation.pk, "my long second thought"))
+    reply = await ws.receive_from(timeout=5)
+    assert "A reply is still being written." in reply
+    assert ">\nmy long second thought</textarea>" in reply
+    await ws.disconnect()
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["²", "\u0661", "-1", "0", "99999999999999999999999", "abc", "%00", "1e3", "+1", "%201"],
+)
+async def test_a_conversation_that_is_not_an_id_is_refused_at_connect(cookie, conversation, query):
+    query = query.replace("1", str(conversation.pk)) if query in ("+1", "%201") else query
+    ws = communicator(f"/ws/?conversation={query}", cookie)
+    connected, code = await ws.connect()
+    assert not connected
+    assert code == 4403
 
 
 async def test_send_to_another_users_conversation_is_refused(other_cookie, conversation):
@@ -277,3 +376,36 @@ async def test_approval_decided_over_the_socket_by_its_owner_only(
     assert approval.status == ApprovalRequest.Status.APPROVED
     assert approval.decided_by_id == conversation.owner_id
     await owner.disconnect()
+
+
+async def test_stop_and_approve_that_lost_are_told_what_happened(cookie, conversation, no_dispatch):
+    """A reply already stopped, an approval already cancelled by that Stop: each
+    refusal says what happened, and the socket goes on."""
+    from approvals.models import ApprovalRequest
+    from conversations import services
+
+    approval = await _pending_approval(conversation)
+    await database_sync_to_async(services.run_cancel)(
+        user=conversation.owner, run_id=approval.run_id
+    )
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(text_data=json.dumps({"type": "run.cancel", "run_id": approval.run_id}))
+    assert "This reply has already been stopped." in await ws.receive_from(timeout=5)
+    await ws.send_to(
+        text_data=json.dumps(
+            {
+                "type": "approval.decide",
+                "approval_id": approval.pk,
+                "decision": "approve",
+                "arguments_hash": approval.arguments_hash,
+            }
+        )
+    )
+    assert "This approval is already cancelled." in await ws.receive_from(timeout=5)
+    await sync_to_async(approval.refresh_from_db)()
+    assert approval.status == ApprovalRequest.Status.CANCELLED
+    await ws.send_to(text_data=_send(conversation.pk, "Hello"))
+    reply = await ws.receive_from(timeout=5)
+    assert 'id="chat-errors"' in reply and "error-box" not in reply
+    await ws.disconnect()

@@ -184,9 +184,12 @@ def test_htmx_send_errors_are_shown_inline(user_client, conversation):
         {"content": "   "},
         HTTP_HX_REQUEST="true",
     )
-    assert response.status_code == 200
-    assert response["HX-Retarget"] == "#chat-errors"
-    assert "Type a message first." in response.content.decode()
+    assert response.status_code == 400
+    assert response["HX-Reswap"] == "none"  # only the error box, out of band
+    body = response.content.decode()
+    assert '<div id="chat-errors" class="chat-errors" role="alert" aria-live="polite" ' in body
+    assert 'hx-swap-oob="outerHTML"' in body
+    assert "Type a message first." in body
     assert not Message.objects.exists()
 
 
@@ -369,3 +372,169 @@ def test_the_chat_page_draws_approval_progress_in_a_fixed_number_of_queries(
     with django_assert_num_queries(len(queries.captured_queries)):
         body = user_client.get(reverse("conversations:detail", args=[many.pk])).content.decode()
     assert body.count("(1 of 2)") == 4
+
+
+# -- refused input: a message for people, what was typed kept (issue 20) -------------
+
+ERROR_BOX = '<p class="error-box">'
+
+
+def _typed_back(body: str, text: str) -> bool:
+    """Whether ``text`` is in a textarea again (after the newline HTML drops)."""
+    return f">\n{text}</textarea>" in body
+
+
+def test_a_new_chat_whose_message_is_refused_keeps_it_and_creates_nothing(
+    user_client, user, demo_model, settings
+):
+    settings.TOLLGATE_MAX_MESSAGE_CHARS = 20
+    url = reverse("conversations:create")
+    long = "a thought that goes on and on"
+    response = user_client.post(url, {"model_config": demo_model.pk, "content": long})
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert ERROR_BOX + "The message is too long (29 characters; the limit is 20)." in body
+    assert _typed_back(body, long)
+    assert f'<option value="{demo_model.pk}" selected>' in body
+    assert not Conversation.objects.filter(owner=user).exists()  # both or neither
+
+    response = user_client.post(url, {"model_config": demo_model.pk, "content": "hi\x00there"})
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert "Content: Null characters are not allowed." in body
+    assert _typed_back(body, "hi\ufffdthere")
+    assert not Conversation.objects.filter(owner=user).exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "²", "\u0661", "-1", "0", "9" * 30, "1.5", " 1"])
+def test_a_new_chat_with_a_model_that_is_not_an_id_is_400(user_client, user, value):
+    response = user_client.post(reverse("conversations:create"), {"model_config": value})
+    assert response.status_code == 400
+    assert "Model config: Expected an id (a whole number from 1)." in response.content.decode()
+    assert not Conversation.objects.filter(owner=user).exists()
+
+
+def test_new_chat_with_a_disabled_model_is_409(user_client, user):
+    from tests.factories import ModelConfigFactory
+
+    disabled = ModelConfigFactory(name="Retired", enabled=False)
+    response = user_client.post(reverse("conversations:create"), {"model_config": disabled.pk})
+    assert response.status_code == 409
+    assert "That model is not available. Pick another one." in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("title", "message", "shown"),
+    [
+        ("Plans\x00", "Title: Null characters are not allowed.", "Plans\ufffd"),
+        ("   ", "The title cannot be empty.", "   "),
+        ("x" * 201, "The title is too long (200 characters at most).", "x" * 201),
+    ],
+    ids=["nul", "empty", "long"],
+)
+def test_a_refused_rename_shows_why_and_keeps_the_typed_title(
+    user_client, conversation, title, message, shown
+):
+    response = user_client.post(
+        reverse("conversations:rename", args=[conversation.pk]), {"title": title}
+    )
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert ERROR_BOX + message in body
+    assert '<details class="rename" open>' in body
+    assert f'<input name="title" value="{shown}"' in body
+    conversation.refresh_from_db()
+    assert conversation.title == "Test chat"
+
+
+@pytest.mark.parametrize("htmx", [False, True], ids=["plain", "htmx"])
+def test_a_message_with_a_nul_character_is_refused_and_kept(user_client, conversation, htmx):
+    headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    response = user_client.post(
+        reverse("conversations:message-send", args=[conversation.pk]),
+        {"content": "see <b>this</b>\x00"},
+        **headers,
+    )
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert "Content: Null characters are not allowed." in body
+    assert _typed_back(body, "see &lt;b&gt;this&lt;/b&gt;\ufffd")
+    if htmx:
+        assert '<textarea id="composer-content" hx-swap-oob="innerHTML">' in body
+    assert not Message.objects.exists()
+
+
+def test_a_message_while_a_reply_is_written_is_409_and_kept(user_client, conversation):
+    from tests.factories import RunFactory
+
+    RunFactory(conversation=conversation, status=Run.Status.CALLING_LLM)
+    response = user_client.post(
+        reverse("conversations:message-send", args=[conversation.pk]), {"content": "and also"}
+    )
+    assert response.status_code == 409
+    body = response.content.decode()
+    assert ERROR_BOX + "A reply is still being written. Stop it or wait for it." in body
+    assert _typed_back(body, "and also")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("set-model", {"model_config": "²"}, "Model config: Expected an id"),
+        ("set-model", {}, "Model config: Pick a model."),
+        ("archive", {"archived": "yes"}, "Archived: Select a valid choice."),
+        ("archive", {"archived": "\x00"}, "Archived: "),
+    ],
+)
+def test_other_conversation_posts_are_checked_by_a_form(
+    user_client, conversation, name, data, message
+):
+    response = user_client.post(reverse(f"conversations:{name}", args=[conversation.pk]), data)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    conversation.refresh_from_db()
+    assert not conversation.archived
+
+
+@pytest.mark.parametrize("before", ["²", "\u0661", "9" * 30, "0", " 1", "\x00"])
+def test_earlier_messages_before_something_that_is_not_an_id_is_400(
+    user_client, conversation, before
+):
+    response = user_client.get(
+        reverse("conversations:earlier", args=[conversation.pk]), {"before": before}
+    )
+    assert response.status_code == 400
+    assert "must be a message id" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (Run.Status.COMPLETED, "This reply has already finished."),
+        (Run.Status.CANCELLED, "This reply has already been stopped."),
+        (Run.Status.FAILED, "This reply has already failed."),
+    ],
+)
+def test_stopping_a_finished_reply_is_409_with_what_happened(
+    user_client, conversation, status, message
+):
+    from tests.factories import RunFactory
+
+    run = RunFactory(conversation=conversation, status=status)
+    url = reverse("conversations:run-cancel", args=[run.pk])
+    response = user_client.post(url, HTTP_HX_REQUEST="true")
+    assert response.status_code == 409
+    assert response["HX-Reswap"] == "none"
+    body = response.content.decode()
+    assert 'hx-swap-oob="outerHTML"' in body and ERROR_BOX + message in body
+    plain = user_client.post(url)
+    assert plain.status_code == 409
+    assert ERROR_BOX + message in plain.content.decode()
+    run.refresh_from_db()
+    assert run.status == status
+
+
+def test_htmx_swaps_a_refusals_answer(user_client):
+    """The answers above are 4xx; the page tells htmx to swap them (not drop them)."""
+    body = user_client.get(reverse("home")).content.decode()
+    assert '{"code": "^(400|403|409|413|422)$", "swap": true, "error": false}' in body

@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.topology import ROOT, Stack, wait_for_http
-from tests.topology import with_database as _with_database
+from tests.topology import ROOT, Stack, stack_running
 
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
 CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", "/usr/bin/chromium")
@@ -45,36 +40,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="package")
 def stack() -> Iterator[Stack]:
-    base_db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tollgate")
-    db_name = f"tollgate_e2e_{os.getpid()}"
-    admin_url = _with_database(base_db, "postgres")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
-        conn.execute(f'CREATE DATABASE "{db_name}"')
-    # Shared with other runs; the stack's keys carry its deployment name (derived
-    # from the fresh database's name), so runs at once stay apart.
-    redis_url = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/9")
-    data_dir = Path(tempfile.mkdtemp(prefix="tollgate-e2e-"))
-    data_dir.chmod(0o755)  # like var/: the sandbox's unprivileged uid passes through it
-    topology = Stack(
-        database_url=_with_database(base_db, db_name), redis_url=redis_url, data_dir=data_dir
-    )
-    for log in ARTIFACTS.glob("*.log"):
-        log.unlink()
-    try:
-        topology.redis_forget()  # an earlier run's, should its database name recur
-        topology.manage("migrate", "--noinput")
-        topology.start_web()
-        topology.start_worker()
-        topology.start_beat()
-        wait_for_http(topology.base_url + "/healthz", timeout=90)
+    with stack_running(name=f"tollgate_e2e_{os.getpid()}", logs=ARTIFACTS) as topology:
         yield topology
-    finally:
-        topology.stop_all()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        topology.redis_forget()
 
 
 @pytest.fixture(scope="package")

@@ -204,3 +204,34 @@ def test_a_long_chat_draws_its_last_exchanges_and_loads_earlier_ones(new_page, s
     expect(page.get_by_role("button", name="Earlier messages")).to_have_count(0)
     run_id, _ = chat_send(page, "And one more")  # the page still takes new messages
     expect_run_completed(page, run_id)
+
+
+def test_a_refused_message_comes_back_to_the_composer_and_a_late_stop_says_why(new_page):
+    """The composer clears when a message goes out; one the server refuses (here:
+    sent while the reply still streams) comes back with the reason, and goes once
+    sent again. A Stop that comes after the reply finished answers 409, and the
+    page shows its message (htmx swaps that answer)."""
+    page = new_page()
+    sign_up(page, unique_email("refused"))
+    chat_new(page)
+    run_id, _run = chat_send(page, LONG_PROMPT)
+    composer = page.locator("#composer textarea[name=content]")
+    typed = "A second thought, typed <while> the reply streams"
+    composer.fill(typed)
+    page.click("#composer button[type=submit]")
+    errors = page.locator("#chat-errors .error-box")
+    expect(errors).to_contain_text("A reply is still being written.")
+    expect(composer).to_have_value(typed)
+
+    expect_run_completed(page, run_id)
+    page.click("#composer button[type=submit]")
+    expect(composer).to_have_value("")
+    expect(page.locator("#messages > .msg-user").last).to_contain_text(typed)
+    expect(errors).to_have_count(0)  # the success cleared the box
+    runs = page.locator("#messages section.run")
+    expect(runs).to_have_count(2)
+    expect_run_completed(page, int(runs.nth(1).get_attribute("data-run")))
+    expect(composer).to_have_value("")  # nothing refused came back
+
+    page.evaluate(f"htmx.ajax('POST', '/runs/{run_id}/cancel', {{swap: 'none'}})")
+    expect(errors).to_contain_text("This reply has already finished.")

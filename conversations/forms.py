@@ -1,0 +1,70 @@
+"""Forms of the chat pages' posts and inputs: types, ranges and NUL characters.
+
+What the services check (an empty or too long message, a title's length, a
+model that is disabled) stays theirs, with their messages; a form checks only
+what a service cannot be handed: an id that is not a whole number in range, a
+value outside its choices, text with a NUL character (Django's ``CharField``
+refuses it), which PostgreSQL cannot store.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from project.inbound import id_parse
+
+
+class IdField(forms.Field):
+    """A row id: ASCII digits for a whole number from 1 to the largest ``bigint``
+    (``project.inbound.id_parse``, the rule WebSocket frames follow too); not
+    ``"²"``, ``" 7"`` or ``"7.0"``. Empty is ``None``."""
+
+    default_error_messages = {"invalid": "Expected an id (a whole number from 1)."}
+
+    def to_python(self, value: object) -> int | None:
+        if value in self.empty_values:
+            return None
+        parsed = id_parse(value)
+        if parsed is None:
+            raise ValidationError(self.error_messages["invalid"], code="invalid")
+        return parsed
+
+
+class ConversationStartForm(forms.Form):
+    """``POST /c/new``: the model picked (the default one when empty) and a first message."""
+
+    model_config = IdField(required=False)
+    content = forms.CharField(required=False, strip=False)
+
+
+class MessageForm(forms.Form):
+    """``POST /c/<id>/send``: the message (emptiness and length: ``message_send``)."""
+
+    content = forms.CharField(required=False, strip=False)
+
+
+class RenameForm(forms.Form):
+    """``POST /c/<id>/rename`` (emptiness and length: ``conversation_rename``)."""
+
+    title = forms.CharField(required=False, strip=False)
+
+
+class ModelPickForm(forms.Form):
+    """``POST /c/<id>/model``."""
+
+    model_config = IdField(error_messages={"required": "Pick a model."})
+
+
+class ArchiveForm(forms.Form):
+    """``POST /c/<id>/archive``: ``archived`` is 1 (archive, also when empty) or 0 (unarchive)."""
+
+    archived = forms.ChoiceField(choices=[("1", "Archive"), ("0", "Unarchive")], required=False)
+
+
+class EarlierForm(forms.Form):
+    """``GET /c/<id>/earlier?before=<message id>``."""
+
+    before = IdField(
+        error_messages=dict.fromkeys(("required", "invalid"), "'before' must be a message id.")
+    )
