@@ -321,18 +321,20 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack_running(*, name: str, logs: Path = DEFAULT_LOGS) -> Iterator[Stack]:
+def stack_running(
+    *, name: str, logs: Path = DEFAULT_LOGS, redis_url: str | None = None
+) -> Iterator[Stack]:
     """The whole topology (daphne, a Celery worker, Celery beat), started and healthy.
 
     Its database is ``name``, made fresh on ``DATABASE_URL``'s server and
-    dropped afterwards; its Redis is ``E2E_REDIS_URL`` (default database 9),
-    shared with other runs: the stack's keys carry its deployment name, derived
+    dropped afterwards; its Redis is ``redis_url``, else ``E2E_REDIS_URL`` (default
+    database 9), shared with other runs: the stack's keys carry its deployment name, derived
     from the fresh database's name, and only they are deleted, before and after.
     ``logs``' old ``*.log`` files are deleted first; sandbox workspaces live in a
     throwaway data directory. Every process is stopped, even when the caller fails.
     """
     base_db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tollgate")
-    redis_url = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/9")
+    redis_url = redis_url or os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/9")
     data_dir = Path(tempfile.mkdtemp(prefix="tollgate-stack-"))
     data_dir.chmod(0o755)  # like var/: the sandbox's unprivileged uid passes through it
     logs.mkdir(parents=True, exist_ok=True)
