@@ -77,6 +77,13 @@ def model_configs_enabled() -> list[ModelConfig]:
     return list(ModelConfig.objects.filter(enabled=True).order_by("-is_default", "name"))
 
 
+def model_names_enabled(**_signal: Any) -> list[str]:
+    """The names of the enabled models; one query. Receiver of
+    ``prompts.signals.model_names_query`` (``ConversationsConfig.ready``), so a
+    prompt version may name a model without prompts importing conversations."""
+    return list(ModelConfig.objects.filter(enabled=True).values_list("name", flat=True))
+
+
 @dataclass
 class TimelineItem:
     """A top-level message (``message``) or a run block (``run``) in page order."""
