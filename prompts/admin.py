@@ -75,7 +75,7 @@ class PromptAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         """The services' own checks, so a refusal is shown on the form, not after it."""
-        data = super().clean()
+        data = super().clean() or {}
         if self.errors:
             return data
         owner = data.get("owner")
@@ -171,7 +171,8 @@ class PromptAdmin(admin.ModelAdmin):
 
     @admin.display(description="latest", ordering="latest_number")
     def latest(self, obj: Prompt) -> str:
-        return f"v{obj.latest_number}" if getattr(obj, "latest_number", None) else "—"
+        latest = getattr(obj, "latest_number", None)
+        return f"v{latest}" if latest else "—"
 
     def get_inlines(self, request: HttpRequest, obj: Prompt | None) -> Any:
         return self.inlines if obj is not None else ()
@@ -180,7 +181,7 @@ class PromptAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
     ) -> Any:
         form = super().get_form(request, obj, change=change, **kwargs)
-        form.request_user = request.user
+        form.request_user = request.user  # type: ignore[attr-defined]
         return form
 
     def save_model(self, request: HttpRequest, obj: Prompt, form: Any, change: bool) -> None:
@@ -223,6 +224,8 @@ class PromptAdmin(admin.ModelAdmin):
             self.save_formset(request, form, formset, change)
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        # Written by the services, not the formset: admin's change message finds nothing.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         if formset.model is not PromptLabel:
             return
         prompt = form.instance

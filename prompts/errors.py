@@ -22,7 +22,11 @@ class PromptUnavailable(PromptError):
     unshared, deleted, or its label removed."""
 
 
+#: Everything a prompt can be refused with: the services' refusals and the templates'.
+PROMPT_REFUSALS: tuple[type[ValueError], ...] = (PromptError, PromptTemplateError)
+
 __all__ = [
+    "PROMPT_REFUSALS",
     "MissingVariables",
     "PromptError",
     "PromptNotFound",

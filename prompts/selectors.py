@@ -30,7 +30,7 @@ EXPORT_FORMAT = "tollgate.prompt/1"
 PICKER_SIZE = 8
 
 
-def _group_ids(user: Any) -> QuerySet[Group]:
+def _group_ids(user: Any) -> QuerySet[Group, Any]:
     return Group.objects.filter(user=user).values("pk")
 
 
@@ -62,7 +62,7 @@ def prompt_list(*, user: Any, query: str = "", kind: str = "") -> list[Prompt]:
         )
     if kind:
         rows = rows.filter(kind=kind)
-    items = list(rows.prefetch_related("labels__version").order_by("name", "id"))
+    items: list[Prompt] = list(rows.prefetch_related("labels__version").order_by("name", "id"))
     items.sort(key=lambda p: (p.owner_id != user.pk, p.name.lower(), p.pk))
     return items
 
@@ -270,4 +270,4 @@ def model_names_available() -> list[str] | None:
     replies = model_names_query.send(sender=PromptVersion)
     if not replies:
         return None
-    return sorted({name for _receiver, names in replies for name in names})
+    return sorted({name for _receiver, names in replies for name in names or ()})

@@ -323,7 +323,7 @@ def prompt_create(
     kind = _kind(kind)
     description = " ".join((description or "").split())[:DESCRIPTION_CHARS]
     template, variables = _template(template)
-    fields = {
+    fields: dict[str, Any] = {
         "model_name": _model_name(model_name),
         "temperature": _temperature(temperature),
         "max_output_tokens": _max_tokens(max_output_tokens),
@@ -452,7 +452,7 @@ def prompt_version_create(
     ``prompt.version_created``, and ``prompt.label_moved`` per label moved.
     """
     template, variables = _template(template)
-    fields = {
+    fields: dict[str, Any] = {
         "model_name": _model_name(model_name),
         "temperature": _temperature(temperature),
         "max_output_tokens": _max_tokens(max_output_tokens),
@@ -652,11 +652,11 @@ def prompt_import(*, user: Any, data: Any) -> tuple[Prompt, int]:
     rows = sorted(parsed.versions, key=lambda row: row.number)
     if [row.number for row in rows] != list(range(1, len(rows) + 1)):
         raise PromptError("The file's versions must be numbered 1, 2, 3, … with none missing.")
-    checked = []
+    checked: list[tuple[_VersionFile, str, list[str], dict[str, Any]]] = []
     for row in rows:
         try:
             template, variables = _template(row.template)
-            fields = {
+            fields: dict[str, Any] = {
                 "model_name": _model_name(row.model),
                 "temperature": _temperature(row.temperature),
                 "max_output_tokens": _max_tokens(row.max_output_tokens),
