@@ -352,8 +352,9 @@ def _build_provider() -> Any:
             messages = kwargs.get("messages") or []
             optional = kwargs.get("optional_params") or {}
             metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+            calls: list[dict[str, Any]] = []
             if metadata.get(PURPOSE_KEY) == "reformulate":
-                text, calls = demo_reformulate(messages), []
+                text = demo_reformulate(messages)
             else:
                 text, calls = demo_plan(messages, optional.get("tools"))
             prompt_tokens = sum(_count_tokens(_text_of(m)) + 4 for m in messages)

@@ -153,7 +153,7 @@ def run_call(run: Run) -> RunCall:
     deleted since, the conversation's. No query when the run was loaded by
     ``runs.run_lock`` (its model and its conversation's are joined).
     """
-    config = run.model_config if run.model_config_id else run.conversation.model_config
+    config = run.model_config or run.conversation.model_config
     parameters = run.parameters or {}
     prompt = (parameters.get("system_prompt") or {}).get("text")
     temperature = parameters.get("temperature")

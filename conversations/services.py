@@ -22,7 +22,7 @@ from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule
 from conversations.toolphase import run_stop
-from prompts.errors import PromptError, PromptNotFound
+from prompts.errors import PROMPT_REFUSALS, PromptError, PromptNotFound
 from prompts.models import LATEST, Prompt
 from prompts.selectors import prompt_get, prompt_version_for_use
 from tools.services import invocations_delete
@@ -315,7 +315,7 @@ def _call_settings(conversation: Conversation) -> CallSettings:
     """``prompting.call_settings``, its refusal a ``SettingsInvalid`` (nothing is sent)."""
     try:
         return call_settings(conversation=conversation)
-    except PromptError as error:
+    except PROMPT_REFUSALS as error:
         raise SettingsInvalid(
             f"{error} Nothing was sent: fix the system prompt in this conversation's settings."
         ) from None
