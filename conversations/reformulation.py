@@ -30,6 +30,7 @@ from accounts.services import Admission, llm_call_abort
 from audit.services import audit_deferred
 from conversations.charging import call_admit, call_settle
 from conversations.context import context_fit
+from conversations.dispatch import gateway_ready
 from conversations.gateway import ChatResult, GatewayError, stream_chat
 from conversations.models import ModelConfig
 from conversations.services import (
@@ -189,6 +190,7 @@ async def draft_reformulate(*, user: Any, conversation_id: int, draft: str) -> R
         raise MessageTooLong(
             f"The draft is too long ({len(draft):,} characters; the limit is {limit:,})."
         )
+    await gateway_ready()  # the context fit counts tokens with litellm
     prepared = await _prepare(user, conversation_id, draft)
     try:
         result = await stream_chat(

@@ -73,10 +73,10 @@ class TemplateInvalid(PromptTemplateError):
 
 
 class MissingVariables(PromptTemplateError):
-    """Rendering needs values for ``names`` (sorted) that were not given."""
+    """Rendering needs values for ``names`` (in the template's order) that were not given."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        self.names = sorted(names)
+        self.names = list(names)
         label = "variable" if len(self.names) == 1 else "variables"
         super().__init__(f"Missing {label}: {', '.join(self.names)}.")
 
@@ -165,13 +165,19 @@ def _parse(text: str) -> nodes.Template:
 
 
 def template_check(text: str) -> list[str]:
-    """Compile ``text``; the variables it needs, sorted.
+    """Compile ``text``; the variables it needs, in the order they are first used
+    (the order a form asks for them).
 
     Raises ``TemplateInvalid`` (with ``line``) when it does not compile or uses
     a statement, filter or method call that is not allowed.
     """
     tree = _parse(text)
-    return sorted(meta.find_undeclared_variables(tree) - set(_ENV.globals))
+    needed = meta.find_undeclared_variables(tree) - set(_ENV.globals)
+    ordered: dict[str, None] = {}
+    for node in tree.find_all(nodes.Name):
+        if node.name in needed:
+            ordered.setdefault(node.name)
+    return list(ordered)
 
 
 def template_render(text: str, variables: Mapping[str, str], *, max_chars: int) -> str:

@@ -14,14 +14,14 @@ from prompts.templating import (
 )
 
 
-def test_variables_are_found_and_loop_and_set_names_are_not():
+def test_variables_are_found_in_order_and_loop_and_set_names_are_not():
     text = (
         "Write for {{ audience }} about {{ topic|upper }}.\n"
         "{% set tone = 'plain' %}{{ tone }}\n"
         "{% for item in points %}- {{ loop.index }} {{ item }}\n{% endfor %}"
         "{% if extra %}{{ extra }}{% endif %}{{ range(3)|list|length }}"
     )
-    assert template_check(text) == ["audience", "extra", "points", "topic"]
+    assert template_check(text) == ["audience", "topic", "points", "extra"]  # first use first
 
 
 @pytest.mark.parametrize(
