@@ -16,7 +16,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.forms import Form
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -39,7 +38,7 @@ from conversations.forms import (
     RenameForm,
 )
 from conversations.reformulation import ReformulationRefused, draft_reformulate
-from project.inbound import id_parse
+from project.inbound import form_message, id_parse
 from prompts.diffs import diff_table
 
 #: Refusals for the state a service found (HTTP 409); any other is bad input (400).
@@ -98,7 +97,7 @@ def conversation_earlier(request: AuthenticatedHttpRequest, conversation_id: int
     conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
     form = EarlierForm(request.GET)
     if not form.is_valid():
-        response = HttpResponseBadRequest(_form_message(form))
+        response = HttpResponseBadRequest(form_message(form))
         log_response("Bad 'before' on %s", request.path, response=response, request=request)
         return response
     timeline = selectors.conversation_timeline(
@@ -127,15 +126,6 @@ def conversation_list_more(request: AuthenticatedHttpRequest) -> HttpResponse:
     return HttpResponse(
         render_partial("conversation-page", {"page": page, "show_archived": show_archived})
     )
-
-
-def _form_message(form: Form) -> str:
-    """A form's errors as one line for people: ``"Title: Null characters are not allowed."``."""
-    parts = []
-    for field, errors in form.errors.items():
-        text = " ".join(str(error) for error in errors)
-        parts.append(text if field == "__all__" else f"{form[field].label}: {text}")
-    return " ".join(parts)
 
 
 def _shown(value: Any) -> Any:
@@ -213,7 +203,7 @@ def conversation_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         "typed_model": id_parse(request.POST.get("model_config", "")),
     }
     if not form.is_valid():
-        return _refuse(request, _form_message(form), typed=typed)
+        return _refuse(request, form_message(form), typed=typed)
     try:
         conversation = services.conversation_start(
             user=request.user,
@@ -234,7 +224,7 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
     form = RenameForm(request.POST)
     typed = {"typed_title": request.POST.get("title", "")}
     if not form.is_valid():
-        return _refuse(request, _form_message(form), conversation_id=conversation_id, typed=typed)
+        return _refuse(request, form_message(form), conversation_id=conversation_id, typed=typed)
     try:
         services.conversation_rename(
             user=request.user, conversation_id=conversation_id, title=form.cleaned_data["title"]
@@ -249,7 +239,7 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
 def conversation_set_model(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     form = ModelPickForm(request.POST)
     if not form.is_valid():
-        return _refuse(request, _form_message(form), conversation_id=conversation_id)
+        return _refuse(request, form_message(form), conversation_id=conversation_id)
     try:
         services.conversation_set_model(
             user=request.user,
@@ -266,7 +256,7 @@ def conversation_set_model(request: AuthenticatedHttpRequest, conversation_id: i
 def conversation_archive(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     form = ArchiveForm(request.POST)
     if not form.is_valid():
-        return _refuse(request, _form_message(form), conversation_id=conversation_id)
+        return _refuse(request, form_message(form), conversation_id=conversation_id)
     archived = form.cleaned_data["archived"] != "0"
     try:
         services.conversation_archive(
@@ -298,7 +288,7 @@ def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> Htt
     form = MessageForm(request.POST)
     typed = {"typed_content": request.POST.get("content", "")}
     if not form.is_valid():
-        return _refuse(request, _form_message(form), conversation_id=conversation_id, typed=typed)
+        return _refuse(request, form_message(form), conversation_id=conversation_id, typed=typed)
     try:
         services.message_send(
             user=request.user,
@@ -365,7 +355,7 @@ def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: in
             messages.success(request, note or "Settings saved; they apply from the next message.")
             url = reverse("conversations:detail", args=[conversation.pk])
             return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
-        return _settings_page(request, conversation, request.POST, _form_message(form), 400)
+        return _settings_page(request, conversation, request.POST, form_message(form), 400)
     return _settings_page(request, conversation, request.GET, "", 200)
 
 
@@ -422,7 +412,7 @@ async def reformulate(request: AuthenticatedHttpRequest, conversation_id: int) -
             }
             return HttpResponse(render_to_string("conversations/reformulation.html", context))
     else:
-        error = _form_message(form)
+        error = form_message(form)
     html = render_to_string("conversations/reformulation.html", {"error": error})
     response = HttpResponse(html, status=status)
     log_response(

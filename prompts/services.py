@@ -471,6 +471,38 @@ def prompt_version_create(
     return version
 
 
+def prompt_edit(
+    *,
+    user: Any,
+    prompt_id: int,
+    name: str,
+    command: str,
+    description: str,
+    template: str,
+    model_name: str = "",
+    temperature: Decimal | float | str | None = None,
+    max_output_tokens: int | None = None,
+    change_note: str = "",
+    labels: Sequence[str] = (DEFAULT_LABEL,),
+) -> PromptVersion:
+    """The prompts page's edit: ``prompt_update`` and ``prompt_version_create`` in
+    one transaction (both or neither). Raises and audits what they do."""
+    with transaction.atomic():
+        prompt_update(
+            user=user, prompt_id=prompt_id, name=name, command=command, description=description
+        )
+        return prompt_version_create(
+            user=user,
+            prompt_id=prompt_id,
+            template=template,
+            model_name=model_name,
+            temperature=temperature,
+            max_output_tokens=max_output_tokens,
+            change_note=change_note,
+            labels=labels,
+        )
+
+
 def prompt_label_move(
     *, user: Any, prompt_id: int, label: str, number: int, admin: bool = False
 ) -> PromptLabel:

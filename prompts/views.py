@@ -15,14 +15,14 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.log import log_response
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.http import AuthenticatedHttpRequest
-from project.inbound import InboundError, json_parse
+from project.inbound import InboundError, form_message, json_parse
 from prompts import selectors, services
 from prompts.diffs import diff_table
 from prompts.errors import (
@@ -42,14 +42,6 @@ from prompts.forms import (
 )
 from prompts.models import DEFAULT_LABEL, Prompt
 from prompts.templating import template_render
-
-
-def _form_message(form: Any) -> str:
-    parts = []
-    for field, errors in form.errors.items():
-        text = " ".join(str(error) for error in errors)
-        parts.append(text if field == "__all__" else f"{form[field].label}: {text}")
-    return " ".join(parts)
 
 
 def _refused(
@@ -117,7 +109,7 @@ def prompt_create(request: AuthenticatedHttpRequest) -> HttpResponse:
             messages.success(request, f"Saved /{prompt.command} as version 1.")
             return _detail(prompt.pk)
     else:
-        error = _form_message(form)
+        error = form_message(form)
     response = render(
         request, "prompts/form.html", {"form": form, "creating": True, "error": error}, status=400
     )
@@ -174,20 +166,16 @@ def prompt_edit(request: AuthenticatedHttpRequest, prompt_id: int) -> HttpRespon
         return render(request, "prompts/form.html", context)
     form = context["form"] = PromptEditForm(request.POST)
     if not form.is_valid():
-        context["error"] = _form_message(form)
+        context["error"] = form_message(form)
     else:
         data = form.cleaned_data
         try:
-            services.prompt_update(
+            version = services.prompt_edit(
                 user=request.user,
                 prompt_id=prompt.pk,
                 name=data["name"],
                 command=data["command"],
                 description=data["description"],
-            )
-            version = services.prompt_version_create(
-                user=request.user,
-                prompt_id=prompt.pk,
                 labels=(DEFAULT_LABEL,) if data["move_production"] else (),
                 **form.version_data(),
             )
@@ -242,7 +230,7 @@ def prompt_label(request: AuthenticatedHttpRequest, prompt_id: int) -> HttpRespo
 
     def move() -> str:
         if not form.is_valid():
-            raise PromptError(_form_message(form))
+            raise PromptError(form_message(form))
         data = form.cleaned_data
         services.prompt_label_move(
             user=request.user, prompt_id=prompt_id, label=data["label"], number=data["number"]
@@ -259,7 +247,7 @@ def prompt_restore(request: AuthenticatedHttpRequest, prompt_id: int) -> HttpRes
 
     def restore() -> str:
         if not form.is_valid():
-            raise PromptError(_form_message(form))
+            raise PromptError(form_message(form))
         version = services.prompt_version_restore(
             user=request.user, prompt_id=prompt_id, number=form.cleaned_data["number"]
         )
@@ -278,7 +266,7 @@ def prompt_share(request: AuthenticatedHttpRequest, prompt_id: int) -> HttpRespo
 
     def share() -> str:
         if not form.is_valid():
-            raise PromptError(_form_message(form))
+            raise PromptError(form_message(form))
         prompt = services.prompt_share(
             user=request.user,
             prompt_id=prompt_id,
@@ -337,15 +325,13 @@ def prompt_import(request: AuthenticatedHttpRequest) -> HttpResponse:
     error = ""
     try:
         if not form.is_valid():
-            raise PromptError(_form_message(form))
+            raise PromptError(form_message(form))
         text = form.content()
         data = json_parse(text, max_chars=2_000_000)
         prompt, added = services.prompt_import(user=request.user, data=data)
     except (PromptError, InboundError) as refused:
         error = str(refused)
-    except Exception as refused:  # forms.ValidationError from content()
-        if not hasattr(refused, "messages"):
-            raise
+    except ValidationError as refused:  # the file: too large, not UTF-8
         error = " ".join(refused.messages)
     else:
         messages.success(request, f"Imported /{prompt.command}: {added} version(s) added.")
