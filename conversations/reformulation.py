@@ -36,10 +36,9 @@ from conversations.models import ModelConfig
 from conversations.services import (
     ConversationArchived,
     ConversationError,
-    EmptyMessage,
-    MessageTooLong,
     ModelUnavailable,
     _own_conversation,
+    message_text,
 )
 from project.dbthreads import db_async
 from prompts.errors import PROMPT_REFUSALS
@@ -182,14 +181,7 @@ async def draft_reformulate(*, user: Any, conversation_id: int, draft: str) -> R
     budget or rate limit, the context window, the instruction, the provider's
     error). A call that fails gives its budget hold back.
     """
-    draft = (draft or "").strip()
-    if not draft:
-        raise EmptyMessage("Type a draft to reformulate first.")
-    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
-    if len(draft) > limit:
-        raise MessageTooLong(
-            f"The draft is too long ({len(draft):,} characters; the limit is {limit:,})."
-        )
+    draft = message_text(draft, what="draft")
     await gateway_ready()  # the context fit counts tokens with litellm
     prepared = await _prepare(user, conversation_id, draft)
     try:

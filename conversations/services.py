@@ -229,6 +229,21 @@ def conversation_rows_delete(
         rows.delete()
 
 
+def message_text(content: str, *, what: str = "message") -> str:
+    """``content`` stripped: what a message (or a draft, ``what``) may be. Raises
+    ``EmptyMessage`` when nothing is left, ``MessageTooLong`` past
+    ``TOLLGATE_MAX_MESSAGE_CHARS`` characters."""
+    content = (content or "").strip()
+    if not content:
+        raise EmptyMessage(f"Type a {what} first.")
+    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise MessageTooLong(
+            f"The {what} is too long ({len(content):,} characters; the limit is {limit:,})."
+        )
+    return content
+
+
 def message_send(*, user, conversation_id: int, content: str) -> Run:
     """Post a user message and start a run answering it (dispatched on commit).
 
@@ -238,14 +253,7 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
     ``RunInProgress`` (a reply is still being written). The first message
     also titles an untitled conversation.
     """
-    content = (content or "").strip()
-    if not content:
-        raise EmptyMessage("Type a message first.")
-    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
-    if len(content) > limit:
-        raise MessageTooLong(
-            f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
-        )
+    content = message_text(content)
     with transaction.atomic():
         conversation, message, run = _message_insert(
             user=user, conversation_id=conversation_id, content=content

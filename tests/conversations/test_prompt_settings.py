@@ -259,3 +259,11 @@ def test_reformulating_another_users_conversation_is_404(client, other_user, con
     client.force_login(other_user)
     assert _reformulate(client, conversation, "hi").status_code == 404
     assert not UsageRecord.objects.exists()
+
+
+def test_an_empty_draft_is_refused_with_no_model_call(user_client, conversation):
+    response = _reformulate(user_client, conversation, "   ")
+    assert response.status_code == 400
+    assert b"Type a draft first." in response.content
+    assert not UsageRecord.objects.exists()
+    assert not AuditEvent.objects.filter(action="llm.call").exists()
