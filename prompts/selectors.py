@@ -55,7 +55,7 @@ def prompt_list(*, user: Any, query: str = "", kind: str = "") -> list[Prompt]:
         .select_related("owner")
         .annotate(latest_number=Max("versions__number"))
     )
-    query = query.strip().lstrip("/")
+    query = query.replace("\x00", "").strip().lstrip("/")  # PostgreSQL text holds no NUL
     if query:
         rows = rows.filter(
             Q(name__icontains=query) | Q(command__icontains=query) | Q(description__icontains=query)
@@ -70,7 +70,7 @@ def prompt_list(*, user: Any, query: str = "", kind: str = "") -> list[Prompt]:
 def prompt_picker(*, user: Any, query: str, size: int = PICKER_SIZE) -> list[Prompt]:
     """Message templates for the composer's "/" picker: command starting with
     ``query`` first, then name or command containing it; own first. One query."""
-    query = query.strip().lstrip("/").lower()
+    query = query.replace("\x00", "").strip().lstrip("/").lower()
     rows = prompts_visible(user=user).filter(kind=Prompt.Kind.TEMPLATE).select_related("owner")
     if query:
         rows = rows.filter(Q(command__icontains=query) | Q(name__icontains=query))

@@ -18,6 +18,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.log import log_response
 from django.views.decorators.http import require_GET, require_POST
 
@@ -300,7 +301,10 @@ def prompt_reformulation(request: AuthenticatedHttpRequest) -> HttpResponse:
     except PromptError as error:
         return _not_found(error)
     messages.success(request, "Your drafts will be reformulated with this prompt.")
-    return redirect(request.POST.get("next") or "prompts:list")
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = ""
+    return redirect(back or "prompts:list")
 
 
 @login_required

@@ -173,3 +173,15 @@ def test_admin_saves_an_edit_as_a_new_version_and_shows_versions_read_only(admin
         ).status_code
         == 403
     )
+
+
+def test_odd_input_is_refused_or_ignored_never_an_error(user_client, user):
+    prompt = PromptFactory(owner=user, command="odd")
+    assert user_client.get(reverse("prompts:list"), {"q": "a\x00b"}).status_code == 200
+    assert user_client.get(reverse("prompts:picker"), {"q": "/\x00"}).status_code == 200
+    diff = user_client.get(reverse("prompts:diff", args=[prompt.pk]), {"a": 10**30, "b": "x"})
+    assert diff.status_code == 404
+    away = user_client.post(
+        reverse("prompts:reformulation"), {"prompt_id": prompt.pk, "next": "https://evil.example/"}
+    )
+    assert away.status_code == 302 and away.url == reverse("prompts:list")
