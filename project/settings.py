@@ -372,6 +372,9 @@ TOLLGATE_MCP_RECONNECT_MAX_SECONDS = env.float("TOLLGATE_MCP_RECONNECT_MAX_SECON
 
 # Seconds one model call may take (connect + stream) before it counts as a timeout.
 TOLLGATE_LLM_TIMEOUT = env.float("TOLLGATE_LLM_TIMEOUT", default=120.0)
+# Seconds a streaming reply may go silent between two chunks once it has begun (the
+# first chunk may take up to TOLLGATE_LLM_TIMEOUT): a longer silence ends it as stalled.
+TOLLGATE_LLM_IDLE_TIMEOUT = env.float("TOLLGATE_LLM_IDLE_TIMEOUT", default=30.0)
 # Retries of a model call that failed before its first token (429, 5xx, timeouts).
 TOLLGATE_LLM_MAX_RETRIES = env.int("TOLLGATE_LLM_MAX_RETRIES", default=3)
 # Longest Retry-After (seconds) worth waiting for; a longer one fails the call at once.
