@@ -46,6 +46,7 @@ from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.context import FitResult, context_fit
 from conversations.gateway import (
+    CallUsage,
     ChatResult,
     GatewayError,
     StreamAborted,
@@ -400,15 +401,52 @@ def _persist_partial(run_id: int, worker: str, message_id: int, text: str) -> st
     return "cancelled" if cancel else "ok"
 
 
-def _usage_of(result: ChatResult) -> dict[str, Any]:
-    """The call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms);
-    a provider that reported no usage or price counts as 0."""
+def _usage_of(usage: CallUsage, latency_ms: int | None) -> dict[str, Any]:
+    """A call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms); a
+    model with no known price counts as 0 (it cannot be used under a dollar budget)."""
     return {
-        "prompt_tokens": result.prompt_tokens or 0,
-        "completion_tokens": result.completion_tokens or 0,
-        "cost_usd": result.cost_usd if result.cost_usd is not None else Decimal(0),
-        "latency_ms": result.latency_ms or 0,
+        "prompt_tokens": usage.prompt_tokens or 0,
+        "completion_tokens": usage.completion_tokens or 0,
+        "cost_usd": usage.cost_usd if usage.cost_usd is not None else Decimal(0),
+        "latency_ms": latency_ms or 0,
     }
+
+
+def _usage_metadata(usage: CallUsage, broken: CallUsage | None) -> dict[str, Any]:
+    """What a message's metadata says about its usage beyond its own columns: cached
+    and reasoning tokens, and what broken attempts before it were charged."""
+    data: dict[str, Any] = {}
+    if usage.cached_tokens:
+        data["cached_tokens"] = usage.cached_tokens
+    if usage.reasoning_tokens:
+        data["reasoning_tokens"] = usage.reasoning_tokens
+    if broken is not None:
+        data["broken_attempts"] = {
+            "prompt_tokens": broken.prompt_tokens,
+            "completion_tokens": broken.completion_tokens,
+            "cost_usd": str(broken.cost_usd) if broken.cost_usd is not None else None,
+        }
+    return data
+
+
+def _audit_call(run: Run, model: str, usage: CallUsage, *, latency_ms: int | None,
+                **extra: Any) -> None:  # fmt: skip
+    """The ``llm.call`` audit event of a model call (finished, stopped or failed)."""
+    audit_record(
+        action="llm.call",
+        actor=run.conversation.owner,
+        target_type="run",
+        target_id=run.pk,
+        data={
+            "step": run.step,
+            "model": model,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_usd": str(usage.cost_usd) if usage.cost_usd is not None else None,
+            "latency_ms": latency_ms,
+            **extra,
+        },
+    )
 
 
 @db_async
@@ -432,6 +470,8 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     }
     if dropped:
         metadata["context_dropped_messages"] = metadata.get("context_dropped_messages", 0) + dropped
+    charged = result.charged
+    model = result.model or message.model or run.conversation.model_config.litellm_model
     with transaction.atomic(), audit_deferred():
         try:
             if result.tool_calls:
@@ -440,7 +480,14 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             else:
                 run_transition(run=run, to=S.COMPLETED, metadata=metadata, holder=worker)
         except RunChanged:
-            llm_call_abort(admission=start.admission)  # after the run's lock (the lock order)
+            # The provider answered (and bills it) though the answer is discarded: the
+            # call is charged all the same. After the run's lock (the lock order).
+            llm_call_settle(
+                admission=start.admission,
+                conversation_id=run.conversation_id,
+                model=model,
+                **_usage_of(charged, result.latency_ms),
+            )
             logger.warning("run %s: lease lost by %s; answer discarded", run.pk, worker)
             return
         fields = {
@@ -457,6 +504,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
                 "ttft_ms": result.ttft_ms,
                 "finish_reason": result.finish_reason,
                 "context_dropped_messages": dropped,
+                **_usage_metadata(result.usage, result.broken),
             },
         }
         Message.objects.filter(pk=message.pk).update(**fields)
@@ -471,41 +519,70 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         llm_call_settle(
             admission=start.admission,
             conversation_id=run.conversation_id,
-            model=message.model or run.conversation.model_config.litellm_model,
-            **_usage_of(result),
+            model=model,
+            **_usage_of(charged, result.latency_ms),
         )
-        audit_record(
-            action="llm.call",
-            actor=run.conversation.owner,
-            target_type="run",
-            target_id=run.pk,
-            data={
-                "step": run.step,
-                "model": message.model,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
-                "latency_ms": result.latency_ms,
-                "tool_calls": len(result.tool_calls or []),
-                "context_dropped_messages": dropped,
-            },
-        )
+        _audit_call(
+            run, message.model, charged, latency_ms=result.latency_ms,
+            tool_calls=len(result.tool_calls or []), context_dropped_messages=dropped,
+            **_usage_metadata(result.usage, result.broken),
+        )  # fmt: skip
 
 
 @db_async
 def _end_call(
-    worker: str, start: _CallStart, *, partial: str, error: str = "", kind: str = ""
+    worker: str,
+    start: _CallStart,
+    *,
+    partial: str,
+    error: str = "",
+    kind: str = "",
+    usage: CallUsage | None = None,
+    latency_ms: int | None = None,
 ) -> None:
-    """End a model call that produced no answer: release its budget hold, keep the
-    ``partial`` text, and fail the run with ``error`` (``kind`` names the cause) or,
-    without one, stop it (Stop was pressed)."""
-    run = start.run
+    """End a model call that produced no answer: keep the ``partial`` text (marked as
+    cut: never shown or stored as complete), and fail the run with ``error``
+    (``kind`` names the cause) or, without one, stop it (Stop was pressed).
+
+    ``usage``: what the call used before it ended (the prompt and the output so
+    far, from the gateway), settled against its budget hold and recorded on the
+    message; ``None`` (the provider never began answering) releases the hold.
+    """
+    run, message = start.run, start.message
+    model = message.model or run.conversation.model_config.litellm_model
     with transaction.atomic(), audit_deferred():
         own = run_relock(run=run, worker=worker)  # the run first, then the hold (the lock order)
-        llm_call_abort(admission=start.admission)
+        if usage is None:
+            llm_call_abort(admission=start.admission)
+        else:
+            llm_call_settle(
+                admission=start.admission,
+                conversation_id=run.conversation_id,
+                model=model,
+                **_usage_of(usage, latency_ms),
+            )
+            _audit_call(
+                run, model, usage, latency_ms=latency_ms,
+                outcome="failed" if error else "stopped", error_kind=kind or None,
+                output_chars=len(partial),
+            )  # fmt: skip
         if not own:
             return
-        Message.objects.filter(pk=start.message.pk).update(content=partial)
+        fields: dict[str, Any] = {"content": partial}
+        metadata = {**message.metadata}
+        if partial:
+            # The text is what was shown before the reply broke off: a cut answer.
+            metadata["cut"] = kind or "stopped"
+        if usage is not None:
+            fields.update(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=usage.cost_usd,
+                latency_ms=latency_ms,
+            )
+            metadata.update(_usage_metadata(usage, None))
+        fields["metadata"] = metadata
+        Message.objects.filter(pk=message.pk).update(**fields)
         if error:
             _fail_locked(run, error, kind=kind)
         else:
@@ -542,6 +619,7 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
         on_flush=on_flush,
         run_id=run.pk,
     )
+    began = time.monotonic()
     try:
         result = await stream_chat(
             config=config,
@@ -549,18 +627,21 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
             tools=start.tools,
             on_delta=publisher.feed,
             max_tokens=config.max_output_tokens,
+            prompt_tokens=start.fit.prompt_tokens,
         )
         # No last frame: _store_answer pushes the finished message.
         await publisher.close(final_frame=False)
         await _settled(persisting)  # its state no longer matters: the answer is complete
-    except StepAborted:
+    except StepAborted as aborted:
         await _settled(persisting)
-        await _end_call(worker, start, partial=publisher.text)
+        await _end_call(worker, start, partial=publisher.text, usage=aborted.usage,
+                        latency_ms=_ms_since(began))  # fmt: skip
         return
     except GatewayError as error:
         await _settled(persisting)
         await _end_call(worker, start, partial=publisher.text, error=error.user_message,
-                        kind=error.kind)  # fmt: skip
+                        kind=error.kind, usage=error.usage,
+                        latency_ms=_ms_since(began))  # fmt: skip
         return
     except Exception:
         await _settled(persisting)
@@ -570,6 +651,10 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
                         kind="internal")  # fmt: skip
         return
     await _store_answer(worker, result, start)
+
+
+def _ms_since(began: float) -> int:
+    return int((time.monotonic() - began) * 1000)
 
 
 async def _settled(task: asyncio.Task | None) -> None:
