@@ -8,28 +8,53 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from conversations.gateway import price_source
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.services import conversation_rows_delete
 from project.admin import ReadOnlyAdminMixin
+
+#: What an admin reads about where a model's prices come from (``gateway.price_source``).
+PRICE_STATUS = {
+    "confirmed": "Confirmed here",
+    "litellm": "From litellm's price list",
+    "unknown": "UNKNOWN: refused under dollar budgets until you set its prices",
+}
 
 
 @admin.register(ModelConfig)
 class ModelConfigAdmin(admin.ModelAdmin):
     list_display = (
         "name", "litellm_model", "enabled", "is_default", "context_window",
-        "input_cost_per_token", "output_cost_per_token", "supports_tools",
+        "input_cost_per_token", "output_cost_per_token", "price_status", "supports_tools",
     )  # fmt: skip
     list_filter = ("enabled", "is_default", "supports_tools")
     search_fields = ("name", "litellm_model")
+    readonly_fields = ("price_status",)
     fieldsets = (
         (None, {"fields": ("name", "litellm_model", "enabled", "is_default", "supports_tools")}),
         ("Provider", {"fields": ("api_base", "api_key_env")}),
         ("Limits", {"fields": ("context_window", "max_output_tokens")}),
         (
             "Prices (USD per token; blank = litellm's price map)",
-            {"fields": ("input_cost_per_token", "output_cost_per_token")},
+            {
+                "fields": (
+                    "price_status",
+                    "input_cost_per_token",
+                    "output_cost_per_token",
+                    "cached_input_cost_per_token",
+                ),
+                "description": "A model litellm's price list does not know, or prices at "
+                "$0, cannot be used by anyone a dollar budget applies to until its prices "
+                "are set here (0 is a price: set it for a model that really is free).",
+            },
         ),
     )
+
+    @admin.display(description="prices")
+    def price_status(self, obj: ModelConfig) -> str:
+        if obj.pk is None and not obj.litellm_model:
+            return "-"
+        return PRICE_STATUS[price_source(obj)]
 
 
 class DeletesToolCalls(admin.ModelAdmin):

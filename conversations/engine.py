@@ -50,6 +50,7 @@ from conversations.gateway import (
     ChatResult,
     GatewayError,
     StreamAborted,
+    litellm_listed,
     stream_chat,
     worst_case_cost,
 )
@@ -197,6 +198,21 @@ class _ToolTurn:
     approved: list[int] | None
 
 
+def unpriced_message(config: ModelConfig) -> str:
+    """What a user is told when ``config`` has no known price and a dollar budget
+    limits them: why, and who can fix it."""
+    why = (
+        "litellm's price list prices it at $0, which is not a real price"
+        if litellm_listed(config.litellm_model)
+        else "litellm's price list does not know it"
+    )
+    return (
+        f"The model {config.name} has no known prices ({why}), and your spending is "
+        "limited by a dollar budget; an administrator must confirm its prices in its "
+        "model config before you can use it."
+    )
+
+
 def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Admission | None, str]:
     """Rate limits and the budget hold before a model call (accounts' services).
 
@@ -208,13 +224,7 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Admission
     tokens = prompt_tokens + config.max_output_tokens
     refusal: dict[str, Any]
     if estimate is None and budget_requires_prices(user=user):
-        refusal = {
-            "reason": "no_prices",
-            "message": (
-                f"The model {config.name} has no known prices, and your spending is limited "
-                "by a budget; an administrator must set its prices before you can use it."
-            ),
-        }
+        refusal = {"reason": "no_prices", "message": unpriced_message(config)}
     else:
         try:
             admission = llm_call_admit(

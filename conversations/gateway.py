@@ -217,7 +217,7 @@ def _classify(exc: BaseException, config: ModelConfig, *, began: bool = False) -
 
     # litellm wraps an error met while reading a stream so its Router may fall back;
     # what the provider (or the connection) did is the exception inside.
-    from litellm.exceptions import MidStreamFallbackError
+    from litellm.exceptions import MidStreamFallbackError  # lazy, as litellm above
 
     lost = began and _lost_connection(exc)  # the chain of what was raised, not of its wrapper's
     if isinstance(exc, MidStreamFallbackError) and exc.original_exception is not None:
@@ -338,6 +338,17 @@ def litellm_prices(model: str) -> tuple[Decimal, Decimal] | None:
     return prompt, output
 
 
+def litellm_listed(model: str) -> bool:
+    """Is ``model`` in litellm's price map at all (even at $0)?"""
+    import litellm  # deliberately lazy: seconds at import (see gateway_preload)
+
+    try:
+        litellm.get_model_info(model)
+    except Exception:
+        return False
+    return True
+
+
 def price_source(config: ModelConfig) -> str:
     """Where ``config``'s prices come from: ``"confirmed"`` (set on the ModelConfig by
     an admin), ``"litellm"`` (litellm's price map) or ``"unknown"`` (neither: the
@@ -385,7 +396,7 @@ def cost_for(
 
     usage = None
     if cached_tokens or cache_creation_tokens or reasoning_tokens:
-        from litellm.types.utils import (
+        from litellm.types.utils import (  # lazy, as litellm above
             CompletionTokensDetailsWrapper,
             PromptTokensDetailsWrapper,
             Usage,
