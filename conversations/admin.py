@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -21,8 +22,51 @@ PRICE_STATUS = {
 }
 
 
+class ModelConfigForm(forms.ModelForm):
+    """A model config, its fallbacks typed as names in order (stored as ids)."""
+
+    fallback_names = forms.CharField(
+        label="fallbacks",
+        required=False,
+        help_text="Names of other model configs to try, in order, comma-separated, when "
+        "this one fails before its first token (429, 5xx, timeouts, broken streams) or "
+        "its circuit breaker is open.",
+    )
+
+    class Meta:
+        model = ModelConfig
+        fields = (
+            "name", "litellm_model", "enabled", "is_default", "supports_tools", "api_base",
+            "api_key_env", "context_window", "max_output_tokens", "input_cost_per_token",
+            "output_cost_per_token", "cached_input_cost_per_token",
+        )  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ids = list(self.instance.fallbacks or [])
+        names = dict(ModelConfig.objects.filter(pk__in=ids).values_list("pk", "name"))
+        self.initial["fallback_names"] = ", ".join(names[i] for i in ids if i in names)
+
+    def clean_fallback_names(self) -> list[int]:
+        names = [n.strip() for n in self.cleaned_data["fallback_names"].split(",") if n.strip()]
+        found = dict(ModelConfig.objects.filter(name__in=names).values_list("name", "pk"))
+        unknown = [n for n in names if n not in found]
+        if unknown:
+            raise forms.ValidationError(f"No model config named {', '.join(unknown)}.")
+        if self.instance.pk is not None and self.instance.pk in found.values():
+            raise forms.ValidationError("A model cannot be its own fallback.")
+        if len(set(names)) != len(names):
+            raise forms.ValidationError("Each fallback may be named once.")
+        return [found[n] for n in names]
+
+    def save(self, commit: bool = True) -> ModelConfig:
+        self.instance.fallbacks = self.cleaned_data["fallback_names"]
+        return super().save(commit=commit)
+
+
 @admin.register(ModelConfig)
 class ModelConfigAdmin(admin.ModelAdmin):
+    form = ModelConfigForm
     list_display = (
         "name", "litellm_model", "enabled", "is_default", "context_window",
         "input_cost_per_token", "output_cost_per_token", "price_status", "supports_tools",
@@ -33,6 +77,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "litellm_model", "enabled", "is_default", "supports_tools")}),
         ("Provider", {"fields": ("api_base", "api_key_env")}),
+        ("Resilience", {"fields": ("fallback_names",)}),
         ("Limits", {"fields": ("context_window", "max_output_tokens")}),
         (
             "Prices (USD per token; blank = litellm's price map)",

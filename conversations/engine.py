@@ -179,6 +179,7 @@ class _CallStart:
     tools: list[dict] | None
     admission: Admission
     message: Message
+    fallbacks: list[ModelConfig]
 
 
 @dataclass
@@ -213,17 +214,41 @@ def unpriced_message(config: ModelConfig) -> str:
     )
 
 
-def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Admission | None, str]:
+def _fallbacks(config: ModelConfig) -> list[ModelConfig]:
+    """``config``'s enabled fallbacks, in its order (no query when it has none)."""
+    if not config.fallbacks:
+        return []
+    rows = ModelConfig.objects.filter(pk__in=config.fallbacks, enabled=True).exclude(pk=config.pk)
+    by_id = {row.pk: row for row in rows}
+    return [by_id[pk] for pk in config.fallbacks if pk in by_id]
+
+
+def _admit(
+    run: Run, config: ModelConfig, prompt_tokens: int, fallbacks: list[ModelConfig]
+) -> tuple[Admission | None, str]:
     """Rate limits and the budget hold before a model call (accounts' services).
 
+    The hold is the worst case of the dearest model the call may reach (``config``
+    or one of its ``fallbacks``); under a dollar budget, a fallback with no known
+    price is dropped from ``fallbacks`` (in place), an unpriced ``config`` refused.
     Returns ``(admission, "")`` or ``(None, message for the user)``; a refusal is
     audited as ``budget.refused``. No model call is made after a refusal.
     """
     user = run.conversation.owner
     estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens)
     tokens = prompt_tokens + config.max_output_tokens
+    others = [(f, worst_case_cost(config=f, prompt_tokens=prompt_tokens)) for f in fallbacks]
+    priced_only = (estimate is None or any(cost is None for _, cost in others)) and (
+        budget_requires_prices(user=user)
+    )
+    if priced_only:
+        fallbacks[:] = [f for f, cost in others if cost is not None]
+    for fallback, cost in others:
+        if cost is not None and estimate is not None and fallback in fallbacks:
+            estimate = max(estimate, cost)
+            tokens = max(tokens, prompt_tokens + fallback.max_output_tokens)
     refusal: dict[str, Any]
-    if estimate is None and budget_requires_prices(user=user):
+    if estimate is None and priced_only:
         refusal = {"reason": "no_prices", "message": unpriced_message(config)}
     else:
         try:
@@ -322,12 +347,15 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         return None
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
-    admission, refusal = _admit(run, config, fit.prompt_tokens)
+    fallbacks = _fallbacks(config)
+    admission, refusal = _admit(run, config, fit.prompt_tokens, fallbacks)
     if admission is None:
         _fail_locked(run, refusal, kind="budget")
         return None
     message = _step_message(run, resumed=resumed)
-    return _CallStart(run=run, fit=fit, tools=tools, admission=admission, message=message)
+    return _CallStart(
+        run=run, fit=fit, tools=tools, admission=admission, message=message, fallbacks=fallbacks
+    )
 
 
 def _latest_tool_message_id(run: Run) -> int | None:
@@ -439,6 +467,14 @@ def _usage_metadata(usage: CallUsage, broken: CallUsage | None) -> dict[str, Any
     return data
 
 
+def _fallback_metadata(answered_by: str, failed_over: list[str]) -> dict[str, Any]:
+    """A message's (and its audit event's) record of a switch to a fallback model:
+    which ModelConfig answered, after which failed (or were paused), in order."""
+    if not answered_by and not failed_over:
+        return {}
+    return {"answered_by": answered_by, "failed_over": failed_over}
+
+
 def _audit_call(run: Run, model: str, usage: CallUsage, *, latency_ms: int | None,
                 **extra: Any) -> None:  # fmt: skip
     """The ``llm.call`` audit event of a model call (finished, stopped or failed)."""
@@ -515,6 +551,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
                 "finish_reason": result.finish_reason,
                 "context_dropped_messages": dropped,
                 **_usage_metadata(result.usage, result.broken),
+                **_fallback_metadata(result.answered_by, result.failed_over),
             },
         }
         Message.objects.filter(pk=message.pk).update(**fields)
@@ -536,7 +573,17 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             run, message.model, charged, latency_ms=result.latency_ms,
             tool_calls=len(result.tool_calls or []), context_dropped_messages=dropped,
             **_usage_metadata(result.usage, result.broken),
+            **_fallback_metadata(result.answered_by, result.failed_over),
         )  # fmt: skip
+        if result.answered_by:
+            audit_record(
+                action="llm.fallback",
+                actor=run.conversation.owner,
+                target_type="run",
+                target_id=run.pk,
+                data={"step": run.step, "answered_by": result.answered_by,
+                      "failed": result.failed_over, "model": message.model},
+            )  # fmt: skip
 
 
 @db_async
@@ -549,6 +596,7 @@ def _end_call(
     kind: str = "",
     usage: CallUsage | None = None,
     latency_ms: int | None = None,
+    failed_over: list[str] | None = None,
 ) -> None:
     """End a model call that produced no answer: keep the ``partial`` text (marked as
     cut: never shown or stored as complete), and fail the run with ``error``
@@ -574,7 +622,7 @@ def _end_call(
             _audit_call(
                 run, model, usage, latency_ms=latency_ms,
                 outcome="failed" if error else "stopped", error_kind=kind or None,
-                output_chars=len(partial),
+                output_chars=len(partial), **_fallback_metadata("", failed_over or []),
             )  # fmt: skip
         if not own:
             return
@@ -591,6 +639,7 @@ def _end_call(
                 latency_ms=latency_ms,
             )
             metadata.update(_usage_metadata(usage, None))
+        metadata.update(_fallback_metadata("", failed_over or []))
         fields["metadata"] = metadata
         Message.objects.filter(pk=message.pk).update(**fields)
         if error:
@@ -638,6 +687,7 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
             on_delta=publisher.feed,
             max_tokens=config.max_output_tokens,
             prompt_tokens=start.fit.prompt_tokens,
+            fallbacks=start.fallbacks,
         )
         # No last frame: _store_answer pushes the finished message.
         await publisher.close(final_frame=False)
@@ -650,8 +700,8 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
     except GatewayError as error:
         await _settled(persisting)
         await _end_call(worker, start, partial=publisher.text, error=error.user_message,
-                        kind=error.kind, usage=error.usage,
-                        latency_ms=_ms_since(began))  # fmt: skip
+                        kind=error.kind, usage=error.usage, latency_ms=_ms_since(began),
+                        failed_over=error.failed_over)  # fmt: skip
         return
     except Exception:
         await _settled(persisting)

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -36,6 +36,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from conversations.breaker import Pass, breaker_failure, breaker_pass, breaker_success
 from conversations.demo import PROVIDER as DEMO
 from conversations.demo import demo_register
 
@@ -65,6 +66,8 @@ class GatewayError(Exception):
         self.usage: CallUsage | None = None
         #: The text the user had been shown when the stream broke ("" if none).
         self.partial = ""
+        #: ModelConfig names tried before, in order, that failed or were skipped.
+        self.failed_over: list[str] = []
 
 
 @dataclass
@@ -117,6 +120,10 @@ class ChatResult:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     broken: CallUsage | None = None
+    #: With fallbacks: the ModelConfig name that answered after ``failed_over``
+    #: (names, in order) failed or were skipped; "" and [] when the first answered.
+    answered_by: str = ""
+    failed_over: list[str] = field(default_factory=list)
 
     @property
     def usage(self) -> CallUsage:
@@ -158,6 +165,12 @@ class _StreamStarted(Exception):
 
 
 def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status the provider sent: the one on the response litellm's error was
+    made from (litellm maps some, e.g. Anthropic's 503 ``overloaded_error``, to
+    500), else the error's own ``status_code``."""
+    for link in _chain(exc):
+        if isinstance(link, httpx.HTTPStatusError):
+            return link.response.status_code
     status = getattr(exc, "status_code", None)
     try:
         return int(status) if status is not None else None
@@ -171,6 +184,9 @@ def _retry_after_seconds(exc: BaseException) -> float | None:
     if not headers:
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None)
+    if not headers:  # the provider's response, under litellm's error
+        statuses = [e for e in _chain(exc) if isinstance(e, httpx.HTTPStatusError)]
+        headers = statuses[0].response.headers if statuses else None
     if not headers:
         return None
     lowered = {str(k).lower(): str(v) for k, v in dict(headers).items()}
@@ -911,35 +927,29 @@ async def _stream_once(
     return result
 
 
-async def stream_chat(
-    *,
-    config: ModelConfig,
-    messages: list[dict],
-    tools: list[dict] | None = None,
-    on_delta: Callable[[str], Awaitable[None]] | None = None,
-    max_tokens: int | None = None,
-    prompt_tokens: int | None = None,
-) -> ChatResult:
-    """Stream one chat completion from ``config``'s model; return the finished answer.
+class _Spent:
+    """What the broken attempts of one call used, over all its deployments."""
 
-    ``messages``/``tools`` are OpenAI-format lists. ``on_delta`` is awaited with
-    each text delta as it arrives. ``max_tokens`` defaults to
-    ``config.max_output_tokens``. ``prompt_tokens``: the caller's count of the
-    prompt, used when the provider reports none. Retries up to
-    ``TOLLGATE_LLM_MAX_RETRIES`` times on retryable errors before the first
-    token (a stream cut, unreadable or stalled before any text included),
-    honouring ``Retry-After`` (capped at ``TOLLGATE_LLM_MAX_RETRY_WAIT``
-    seconds; a longer wait fails at once). Raises ``GatewayError`` (or the
-    callback's ``StreamAborted``), with ``usage`` set to what the call used
-    until then; a result's ``broken`` is what retried attempts used.
-    """
-    demo_register()
+    def __init__(self) -> None:
+        self.usage: CallUsage | None = None
+
+    def add(self, usage: CallUsage | None) -> CallUsage | None:
+        """Add one broken attempt's usage; what the call has used so far."""
+        if usage is not None:
+            self.usage = usage if self.usage is None else self.usage + usage
+        return self.usage
+
+
+def _request(
+    config: ModelConfig, messages: list[dict], tools: list[dict] | None, max_tokens: int
+) -> dict[str, Any]:
+    """litellm's keyword arguments for a streamed call to ``config``'s deployment."""
     kwargs: dict[str, Any] = {
         "model": config.litellm_model,
         "messages": messages,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "max_tokens": max_tokens or config.max_output_tokens,
+        "max_tokens": max_tokens,
         "timeout": settings.TOLLGATE_LLM_TIMEOUT,
         # Retries are ours (below); the OpenAI SDK must not retry underneath.
         "max_retries": 0,
@@ -952,12 +962,28 @@ async def stream_chat(
         kwargs["api_key"] = api_key
     if tools:
         kwargs["tools"] = tools
+    return kwargs
 
+
+async def _call_deployment(
+    *,
+    config: ModelConfig,
+    kwargs: dict[str, Any],
+    on_delta: Callable[[str], Awaitable[None]] | None,
+    prompt_tokens: int | None,
+    attempts: int,
+    spent: _Spent,
+    passed: Pass,
+) -> ChatResult:
+    """Up to ``attempts`` attempts at one deployment, retrying retryable errors before
+    the first token (``Retry-After`` honoured); each retryable failure counts on its
+    circuit breaker, and one that opens it ends the attempts."""
     max_wait = float(settings.TOLLGATE_LLM_MAX_RETRY_WAIT)
     backoff = wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5)
+    opened = False
 
     def should_retry(exc: BaseException) -> bool:
-        if not isinstance(exc, GatewayError) or not exc.retryable:
+        if opened or not isinstance(exc, GatewayError) or not exc.retryable:
             return False
         return exc.retry_after is None or exc.retry_after <= max_wait
 
@@ -978,39 +1004,126 @@ async def stream_chat(
             state.next_action.sleep if state.next_action else 0,
         )
 
-    spent: CallUsage | None = None  # by attempts whose streams began and broke
-
-    def charged(usage: CallUsage | None) -> CallUsage | None:
-        """Add one broken attempt's usage; what the call has used so far."""
-        nonlocal spent
-        if usage is not None:
-            spent = usage if spent is None else spent + usage
-        return spent
-
-    try:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(should_retry),
-            wait=wait,
-            stop=stop_after_attempt(settings.TOLLGATE_LLM_MAX_RETRIES + 1),
-            before_sleep=log_retry,
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    result = await _stream_once(
-                        kwargs=kwargs, config=config, on_delta=on_delta, prompt_hint=prompt_tokens
-                    )
-                except GatewayError as error:
-                    error.usage = charged(error.usage)
-                    raise
-                except _StreamStarted as started:
-                    started.error.usage = charged(started.error.usage)
-                    raise
-                except StreamAborted as aborted:
-                    aborted.usage = charged(aborted.usage)
-                    raise
-                result.broken = spent
-                return result
-    except _StreamStarted as started:
-        raise started.error from started
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(should_retry),
+        wait=wait,
+        stop=stop_after_attempt(attempts),
+        before_sleep=log_retry,
+        reraise=True,
+    ):
+        with attempt:
+            try:
+                result = await _stream_once(
+                    kwargs=kwargs, config=config, on_delta=on_delta, prompt_hint=prompt_tokens
+                )
+            except GatewayError as error:
+                error.usage = spent.add(error.usage)
+                if error.retryable:
+                    opened = await breaker_failure(config=config, passed=passed)
+                raise
+            except _StreamStarted as started:
+                started.error.usage = spent.add(started.error.usage)
+                await breaker_failure(config=config, passed=passed)
+                raise
+            except StreamAborted as aborted:
+                aborted.usage = spent.add(aborted.usage)
+                raise
+            await breaker_success(config=config, passed=passed)
+            return result
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _paused(config: ModelConfig, passed: Pass) -> GatewayError:
+    """The error of a deployment skipped because its circuit breaker is open."""
+    until = ""
+    if passed.retry_at is not None:
+        until = " until " + time.strftime("%H:%M:%S UTC", time.gmtime(passed.retry_at))
+    return GatewayError(
+        "provider_down",
+        f"{config.name} failed repeatedly and is paused{until} (circuit breaker). Try again later.",
+    )
+
+
+async def stream_chat(
+    *,
+    config: ModelConfig,
+    messages: list[dict],
+    tools: list[dict] | None = None,
+    on_delta: Callable[[str], Awaitable[None]] | None = None,
+    max_tokens: int | None = None,
+    prompt_tokens: int | None = None,
+    fallbacks: Sequence[ModelConfig] = (),
+) -> ChatResult:
+    """Stream one chat completion from ``config``'s model; return the finished answer.
+
+    ``messages``/``tools`` are OpenAI-format lists. ``on_delta`` is awaited with
+    each text delta as it arrives. ``max_tokens`` defaults to
+    ``config.max_output_tokens``. ``prompt_tokens``: the caller's count of the
+    prompt, used when the provider reports none.
+
+    Retries up to ``TOLLGATE_LLM_MAX_RETRIES`` times on retryable errors before
+    the first token (a stream cut, unreadable or stalled before any text
+    included), honouring ``Retry-After`` (capped at
+    ``TOLLGATE_LLM_MAX_RETRY_WAIT`` seconds; a longer wait fails at once). With
+    ``fallbacks`` (other ModelConfigs, in order), each model is tried
+    ``TOLLGATE_LLM_FALLBACK_AFTER`` times, the last one as often as alone, and a
+    retryable error before the first token moves on to the next; the result
+    names the model that answered (``answered_by``) and those that failed before
+    it (``failed_over``). A model whose circuit breaker is open
+    (``conversations.breaker``) is skipped.
+
+    Raises ``GatewayError`` (or the callback's ``StreamAborted``), with ``usage``
+    set to what the call used until then; a result's ``broken`` is what its
+    retried attempts used.
+    """
+    demo_register()
+    chain = [config, *fallbacks]
+    spent = _Spent()
+    failed: list[str] = []
+    error: GatewayError | None = None
+    try:
+        for index, deployment in enumerate(chain):
+            last = index == len(chain) - 1
+            passed = await breaker_pass(config=deployment)
+            if not passed.allowed:
+                error = _paused(deployment, passed)
+                failed.append(deployment.name)
+                continue
+            attempts = settings.TOLLGATE_LLM_MAX_RETRIES + 1
+            if not last:
+                attempts = min(attempts, settings.TOLLGATE_LLM_FALLBACK_AFTER)
+            limit = max_tokens or config.max_output_tokens
+            if deployment is not config:
+                limit = min(limit, deployment.max_output_tokens)
+            try:
+                result = await _call_deployment(
+                    config=deployment,
+                    kwargs=_request(deployment, messages, tools, limit),
+                    on_delta=on_delta,
+                    prompt_tokens=prompt_tokens,
+                    attempts=attempts,
+                    spent=spent,
+                    passed=passed,
+                )
+            except GatewayError as failure:
+                error = failure
+                if not failure.retryable or last:
+                    break
+                failed.append(deployment.name)
+                logger.warning(
+                    "model %s failed (%s); falling back to %s",
+                    deployment.name, failure.kind, chain[index + 1].name,
+                )  # fmt: skip
+                continue
+            result.broken = spent.usage
+            if failed:
+                result.answered_by, result.failed_over = deployment.name, failed
+            return result
+    except _StreamStarted as started:
+        started.error.failed_over = failed
+        raise started.error from started
+    if error is None:  # pragma: no cover - the chain is never empty
+        raise AssertionError("no model was tried")
+    error.usage = spent.usage
+    error.failed_over = failed
+    raise error

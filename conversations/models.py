@@ -53,6 +53,12 @@ class ModelConfig(models.Model):
         help_text="USD per prompt token read from the provider's prompt cache; blank = the "
         "prompt price. Used with the prices above.",
     )
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Ids of other model configs to try, in order, when this one fails "
+        "before its first token (set in admin by name).",
+    )
     supports_tools = models.BooleanField(default=True)
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField("default", default=False)

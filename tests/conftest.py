@@ -66,6 +66,25 @@ def _clean_ratelimit_keys():
     clean()
 
 
+@pytest.fixture(autouse=True)
+def _circuit_breakers_closed():
+    """Each test starts with every model deployment's circuit breaker closed: its
+    failures are another test's (``conversations.breaker``, in Django's cache)."""
+    from django.conf import settings
+    from django.core.cache import cache
+
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        keys = list(client.scan_iter(match="*llm-breaker:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    else:
+        cache.clear()
+
+
 @pytest.fixture
 def password() -> str:
     return DEFAULT_PASSWORD
