@@ -38,7 +38,8 @@ class ModelConfigForm(forms.ModelForm):
         fields = (
             "name", "litellm_model", "enabled", "is_default", "supports_tools", "api_base",
             "api_key_env", "context_window", "max_output_tokens", "input_cost_per_token",
-            "output_cost_per_token", "cached_input_cost_per_token",
+            "output_cost_per_token", "cached_input_cost_per_token", "temperature",
+            "cache_replies",
         )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -77,7 +78,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "litellm_model", "enabled", "is_default", "supports_tools")}),
         ("Provider", {"fields": ("api_base", "api_key_env")}),
-        ("Resilience", {"fields": ("fallback_names",)}),
+        ("Resilience", {"fields": ("fallback_names", "temperature", "cache_replies")}),
         ("Limits", {"fields": ("context_window", "max_output_tokens")}),
         (
             "Prices (USD per token; blank = litellm's price map)",

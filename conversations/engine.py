@@ -552,6 +552,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
                 "context_dropped_messages": dropped,
                 **_usage_metadata(result.usage, result.broken),
                 **_fallback_metadata(result.answered_by, result.failed_over),
+                **({"cache_hit": True} if result.cache_hit else {}),
             },
         }
         Message.objects.filter(pk=message.pk).update(**fields)
@@ -574,6 +575,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             tool_calls=len(result.tool_calls or []), context_dropped_messages=dropped,
             **_usage_metadata(result.usage, result.broken),
             **_fallback_metadata(result.answered_by, result.failed_over),
+            **({"cache_hit": True} if result.cache_hit else {}),
         )  # fmt: skip
         if result.answered_by:
             audit_record(

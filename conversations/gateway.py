@@ -39,6 +39,7 @@ from tenacity import (
 from conversations.breaker import Pass, breaker_failure, breaker_pass, breaker_success
 from conversations.demo import PROVIDER as DEMO
 from conversations.demo import demo_register
+from conversations.replycache import CachedReply, reply_cacheable, reply_get, reply_key, reply_put
 
 if TYPE_CHECKING:
     from conversations.models import ModelConfig
@@ -124,6 +125,8 @@ class ChatResult:
     #: (names, in order) failed or were skipped; "" and [] when the first answered.
     answered_by: str = ""
     failed_over: list[str] = field(default_factory=list)
+    #: Answered from the reply cache (``conversations.replycache``): no provider call, free.
+    cache_hit: bool = False
 
     @property
     def usage(self) -> CallUsage:
@@ -962,7 +965,31 @@ def _request(
         kwargs["api_key"] = api_key
     if tools:
         kwargs["tools"] = tools
+    if config.temperature is not None:
+        kwargs["temperature"] = config.temperature
     return kwargs
+
+
+async def _from_cache(
+    key: str, on_delta: Callable[[str], Awaitable[None]] | None
+) -> ChatResult | None:
+    """The cached answer under ``key``, shown through ``on_delta``, or ``None``."""
+    hit = await reply_get(key=key)
+    if hit is None:
+        return None
+    if on_delta is not None and hit.content:
+        try:
+            await on_delta(hit.content)
+        except StreamAborted as aborted:
+            aborted.usage = CallUsage(cost_usd=Decimal(0))  # nothing was called
+            raise
+    return ChatResult(
+        content=hit.content,
+        finish_reason=hit.finish_reason,
+        model=hit.model,
+        cost_usd=Decimal(0),
+        cache_hit=True,
+    )
 
 
 async def _call_deployment(
@@ -1075,8 +1102,20 @@ async def stream_chat(
     Raises ``GatewayError`` (or the callback's ``StreamAborted``), with ``usage``
     set to what the call used until then; a result's ``broken`` is what its
     retried attempts used.
+
+    A model config that caches replies (``conversations.replycache``) answers a
+    repeated tool-free, temperature-0 call from the cache: shown through
+    ``on_delta`` at once, with no provider call, at no cost (``cache_hit``).
     """
     demo_register()
+    key = None
+    if reply_cacheable(config=config, tools=tools):
+        key = reply_key(
+            config=config, messages=messages, max_tokens=max_tokens or config.max_output_tokens
+        )
+        cached = await _from_cache(key, on_delta)
+        if cached is not None:
+            return cached
     chain = [config, *fallbacks]
     spent = _Spent()
     failed: list[str] = []
@@ -1118,6 +1157,9 @@ async def stream_chat(
             result.broken = spent.usage
             if failed:
                 result.answered_by, result.failed_over = deployment.name, failed
+            elif key is not None and result.finish_reason == "stop" and not result.tool_calls:
+                reply = CachedReply(result.content, result.finish_reason, result.model)
+                await reply_put(key=key, reply=reply)
             return result
     except _StreamStarted as started:
         started.error.failed_over = failed

@@ -53,6 +53,16 @@ class ModelConfig(models.Model):
         help_text="USD per prompt token read from the provider's prompt cache; blank = the "
         "prompt price. Used with the prices above.",
     )
+    temperature = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Sampling temperature sent with every call; blank = the provider's default.",
+    )
+    cache_replies = models.BooleanField(
+        default=False,
+        help_text="Answer a repeated question from the cache (free, no provider call): "
+        "only calls at temperature 0 that offer no tools.",
+    )
     fallbacks = models.JSONField(
         default=list,
         blank=True,

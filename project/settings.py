@@ -386,6 +386,8 @@ TOLLGATE_LLM_FALLBACK_AFTER = env.int("TOLLGATE_LLM_FALLBACK_AFTER", default=2)
 TOLLGATE_LLM_BREAKER_FAILURES = env.int("TOLLGATE_LLM_BREAKER_FAILURES", default=5)
 TOLLGATE_LLM_BREAKER_WINDOW = env.int("TOLLGATE_LLM_BREAKER_WINDOW", default=60)
 TOLLGATE_LLM_BREAKER_COOLDOWN = env.int("TOLLGATE_LLM_BREAKER_COOLDOWN", default=30)
+# Seconds a cached reply is kept (model configs that cache replies, temperature 0, no tools).
+TOLLGATE_LLM_CACHE_SECONDS = env.int("TOLLGATE_LLM_CACHE_SECONDS", default=86_400)
 # Seconds a worker's lease on a run lasts; the worker renews it every quarter of that
 # while it advances the run (a heartbeat), so a run held by a worker that died is
 # handed to another within this plus TOLLGATE_RUN_RECOVERY_INTERVAL.

@@ -68,8 +68,9 @@ def _clean_ratelimit_keys():
 
 @pytest.fixture(autouse=True)
 def _circuit_breakers_closed():
-    """Each test starts with every model deployment's circuit breaker closed: its
-    failures are another test's (``conversations.breaker``, in Django's cache)."""
+    """Each test starts with every model deployment's circuit breaker closed and no
+    cached reply: those are another test's (``conversations.breaker`` and
+    ``conversations.replycache``, in Django's cache)."""
     from django.conf import settings
     from django.core.cache import cache
 
@@ -77,9 +78,10 @@ def _circuit_breakers_closed():
         import redis
 
         client = redis.Redis.from_url(settings.REDIS_URL)
-        keys = list(client.scan_iter(match="*llm-breaker:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        for pattern in ("*llm-breaker:*", "*llm-reply:*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
         client.close()
     else:
         cache.clear()
