@@ -25,6 +25,13 @@ PRICE_STATUS = {
 class ModelConfigForm(forms.ModelForm):
     """A model config, its fallbacks typed as names in order (stored as ids)."""
 
+    # Explicit: a base URL typed without a scheme is http (local servers such as
+    # Ollama), as Django's default before 6.0, and no deprecation warning.
+    api_base = forms.URLField(
+        required=False,
+        assume_scheme="http",
+        help_text="Provider base URL; blank for the default.",
+    )
     fallback_names = forms.CharField(
         label="fallbacks",
         required=False,

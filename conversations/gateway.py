@@ -238,7 +238,11 @@ def _classify(exc: BaseException, config: ModelConfig, *, began: bool = False) -
     # what the provider (or the connection) did is the exception inside.
     from litellm.exceptions import MidStreamFallbackError  # lazy, as litellm above
 
-    lost = began and _lost_connection(exc)  # the chain of what was raised, not of its wrapper's
+    # The chain of what was raised, not of the exception litellm wrapped it in.
+    lost = began and _lost_connection(exc)
+    undecodable = any(
+        isinstance(link, (json.JSONDecodeError, _Undecodable)) for link in _chain(exc)
+    )
     if isinstance(exc, MidStreamFallbackError) and exc.original_exception is not None:
         exc = exc.original_exception
     name = config.name
@@ -271,7 +275,7 @@ def _classify(exc: BaseException, config: ModelConfig, *, began: bool = False) -
         return GatewayError(
             "provider_down", f"Lost the connection to {name} while it answered.", retryable=True
         )
-    if isinstance(exc, (json.JSONDecodeError, _Undecodable)):  # a chunk that is not JSON
+    if undecodable:  # a chunk that is not JSON (Azure's, through litellm: a 500)
         return GatewayError(
             "provider_down", f"{name} sent a reply that could not be read.", retryable=True
         )
@@ -534,6 +538,7 @@ class _IdleWatch:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.fired = False
+        self.stopped = False
         self.last = 0.0
         self._loop: Any = None
         self._task: Any = None
@@ -547,6 +552,8 @@ class _IdleWatch:
 
     def touch(self) -> None:
         """A chunk came: the watch starts with the first one."""
+        if self.stopped:
+            return
         if self._loop is None:
             self.start()
         else:
@@ -562,6 +569,8 @@ class _IdleWatch:
             self._handle = self._loop.call_at(due, self._check)
 
     def stop(self) -> None:
+        """Stop watching (a later ``touch`` does not start it again)."""
+        self.stopped = True
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -626,6 +635,9 @@ async def _watched(stream: Any, watch: _IdleWatch) -> Any:
             watch.touch()
             yield item
     finally:
+        # The provider is done (or gone): what the wrapper does next (assembling the
+        # answer, in a thread) is no silence of the provider's.
+        watch.stop()
         await _close(stream)
 
 

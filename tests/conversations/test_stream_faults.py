@@ -27,7 +27,36 @@ TEXT = "one two three four five six seven eight nine ten"
 ROUTES = {
     "openai": ("openai/gpt-4o-mini", "openai", "OPENAI_API_KEY"),
     "anthropic": ("anthropic/claude-haiku-4-5", "anthropic", "ANTHROPIC_API_KEY"),
+    "azure": ("azure/gpt-4o-mini", "azure", "AZURE_API_KEY"),
 }
+
+
+class _AzurePath:
+    """Azure's chat URL (``/openai/deployments/<name>/chat/completions``) answered by
+    llmock's OpenAI handler, behind llmock's own fault-injecting middleware: Azure
+    speaks OpenAI's wire, and litellm reads it through its own wrapper."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = "/v1/chat/completions"
+        await self.app.router({**scope, "path": path, "raw_path": path.encode()}, receive, send)
+
+
+@pytest.fixture
+def azure_route(llmock_server, monkeypatch):
+    """llmock with Azure's chat URL, and litellm's Azure settings pointing at it."""
+    from starlette.routing import Route
+
+    path = "/openai/deployments/{deployment}/chat/completions"
+    app = llmock_server.app
+    if not any(getattr(r, "path", None) == path for r in app.router.routes):
+        app.router.routes.insert(0, Route(path, _AzurePath(app), methods=["POST"]))
+    monkeypatch.setenv("AZURE_API_KEY", "llmock-test-key")
+    monkeypatch.setenv("AZURE_API_VERSION", "2024-10-21")
+    return llmock_server.url
+
 
 #: Chunks sent before the fault: AFTER_TEXT lets a few words through on both routes
 #: (OpenAI: a role chunk, then a word a chunk; Anthropic: message_start,
@@ -42,7 +71,7 @@ def route_config(llmock, route: str, **fields) -> ModelConfig:
     return ModelConfig(
         name=f"Mock {route}",
         litellm_model=model,
-        api_base=llmock.base_url(provider),
+        api_base=llmock.url if provider == "azure" else llmock.base_url(provider),
         api_key_env=key,
         max_output_tokens=64,
         **fields,
@@ -58,6 +87,8 @@ def _quick(settings):
 
 @pytest.fixture(params=sorted(ROUTES))
 def route(request) -> str:
+    if request.param == "azure":
+        request.getfixturevalue("azure_route")
     return request.param
 
 
