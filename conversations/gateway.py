@@ -641,6 +641,34 @@ async def _watched(stream: Any, watch: _IdleWatch) -> Any:
         await _close(stream)
 
 
+async def _decodable_lines(lines: Any) -> Any:
+    """A provider's raw stream lines (SSE ``data:`` events or JSON lines), each checked
+    to decode: litellm's common line reader (``BaseModelResponseIterator``: Ollama
+    and others) skips a line it cannot decode and reads on, so an answer missing a
+    piece would end as complete."""
+    async for line in lines:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        payload = text.strip()
+        if payload.startswith("data:"):
+            payload = payload[5:].strip()
+        if payload and payload != "[DONE]" and not payload.startswith((":", "event:")):
+            try:
+                json.loads(payload)
+            except ValueError:
+                raise _Undecodable(payload[:200]) from None
+        yield line
+
+
+def _check_lines(raw: Any) -> None:
+    """Have litellm's line reader ``raw`` fail on a line it cannot decode."""
+    from litellm.llms.base_llm.base_model_iterator import (  # lazy, as litellm
+        BaseModelResponseIterator,
+    )
+
+    if isinstance(raw, BaseModelResponseIterator) and hasattr(raw, "streaming_response"):
+        raw.streaming_response = _decodable_lines(raw.streaming_response)
+
+
 def _chunk_source(response: Any) -> tuple[Any, bool]:
     """The call's chunks in OpenAI's ``chat.completion.chunk`` shape; ``(chunks, direct)``.
 
@@ -827,6 +855,7 @@ async def _stream_once(
             chunks, direct = _chunk_source(response)
             raw = getattr(response, "completion_stream", None)
             if not direct and hasattr(raw, "__aiter__"):
+                _check_lines(raw)
                 response.completion_stream = _watched(raw, watch)
             async for chunk in chunks:
                 watch.touch()

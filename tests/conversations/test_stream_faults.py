@@ -1,4 +1,5 @@
-"""Broken streams on every route: llmock's OpenAI and Anthropic endpoints cut,
+"""Broken streams on every route: llmock's OpenAI, Anthropic and (through its
+OpenAI handler) Azure endpoints, and an Ollama stand-in (``tests/ollama.py``), cut,
 drop, corrupt and stall a reply before and after its first text, and the gateway
 (then the run) ends each one as what it is, with its true cause.
 
@@ -321,3 +322,54 @@ def test_a_stopped_reply_is_charged_for_what_was_sent(user, saved_route, llmock,
     assert words <= record.completion_tokens <= 3 * words + 2
     assert record.cost_usd == answer.cost_usd > 0
     assert answer.metadata["cut"] == "stopped"
+
+
+# -- Ollama: JSON lines, not SSE (a stand-in server: llmock has no Ollama endpoint) --------
+
+
+@pytest.fixture(scope="module")
+def ollama():
+    from tests.ollama import OllamaServer
+
+    server = OllamaServer().start()
+    yield server
+    server.stop()
+
+
+def ollama_config(ollama) -> ModelConfig:
+    # Ollama runs locally: an admin confirms its price, $0.
+    return ModelConfig(
+        name="Mock ollama",
+        litellm_model="ollama_chat/llama3",
+        api_base=ollama.url,
+        input_cost_per_token=Decimal(0),
+        output_cost_per_token=Decimal(0),
+    )
+
+
+@pytest.mark.parametrize(("fault", "kind", "words"), FAULTS_AFTER_TEXT)
+async def test_ollama_a_fault_after_text_fails_with_its_cause(ollama, fault, kind, words):
+    from tests.ollama import Script
+
+    ollama.script = Script(text=TEXT, fault="malformed" if fault == "corrupt" else fault, after=3)
+    shown = Shown()
+    with pytest.raises(GatewayError) as excinfo:
+        await stream_chat(config=ollama_config(ollama), messages=MESSAGES, on_delta=shown)
+    error = excinfo.value
+    assert error.kind == kind and words in error.user_message
+    assert shown.text == error.partial == "one two three "
+    assert len(ollama.script.requests) == 1
+    assert error.usage is not None and error.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("fault", ["truncate", "disconnect", "malformed"])
+async def test_ollama_a_fault_before_text_is_retried_unseen(ollama, fault):
+    """(Ollama sends text from its first line, so a stall before text is one before
+    the first chunk: left to the request timeout, as on the other routes.)"""
+    from tests.ollama import Script
+
+    ollama.script = Script(text=TEXT, fault=fault, after=0)
+    shown = Shown()
+    result = await stream_chat(config=ollama_config(ollama), messages=MESSAGES, on_delta=shown)
+    assert result.content == shown.text == TEXT
+    assert len(ollama.script.requests) == 2
