@@ -9,8 +9,10 @@ Then it is half-open: one call at a time is let through as a probe; its success
 closes the breaker, its failure opens it for another cooldown.
 
 State lives in Django's cache (Redis in production, so all workers see one
-breaker; process memory in the embedded mode), under keys that expire: a
-closed breaker costs one read per call and no write on success.
+breaker; process memory in the embedded mode), under keys that expire. A
+process keeps what it read for ``MEMO_SECONDS``, so a closed breaker costs a
+cache read per deployment and second, not per call, and no write on success;
+another process's breaker opening is seen within that second.
 
 litellm's Router has cooldowns, but keeps them per Router instance (per
 process) unless given its own Redis, lets every request through once a
@@ -30,6 +32,8 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.cache import cache
 
+from conversations.demo import PROVIDER as DEMO
+
 if TYPE_CHECKING:
     from conversations.models import ModelConfig
 
@@ -37,6 +41,15 @@ logger = logging.getLogger(__name__)
 
 #: A day: open and probe keys outlive any cooldown, but are not kept forever.
 _KEEP_SECONDS = 86_400
+#: Seconds a process trusts what it last read of a breaker (closed, or open until).
+MEMO_SECONDS = 1.0
+#: Per deployment key: (when read, monotonic; open until, epoch seconds or None).
+_memo: dict[str, tuple[float, float | None]] = {}
+
+
+def breaker_forget() -> None:
+    """Forget what this process read of every breaker (tests: their state is cleared)."""
+    _memo.clear()
 
 
 @dataclass(frozen=True)
@@ -59,8 +72,17 @@ def deployment_key(config: ModelConfig) -> str:
 async def breaker_pass(*, config: ModelConfig) -> Pass:
     """Whether a call may go to ``config``'s deployment now (one cache read while
     closed; the half-open probe is taken with an atomic ``add``)."""
+    if config.litellm_model.startswith(DEMO + "/"):
+        return Pass(allowed=True)  # the offline demo: nothing to pause
     key = deployment_key(config)
+    memo = _memo.get(key)
+    if memo is not None and time.monotonic() - memo[0] < MEMO_SECONDS:
+        if memo[1] is None:
+            return Pass(allowed=True)
+        if time.time() < memo[1]:
+            return Pass(allowed=False, retry_at=memo[1])
     opened_until = await cache.aget(f"{key}:open")
+    _memo[key] = (time.monotonic(), opened_until)
     if opened_until is None:
         return Pass(allowed=True)
     if time.time() < opened_until:
@@ -77,6 +99,7 @@ async def breaker_success(*, config: ModelConfig, passed: Pass) -> None:
         return
     key = deployment_key(config)
     await cache.adelete_many([f"{key}:open", f"{key}:probe", f"{key}:failures"])
+    _memo[key] = (time.monotonic(), None)
     logger.info("model %s: probe answered, breaker closed", config.name)
 
 
@@ -97,7 +120,9 @@ async def breaker_failure(*, config: ModelConfig, passed: Pass) -> bool:
                 failures = 1
         if failures < settings.TOLLGATE_LLM_BREAKER_FAILURES:
             return False
-    await cache.aset(f"{key}:open", time.time() + cooldown, timeout=_KEEP_SECONDS)
+    opened_until = time.time() + cooldown
+    await cache.aset(f"{key}:open", opened_until, timeout=_KEEP_SECONDS)
+    _memo[key] = (time.monotonic(), opened_until)
     await cache.adelete_many([f"{key}:probe", f"{key}:failures"])
     logger.warning(
         "model %s: breaker opened for %ss after repeated failures", config.name, cooldown
