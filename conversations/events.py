@@ -32,7 +32,6 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 
-from accounts.selectors import usage_for_conversation
 from conversations import selectors
 from conversations.models import Conversation, Message, Run
 from conversations.rendering import MarkdownStream, StreamFrame
@@ -166,19 +165,9 @@ def run_status_changed(*, run_id: int, run: Any = None) -> None:
     def build() -> list[tuple[str, str]]:
         r = run if run is not None else Run.objects.get(pk=run_id)
         html = render("run-status", {"run": r, "oob": True})
-        if r.is_terminal:  # what the run's calls were charged is settled: new totals
-            html += _usage_html(r)
         return [(conversation_group(r.conversation_id), html)]
 
     send_event_on_commit(build, lane=run_lane(run_id), in_hand=run is not None)
-
-
-def _usage_html(run: Any) -> str:
-    """The conversation's usage line (its total cost and tokens), swapped in place."""
-    usage = usage_for_conversation(
-        user=run.conversation.owner_id, conversation_id=run.conversation_id
-    )
-    return render("conversation-usage", {"usage": usage, "oob": True})
 
 
 def conversation_changed(*, conversation_id: int, conversation: Any = None) -> None:
