@@ -648,14 +648,17 @@ async def _decodable_lines(lines: Any) -> Any:
     piece would end as complete."""
     async for line in lines:
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        payload = text.strip()
-        if payload.startswith("data:"):
-            payload = payload[5:].strip()
-        if payload and payload != "[DONE]" and not payload.startswith((":", "event:")):
-            try:
-                json.loads(payload)
-            except ValueError:
-                raise _Undecodable(payload[:200]) from None
+        if isinstance(text, str):
+            payload = text.strip()
+            if payload.startswith("data:"):
+                payload = payload[5:].strip()
+            elif not payload.startswith(("{", "[")):
+                payload = ""  # another SSE field (event:, id:, retry:) or a comment
+            if payload and payload != "[DONE]":
+                try:
+                    json.loads(payload)
+                except ValueError:
+                    raise _Undecodable(payload[:200]) from None
         yield line
 
 

@@ -373,3 +373,20 @@ async def test_ollama_a_fault_before_text_is_retried_unseen(ollama, fault):
     result = await stream_chat(config=ollama_config(ollama), messages=MESSAGES, on_delta=shown)
     assert result.content == shown.text == TEXT
     assert len(ollama.script.requests) == 2
+
+
+async def test_only_json_payloads_are_checked_in_raw_lines():
+    """SSE fields other than data (event, id, retry) and comments are not JSON."""
+    from conversations.gateway import _decodable_lines, _Undecodable
+
+    async def lines(*items):
+        for item in items:
+            yield item
+
+    fine = ["event: ping", "id: 5", "retry: 100", ": keep-alive", "", 'data: {"a": 1}',
+            b'{"b": 2}', "data: [DONE]"]  # fmt: skip
+    assert [x async for x in _decodable_lines(lines(*fine))] == fine
+    with pytest.raises(_Undecodable):
+        [x async for x in _decodable_lines(lines('data: {"a": 1}', 'data: {"a": '))]
+    with pytest.raises(_Undecodable):
+        [x async for x in _decodable_lines(lines(b'{"done": tr'))]
