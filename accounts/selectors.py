@@ -330,6 +330,41 @@ def usage_records_for(*, user: User | int) -> QuerySet[UsageRecord]:
     return UsageRecord.objects.filter(user_id=_user_id(user))
 
 
+@dataclass(frozen=True)
+class ConversationUsage:
+    """What one conversation's model calls were charged, from the ledger: ``calls``,
+    tokens (``prompt_tokens``, ``completion_tokens``, ``tokens`` their sum) and
+    ``cost_usd`` (USD; a call of a model with no known price counts $0)."""
+
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def usage_for_conversation(*, user: User | int, conversation_id: int) -> ConversationUsage:
+    """The ledger's totals for ``conversation_id``, counting only ``user``'s own rows
+    (never anyone else's). One query."""
+    totals = UsageRecord.objects.filter(
+        user_id=_user_id(user), conversation_id=conversation_id
+    ).aggregate(
+        calls=Count("id"),
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost_usd"),
+    )
+    return ConversationUsage(
+        calls=totals["calls"],
+        prompt_tokens=totals["prompt"] or 0,
+        completion_tokens=totals["completion"] or 0,
+        cost_usd=totals["cost"] or Decimal(0),
+    )
+
+
 class ModelUsage(TypedDict):
     """One ``UsageSummary.per_model`` row: a model's spend in the period."""
 

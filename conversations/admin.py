@@ -4,32 +4,110 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from conversations.gateway import price_source
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.services import conversation_rows_delete
 from project.admin import ReadOnlyAdminMixin
 
+#: What an admin reads about where a model's prices come from (``gateway.price_source``).
+PRICE_STATUS = {
+    "confirmed": "Confirmed here",
+    "litellm": "From litellm's price list",
+    "unknown": "UNKNOWN: refused under dollar budgets until you set its prices",
+}
+
+
+class ModelConfigForm(forms.ModelForm):
+    """A model config, its fallbacks typed as names in order (stored as ids)."""
+
+    # Explicit: a base URL typed without a scheme is http (local servers such as
+    # Ollama), as Django's default before 6.0, and no deprecation warning.
+    api_base = forms.URLField(
+        required=False,
+        assume_scheme="http",
+        help_text="Provider base URL; blank for the default.",
+    )
+    fallback_names = forms.CharField(
+        label="fallbacks",
+        required=False,
+        help_text="Names of other model configs to try, in order, comma-separated, when "
+        "this one fails before its first token (429, 5xx, timeouts, broken streams) or "
+        "its circuit breaker is open.",
+    )
+
+    class Meta:
+        model = ModelConfig
+        fields = (
+            "name", "litellm_model", "enabled", "is_default", "supports_tools", "api_base",
+            "api_key_env", "context_window", "max_output_tokens", "input_cost_per_token",
+            "output_cost_per_token", "cached_input_cost_per_token", "temperature",
+            "cache_replies",
+        )  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ids = list(self.instance.fallbacks or [])
+        names = dict(ModelConfig.objects.filter(pk__in=ids).values_list("pk", "name"))
+        self.initial["fallback_names"] = ", ".join(names[i] for i in ids if i in names)
+
+    def clean_fallback_names(self) -> list[int]:
+        names = [n.strip() for n in self.cleaned_data["fallback_names"].split(",") if n.strip()]
+        found = dict(ModelConfig.objects.filter(name__in=names).values_list("name", "pk"))
+        unknown = [n for n in names if n not in found]
+        if unknown:
+            raise forms.ValidationError(f"No model config named {', '.join(unknown)}.")
+        if self.instance.pk is not None and self.instance.pk in found.values():
+            raise forms.ValidationError("A model cannot be its own fallback.")
+        if len(set(names)) != len(names):
+            raise forms.ValidationError("Each fallback may be named once.")
+        return [found[n] for n in names]
+
+    def save(self, commit: bool = True) -> ModelConfig:
+        self.instance.fallbacks = self.cleaned_data["fallback_names"]
+        return super().save(commit=commit)
+
 
 @admin.register(ModelConfig)
 class ModelConfigAdmin(admin.ModelAdmin):
+    form = ModelConfigForm
     list_display = (
         "name", "litellm_model", "enabled", "is_default", "context_window",
-        "input_cost_per_token", "output_cost_per_token", "supports_tools",
+        "input_cost_per_token", "output_cost_per_token", "price_status", "supports_tools",
     )  # fmt: skip
     list_filter = ("enabled", "is_default", "supports_tools")
     search_fields = ("name", "litellm_model")
+    readonly_fields = ("price_status",)
     fieldsets = (
         (None, {"fields": ("name", "litellm_model", "enabled", "is_default", "supports_tools")}),
         ("Provider", {"fields": ("api_base", "api_key_env")}),
+        ("Resilience", {"fields": ("fallback_names", "temperature", "cache_replies")}),
         ("Limits", {"fields": ("context_window", "max_output_tokens")}),
         (
             "Prices (USD per token; blank = litellm's price map)",
-            {"fields": ("input_cost_per_token", "output_cost_per_token")},
+            {
+                "fields": (
+                    "price_status",
+                    "input_cost_per_token",
+                    "output_cost_per_token",
+                    "cached_input_cost_per_token",
+                ),
+                "description": "A model litellm's price list does not know, or prices at "
+                "$0, cannot be used by anyone a dollar budget applies to until its prices "
+                "are set here (0 is a price: set it for a model that really is free).",
+            },
         ),
     )
+
+    @admin.display(description="prices")
+    def price_status(self, obj: ModelConfig) -> str:
+        if obj.pk is None and not obj.litellm_model:
+            return "-"
+        return PRICE_STATUS[price_source(obj)]
 
 
 class DeletesToolCalls(admin.ModelAdmin):

@@ -19,8 +19,23 @@ from accounts.errors import BudgetExceeded, RateLimited
 from accounts.selectors import budget_requires_prices
 from accounts.services import Admission, llm_call_admit, llm_call_settle
 from audit.services import audit_record
-from conversations.gateway import ChatResult, worst_case_cost
+from conversations.gateway import CallUsage, litellm_listed, worst_case_cost
 from conversations.models import ModelConfig
+
+
+def unpriced_message(config: ModelConfig) -> str:
+    """What a user is told when ``config`` has no known price and a dollar budget
+    limits them: why, and who can fix it."""
+    why = (
+        "litellm's price list prices it at $0, which is not a real price"
+        if litellm_listed(config.litellm_model)
+        else "litellm's price list does not know it"
+    )
+    return (
+        f"The model {config.name} has no known prices ({why}), and your spending is "
+        "limited by a dollar budget; an administrator must confirm its prices in its "
+        "model config before you can use it."
+    )
 
 
 def call_admit(
@@ -32,26 +47,40 @@ def call_admit(
     run_id: int | None,
     target_type: str,
     target_id: int,
+    fallbacks: list[ModelConfig] | None = None,
 ) -> tuple[Admission | None, str]:
     """Rate limits and the budget hold before a call of ``config``'s model that
     reads ``prompt_tokens`` and may answer ``max_tokens`` (tokens).
 
+    ``fallbacks`` (other ModelConfigs the call may move on to, in order): the hold
+    is the worst case of the dearest model the call may reach; under a dollar
+    budget a fallback with no known price is dropped from the list (in place).
     Returns ``(admission, "")`` or ``(None, message for the user)``. A refusal
-    (a budget, a rate limit, a model with no known prices while the user's
-    spending is limited) is audited as ``budget.refused`` on ``target_type`` /
-    ``target_id``; no model call may be made after it.
+    (a budget, a rate limit, a model with no known prices, or priced $0 by
+    litellm's list, while a dollar budget limits the user: ``unpriced_message``)
+    is audited as ``budget.refused`` on ``target_type`` / ``target_id``; no model
+    call may be made after it.
     """
+    fallbacks = fallbacks if fallbacks is not None else []
     estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     tokens = prompt_tokens + max_tokens
+    others = []
+    for fallback in fallbacks:
+        limit = min(max_tokens, fallback.max_output_tokens)
+        cost = worst_case_cost(config=fallback, prompt_tokens=prompt_tokens, max_tokens=limit)
+        others.append((fallback, cost, limit))
+    priced_only = (estimate is None or any(cost is None for _, cost, _ in others)) and (
+        budget_requires_prices(user=user)
+    )
+    if priced_only:
+        fallbacks[:] = [f for f, cost, _ in others if cost is not None]
+    for fallback, cost, limit in others:
+        if cost is not None and estimate is not None and fallback in fallbacks:
+            estimate = max(estimate, cost)
+            tokens = max(tokens, prompt_tokens + limit)
     refusal: dict[str, Any]
-    if estimate is None and budget_requires_prices(user=user):
-        refusal = {
-            "reason": "no_prices",
-            "message": (
-                f"The model {config.name} has no known prices, and your spending is limited "
-                "by a budget; an administrator must set its prices before you can use it."
-            ),
-        }
+    if estimate is None and priced_only:
+        refusal = {"reason": "no_prices", "message": unpriced_message(config)}
     else:
         try:
             admission = llm_call_admit(
@@ -84,14 +113,14 @@ def call_admit(
     return None, refusal["message"]
 
 
-def usage_of(result: ChatResult) -> dict[str, Any]:
-    """The call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms);
-    a provider that reported no usage or price counts as 0."""
+def usage_of(usage: CallUsage, latency_ms: int | None) -> dict[str, Any]:
+    """A call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms); a
+    model with no known price counts as 0 (it cannot be used under a dollar budget)."""
     return {
-        "prompt_tokens": result.prompt_tokens or 0,
-        "completion_tokens": result.completion_tokens or 0,
-        "cost_usd": result.cost_usd if result.cost_usd is not None else Decimal(0),
-        "latency_ms": result.latency_ms or 0,
+        "prompt_tokens": usage.prompt_tokens or 0,
+        "completion_tokens": usage.completion_tokens or 0,
+        "cost_usd": usage.cost_usd if usage.cost_usd is not None else Decimal(0),
+        "latency_ms": latency_ms or 0,
     }
 
 
@@ -101,17 +130,25 @@ def call_settle(
     user: Any,
     conversation_id: int | None,
     model: str,
-    result: ChatResult,
+    usage: CallUsage,
+    latency_ms: int | None,
     target_type: str,
     target_id: int,
     data: dict[str, Any],
 ) -> None:
-    """Record a finished call's usage and settle its hold (``llm_call_settle``),
-    then audit it as ``llm.call`` (``data`` added to the usage). Call inside the
+    """Record what a call used and settle its hold (``llm_call_settle``), then audit
+    it as ``llm.call`` (``data`` added to the usage).
+
+    ``usage``: what is charged (a finished answer's ``ChatResult.charged``, or what
+    a stopped or broken call used so far: the prompt and the output counted, plus
+    broken attempts before it); ``latency_ms``: milliseconds. Call inside the
     transaction that stores the call's result, after the rows the lock order puts
     first (``conversations.runs``)."""
     llm_call_settle(
-        admission=admission, conversation_id=conversation_id, model=model, **usage_of(result)
+        admission=admission,
+        conversation_id=conversation_id,
+        model=model,
+        **usage_of(usage, latency_ms),
     )
     audit_record(
         action="llm.call",
@@ -121,9 +158,9 @@ def call_settle(
         data={
             **data,
             "model": model,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
-            "latency_ms": result.latency_ms,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_usd": str(usage.cost_usd) if usage.cost_usd is not None else None,
+            "latency_ms": latency_ms,
         },
     )

@@ -33,12 +33,18 @@ from django.conf import settings
 from django.db import transaction
 
 from accounts.services import Admission, budget_release_approved, llm_call_abort
-from audit.services import audit_deferred
+from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.charging import call_admit, call_settle
 from conversations.context import FitResult, context_fit
-from conversations.gateway import ChatResult, GatewayError, StreamAborted, stream_chat
-from conversations.models import Conversation, Message, Run
+from conversations.gateway import (
+    CallUsage,
+    ChatResult,
+    GatewayError,
+    StreamAborted,
+    stream_chat,
+)
+from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.prompting import RunCall, run_call
 from conversations.runs import (
     RunChanged,
@@ -169,6 +175,7 @@ class _CallStart:
     tools: list[dict] | None
     admission: Admission
     message: Message
+    fallbacks: list[ModelConfig]
 
 
 @dataclass
@@ -186,6 +193,15 @@ class _ToolTurn:
     message_id: int
     interrupted: list[int]
     approved: list[int] | None
+
+
+def _fallbacks(config: ModelConfig) -> list[ModelConfig]:
+    """``config``'s enabled fallbacks, in its order (no query when it has none)."""
+    if not config.fallbacks:
+        return []
+    rows = ModelConfig.objects.filter(pk__in=config.fallbacks, enabled=True).exclude(pk=config.pk)
+    by_id = {row.pk: row for row in rows}
+    return [by_id[pk] for pk in config.fallbacks if pk in by_id]
 
 
 def _step_message(run: Run, call: RunCall, *, resumed: bool) -> Message:
@@ -254,6 +270,7 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         return None
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
+    fallbacks = _fallbacks(config)
     admission, refusal = call_admit(
         user=run.conversation.owner,
         config=config,
@@ -262,13 +279,20 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         run_id=run.pk,
         target_type="run",
         target_id=run.pk,
+        fallbacks=fallbacks,
     )
     if admission is None:
         _fail_locked(run, refusal, kind="budget")
         return None
     message = _step_message(run, call, resumed=resumed)
     return _CallStart(
-        run=run, call=call, fit=fit, tools=tools, admission=admission, message=message
+        run=run,
+        call=call,
+        fit=fit,
+        tools=tools,
+        admission=admission,
+        message=message,
+        fallbacks=fallbacks,
     )
 
 
@@ -353,6 +377,31 @@ def _persist_partial(run_id: int, worker: str, message_id: int, text: str) -> st
     return "cancelled" if cancel else "ok"
 
 
+def _usage_metadata(usage: CallUsage, broken: CallUsage | None) -> dict[str, Any]:
+    """What a message's metadata says about its usage beyond its own columns: cached
+    and reasoning tokens, and what broken attempts before it were charged."""
+    data: dict[str, Any] = {}
+    if usage.cached_tokens:
+        data["cached_tokens"] = usage.cached_tokens
+    if usage.reasoning_tokens:
+        data["reasoning_tokens"] = usage.reasoning_tokens
+    if broken is not None:
+        data["broken_attempts"] = {
+            "prompt_tokens": broken.prompt_tokens,
+            "completion_tokens": broken.completion_tokens,
+            "cost_usd": str(broken.cost_usd) if broken.cost_usd is not None else None,
+        }
+    return data
+
+
+def _fallback_metadata(answered_by: str, failed_over: list[str]) -> dict[str, Any]:
+    """A message's (and its audit event's) record of a switch to a fallback model:
+    which ModelConfig answered, after which failed (or were paused), in order."""
+    if not answered_by and not failed_over:
+        return {}
+    return {"answered_by": answered_by, "failed_over": failed_over}
+
+
 @db_async
 def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     """Write the finished assistant message once, settle its usage, move the run on.
@@ -374,6 +423,8 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     }
     if dropped:
         metadata["context_dropped_messages"] = metadata.get("context_dropped_messages", 0) + dropped
+    charged = result.charged
+    model = result.model or message.model or start.call.config.litellm_model
     with transaction.atomic(), audit_deferred():
         try:
             if result.tool_calls:
@@ -382,7 +433,19 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             else:
                 run_transition(run=run, to=S.COMPLETED, metadata=metadata, holder=worker)
         except RunChanged:
-            llm_call_abort(admission=start.admission)  # after the run's lock (the lock order)
+            # The provider answered (and bills it) though the answer is discarded: the
+            # call is charged all the same. After the run's lock (the lock order).
+            call_settle(
+                admission=start.admission,
+                user=run.conversation.owner,
+                conversation_id=run.conversation_id,
+                model=model,
+                usage=charged,
+                latency_ms=result.latency_ms,
+                target_type="run",
+                target_id=run.pk,
+                data={"step": run.step, "outcome": "discarded"},
+            )
             logger.warning("run %s: lease lost by %s; answer discarded", run.pk, worker)
             return
         fields = {
@@ -399,6 +462,9 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
                 "ttft_ms": result.ttft_ms,
                 "finish_reason": result.finish_reason,
                 "context_dropped_messages": dropped,
+                **_usage_metadata(result.usage, result.broken),
+                **_fallback_metadata(result.answered_by, result.failed_over),
+                **({"cache_hit": True} if result.cache_hit else {}),
             },
         }
         Message.objects.filter(pk=message.pk).update(**fields)
@@ -414,32 +480,93 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             admission=start.admission,
             user=run.conversation.owner,
             conversation_id=run.conversation_id,
-            model=message.model or start.call.config.litellm_model,
-            result=result,
+            model=model,
+            usage=charged,
+            latency_ms=result.latency_ms,
             target_type="run",
             target_id=run.pk,
             data={
                 "step": run.step,
                 "tool_calls": len(result.tool_calls or []),
                 "context_dropped_messages": dropped,
+                **_usage_metadata(result.usage, result.broken),
+                **_fallback_metadata(result.answered_by, result.failed_over),
+                **({"cache_hit": True} if result.cache_hit else {}),
             },
         )
+        if result.answered_by:
+            audit_record(
+                action="llm.fallback",
+                actor=run.conversation.owner,
+                target_type="run",
+                target_id=run.pk,
+                data={"step": run.step, "answered_by": result.answered_by,
+                      "failed": result.failed_over, "model": message.model},
+            )  # fmt: skip
 
 
 @db_async
 def _end_call(
-    worker: str, start: _CallStart, *, partial: str, error: str = "", kind: str = ""
+    worker: str,
+    start: _CallStart,
+    *,
+    partial: str,
+    error: str = "",
+    kind: str = "",
+    usage: CallUsage | None = None,
+    latency_ms: int | None = None,
+    failed_over: list[str] | None = None,
 ) -> None:
-    """End a model call that produced no answer: release its budget hold, keep the
-    ``partial`` text, and fail the run with ``error`` (``kind`` names the cause) or,
-    without one, stop it (Stop was pressed)."""
-    run = start.run
+    """End a model call that produced no answer: keep the ``partial`` text (marked as
+    cut: never shown or stored as complete), and fail the run with ``error``
+    (``kind`` names the cause) or, without one, stop it (Stop was pressed).
+
+    ``usage``: what the call used before it ended (the prompt and the output so
+    far, from the gateway), settled against its budget hold and recorded on the
+    message; ``None`` (the provider never began answering) releases the hold.
+    """
+    run, message = start.run, start.message
+    model = message.model or start.call.config.litellm_model
     with transaction.atomic(), audit_deferred():
         own = run_relock(run=run, worker=worker)  # the run first, then the hold (the lock order)
-        llm_call_abort(admission=start.admission)
+        if usage is None:
+            llm_call_abort(admission=start.admission)
+        else:
+            call_settle(
+                admission=start.admission,
+                user=run.conversation.owner,
+                conversation_id=run.conversation_id,
+                model=model,
+                usage=usage,
+                latency_ms=latency_ms,
+                target_type="run",
+                target_id=run.pk,
+                data={
+                    "step": run.step,
+                    "outcome": "failed" if error else "stopped",
+                    "error_kind": kind or None,
+                    "output_chars": len(partial),
+                    **_fallback_metadata("", failed_over or []),
+                },
+            )
         if not own:
             return
-        Message.objects.filter(pk=start.message.pk).update(content=partial)
+        fields: dict[str, Any] = {"content": partial}
+        metadata = {**message.metadata}
+        if partial:
+            # The text is what was shown before the reply broke off: a cut answer.
+            metadata["cut"] = kind or "stopped"
+        if usage is not None:
+            fields.update(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=usage.cost_usd,
+                latency_ms=latency_ms,
+            )
+            metadata.update(_usage_metadata(usage, None))
+        metadata.update(_fallback_metadata("", failed_over or []))
+        fields["metadata"] = metadata
+        Message.objects.filter(pk=message.pk).update(**fields)
         if error:
             _fail_locked(run, error, kind=kind)
         else:
@@ -476,6 +603,7 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
         on_flush=on_flush,
         run_id=run.pk,
     )
+    began = time.monotonic()
     try:
         result = await stream_chat(
             config=call.config,
@@ -484,18 +612,22 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
             on_delta=publisher.feed,
             max_tokens=call.max_output_tokens,
             temperature=call.temperature,
+            prompt_tokens=start.fit.prompt_tokens,
+            fallbacks=start.fallbacks,
         )
         # No last frame: _store_answer pushes the finished message.
         await publisher.close(final_frame=False)
         await _settled(persisting)  # its state no longer matters: the answer is complete
-    except StepAborted:
+    except StepAborted as aborted:
         await _settled(persisting)
-        await _end_call(worker, start, partial=publisher.text)
+        await _end_call(worker, start, partial=publisher.text, usage=aborted.usage,
+                        latency_ms=_ms_since(began))  # fmt: skip
         return
     except GatewayError as error:
         await _settled(persisting)
         await _end_call(worker, start, partial=publisher.text, error=error.user_message,
-                        kind=error.kind)  # fmt: skip
+                        kind=error.kind, usage=error.usage, latency_ms=_ms_since(began),
+                        failed_over=error.failed_over)  # fmt: skip
         return
     except Exception:
         await _settled(persisting)
@@ -505,6 +637,10 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
                         kind="internal")  # fmt: skip
         return
     await _store_answer(worker, result, start)
+
+
+def _ms_since(began: float) -> int:
+    return int((time.monotonic() - began) * 1000)
 
 
 async def _settled(task: asyncio.Task | None) -> None:

@@ -45,6 +45,30 @@ class ModelConfig(models.Model):
     output_cost_per_token = models.DecimalField(
         max_digits=16, decimal_places=12, null=True, blank=True, help_text="USD per output token"
     )
+    cached_input_cost_per_token = models.DecimalField(
+        max_digits=16,
+        decimal_places=12,
+        null=True,
+        blank=True,
+        help_text="USD per prompt token read from the provider's prompt cache; blank = the "
+        "prompt price. Used with the prices above.",
+    )
+    temperature = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Sampling temperature sent with every call; blank = the provider's default.",
+    )
+    cache_replies = models.BooleanField(
+        default=False,
+        help_text="Answer a repeated question from the cache (free, no provider call): "
+        "only calls at temperature 0 that offer no tools.",
+    )
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Ids of other model configs to try, in order, when this one fails "
+        "before its first token (set in admin by name).",
+    )
     supports_tools = models.BooleanField(default=True)
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField("default", default=False)
@@ -63,6 +87,13 @@ class ModelConfig(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def prices_confirmed(self) -> bool:
+        """An admin set this model's prices (either one; ``0`` is a price): they are
+        used instead of litellm's price map, and the model may be used under a
+        dollar budget whatever that map says."""
+        return self.input_cost_per_token is not None or self.output_cost_per_token is not None
 
 
 class Conversation(models.Model):

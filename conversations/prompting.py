@@ -8,8 +8,9 @@ and the call's parameters:
   conversation follows (``production`` by default, ``latest``, any other) or at
   a pinned version, rendered with the conversation's variable values; else the
   conversation's own text; else ``TOLLGATE_SYSTEM_PROMPT``;
-- temperature: the conversation's, else the prompt version's, else none sent
-  (the provider's default);
+- temperature: the conversation's, else the prompt version's, else the model
+  config's own (``ModelConfig.temperature``, applied by the gateway:
+  ``gateway.call_temperature``), else none sent (the provider's default);
 - max output tokens: the conversation's, else the prompt version's, else the
   model's; never more than the model's (``ModelConfig.max_output_tokens``, what
   an administrator allows).

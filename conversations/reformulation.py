@@ -31,7 +31,7 @@ from audit.services import audit_deferred
 from conversations.charging import call_admit, call_settle
 from conversations.context import context_fit
 from conversations.dispatch import gateway_ready
-from conversations.gateway import ChatResult, GatewayError, stream_chat
+from conversations.gateway import CallUsage, GatewayError, stream_chat
 from conversations.models import ModelConfig
 from conversations.services import (
     ConversationArchived,
@@ -154,22 +154,37 @@ def _abort(admission: Admission) -> None:
 
 
 @db_async
-def _settle(prepared: _Prepared, result: ChatResult, draft: str) -> None:
+def _settle(
+    prepared: _Prepared,
+    draft: str,
+    *,
+    usage: CallUsage,
+    latency_ms: int | None,
+    model: str,
+    rewrite: str | None,
+) -> None:
+    """Charge the call (``charging.call_settle``): a finished rewrite (``rewrite``)
+    or, ``rewrite=None``, a call that failed after the provider began answering."""
+    data: dict[str, Any] = {
+        "purpose": "reformulate",
+        "prompt_version_id": prepared.version.pk if prepared.version else None,
+        "draft_chars": len(draft),
+    }
+    if rewrite is None:
+        data["outcome"] = "failed"
+    else:
+        data["rewrite_chars"] = len(rewrite)
     with transaction.atomic(), audit_deferred():
         call_settle(
             admission=prepared.admission,
             user=prepared.user,
             conversation_id=prepared.conversation_id,
-            model=result.model or prepared.config.litellm_model,
-            result=result,
+            model=model or prepared.config.litellm_model,
+            usage=usage,
+            latency_ms=latency_ms,
             target_type="conversation",
             target_id=prepared.conversation_id,
-            data={
-                "purpose": "reformulate",
-                "prompt_version_id": prepared.version.pk if prepared.version else None,
-                "draft_chars": len(draft),
-                "rewrite_chars": len(result.content),
-            },
+            data=data,
         )
 
 
@@ -192,12 +207,17 @@ async def draft_reformulate(*, user: Any, conversation_id: int, draft: str) -> R
             purpose="reformulate",
         )
     except GatewayError as error:
-        await _abort(prepared.admission)
+        if error.usage is None:  # the provider never began answering
+            await _abort(prepared.admission)
+        else:  # what it sent before it broke off is billed, so charged
+            await _settle(prepared, draft, usage=error.usage, latency_ms=None, model="",
+                          rewrite=None)  # fmt: skip
         raise ReformulationRefused(error.user_message) from None
     except BaseException:
         await _abort(prepared.admission)
         raise
-    await _settle(prepared, result, draft)
+    await _settle(prepared, draft, usage=result.charged, latency_ms=result.latency_ms,
+                  model=result.model, rewrite=result.content)  # fmt: skip
     return Reformulation(
         draft=draft,
         rewrite=result.content.strip(),

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, reswap
 
 from accounts.http import AuthenticatedHttpRequest
+from accounts.selectors import usage_for_conversation
 from conversations import selectors, services
 from conversations.events import composer_text_fragment, error_fragment
 from conversations.events import render as render_partial
@@ -70,6 +71,9 @@ def _page(
     }
     if conversation is not None:
         context["timeline"] = selectors.conversation_timeline(conversation=conversation)
+        context["usage"] = usage_for_conversation(
+            user=request.user, conversation_id=conversation.pk
+        )
     return render(request, "conversations/chat.html", context, status=status)
 
 

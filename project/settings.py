@@ -376,10 +376,22 @@ TOLLGATE_MCP_RECONNECT_MAX_SECONDS = env.float("TOLLGATE_MCP_RECONNECT_MAX_SECON
 
 # Seconds one model call may take (connect + stream) before it counts as a timeout.
 TOLLGATE_LLM_TIMEOUT = env.float("TOLLGATE_LLM_TIMEOUT", default=120.0)
+# Seconds a streaming reply may go silent between two chunks once it has begun (the
+# first chunk may take up to TOLLGATE_LLM_TIMEOUT): a longer silence ends it as stalled.
+TOLLGATE_LLM_IDLE_TIMEOUT = env.float("TOLLGATE_LLM_IDLE_TIMEOUT", default=30.0)
 # Retries of a model call that failed before its first token (429, 5xx, timeouts).
 TOLLGATE_LLM_MAX_RETRIES = env.int("TOLLGATE_LLM_MAX_RETRIES", default=3)
 # Longest Retry-After (seconds) worth waiting for; a longer one fails the call at once.
 TOLLGATE_LLM_MAX_RETRY_WAIT = env.float("TOLLGATE_LLM_MAX_RETRY_WAIT", default=30.0)
+# With fallbacks set on a model config: attempts at each model before the next is tried.
+TOLLGATE_LLM_FALLBACK_AFTER = env.int("TOLLGATE_LLM_FALLBACK_AFTER", default=2)
+# Circuit breaker per model deployment: this many retryable failures within the window
+# (seconds) pause the deployment for the cooldown (seconds); then one call probes it.
+TOLLGATE_LLM_BREAKER_FAILURES = env.int("TOLLGATE_LLM_BREAKER_FAILURES", default=5)
+TOLLGATE_LLM_BREAKER_WINDOW = env.int("TOLLGATE_LLM_BREAKER_WINDOW", default=60)
+TOLLGATE_LLM_BREAKER_COOLDOWN = env.int("TOLLGATE_LLM_BREAKER_COOLDOWN", default=30)
+# Seconds a cached reply is kept (model configs that cache replies, temperature 0, no tools).
+TOLLGATE_LLM_CACHE_SECONDS = env.int("TOLLGATE_LLM_CACHE_SECONDS", default=86_400)
 # Seconds a worker's lease on a run lasts; the worker renews it every quarter of that
 # while it advances the run (a heartbeat), so a run held by a worker that died is
 # handed to another within this plus TOLLGATE_RUN_RECOVERY_INTERVAL.

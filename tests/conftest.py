@@ -66,6 +66,30 @@ def _clean_ratelimit_keys():
     clean()
 
 
+@pytest.fixture(autouse=True)
+def _circuit_breakers_closed():
+    """Each test starts with every model deployment's circuit breaker closed and no
+    cached reply: those are another test's (``conversations.breaker`` and
+    ``conversations.replycache``, in Django's cache)."""
+    from django.conf import settings
+    from django.core.cache import cache
+
+    from conversations.breaker import breaker_forget
+
+    breaker_forget()
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for pattern in ("*llm-breaker:*", "*llm-reply:*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
+        client.close()
+    else:
+        cache.clear()
+
+
 @pytest.fixture
 def password() -> str:
     return DEFAULT_PASSWORD

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("conversations", "0003_demo_model"),
+        ("conversations", "0006_model_reply_cache"),
         ("prompts", "0002_reformulate_prompt"),
     ]
 
