@@ -52,6 +52,7 @@ from conversations.gateway import (
     stream_chat,
     worst_case_cost,
 )
+from conversations.guarding import guard_model_output, guard_user_input
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import (
     RunChanged,
@@ -296,6 +297,9 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     # after a tool turn can have such holds (not a run's first).
     if run.step > 1:
         budget_release_approved(run_id=run.pk)
+    elif blocked := guard_user_input(run=run):  # before the history: the model reads the result
+        _fail_locked(run, blocked, kind="guardrail")
+        return None
     history = history_messages(conversation=run.conversation)
     tools = tools_offered(run=run)
     try:
@@ -443,6 +447,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             llm_call_abort(admission=start.admission)  # after the run's lock (the lock order)
             logger.warning("run %s: lease lost by %s; answer discarded", run.pk, worker)
             return
+        result = guard_model_output(run=run, message=message, result=result)
         fields = {
             "content": result.content,
             "tool_calls": result.tool_calls or None,

@@ -23,6 +23,7 @@ from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
 from conversations.context import token_count
+from conversations.guarding import guard_tool_arguments, guard_tool_output
 from conversations.gateway import cost_for, worst_case_cost
 from conversations.models import Message, Run
 from conversations.runs import (
@@ -161,7 +162,20 @@ def turn_gate(*, run: Run, message: Message) -> None:
                 is_error=True,
             )
             continue
-        arguments = invocation.arguments_requested or {}
+        arguments, acts, blocked = guard_tool_arguments(
+            run=run, invocation_id=invocation.pk, arguments=invocation.arguments_requested or {}
+        )
+        if blocked:
+            invocation_mark(
+                invocation_id=invocation.pk,
+                status=IS.DENIED,
+                result=f"{blocked} The tool was not run.",
+                is_error=True,
+                decision="deny",
+                decision_explanation=blocked[:500],
+                metadata={"guardrails": acts},
+            )
+            continue
         decision = gate_decide(
             user=user,
             tool_name=spec.name,
@@ -175,6 +189,14 @@ def turn_gate(*, run: Run, message: Message) -> None:
             "decision": decision.action,
             "decision_explanation": decision.explanation[:500],
         }
+        if acts:  # what acted is shown with the tool's output; redacted arguments run
+            invocation_mark(
+                invocation_id=invocation.pk,
+                status=IS.REQUESTED,
+                expected=[IS.REQUESTED],
+                arguments_executed=arguments,
+                metadata={"guardrails": acts},
+            )
         if decision.action == "allow":
             invocation_mark(invocation_id=invocation.pk, status=IS.APPROVED, **common)
         elif decision.action == "deny":
@@ -218,9 +240,15 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
     for invocation in _turn(run, message_id):
         if invocation.tool_call_id in stored:
             continue
-        content = invocation_tool_message(invocation=invocation)["content"]
+        content, acts = guard_tool_output(
+            run=run,
+            invocation_id=invocation.pk,
+            content=invocation_tool_message(invocation=invocation)["content"],
+        )
+        acts = [*invocation.metadata.get("guardrails", []), *acts]
         extra = {}
-        if invocation.metadata.get("mcp_result"):  # drawn as MCP content in the chat
+        changed = any(act["action"] in ("block", "redact") for act in acts)
+        if invocation.metadata.get("mcp_result") and not changed:  # drawn as MCP content
             extra = {
                 "mcp_result": invocation.metadata["mcp_result"],
                 "mcp_server": invocation.metadata.get("mcp_server", ""),
@@ -236,6 +264,7 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
                 "invocation_id": invocation.pk,
                 "status": invocation.status,
                 "is_error": invocation.is_error,
+                **({"guardrails": acts} if acts else {}),
                 **extra,
             },
         )

@@ -27,3 +27,11 @@ def markdown_stream(text: str) -> StreamFrame:
 def untrusted(text: str) -> SafeString:
     """``text`` escaped verbatim (tool output)."""
     return render_untrusted(text)
+
+
+@register.filter
+def guardrail_stage(stage: str) -> str:
+    """What a guardrail's stage acted on, in words (``conversations.guarding``)."""
+    from conversations.guarding import STAGE_LABELS
+
+    return STAGE_LABELS.get(stage, stage)

@@ -1,0 +1,134 @@
+"""The run core's four guardrail stages (approvals' ``guardrails_apply``), applied
+to the run's rows.
+
+DESIGN.md, "Security model": guardrails act on user input (before the model
+call), model output (before the answer is stored), tool arguments (before the
+gate decides) and tool output (before it becomes the tool result the model
+reads). Each function here is one call from the engine or the tool phase; what
+acted is stored on the message's ``metadata["guardrails"]`` (a list of
+``GuardrailAct.as_dict()`` with its ``stage``), which the chat draws, and
+audited by approvals (``guardrail.acted``).
+
+Every function runs inside the caller's transaction with the run locked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from approvals.guardrails import TOOL_OUTPUT_BLOCKED, GuardrailOutcome
+from approvals.services import guardrails_apply, guardrails_apply_arguments
+from conversations import events
+from conversations.gateway import ChatResult
+from conversations.models import Message, Run
+
+STAGE_LABELS = {
+    "user_input": "your message",
+    "model_output": "the answer",
+    "tool_arguments": "the tool call's arguments",
+    "tool_output": "the tool's output",
+}
+
+
+def _acts(outcome: GuardrailOutcome, stage: str) -> list[dict[str, Any]]:
+    return [{**act, "stage": stage} for act in outcome.as_metadata()]
+
+
+def guard_user_input(*, run: Run) -> str:
+    """Apply the ``user_input`` guardrails to the message that started ``run``,
+    before anything of it reaches the model.
+
+    Redact: the stored message is rewritten (the provider, the history and the
+    chat only ever see the redacted text) and pushed. Returns ``""`` to go on,
+    or the sentence for the user when a guardrail blocked (the caller fails the
+    run before any model call: no budget hold, no cost).
+    """
+    message = run.user_message
+    if message is None:
+        return ""
+    outcome = guardrails_apply(
+        stage="user_input",
+        user=run.conversation.owner,
+        text=message.content,
+        target_type="message",
+        target_id=message.pk,
+    )
+    if not outcome.acts:
+        return ""
+    message.metadata = {**message.metadata, "guardrails": _acts(outcome, "user_input")}
+    message.content = outcome.text
+    message.save(update_fields=["content", "metadata"])
+    events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
+    return outcome.block_message()
+
+
+def guard_model_output(*, run: Run, message: Message, result: ChatResult) -> ChatResult:
+    """Apply the ``model_output`` guardrails to a finished answer's text.
+
+    Returns the result to store: its content redacted, or replaced by the
+    block's explanation; the acts are put on ``message.metadata``. The tool
+    calls are left to the ``tool_arguments`` stage. The streamed preview showed
+    the text as it came; the stored and pushed message is the guarded one.
+    """
+    if not result.content:
+        return result
+    outcome = guardrails_apply(
+        stage="model_output",
+        user=run.conversation.owner,
+        text=result.content,
+        target_type="message",
+        target_id=message.pk,
+    )
+    if not outcome.acts:
+        return result
+    message.metadata = {**message.metadata, "guardrails": _acts(outcome, "model_output")}
+    content = outcome.block_message() if outcome.blocked else outcome.text
+    return replace(result, content=content)
+
+
+def guard_tool_arguments(
+    *, run: Run, invocation_id: int, arguments: Any
+) -> tuple[Any, list[dict[str, Any]], str]:
+    """Apply the ``tool_arguments`` guardrails to one tool call, before the gate.
+
+    Returns ``(arguments to gate and run, acts to store on the invocation,
+    block explanation or "")``. A block's explanation becomes the denied
+    call's result, which the model reads.
+    """
+    redacted, outcome = guardrails_apply_arguments(
+        user=run.conversation.owner,
+        arguments=arguments,
+        target_type="tool_invocation",
+        target_id=invocation_id,
+    )
+    if not outcome.acts:
+        return arguments, [], ""
+    return redacted, _acts(outcome, "tool_arguments"), outcome.block_message()
+
+
+def guard_tool_output(
+    *, run: Run, invocation_id: int, content: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """Apply the ``tool_output`` guardrails to a tool's result before it becomes
+    the tool message the model reads.
+
+    Returns ``(content for the model, acts)``: redacted; prefixed with a warning
+    when an injection screen warned; replaced by an explanation
+    (``TOOL_OUTPUT_BLOCKED``) when one blocked.
+    """
+    outcome = guardrails_apply(
+        stage="tool_output",
+        user=run.conversation.owner,
+        text=content,
+        target_type="tool_invocation",
+        target_id=invocation_id,
+    )
+    if not outcome.acts:
+        return content, []
+    block = outcome.block
+    if block is not None:
+        return TOOL_OUTPUT_BLOCKED.format(name=block.name, reason=block.reason), _acts(
+            outcome, "tool_output"
+        )
+    return outcome.text, _acts(outcome, "tool_output")
