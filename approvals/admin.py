@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any, cast
 from django import forms
 from django.contrib import admin
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 
 from approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalVote, Guardrail
 from approvals.selectors import guardrail_preview
@@ -166,7 +167,10 @@ class GuardrailForm(forms.ModelForm):
 
     class Meta:
         model = Guardrail
-        fields = "__all__"
+        fields = (
+            "name", "stage", "kind", "action", "config", "order", "enabled", "description",
+            "user", "group",
+        )  # fmt: skip
 
 
 @admin.register(Guardrail)
@@ -207,14 +211,19 @@ class GuardrailAdmin(admin.ModelAdmin):
             return self._test_view(request, object_id, form_url)
         return super().changeform_view(request, object_id, form_url, extra_context)
 
-    def _test_view(self, request: HttpRequest, object_id: str | None, form_url: str) -> HttpResponse:
+    def _test_view(
+        self, request: HttpRequest, object_id: str | None, form_url: str
+    ) -> HttpResponse:
         """The change form again, bound to what was typed, with the guardrail's
         effect on the sample text (or the form's errors); nothing is saved."""
         obj = self.get_object(request, object_id) if object_id else None
-        if object_id and (obj is None or not self.has_change_permission(request, obj)):
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if obj is None and not self.has_add_permission(request):
-            return self._get_obj_does_not_exist_redirect(request, self.opts, "")
+        if object_id and obj is None:
+            raise Http404("No such guardrail.")
+        allowed = (
+            self.has_change_permission(request, obj) if obj else self.has_add_permission(request)
+        )
+        if not allowed:
+            raise PermissionDenied
         form_class = self.get_form(request, obj, change=obj is not None)
         form = form_class(request.POST, instance=obj or Guardrail())
         preview = None
@@ -225,7 +234,7 @@ class GuardrailAdmin(admin.ModelAdmin):
         fieldsets = self.get_fieldsets(request, obj)
         admin_form = helpers.AdminForm(
             form,
-            list(fieldsets),
+            cast(Any, list(fieldsets)),
             self.get_prepopulated_fields(request, obj),
             self.get_readonly_fields(request, obj),
             model_admin=self,

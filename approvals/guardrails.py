@@ -210,11 +210,15 @@ def _national_id_valid(candidate: str) -> bool:
 
 
 def _phones(text: str, region: str) -> Iterable[Finding]:
-    for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+    for match in phonenumbers.PhoneNumberMatcher(
+        text, region, leniency=phonenumbers.Leniency.VALID
+    ):
         yield Finding("PHONE", match.start, match.end)
 
 
-def pii_find(text: str, *, entities: Iterable[str] = PII_ENTITIES, region: str = "US") -> list[Finding]:
+def pii_find(
+    text: str, *, entities: Iterable[str] = PII_ENTITIES, region: str = "US"
+) -> list[Finding]:
     """Personal data in ``text``: non-overlapping findings, in text order.
 
     ``entities``: labels from :data:`PII_ENTITIES`; ``region``: the ISO country
@@ -315,18 +319,24 @@ def guardrail_config_check(*, kind: str, config: Any) -> None:
     if kind == "length":
         limit = config.get("max_chars")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise GuardrailConfigError('A length guardrail needs {"max_chars": a positive integer}.')
+            raise GuardrailConfigError(
+                'A length guardrail needs {"max_chars": a positive integer}.'
+            )
     elif kind == "regex":
         patterns = config.get("patterns")
-        if not isinstance(patterns, list) or not patterns or not all(
-            isinstance(p, str) and p for p in patterns
+        if (
+            not isinstance(patterns, list)
+            or not patterns
+            or not all(isinstance(p, str) and p for p in patterns)
         ):
             raise GuardrailConfigError('A pattern guardrail needs {"patterns": ["..."]}.')
         for pattern in patterns:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise GuardrailConfigError(f"Not a regular expression: {pattern!r} ({exc}).") from exc
+                raise GuardrailConfigError(
+                    f"Not a regular expression: {pattern!r} ({exc})."
+                ) from exc
     elif kind == "keywords":
         words = config.get("words")
         if not isinstance(words, list) or not any(isinstance(w, str) and w.strip() for w in words):
@@ -362,7 +372,10 @@ def guardrail_findings(*, kind: str, config: dict[str, Any], text: str) -> list[
         ]
     if kind == "keywords":
         label = config.get("label") or "REDACTED"
-        return [Finding(label, m.start(), m.end()) for m in _words_pattern(config["words"]).finditer(text)]
+        return [
+            Finding(label, m.start(), m.end())
+            for m in _words_pattern(config["words"]).finditer(text)
+        ]
     if kind == "pii":
         return pii_find(
             text,
@@ -397,7 +410,9 @@ def _counts(findings: list[Finding]) -> dict[str, int]:
     return counts
 
 
-def guardrails_run(*, rules: Iterable[GuardrailRule], text: str, stage: str = "") -> GuardrailOutcome:
+def guardrails_run(
+    *, rules: Iterable[GuardrailRule], text: str, stage: str = ""
+) -> GuardrailOutcome:
     """Apply ``rules`` to ``text`` in order: each acts on the text the ones before
     left (redacted); the first block ends the run of checks.
 

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
 from approvals.conditions import parse_path
+from approvals.guardrails import GuardrailConfigError, guardrail_config_check
 
 GLOB_CHARS = "*?["
 TOOL_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.:/\-*?\[\]!]+$")
@@ -527,8 +528,6 @@ class Guardrail(models.Model):
         return "everyone"
 
     def clean(self) -> None:
-        from approvals.guardrails import GuardrailConfigError, guardrail_config_check
-
         errors: dict[str, list[str]] = {}
         if self.user_id is not None and self.group_id is not None:
             errors.setdefault("group", []).append("Choose a user or a group, not both.")

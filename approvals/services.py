@@ -944,14 +944,13 @@ def guardrails_apply_arguments(
 
     started = time.perf_counter()
     redacted = walk(arguments)
+    rank: dict[int | None, int] = {rule.id: position for position, rule in enumerate(rules)}
     outcome = GuardrailOutcome(
         text=json.dumps(redacted, ensure_ascii=False),
-        acts=sorted(merged.values(), key=lambda a: [r.id for r in rules].index(a.guardrail_id)),
+        acts=sorted(merged.values(), key=lambda a: rank.get(a.guardrail_id, 0)),
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
-    _guardrails_audit(
-        outcome, stage="tool_arguments", user=user, target=(target_type, target_id)
-    )
+    _guardrails_audit(outcome, stage="tool_arguments", user=user, target=(target_type, target_id))
     return redacted, outcome
 
 

@@ -23,13 +23,6 @@ from conversations import events
 from conversations.gateway import ChatResult
 from conversations.models import Message, Run
 
-STAGE_LABELS = {
-    "user_input": "your message",
-    "model_output": "the answer",
-    "tool_arguments": "the tool call's arguments",
-    "tool_output": "the tool's output",
-}
-
 
 def _acts(outcome: GuardrailOutcome, stage: str) -> list[dict[str, Any]]:
     return [{**act, "stage": stage} for act in outcome.as_metadata()]

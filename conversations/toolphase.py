@@ -23,8 +23,8 @@ from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
 from conversations.context import token_count
-from conversations.guarding import guard_tool_arguments, guard_tool_output
 from conversations.gateway import cost_for, worst_case_cost
+from conversations.guarding import guard_tool_arguments, guard_tool_output
 from conversations.models import Message, Run
 from conversations.runs import (
     run_lease_release,

@@ -6,34 +6,104 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('approvals', '0004_cost_estimate'),
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("approvals", "0004_cost_estimate"),
+        ("auth", "0012_alter_user_first_name_max_length"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Guardrail',
+            name="Guardrail",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('stage', models.CharField(choices=[('user_input', 'user input'), ('model_output', 'model output'), ('tool_arguments', 'tool arguments'), ('tool_output', 'tool output')], max_length=16)),
-                ('kind', models.CharField(choices=[('length', 'length (characters)'), ('regex', 'pattern (regular expressions)'), ('keywords', 'keyword list'), ('pii', 'personal data (PII)'), ('injection', 'prompt injection (heuristics)')], max_length=16)),
-                ('action', models.CharField(choices=[('block', 'Block'), ('redact', 'Redact'), ('warn', 'Warn')], max_length=8)),
-                ('config', models.JSONField(blank=True, default=dict, help_text='length: {"max_chars": 2000}; regex: {"patterns": ["..."]}; keywords: {"words": ["..."]}; pii: {"entities": ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "NATIONAL_ID"]} (blank: all); injection: {} or {"threshold": 1}.')),
-                ('order', models.PositiveIntegerField(default=100, help_text='Lower runs first.')),
-                ('description', models.TextField(blank=True, help_text='Shown to the user when this guardrail acts: why.')),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='guardrails', to='auth.group')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='guardrails', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "stage",
+                    models.CharField(
+                        choices=[
+                            ("user_input", "user input"),
+                            ("model_output", "model output"),
+                            ("tool_arguments", "tool arguments"),
+                            ("tool_output", "tool output"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("length", "length (characters)"),
+                            ("regex", "pattern (regular expressions)"),
+                            ("keywords", "keyword list"),
+                            ("pii", "personal data (PII)"),
+                            ("injection", "prompt injection (heuristics)"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "action",
+                    models.CharField(
+                        choices=[("block", "Block"), ("redact", "Redact"), ("warn", "Warn")],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "config",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='length: {"max_chars": 2000}; regex: {"patterns": ["..."]}; keywords: {"words": ["..."]}; pii: {"entities": ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "NATIONAL_ID"]} (blank: all); injection: {} or {"threshold": 1}.',
+                    ),
+                ),
+                ("order", models.PositiveIntegerField(default=100, help_text="Lower runs first.")),
+                (
+                    "description",
+                    models.TextField(
+                        blank=True, help_text="Shown to the user when this guardrail acts: why."
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "group",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="guardrails",
+                        to="auth.group",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="guardrails",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ('stage', 'order', 'id'),
-                'constraints': [models.CheckConstraint(condition=models.Q(('user__isnull', True), ('group__isnull', True), _connector='OR'), name='approvals_guardrail_user_or_group')],
+                "ordering": ("stage", "order", "id"),
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("user__isnull", True), ("group__isnull", True), _connector="OR"
+                        ),
+                        name="approvals_guardrail_user_or_group",
+                    )
+                ],
             },
         ),
     ]

@@ -9,6 +9,14 @@ from conversations.rendering import StreamFrame, markdown_blocks, render_markdow
 
 register = template.Library()
 
+#: What a guardrail of each stage acted on, as the chat says it.
+STAGE_LABELS = {
+    "user_input": "your message",
+    "model_output": "the answer",
+    "tool_arguments": "the tool call's arguments",
+    "tool_output": "the tool's output",
+}
+
 
 @register.filter
 def markdown(text: str) -> SafeString:
@@ -32,6 +40,4 @@ def untrusted(text: str) -> SafeString:
 @register.filter
 def guardrail_stage(stage: str) -> str:
     """What a guardrail's stage acted on, in words (``conversations.guarding``)."""
-    from conversations.guarding import STAGE_LABELS
-
     return STAGE_LABELS.get(stage, stage)

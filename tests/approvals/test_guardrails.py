@@ -112,7 +112,9 @@ def test_rules_run_in_order_and_a_block_stops_the_rest():
 
 
 def test_regex_keywords_and_length():
-    regex = guardrails_run(rules=[_rule("regex", "redact", patterns=[r"PRJ-\d+"])], text="see PRJ-42")
+    regex = guardrails_run(
+        rules=[_rule("regex", "redact", patterns=[r"PRJ-\d+"])], text="see PRJ-42"
+    )
     assert regex.text == "see [REDACTED]"
     words = guardrails_run(
         rules=[_rule("keywords", "redact", words=["Acme"], label="CLIENT")],
