@@ -21,11 +21,17 @@ admin's "test this guardrail" form and the run core use the same code:
 - ``injection``: ``{"threshold": 1}``; heuristics for text that tries to give
   the model instructions (OWASP LLM01), meant for tool output and retrieved
   text. It blocks or warns (it cannot redact).
+- ``json_schema``: ``{"schema": {...}}``; structured output: the text (a
+  fenced ```json block is unwrapped) must be JSON satisfying the schema
+  (``jsonschema``, the draft the schema declares, else 2020-12). On model
+  output the run core asks the model once more with the errors before the
+  action applies (``conversations.guarding``). It blocks or warns.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import time
 import unicodedata
@@ -34,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import phonenumbers
+from jsonschema import SchemaError
+from jsonschema.validators import Draft202012Validator, validator_for
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
 from stdnum.es import dni as es_dni
@@ -41,7 +49,9 @@ from stdnum.fr import nir as fr_nir
 from stdnum.us import ssn as us_ssn
 
 PII_ENTITIES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "NATIONAL_ID")
-KINDS = ("length", "regex", "keywords", "pii", "injection")
+KINDS = ("length", "regex", "keywords", "pii", "injection", "json_schema")
+#: Kinds whose findings are not spans of text: they block or warn, never redact.
+UNREDACTABLE = ("length", "injection", "json_schema")
 STAGES = ("user_input", "model_output", "tool_arguments", "tool_output")
 ACTIONS = ("block", "redact", "warn")
 
@@ -69,6 +79,7 @@ class Finding:
     label: str
     start: int = 0
     end: int = 0
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,9 @@ class GuardrailAct:
     action: str
     reason: str
     found: dict[str, int]
+    #: What is wrong, for the model when it is asked again (``json_schema``); not
+    #: stored or audited.
+    detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +130,11 @@ class GuardrailAct:
             "found": self.found,
         }
 
+    def with_found(self, found: dict[str, int]) -> GuardrailAct:
+        return GuardrailAct(
+            self.guardrail_id, self.name, self.kind, self.action, self.reason, found, self.detail
+        )
+
 
 @dataclass
 class GuardrailOutcome:
@@ -124,12 +143,14 @@ class GuardrailOutcome:
     ``text``: the text to use from here on (redacted where a guardrail redacted;
     the original otherwise). ``acts``: every guardrail that acted, in order.
     ``blocked``: a guardrail blocked (the later ones did not run).
-    ``elapsed_ms``: the time the checks took.
+    ``elapsed_ms``: the time the checks took. ``complete``: every guardrail
+    looked at the text (false when a block ended the checks before the last).
     """
 
     text: str
     acts: list[GuardrailAct] = field(default_factory=list)
     elapsed_ms: float = 0.0
+    complete: bool = True
 
     @property
     def blocked(self) -> bool:
@@ -302,6 +323,27 @@ def injection_find(text: str) -> list[Finding]:
     return out
 
 
+# -- structured output -------------------------------------------------------------------
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(?P<body>.*?)\n?```\s*$", re.S | re.I)
+
+
+def schema_find(text: str, *, schema: dict[str, Any]) -> list[Finding]:
+    """Why ``text`` is not JSON satisfying ``schema``: ``INVALID_JSON`` (one
+    finding), or one ``SCHEMA`` finding per violation (its ``detail`` says
+    where and what); empty when it satisfies it."""
+    fenced = _FENCE.match(text)
+    try:
+        value = json.loads(fenced.group("body") if fenced else text)
+    except ValueError as exc:
+        return [Finding("INVALID_JSON", detail=f"The answer is not JSON ({exc}).")]
+    validator = validator_for(schema, default=Draft202012Validator)(schema)
+    return [
+        Finding("SCHEMA", detail=f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}")
+        for e in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    ]
+
+
 # -- the checks -----------------------------------------------------------------------
 
 
@@ -351,6 +393,14 @@ def guardrail_config_check(*, kind: str, config: Any) -> None:
         region = config.get("region", "US")
         if region not in phonenumbers.SUPPORTED_REGIONS:
             raise GuardrailConfigError(f"Unknown phone region {region!r} (use e.g. US, GB, DE).")
+    elif kind == "json_schema":
+        schema = config.get("schema")
+        if not isinstance(schema, dict):
+            raise GuardrailConfigError('A structured-output guardrail needs {"schema": {...}}.')
+        try:
+            validator_for(schema, default=Draft202012Validator).check_schema(schema)
+        except SchemaError as exc:
+            raise GuardrailConfigError(f"Not a valid JSON Schema: {exc.message}") from exc
     elif kind == "injection":
         threshold = config.get("threshold", 1)
         if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
@@ -385,6 +435,8 @@ def guardrail_findings(*, kind: str, config: dict[str, Any], text: str) -> list[
     if kind == "injection":
         found = injection_find(text)
         return found if len(found) >= config.get("threshold", 1) else []
+    if kind == "json_schema":
+        return schema_find(text, schema=config["schema"])
     raise GuardrailConfigError(f"Unknown kind {kind!r}.")
 
 
@@ -422,7 +474,8 @@ def guardrails_run(
     """
     started = time.perf_counter()
     outcome = GuardrailOutcome(text=text)
-    for rule in rules:
+    rules = list(rules)
+    for position, rule in enumerate(rules, start=1):
         findings = guardrail_findings(kind=rule.kind, config=rule.config, text=outcome.text)
         if not findings:
             continue
@@ -433,11 +486,13 @@ def guardrails_run(
             action=rule.action,
             reason=rule.reason,
             found=_counts(findings),
+            detail="\n".join(f.detail for f in findings if f.detail)[:2000],
         )
         outcome.acts.append(act)
         if rule.action == "block":
+            outcome.complete = position == len(rules)
             break
-        if rule.action == "redact" and rule.kind not in ("length", "injection"):
+        if rule.action == "redact" and rule.kind not in UNREDACTABLE:
             outcome.text = redact(outcome.text, findings)
         elif rule.action == "warn" and rule.kind == "injection" and stage == "tool_output":
             outcome.text = TOOL_OUTPUT_WARNING.format(name=rule.name) + outcome.text

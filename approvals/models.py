@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
 from approvals.conditions import parse_path
-from approvals.guardrails import GuardrailConfigError, guardrail_config_check
+from approvals.guardrails import UNREDACTABLE, GuardrailConfigError, guardrail_config_check
 
 GLOB_CHARS = "*?["
 TOOL_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.:/\-*?\[\]!]+$")
@@ -469,6 +469,7 @@ class Guardrail(models.Model):
         KEYWORDS = "keywords", "keyword list"
         PII = "pii", "personal data (PII)"
         INJECTION = "injection", "prompt injection (heuristics)"
+        JSON_SCHEMA = "json_schema", "structured output (JSON Schema)"
 
     class Action(models.TextChoices):
         BLOCK = "block"
@@ -496,7 +497,7 @@ class Guardrail(models.Model):
             'length: {"max_chars": 2000}; regex: {"patterns": ["..."]}; keywords: '
             '{"words": ["..."]}; pii: {"entities": ["EMAIL", "PHONE", "CREDIT_CARD", '
             '"IBAN", "IP_ADDRESS", "NATIONAL_ID"]} (blank: all); injection: {} or '
-            '{"threshold": 1}.'
+            '{"threshold": 1}; json_schema: {"schema": {...}}.'
         ),
     )
     order = models.PositiveIntegerField(default=100, help_text="Lower runs first.")
@@ -531,10 +532,7 @@ class Guardrail(models.Model):
         errors: dict[str, list[str]] = {}
         if self.user_id is not None and self.group_id is not None:
             errors.setdefault("group", []).append("Choose a user or a group, not both.")
-        if self.action == self.Action.REDACT and self.kind in (
-            self.Kind.LENGTH,
-            self.Kind.INJECTION,
-        ):
+        if self.action == self.Action.REDACT and self.kind in UNREDACTABLE:
             errors.setdefault("action", []).append(
                 f"A {self.get_kind_display()} guardrail cannot redact; block or warn."
             )

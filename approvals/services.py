@@ -933,7 +933,7 @@ def guardrails_apply_arguments(
                 if seen is not None:
                     found = {k: seen.found.get(k, 0) + act.found.get(k, 0)
                              for k in {*seen.found, *act.found}}  # fmt: skip
-                    act = GuardrailAct(**{**act.as_dict(), "found": found})
+                    act = act.with_found(found)
                 merged[act.guardrail_id] = act
             return outcome.text
         if isinstance(value, list):

@@ -52,7 +52,7 @@ from conversations.gateway import (
     stream_chat,
     worst_case_cost,
 )
-from conversations.guarding import guard_model_output, guard_user_input
+from conversations.guarding import guard_model_output, guard_reask, guard_user_input
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import (
     RunChanged,
@@ -437,8 +437,10 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     if dropped:
         metadata["context_dropped_messages"] = metadata.get("context_dropped_messages", 0) + dropped
     with transaction.atomic(), audit_deferred():
+        # Before the transition: an answer asked again does not complete the run.
+        result, reask = guard_model_output(run=run, message=message, result=result)
         try:
-            if result.tool_calls:
+            if result.tool_calls or reask:
                 if not run_relock(run=run, worker=worker):
                     raise RunChanged(f"Run {run.pk} is no longer {worker}'s.")
             else:
@@ -447,7 +449,6 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             llm_call_abort(admission=start.admission)  # after the run's lock (the lock order)
             logger.warning("run %s: lease lost by %s; answer discarded", run.pk, worker)
             return
-        result = guard_model_output(run=run, message=message, result=result)
         fields = {
             "content": result.content,
             "tool_calls": result.tool_calls or None,
@@ -473,6 +474,9 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         elif result.tool_calls:
             run_transition(run=run, to=S.GATING, worker=worker, metadata=metadata)
             _gate_locked(run, message.pk)
+        elif reask:  # structured output failed: one more model call, once per run
+            guard_reask(run=run, text=reask)
+            run_transition(run=run, to=S.CALLING_LLM, metadata={**metadata, **run.metadata})
         llm_call_settle(
             admission=start.admission,
             conversation_id=run.conversation_id,

@@ -56,16 +56,32 @@ def guard_user_input(*, run: Run) -> str:
     return outcome.block_message()
 
 
-def guard_model_output(*, run: Run, message: Message, result: ChatResult) -> ChatResult:
+#: The message that asks the model again when its answer failed a structured-output
+#: guardrail (once per run).
+REASK = (
+    "Your answer does not satisfy the required format (guardrail {name!r}):\n{detail}\n"
+    "Answer again with only JSON that satisfies the schema."
+)
+#: What is stored for a failed answer that another guardrail stopped checking.
+REASK_WITHHELD = "(An answer that did not satisfy the required format; the model was asked again.)"
+
+
+def guard_model_output(*, run: Run, message: Message, result: ChatResult) -> tuple[ChatResult, str]:
     """Apply the ``model_output`` guardrails to a finished answer's text.
 
-    Returns the result to store: its content redacted, or replaced by the
-    block's explanation; the acts are put on ``message.metadata``. The tool
+    Returns ``(result to store, re-ask)``: the content redacted, or replaced by
+    the block's explanation; the acts are put on ``message.metadata``. The tool
     calls are left to the ``tool_arguments`` stage. The streamed preview showed
     the text as it came; the stored and pushed message is the guarded one.
+
+    Structured output: when a ``json_schema`` guardrail fails and the run has
+    not asked again yet (``run.metadata["guardrail_reasked"]``), ``re-ask`` is
+    the message to send the model (``guard_reask``) and the answer is kept
+    (redacted where other guardrails redacted) with the act marked ``reask``;
+    on the second failure the guardrail's own action applies.
     """
     if not result.content:
-        return result
+        return result, ""
     outcome = guardrails_apply(
         stage="model_output",
         user=run.conversation.owner,
@@ -74,10 +90,39 @@ def guard_model_output(*, run: Run, message: Message, result: ChatResult) -> Cha
         target_id=message.pk,
     )
     if not outcome.acts:
-        return result
-    message.metadata = {**message.metadata, "guardrails": _acts(outcome, "model_output")}
-    content = outcome.block_message() if outcome.blocked else outcome.text
-    return replace(result, content=content)
+        return result, ""
+    acts = _acts(outcome, "model_output")
+    schema = next((act for act in outcome.acts if act.kind == "json_schema"), None)
+    reask = ""
+    blocked_by_other = outcome.block is not None and outcome.block is not schema
+    if schema is not None and not blocked_by_other and not run.metadata.get("guardrail_reasked"):
+        reask = REASK.format(name=schema.name, detail=schema.detail)
+        acts = [
+            {**act, "action": "reask"} if act["guardrail_id"] == schema.guardrail_id else act
+            for act in acts
+        ]
+        # When the schema's block ended the checks, the guardrails after it did
+        # not look at the text: it is not kept.
+        content = outcome.text if outcome.complete else REASK_WITHHELD
+    else:
+        content = outcome.block_message() if outcome.blocked else outcome.text
+    message.metadata = {**message.metadata, "guardrails": acts}
+    return replace(result, content=content), reask
+
+
+def guard_reask(*, run: Run, text: str) -> None:
+    """Store ``text`` (from ``guard_model_output``) as the message that asks the
+    model again, in ``run``, after its answer; mark the run as having asked.
+    The caller moves the run back to ``calling_llm`` with ``run.metadata``."""
+    message = Message.objects.create(
+        conversation_id=run.conversation_id,
+        run=run,
+        role=Message.Role.USER,
+        content=text,
+        metadata={"guardrail_reask": True},
+    )
+    run.metadata = {**run.metadata, "guardrail_reasked": run.step}
+    events.message_appended(message_id=message.pk, run_id=run.pk)
 
 
 def guard_tool_arguments(

@@ -134,6 +134,8 @@ def test_regex_keywords_and_length():
         ("pii", {"entities": ["SHOE_SIZE"]}, "entities"),
         ("pii", {"region": "XX"}, "region"),
         ("injection", {"threshold": 0}, "threshold"),
+        ("json_schema", {}, "schema"),
+        ("json_schema", {"schema": {"type": 5}}, "Not a valid JSON Schema"),
     ],
 )
 def test_bad_config_is_refused_with_a_reason(kind, config, error):
@@ -278,3 +280,16 @@ def test_admin_is_for_staff_only(user, client):
     client.force_login(user)
     response = client.post("/admin/approvals/guardrail/add/", _form(sample_text="x", _test="1"))
     assert response.status_code == 302 and "/login" in response["Location"]
+
+
+def test_structured_output_findings_say_what_is_wrong():
+    schema = {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}
+    rule = _rule("json_schema", "block", stage="model_output", schema=schema)
+    assert guardrails_run(rules=[rule], text='{"a": 1}').acts == []
+    assert guardrails_run(rules=[rule], text='```json\n{"a": 1}\n```').acts == []
+    wrong = guardrails_run(rules=[rule], text='{"a": "one"}')
+    assert wrong.blocked and wrong.acts[0].found == {"SCHEMA": 1}
+    assert "a: 'one' is not of type 'integer'" in wrong.acts[0].detail
+    assert "detail" not in wrong.acts[0].as_dict()  # never stored or audited
+    prose = guardrails_run(rules=[rule], text="Sure! a is 1.")
+    assert prose.acts[0].found == {"INVALID_JSON": 1}

@@ -226,3 +226,71 @@ def test_tool_output_redacted_before_the_model_reads_it(conversation, tools):
     tool_message = _tool_message(run)
     assert EMAIL not in tool_message.content and "[EMAIL]" in tool_message.content
     assert EMAIL not in _answer(run).content
+
+
+# -- structured output ----------------------------------------------------------------------
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+    "required": ["city", "population"],
+}
+
+
+def _schema_guardrail(action: str = "block"):
+    return GuardrailFactory(
+        stage="model_output", kind="json_schema", action=action, config={"schema": CITY},
+        name="City JSON", description="Answers must be a city record.",
+    )  # fmt: skip
+
+
+def test_an_answer_failing_the_schema_is_asked_again_once_and_the_second_kept(mocked, llmock):
+    _schema_guardrail()
+    llmock.reply("Paris has about two million people.")
+    llmock.reply('```json\n{"city": "Paris", "population": 2102650}\n```')
+    run = drive(send(mocked, "Paris as JSON please"))
+    assert run.status == S.COMPLETED, run.error
+    assert run.step == 2 and len(llmock.requests) == 2
+    # The second request carries the failed answer and the errors.
+    second = llmock.requests[-1].body["messages"]
+    assert second[-2] == {"role": "assistant", "content": "Paris has about two million people."}
+    assert second[-1]["role"] == "user" and "not JSON" in second[-1]["content"]
+    first, last = Message.objects.filter(run=run, role=Message.Role.ASSISTANT).order_by("id")
+    assert _acts(first)[0]["action"] == "reask"
+    assert _acts(last) == [] and "2102650" in last.content
+    reask = Message.objects.get(run=run, role=Message.Role.USER)
+    assert reask.metadata["guardrail_reask"] is True
+
+
+def test_a_second_failure_applies_the_action(mocked, llmock):
+    _schema_guardrail()
+    llmock.reply('{"city": "Paris"}', times=2)
+    run = drive(send(mocked, "Paris as JSON please"))
+    assert run.status == S.COMPLETED
+    assert len(llmock.requests) == 2  # one re-ask, no more
+    assert "population" in llmock.requests[-1].body["messages"][-1]["content"]
+    last = _answer(run)
+    assert _acts(last)[0]["action"] == "block"
+    assert last.content.startswith("Blocked by the guardrail 'City JSON'")
+
+
+def test_a_valid_answer_is_not_asked_again(mocked, llmock):
+    _schema_guardrail(action="warn")
+    llmock.reply('{"city": "Oslo", "population": 709037}')
+    run = drive(send(mocked, "Oslo as JSON"))
+    assert run.step == 1 and len(llmock.requests) == 1
+    assert _acts(_answer(run)) == []
+
+
+def test_a_failed_answer_not_checked_by_later_guardrails_is_not_kept(mocked, llmock):
+    """The schema's block ends the checks, so a PII guardrail after it never looked
+    at the failed answer: neither the user nor the model gets that text."""
+    _schema_guardrail()
+    GuardrailFactory(stage="model_output", order=200)
+    llmock.reply(f"Write to {EMAIL}.")
+    llmock.reply('{"city": "Paris", "population": 1}')
+    run = drive(send(mocked, "Paris as JSON please"))
+    assert run.status == S.COMPLETED
+    first = Message.objects.filter(run=run, role=Message.Role.ASSISTANT).order_by("id")[0]
+    assert EMAIL not in first.content and "asked again" in first.content
+    assert EMAIL not in str(llmock.requests[-1].body)
