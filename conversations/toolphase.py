@@ -33,7 +33,7 @@ from conversations.runs import (
     run_transition,
 )
 from tools.models import ToolInvocation
-from tools.registry import ToolSpec, registry
+from tools.registry import ToolArgumentsInvalid, ToolSpec, registry
 from tools.selectors import invocation_tool_message, tools_offered_for_user
 from tools.services import invocation_mark, invocations_record
 
@@ -131,6 +131,39 @@ def next_step_estimate(*, run: Run, message: Message) -> NextStepEstimate:
     )
 
 
+def _guarded_arguments(run: Run, invocation: ToolInvocation) -> dict[str, Any] | None:
+    """The call's arguments after the ``tool_arguments`` guardrails, for the gate
+    and to run; ``None`` when a guardrail blocked it (the call is denied with
+    the reason, which the model reads). Redacted arguments become the ones
+    executed; what acted is kept on the invocation (shown with its output)."""
+    arguments, acts, blocked = guard_tool_arguments(
+        run=run, invocation_id=invocation.pk, arguments=invocation.arguments_requested or {}
+    )
+    if acts and not blocked:
+        try:
+            invocation_mark(
+                invocation_id=invocation.pk,
+                status=IS.REQUESTED,
+                expected=[IS.REQUESTED],
+                arguments_executed=arguments,
+                metadata={"guardrails": acts},
+            )
+        except ToolArgumentsInvalid as exc:
+            blocked = f"The redacted arguments no longer fit the tool's schema ({exc})."
+    if blocked:
+        invocation_mark(
+            invocation_id=invocation.pk,
+            status=IS.DENIED,
+            result=f"{blocked} The tool was not run.",
+            is_error=True,
+            decision="deny",
+            decision_explanation=blocked[:500],
+            metadata={"guardrails": acts},
+        )
+        return None
+    return arguments
+
+
 def turn_gate(*, run: Run, message: Message) -> None:
     """Record the tool calls of ``message`` and put each through the gate.
 
@@ -162,19 +195,8 @@ def turn_gate(*, run: Run, message: Message) -> None:
                 is_error=True,
             )
             continue
-        arguments, acts, blocked = guard_tool_arguments(
-            run=run, invocation_id=invocation.pk, arguments=invocation.arguments_requested or {}
-        )
-        if blocked:
-            invocation_mark(
-                invocation_id=invocation.pk,
-                status=IS.DENIED,
-                result=f"{blocked} The tool was not run.",
-                is_error=True,
-                decision="deny",
-                decision_explanation=blocked[:500],
-                metadata={"guardrails": acts},
-            )
+        arguments = _guarded_arguments(run, invocation)
+        if arguments is None:
             continue
         decision = gate_decide(
             user=user,
@@ -189,14 +211,6 @@ def turn_gate(*, run: Run, message: Message) -> None:
             "decision": decision.action,
             "decision_explanation": decision.explanation[:500],
         }
-        if acts:  # what acted is shown with the tool's output; redacted arguments run
-            invocation_mark(
-                invocation_id=invocation.pk,
-                status=IS.REQUESTED,
-                expected=[IS.REQUESTED],
-                arguments_executed=arguments,
-                metadata={"guardrails": acts},
-            )
         if decision.action == "allow":
             invocation_mark(invocation_id=invocation.pk, status=IS.APPROVED, **common)
         elif decision.action == "deny":

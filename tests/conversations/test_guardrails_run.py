@@ -294,3 +294,26 @@ def test_a_failed_answer_not_checked_by_later_guardrails_is_not_kept(mocked, llm
     first = Message.objects.filter(run=run, role=Message.Role.ASSISTANT).order_by("id")[0]
     assert EMAIL not in first.content and "asked again" in first.content
     assert EMAIL not in str(llmock.requests[-1].body)
+
+
+def test_redacted_arguments_that_break_the_tools_schema_deny_the_call(conversation, tools):
+    """notes.write keys are at most 200 characters; "[EMAIL]" is longer than a@b.co."""
+    GuardrailFactory(stage="tool_arguments")
+    key = "x" * 193 + " a@b.co"
+    run = drive(send(conversation, f'use tool notes.write {{"key": "{key}", "value": "v"}}'))
+    assert run.status == S.COMPLETED, run.error
+    assert not Note.objects.exists()
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
+    assert invocation.status == ToolInvocation.Status.DENIED
+    assert "no longer fit the tool's schema" in _tool_message(run).content
+
+
+def test_an_approval_card_shows_and_binds_the_redacted_arguments(conversation, tools):
+    from approvals.models import ApprovalRequest
+
+    GuardrailFactory(stage="tool_arguments")
+    ApprovalPolicyFactory(tool_pattern="notes.delete", action=ApprovalPolicy.Action.ASK)
+    run = drive(send(conversation, f'use tool notes.delete {{"key": "mail {EMAIL}"}}'))
+    assert run.status == S.AWAITING_APPROVAL
+    approval = ApprovalRequest.objects.get(run_id=run.pk)
+    assert approval.arguments == {"key": "mail [EMAIL]"}
