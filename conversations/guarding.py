@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from approvals.guardrails import TOOL_OUTPUT_BLOCKED, GuardrailOutcome
+from approvals.selectors import guardrails_for
 from approvals.services import guardrails_apply, guardrails_apply_arguments
 from conversations import events
 from conversations.gateway import ChatResult
@@ -37,6 +38,8 @@ def guard_user_input(*, run: Run) -> str:
     or the sentence for the user when a guardrail blocked (the caller fails the
     run before any model call: no budget hold, no cost).
     """
+    if not guardrails_for(user=run.conversation.owner, stage="user_input"):
+        return ""  # (cached) without loading the message: no query
     message = run.user_message
     if message is None:
         return ""

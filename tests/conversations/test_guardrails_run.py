@@ -317,3 +317,14 @@ def test_an_approval_card_shows_and_binds_the_redacted_arguments(conversation, t
     assert run.status == S.AWAITING_APPROVAL
     approval = ApprovalRequest.objects.get(run_id=run.pk)
     assert approval.arguments == {"key": "mail [EMAIL]"}
+
+
+def test_without_guardrails_the_input_stage_makes_no_query(conversation, django_assert_num_queries):
+    from conversations.guarding import guard_user_input
+    from conversations.runs import run_lock
+
+    run = send(conversation, f"mail {EMAIL}")
+    run = run_lock(run_id=run.pk)  # as the engine's claim loads it
+    guard_user_input(run=run)  # fills this process's cache (one query)
+    with django_assert_num_queries(0):
+        assert guard_user_input(run=run) == ""
