@@ -476,7 +476,8 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             _gate_locked(run, message.pk)
         elif reask:  # structured output failed: one more model call, once per run
             guard_reask(run=run, text=reask)
-            run_transition(run=run, to=S.CALLING_LLM, metadata={**metadata, **run.metadata})
+            metadata["guardrail_reasked"] = run.step
+            run_transition(run=run, to=S.CALLING_LLM, metadata=metadata)
         llm_call_settle(
             admission=start.admission,
             conversation_id=run.conversation_id,
@@ -489,7 +490,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             target_type="run",
             target_id=run.pk,
             data={
-                "step": run.step,
+                "step": message.run_step,  # the run's count moved on if asked again
                 "model": message.model,
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,

@@ -115,8 +115,8 @@ def guard_model_output(*, run: Run, message: Message, result: ChatResult) -> tup
 
 def guard_reask(*, run: Run, text: str) -> None:
     """Store ``text`` (from ``guard_model_output``) as the message that asks the
-    model again, in ``run``, after its answer; mark the run as having asked.
-    The caller moves the run back to ``calling_llm`` with ``run.metadata``."""
+    model again, in ``run``, after its answer. The caller moves the run back to
+    ``calling_llm`` with ``metadata["guardrail_reasked"]`` set (once per run)."""
     message = Message.objects.create(
         conversation_id=run.conversation_id,
         run=run,
@@ -124,7 +124,6 @@ def guard_reask(*, run: Run, text: str) -> None:
         content=text,
         metadata={"guardrail_reask": True},
     )
-    run.metadata = {**run.metadata, "guardrail_reasked": run.step}
     events.message_appended(message_id=message.pk, run_id=run.pk)
 
 

@@ -254,14 +254,15 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
     for invocation in _turn(run, message_id):
         if invocation.tool_call_id in stored:
             continue
-        content, acts = guard_tool_output(
-            run=run,
-            invocation_id=invocation.pk,
-            content=invocation_tool_message(invocation=invocation)["content"],
-        )
-        acts = [*invocation.metadata.get("guardrails", []), *acts]
+        content = invocation_tool_message(invocation=invocation)["content"]
+        output_acts: list[dict[str, Any]] = []
+        if invocation.status in (IS.SUCCEEDED, IS.FAILED):  # what the tool itself returned
+            content, output_acts = guard_tool_output(
+                run=run, invocation_id=invocation.pk, content=content
+            )
+        acts = [*invocation.metadata.get("guardrails", []), *output_acts]
         extra = {}
-        changed = any(act["action"] in ("block", "redact") for act in acts)
+        changed = any(act["action"] in ("block", "redact") for act in output_acts)
         if invocation.metadata.get("mcp_result") and not changed:  # drawn as MCP content
             extra = {
                 "mcp_result": invocation.metadata["mcp_result"],

@@ -260,6 +260,10 @@ def test_an_answer_failing_the_schema_is_asked_again_once_and_the_second_kept(mo
     assert _acts(last) == [] and "2102650" in last.content
     reask = Message.objects.get(run=run, role=Message.Role.USER)
     assert reask.metadata["guardrail_reask"] is True
+    assert run.metadata["guardrail_reasked"] == 1
+    assert set(run.metadata["context"]) == {"1", "2"}  # each call's record kept
+    calls = AuditEvent.objects.filter(action="llm.call", target_id=str(run.pk)).order_by("id")
+    assert [event.data["step"] for event in calls] == [1, 2]
 
 
 def test_a_second_failure_applies_the_action(mocked, llmock):
