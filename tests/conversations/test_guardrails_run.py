@@ -63,7 +63,7 @@ def test_user_input_redacted_before_the_provider_receives_it(mocked, llmock):
     assert event.target_type == "message" and event.target_id == str(message.pk)
 
 
-def test_user_input_block_makes_no_model_call_and_costs_nothing(mocked, llmock):
+def test_user_input_block_makes_no_model_call_and_costs_nothing(mocked, llmock, client):
     GuardrailFactory(
         name="No secrets",
         kind="keywords",
@@ -81,6 +81,18 @@ def test_user_input_block_makes_no_model_call_and_costs_nothing(mocked, llmock):
     message = run.user_message
     message.refresh_from_db()
     assert _acts(message)[0]["action"] == "block"
+    assert message.content == "my password is hunter2"  # the user's text is kept
+    client.force_login(mocked.owner)
+    page = client.get(f"/c/{mocked.pk}/").content.decode()
+    assert "Blocked</strong> by the guardrail “No secrets” on your message" in page
+    assert "Blocked by the guardrail &#x27;No secrets&#x27;: Passwords" in page  # the run's error
+
+
+def test_another_user_cannot_see_my_guarded_message(mocked, llmock, client, other_user):
+    GuardrailFactory(kind="keywords", action="block", config={"words": ["password"]})
+    drive(send(mocked, "my password is hunter2"))
+    client.force_login(other_user)
+    assert client.get(f"/c/{mocked.pk}/").status_code == 404
 
 
 def test_user_input_warning_keeps_the_text_and_is_shown(mocked, llmock, client, user):
