@@ -9,7 +9,8 @@ nothing is written.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
@@ -18,8 +19,12 @@ from django.db.models import QuerySet
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule
 from conversations.toolphase import run_stop
+from prompts.errors import PROMPT_REFUSALS, PromptError, PromptNotFound
+from prompts.models import LATEST, Prompt
+from prompts.selectors import prompt_get, prompt_version_for_use
 from tools.services import invocations_delete
 
 logger = logging.getLogger(__name__)
@@ -61,6 +66,11 @@ class RunNotRetryable(ConversationError):
     pass
 
 
+class SettingsInvalid(ConversationError):
+    """The conversation's settings cannot make a call (its system prompt is gone, or a
+    variable of it has no value), or settings asked for are not allowed."""
+
+
 TITLE_CHARS = 60
 
 
@@ -71,7 +81,7 @@ def _own_conversation(
         raise NotFound("Conversation not found.")
     qs = Conversation.objects.filter(pk=conversation_id, owner=user)
     if with_model:
-        qs = qs.select_related("model_config")
+        qs = qs.select_related("model_config", "owner")
     if lock:
         qs = qs.select_for_update(no_key=True, of=("self",))
     try:
@@ -219,6 +229,21 @@ def conversation_rows_delete(
         rows.delete()
 
 
+def message_text(content: str, *, what: str = "message") -> str:
+    """``content`` stripped: what a message (or a draft, ``what``) may be. Raises
+    ``EmptyMessage`` when nothing is left, ``MessageTooLong`` past
+    ``TOLLGATE_MAX_MESSAGE_CHARS`` characters."""
+    content = (content or "").strip()
+    if not content:
+        raise EmptyMessage(f"Type a {what} first.")
+    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise MessageTooLong(
+            f"The {what} is too long ({len(content):,} characters; the limit is {limit:,})."
+        )
+    return content
+
+
 def message_send(*, user, conversation_id: int, content: str) -> Run:
     """Post a user message and start a run answering it (dispatched on commit).
 
@@ -228,14 +253,7 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
     ``RunInProgress`` (a reply is still being written). The first message
     also titles an untitled conversation.
     """
-    content = (content or "").strip()
-    if not content:
-        raise EmptyMessage("Type a message first.")
-    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
-    if len(content) > limit:
-        raise MessageTooLong(
-            f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
-        )
+    content = message_text(content)
     with transaction.atomic():
         conversation, message, run = _message_insert(
             user=user, conversation_id=conversation_id, content=content
@@ -284,14 +302,31 @@ def _message_insert(
     _message_send_checks(
         conversation, in_progress=conversation.runs.exclude(status__in=Run.TERMINAL).exists()
     )
+    call = _call_settings(conversation)
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content
     )
-    run = Run.objects.create(conversation=conversation, user_message=message)
+    run = Run.objects.create(
+        conversation=conversation,
+        user_message=message,
+        model_config=call.config,
+        prompt_version=call.version,
+        parameters=call.record(),
+    )
     if not conversation.title:
         conversation.title = auto_title(content)
     conversation.save(update_fields=["title", "updated_at"])
     return conversation, message, run
+
+
+def _call_settings(conversation: Conversation) -> CallSettings:
+    """``prompting.call_settings``, its refusal a ``SettingsInvalid`` (nothing is sent)."""
+    try:
+        return call_settings(conversation=conversation)
+    except PROMPT_REFUSALS as error:
+        raise SettingsInvalid(
+            f"{error} Nothing was sent: fix the system prompt in this conversation's settings."
+        ) from None
 
 
 def _own_run(*, user, run_id: int) -> Run:
@@ -342,7 +377,9 @@ def run_retry(*, user, run_id: int) -> Run:
         if conversation_id is None:
             raise NotFound("Run not found.")
         # The conversation first, then the run (the lock order in conversations.runs).
-        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        conversation = _own_conversation(
+            user=user, conversation_id=conversation_id, lock=True, with_model=True
+        )
         run = _own_run(user=user, run_id=run_id)
         if run.status != Run.Status.FAILED:
             raise RunNotRetryable("Only a failed reply can be retried.")
@@ -350,15 +387,173 @@ def run_retry(*, user, run_id: int) -> Run:
             raise RunNotRetryable("Only the latest reply can be retried.")
         if conversation.archived:
             raise ConversationArchived("This conversation is archived; unarchive it to continue.")
-        if not ModelConfig.objects.filter(pk=conversation.model_config_id, enabled=True).exists():
+        if not conversation.model_config.enabled:
             raise ModelUnavailable("This conversation's model has been disabled.")
+        call = _call_settings(conversation)
         new = Run.objects.create(
             conversation=conversation,
             user_message_id=run.user_message_id,
             max_steps=run.max_steps,
             metadata={"retry_of": run.pk},
+            model_config=call.config,
+            prompt_version=call.version,
+            parameters=call.record(),
         )
         conversation.save(update_fields=["updated_at"])
         events.run_appended(run_id=new.pk, with_user_message=False)
         run_step_schedule(run_id=new.pk)
     return new
+
+
+#: Where a conversation's system prompt comes from, as its settings form asks.
+SystemPromptSource = Literal["default", "library", "text"]
+#: The most variables a system prompt's form may send values for.
+MAX_VARIABLES = 50
+
+
+def _settings_summary(conversation: Conversation) -> dict[str, Any]:
+    """The settings as the ``conversation.settings_changed`` audit event records them."""
+    return {
+        "system_prompt_id": conversation.system_prompt_id,
+        "system_prompt_label": conversation.system_prompt_label,
+        "system_prompt_version_id": conversation.system_prompt_version_id,
+        "system_prompt_text_chars": len(conversation.system_prompt_text),
+        "prompt_variables": sorted(conversation.prompt_variables or {}),
+        "temperature": None if conversation.temperature is None else str(conversation.temperature),
+        "max_output_tokens": conversation.max_output_tokens,
+        "model_config_id": conversation.model_config_id,
+    }
+
+
+def _settings_numbers(
+    temperature: Decimal | None, max_output_tokens: int | None
+) -> tuple[Decimal | None, int | None]:
+    if temperature is not None:
+        if not temperature.is_finite() or not Decimal(0) <= temperature <= Decimal(2):
+            raise SettingsInvalid("The temperature must be a number from 0 to 2.")
+        temperature = temperature.quantize(Decimal("0.01"))
+    if max_output_tokens is not None and not 1 <= max_output_tokens <= 1_000_000:
+        raise SettingsInvalid("Max output tokens must be a whole number from 1.")
+    return temperature, max_output_tokens
+
+
+def conversation_settings_set(
+    *,
+    user,
+    conversation_id: int,
+    source: SystemPromptSource,
+    system_prompt_id: int | None = None,
+    label: str = "",
+    version_id: int | None = None,
+    text: str = "",
+    variables: dict[str, str] | None = None,
+    temperature: Decimal | None = None,
+    max_output_tokens: int | None = None,
+) -> tuple[Conversation, str]:
+    """Set the conversation's system prompt and parameters for its next runs.
+
+    ``source``: ``"default"`` (``TOLLGATE_SYSTEM_PROMPT``), ``"text"`` (``text``,
+    the conversation's own) or ``"library"``: the system prompt
+    ``system_prompt_id`` (one ``user`` may see) pinned at ``version_id`` or
+    following ``label`` (``production`` when it has one, else ``latest``),
+    rendered with ``variables`` (a missing one is refused here, by name, as a
+    send would refuse it). Choosing a library prompt whose version names a model
+    switches the conversation to that model when it is enabled. ``temperature``
+    (0 to 2) and ``max_output_tokens`` ``None``: the prompt's, else the model's.
+
+    Returns the conversation and a note for the user (the model switched, or
+    not). Raises ``NotFound``, ``SettingsInvalid``, ``ConversationArchived``.
+    Audited (``conversation.settings_changed``).
+    """
+    temperature, max_output_tokens = _settings_numbers(temperature, max_output_tokens)
+    values = {str(k): str(v) for k, v in (variables or {}).items()}
+    if len(values) > MAX_VARIABLES:
+        raise SettingsInvalid(f"A system prompt may have at most {MAX_VARIABLES} variables.")
+    if any(len(v) > settings.TOLLGATE_MAX_MESSAGE_CHARS for v in values.values()):
+        raise SettingsInvalid("A variable's value is too long.")
+    text = (text or "").replace("\r\n", "\n")
+    if source == "text" and not text.strip():
+        raise SettingsInvalid("Write the conversation's system prompt, or pick another.")
+    if len(text) > settings.TOLLGATE_PROMPT_MAX_CHARS:
+        raise SettingsInvalid("The system prompt is too long.")
+    note = ""
+    with transaction.atomic():
+        conversation = _own_conversation(
+            user=user, conversation_id=conversation_id, lock=True, with_model=True
+        )
+        if conversation.archived:
+            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+        before = _settings_summary(conversation)
+        conversation.temperature = temperature
+        conversation.max_output_tokens = max_output_tokens
+        conversation.system_prompt_text = text if source == "text" else ""
+        conversation.system_prompt = None
+        conversation.system_prompt_label = ""
+        conversation.system_prompt_version = None
+        conversation.prompt_variables = {}
+        if source == "library":
+            note = _library_prompt_set(
+                conversation, user, system_prompt_id, label, version_id, values, before
+            )
+        elif source not in ("default", "text"):
+            raise SettingsInvalid("Pick where the system prompt comes from.")
+        _call_settings(conversation)  # the next send would refuse it: refuse it now
+        conversation.save()
+        audit_record(
+            action="conversation.settings_changed",
+            actor=user,
+            target_type="conversation",
+            target_id=conversation.pk,
+            data={"from": before, "to": _settings_summary(conversation)},
+        )
+    return conversation, note
+
+
+def _library_prompt_set(
+    conversation: Conversation,
+    user,
+    prompt_id: int | None,
+    label: str,
+    version_id: int | None,
+    values: dict[str, str],
+    before: dict[str, Any],
+) -> str:
+    """Point ``conversation`` at a library system prompt (see
+    ``conversation_settings_set``); the note about its model."""
+    if prompt_id is None:
+        raise SettingsInvalid("Pick a system prompt from the library.")
+    try:
+        prompt = prompt_get(user=user, prompt_id=prompt_id)
+    except PromptNotFound:
+        raise SettingsInvalid("That prompt is not available.") from None
+    if prompt.kind != Prompt.Kind.SYSTEM:
+        raise SettingsInvalid(f"{prompt.name} is a message template, not a system prompt.")
+    try:
+        version = prompt_version_for_use(
+            user=user, prompt_id=prompt.pk, ref=label or "", version_id=version_id
+        )
+    except PromptError as error:
+        raise SettingsInvalid(str(error)) from None
+    conversation.system_prompt = prompt
+    conversation.system_prompt_version = version if version_id is not None else None
+    if version_id is None:
+        has_production = version.labels.filter(name="production").exists()
+        conversation.system_prompt_label = label or ("production" if has_production else LATEST)
+    conversation.prompt_variables = {k: v for k, v in values.items() if k in version.variables}
+    changed = (prompt.pk, version_id, conversation.system_prompt_label) != (
+        before["system_prompt_id"],
+        before["system_prompt_version_id"],
+        before["system_prompt_label"],
+    )
+    if not version.model_name or not changed:
+        return ""
+    model = ModelConfig.objects.filter(name=version.model_name, enabled=True).first()
+    if model is None:
+        return (
+            f"{prompt.name} asks for the model {version.model_name}, which is not available; "
+            f"this conversation keeps {conversation.model_config.name}."
+        )
+    if model.pk == conversation.model_config_id:
+        return ""
+    conversation.model_config = model
+    return f"Switched to the model {model.name}, as {prompt.name} asks."

@@ -15,9 +15,11 @@ urlpatterns = [
     path("c/<int:conversation_id>/earlier", views.conversation_earlier, name="earlier"),
     path("c/<int:conversation_id>/rename", views.conversation_rename, name="rename"),
     path("c/<int:conversation_id>/model", views.conversation_set_model, name="set-model"),
+    path("c/<int:conversation_id>/settings", views.conversation_settings, name="settings"),
     path("c/<int:conversation_id>/archive", views.conversation_archive, name="archive"),
     path("c/<int:conversation_id>/delete", views.conversation_delete, name="delete"),
     path("c/<int:conversation_id>/send", views.message_send, name="message-send"),
+    path("c/<int:conversation_id>/reformulate", views.reformulate, name="reformulate"),
     path("runs/<int:run_id>/cancel", views.run_cancel, name="run-cancel"),
     path("runs/<int:run_id>/retry", views.run_retry, name="run-retry"),
 ]
