@@ -9,7 +9,9 @@ acted is stored on the message's ``metadata["guardrails"]`` (a list of
 ``GuardrailAct.as_dict()`` with its ``stage``), which the chat draws, and
 audited by approvals (``guardrail.acted``).
 
-Every function runs inside the caller's transaction with the run locked.
+Every function runs inside the caller's transaction with the run locked, but
+``guard_draft`` (a draft sent to be reformulated: the same ``user_input``
+guardrails, before any model reads it).
 """
 
 from __future__ import annotations
@@ -172,3 +174,17 @@ def guard_tool_output(
             outcome, "tool_output"
         )
     return outcome.text, _acts(outcome, "tool_output")
+
+
+def guard_draft(*, user: Any, conversation_id: int, draft: str) -> GuardrailOutcome:
+    """Apply the ``user_input`` guardrails to a draft before it is reformulated
+    (``conversations.reformulation``, which checked the conversation is the
+    user's): the reformulating model reads the outcome's text; a block refuses
+    the call. Without guardrails: no query."""
+    return guardrails_apply(
+        stage="user_input",
+        user=user,
+        text=draft,
+        target_type="conversation",
+        target_id=conversation_id,
+    )
