@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from approvals.canonical import arguments_hash as compute_arguments_hash
 from approvals.conditions import parse_path
+from approvals.guardrails import UNREDACTABLE, GuardrailConfigError, guardrail_config_check
 
 GLOB_CHARS = "*?["
 TOOL_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.:/\-*?\[\]!]+$")
@@ -442,3 +443,102 @@ def hints_destructive(hints: dict[str, Any]) -> bool:
     if "destructive" in hints:
         return bool(hints["destructive"])
     return not bool(hints.get("read_only"))
+
+
+# --- Guardrails --------------------------------------------------------------------
+
+
+class Guardrail(models.Model):
+    """A check on text at one stage of a run: block, redact or warn.
+
+    Subject: ``user``, or ``group``, or neither (everyone). ``config`` depends on
+    the kind (``approvals.guardrails.KIND_CONFIG`` documents the keys); the checks
+    themselves live in ``approvals.guardrails``. Guardrails of a stage run in
+    ``order`` (then id); a block stops the rest.
+    """
+
+    class Stage(models.TextChoices):
+        USER_INPUT = "user_input", "user input"
+        MODEL_OUTPUT = "model_output", "model output"
+        TOOL_ARGUMENTS = "tool_arguments", "tool arguments"
+        TOOL_OUTPUT = "tool_output", "tool output"
+
+    class Kind(models.TextChoices):
+        LENGTH = "length", "length (characters)"
+        REGEX = "regex", "pattern (regular expressions)"
+        KEYWORDS = "keywords", "keyword list"
+        PII = "pii", "personal data (PII)"
+        INJECTION = "injection", "prompt injection (heuristics)"
+        JSON_SCHEMA = "json_schema", "structured output (JSON Schema)"
+
+    class Action(models.TextChoices):
+        BLOCK = "block"
+        REDACT = "redact"
+        WARN = "warn"
+
+    name = models.CharField(max_length=100)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="guardrails",
+    )
+    group = models.ForeignKey(
+        Group, on_delete=models.CASCADE, null=True, blank=True, related_name="guardrails"
+    )
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    action = models.CharField(max_length=8, choices=Action.choices)
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=(
+            'length: {"max_chars": 2000}; regex: {"patterns": ["..."]}; keywords: '
+            '{"words": ["..."]}; pii: {"entities": ["EMAIL", "PHONE", "CREDIT_CARD", '
+            '"IBAN", "IP_ADDRESS", "NATIONAL_ID"]} (blank: all); injection: {} or '
+            '{"threshold": 1}; json_schema: {"schema": {...}}.'
+        ),
+    )
+    order = models.PositiveIntegerField(default=100, help_text="Lower runs first.")
+    description = models.TextField(
+        blank=True, help_text="Shown to the user when this guardrail acts: why."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("stage", "order", "id")
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=True) | Q(group__isnull=True),
+                name="approvals_guardrail_user_or_group",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_stage_display()}, {self.kind}, {self.action})"
+
+    @property
+    def subject_label(self) -> str:
+        if self.user_id is not None:
+            return f"user {self.user}"
+        if self.group_id is not None:
+            return f"group {self.group}"
+        return "everyone"
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if self.user_id is not None and self.group_id is not None:
+            errors.setdefault("group", []).append("Choose a user or a group, not both.")
+        if self.action == self.Action.REDACT and self.kind in UNREDACTABLE:
+            errors.setdefault("action", []).append(
+                f"A {self.get_kind_display()} guardrail cannot redact; block or warn."
+            )
+        try:
+            guardrail_config_check(kind=self.kind, config=self.config)
+        except GuardrailConfigError as exc:
+            errors.setdefault("config", []).append(str(exc))
+        if errors:
+            raise ValidationError(errors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +12,12 @@ from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from approvals.conditions import condition_matches
+from approvals.guardrails import GuardrailOutcome, GuardrailRule, guardrails_run
 from approvals.models import (
     ApprovalPolicy,
     ApprovalRequest,
     ApprovalVote,
+    Guardrail,
     hints_destructive,
     tool_pattern_is_glob,
     tool_pattern_literal_prefix,
@@ -416,3 +419,73 @@ def approval_tools_for_user(*, user: Any) -> list[str]:
         .values_list("tool_name", flat=True)
         .distinct()
     )
+
+
+# --- Guardrails --------------------------------------------------------------------
+
+#: Seconds a process keeps the enabled guardrails before reading them again. The
+#: admin's save clears this process's copy at once; other processes see a change
+#: within this time.
+GUARDRAILS_CACHE_SECONDS = 5.0
+
+#: (monotonic expiry, every enabled guardrail as a rule)
+_guardrails_cache: list[tuple[float, list[GuardrailRule]]] = []
+
+
+def guardrails_cache_clear(**_signal: Any) -> None:
+    """Forget this process's copy of the guardrails (a ``Guardrail`` save/delete
+    receiver, connected in ``ApprovalsConfig.ready``; tests call it too)."""
+    _guardrails_cache.clear()
+
+
+def _rule(guardrail: Guardrail) -> GuardrailRule:
+    return GuardrailRule(
+        id=guardrail.pk,
+        name=guardrail.name,
+        stage=guardrail.stage,
+        kind=guardrail.kind,
+        action=guardrail.action,
+        config=guardrail.config or {},
+        order=guardrail.order,
+        description=guardrail.description,
+        user_id=guardrail.user_id,
+        group_id=guardrail.group_id,
+    )
+
+
+def _guardrails_enabled() -> list[GuardrailRule]:
+    now = time.monotonic()
+    if _guardrails_cache and _guardrails_cache[0][0] > now:
+        return _guardrails_cache[0][1]
+    rules = [_rule(g) for g in Guardrail.objects.filter(enabled=True).order_by("order", "id")]
+    _guardrails_cache[:] = [(now + GUARDRAILS_CACHE_SECONDS, rules)]
+    return rules
+
+
+def guardrails_for(*, user: Any, stage: str) -> list[GuardrailRule]:
+    """The enabled guardrails of ``stage`` that apply to ``user``, in order.
+
+    Everyone's, the user's own, and those of the user's groups. At most one
+    query for the guardrails every ``GUARDRAILS_CACHE_SECONDS`` per process,
+    and one for the user's groups only when a group's guardrail exists for the
+    stage: a message with no guardrails costs no query.
+    """
+    rules = [r for r in _guardrails_enabled() if r.stage == stage]
+    if not rules:
+        return []
+    group_ids: set[int] = set()
+    if any(r.group_id is not None for r in rules):
+        group_ids = set(user.groups.values_list("pk", flat=True))
+    return [
+        r
+        for r in rules
+        if (r.user_id is None and r.group_id is None)
+        or r.user_id == user.pk
+        or (r.group_id is not None and r.group_id in group_ids)
+    ]
+
+
+def guardrail_preview(*, guardrail: Guardrail, text: str) -> GuardrailOutcome:
+    """What ``guardrail`` (saved or not, its config valid) does to ``text``: the
+    admin's "test this guardrail" form. No query, no audit."""
+    return guardrails_run(rules=[_rule(guardrail)], text=text, stage=guardrail.stage)

@@ -27,7 +27,9 @@ request, budget rows, audit head); a hold the budgets refuse refuses the vote.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -44,13 +46,16 @@ from approvals.canonical import arguments_hash as compute_arguments_hash
 from approvals.costs import CostEstimate
 from approvals.events import approval_push
 from approvals.forms import DecisionForm
-from approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalVote
+from approvals.guardrails import GuardrailAct, GuardrailOutcome, guardrails_run
+from approvals.models import ApprovalPolicy, ApprovalRequest, ApprovalVote, Guardrail
 from approvals.selectors import (
     GateDecision,
     approval_decide_refusal,
     approval_get_visible,
     approval_votes,
     gate_evaluate,
+    guardrails_cache_clear,
+    guardrails_for,
 )
 from approvals.signals import approval_decided, approval_deciding
 from audit.canonical import json_safe
@@ -857,5 +862,139 @@ def approval_decide_from_form(*, form: Any, user: Any, ip: str | None) -> Approv
         edited_arguments=data["edited"],
         reason=data.get("reason") or "",
         always_allow=bool(data.get("always_allow")),
+        ip=ip,
+    )
+
+
+# --- Guardrails --------------------------------------------------------------------
+
+
+def _guardrails_audit(
+    outcome: GuardrailOutcome, *, stage: str, user: Any, target: tuple[str, Any]
+) -> None:
+    """One ``guardrail.acted`` audit event when any guardrail acted."""
+    if not outcome.acts:
+        return
+    audit_record(
+        action="guardrail.acted",
+        actor=user,
+        target_type=target[0],
+        target_id=target[1],
+        data={
+            "stage": stage,
+            "blocked": outcome.blocked,
+            "acts": outcome.as_metadata(),
+            "elapsed_ms": round(outcome.elapsed_ms, 3),
+        },
+    )
+
+
+def guardrails_apply(
+    *, stage: str, user: Any, text: str, target_type: str = "", target_id: Any = None
+) -> GuardrailOutcome:
+    """Run the guardrails of ``stage`` that apply to ``user`` on ``text``.
+
+    Returns a :class:`~approvals.guardrails.GuardrailOutcome`: the text to use
+    from here on (redacted where one redacted), what acted, whether one blocked.
+    When any acted, one ``guardrail.acted`` audit event names them, their
+    actions and what they found (labels and counts, never the text), against
+    ``target_type``/``target_id`` (the message, run or invocation). Without
+    guardrails for the stage: no query (``guardrails_for`` caches), no audit.
+    ``stage``: one of ``Guardrail.Stage``.
+    """
+    rules = guardrails_for(user=user, stage=stage)
+    if not rules:
+        return GuardrailOutcome(text=text)
+    outcome = guardrails_run(rules=rules, text=text, stage=stage)
+    _guardrails_audit(outcome, stage=stage, user=user, target=(target_type, target_id))
+    return outcome
+
+
+def guardrails_apply_arguments(
+    *, user: Any, arguments: Any, target_type: str = "", target_id: Any = None
+) -> tuple[Any, GuardrailOutcome]:
+    """Run the ``tool_arguments`` guardrails on every string in a tool call's
+    ``arguments`` (a JSON value), before the gate decides.
+
+    Returns ``(arguments with redacted strings, outcome)``; the outcome's acts
+    are merged per guardrail (counts summed) and its ``text`` is the redacted
+    arguments as JSON. One audit event when any acted, as ``guardrails_apply``.
+    """
+    rules = guardrails_for(user=user, stage="tool_arguments")
+    if not rules:
+        return arguments, GuardrailOutcome(text="")
+    merged: dict[int | None, GuardrailAct] = {}
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            outcome = guardrails_run(rules=rules, text=value, stage="tool_arguments")
+            for act in outcome.acts:
+                seen = merged.get(act.guardrail_id)
+                if seen is not None:
+                    found = {k: seen.found.get(k, 0) + act.found.get(k, 0)
+                             for k in {*seen.found, *act.found}}  # fmt: skip
+                    act = act.with_found(found)
+                merged[act.guardrail_id] = act
+            return outcome.text
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        return value
+
+    started = time.perf_counter()
+    redacted = walk(arguments)
+    rank: dict[int | None, int] = {rule.id: position for position, rule in enumerate(rules)}
+    outcome = GuardrailOutcome(
+        text=json.dumps(redacted, ensure_ascii=False),
+        acts=sorted(merged.values(), key=lambda a: rank.get(a.guardrail_id, 0)),
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+    )
+    _guardrails_audit(outcome, stage="tool_arguments", user=user, target=(target_type, target_id))
+    return redacted, outcome
+
+
+def guardrail_snapshot(guardrail: Guardrail) -> dict[str, Any]:
+    """The fields of a guardrail as JSON, for ``guardrail.changed`` events."""
+    return {
+        "id": guardrail.pk,
+        "name": guardrail.name,
+        "user_id": guardrail.user_id,
+        "group_id": guardrail.group_id,
+        "stage": guardrail.stage,
+        "kind": guardrail.kind,
+        "action": guardrail.action,
+        "config": guardrail.config,
+        "order": guardrail.order,
+        "description": guardrail.description,
+        "enabled": guardrail.enabled,
+    }
+
+
+def guardrail_changed_record(
+    *,
+    guardrail: Guardrail,
+    operation: str,
+    actor: Any = None,
+    ip: str | None = None,
+    before: dict[str, Any] | None = None,
+) -> AuditEvent | None:
+    """Audit ``guardrail.changed`` (``operation``: created, updated or deleted) with a
+    field diff, and forget this process's cached guardrails at commit too (so no
+    thread caches the old rows in between). Returns the event, or ``None`` inside
+    ``audit_deferred``."""
+    transaction.on_commit(guardrails_cache_clear)
+    after = guardrail_snapshot(guardrail) if operation != "deleted" else None
+    return audit_record(
+        action="guardrail.changed",
+        actor=actor,
+        target_type="guardrail",
+        target_id=guardrail.pk or "",
+        data={
+            "operation": operation,
+            "before": before,
+            "after": after,
+            "diff": json_diff(before or {}, after or {}),
+        },
         ip=ip,
     )

@@ -2,8 +2,9 @@
 
 Starts the production topology once (``bench/harness.py``: daphne, Celery
 worker and beat, PostgreSQL, Redis, three llmock providers), runs benchmarks
-1-8 in order (8, Markdown per stream frame, runs in this process and does not
-use the stack), prints each table, then replaces the generated part of
+1-9 in order (8, Markdown per stream frame, runs in this process and does not
+use the stack; 9, guardrails per message, runs its steps in this process),
+prints each table, then replaces the generated part of
 ``docs/benchmarks.md`` (between the ``bench:start``/``bench:end`` markers;
 every other section of the file, e.g. "Budget and rate-limit check", is kept
 as it is). ``bench/budget_check.py`` runs too (its own database) and its
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench import (  # noqa: E402
     approval,
     concurrency,
+    guardrails,
     loop,
     markdown_frames,
     page,
@@ -50,6 +52,7 @@ BENCHMARKS = {
     "loop": loop,
     "page": page,
     "markdown": markdown_frames,
+    "guardrails": guardrails,
 }
 
 

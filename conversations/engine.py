@@ -44,6 +44,7 @@ from conversations.gateway import (
     StreamAborted,
     stream_chat,
 )
+from conversations.guarding import guard_model_output, guard_reask, guard_user_input
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.prompting import RunCall, run_call
 from conversations.runs import (
@@ -255,6 +256,9 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     # after a tool turn can have such holds (not a run's first).
     if run.step > 1:
         budget_release_approved(run_id=run.pk)
+    elif blocked := guard_user_input(run=run):  # before the history: the model reads the result
+        _fail_locked(run, blocked, kind="guardrail")
+        return None
     history = history_messages(conversation=run.conversation, system_prompt=call.system_prompt)
     tools = tools_offered(run=run)
     try:
@@ -426,8 +430,10 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     charged = result.charged
     model = result.model or message.model or start.call.config.litellm_model
     with transaction.atomic(), audit_deferred():
+        # Before the transition: an answer asked again does not complete the run.
+        result, reask = guard_model_output(run=run, message=message, result=result)
         try:
-            if result.tool_calls:
+            if result.tool_calls or reask:
                 if not run_relock(run=run, worker=worker):
                     raise RunChanged(f"Run {run.pk} is no longer {worker}'s.")
             else:
@@ -476,6 +482,10 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         elif result.tool_calls:
             run_transition(run=run, to=S.GATING, worker=worker, metadata=metadata)
             _gate_locked(run, message.pk)
+        elif reask:  # structured output failed: one more model call, once per run
+            guard_reask(run=run, text=reask)
+            metadata["guardrail_reasked"] = run.step
+            run_transition(run=run, to=S.CALLING_LLM, metadata=metadata)
         call_settle(
             admission=start.admission,
             user=run.conversation.owner,
@@ -486,7 +496,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             target_type="run",
             target_id=run.pk,
             data={
-                "step": run.step,
+                "step": message.run_step,  # the run's count moved on if asked again
                 "tool_calls": len(result.tool_calls or []),
                 "context_dropped_messages": dropped,
                 **_usage_metadata(result.usage, result.broken),

@@ -32,6 +32,7 @@ from conversations.charging import call_admit, call_settle
 from conversations.context import context_fit
 from conversations.dispatch import gateway_ready
 from conversations.gateway import CallUsage, GatewayError, stream_chat
+from conversations.guarding import guard_draft
 from conversations.models import ModelConfig
 from conversations.services import (
     ConversationArchived,
@@ -110,6 +111,18 @@ def _instruction(user: Any, draft: str) -> tuple[list[dict[str, str]], PromptVer
     if DRAFT in version.variables:
         return [{"role": "user", "content": text}], version
     return [{"role": "system", "content": text}, {"role": "user", "content": draft}], version
+
+
+@db_async
+def _guarded(user: Any, conversation_id: int, draft: str) -> str:
+    """The draft after the user's ``user_input`` guardrails (``guarding.guard_draft``),
+    the same ones a sent message passes: redacted text, or ``ReformulationRefused``
+    with the reason when one blocks (audited; nothing is charged)."""
+    _own_conversation(user=user, conversation_id=conversation_id)
+    outcome = guard_draft(user=user, conversation_id=conversation_id, draft=draft)
+    if outcome.blocked:
+        raise ReformulationRefused(outcome.block_message())
+    return outcome.text
 
 
 @db_async
@@ -193,10 +206,13 @@ async def draft_reformulate(*, user: Any, conversation_id: int, draft: str) -> R
 
     Raises ``NotFound`` (not the user's), ``EmptyMessage``, ``MessageTooLong``,
     ``ConversationArchived``, ``ModelUnavailable``, ``ReformulationRefused`` (a
-    budget or rate limit, the context window, the instruction, the provider's
-    error). A call that fails gives its budget hold back.
+    guardrail, a budget or rate limit, the context window, the instruction, the
+    provider's error). The model reads the draft as the user's ``user_input``
+    guardrails leave it (redacted), as it would a sent message. A call that
+    fails gives its budget hold back.
     """
     draft = message_text(draft, what="draft")
+    draft = await _guarded(user, conversation_id, draft)
     await gateway_ready()  # the context fit counts tokens with litellm
     prepared = await _prepare(user, conversation_id, draft)
     try:

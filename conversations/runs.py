@@ -4,6 +4,7 @@ the one function that performs a transition (Wagtail's ``TaskState`` habit).
 DESIGN.md, "The agent loop"::
 
     queued → calling_llm → completed                     (a text answer)
+                         → calling_llm                   (asked again: structured output)
                          → gating → executing_tools → calling_llm …
                                   → awaiting_approval → executing_tools | calling_llm
                                   → calling_llm        (every call settled at the gate)
@@ -60,7 +61,9 @@ S = Run.Status
 #: Allowed transitions: current status → the statuses it may move to.
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.QUEUED: frozenset({S.CALLING_LLM, S.FAILED, S.CANCELLED}),
-    S.CALLING_LLM: frozenset({S.GATING, S.COMPLETED, S.FAILED, S.CANCELLED}),
+    # calling_llm → calling_llm: an answer that failed a structured-output guardrail
+    # is asked again (conversations.guarding), once per run.
+    S.CALLING_LLM: frozenset({S.CALLING_LLM, S.GATING, S.COMPLETED, S.FAILED, S.CANCELLED}),
     S.GATING: frozenset(
         {S.AWAITING_APPROVAL, S.EXECUTING_TOOLS, S.CALLING_LLM, S.FAILED, S.CANCELLED}
     ),

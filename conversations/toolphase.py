@@ -24,6 +24,7 @@ from approvals.services import approval_request_create, approvals_cancel_for_run
 from conversations import events
 from conversations.context import token_count
 from conversations.gateway import cost_for, worst_case_cost
+from conversations.guarding import guard_tool_arguments, guard_tool_output
 from conversations.models import Message, Run
 from conversations.prompting import run_call
 from conversations.runs import (
@@ -33,7 +34,7 @@ from conversations.runs import (
     run_transition,
 )
 from tools.models import ToolInvocation
-from tools.registry import ToolSpec, registry
+from tools.registry import ToolArgumentsInvalid, ToolSpec, registry
 from tools.selectors import invocation_tool_message, tools_offered_for_user
 from tools.services import invocation_mark, invocations_record
 
@@ -133,6 +134,39 @@ def next_step_estimate(*, run: Run, message: Message) -> NextStepEstimate:
     )
 
 
+def _guarded_arguments(run: Run, invocation: ToolInvocation) -> dict[str, Any] | None:
+    """The call's arguments after the ``tool_arguments`` guardrails, for the gate
+    and to run; ``None`` when a guardrail blocked it (the call is denied with
+    the reason, which the model reads). Redacted arguments become the ones
+    executed; what acted is kept on the invocation (shown with its output)."""
+    arguments, acts, blocked = guard_tool_arguments(
+        run=run, invocation_id=invocation.pk, arguments=invocation.arguments_requested or {}
+    )
+    if acts and not blocked:
+        try:
+            invocation_mark(
+                invocation_id=invocation.pk,
+                status=IS.REQUESTED,
+                expected=[IS.REQUESTED],
+                arguments_executed=arguments,
+                metadata={"guardrails": acts},
+            )
+        except ToolArgumentsInvalid as exc:
+            blocked = f"The redacted arguments no longer fit the tool's schema ({exc})."
+    if blocked:
+        invocation_mark(
+            invocation_id=invocation.pk,
+            status=IS.DENIED,
+            result=f"{blocked} The tool was not run.",
+            is_error=True,
+            decision="deny",
+            decision_explanation=blocked[:500],
+            metadata={"guardrails": acts},
+        )
+        return None
+    return arguments
+
+
 def turn_gate(*, run: Run, message: Message) -> None:
     """Record the tool calls of ``message`` and put each through the gate.
 
@@ -164,7 +198,9 @@ def turn_gate(*, run: Run, message: Message) -> None:
                 is_error=True,
             )
             continue
-        arguments = invocation.arguments_requested or {}
+        arguments = _guarded_arguments(run, invocation)
+        if arguments is None:
+            continue
         decision = gate_decide(
             user=user,
             tool_name=spec.name,
@@ -222,8 +258,15 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
         if invocation.tool_call_id in stored:
             continue
         content = invocation_tool_message(invocation=invocation)["content"]
+        output_acts: list[dict[str, Any]] = []
+        if invocation.status in (IS.SUCCEEDED, IS.FAILED):  # what the tool itself returned
+            content, output_acts = guard_tool_output(
+                run=run, invocation_id=invocation.pk, content=content
+            )
+        acts = [*invocation.metadata.get("guardrails", []), *output_acts]
         extra = {}
-        if invocation.metadata.get("mcp_result"):  # drawn as MCP content in the chat
+        changed = any(act["action"] in ("block", "redact") for act in output_acts)
+        if invocation.metadata.get("mcp_result") and not changed:  # drawn as MCP content
             extra = {
                 "mcp_result": invocation.metadata["mcp_result"],
                 "mcp_server": invocation.metadata.get("mcp_server", ""),
@@ -239,6 +282,7 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
                 "invocation_id": invocation.pk,
                 "status": invocation.status,
                 "is_error": invocation.is_error,
+                **({"guardrails": acts} if acts else {}),
                 **extra,
             },
         )

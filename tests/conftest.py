@@ -36,6 +36,16 @@ def _thread_connections_closed(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
+def _guardrails_forgotten():
+    """Each test starts without another's cached guardrails."""
+    from approvals.selectors import guardrails_cache_clear
+
+    guardrails_cache_clear()
+    yield
+    guardrails_cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def _tools_offered_forgotten():
     """Each test starts without another's cached lists of tools offered."""
     from tools.offered import tools_offered_cache_clear

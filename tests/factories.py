@@ -119,6 +119,21 @@ class ApprovalPolicyFactory(factory.django.DjangoModelFactory):
     action = "ask"
 
 
+class GuardrailFactory(factory.django.DjangoModelFactory):
+    """A guardrail for everyone unless ``user``/``group`` is given: by default a PII
+    redaction of the user's input."""
+
+    class Meta:
+        model = "approvals.Guardrail"
+
+    name = factory.Sequence(lambda n: f"Guardrail {n}")
+    stage = "user_input"
+    kind = "pii"
+    action = "redact"
+    config = factory.LazyFunction(dict)
+    description = "Personal data is not sent to the model."
+
+
 class ApprovalRequestFactory(factory.django.DjangoModelFactory):
     """A pending request for ``invocation`` (its run, conversation and requester),
     bound to its arguments' hash, expiring in half an hour."""

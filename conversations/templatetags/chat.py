@@ -9,6 +9,14 @@ from conversations.rendering import StreamFrame, markdown_blocks, render_markdow
 
 register = template.Library()
 
+#: What a guardrail of each stage acted on, as the chat says it.
+STAGE_LABELS = {
+    "user_input": "your message",
+    "model_output": "the answer",
+    "tool_arguments": "the tool call's arguments",
+    "tool_output": "the tool's output",
+}
+
 
 @register.filter
 def markdown(text: str) -> SafeString:
@@ -27,3 +35,9 @@ def markdown_stream(text: str) -> StreamFrame:
 def untrusted(text: str) -> SafeString:
     """``text`` escaped verbatim (tool output)."""
     return render_untrusted(text)
+
+
+@register.filter
+def guardrail_stage(stage: str) -> str:
+    """What a guardrail's stage acted on, in words (``conversations.guarding``)."""
+    return STAGE_LABELS.get(stage, stage)

@@ -39,7 +39,7 @@ def test_budget_check_prints_a_table():
 
 @pytest.mark.slow
 def test_main_job_benchmarks_print_their_tables():
-    """bench/run_all.py --quick runs benchmarks 1-8 once against a real stack."""
+    """bench/run_all.py --quick runs benchmarks 1-9 once against a real stack."""
     if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         pytest.skip("the benchmarks need PostgreSQL (DATABASE_URL)")
     out = _bench(
@@ -59,6 +59,7 @@ def test_main_job_benchmarks_print_their_tables():
         "6. Agent-loop overhead",
         "7. Conversation page",
         "8. Markdown rendering per stream frame",
+        "9. Guardrails per message",
     ):
         assert f"### {title}" in out, out[-3000:]
     assert "FAILED" not in out
@@ -69,6 +70,7 @@ def test_main_job_benchmarks_print_their_tables():
         "one state transition (baseline)",
         "10 messages (baseline)",
         "200 tokens rendered whole, once (baseline)",
+        "no guardrails (baseline)",
     ):
         assert f"| {row}" in out
 

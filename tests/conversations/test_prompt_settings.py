@@ -267,3 +267,29 @@ def test_an_empty_draft_is_refused_with_no_model_call(user_client, conversation)
     assert b"Type a draft first." in response.content
     assert not UsageRecord.objects.exists()
     assert not AuditEvent.objects.filter(action="llm.call").exists()
+
+
+def test_a_draft_passes_the_users_input_guardrails_before_the_model_reads_it(
+    user_client, conversation
+):
+    from tests.factories import GuardrailFactory
+
+    GuardrailFactory()  # PII, redact, on user input
+    response = _reformulate(user_client, conversation, "mail jane.doe@example.com now")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "[EMAIL]" in html  # the demo model rewrites what it read
+    assert "jane.doe@example.com" not in html  # neither read nor shown back
+    assert AuditEvent.objects.get(action="guardrail.acted").target_type == "conversation"
+
+
+def test_a_blocked_draft_is_refused_with_no_model_call(user_client, conversation):
+    from tests.factories import GuardrailFactory
+
+    GuardrailFactory(kind="keywords", action="block", config={"words": ["password"]},
+                     name="No secrets")  # fmt: skip
+    response = _reformulate(user_client, conversation, "my password is hunter2")
+    assert response.status_code == 409
+    assert b"No secrets" in response.content
+    assert not UsageRecord.objects.exists()
+    assert not AuditEvent.objects.filter(action="llm.call").exists()
