@@ -242,7 +242,9 @@ PROBE_SOCKETS = """async ([conversationId, frame]) => {
 }"""
 
 
-def test_another_user_can_neither_open_the_chat_nor_decide(new_page, stack):
+def test_another_user_can_neither_open_the_chat_nor_decide(new_page, stack, page_problems):
+    page_problems.allow(r"(response 404: GET|status of 404 .*) .*/c/\d+/")
+    page_problems.allow(r"WebSocket connection to .*/ws/\?conversation=\d+' failed: .* 403")
     owner = new_page()
     sign_up(owner, unique_email("owner"))
     conversation = chat_new(owner)
@@ -341,7 +343,10 @@ COST_LINE = re.compile(
 )
 
 
-def test_the_card_shows_the_estimate_and_approving_over_the_budget_is_refused(new_page, stack):
+def test_the_card_shows_the_estimate_and_approving_over_the_budget_is_refused(
+    new_page, stack, page_problems
+):
+    page_problems.allow(r"409.* .*/approvals/\d+/decide")  # the refusal, shown on the card
     stack.manage("shell", "-c", PRICED_MODEL)
     page = new_page()
     email = unique_email("cost")
