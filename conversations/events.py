@@ -214,19 +214,16 @@ def _conversation_item(conversation: Any, *, deleted: bool = False) -> tuple[str
     )
 
 
-def error_fragment(text: str) -> str:
-    """The inline error box (``#chat-errors``) carrying ``text``, as an OOB fragment."""
-    return render("chat-errors", {"error": text, "oob": True})
+def error_fragment(text: str, *, composer: str = "") -> str:
+    """The error box (``#chat-errors``, next to the composer) carrying ``text``, as an
+    OOB fragment.
 
-
-def composer_text_fragment(text: str) -> str:
-    """The composer's text put back (an OOB fragment), after its message was refused.
-
-    The page clears the composer once a message went out (``static/js/chat.js``);
-    this makes ``text`` the composer's text again. NUL characters, which HTML
-    cannot carry (the refusal said why), become U+FFFD as a browser shows them.
+    ``composer``: for the answer to a message sent over the socket, ``"sent"`` (the
+    page then clears the composer, ``static/js/chat.js``) or ``"refused"`` (the text
+    stays in it, next to the error). The page never clears the composer before
+    that answer, so nothing typed is lost to a refusal.
     """
-    return render("composer-text", {"content": text.replace("\x00", "\ufffd")})
+    return render("chat-errors", {"error": text, "oob": True, "composer": composer})
 
 
 # -- streaming -------------------------------------------------------------------

@@ -26,7 +26,7 @@ from django_htmx.http import HttpResponseClientRedirect, reswap
 
 from accounts.http import AuthenticatedHttpRequest
 from conversations import selectors, services
-from conversations.events import composer_text_fragment, error_fragment
+from conversations.events import error_fragment
 from conversations.events import render as render_partial
 from conversations.forms import (
     ArchiveForm,
@@ -149,16 +149,15 @@ def _refuse(
     """Answer a refused action with ``message``, keeping what was typed.
 
     ``typed``: what the form held, for the page's context: ``typed_content`` (the
-    message), ``typed_title``, ``typed_model``. htmx: the error box (and the
-    composer's text) out of band, no other swap. A plain post: the conversation's
+    message), ``typed_title``, ``typed_model``. htmx: the error box out of band
+    (next to the composer, which keeps its text), no other swap. A plain post: the conversation's
     page (or the start page when ``conversation_id`` is ``None``) with the error
     and the typed values. Logged once, as a warning.
     """
     typed = {key: _shown(value) for key, value in (typed or {}).items()}
     if request.htmx:
-        html = error_fragment(message)
-        if (typed.get("typed_content") or "").strip():
-            html += composer_text_fragment(typed["typed_content"])
+        sending = "typed_content" in typed
+        html = error_fragment(message, composer="refused" if sending else "")
         response = reswap(HttpResponse(html, status=status), "none")
     else:
         conversation = None

@@ -1,6 +1,7 @@
-// Chat page behaviour: Enter sends, Shift+Enter adds a line, the composer
-// clears after its message went out over the WebSocket (and gets its text back
-// if the server refused it), and the message list
+// Chat page behaviour: Enter sends, Shift+Enter adds a line; the composer keeps
+// its text until the server took the message (the answer over the WebSocket
+// says "sent" or "refused": conversations/events.py error_fragment), counts the
+// characters near the limit and refuses to send over it; the message list
 // follows the stream while the reader is at the bottom.
 (function () {
   "use strict";
@@ -12,16 +13,92 @@
       if (box.value.trim()) box.form.requestSubmit();
     }
   });
-  // A refused message's text comes back as the textarea's content (its default
-  // value: conversations/events.py composer_text_fragment); clear that too.
+
+  // -- the length limit (TOLLGATE_MAX_MESSAGE_CHARS) -----------------------------
+  // Counted as the server counts: code points of the text without the blanks
+  // around it. A UTF-16 length is never smaller, so short texts skip the count.
+  function charCount(text) {
+    return Array.from(text.trim()).length;
+  }
+  function number(n) { return n.toLocaleString("en-US"); }
+  function tooLong(count, limit) {
+    return "The message is too long (" + number(count) + " characters; the limit is " +
+      number(limit) + ").";
+  }
+  function showError(text) {
+    var box = document.getElementById("chat-errors");
+    if (!box) return;
+    box.removeAttribute("data-composer");
+    box.textContent = "";
+    if (!text) return;
+    var p = document.createElement("p");
+    p.className = "error-box";
+    p.textContent = text + " ";
+    var close = document.createElement("button");
+    close.type = "button";
+    close.className = "link";
+    close.setAttribute("aria-label", "Dismiss");
+    close.textContent = "\u00d7";
+    close.addEventListener("click", function () { p.remove(); });
+    p.appendChild(close);
+    box.appendChild(p);
+  }
+  // Shows the counter from 90% of the limit; returns the count when over it, else 0.
+  function updateCount(box) {
+    var limit = parseInt(box.getAttribute("data-max-chars"), 10);
+    var counter = box.form && box.form.querySelector(".composer-count");
+    if (!limit || !counter) return 0;
+    var count = box.value.length < limit * 0.9 ? box.value.length : charCount(box.value);
+    var near = count >= limit * 0.9;
+    counter.hidden = !near;
+    counter.classList.toggle("over", count > limit);
+    if (near) {
+      counter.textContent = number(count) + " / " + number(limit) +
+        (count > limit ? " — " + number(count - limit) + " over the limit" : "");
+    }
+    return count > limit ? count : 0;
+  }
+  document.addEventListener("input", function (event) {
+    if (event.target.matches && event.target.matches("textarea[data-max-chars]")) {
+      updateCount(event.target);
+    }
+  });
+  // Before htmx (ws-send) or the browser sends it: a message over the limit stays
+  // in the composer with the reason, and nothing is sent.
+  document.addEventListener("submit", function (event) {
+    var box = event.target.querySelector && event.target.querySelector("textarea[data-max-chars]");
+    if (!box) return;
+    var over = updateCount(box);
+    if (over) {
+      event.preventDefault();
+      event.stopPropagation();
+      showError(tooLong(over, parseInt(box.getAttribute("data-max-chars"), 10)));
+      box.focus();
+    }
+  }, true);
+
+  // -- sent or refused -----------------------------------------------------------
+  var pending = null; // the text of the message on its way, until the server answers
   document.addEventListener("htmx:wsAfterSend", function (event) {
     var form = event.target.closest && event.target.closest("#composer");
-    if (!form) return;
-    var box = form.querySelector("textarea");
-    box.defaultValue = "";
-    form.reset();
-    box.focus();
+    if (form) pending = form.querySelector("textarea").value;
   });
+  function answered() {
+    var errors = document.getElementById("chat-errors");
+    var outcome = errors && errors.getAttribute("data-composer");
+    if (!outcome) return;
+    errors.removeAttribute("data-composer");
+    var box = document.getElementById("composer-content");
+    if (!box) return;
+    // Sent: the text went out; clear it unless more was typed meanwhile.
+    if (outcome === "sent" && pending !== null && box.value === pending) {
+      box.value = "";
+      updateCount(box);
+    }
+    pending = null;
+    box.focus();
+  }
+
   function nearBottom() {
     return window.innerHeight + window.scrollY >= document.body.scrollHeight - 160;
   }
@@ -50,6 +127,7 @@
     if (empty) empty.hidden = !!list.querySelector(".conversation-item");
   }
   document.addEventListener("htmx:wsAfterMessage", function () {
+    answered();
     tidyConversations();
     if (follow) window.scrollTo(0, document.body.scrollHeight);
   });
@@ -71,5 +149,6 @@
   });
   document.addEventListener("DOMContentLoaded", function () {
     if (document.getElementById("messages")) window.scrollTo(0, document.body.scrollHeight);
+    document.querySelectorAll("textarea[data-max-chars]").forEach(updateCount);
   });
 })();
