@@ -174,6 +174,10 @@ def test_edit_arguments_then_approve_runs_the_edited_call(new_page, stack):
 
     expect(card.locator(".status-badge")).to_have_text("Approved")
     expect(card).to_contain_text("Approved with edited arguments")
+    # What ran, not what was asked (issue 22, defect 3); the diff stays.
+    expect(card.locator("pre.json.arguments")).to_contain_text("print(6 * 7)")
+    expect(card.locator("pre.json.arguments")).not_to_contain_text("print(2 + 2)")
+    expect(card.locator(".arguments-diff")).to_contain_text("print(2 + 2)")
     run = page.locator(f"#run-{run_id}")
     output = run.locator(".msg-tool")
     expect(output).to_contain_text('"stdout": "42\\n"', timeout=30_000)
