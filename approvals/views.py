@@ -87,6 +87,8 @@ def approval_list(request: AuthenticatedHttpRequest) -> HttpResponse:
             "selected_status": status or "",
             "selected_tool": tool or "",
             "filter_error": filter_error,
+            # Where new requests may arrive live (they are pending, of any tool).
+            "live": page.number == 1 and status in (None, "pending") and tool is None,
         },
         status=400 if filter_error else 200,
     )

@@ -205,10 +205,13 @@ def test_approval_badge_updates_in_another_tab_on_another_page(new_page):
     usage = chat.context.new_page()
     usage.goto("/usage/")
     approvals = chat.context.new_page()
-    approvals.goto("/approvals/")
-    for tab in (usage, approvals):
+    approvals.goto("/approvals/?status=pending")
+    decided = chat.context.new_page()
+    decided.goto("/approvals/?status=approved")
+    for tab in (usage, approvals, decided):
         expect(tab.locator("#approval-badge")).to_have_text("Approvals")
         tab.evaluate(MARK_PAGE)
+    expect(approvals.locator("#approvals-empty")).to_have_text("No approvals match these filters.")
 
     chat_new(chat)
     run_id, card = _ask(chat, "forget the meeting")
@@ -217,6 +220,11 @@ def test_approval_badge_updates_in_another_tab_on_another_page(new_page):
     for tab in (usage, approvals):
         expect(tab.locator("#approval-badge .count")).to_have_text("1")
     expect(approvals.locator(f"#approvals-live #{approval_id}")).to_be_visible()
+    # The line saying there is none goes (issue 22, defect 4); a page filtered on
+    # another status gets no card.
+    expect(approvals.locator("#approvals-empty")).to_be_hidden()
+    expect(decided.locator(".approval-card")).to_have_count(0)
+    expect(decided.locator("#approvals-empty")).to_be_visible()
 
     card.get_by_role("button", name="Approve", exact=True).click()
     expect(card.locator(".status-badge")).to_have_text("Approved")
