@@ -27,11 +27,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.errors import BudgetExceeded, RateLimited
 from accounts.selectors import budget_requires_prices
@@ -196,16 +198,21 @@ class _ToolTurn:
     approved: list[int] | None
 
 
-def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Admission | None, str]:
+def _admit(
+    run: Run, config: ModelConfig, prompt_tokens: int
+) -> tuple[Admission | None, dict[str, Any]]:
     """Rate limits and the budget hold before a model call (accounts' services).
 
-    Returns ``(admission, "")`` or ``(None, message for the user)``; a refusal is
-    audited as ``budget.refused``. No model call is made after a refusal.
+    Returns ``(admission, {})`` or ``(None, refusal)``: ``refusal["message"]`` for the
+    user, and ``refusal["retry"]``, the run metadata saying when a Retry may succeed
+    (``Run.retry_blocked``). A refusal is audited as ``budget.refused``. No model
+    call is made after a refusal.
     """
     user = run.conversation.owner
     estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens)
     tokens = prompt_tokens + config.max_output_tokens
     refusal: dict[str, Any]
+    retry: dict[str, Any] = {}  # no prices: an administrator may set them any time
     if estimate is None and budget_requires_prices(user=user):
         refusal = {
             "reason": "no_prices",
@@ -222,15 +229,22 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Admission
                 estimated_cost_usd=estimate or Decimal(0),
                 estimated_tokens=tokens,
             )
-            return admission, ""
+            return admission, {}
         except BudgetExceeded as exc:
             refusal = {"reason": "budget", "message": exc.message, "budget_id": exc.budget_id}
+            retry = (
+                {"retry_not_before": exc.resets_at.isoformat()}
+                if exc.resets_at is not None
+                else {"retry_never": True}  # a total budget does not reset
+            )
         except RateLimited as exc:
             refusal = {
                 "reason": "rate_limit",
                 "message": exc.message,
                 "retry_after_seconds": exc.retry_after_seconds,
             }
+            until = timezone.now() + timedelta(seconds=exc.retry_after_seconds)
+            retry = {"retry_not_before": until.isoformat()}
     audit_record(
         action="budget.refused",
         actor=user,
@@ -243,7 +257,7 @@ def _admit(run: Run, config: ModelConfig, prompt_tokens: int) -> tuple[Admission
             "estimated_tokens": tokens,
         },
     )
-    return None, refusal["message"]
+    return None, {"message": refusal["message"], "retry": retry}
 
 
 def _step_message(run: Run, *, resumed: bool) -> Message:
@@ -277,9 +291,12 @@ def _step_message(run: Run, *, resumed: bool) -> Message:
     return message
 
 
-def _fail_locked(run: Run, error: str, *, kind: str) -> None:
-    """Fail locked ``run`` with ``error`` (shown to the user); ``kind`` names the cause."""
-    metadata = {**run.metadata, "error_kind": kind}
+def _fail_locked(
+    run: Run, error: str, *, kind: str, metadata: dict[str, Any] | None = None
+) -> None:
+    """Fail locked ``run`` with ``error`` (shown to the user); ``kind`` names the cause;
+    ``metadata`` is added to the run's."""
+    metadata = {**run.metadata, **(metadata or {}), "error_kind": kind}
     run_transition(run=run, to=S.FAILED, error=error, metadata=metadata, data={"kind": kind})
 
 
@@ -313,7 +330,7 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
     admission, refusal = _admit(run, config, fit.prompt_tokens)
     if admission is None:
-        _fail_locked(run, refusal, kind="budget")
+        _fail_locked(run, refusal["message"], kind="budget", metadata=refusal["retry"])
         return None
     message = _step_message(run, resumed=resumed)
     return _CallStart(run=run, fit=fit, tools=tools, admission=admission, message=message)

@@ -7,6 +7,7 @@ agent loop").
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from django.conf import settings
@@ -203,6 +204,25 @@ class Run(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def retry_blocked(self) -> bool:
+        """Whether a Retry would only be refused again: a budget or rate limit refused
+        this run and has not reset yet (``retry_not_before`` in ``metadata``), or a
+        budget that never resets did (``retry_never``)."""
+        if self.metadata.get("retry_never"):
+            return True
+        until = self.retry_not_before
+        return until is not None and until > timezone.now()
+
+    @property
+    def retry_not_before(self) -> datetime | None:
+        """When a Retry of this run refused by a budget or rate limit may succeed."""
+        value = self.metadata.get("retry_not_before")
+        try:
+            return datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
 
     @property
     def is_resuming(self) -> bool:

@@ -9,6 +9,7 @@ nothing is written.
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 from typing import Any
 
 from django.conf import settings
@@ -329,10 +330,22 @@ _FINISHED: dict[str, str] = {
 }
 
 
+def _retry_blocked_message(run: Run) -> str:
+    """Why a run refused by a budget or rate limit cannot be retried yet."""
+    until = run.retry_not_before
+    if until is None:
+        return "The budget that refused this reply does not reset; ask an administrator."
+    return (
+        "The limit that refused this reply resets at "
+        f"{until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC; retry after that."
+    )
+
+
 def run_retry(*, user, run_id: int) -> Run:
     """Answer a failed run's user message again with a new run (dispatched on commit).
 
-    Only the conversation's latest run may be retried. Raises ``NotFound``,
+    Only the conversation's latest run may be retried, and one refused by a budget
+    or rate limit only once that has reset (``Run.retry_blocked``). Raises ``NotFound``,
     ``RunNotRetryable``, ``ConversationArchived``, ``ModelUnavailable``.
     """
     with transaction.atomic():
@@ -346,6 +359,8 @@ def run_retry(*, user, run_id: int) -> Run:
         run = _own_run(user=user, run_id=run_id)
         if run.status != Run.Status.FAILED:
             raise RunNotRetryable("Only a failed reply can be retried.")
+        if run.retry_blocked:
+            raise RunNotRetryable(_retry_blocked_message(run))
         if conversation.runs.filter(pk__gt=run.pk).exists():
             raise RunNotRetryable("Only the latest reply can be retried.")
         if conversation.archived:
