@@ -58,7 +58,7 @@ INSTALLED_APPS = [
     "template_partials",
     "django_celery_beat",
     "allauth",
-    "allauth.account",
+    "project.apps.SignInConfig",  # allauth.account, under a name of its own in admin
     "audit",
     "accounts",
     "approvals",
