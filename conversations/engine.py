@@ -128,7 +128,14 @@ HISTORY_STATUSES = (Message.Status.COMPLETE.value, Message.Status.STOPPED.value)
 
 
 def history_messages(*, conversation: Conversation) -> list[dict]:
-    """The conversation as OpenAI-format messages, system prompt first.
+    """The conversation as OpenAI-format messages, system prompt first
+    (``history_with_ids`` without the ids)."""
+    return history_with_ids(conversation=conversation)[0]
+
+
+def history_with_ids(*, conversation: Conversation) -> tuple[list[dict], list[int | None]]:
+    """The conversation as OpenAI-format messages, system prompt first, and the id of
+    the stored message each one is (``None`` for the default system prompt).
 
     Failed and still-streaming messages are left out; an assistant message's
     ``tool_calls`` are kept only when every call has its tool result, and a
@@ -142,13 +149,16 @@ def history_messages(*, conversation: Conversation) -> list[dict]:
     ]
     answered = {m.tool_call_id for m in rows if m.role == Message.Role.TOOL}
     out: list[dict] = []
+    message_ids: list[int | None] = []
     if not any(m.role == Message.Role.SYSTEM for m in rows):
         out.append({"role": "system", "content": settings.TOLLGATE_SYSTEM_PROMPT})
+        message_ids.append(None)
     open_calls: set[str | None] = set()
     for m in rows:
         if m.role == Message.Role.TOOL:
             if m.tool_call_id in open_calls:
                 out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+                message_ids.append(m.id)
             continue
         item: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.role == Message.Role.ASSISTANT and m.tool_calls:
@@ -164,7 +174,8 @@ def history_messages(*, conversation: Conversation) -> list[dict]:
         if item["role"] == Message.Role.ASSISTANT and not item.get("tool_calls") and not m.content:
             continue
         out.append(item)
-    return out
+        message_ids.append(m.id)
+    return out, message_ids
 
 
 # -- step begin: one transaction ------------------------------------------------------
@@ -179,6 +190,8 @@ class _CallStart:
     tools: list[dict] | None
     admission: Admission
     message: Message
+    #: The first stored message sent when older ones were left out (``None`` if none were).
+    context_cut: int | None = None
 
 
 @dataclass
@@ -313,7 +326,7 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     # after a tool turn can have such holds (not a run's first).
     if run.step > 1:
         budget_release_approved(run_id=run.pk)
-    history = history_messages(conversation=run.conversation)
+    history, history_ids = history_with_ids(conversation=run.conversation)
     tools = tools_offered(run=run)
     try:
         fit = context_fit(
@@ -333,7 +346,10 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         _fail_locked(run, refusal["message"], kind="budget", metadata=refusal["retry"])
         return None
     message = _step_message(run, resumed=resumed)
-    return _CallStart(run=run, fit=fit, tools=tools, admission=admission, message=message)
+    cut = history_ids[fit.kept_from] if fit.dropped and fit.kept_from < len(history_ids) else None
+    return _CallStart(
+        run=run, fit=fit, tools=tools, admission=admission, message=message, context_cut=cut
+    )
 
 
 def _latest_tool_message_id(run: Run) -> int | None:
@@ -448,7 +464,12 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         str(run.step): {"dropped_messages": dropped},
     }
     if dropped:
-        metadata["context_dropped_messages"] = metadata.get("context_dropped_messages", 0) + dropped
+        # The most left out of one call (each call sends the whole history again), and
+        # where the latest call's history began: the chat marks it (issue 22, defect 9).
+        metadata["context_dropped_messages"] = max(
+            metadata.get("context_dropped_messages", 0), dropped
+        )
+        metadata["context_cut_message_id"] = start.context_cut
     with transaction.atomic(), audit_deferred():
         try:
             if result.tool_calls:
@@ -480,6 +501,9 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         for name, value in fields.items():
             setattr(message, name, value)
         events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
+        events.context_cut_moved(
+            conversation_id=run.conversation_id, run_id=run.pk, message_id=start.context_cut
+        )
         if result.tool_calls and run.cancel_requested:
             run_stop(run=run, metadata=metadata)
         elif result.tool_calls:

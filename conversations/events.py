@@ -156,6 +156,18 @@ def run_tools_changed(*, run_id: int) -> None:
     send_event_on_commit(build, lane=run_lane(run_id))
 
 
+def context_cut_moved(*, conversation_id: int, run_id: int, message_id: int | None) -> None:
+    """On commit: move the chat's "no longer sent" marker (``#context-cut``) to just
+    before message ``message_id``, the first one the latest model call was sent
+    (``None``: every message was sent, so the marker goes)."""
+    html = '<div id="context-cut" hx-swap-oob="delete"></div>'
+    if message_id is not None:
+        marker = render("context-cut", {})
+        html += f'\n<div hx-swap-oob="beforebegin:#message-{message_id}">{marker}</div>'
+    frame = [(conversation_group(conversation_id), html)]
+    send_event_on_commit(lambda: frame, lane=run_lane(run_id), in_hand=True)
+
+
 def run_status_changed(*, run_id: int, run: Any = None) -> None:
     """On commit: re-render a run's status line (typing indicator, Stop, Retry, error).
 

@@ -63,8 +63,10 @@ class ArchiveForm(forms.Form):
 
 
 class EarlierForm(forms.Form):
-    """``GET /c/<id>/earlier?before=<message id>``."""
+    """``GET /c/<id>/earlier?before=<message id>[&cut=<message id>]``."""
 
     before = IdField(
         error_messages=dict.fromkeys(("required", "invalid"), "'before' must be a message id.")
     )
+    #: Where the history sent to the model begins (``selectors.Timeline.context_cut``).
+    cut = IdField(required=False, error_messages={"invalid": "'cut' must be a message id."})

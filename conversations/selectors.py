@@ -92,10 +92,16 @@ class Timeline:
 
     items: list[TimelineItem] = field(default_factory=list)
     earlier: int | None = None
+    #: The first message the latest model call was sent, when it left older ones out.
+    context_cut: int | None = None
 
 
 def conversation_timeline(
-    *, conversation: Conversation, before: int | None = None, size: int | None = None
+    *,
+    conversation: Conversation,
+    before: int | None = None,
+    size: int | None = None,
+    context_cut: int | None = None,
 ) -> Timeline:
     """The last ``size`` exchanges of ``conversation`` (default
     ``TOLLGATE_TIMELINE_PAGE``) in display order, or the ``size`` before the
@@ -106,6 +112,10 @@ def conversation_timeline(
     tool messages, in order) and ``run.timeline_invocations`` (its tool calls
     with their approval requests). Pages are keyed on the top-level message id
     (keyset pagination), so new messages never shift an earlier page.
+
+    ``context_cut`` (the latest page's, for an earlier page): where the history the
+    latest model call was sent begins, marked in the page (``Timeline.context_cut``;
+    the latest page reads it from its last run).
     """
     size = size or settings.TOLLGATE_TIMELINE_PAGE
     tops = Message.objects.filter(conversation=conversation, run__isnull=True)
@@ -124,11 +134,20 @@ def conversation_timeline(
         run.timeline_messages = by_run[run.pk]
         run.timeline_invocations = invocations.get(run.pk, [])
         runs_by_user_message.setdefault(run.user_message_id, []).append(run)
+    timeline.context_cut = _context_cut(runs) if before is None else context_cut
     for message in page:
         timeline.items.append(TimelineItem(message=message))
         for run in runs_by_user_message.get(message.pk, []):
             timeline.items.append(TimelineItem(run=run))
     return timeline
+
+
+def _context_cut(runs: list[Run]) -> int | None:
+    """Where the latest run's last model call began its history, when it left older
+    messages out (``Run.metadata["context_cut_message_id"]``). ``runs``: the latest
+    page's runs, oldest first (the conversation's latest among them)."""
+    cut = runs[-1].metadata.get("context_cut_message_id") if runs else None
+    return cut if isinstance(cut, int) else None
 
 
 def _invocations_by_run(where: Q) -> dict[int, list[ToolInvocation]]:

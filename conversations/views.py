@@ -97,7 +97,9 @@ def conversation_earlier(request: AuthenticatedHttpRequest, conversation_id: int
         log_response("Bad 'before' on %s", request.path, response=response, request=request)
         return response
     timeline = selectors.conversation_timeline(
-        conversation=conversation, before=form.cleaned_data["before"]
+        conversation=conversation,
+        before=form.cleaned_data["before"],
+        context_cut=form.cleaned_data["cut"],
     )
     return HttpResponse(
         render_partial("timeline", {"conversation": conversation, "timeline": timeline})
