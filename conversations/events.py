@@ -110,8 +110,10 @@ def message_appended(*, message_id: int, run_id: int | None = None, message: Any
 
     def build() -> list[tuple[str, str]]:
         m = message if message is not None else Message.objects.get(pk=message_id)
+        if m.role == Message.Role.TOOL and m.run_id:
+            return []  # drawn inside its tool call's step (run_tools_changed)
         target = f"#run-{m.run_id}-messages" if m.run_id else "#messages"
-        html = render("message", {"m": m})
+        html = render("turn", {"m": m})
         return [
             (
                 conversation_group(m.conversation_id),
@@ -138,7 +140,8 @@ def message_replaced(*, message_id: int, run_id: int | None = None, message: Any
 
 
 def run_tools_changed(*, run_id: int) -> None:
-    """On commit: re-render a run's tool calls (status, gate reason, approval cards).
+    """On commit: re-render a run's tool calls (status, gate reason, arguments,
+    output, approval cards), each message's under it (``#tool-steps-<message id>``).
 
     Rendered for the conversation's owner (the only member of its group), so
     the cards show the buttons they may use.
@@ -146,12 +149,11 @@ def run_tools_changed(*, run_id: int) -> None:
 
     def build() -> list[tuple[str, str]]:
         run = selectors.run_for_push(run_id=run_id)
-        return [
-            (
-                conversation_group(run.conversation_id),
-                render("run-tools", {"run": run, "user": run.conversation.owner, "oob": True}),
-            )
-        ]
+        context = {"run": run, "user": run.conversation.owner, "oob": True}
+        html = "\n".join(
+            render("tool-steps", {**context, "m": m}) for m in run.timeline_messages if m.steps
+        )
+        return [(conversation_group(run.conversation_id), html)]
 
     send_event_on_commit(build, lane=run_lane(run_id))
 

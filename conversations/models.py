@@ -131,6 +131,10 @@ class Message(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not a field: set on messages loaded for display (``selectors.run_steps_attach``):
+    # the tool calls this assistant message made, read by the templates.
+    steps: list[ToolInvocation]
+
     class Meta:
         ordering = ("conversation", "id")
         indexes: ClassVar = [models.Index(fields=["conversation", "id"])]
@@ -190,6 +194,7 @@ class Run(models.Model):
     # ``selectors.run_for_push``, ``events.run_appended``), read by the templates.
     timeline_messages: list[Message]
     timeline_invocations: list[ToolInvocation]
+    orphan_steps: list[ToolInvocation]
 
     class Meta:
         ordering = ("-id",)

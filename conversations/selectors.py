@@ -133,6 +133,7 @@ def conversation_timeline(
     for run in runs:
         run.timeline_messages = by_run[run.pk]
         run.timeline_invocations = invocations.get(run.pk, [])
+        run_steps_attach(run)
         runs_by_user_message.setdefault(run.user_message_id, []).append(run)
     timeline.context_cut = _context_cut(runs) if before is None else context_cut
     for message in page:
@@ -171,7 +172,35 @@ def run_for_push(*, run_id: int) -> Run:
     run = Run.objects.select_related("user_message", "conversation__owner").get(pk=run_id)
     run.timeline_messages = list(run.messages.order_by("id"))
     run.timeline_invocations = _invocations_by_run(Q(run_id=run_id)).get(run_id, [])
+    run_steps_attach(run)
     return run
+
+
+def run_steps_attach(run: Run) -> None:
+    """Arrange a loaded run for display as its answer happened: each assistant
+    message carries ``steps``, the tool calls it made (in order), and each call
+    its ``output_message``, the tool message that answered it (or ``None``);
+    ``run.orphan_steps`` holds calls of no message loaded here. The tool messages
+    so drawn inside their call leave ``run.timeline_messages``: a call is drawn
+    once, where it was made (issue 22, defect 5). No query."""
+    answers: dict[Any, Message] = {}
+    for message in run.timeline_messages:
+        if message.role == Message.Role.TOOL:
+            key = message.metadata.get("invocation_id") or ("call", message.tool_call_id)
+            answers[key] = message
+    steps: dict[int | None, list[ToolInvocation]] = {}
+    drawn: set[int] = set()
+    for invocation in run.timeline_invocations:
+        output = answers.get(invocation.pk) or answers.get(("call", invocation.tool_call_id))
+        invocation.output_message = output  # type: ignore[attr-defined]
+        if output is not None:
+            drawn.add(output.pk)
+        steps.setdefault(invocation.message_id, []).append(invocation)
+    for message in run.timeline_messages:
+        message.steps = steps.pop(message.pk, [])
+    # Calls whose message is not among these (rows made without one): after them.
+    run.orphan_steps = [invocation for rest in steps.values() for invocation in rest]
+    run.timeline_messages = [m for m in run.timeline_messages if m.pk not in drawn]
 
 
 def run_cancel_requested(*, run_id: int, **_signal: Any) -> bool:

@@ -126,8 +126,23 @@
     var empty = document.getElementById("conversation-list-empty");
     if (empty) empty.hidden = !!list.querySelector(".conversation-item");
   }
+  // A tool call's step the reader opened stays open when a push redraws it.
+  var openSteps = {};
+  document.addEventListener("toggle", function (event) {
+    var step = event.target;
+    if (step.classList && step.classList.contains("step-details") && step.id) {
+      openSteps[step.id] = step.open;
+    }
+  }, true);
+  function reopenSteps() {
+    Object.keys(openSteps).forEach(function (id) {
+      var step = openSteps[id] && document.getElementById(id);
+      if (step && !step.open) step.open = true;
+    });
+  }
   document.addEventListener("htmx:wsAfterMessage", function () {
     answered();
+    reopenSteps();
     tidyConversations();
     if (follow) window.scrollTo(0, document.body.scrollHeight);
   });

@@ -114,7 +114,7 @@ def test_conversation_page_renders_markdown_safely(user_client, conversation):
     assert 'href="javascript:' not in body
     assert 'class="highlight"' in body  # pygments
     assert "&lt;img src=x onerror=alert(1)&gt; **not markdown**" in body
-    assert "Tool output — untrusted" in body
+    assert "Tool output — untrusted" in body  # a tool message of no call: drawn on its own
 
 
 def test_a_reply_still_streaming_is_drawn_split_as_its_frames_continue_it(
@@ -245,7 +245,7 @@ def test_failed_run_shows_error_and_retry(user_client, conversation):
     body = user_client.get(reverse("conversations:detail", args=[conversation.pk])).content.decode()
     assert "Mock rejected the API key." in body
     assert reverse("conversations:run-retry", args=[run.pk]) in body
-    assert f'id="approvals-inline-{run.pk}"' in body
+    assert f'id="run-{run.pk}-status"' in body
 
 
 def _exchange(conversation, index: int) -> Message:

@@ -100,7 +100,7 @@ def test_approve_runs_the_tool_and_the_answer_streams_in(new_page, stack):
 
     expect(card.locator(".status-badge")).to_have_text("Approved")
     run = page.locator(f"#run-{run_id}")
-    expect(run.locator(".msg-tool")).to_contain_text('"created": true', timeout=30_000)
+    expect(run.locator(".step-output")).to_contain_text('"created": true', timeout=30_000)
     answer = run.locator(".msg-assistant.msg-complete").last
     expect(answer).to_contain_text("Done — the tool said:", timeout=30_000)
     expect_run_completed(page, run_id)
@@ -179,11 +179,31 @@ def test_edit_arguments_then_approve_runs_the_edited_call(new_page, stack):
     expect(card.locator("pre.json.arguments")).not_to_contain_text("print(2 + 2)")
     expect(card.locator(".arguments-diff")).to_contain_text("print(2 + 2)")
     run = page.locator(f"#run-{run_id}")
-    output = run.locator(".msg-tool")
+    output = run.locator(".step-output")
     expect(output).to_contain_text('"stdout": "42\\n"', timeout=30_000)
     expect(run.locator(".msg-assistant.msg-complete").last).to_contain_text("42", timeout=30_000)
     expect_run_completed(page, run_id)
-    assert '"stdout": "4\\n"' not in output.inner_text()
+    assert '"stdout": "4\\n"' not in output.text_content()
+
+    # One compact step, where the call was made, before the answer (issue 22,
+    # defects 3, 5 and 6): the tool's name, the arguments it ran with, its output.
+    step = run.locator(".tool-step")
+    expect(step).to_have_count(1)
+    expect(step.locator("summary")).to_contain_text("code.python")
+    expect(step.locator("summary")).to_contain_text("Succeeded")
+    expect(step.locator(".step-arguments")).to_be_hidden()  # folded
+    step.locator("summary").click()
+    expect(step.locator(".step-arguments")).to_contain_text("print(6 * 7)")
+    expect(step.locator(".step-arguments")).not_to_contain_text("print(2 + 2)")
+    expect(step).to_contain_text("Arguments it ran with (edited by an approver)")
+    assert "code__python" not in run.text_content()
+    assert "Tool call" not in run.text_content()
+    order = run.evaluate(
+        """(run) => Array.from(run.querySelectorAll(".msg-assistant, .tool-step"))
+             .filter((e) => e.offsetParent !== null || e.matches(".tool-step"))
+             .map((e) => e.matches(".tool-step") ? "step" : "answer")"""
+    )
+    assert order == ["step", "answer"], order
 
     invocation = _invocation(stack, run_id)
     assert invocation["requested"] == {"code": "print(2 + 2)"}
@@ -322,7 +342,7 @@ def test_python_code_is_shown_highlighted_and_runs_after_approval(new_page, stac
 
     card.get_by_role("button", name="Approve", exact=True).click()
     run = page.locator(f"#run-{run_id}")
-    expect(run.locator(".msg-tool")).to_contain_text('"stdout": "45\\n"', timeout=30_000)
+    expect(run.locator(".step-output")).to_contain_text('"stdout": "45\\n"', timeout=30_000)
     expect(run.locator(".msg-assistant.msg-complete").last).to_contain_text("45")
     expect_run_completed(page, run_id)
     assert _invocation(stack, run_id)["status"] == "succeeded"
@@ -429,9 +449,9 @@ def test_worker_killed_while_waiting_then_approval_runs_the_tool_once(new_page, 
     card.get_by_role("button", name="Approve", exact=True).click()
     expect(card.locator(".status-badge")).to_have_text("Approved")
     run = page.locator(f"#run-{run_id}")
-    expect(run.locator(".msg-tool")).to_contain_text('"stdout": "runs: 1\\n"', timeout=60_000)
+    expect(run.locator(".step-output")).to_contain_text('"stdout": "runs: 1\\n"', timeout=60_000)
     expect_run_completed(page, run_id, timeout=60_000)
-    expect(run.locator(".msg-tool")).to_have_count(1)
+    expect(run.locator(".step-output")).to_have_count(1)
 
     invocation = _invocation(stack, run_id)
     assert (invocation["status"], invocation["attempts"]) == ("succeeded", 1)
@@ -441,5 +461,5 @@ def test_worker_killed_while_waiting_then_approval_runs_the_tool_once(new_page, 
         ("completed",)
     ]
     page.reload()
-    expect(page.locator(f"#run-{run_id} .msg-tool")).to_have_count(1)
+    expect(page.locator(f"#run-{run_id} .step-output")).to_have_count(1)
     assert re.search(r"runs: 1\b", page.locator(f"#run-{run_id}").inner_text())
