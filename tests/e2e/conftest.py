@@ -92,8 +92,9 @@ class PageProblems:
 
     def _request_failed(self, request) -> None:
         failure = request.failure or ""
-        # A request the page itself dropped by leaving (a navigation) is not a failure.
-        if "ERR_ABORTED" in failure and request.resource_type in ("document", "fetch", "xhr"):
+        # A request the page itself dropped by leaving (a navigation: a fetch, the
+        # icon) is not a failure; the server answered nothing wrong.
+        if "ERR_ABORTED" in failure:
             return
         self.seen.append(f"request failed: {request.method} {request.url} {failure}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,13 @@ class Served:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=20)
 
+    def wait_for_log(self, text: str, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"scripts/serve did not log {text!r}\n" + self.log_tails())
+            time.sleep(0.2)
+
     def log_tails(self, lines: int = 80) -> str:
         text = self.log.read_text(errors="replace").splitlines()[-lines:]
         return f"----- scripts/serve log ({self.log}) -----\n" + "\n".join(text) + "\n"
@@ -105,6 +113,9 @@ def served(tmp_path):
 
 
 def test_readme_serve_command_serves_sign_up_and_a_demo_chat(served, new_page):
+    # The model gateway warms up at start-up, before any page asks for anything
+    # (issue 22: the first reply waited 5.5 s for litellm's import).
+    served.wait_for_log("model gateway warmed up", timeout=60)
     # ``served`` first: it stops after the browser pages closed (no open sockets to wait for).
     page = new_page(served.base_url, logs=served)
     page.goto("/accounts/signup/")
