@@ -143,6 +143,7 @@
   document.addEventListener("htmx:wsAfterMessage", function () {
     answered();
     reopenSteps();
+    decorateCode();
     tidyConversations();
     if (follow) window.scrollTo(0, document.body.scrollHeight);
   });
@@ -162,7 +163,56 @@
     }
     opened = true;
   });
+  // -- copy ------------------------------------------------------------------------
+  // A code block's text, or a whole message's Markdown source (the <template> the
+  // message carries: conversations/chat.html "message"), to the clipboard.
+  function copied(button) {
+    var label = button.textContent;
+    button.textContent = "Copied";
+    button.classList.add("done");
+    setTimeout(function () { button.textContent = label; button.classList.remove("done"); }, 1500);
+  }
+  function copyText(text, button) {
+    var done = function () { copied(button); };
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(text).then(done, function () { showError("Could not copy: the browser refused."); });
+      return;
+    }
+    var area = document.createElement("textarea");
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    try { document.execCommand("copy"); done(); } finally { area.remove(); }
+  }
+  // Each finished message's code blocks get a Copy button (the page's and pushed ones).
+  function decorateCode(root) {
+    (root || document).querySelectorAll(".msg:not(.msg-streaming) .msg-body pre:not([data-copy])")
+      .forEach(function (pre) {
+        pre.setAttribute("data-copy", "");
+        var button = document.createElement("button");
+        button.type = "button";
+        button.className = "copy-code secondary";
+        button.textContent = "Copy";
+        button.setAttribute("aria-label", "Copy this code");
+        pre.insertBefore(button, pre.firstChild);
+      });
+  }
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("button.copy-code, button.copy-message");
+    if (!button) return;
+    if (button.classList.contains("copy-code")) {
+      var pre = button.closest("pre");
+      var code = pre.querySelector("code");
+      copyText((code || pre).textContent.replace(/^Copy/, ""), button);
+    } else {
+      var source = document.getElementById(button.getAttribute("data-source"));
+      if (source) copyText(source.content.textContent, button);
+    }
+  });
+  document.addEventListener("htmx:afterSettle", function (event) { decorateCode(); });
+
   document.addEventListener("DOMContentLoaded", function () {
+    decorateCode();
     if (document.getElementById("messages")) window.scrollTo(0, document.body.scrollHeight);
     document.querySelectorAll("textarea[data-max-chars]").forEach(updateCount);
   });
