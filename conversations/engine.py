@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.errors import BudgetExceeded, RateLimited
@@ -46,6 +47,7 @@ from accounts.services import (
 )
 from audit.services import audit_deferred, audit_record
 from conversations import events
+from conversations.branches import conversation_tree, shown_leaf
 from conversations.context import FitResult, context_fit
 from conversations.gateway import (
     ChatResult,
@@ -127,23 +129,38 @@ class HistoryRow(NamedTuple):
 HISTORY_STATUSES = (Message.Status.COMPLETE.value, Message.Status.STOPPED.value)
 
 
-def history_messages(*, conversation: Conversation) -> list[dict]:
+def history_messages(*, conversation: Conversation, run: Run | None = None) -> list[dict]:
     """The conversation as OpenAI-format messages, system prompt first
     (``history_with_ids`` without the ids)."""
-    return history_with_ids(conversation=conversation)[0]
+    return history_with_ids(conversation=conversation, run=run)[0]
 
 
-def history_with_ids(*, conversation: Conversation) -> tuple[list[dict], list[int | None]]:
-    """The conversation as OpenAI-format messages, system prompt first, and the id of
-    the stored message each one is (``None`` for the default system prompt).
+def history_with_ids(
+    *, conversation: Conversation, run: Run | None = None
+) -> tuple[list[dict], list[int | None]]:
+    """The branch of the conversation that ends at ``run`` (default: the branch
+    shown, ``branches.shown_leaf``) as OpenAI-format messages, system prompt first,
+    and the id of the stored message each one is (``None`` for the default system
+    prompt). Alternatives on other branches (regenerated answers, edited messages)
+    are left out.
 
     Failed and still-streaming messages are left out; an assistant message's
     ``tool_calls`` are kept only when every call has its tool result, and a
     tool result only when its call is there (providers reject either half alone).
     """
+    tree = conversation_tree(conversation_id=conversation.pk)
+    path = tree.path(run.pk if run is not None else shown_leaf(conversation, tree))
+    on_branch = (
+        Q(run_id__in=path)
+        | Q(pk__in=[tree.message[r] for r in path])
+        # Messages no run answers or belongs to: on every branch (see branches).
+        | Q(run__isnull=True, answering_runs__isnull=True)
+    )
     rows = [
         HistoryRow(*values)
         for values in Message.objects.filter(conversation=conversation, status__in=HISTORY_STATUSES)
+        .filter(on_branch)
+        .distinct()
         .order_by("id")
         .values_list(*HistoryRow._fields)
     ]
@@ -326,7 +343,7 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     # after a tool turn can have such holds (not a run's first).
     if run.step > 1:
         budget_release_approved(run_id=run.pk)
-    history, history_ids = history_with_ids(conversation=run.conversation)
+    history, history_ids = history_with_ids(conversation=run.conversation, run=run)
     tools = tools_offered(run=run)
     try:
         fit = context_fit(

@@ -84,6 +84,7 @@ def run_appended(*, run_id: int, with_user_message: bool, new: Any = None) -> No
             run = selectors.run_for_push(run_id=run_id)
         html = ""
         if with_user_message:
+            run.user_message.editable = True  # a run answers it: it may be edited and resent
             html += render("message", {"m": run.user_message})
         html += render("run", {"run": run})
         return [
@@ -156,6 +157,16 @@ def run_tools_changed(*, run_id: int) -> None:
         return [(conversation_group(run.conversation_id), html)]
 
     send_event_on_commit(build, lane=run_lane(run_id))
+
+
+def timeline_redraw(*, conversation_id: int) -> None:
+    """On commit: have every page of the conversation draw its messages again from
+    the server (``static/js/chat.js``): the branch shown changed (an answer
+    regenerated, a message edited, another version picked), which appending to the
+    page cannot show."""
+    html = f'<div id="timeline-redraw" hx-swap-oob="true" data-at="{time.time_ns()}" hidden></div>'
+    frame = [(conversation_group(conversation_id), html)]
+    send_event_on_commit(lambda: frame, lane=f"conversation.{conversation_id}", in_hand=True)
 
 
 def context_cut_moved(*, conversation_id: int, run_id: int, message_id: int | None) -> None:

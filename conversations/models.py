@@ -8,7 +8,7 @@ agent loop").
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -77,6 +77,14 @@ class Conversation(models.Model):
         ModelConfig, on_delete=models.PROTECT, related_name="conversations"
     )
     archived = models.BooleanField(default=False)
+    current_run = models.ForeignKey(
+        "Run",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The last run of the branch shown, and continued by the next message.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -131,9 +139,13 @@ class Message(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    # Not a field: set on messages loaded for display (``selectors.run_steps_attach``):
-    # the tool calls this assistant message made, read by the templates.
+    # Not fields: set on messages loaded for display and read by the templates:
+    # ``steps``, the tool calls this assistant message made (``selectors.run_steps_attach``);
+    # for a user message, ``switch``, its place among the versions sent at its place,
+    # and ``editable`` (``selectors.conversation_timeline``).
     steps: list[ToolInvocation]
+    switch: Any  # conversations.branches.Switch (which imports this module)
+    editable: bool
 
     class Meta:
         ordering = ("conversation", "id")
@@ -177,6 +189,18 @@ class Run(models.Model):
     user_message = models.ForeignKey(
         Message, on_delete=models.CASCADE, related_name="answering_runs"
     )
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="children",
+        help_text=(
+            "The run whose answer this exchange follows (none: the conversation's first). "
+            "Runs of one user message with one parent are regenerated answers; user "
+            "messages after one parent are edits (conversations.branches)."
+        ),
+    )
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.QUEUED)
     step = models.PositiveIntegerField(default=0)
     max_steps = models.PositiveIntegerField(default=8)
@@ -195,6 +219,7 @@ class Run(models.Model):
     timeline_messages: list[Message]
     timeline_invocations: list[ToolInvocation]
     orphan_steps: list[ToolInvocation]
+    switch: Any  # branches.Switch: its place among the answers regenerated for its message
 
     class Meta:
         ordering = ("-id",)

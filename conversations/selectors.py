@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.http import Http404
 
+from conversations.branches import conversation_tree, shown_leaf
 from conversations.models import Conversation, Message, ModelConfig, Run
 from tools.models import ToolInvocation
 
@@ -105,26 +106,39 @@ def conversation_timeline(
 ) -> Timeline:
     """The last ``size`` exchanges of ``conversation`` (default
     ``TOLLGATE_TIMELINE_PAGE``) in display order, or the ``size`` before the
-    user message ``before``: four queries, whatever the conversation's length.
+    user message ``before``: five queries, whatever the conversation's length.
 
-    An exchange is a top-level message (one the user sent) followed by the runs
-    answering it; each run carries ``run.timeline_messages`` (its assistant and
-    tool messages, in order) and ``run.timeline_invocations`` (its tool calls
-    with their approval requests). Pages are keyed on the top-level message id
-    (keyset pagination), so new messages never shift an earlier page.
+    Only the branch shown (``conversations.branches``): an exchange is a user
+    message on it followed by the run of the branch answering it; each run carries
+    ``run.timeline_messages`` (its assistant and tool messages, in order),
+    ``run.timeline_invocations`` (its tool calls with their approval requests) and
+    ``run.switch`` (``branches.Switch``: its place among the answers regenerated
+    for the message); the message carries ``switch`` (among the versions edited)
+    and ``editable``. Pages are keyed on the top-level message id (keyset
+    pagination), so new messages never shift an earlier page.
 
     ``context_cut`` (the latest page's, for an earlier page): where the history the
     latest model call was sent begins, marked in the page (``Timeline.context_cut``;
     the latest page reads it from its last run).
     """
     size = size or settings.TOLLGATE_TIMELINE_PAGE
-    tops = Message.objects.filter(conversation=conversation, run__isnull=True)
+    tree = conversation_tree(conversation_id=conversation.pk)
+    path = tree.path(shown_leaf(conversation, tree))
+    shown_run = {tree.message[run_id]: run_id for run_id in path}
+    tops = Message.objects.filter(conversation=conversation, run__isnull=True).filter(
+        # On the branch, or answered by no run (drawn on every branch).
+        Q(pk__in=list(shown_run)) | ~Exists(Run.objects.filter(user_message=OuterRef("pk")))
+    )
     if before is not None:
         tops = tops.filter(pk__lt=before)
     page = list(tops.order_by("-id")[: size + 1])
     timeline = Timeline(earlier=page[size - 1].pk if len(page) > size else None)
     page = page[:size][::-1]
-    runs = list(Run.objects.filter(user_message__in=page).order_by("id"))
+    runs = list(
+        Run.objects.filter(pk__in=[shown_run[m.pk] for m in page if m.pk in shown_run]).order_by(
+            "id"
+        )
+    )
     by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
     for message in Message.objects.filter(run__in=runs).order_by("id"):
         by_run[cast(int, message.run_id)].append(message)  # not None: run__in
@@ -134,9 +148,13 @@ def conversation_timeline(
         run.timeline_messages = by_run[run.pk]
         run.timeline_invocations = invocations.get(run.pk, [])
         run_steps_attach(run)
+        run.switch = tree.answer_switch(run.pk)
         runs_by_user_message.setdefault(run.user_message_id, []).append(run)
     timeline.context_cut = _context_cut(runs) if before is None else context_cut
     for message in page:
+        if message.pk in shown_run:
+            message.switch = tree.message_switch(shown_run[message.pk])
+            message.editable = True
         timeline.items.append(TimelineItem(message=message))
         for run in runs_by_user_message.get(message.pk, []):
             timeline.items.append(TimelineItem(run=run))

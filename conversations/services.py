@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 
 from audit.services import audit_deferred, audit_record
 from conversations import events
+from conversations.branches import conversation_tree, shown_leaf
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule
 from conversations.toolphase import run_stop
@@ -229,14 +230,7 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
     ``RunInProgress`` (a reply is still being written). The first message
     also titles an untitled conversation.
     """
-    content = (content or "").strip()
-    if not content:
-        raise EmptyMessage("Type a message first.")
-    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
-    if len(content) > limit:
-        raise MessageTooLong(
-            f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
-        )
+    content = _message_checked(content)
     with transaction.atomic():
         conversation, message, run = _message_insert(
             user=user, conversation_id=conversation_id, content=content
@@ -249,6 +243,20 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
         events.run_appended(run_id=run.pk, with_user_message=True, new=run)
         events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
     return run
+
+
+def _message_checked(content: str) -> str:
+    """``content`` stripped; ``EmptyMessage`` or ``MessageTooLong`` (over
+    ``TOLLGATE_MAX_MESSAGE_CHARS``)."""
+    content = (content or "").strip()
+    if not content:
+        raise EmptyMessage("Type a message first.")
+    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise MessageTooLong(
+            f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
+        )
+    return content
 
 
 def _message_sent(user, message: Message, run: Run) -> dict[str, Any]:
@@ -288,11 +296,31 @@ def _message_insert(
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content
     )
-    run = Run.objects.create(conversation=conversation, user_message=message)
+    # The next exchange of the branch shown (conversations.branches).
+    parent_id = _branch_end(conversation)
+    run = Run.objects.create(
+        conversation=conversation,
+        user_message=message,
+        parent_id=parent_id,
+        metadata=_root(parent_id),
+    )
     if not conversation.title:
         conversation.title = auto_title(content)
-    conversation.save(update_fields=["title", "updated_at"])
+    conversation.current_run = run
+    conversation.save(update_fields=["title", "current_run", "updated_at"])
     return conversation, message, run
+
+
+def _root(parent_id: int | None) -> dict[str, Any]:
+    """A new run's metadata: a first exchange says so (``branches.conversation_tree``)."""
+    return {"root": True} if parent_id is None else {}
+
+
+def _branch_end(conversation: Conversation) -> int | None:
+    """The last run of the branch shown (``current_run``, else the newest run)."""
+    if conversation.current_run_id is not None:
+        return conversation.current_run_id
+    return conversation.runs.order_by("-id").values_list("pk", flat=True).first()
 
 
 def _own_run(*, user, run_id: int) -> Run:
@@ -344,36 +372,138 @@ def _retry_blocked_message(run: Run) -> str:
 def run_retry(*, user, run_id: int) -> Run:
     """Answer a failed run's user message again with a new run (dispatched on commit).
 
-    Only the conversation's latest run may be retried, and one refused by a budget
-    or rate limit only once that has reset (``Run.retry_blocked``). Raises ``NotFound``,
+    The new run is an alternative to the failed one (``run_regenerate``), shown; one
+    refused by a budget or rate limit only once that has reset (``Run.retry_blocked``).
+    Raises ``NotFound``, ``RunInProgress``,
     ``RunNotRetryable``, ``ConversationArchived``, ``ModelUnavailable``.
     """
     with transaction.atomic():
-        conversation_id = (
-            Run.objects.filter(pk=run_id).values_list("conversation_id", flat=True).first()
-        )
-        if conversation_id is None:
-            raise NotFound("Run not found.")
         # The conversation first, then the run (the lock order in conversations.runs).
-        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
-        run = _own_run(user=user, run_id=run_id)
+        conversation, run = _own_run_and_conversation(user=user, run_id=run_id)
         if run.status != Run.Status.FAILED:
             raise RunNotRetryable("Only a failed reply can be retried.")
-        if run.retry_blocked:
-            raise RunNotRetryable(_retry_blocked_message(run))
-        if conversation.runs.filter(pk__gt=run.pk).exists():
-            raise RunNotRetryable("Only the latest reply can be retried.")
-        if conversation.archived:
-            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
-        if not ModelConfig.objects.filter(pk=conversation.model_config_id, enabled=True).exists():
-            raise ModelUnavailable("This conversation's model has been disabled.")
-        new = Run.objects.create(
-            conversation=conversation,
-            user_message_id=run.user_message_id,
-            max_steps=run.max_steps,
-            metadata={"retry_of": run.pk},
-        )
-        conversation.save(update_fields=["updated_at"])
-        events.run_appended(run_id=new.pk, with_user_message=False)
-        run_step_schedule(run_id=new.pk)
+        return _answer_again(conversation, run, metadata={"retry_of": run.pk})
+
+
+def run_regenerate(*, user, run_id: int) -> Run:
+    """Answer run ``run_id``'s user message again, at the same place of the
+    conversation: the new answer is an alternative to the old one (``< 2/2 >``), and
+    the branch shown ends with it (what came after the old one stays on the old
+    one's branch). Any finished reply: completed, stopped or failed.
+
+    Raises ``NotFound``, ``RunInProgress`` (the run or another one is still being
+    written), ``RunNotRetryable`` (a budget or rate limit that refused it has not
+    reset), ``ConversationArchived``, ``ModelUnavailable``.
+    """
+    with transaction.atomic():
+        conversation, run = _own_run_and_conversation(user=user, run_id=run_id)
+        return _answer_again(conversation, run, metadata={"regenerated_from": run.pk})
+
+
+def _own_run_and_conversation(*, user, run_id: int) -> tuple[Conversation, Run]:
+    """Lock the conversation of run ``run_id``, then the run (the lock order)."""
+    conversation_id = (
+        Run.objects.filter(pk=run_id).values_list("conversation_id", flat=True).first()
+    )
+    if conversation_id is None:
+        raise NotFound("Run not found.")
+    conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+    return conversation, _own_run(user=user, run_id=run_id)
+
+
+def _answer_again(conversation: Conversation, run: Run, *, metadata: dict[str, Any]) -> Run:
+    """A new run answering ``run``'s user message after the same parent; shown."""
+    if not run.is_terminal or conversation.runs.exclude(status__in=Run.TERMINAL).exists():
+        raise RunInProgress("A reply is still being written. Stop it or wait for it.")
+    if run.retry_blocked:
+        raise RunNotRetryable(_retry_blocked_message(run))
+    _branch_checks(conversation)
+    parent_id = conversation_tree(conversation_id=conversation.pk).parent[run.pk]
+    new = Run.objects.create(
+        conversation=conversation,
+        user_message_id=run.user_message_id,
+        parent_id=parent_id,
+        max_steps=run.max_steps,
+        metadata={**metadata, **_root(parent_id)},
+    )
+    conversation.current_run = new
+    conversation.save(update_fields=["current_run", "updated_at"])
+    events.timeline_redraw(conversation_id=conversation.pk)
+    run_step_schedule(run_id=new.pk)
     return new
+
+
+def _branch_checks(conversation: Conversation) -> None:
+    if conversation.archived:
+        raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+    if not ModelConfig.objects.filter(pk=conversation.model_config_id, enabled=True).exists():
+        raise ModelUnavailable("This conversation's model has been disabled.")
+
+
+def message_edit(*, user, message_id: int, content: str) -> Run:
+    """Send an edited version of user message ``message_id``: a new user message at
+    the same place of the conversation (an alternative to the old one, ``< 2/2 >``),
+    answered by a new run; the branch shown ends with it, and the old branch, with
+    what followed the old message, stays reachable.
+
+    Raises ``NotFound`` (not the user's, not a user message a run answers),
+    ``EmptyMessage``, ``MessageTooLong``, ``RunInProgress``, ``ConversationArchived``,
+    ``ModelUnavailable``.
+    """
+    content = _message_checked(content)
+    with transaction.atomic():
+        conversation_id = (
+            Message.objects.filter(pk=message_id, role=Message.Role.USER)
+            .values_list("conversation_id", flat=True)
+            .first()
+        )
+        if conversation_id is None:
+            raise NotFound("Message not found.")
+        conversation = _own_conversation(
+            user=user, conversation_id=conversation_id, lock=True, with_model=True
+        )
+        _message_send_checks(
+            conversation, in_progress=conversation.runs.exclude(status__in=Run.TERMINAL).exists()
+        )
+        tree = conversation_tree(conversation_id=conversation.pk)
+        answered = [run for run, message in tree.message.items() if message == message_id]
+        if not answered:
+            raise NotFound("This message cannot be edited.")
+        shown = set(tree.path(shown_leaf(conversation, tree)))
+        # The place of the version shown, else of its newest answer.
+        parent_id = tree.parent[next((r for r in answered if r in shown), max(answered))]
+        message = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.USER,
+            content=content,
+            metadata={"edit_of": message_id},
+        )
+        run = Run.objects.create(
+            conversation=conversation,
+            user_message=message,
+            parent_id=parent_id,
+            metadata=_root(parent_id),
+        )
+        conversation.current_run = run
+        conversation.save(update_fields=["current_run", "updated_at"])
+        sent = _message_sent(user, message, run)
+        sent["data"]["edit_of"] = message_id
+        audit_record(**sent)
+        run_step_schedule(run_id=run.pk)
+        events.timeline_redraw(conversation_id=conversation.pk)
+        events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
+    return run
+
+
+def branch_show(*, user, run_id: int) -> Conversation:
+    """Show the branch through run ``run_id`` (its newest one): what the page draws
+    and the next message continues. Raises ``NotFound``, ``RunInProgress``."""
+    with transaction.atomic():
+        conversation, _run = _own_run_and_conversation(user=user, run_id=run_id)
+        if conversation.runs.exclude(status__in=Run.TERMINAL).exists():
+            raise RunInProgress("A reply is still being written. Stop it or wait for it.")
+        tree = conversation_tree(conversation_id=conversation.pk)
+        conversation.current_run_id = tree.newest_below(run_id)
+        conversation.save(update_fields=["current_run"])
+        events.timeline_redraw(conversation_id=conversation.pk)
+    return conversation

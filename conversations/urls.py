@@ -20,4 +20,7 @@ urlpatterns = [
     path("c/<int:conversation_id>/send", views.message_send, name="message-send"),
     path("runs/<int:run_id>/cancel", views.run_cancel, name="run-cancel"),
     path("runs/<int:run_id>/retry", views.run_retry, name="run-retry"),
+    path("runs/<int:run_id>/regenerate", views.run_regenerate, name="run-regenerate"),
+    path("runs/<int:run_id>/show", views.branch_show, name="branch-show"),
+    path("m/<int:message_id>/edit", views.message_edit, name="message-edit"),
 ]

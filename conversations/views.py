@@ -325,3 +325,41 @@ def run_retry(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
     except services.ConversationError as error:
         return _refused(request, error)
     return _done(request, reverse("conversations:detail", args=[run.conversation_id]))
+
+
+@login_required
+@require_POST
+def run_regenerate(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """Answer a finished reply's message again, as an alternative shown in its place."""
+    try:
+        run = services.run_regenerate(user=request.user, run_id=run_id)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    return _done(request, reverse("conversations:detail", args=[run.conversation_id]))
+
+
+@login_required
+@require_POST
+def branch_show(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """Show the branch through run ``run_id`` (a "< 1/2 >" switch)."""
+    try:
+        conversation = services.branch_show(user=request.user, run_id=run_id)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    return _done(request, reverse("conversations:detail", args=[conversation.pk]))
+
+
+@login_required
+@require_POST
+def message_edit(request: AuthenticatedHttpRequest, message_id: int) -> HttpResponse:
+    """Send an edited version of a message, as a new branch from its place."""
+    form = MessageForm(request.POST)
+    if not form.is_valid():
+        return _refuse(request, _form_message(form))
+    try:
+        run = services.message_edit(
+            user=request.user, message_id=message_id, content=form.cleaned_data["content"]
+        )
+    except services.ConversationError as error:
+        return _refused(request, error)
+    return _done(request, reverse("conversations:detail", args=[run.conversation_id]))

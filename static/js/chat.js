@@ -141,6 +141,7 @@
     });
   }
   document.addEventListener("htmx:wsAfterMessage", function () {
+    redrawIfAsked();
     answered();
     reopenSteps();
     decorateCode();
@@ -154,14 +155,44 @@
   // (the database is the truth); frames continue from there.
   var opened = false;
   var ACTIVE = "#messages .run-status:not(.run-completed):not(.run-failed):not(.run-cancelled)";
-  document.addEventListener("htmx:wsOpen", function () {
-    var stale = opened || document.querySelector(ACTIVE);
-    if (stale && document.getElementById("messages") && window.htmx) {
-      window.htmx.ajax("GET", window.location.href, {
+  function redraw() {
+    if (document.getElementById("messages") && window.htmx) {
+      window.htmx.ajax("GET", window.location.pathname, {
         target: "#messages", select: "#messages", swap: "outerHTML"
       });
     }
+  }
+  document.addEventListener("htmx:wsOpen", function () {
+    if (opened || document.querySelector(ACTIVE)) redraw();
     opened = true;
+  });
+  // The branch shown changed (an answer regenerated, a message edited, another
+  // version picked: conversations/events.py timeline_redraw): draw it again.
+  var drawnAt = null;
+  function redrawIfAsked() {
+    var marker = document.getElementById("timeline-redraw");
+    var at = marker && marker.getAttribute("data-at");
+    if (at && at !== drawnAt) {
+      drawnAt = at;
+      redraw();
+    }
+  }
+
+  // -- edit and resend ---------------------------------------------------------------
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-edit]");
+    if (!button) return;
+    var form = document.getElementById(button.getAttribute("data-edit"));
+    if (!form) return;
+    form.hidden = !form.hidden;
+    document.querySelectorAll('[data-edit="' + form.id + '"][aria-expanded]').forEach(function (b) {
+      b.setAttribute("aria-expanded", String(!form.hidden));
+    });
+    if (!form.hidden) {
+      var box = form.querySelector("textarea");
+      box.focus();
+      box.setSelectionRange(box.value.length, box.value.length);
+    }
   });
   // -- copy ------------------------------------------------------------------------
   // A code block's text, or a whole message's Markdown source (the <template> the

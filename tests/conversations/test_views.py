@@ -293,7 +293,7 @@ def test_page_draws_the_last_exchanges_and_loads_earlier_ones(
     assert body.count("Answer <strong>") == 5
     seen, url = QUESTION.findall(body), button_url(body, "Earlier messages")
     while url is not None:
-        with django_assert_num_queries(7):  # session, user, conversation, four for the page
+        with django_assert_num_queries(8):  # session, user, conversation, five for the page
             page = user_client.get(url)
         assert page.status_code == 200
         html = page.content.decode()
