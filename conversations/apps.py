@@ -4,6 +4,7 @@ from django.apps import AppConfig
 from django.core.checks import register
 
 from approvals.signals import approval_decided, approval_deciding
+from prompts.signals import model_names_query
 from tools.signals import run_cancel_query
 
 
@@ -25,6 +26,7 @@ class ConversationsConfig(AppConfig):
         from conversations import checks, dispatch, selectors, toolphase
         from conversations.models import Run
         from conversations.runs import run_step_due
+        from prompts.models import PromptVersion
         from tools.models import ToolInvocation
 
         approval_deciding.connect(
@@ -35,6 +37,9 @@ class ConversationsConfig(AppConfig):
         )
         run_cancel_query.connect(
             selectors.run_cancel_requested, sender=ToolInvocation, dispatch_uid="conversations"
+        )
+        model_names_query.connect(
+            selectors.model_names_enabled, sender=PromptVersion, dispatch_uid="conversations"
         )
         run_step_due.connect(dispatch.run_step_due_received, sender=Run, dispatch_uid="dispatch")
         register(checks.websocket_origins_check, "tollgate", deploy=True)

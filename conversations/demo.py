@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 
 PROVIDER = "demo"
 MODEL = "demo/tollgate"
+#: Key of litellm's ``metadata`` naming a call that is not a chat reply
+#: (``gateway.stream_chat``'s ``purpose``): ``"reformulate"`` rewrites the draft.
+PURPOSE_KEY = "tollgate_purpose"
+#: "What is your system prompt?" (and the like): the demo answers with it, so a
+#: conversation's settings can be seen at work.
+SYSTEM_PROMPT_QUESTION = re.compile(
+    r"\b(?:what(?:'s| is)|show|tell me|repeat|print)\b.*\bsystem prompt\b", re.I | re.S
+)
 
 _CITY_TIMEZONES = {
     "tokyo": "Asia/Tokyo",
@@ -146,6 +154,7 @@ _HELP = (
     "- `fetch https://example.com`\n"
     "- `run python: print(2 + 2)` / `run shell: ls`\n"
     '- `use tool <name> {{"arg": "value"}}` (any offered tool, e.g. an MCP server\'s)\n\n'
+    "Without tools, `what is your system prompt?` quotes this conversation's.\n\n"
     "Pick a real model in the model menu for real answers."
 )
 _GREETING = "Hello! I am the offline demo model. Ask me anything, or try `calculate 17*23`."
@@ -245,8 +254,36 @@ def demo_plan(
         return "", [call]
     if re.fullmatch(r"(?i)(hi|hello|hey)[!. ]*", user_text):
         return _GREETING, []
+    if SYSTEM_PROMPT_QUESTION.search(user_text):
+        system = "\n\n".join(_text_of(m) for m in messages if m.get("role") == "system")
+        quoted = "\n".join(f"> {line}" for line in system.splitlines()) or "> (none)"
+        return f"My system prompt is:\n\n{quoted}", []
     echo = " ".join(user_text.split())[:200] or "(nothing)"
     return _HELP.format(echo=echo.replace("*", "")), []
+
+
+_LOWER_I = re.compile(r"\bi\b")
+_SENTENCE_START = re.compile(r"(^|[.!?]\s+)([a-z])")
+_QUESTION_WORDS = ("what", "why", "how", "who", "when", "where", "which", "can", "could",
+                   "would", "should", "is", "are", "do", "does", "did", "will")  # fmt: skip
+
+
+def demo_reformulate(messages: list[dict[str, Any]]) -> str:
+    """The demo's rewrite of the draft (the last user message): whitespace tidied,
+    sentences capitalised, "i" as "I", a closing full stop or question mark, and
+    a request to be specific added. Deterministic, so tests can expect it."""
+    draft = next((_text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    lines = [" ".join(line.split()) for line in draft.strip().splitlines()]
+    text = "\n".join(line for line in lines if line)
+    if not text:
+        return ""
+    text = _LOWER_I.sub("I", text)
+    text = _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
+    if text[-1] not in ".!?":
+        last = re.split(r"[.!?]\s+", text)[-1]
+        question = last.split(maxsplit=1)[0].lower() in _QUESTION_WORDS
+        text += "?" if question else "."
+    return text + "\nPlease be specific and answer step by step."
 
 
 def _answer_from_results(results: list[str]) -> str:
@@ -314,7 +351,12 @@ def _build_provider() -> Any:
         ) -> AsyncIterator[GenericStreamingChunk]:
             messages = kwargs.get("messages") or []
             optional = kwargs.get("optional_params") or {}
-            text, calls = demo_plan(messages, optional.get("tools"))
+            metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+            calls: list[dict[str, Any]] = []
+            if metadata.get(PURPOSE_KEY) == "reformulate":
+                text = demo_reformulate(messages)
+            else:
+                text, calls = demo_plan(messages, optional.get("tools"))
             prompt_tokens = sum(_count_tokens(_text_of(m)) + 4 for m in messages)
             delay = _delay_seconds()
             for piece in _chunks(text):

@@ -98,6 +98,15 @@ async def _preloaded() -> None:
         await asyncio.to_thread(_preloading.join)
 
 
+async def gateway_ready() -> None:
+    """Have litellm imported (``gateway_preload``, in its thread, once per process)
+    before a model call made outside a run step: the web process's reformulation
+    of a draft. The import (seconds) then never runs on the event loop, nor in
+    the one thread its database calls share, and never twice at once."""
+    gateway_warm()
+    await _preloaded()
+
+
 def _done(task: asyncio.Task) -> None:
     _tasks.discard(task)
     if not task.cancelled() and task.exception() is not None:

@@ -27,36 +27,21 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
-from decimal import Decimal
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
-from django.utils import timezone
 
-from accounts.errors import BudgetExceeded, RateLimited
-from accounts.selectors import budget_requires_prices
-from accounts.services import (
-    Admission,
-    budget_release_approved,
-    llm_call_abort,
-    llm_call_admit,
-    llm_call_settle,
-)
-from audit.services import audit_deferred, audit_record
+from accounts.services import Admission, budget_release_approved, llm_call_abort
+from audit.services import audit_deferred
 from conversations import events
 from conversations.branches import conversation_tree, shown_leaf
+from conversations.charging import call_admit, call_settle
 from conversations.context import FitResult, context_fit
-from conversations.gateway import (
-    ChatResult,
-    GatewayError,
-    StreamAborted,
-    stream_chat,
-    worst_case_cost,
-)
-from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.gateway import ChatResult, GatewayError, StreamAborted, stream_chat
+from conversations.models import Conversation, Message, Run
+from conversations.prompting import RunCall, run_call
 from conversations.runs import (
     RunChanged,
     run_claim,
@@ -129,24 +114,29 @@ class HistoryRow(NamedTuple):
 HISTORY_STATUSES = (Message.Status.COMPLETE.value, Message.Status.STOPPED.value)
 
 
-def history_messages(*, conversation: Conversation, run: Run | None = None) -> list[dict]:
+def history_messages(
+    *, conversation: Conversation, system_prompt: str | None = None, run: Run | None = None
+) -> list[dict]:
     """The conversation as OpenAI-format messages, system prompt first
     (``history_with_ids`` without the ids)."""
-    return history_with_ids(conversation=conversation, run=run)[0]
+    return history_with_ids(conversation=conversation, system_prompt=system_prompt, run=run)[0]
 
 
 def history_with_ids(
-    *, conversation: Conversation, run: Run | None = None
+    *, conversation: Conversation, system_prompt: str | None = None, run: Run | None = None
 ) -> tuple[list[dict], list[int | None]]:
     """The branch of the conversation that ends at ``run`` (default: the branch
-    shown, ``branches.shown_leaf``) as OpenAI-format messages, system prompt first,
-    and the id of the stored message each one is (``None`` for the default system
-    prompt). Alternatives on other branches (regenerated answers, edited messages)
-    are left out.
+    shown, ``branches.shown_leaf``) as OpenAI-format messages, ``system_prompt``
+    first (the run's, ``prompting.run_call``; ``TOLLGATE_SYSTEM_PROMPT`` when
+    ``None``), and the id of the stored message each one is (``None`` for the
+    system prompt). Alternatives on other branches (regenerated answers, edited
+    messages) are left out.
 
     Failed and still-streaming messages are left out; an assistant message's
     ``tool_calls`` are kept only when every call has its tool result, and a
     tool result only when its call is there (providers reject either half alone).
+    Stored system messages are left out too (Tollgate writes none: the
+    conversation's settings are the one source of the system prompt).
     """
     tree = conversation_tree(conversation_id=conversation.pk)
     path = tree.path(run.pk if run is not None else shown_leaf(conversation, tree))
@@ -165,13 +155,13 @@ def history_with_ids(
         .values_list(*HistoryRow._fields)
     ]
     answered = {m.tool_call_id for m in rows if m.role == Message.Role.TOOL}
-    out: list[dict] = []
-    message_ids: list[int | None] = []
-    if not any(m.role == Message.Role.SYSTEM for m in rows):
-        out.append({"role": "system", "content": settings.TOLLGATE_SYSTEM_PROMPT})
-        message_ids.append(None)
+    prompt = settings.TOLLGATE_SYSTEM_PROMPT if system_prompt is None else system_prompt
+    out: list[dict] = [{"role": "system", "content": prompt}]
+    message_ids: list[int | None] = [None]
     open_calls: set[str | None] = set()
     for m in rows:
+        if m.role == Message.Role.SYSTEM:
+            continue
         if m.role == Message.Role.TOOL:
             if m.tool_call_id in open_calls:
                 out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
@@ -203,6 +193,7 @@ class _CallStart:
     """What ``_begin_call`` prepared for the model call."""
 
     run: Run
+    call: RunCall
     fit: FitResult
     tools: list[dict] | None
     admission: Admission
@@ -228,69 +219,7 @@ class _ToolTurn:
     approved: list[int] | None
 
 
-def _admit(
-    run: Run, config: ModelConfig, prompt_tokens: int
-) -> tuple[Admission | None, dict[str, Any]]:
-    """Rate limits and the budget hold before a model call (accounts' services).
-
-    Returns ``(admission, {})`` or ``(None, refusal)``: ``refusal["message"]`` for the
-    user, and ``refusal["retry"]``, the run metadata saying when a Retry may succeed
-    (``Run.retry_blocked``). A refusal is audited as ``budget.refused``. No model
-    call is made after a refusal.
-    """
-    user = run.conversation.owner
-    estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens)
-    tokens = prompt_tokens + config.max_output_tokens
-    refusal: dict[str, Any]
-    retry: dict[str, Any] = {}  # no prices: an administrator may set them any time
-    if estimate is None and budget_requires_prices(user=user):
-        refusal = {
-            "reason": "no_prices",
-            "message": (
-                f"The model {config.name} has no known prices, and your spending is limited "
-                "by a budget; an administrator must set its prices before you can use it."
-            ),
-        }
-    else:
-        try:
-            admission = llm_call_admit(
-                user=user,
-                run_id=run.pk,
-                estimated_cost_usd=estimate or Decimal(0),
-                estimated_tokens=tokens,
-            )
-            return admission, {}
-        except BudgetExceeded as exc:
-            refusal = {"reason": "budget", "message": exc.message, "budget_id": exc.budget_id}
-            retry = (
-                {"retry_not_before": exc.resets_at.isoformat()}
-                if exc.resets_at is not None
-                else {"retry_never": True}  # a total budget does not reset
-            )
-        except RateLimited as exc:
-            refusal = {
-                "reason": "rate_limit",
-                "message": exc.message,
-                "retry_after_seconds": exc.retry_after_seconds,
-            }
-            until = timezone.now() + timedelta(seconds=exc.retry_after_seconds)
-            retry = {"retry_not_before": until.isoformat()}
-    audit_record(
-        action="budget.refused",
-        actor=user,
-        target_type="run",
-        target_id=run.pk,
-        data={
-            **refusal,
-            "model": config.litellm_model,
-            "estimated_cost_usd": str(estimate) if estimate is not None else None,
-            "estimated_tokens": tokens,
-        },
-    )
-    return None, {"message": refusal["message"], "retry": retry}
-
-
-def _step_message(run: Run, *, resumed: bool) -> Message:
+def _step_message(run: Run, call: RunCall, *, resumed: bool) -> Message:
     """Create the assistant message of this step or, when the step is ``resumed``
     (a worker held it before, and may have created it), reset it.
 
@@ -309,7 +238,7 @@ def _step_message(run: Run, *, resumed: bool) -> Message:
             role=Message.Role.ASSISTANT,
             conversation_id=run.conversation_id,
             status=Message.Status.STREAMING,
-            model=run.conversation.model_config.litellm_model,
+            model=call.config.litellm_model,
         )
         events.message_appended(message_id=message.pk, run_id=run.pk, message=message)
     else:
@@ -337,20 +266,23 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     commit for everything before the model call. A context or budget refusal
     fails the run here (``None``).
     """
-    config: ModelConfig = run.conversation.model_config
+    call = run_call(run)
+    config = call.config
     # What approving this run's tool calls held was for this call: its own hold
     # replaces it, or a refusal below ends the run it was held for. Only a call
     # after a tool turn can have such holds (not a run's first).
     if run.step > 1:
         budget_release_approved(run_id=run.pk)
-    history, history_ids = history_with_ids(conversation=run.conversation, run=run)
+    history, history_ids = history_with_ids(
+        conversation=run.conversation, system_prompt=call.system_prompt, run=run
+    )
     tools = tools_offered(run=run)
     try:
         fit = context_fit(
             messages=history,
             model=config.litellm_model,
             context_window=config.context_window,
-            max_output_tokens=config.max_output_tokens,
+            max_output_tokens=call.max_output_tokens,
             tools=tools,
         )
     except GatewayError as error:
@@ -358,14 +290,30 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         return None
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
-    admission, refusal = _admit(run, config, fit.prompt_tokens)
+    retry: dict[str, Any] = {}  # when a Retry may succeed, if refused (Run.retry_blocked)
+    admission, refusal = call_admit(
+        user=run.conversation.owner,
+        config=config,
+        prompt_tokens=fit.prompt_tokens,
+        max_tokens=call.max_output_tokens,
+        run_id=run.pk,
+        target_type="run",
+        target_id=run.pk,
+        retry=retry,
+    )
     if admission is None:
-        _fail_locked(run, refusal["message"], kind="budget", metadata=refusal["retry"])
+        _fail_locked(run, refusal, kind="budget", metadata=retry)
         return None
-    message = _step_message(run, resumed=resumed)
+    message = _step_message(run, call, resumed=resumed)
     cut = history_ids[fit.kept_from] if fit.dropped and fit.kept_from < len(history_ids) else None
     return _CallStart(
-        run=run, fit=fit, tools=tools, admission=admission, message=message, context_cut=cut
+        run=run,
+        call=call,
+        fit=fit,
+        tools=tools,
+        admission=admission,
+        message=message,
+        context_cut=cut,
     )
 
 
@@ -450,17 +398,6 @@ def _persist_partial(run_id: int, worker: str, message_id: int, text: str) -> st
     return "cancelled" if cancel else "ok"
 
 
-def _usage_of(result: ChatResult) -> dict[str, Any]:
-    """The call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms);
-    a provider that reported no usage or price counts as 0."""
-    return {
-        "prompt_tokens": result.prompt_tokens or 0,
-        "completion_tokens": result.completion_tokens or 0,
-        "cost_usd": result.cost_usd if result.cost_usd is not None else Decimal(0),
-        "latency_ms": result.latency_ms or 0,
-    }
-
-
 @db_async
 def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     """Write the finished assistant message once, settle its usage, move the run on.
@@ -526,24 +463,16 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         elif result.tool_calls:
             run_transition(run=run, to=S.GATING, worker=worker, metadata=metadata)
             _gate_locked(run, message.pk)
-        llm_call_settle(
+        call_settle(
             admission=start.admission,
+            user=run.conversation.owner,
             conversation_id=run.conversation_id,
-            model=message.model or run.conversation.model_config.litellm_model,
-            **_usage_of(result),
-        )
-        audit_record(
-            action="llm.call",
-            actor=run.conversation.owner,
+            model=message.model or start.call.config.litellm_model,
+            result=result,
             target_type="run",
             target_id=run.pk,
             data={
                 "step": run.step,
-                "model": message.model,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
-                "latency_ms": result.latency_ms,
                 "tool_calls": len(result.tool_calls or []),
                 "context_dropped_messages": dropped,
             },
@@ -571,7 +500,7 @@ def _end_call(
 
 
 async def _step_call_llm(start: _CallStart, worker: str) -> None:
-    run, config, message_id = start.run, start.run.conversation.model_config, start.message.pk
+    run, call, message_id = start.run, start.call, start.message.pk
     # The text is first saved FIRST_PERSIST_SECONDS into the stream (a reload then
     # shows the reply begun), then every TOLLGATE_STREAM_PERSIST_SECONDS; a reply
     # that ends sooner is written once, by _store_answer.
@@ -602,11 +531,12 @@ async def _step_call_llm(start: _CallStart, worker: str) -> None:
     )
     try:
         result = await stream_chat(
-            config=config,
+            config=call.config,
             messages=start.fit.messages,
             tools=start.tools,
             on_delta=publisher.feed,
-            max_tokens=config.max_output_tokens,
+            max_tokens=call.max_output_tokens,
+            temperature=call.temperature,
         )
         # No last frame: _store_answer pushes the finished message.
         await publisher.close(final_frame=False)

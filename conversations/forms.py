@@ -70,3 +70,48 @@ class EarlierForm(forms.Form):
     )
     #: Where the history sent to the model begins (``selectors.Timeline.context_cut``).
     cut = IdField(required=False, error_messages={"invalid": "'cut' must be a message id."})
+
+
+class ConversationSettingsForm(forms.Form):
+    """``GET``/``POST /c/<id>/settings``: where the system prompt comes from, and the
+    parameters (checked further by ``services.conversation_settings_set``).
+
+    ``ref`` names the library prompt's version: ``label:<name>`` (followed) or
+    ``version:<id>`` (pinned). The prompt's variables come as ``var_<name>``
+    fields (``variables``)."""
+
+    source = forms.ChoiceField(
+        choices=[("default", "Default"), ("library", "From the prompt library"), ("text", "Own")],
+        initial="default",
+    )
+    system_prompt = IdField(required=False)
+    ref = forms.CharField(required=False, max_length=60)
+    text = forms.CharField(required=False, strip=False)
+    temperature = forms.DecimalField(
+        required=False, min_value=0, max_value=2, max_digits=3, decimal_places=2
+    )
+    max_output_tokens = forms.IntegerField(required=False, min_value=1, max_value=1_000_000)
+
+    VARIABLE_PREFIX = "var_"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        for key in list(self.data)[:60]:
+            if key.startswith(self.VARIABLE_PREFIX) and key[4:].isidentifier():
+                self.fields[key] = forms.CharField(required=False, strip=False)
+
+    def variables(self) -> dict[str, str]:
+        """The ``var_<name>`` values, by name."""
+        prefix = self.VARIABLE_PREFIX
+        return {
+            key.removeprefix(prefix): value
+            for key, value in self.cleaned_data.items()
+            if key.startswith(prefix) and value is not None
+        }
+
+    def pinned(self) -> tuple[str, int | None]:
+        """``(label, version id)`` from ``ref``: one of them set, or neither."""
+        kind, _, value = (self.cleaned_data.get("ref") or "").partition(":")
+        if kind == "version":
+            return "", id_parse(value)
+        return (value if kind == "label" else ""), None

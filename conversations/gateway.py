@@ -35,7 +35,7 @@ from tenacity import (
 )
 
 from conversations.demo import PROVIDER as DEMO
-from conversations.demo import demo_register
+from conversations.demo import PURPOSE_KEY, demo_register
 
 if TYPE_CHECKING:
     from conversations.models import ModelConfig
@@ -214,13 +214,17 @@ def _api_key(config: ModelConfig) -> str | None:
     return key
 
 
-def worst_case_cost(*, config: ModelConfig, prompt_tokens: int) -> Decimal | None:
-    """USD a call can cost at most: ``prompt_tokens`` plus ``max_output_tokens`` at the
-    model's prices (``cost_for``; ``None`` when no price is known for the model). What
-    admission reserves before a call, and what an approval card estimates for the
-    call after a tool turn."""
+def worst_case_cost(
+    *, config: ModelConfig, prompt_tokens: int, max_tokens: int | None = None
+) -> Decimal | None:
+    """USD a call can cost at most: ``prompt_tokens`` plus ``max_tokens`` (default the
+    model's ``max_output_tokens``) at the model's prices (``cost_for``; ``None`` when
+    no price is known for the model). What admission reserves before a call, and
+    what an approval card estimates for the call after a tool turn."""
     return cost_for(
-        config=config, prompt_tokens=prompt_tokens, completion_tokens=config.max_output_tokens
+        config=config,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=config.max_output_tokens if max_tokens is None else max_tokens,
     )
 
 
@@ -524,12 +528,17 @@ async def stream_chat(
     tools: list[dict] | None = None,
     on_delta: Callable[[str], Awaitable[None]] | None = None,
     max_tokens: int | None = None,
+    temperature: Decimal | float | None = None,
+    purpose: str = "",
 ) -> ChatResult:
     """Stream one chat completion from ``config``'s model; return the finished answer.
 
     ``messages``/``tools`` are OpenAI-format lists. ``on_delta`` is awaited with
     each text delta as it arrives. ``max_tokens`` defaults to
-    ``config.max_output_tokens``. Retries up to ``TOLLGATE_LLM_MAX_RETRIES``
+    ``config.max_output_tokens``; ``temperature`` ``None`` sends none (the
+    provider's default). ``purpose`` names a call that is not a chat reply
+    (``"reformulate"``); only the offline demo model is told (it answers such a
+    call differently), a provider never sees it. Retries up to ``TOLLGATE_LLM_MAX_RETRIES``
     times on retryable errors before the first token, honouring ``Retry-After``
     (capped at ``TOLLGATE_LLM_MAX_RETRY_WAIT`` seconds; a longer wait fails at
     once). Raises ``GatewayError``.
@@ -553,6 +562,10 @@ async def stream_chat(
         kwargs["api_key"] = api_key
     if tools:
         kwargs["tools"] = tools
+    if temperature is not None:
+        kwargs["temperature"] = float(temperature)
+    if purpose and config.litellm_model.startswith(f"{DEMO}/"):
+        kwargs["metadata"] = {PURPOSE_KEY: purpose}
 
     max_wait = float(settings.TOLLGATE_LLM_MAX_RETRY_WAIT)
     backoff = wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5)

@@ -76,6 +76,32 @@ class Conversation(models.Model):
     model_config = models.ForeignKey(
         ModelConfig, on_delete=models.PROTECT, related_name="conversations"
     )
+    # The conversation's settings (``conversations.prompting``): its system prompt
+    # is a library prompt (followed at a label, or a pinned version), else its own
+    # text, else TOLLGATE_SYSTEM_PROMPT; temperature and max output tokens, when
+    # set, win over the prompt version's and the model's.
+    system_prompt = models.ForeignKey(
+        "prompts.Prompt", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    system_prompt_label = models.CharField(
+        max_length=40, blank=True, help_text="The label followed; empty with a pinned version."
+    )
+    system_prompt_version = models.ForeignKey(
+        "prompts.PromptVersion",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="A pinned version (else the label's).",
+    )
+    system_prompt_text = models.TextField(
+        blank=True, help_text="The conversation's own system prompt, when no library prompt."
+    )
+    prompt_variables = models.JSONField(
+        default=dict, blank=True, help_text="Values of the system prompt's variables."
+    )
+    temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     archived = models.BooleanField(default=False)
     current_run = models.ForeignKey(
         "Run",
@@ -205,6 +231,16 @@ class Run(models.Model):
     step = models.PositiveIntegerField(default=0)
     max_steps = models.PositiveIntegerField(default=8)
     error = models.TextField(blank=True)
+    # What the run's model calls use, recorded when it starts (``prompting.run_settings``):
+    # the model, the prompt version, and in ``parameters`` the system prompt's text
+    # and where it came from, temperature and max output tokens.
+    model_config = models.ForeignKey(
+        ModelConfig, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    prompt_version = models.ForeignKey(
+        "prompts.PromptVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    parameters = models.JSONField(default=dict, blank=True)
     cancel_requested = models.BooleanField(default=False)
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

@@ -114,10 +114,11 @@ def lease_until(seconds: float | None = None) -> datetime:
 
 def run_lock(*, run_id: int, owner: Any = None) -> Run | None:
     """Lock run ``run_id`` (``SELECT … FOR NO KEY UPDATE``) with its conversation,
-    owner and model config loaded; ``None`` when there is no such run (or, with
-    ``owner``, none of that user's). Call inside ``transaction.atomic``."""
+    owner and model configs (the run's and the conversation's) loaded; ``None``
+    when there is no such run (or, with ``owner``, none of that user's). Call
+    inside ``transaction.atomic``."""
     runs = Run.objects.select_for_update(no_key=True, of=("self",)).select_related(
-        "conversation__owner", "conversation__model_config"
+        "conversation__owner", "conversation__model_config", "model_config"
     )
     if owner is not None:
         runs = runs.filter(conversation__owner=owner)

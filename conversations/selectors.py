@@ -12,6 +12,8 @@ from django.http import Http404
 
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.models import Conversation, Message, ModelConfig, Run
+from prompts.models import LATEST, Prompt, PromptVersion
+from prompts.selectors import system_prompts_for
 from tools.models import ToolInvocation
 
 
@@ -65,7 +67,9 @@ def conversation_page(
 def conversation_get(*, user, conversation_id: int) -> Conversation:
     """The user's conversation with its model, else ``Http404`` (also for other users')."""
     conversation = (
-        Conversation.objects.select_related("model_config")
+        Conversation.objects.select_related(
+            "model_config", "system_prompt", "system_prompt_version"
+        )
         .filter(pk=conversation_id, owner=user)
         .first()
     )
@@ -76,6 +80,13 @@ def conversation_get(*, user, conversation_id: int) -> Conversation:
 
 def model_configs_enabled() -> list[ModelConfig]:
     return list(ModelConfig.objects.filter(enabled=True).order_by("-is_default", "name"))
+
+
+def model_names_enabled(**_signal: Any) -> list[str]:
+    """The names of the enabled models; one query. Receiver of
+    ``prompts.signals.model_names_query`` (``ConversationsConfig.ready``), so a
+    prompt version may name a model without prompts importing conversations."""
+    return list(ModelConfig.objects.filter(enabled=True).values_list("name", flat=True))
 
 
 @dataclass
@@ -230,3 +241,89 @@ def run_cancel_requested(*, run_id: int, **_signal: Any) -> bool:
     """
     flag = Run.objects.filter(pk=run_id).values_list("cancel_requested", flat=True).first()
     return flag is None or bool(flag)
+
+
+@dataclass
+class SettingsChoices:
+    """What a conversation's settings form offers and shows (``settings_choices``).
+
+    ``refs``: ``(value, label)`` of the chosen prompt's versions: its labels,
+    ``latest``, then each version pinned. ``variables``: ``(name, value)`` of
+    the variables of the version ``ref`` names.
+    """
+
+    source: str
+    prompts: list[Prompt]
+    prompt: Prompt | None
+    refs: list[tuple[str, str]]
+    ref: str
+    variables: list[tuple[str, str]]
+    text: str
+    temperature: Any
+    max_output_tokens: Any
+
+
+def settings_choices(
+    *, conversation: Conversation, user, data: dict[str, Any] | None = None
+) -> SettingsChoices:
+    """The settings form of ``conversation``: as saved, or as ``data`` (the form's
+    values so far, when the user picked another prompt) asks. Four queries."""
+    data = data or {}
+    prompts = system_prompts_for(user=user)
+    if data:
+        source = data.get("source") or "default"
+        prompt_id = data.get("system_prompt")
+        ref = data.get("ref") or ""
+        values = {k.removeprefix("var_"): v for k, v in data.items() if k.startswith("var_")}
+    else:
+        source = (
+            "library"
+            if conversation.system_prompt_id
+            else ("text" if conversation.system_prompt_text else "default")
+        )
+        prompt_id = conversation.system_prompt_id
+        ref = (
+            f"version:{conversation.system_prompt_version_id}"
+            if conversation.system_prompt_version_id
+            else f"label:{conversation.system_prompt_label}"
+        )
+        values = dict(conversation.prompt_variables or {})
+    prompt = next((p for p in prompts if str(p.pk) == str(prompt_id)), None)
+    if prompt is None and source == "library" and prompts and data:
+        prompt = prompts[0]
+    refs: list[tuple[str, str]] = []
+    variables: list[tuple[str, str]] = []
+    if prompt is not None:
+        versions: list[PromptVersion] = list(prompt.versions.all())  # newest first
+        by_id = {v.pk: v for v in versions}
+        labels = list(prompt.labels.all())
+        refs = [
+            (f"label:{x.name}", f"{x.name} (now v{by_id[x.version_id].number})") for x in labels
+        ]
+        refs.append((f"label:{LATEST}", f"latest (now v{versions[0].number})"))
+        refs += [(f"version:{v.pk}", f"v{v.number} only (pinned)") for v in versions]
+        if ref not in {value for value, _ in refs}:
+            ref = refs[0][0]
+        kind, _, value = ref.partition(":")
+        if kind == "version":
+            version = by_id[int(value)]
+        elif value == LATEST:
+            version = versions[0]
+        else:
+            version = by_id[next(x.version_id for x in labels if x.name == value)]
+        variables = [(name, str(values.get(name, ""))) for name in version.variables]
+    return SettingsChoices(
+        source=source,
+        prompts=prompts,
+        prompt=prompt,
+        refs=refs,
+        ref=ref,
+        variables=variables,
+        text=data.get("text", conversation.system_prompt_text)
+        if data
+        else conversation.system_prompt_text,
+        temperature=data.get("temperature", "") if data else conversation.temperature,
+        max_output_tokens=(
+            data.get("max_output_tokens", "") if data else conversation.max_output_tokens
+        ),
+    )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
@@ -20,8 +21,12 @@ from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule
 from conversations.toolphase import run_stop
+from prompts.errors import PROMPT_REFUSALS, PromptError, PromptNotFound
+from prompts.models import LATEST, Prompt
+from prompts.selectors import prompt_get, prompt_version_for_use
 from tools.services import invocations_delete
 
 logger = logging.getLogger(__name__)
@@ -63,6 +68,11 @@ class RunNotRetryable(ConversationError):
     pass
 
 
+class SettingsInvalid(ConversationError):
+    """The conversation's settings cannot make a call (its system prompt is gone, or a
+    variable of it has no value), or settings asked for are not allowed."""
+
+
 TITLE_CHARS = 60
 
 
@@ -73,7 +83,7 @@ def _own_conversation(
         raise NotFound("Conversation not found.")
     qs = Conversation.objects.filter(pk=conversation_id, owner=user)
     if with_model:
-        qs = qs.select_related("model_config")
+        qs = qs.select_related("model_config", "owner")
     if lock:
         qs = qs.select_for_update(no_key=True, of=("self",))
     try:
@@ -221,6 +231,21 @@ def conversation_rows_delete(
         rows.delete()
 
 
+def message_text(content: str, *, what: str = "message") -> str:
+    """``content`` stripped: what a message (or a draft, ``what``) may be. Raises
+    ``EmptyMessage`` when nothing is left, ``MessageTooLong`` past
+    ``TOLLGATE_MAX_MESSAGE_CHARS`` characters."""
+    content = (content or "").strip()
+    if not content:
+        raise EmptyMessage(f"Type a {what} first.")
+    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise MessageTooLong(
+            f"The {what} is too long ({len(content):,} characters; the limit is {limit:,})."
+        )
+    return content
+
+
 def message_send(*, user, conversation_id: int, content: str) -> Run:
     """Post a user message and start a run answering it (dispatched on commit).
 
@@ -230,7 +255,7 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
     ``RunInProgress`` (a reply is still being written). The first message
     also titles an untitled conversation.
     """
-    content = _message_checked(content)
+    content = message_text(content)
     with transaction.atomic():
         conversation, message, run = _message_insert(
             user=user, conversation_id=conversation_id, content=content
@@ -243,20 +268,6 @@ def message_send(*, user, conversation_id: int, content: str) -> Run:
         events.run_appended(run_id=run.pk, with_user_message=True, new=run)
         events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
     return run
-
-
-def _message_checked(content: str) -> str:
-    """``content`` stripped; ``EmptyMessage`` or ``MessageTooLong`` (over
-    ``TOLLGATE_MAX_MESSAGE_CHARS``)."""
-    content = (content or "").strip()
-    if not content:
-        raise EmptyMessage("Type a message first.")
-    limit = settings.TOLLGATE_MAX_MESSAGE_CHARS
-    if len(content) > limit:
-        raise MessageTooLong(
-            f"The message is too long ({len(content):,} characters; the limit is {limit:,})."
-        )
-    return content
 
 
 def _message_sent(user, message: Message, run: Run) -> dict[str, Any]:
@@ -293,6 +304,7 @@ def _message_insert(
     _message_send_checks(
         conversation, in_progress=conversation.runs.exclude(status__in=Run.TERMINAL).exists()
     )
+    call = _call_settings(conversation)
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content
     )
@@ -303,6 +315,9 @@ def _message_insert(
         user_message=message,
         parent_id=parent_id,
         metadata=_root(parent_id),
+        model_config=call.config,
+        prompt_version=call.version,
+        parameters=call.record(),
     )
     if not conversation.title:
         conversation.title = auto_title(content)
@@ -321,6 +336,16 @@ def _branch_end(conversation: Conversation) -> int | None:
     if conversation.current_run_id is not None:
         return conversation.current_run_id
     return conversation.runs.order_by("-id").values_list("pk", flat=True).first()
+
+
+def _call_settings(conversation: Conversation) -> CallSettings:
+    """``prompting.call_settings``, its refusal a ``SettingsInvalid`` (nothing is sent)."""
+    try:
+        return call_settings(conversation=conversation)
+    except PROMPT_REFUSALS as error:
+        raise SettingsInvalid(
+            f"{error} Nothing was sent: fix the system prompt in this conversation's settings."
+        ) from None
 
 
 def _own_run(*, user, run_id: int) -> Run:
@@ -418,6 +443,7 @@ def _answer_again(conversation: Conversation, run: Run, *, metadata: dict[str, A
     if run.retry_blocked:
         raise RunNotRetryable(_retry_blocked_message(run))
     _branch_checks(conversation)
+    call = _call_settings(conversation)  # the conversation's settings now, recorded
     parent_id = conversation_tree(conversation_id=conversation.pk).parent[run.pk]
     new = Run.objects.create(
         conversation=conversation,
@@ -425,6 +451,9 @@ def _answer_again(conversation: Conversation, run: Run, *, metadata: dict[str, A
         parent_id=parent_id,
         max_steps=run.max_steps,
         metadata={**metadata, **_root(parent_id)},
+        model_config=call.config,
+        prompt_version=call.version,
+        parameters=call.record(),
     )
     conversation.current_run = new
     conversation.save(update_fields=["current_run", "updated_at"])
@@ -450,7 +479,7 @@ def message_edit(*, user, message_id: int, content: str) -> Run:
     ``EmptyMessage``, ``MessageTooLong``, ``RunInProgress``, ``ConversationArchived``,
     ``ModelUnavailable``.
     """
-    content = _message_checked(content)
+    content = message_text(content)
     with transaction.atomic():
         conversation_id = (
             Message.objects.filter(pk=message_id, role=Message.Role.USER)
@@ -472,6 +501,7 @@ def message_edit(*, user, message_id: int, content: str) -> Run:
         shown = set(tree.path(shown_leaf(conversation, tree)))
         # The place of the version shown, else of its newest answer.
         parent_id = tree.parent[next((r for r in answered if r in shown), max(answered))]
+        call = _call_settings(conversation)
         message = Message.objects.create(
             conversation=conversation,
             role=Message.Role.USER,
@@ -483,6 +513,9 @@ def message_edit(*, user, message_id: int, content: str) -> Run:
             user_message=message,
             parent_id=parent_id,
             metadata=_root(parent_id),
+            model_config=call.config,
+            prompt_version=call.version,
+            parameters=call.record(),
         )
         conversation.current_run = run
         conversation.save(update_fields=["current_run", "updated_at"])
@@ -507,3 +540,157 @@ def branch_show(*, user, run_id: int) -> Conversation:
         conversation.save(update_fields=["current_run"])
         events.timeline_redraw(conversation_id=conversation.pk)
     return conversation
+
+
+#: Where a conversation's system prompt comes from, as its settings form asks.
+SystemPromptSource = Literal["default", "library", "text"]
+#: The most variables a system prompt's form may send values for.
+MAX_VARIABLES = 50
+
+
+def _settings_summary(conversation: Conversation) -> dict[str, Any]:
+    """The settings as the ``conversation.settings_changed`` audit event records them."""
+    return {
+        "system_prompt_id": conversation.system_prompt_id,
+        "system_prompt_label": conversation.system_prompt_label,
+        "system_prompt_version_id": conversation.system_prompt_version_id,
+        "system_prompt_text_chars": len(conversation.system_prompt_text),
+        "prompt_variables": sorted(conversation.prompt_variables or {}),
+        "temperature": None if conversation.temperature is None else str(conversation.temperature),
+        "max_output_tokens": conversation.max_output_tokens,
+        "model_config_id": conversation.model_config_id,
+    }
+
+
+def _settings_numbers(
+    temperature: Decimal | None, max_output_tokens: int | None
+) -> tuple[Decimal | None, int | None]:
+    if temperature is not None:
+        if not temperature.is_finite() or not Decimal(0) <= temperature <= Decimal(2):
+            raise SettingsInvalid("The temperature must be a number from 0 to 2.")
+        temperature = temperature.quantize(Decimal("0.01"))
+    if max_output_tokens is not None and not 1 <= max_output_tokens <= 1_000_000:
+        raise SettingsInvalid("Max output tokens must be a whole number from 1.")
+    return temperature, max_output_tokens
+
+
+def conversation_settings_set(
+    *,
+    user,
+    conversation_id: int,
+    source: SystemPromptSource,
+    system_prompt_id: int | None = None,
+    label: str = "",
+    version_id: int | None = None,
+    text: str = "",
+    variables: dict[str, str] | None = None,
+    temperature: Decimal | None = None,
+    max_output_tokens: int | None = None,
+) -> tuple[Conversation, str]:
+    """Set the conversation's system prompt and parameters for its next runs.
+
+    ``source``: ``"default"`` (``TOLLGATE_SYSTEM_PROMPT``), ``"text"`` (``text``,
+    the conversation's own) or ``"library"``: the system prompt
+    ``system_prompt_id`` (one ``user`` may see) pinned at ``version_id`` or
+    following ``label`` (``production`` when it has one, else ``latest``),
+    rendered with ``variables`` (a missing one is refused here, by name, as a
+    send would refuse it). Choosing a library prompt whose version names a model
+    switches the conversation to that model when it is enabled. ``temperature``
+    (0 to 2) and ``max_output_tokens`` ``None``: the prompt's, else the model's.
+
+    Returns the conversation and a note for the user (the model switched, or
+    not). Raises ``NotFound``, ``SettingsInvalid``, ``ConversationArchived``.
+    Audited (``conversation.settings_changed``).
+    """
+    temperature, max_output_tokens = _settings_numbers(temperature, max_output_tokens)
+    values = {str(k): str(v) for k, v in (variables or {}).items()}
+    if len(values) > MAX_VARIABLES:
+        raise SettingsInvalid(f"A system prompt may have at most {MAX_VARIABLES} variables.")
+    if any(len(v) > settings.TOLLGATE_MAX_MESSAGE_CHARS for v in values.values()):
+        raise SettingsInvalid("A variable's value is too long.")
+    text = (text or "").replace("\r\n", "\n")
+    if source == "text" and not text.strip():
+        raise SettingsInvalid("Write the conversation's system prompt, or pick another.")
+    if len(text) > settings.TOLLGATE_PROMPT_MAX_CHARS:
+        raise SettingsInvalid("The system prompt is too long.")
+    note = ""
+    with transaction.atomic():
+        conversation = _own_conversation(
+            user=user, conversation_id=conversation_id, lock=True, with_model=True
+        )
+        if conversation.archived:
+            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+        before = _settings_summary(conversation)
+        conversation.temperature = temperature
+        conversation.max_output_tokens = max_output_tokens
+        conversation.system_prompt_text = text if source == "text" else ""
+        conversation.system_prompt = None
+        conversation.system_prompt_label = ""
+        conversation.system_prompt_version = None
+        conversation.prompt_variables = {}
+        if source == "library":
+            note = _library_prompt_set(
+                conversation, user, system_prompt_id, label, version_id, values, before
+            )
+        elif source not in ("default", "text"):
+            raise SettingsInvalid("Pick where the system prompt comes from.")
+        _call_settings(conversation)  # the next send would refuse it: refuse it now
+        conversation.save()
+        audit_record(
+            action="conversation.settings_changed",
+            actor=user,
+            target_type="conversation",
+            target_id=conversation.pk,
+            data={"from": before, "to": _settings_summary(conversation)},
+        )
+    return conversation, note
+
+
+def _library_prompt_set(
+    conversation: Conversation,
+    user,
+    prompt_id: int | None,
+    label: str,
+    version_id: int | None,
+    values: dict[str, str],
+    before: dict[str, Any],
+) -> str:
+    """Point ``conversation`` at a library system prompt (see
+    ``conversation_settings_set``); the note about its model."""
+    if prompt_id is None:
+        raise SettingsInvalid("Pick a system prompt from the library.")
+    try:
+        prompt = prompt_get(user=user, prompt_id=prompt_id)
+    except PromptNotFound:
+        raise SettingsInvalid("That prompt is not available.") from None
+    if prompt.kind != Prompt.Kind.SYSTEM:
+        raise SettingsInvalid(f"{prompt.name} is a message template, not a system prompt.")
+    try:
+        version = prompt_version_for_use(
+            user=user, prompt_id=prompt.pk, ref=label or "", version_id=version_id
+        )
+    except PromptError as error:
+        raise SettingsInvalid(str(error)) from None
+    conversation.system_prompt = prompt
+    conversation.system_prompt_version = version if version_id is not None else None
+    if version_id is None:
+        has_production = version.labels.filter(name="production").exists()
+        conversation.system_prompt_label = label or ("production" if has_production else LATEST)
+    conversation.prompt_variables = {k: v for k, v in values.items() if k in version.variables}
+    changed = (prompt.pk, version_id, conversation.system_prompt_label) != (
+        before["system_prompt_id"],
+        before["system_prompt_version_id"],
+        before["system_prompt_label"],
+    )
+    if not version.model_name or not changed:
+        return ""
+    model = ModelConfig.objects.filter(name=version.model_name, enabled=True).first()
+    if model is None:
+        return (
+            f"{prompt.name} asks for the model {version.model_name}, which is not available; "
+            f"this conversation keeps {conversation.model_config.name}."
+        )
+    if model.pk == conversation.model_config_id:
+        return ""
+    conversation.model_config = model
+    return f"Switched to the model {model.name}, as {prompt.name} asks."

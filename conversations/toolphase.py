@@ -25,6 +25,7 @@ from conversations import events
 from conversations.context import token_count
 from conversations.gateway import cost_for, worst_case_cost
 from conversations.models import Message, Run
+from conversations.prompting import run_call
 from conversations.runs import (
     run_lease_release,
     run_lock,
@@ -80,7 +81,7 @@ def tools_offered(*, run: Run) -> list[dict[str, Any]] | None:
     conversation's model supports tools (``tools_offered_for_user``: cached for
     a few seconds).
     """
-    if not run.conversation.model_config.supports_tools:
+    if not run_call(run).config.supports_tools:
         return None
     specs = tools_offered_for_user(user=run.conversation.owner)
     return [spec.openai_tool() for spec in specs] or None
@@ -100,22 +101,24 @@ def next_step_estimate(*, run: Run, message: Message) -> NextStepEstimate:
 
     As the engine reserves for that call (``gateway.worst_case_cost``, the one pricing
     rule): the input so far at the model's input
-    price plus ``max_output_tokens`` at its output price (``cost_usd`` ``None``
+    price plus the run's max output tokens (``prompting.run_call``) at its output
+    price (``cost_usd`` ``None``
     when no price is known). The input so far is what the model read and wrote in
     the call that asked for the tools (the usage stored on ``message``: the
     provider's count, or litellm's), at most the context window less the answer
     (the engine drops old turns beyond it); the tool results are not known yet.
     Without stored usage, the answer's own tokens (``context.token_count``).
     """
-    config = run.conversation.model_config
+    call = run_call(run)
+    config = call.config
     if message.prompt_tokens is not None and message.completion_tokens is not None:
         so_far = message.prompt_tokens + message.completion_tokens
     else:
         answer = {"role": "assistant", "content": message.content, "tool_calls": message.tool_calls}
         so_far = token_count(model=config.litellm_model, message=answer)
-    output_tokens = config.max_output_tokens
+    output_tokens = call.max_output_tokens
     input_tokens = min(so_far, max(config.context_window - output_tokens, 0))
-    cost = worst_case_cost(config=config, prompt_tokens=input_tokens)
+    cost = worst_case_cost(config=config, prompt_tokens=input_tokens, max_tokens=output_tokens)
     input_price = output_price = None
     if cost is not None:  # per token, as the same rule prices one
         input_price = cost_for(config=config, prompt_tokens=1, completion_tokens=0)

@@ -16,9 +16,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.forms import Form
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.log import log_response
 from django.views.decorators.http import require_GET, require_POST
@@ -30,13 +30,16 @@ from conversations.events import error_fragment
 from conversations.events import render as render_partial
 from conversations.forms import (
     ArchiveForm,
+    ConversationSettingsForm,
     ConversationStartForm,
     EarlierForm,
     MessageForm,
     ModelPickForm,
     RenameForm,
 )
-from project.inbound import id_parse
+from conversations.reformulation import ReformulationRefused, draft_reformulate
+from project.inbound import form_message, id_parse
+from prompts.diffs import diff_table
 
 #: Refusals for the state a service found (HTTP 409); any other is bad input (400).
 CONFLICTS: tuple[type[services.ConversationError], ...] = (
@@ -45,6 +48,7 @@ CONFLICTS: tuple[type[services.ConversationError], ...] = (
     services.RunNotCancellable,
     services.RunNotRetryable,
     services.ModelUnavailable,
+    services.SettingsInvalid,
 )
 
 
@@ -93,7 +97,7 @@ def conversation_earlier(request: AuthenticatedHttpRequest, conversation_id: int
     conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
     form = EarlierForm(request.GET)
     if not form.is_valid():
-        response = HttpResponseBadRequest(_form_message(form))
+        response = HttpResponseBadRequest(form_message(form))
         log_response("Bad 'before' on %s", request.path, response=response, request=request)
         return response
     timeline = selectors.conversation_timeline(
@@ -124,15 +128,6 @@ def conversation_list_more(request: AuthenticatedHttpRequest) -> HttpResponse:
     return HttpResponse(
         render_partial("conversation-page", {"page": page, "show_archived": show_archived})
     )
-
-
-def _form_message(form: Form) -> str:
-    """A form's errors as one line for people: ``"Title: Null characters are not allowed."``."""
-    parts = []
-    for field, errors in form.errors.items():
-        text = " ".join(str(error) for error in errors)
-        parts.append(text if field == "__all__" else f"{form[field].label}: {text}")
-    return " ".join(parts)
 
 
 def _shown(value: Any) -> Any:
@@ -209,7 +204,7 @@ def conversation_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         "typed_model": id_parse(request.POST.get("model_config", "")),
     }
     if not form.is_valid():
-        return _refuse(request, _form_message(form), typed=typed)
+        return _refuse(request, form_message(form), typed=typed)
     try:
         conversation = services.conversation_start(
             user=request.user,
@@ -230,7 +225,7 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
     form = RenameForm(request.POST)
     typed = {"typed_title": request.POST.get("title", "")}
     if not form.is_valid():
-        return _refuse(request, _form_message(form), conversation_id=conversation_id, typed=typed)
+        return _refuse(request, form_message(form), conversation_id=conversation_id, typed=typed)
     try:
         services.conversation_rename(
             user=request.user, conversation_id=conversation_id, title=form.cleaned_data["title"]
@@ -245,7 +240,7 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
 def conversation_set_model(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     form = ModelPickForm(request.POST)
     if not form.is_valid():
-        return _refuse(request, _form_message(form), conversation_id=conversation_id)
+        return _refuse(request, form_message(form), conversation_id=conversation_id)
     try:
         services.conversation_set_model(
             user=request.user,
@@ -262,7 +257,7 @@ def conversation_set_model(request: AuthenticatedHttpRequest, conversation_id: i
 def conversation_archive(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     form = ArchiveForm(request.POST)
     if not form.is_valid():
-        return _refuse(request, _form_message(form), conversation_id=conversation_id)
+        return _refuse(request, form_message(form), conversation_id=conversation_id)
     archived = form.cleaned_data["archived"] != "0"
     try:
         services.conversation_archive(
@@ -294,7 +289,7 @@ def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> Htt
     form = MessageForm(request.POST)
     typed = {"typed_content": request.POST.get("content", "")}
     if not form.is_valid():
-        return _refuse(request, _form_message(form), conversation_id=conversation_id, typed=typed)
+        return _refuse(request, form_message(form), conversation_id=conversation_id, typed=typed)
     try:
         services.message_send(
             user=request.user,
@@ -355,7 +350,7 @@ def message_edit(request: AuthenticatedHttpRequest, message_id: int) -> HttpResp
     """Send an edited version of a message, as a new branch from its place."""
     form = MessageForm(request.POST)
     if not form.is_valid():
-        return _refuse(request, _form_message(form))
+        return _refuse(request, form_message(form))
     try:
         run = services.message_edit(
             user=request.user, message_id=message_id, content=form.cleaned_data["content"]
@@ -363,3 +358,104 @@ def message_edit(request: AuthenticatedHttpRequest, message_id: int) -> HttpResp
     except services.ConversationError as error:
         return _refused(request, error)
     return _done(request, reverse("conversations:detail", args=[run.conversation_id]))
+
+
+@login_required
+def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
+    """The conversation's settings: system prompt, temperature, max output tokens.
+
+    ``GET``: the form (the chat header's panel asks for it with htmx; a plain
+    request gets it as a page), drawn for the values in the query string when
+    there are any (the user picked another prompt: its labels and variables).
+    ``POST``: save (``services.conversation_settings_set``), then back to the
+    chat; a refusal draws the form again with the message and what was typed.
+    """
+    conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+    if request.method == "POST":
+        form = ConversationSettingsForm(request.POST)
+        if form.is_valid():
+            label, version_id = form.pinned()
+            data = form.cleaned_data
+            try:
+                _, note = services.conversation_settings_set(
+                    user=request.user,
+                    conversation_id=conversation.pk,
+                    source=data["source"],
+                    system_prompt_id=data["system_prompt"],
+                    label=label,
+                    version_id=version_id,
+                    text=data["text"],
+                    variables=form.variables(),
+                    temperature=data["temperature"],
+                    max_output_tokens=data["max_output_tokens"],
+                )
+            except services.ConversationError as error:
+                return _settings_page(request, conversation, request.POST, str(error), 409)
+            messages.success(request, note or "Settings saved; they apply from the next message.")
+            url = reverse("conversations:detail", args=[conversation.pk])
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+        return _settings_page(request, conversation, request.POST, form_message(form), 400)
+    return _settings_page(request, conversation, request.GET, "", 200)
+
+
+def _settings_page(
+    request: AuthenticatedHttpRequest, conversation: Any, data: Any, error: str, status: int
+) -> HttpResponse:
+    values = {key: _shown(value) for key, value in data.items()} if data else None
+    context = {
+        "conversation": conversation,
+        "choices": selectors.settings_choices(
+            conversation=conversation, user=request.user, data=values
+        ),
+        "error": error,
+    }
+    template = "conversations/settings.html"
+    if request.htmx:
+        template += "#settings-form"
+    response = render(request, template, context, status=status)
+    if error:
+        log_response(
+            "Refused %s for user %s: %s", request.path, request.user.pk, error,
+            response=response, request=request,
+        )  # fmt: skip
+    return response
+
+
+@login_required
+@require_POST
+async def reformulate(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
+    """The composer's draft (``content``) rewritten by the reformulation model,
+    beside it as a diff, for the user to edit, accept into the composer, or
+    discard (``conversations.reformulation``). Nothing is sent. Async: the model
+    call takes seconds, and a sync view would hold the one thread Django runs
+    them on. A refusal answers the panel with its message (400, 404 or 409)."""
+    user = await request.auser()
+    form = MessageForm(request.POST)
+    status, error = 400, ""
+    if form.is_valid():
+        try:
+            result = await draft_reformulate(
+                user=user, conversation_id=conversation_id, draft=form.cleaned_data["content"]
+            )
+        except services.NotFound as refused:
+            raise Http404(str(refused)) from None
+        except services.ConversationError as refused:
+            conflict = isinstance(refused, (*CONFLICTS, ReformulationRefused))
+            status, error = (409 if conflict else 400), str(refused)
+        else:
+            context = {
+                "result": result,
+                "diff": diff_table(
+                    result.draft, result.rewrite, before_title="Your draft", after_title="Rewrite"
+                ),
+            }
+            return HttpResponse(render_to_string("conversations/reformulation.html", context))
+    else:
+        error = form_message(form)
+    html = render_to_string("conversations/reformulation.html", {"error": error})
+    response = HttpResponse(html, status=status)
+    log_response(
+        "Refused %s for user %s: %s", request.path, user.pk, error,
+        response=response, request=request,
+    )  # fmt: skip
+    return response

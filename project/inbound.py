@@ -149,3 +149,13 @@ def id_parse(value: Any) -> int | None:
 Id = Annotated[int, BeforeValidator(_id)]
 #: Text without NUL characters (Django's ``ProhibitNullCharactersValidator``).
 Text = Annotated[str, AfterValidator(_text)]
+
+
+def form_message(form: Any) -> str:
+    """A Django form's errors as one line for people:
+    ``"Title: Null characters are not allowed."`` (a field's label, then its errors)."""
+    parts = []
+    for field, errors in form.errors.items():
+        text = " ".join(str(error) for error in errors)
+        parts.append(text if field == "__all__" else f"{form[field].label}: {text}")
+    return " ".join(parts)

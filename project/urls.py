@@ -45,5 +45,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("approvals/", include("approvals.urls")),
     path("tools/", include("tools.urls")),
+    path("prompts/", include("prompts.urls")),
     path("usage/", include("accounts.urls")),
 ]

@@ -145,3 +145,32 @@ class BudgetFactory(factory.django.DjangoModelFactory):
 
     period = "monthly"
     cost_limit_usd = Decimal("10")
+
+
+class PromptFactory(factory.django.DjangoModelFactory):
+    """A private message template of a new user, with version 1 (``template=``, a
+    Jinja text) labelled ``production``; pass ``kind="system"``, ``visibility`` and
+    so on. Rows straight from the models: the services are what the tests test."""
+
+    class Meta:
+        model = "prompts.Prompt"
+        skip_postgeneration_save = True
+
+    owner = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"Prompt {n}")
+    command = factory.Sequence(lambda n: f"prompt-{n}")
+    kind = "template"
+    visibility = "private"
+
+    @factory.post_generation
+    def template(obj, create, extracted, **kwargs):
+        if not create:
+            return
+        from prompts.models import PromptLabel, PromptVersion
+        from prompts.templating import template_check
+
+        text = extracted or "Summarise this for {{ audience }}:"
+        version = PromptVersion.objects.create(
+            prompt=obj, number=1, template=text, variables=template_check(text), author=obj.owner
+        )
+        PromptLabel.objects.create(prompt=obj, name="production", version=version)

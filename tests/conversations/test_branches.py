@@ -201,7 +201,7 @@ def test_runs_made_without_a_parent_read_as_one_line(conversation):
 def test_the_migration_links_existing_runs_as_one_line(conversation):
     from importlib import import_module
 
-    link_runs = import_module("conversations.migrations.0004_message_tree").link_runs
+    link_runs = import_module("conversations.migrations.0005_message_tree").link_runs
     messages = [
         Message.objects.create(conversation=conversation, role="user", content=f"q{i}")
         for i in range(3)

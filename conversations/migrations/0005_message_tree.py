@@ -45,7 +45,7 @@ def link_runs(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("conversations", "0003_demo_model"),
+        ("conversations", "0004_settings_and_run_parameters"),
     ]
 
     operations = [

@@ -1,0 +1,144 @@
+"""Charging a model call to its user: one rule for every call Tollgate makes
+(a run's steps, a draft's reformulation).
+
+Before the call, :func:`call_admit`: the rate limits and the budget hold of
+its worst case (``accounts.services.llm_call_admit``; the prompt's tokens plus
+the most the call may answer, at the model's prices: ``gateway.worst_case_cost``),
+or a refusal, audited as ``budget.refused``, and no call. After it,
+:func:`call_settle`: the usage recorded and the hold settled
+(``llm_call_settle``), audited as ``llm.call``; a call that produced no usage
+gives its hold back with ``accounts.services.llm_call_abort``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from accounts.errors import BudgetExceeded, RateLimited
+from accounts.selectors import budget_requires_prices
+from accounts.services import Admission, llm_call_admit, llm_call_settle
+from audit.services import audit_record
+from conversations.gateway import ChatResult, worst_case_cost
+from conversations.models import ModelConfig
+
+
+def call_admit(
+    *,
+    user: Any,
+    config: ModelConfig,
+    prompt_tokens: int,
+    max_tokens: int,
+    run_id: int | None,
+    target_type: str,
+    target_id: int,
+    retry: dict[str, Any] | None = None,
+) -> tuple[Admission | None, str]:
+    """Rate limits and the budget hold before a call of ``config``'s model that
+    reads ``prompt_tokens`` and may answer ``max_tokens`` (tokens).
+
+    Returns ``(admission, "")`` or ``(None, message for the user)``. A refusal
+    (a budget, a rate limit, a model with no known prices while the user's
+    spending is limited) is audited as ``budget.refused`` on ``target_type`` /
+    ``target_id``; no model call may be made after it. ``retry``, when given, is
+    filled on a refusal with when the same call may be admitted: ``retry_not_before``
+    (ISO time: the budget's period ends, the rate limit's window passes) or
+    ``retry_never`` (a total budget); nothing for a model without prices, which an
+    administrator may price any time (``Run.retry_blocked``).
+    """
+    estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    tokens = prompt_tokens + max_tokens
+    refusal: dict[str, Any]
+    if estimate is None and budget_requires_prices(user=user):
+        refusal = {
+            "reason": "no_prices",
+            "message": (
+                f"The model {config.name} has no known prices, and your spending is limited "
+                "by a budget; an administrator must set its prices before you can use it."
+            ),
+        }
+    else:
+        try:
+            admission = llm_call_admit(
+                user=user,
+                run_id=run_id,
+                estimated_cost_usd=estimate or Decimal(0),
+                estimated_tokens=tokens,
+            )
+            return admission, ""
+        except BudgetExceeded as exc:
+            refusal = {"reason": "budget", "message": exc.message, "budget_id": exc.budget_id}
+            if retry is not None and exc.resets_at is not None:
+                retry["retry_not_before"] = exc.resets_at.isoformat()
+            elif retry is not None:
+                retry["retry_never"] = True
+        except RateLimited as exc:
+            refusal = {
+                "reason": "rate_limit",
+                "message": exc.message,
+                "retry_after_seconds": exc.retry_after_seconds,
+            }
+            if retry is not None:
+                until = timezone.now() + timedelta(seconds=exc.retry_after_seconds)
+                retry["retry_not_before"] = until.isoformat()
+    audit_record(
+        action="budget.refused",
+        actor=user,
+        target_type=target_type,
+        target_id=target_id,
+        data={
+            **refusal,
+            "model": config.litellm_model,
+            "estimated_cost_usd": str(estimate) if estimate is not None else None,
+            "estimated_tokens": tokens,
+        },
+    )
+    return None, refusal["message"]
+
+
+def usage_of(result: ChatResult) -> dict[str, Any]:
+    """The call's usage as accounts' ``llm_call_settle`` takes it (tokens, USD, ms);
+    a provider that reported no usage or price counts as 0."""
+    return {
+        "prompt_tokens": result.prompt_tokens or 0,
+        "completion_tokens": result.completion_tokens or 0,
+        "cost_usd": result.cost_usd if result.cost_usd is not None else Decimal(0),
+        "latency_ms": result.latency_ms or 0,
+    }
+
+
+def call_settle(
+    *,
+    admission: Admission,
+    user: Any,
+    conversation_id: int | None,
+    model: str,
+    result: ChatResult,
+    target_type: str,
+    target_id: int,
+    data: dict[str, Any],
+) -> None:
+    """Record a finished call's usage and settle its hold (``llm_call_settle``),
+    then audit it as ``llm.call`` (``data`` added to the usage). Call inside the
+    transaction that stores the call's result, after the rows the lock order puts
+    first (``conversations.runs``)."""
+    llm_call_settle(
+        admission=admission, conversation_id=conversation_id, model=model, **usage_of(result)
+    )
+    audit_record(
+        action="llm.call",
+        actor=user,
+        target_type=target_type,
+        target_id=target_id,
+        data={
+            **data,
+            "model": model,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "cost_usd": str(result.cost_usd) if result.cost_usd is not None else None,
+            "latency_ms": result.latency_ms,
+        },
+    )

@@ -1,0 +1,165 @@
+"""What a conversation's model calls are made with: its settings, resolved.
+
+A conversation's settings (``Conversation.system_prompt*``, ``temperature``,
+``max_output_tokens``, and its model) are the one source of the system prompt
+and the call's parameters:
+
+- the system prompt is a library prompt (``prompts``) at the label the
+  conversation follows (``production`` by default, ``latest``, any other) or at
+  a pinned version, rendered with the conversation's variable values; else the
+  conversation's own text; else ``TOLLGATE_SYSTEM_PROMPT``;
+- temperature: the conversation's, else the prompt version's, else none sent
+  (the provider's default);
+- max output tokens: the conversation's, else the prompt version's, else the
+  model's; never more than the model's (``ModelConfig.max_output_tokens``, what
+  an administrator allows).
+
+:func:`call_settings` resolves them when a run starts (``message_send``,
+``run_retry``); the run keeps the result (``Run.model_config``,
+``Run.prompt_version``, ``Run.parameters``: :meth:`CallSettings.record`), and
+every model call of the run reads it back with :func:`run_call`, so a label
+moved or a setting changed mid-run does not change a run already going, and a
+run says exactly what it used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+
+from conversations.models import Conversation, ModelConfig, Run
+from prompts.models import LATEST, PromptVersion
+from prompts.selectors import prompt_version_for_use
+from prompts.templating import template_render
+
+#: Where a run's system prompt came from (``Run.parameters["system_prompt"]["source"]``).
+LIBRARY, TEXT, DEFAULT = "library", "text", "default"
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """A conversation's settings, resolved: what its next run's calls use."""
+
+    config: ModelConfig
+    system_prompt: str
+    source: str
+    version: PromptVersion | None
+    label: str
+    variables: dict[str, str]
+    temperature: Decimal | None
+    max_output_tokens: int
+
+    def record(self) -> dict[str, Any]:
+        """The JSON a run keeps (``Run.parameters``) and its detail shows."""
+        prompt: dict[str, Any] = {"source": self.source, "text": self.system_prompt}
+        if self.version is not None:
+            prompt |= {
+                "prompt_id": self.version.prompt_id,
+                "prompt_name": self.version.prompt.name,
+                "command": self.version.prompt.command,
+                "label": self.label,
+                "pinned": not self.label,
+                "version_id": self.version.pk,
+                "version_number": self.version.number,
+                "variables": self.variables,
+            }
+        return {
+            "model": {
+                "id": self.config.pk,
+                "name": self.config.name,
+                "litellm_model": self.config.litellm_model,
+            },
+            "system_prompt": prompt,
+            "temperature": None if self.temperature is None else str(self.temperature),
+            "max_output_tokens": self.max_output_tokens,
+        }
+
+
+def _max_tokens(asked: int | None, config: ModelConfig) -> int:
+    return min(asked or config.max_output_tokens, config.max_output_tokens)
+
+
+def call_settings(*, conversation: Conversation) -> CallSettings:
+    """Resolve ``conversation``'s settings for a run starting now (its model loaded).
+
+    Raises ``prompts.errors.PromptUnavailable`` (its library prompt is no longer
+    visible to the owner, or its label is gone), ``MissingVariables`` (a variable
+    of the prompt has no value: by name) or ``RenderFailed``: nothing may be sent
+    then. Reads only; a few queries with a library prompt, none without.
+    """
+    config = conversation.model_config
+    version: PromptVersion | None = None
+    label = ""
+    variables: dict[str, str] = {}
+    if conversation.system_prompt_id is not None:
+        version = prompt_version_for_use(
+            user=conversation.owner,
+            prompt_id=conversation.system_prompt_id,
+            ref=conversation.system_prompt_label,
+            version_id=conversation.system_prompt_version_id,
+        )
+        if conversation.system_prompt_version_id is None:
+            label = conversation.system_prompt_label or _followed(version)
+        given = conversation.prompt_variables or {}
+        variables = {name: str(given[name]) for name in version.variables if name in given}
+        text = template_render(
+            version.template, variables, max_chars=settings.TOLLGATE_MAX_MESSAGE_CHARS
+        )
+        source = LIBRARY
+    elif conversation.system_prompt_text.strip():
+        text, source = conversation.system_prompt_text, TEXT
+    else:
+        text, source = settings.TOLLGATE_SYSTEM_PROMPT, DEFAULT
+    temperature = conversation.temperature
+    if temperature is None and version is not None:
+        temperature = version.temperature
+    asked = conversation.max_output_tokens or (version.max_output_tokens if version else None)
+    return CallSettings(
+        config=config,
+        system_prompt=text,
+        source=source,
+        version=version,
+        label=label,
+        variables=variables,
+        temperature=temperature,
+        max_output_tokens=_max_tokens(asked, config),
+    )
+
+
+def _followed(version: PromptVersion) -> str:
+    """The label an empty ``system_prompt_label`` followed to ``version``."""
+    names = {label.name for label in version.labels.all()}
+    return "production" if "production" in names else LATEST
+
+
+@dataclass(frozen=True)
+class RunCall:
+    """What each model call of a run is made with (:func:`run_call`)."""
+
+    config: ModelConfig
+    system_prompt: str
+    temperature: Decimal | None
+    max_output_tokens: int
+
+
+def run_call(run: Run) -> RunCall:
+    """The model, system prompt and parameters run ``run`` recorded when it started.
+
+    A run recorded before conversations had settings (no ``parameters``) uses its
+    conversation's model and ``TOLLGATE_SYSTEM_PROMPT``, as it did then. Its model
+    deleted since, the conversation's. No query when the run was loaded by
+    ``runs.run_lock`` (its model and its conversation's are joined).
+    """
+    config = run.model_config or run.conversation.model_config
+    parameters = run.parameters or {}
+    prompt = (parameters.get("system_prompt") or {}).get("text")
+    temperature = parameters.get("temperature")
+    return RunCall(
+        config=config,
+        system_prompt=prompt if prompt is not None else settings.TOLLGATE_SYSTEM_PROMPT,
+        temperature=None if temperature is None else Decimal(temperature),
+        max_output_tokens=_max_tokens(parameters.get("max_output_tokens"), config),
+    )

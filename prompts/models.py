@@ -1,0 +1,211 @@
+"""The prompt library: prompts, their immutable versions, and labels.
+
+A ``Prompt`` is a named, owned thing with a slash command; its text lives in
+``PromptVersion`` rows, numbered 1, 2, … and never changed once written (an
+edit is a new version; ``save`` and the queryset refuse an update). A
+``PromptLabel`` (``production``, ``staging``, any name) points at one version
+of its prompt; "latest" is implicit, the highest number. Writes go through
+``prompts.services``, which audits them.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+#: A slash command without its slash: ``summarize``, ``code-review``.
+COMMAND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+#: A label name: ``production``, ``staging``, ``v2-candidate``.
+LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
+#: The label every new prompt's first version gets, and the one followed by default.
+DEFAULT_LABEL = "production"
+#: Not a label one may set: the highest version, always.
+LATEST = "latest"
+#: The command of the deployment's reformulation instruction (a data migration makes it).
+REFORMULATE_COMMAND = "reformulate"
+#: What drafts are reformulated with when the deployment's /reformulate is gone
+#: (an administrator deleted it); the data migration's first version says the same.
+REFORMULATE_INSTRUCTION = (
+    "Rewrite the user's draft message so that a language model understands it best: "
+    "clear, specific and well organised. Keep its meaning, its language and every fact, "
+    "name and number in it; add nothing it does not ask. Answer with the rewritten "
+    "message only, with no preamble and no quotes."
+)
+
+
+class ImmutableVersion(Exception):
+    """A prompt version may not be changed or deleted once written."""
+
+
+class Prompt(models.Model):
+    """A reusable prompt: a system prompt or a message template.
+
+    ``owner`` ``None``: the deployment's own (made by a migration or an admin,
+    such as the ``/reformulate`` instruction). ``command`` is unique per owner
+    (one user's commands do not reveal, or collide with, another's private ones);
+    the deployment's commands are reserved for everyone.
+    """
+
+    class Kind(models.TextChoices):
+        SYSTEM = "system", "System prompt"
+        TEMPLATE = "template", "Message template"
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "private", "Private"
+        GROUPS = "groups", "Shared with groups"
+        EVERYONE = "everyone", "Everyone"
+
+    name = models.CharField(max_length=120)
+    command = models.CharField(
+        "slash command",
+        max_length=40,
+        validators=[RegexValidator(COMMAND_RE, "Lowercase letters, digits, - and _.")],
+        help_text="Typed after / in the chat's composer, without the slash.",
+    )
+    description = models.CharField(max_length=300, blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.TEMPLATE)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="prompts",
+        help_text="Empty: the deployment's own prompt.",
+    )
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="prompts", help_text="Shared with these groups."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name", "id")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["owner", "command"],
+                condition=Q(owner__isnull=False),
+                name="prompts_one_command_per_owner",
+            ),
+            models.UniqueConstraint(
+                fields=["command"],
+                condition=Q(owner__isnull=True),
+                name="prompts_one_command_of_the_deployment",
+            ),
+        ]
+        indexes: ClassVar = [models.Index(fields=["visibility", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} (/{self.command})"
+
+
+class PromptVersionQuerySet(models.QuerySet["PromptVersion"]):
+    def update(self, **kwargs: Any) -> int:
+        # The one change allowed: a deleted author's versions lose the link
+        # (the deletion collector nulls it with an update).
+        if set(kwargs) == {"author"} and kwargs["author"] is None:
+            return super().update(**kwargs)
+        raise ImmutableVersion("Prompt versions cannot be changed; create a new version.")
+
+
+class PromptVersion(models.Model):
+    """One immutable version of a prompt: its template and optional model parameters.
+
+    ``variables``: the names the template needs (``templating.template_check``),
+    stored when the version is made. ``model_name`` is a ``ModelConfig``'s name
+    (the conversations app, above this one: kept by name, which also travels in
+    an export); choosing the prompt as a conversation's system prompt switches
+    the conversation to it. ``temperature`` and ``max_output_tokens`` apply to a
+    conversation that does not set its own.
+    """
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    template = models.TextField()
+    variables = models.JSONField(default=list, blank=True)
+    model_name = models.CharField("model", max_length=100, blank=True)
+    temperature = models.DecimalField(
+        max_digits=3,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(2))],
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    change_note = models.CharField(max_length=300, blank=True)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PromptVersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("prompt", "-number")
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["prompt", "number"], name="prompts_version_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prompt.name} v{self.number}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ImmutableVersion("Prompt versions cannot be changed; create a new version.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableVersion("Prompt versions cannot be deleted (delete the prompt instead).")
+
+
+class PromptLabel(models.Model):
+    """A name that points at one version of its prompt; moved by ``prompt_label_move``."""
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="labels")
+    name = models.CharField(
+        max_length=40,
+        validators=[RegexValidator(LABEL_RE, "Lowercase letters, digits, -, _ and .")],
+    )
+    version = models.ForeignKey(PromptVersion, on_delete=models.CASCADE, related_name="labels")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("prompt", "name")
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["prompt", "name"], name="prompts_one_label_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} → v{self.version.number}"
+
+
+class PromptPreference(models.Model):
+    """A user's choices about prompts: the instruction their drafts are reformulated
+    with (``None``: the deployment's ``/reformulate``)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="prompt_preference"
+    )
+    reformulation_prompt = models.ForeignKey(
+        Prompt, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"Prompt preferences of {self.user}"
