@@ -211,7 +211,7 @@ def conversation_changed(*, conversation_id: int, conversation: Any = None) -> N
     def build() -> list[tuple[str, str]]:
         row = conversation or (
             Conversation.objects.filter(pk=conversation_id)
-            .only("pk", "owner_id", "title", "archived")
+            .only("pk", "owner_id", "title", "archived", "pinned", "updated_at")
             .first()
         )
         return [] if row is None else [_conversation_item(row)]

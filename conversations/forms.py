@@ -62,6 +62,12 @@ class ArchiveForm(forms.Form):
     archived = forms.ChoiceField(choices=[("1", "Archive"), ("0", "Unarchive")], required=False)
 
 
+class PinForm(forms.Form):
+    """``POST /c/<id>/pin``: ``pinned`` is 1 (pin, also when empty) or 0 (unpin)."""
+
+    pinned = forms.ChoiceField(choices=[("1", "Pin"), ("0", "Unpin")], required=False)
+
+
 class EarlierForm(forms.Form):
     """``GET /c/<id>/earlier?before=<message id>[&cut=<message id>]``."""
 

@@ -103,6 +103,7 @@ class Conversation(models.Model):
     temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     archived = models.BooleanField(default=False)
+    pinned = models.BooleanField(default=False, help_text="Listed first in its owner's sidebar.")
     current_run = models.ForeignKey(
         "Run",
         on_delete=models.SET_NULL,

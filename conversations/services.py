@@ -186,6 +186,16 @@ def conversation_archive(*, user, conversation_id: int, archived: bool = True) -
     return conversation
 
 
+def conversation_pin(*, user, conversation_id: int, pinned: bool = True) -> Conversation:
+    """Pin (listed first in the sidebar) or unpin a conversation. Raises ``NotFound``."""
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        conversation.pinned = pinned
+        conversation.save(update_fields=["pinned", "updated_at"])
+        events.conversation_changed(conversation_id=conversation.pk)
+    return conversation
+
+
 def conversation_delete(*, user, conversation_id: int) -> None:
     """Delete a conversation with its messages, runs and their tool calls."""
     with transaction.atomic():

@@ -20,6 +20,7 @@ from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.log import log_response
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, reswap
@@ -35,6 +36,7 @@ from conversations.forms import (
     EarlierForm,
     MessageForm,
     ModelPickForm,
+    PinForm,
     RenameForm,
 )
 from conversations.reformulation import ReformulationRefused, draft_reformulate
@@ -69,7 +71,9 @@ def _page(
         **extra,
     }
     if conversation is not None:
-        context["timeline"] = selectors.conversation_timeline(conversation=conversation)
+        context["timeline"] = selectors.conversation_timeline(
+            conversation=conversation, at=id_parse(request.GET.get("at", ""))
+        )
     return render(request, "conversations/chat.html", context, status=status)
 
 
@@ -232,7 +236,7 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
         )
     except services.ConversationError as error:
         return _refused(request, error, conversation_id=conversation_id, typed=typed)
-    return redirect("conversations:detail", conversation_id)
+    return _back(request, reverse("conversations:detail", args=[conversation_id]))
 
 
 @login_required
@@ -267,8 +271,8 @@ def conversation_archive(request: AuthenticatedHttpRequest, conversation_id: int
         return _refused(request, error, conversation_id=conversation_id)
     if archived:
         messages.success(request, "Conversation archived.")
-        return redirect("home")
-    return redirect("conversations:detail", conversation_id)
+        return _back(request, reverse("home"), leaving=conversation_id)
+    return _back(request, reverse("conversations:detail", args=[conversation_id]))
 
 
 @login_required
@@ -279,7 +283,59 @@ def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: int)
     except services.ConversationError as error:
         return _refused(request, error, conversation_id=conversation_id)
     messages.success(request, "Conversation deleted.")
-    return redirect("home")
+    return _back(request, reverse("home"), leaving=conversation_id)
+
+
+@login_required
+@require_POST
+def conversation_pin(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
+    """Pin (``pinned=1``) or unpin (``0``) a conversation: listed first in the sidebar."""
+    form = PinForm(request.POST)
+    if not form.is_valid():
+        return _refuse(request, form_message(form), conversation_id=conversation_id)
+    try:
+        services.conversation_pin(
+            user=request.user,
+            conversation_id=conversation_id,
+            pinned=form.cleaned_data["pinned"] != "0",
+        )
+    except services.ConversationError as error:
+        return _refused(request, error, conversation_id=conversation_id)
+    return _back(request, reverse("conversations:detail", args=[conversation_id]))
+
+
+@login_required
+@require_GET
+def conversation_search(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """``GET /c/search?q=``: the user's conversations whose title or messages match,
+    each opening at the message that matched (``selectors.conversation_search``). htmx
+    (the sidebar's search box) gets the results' list; a plain request, the page."""
+    query = request.GET.get("q", "")
+    if "\x00" in query:
+        return HttpResponseBadRequest("A search cannot hold a NUL character.")
+    hits = selectors.conversation_search(user=request.user, query=query)
+    context: dict[str, Any] = {"hits": hits, "query": query, "searched": bool(query.strip())}
+    if request.htmx:
+        return HttpResponse(render_partial("search-results", context))
+    return _page(request, **context)
+
+
+def _back(
+    request: AuthenticatedHttpRequest, default: str, *, leaving: int | None = None
+) -> HttpResponse:
+    """Where an action from the sidebar returns: the page it was taken on (``next``,
+    a path of this site), unless that is the conversation it took away
+    (``leaving``: archived from its own page, or deleted); else ``default``."""
+    target = request.POST.get("next", "")
+    safe = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    gone = leaving is not None and target.startswith(
+        reverse("conversations:detail", args=[leaving])
+    )
+    if request.htmx:
+        return HttpResponse(status=204)
+    return redirect(target if target.startswith("/") and safe and not gone else default)
 
 
 @login_required

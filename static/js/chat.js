@@ -125,7 +125,60 @@
     });
     var empty = document.getElementById("conversation-list-empty");
     if (empty) empty.hidden = !!list.querySelector(".conversation-item");
+    groupConversations(list);
   }
+  // Pinned ones first, then a heading before each group: Today, Yesterday,
+  // Previous 7 days, Older (by the day of the conversation's last change, UTC as
+  // the server dates it).
+  var DAY = 86400000;
+  function groupOf(item) {
+    if (item.getAttribute("data-pinned") === "1") return "Pinned";
+    var day = Date.parse((item.getAttribute("data-day") || "") + "T00:00:00Z");
+    if (isNaN(day)) return "Older";
+    var now = new Date();
+    var today = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
+    var age = Math.round((today - day) / DAY);
+    if (age <= 0) return "Today";
+    if (age === 1) return "Yesterday";
+    if (age <= 7) return "Previous 7 days";
+    return "Older";
+  }
+  function groupConversations(list) {
+    list.querySelectorAll(".group-head").forEach(function (head) { head.remove(); });
+    if (list.getAttribute("data-archived") === "1") return;
+    var items = Array.prototype.slice.call(list.querySelectorAll(".conversation-item"));
+    var pinned = items.filter(function (item) { return item.getAttribute("data-pinned") === "1"; });
+    var others = items.filter(function (item) { return pinned.indexOf(item) < 0; });
+    var anchor = others[0] || list.querySelector(".conversation-more");
+    pinned.forEach(function (item) { list.insertBefore(item, anchor); });  // in their order
+    var current = null;
+    list.querySelectorAll(".conversation-item").forEach(function (item) {
+      var group = groupOf(item);
+      if (group === current) return;
+      current = group;
+      var head = document.createElement("li");
+      head.className = "group-head";
+      head.setAttribute("role", "presentation");
+      head.textContent = group;
+      list.insertBefore(head, item);
+    });
+  }
+  // A sidebar action returns to this page; a pushed item's form gets the CSRF token.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.closest || !form.closest(".item-menu")) return;
+    var question = form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+      return;
+    }
+    var next = form.querySelector("input[name=next]");
+    if (next) next.value = window.location.pathname + window.location.search;
+    if (!form.querySelector("input[name=csrfmiddlewaretoken]")) {
+      var token = document.querySelector("input[name=csrfmiddlewaretoken]");
+      if (token) form.appendChild(token.cloneNode());
+    }
+  });
   // A tool call's step the reader opened stays open when a push redraws it.
   var openSteps = {};
   document.addEventListener("toggle", function (event) {
@@ -244,7 +297,16 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     decorateCode();
-    if (document.getElementById("messages")) window.scrollTo(0, document.body.scrollHeight);
+    tidyConversations();
+    // Opened at a message (a search's match): show it; else follow the end.
+    var found = window.location.hash && document.getElementById(window.location.hash.slice(1));
+    if (found && found.classList.contains("msg")) {
+      found.classList.add("found");
+      found.scrollIntoView({block: "center"});
+      follow = false;
+    } else if (document.getElementById("messages")) {
+      window.scrollTo(0, document.body.scrollHeight);
+    }
     document.querySelectorAll("textarea[data-max-chars]").forEach(updateCount);
   });
 })();
