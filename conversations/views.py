@@ -11,6 +11,7 @@ it is logged once, as a warning.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.conf import settings
@@ -22,11 +23,12 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.log import log_response
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, reswap
 
 from accounts.http import AuthenticatedHttpRequest
-from conversations import selectors, services
+from conversations import exports, selectors, services
 from conversations.events import error_fragment
 from conversations.events import render as render_partial
 from conversations.forms import (
@@ -318,6 +320,45 @@ def conversation_search(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.htmx:
         return HttpResponse(render_partial("search-results", context))
     return _page(request, **context)
+
+
+@login_required
+@require_GET
+def conversation_export(
+    request: AuthenticatedHttpRequest, conversation_id: int, kind: str
+) -> HttpResponse:
+    """``GET /c/<id>/export.md`` (the branch shown, to read) or ``export.json``
+    (everything, to keep or import: ``conversations.exports``), as a download."""
+    conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+    name = slugify(str(conversation))[:60] or f"conversation-{conversation.pk}"
+    if kind == "md":
+        body = exports.conversation_markdown(conversation=conversation)
+        response = HttpResponse(body, content_type="text/markdown; charset=utf-8")
+    else:
+        data = exports.conversation_export(conversation=conversation)
+        body = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+        response = HttpResponse(body, content_type="application/json; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}.{kind}"'
+    return response
+
+
+@login_required
+@require_POST
+def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """``POST /c/import`` with ``file``, a JSON export: a new conversation, opened."""
+    upload = request.FILES.get("file")
+    if upload is None:
+        return _refuse(request, "Choose a JSON export to import.")
+    try:
+        text = upload.read(exports.MAX_IMPORT_CHARS * 4 + 1).decode("utf-8")
+    except UnicodeDecodeError:
+        return _refuse(request, "This file cannot be imported: it is not UTF-8 text.")
+    try:
+        conversation = exports.conversation_import(user=request.user, text=text)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    messages.success(request, "Conversation imported.")
+    return redirect("conversations:detail", conversation.pk)
 
 
 def _back(
