@@ -12,6 +12,7 @@ from __future__ import annotations
 from django import forms
 from django.core.exceptions import ValidationError
 
+from conversations.models import UserPreferences
 from project.inbound import id_parse
 
 
@@ -121,3 +122,14 @@ class ConversationSettingsForm(forms.Form):
         if kind == "version":
             return "", id_parse(value)
         return (value if kind == "label" else ""), None
+
+
+class PreferencesForm(forms.Form):
+    """``POST /settings/``: the user's defaults (checked further by ``preferences_set``)."""
+
+    default_model = IdField(required=False, label="Default model")
+    default_system_prompt = forms.CharField(
+        required=False, strip=False, label="Default system prompt"
+    )
+    theme = forms.ChoiceField(choices=UserPreferences.Theme.choices, label="Theme")
+    send_key = forms.ChoiceField(choices=UserPreferences.SendKey.choices, label="Send with")

@@ -302,3 +302,39 @@ class Run(models.Model):
             self.lease_expires_at is not None and self.lease_expires_at <= timezone.now()
         )
         return lapsed or self.metadata.get("resumed_step") == self.step
+
+
+class UserPreferences(models.Model):
+    """One user's defaults for the chat and the look of every page (their settings page).
+
+    ``default_model`` and ``default_system_prompt`` start each new conversation (a
+    disabled model falls back to the site's default); ``theme`` is light, dark or
+    the system's; ``send_key``: Enter sends (Shift+Enter for a new line), or
+    Ctrl+Enter sends (Enter for a new line). No row: every default.
+    """
+
+    class Theme(models.TextChoices):
+        SYSTEM = "system", "Follow the system"
+        LIGHT = "light", "Light"
+        DARK = "dark", "Dark"
+
+    class SendKey(models.TextChoices):
+        ENTER = "enter", "Enter sends, Shift+Enter adds a line"
+        CTRL_ENTER = "ctrl_enter", "Ctrl+Enter sends, Enter adds a line"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_preferences"
+    )
+    default_model = models.ForeignKey(
+        ModelConfig, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    default_system_prompt = models.TextField(blank=True)
+    theme = models.CharField(max_length=10, choices=Theme.choices, default=Theme.SYSTEM)
+    send_key = models.CharField(max_length=12, choices=SendKey.choices, default=SendKey.ENTER)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "user preferences"
+
+    def __str__(self) -> str:
+        return f"Preferences of {self.user_id}"

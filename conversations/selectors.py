@@ -16,7 +16,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from conversations.branches import conversation_tree, shown_leaf
-from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from prompts.models import LATEST, Prompt, PromptVersion
 from prompts.selectors import system_prompts_for
 from tools.models import ToolInvocation
@@ -477,3 +477,11 @@ def _marked(text: str) -> SafeString:
     return mark_safe(  # noqa: S308 - escaped above; only the markers become tags
         html.replace(_MARK_START, "<mark>").replace(_MARK_STOP, "</mark>")
     )
+
+
+def preferences_get(*, user) -> UserPreferences:
+    """``user``'s preferences, or the defaults (an unsaved row) when they have set
+    none, or for an anonymous visitor; one query."""
+    if user is None or not user.is_authenticated:
+        return UserPreferences()
+    return UserPreferences.objects.filter(user=user).first() or UserPreferences(user=user)

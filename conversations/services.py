@@ -20,7 +20,7 @@ from django.db.models import QuerySet
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.branches import conversation_tree, shown_leaf
-from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule
 from conversations.toolphase import run_stop
@@ -122,11 +122,21 @@ def auto_title(content: str) -> str:
 def conversation_create(
     *, user, model_config_id: int | None = None, title: str = ""
 ) -> Conversation:
-    """Create an empty conversation for ``user`` with an enabled model (default if ``None``)."""
+    """Create an empty conversation for ``user`` with an enabled model: ``model_config_id``,
+    else the user's default model (their settings) while it is enabled, else the
+    site's default. The user's default system prompt, if any, is its own."""
+    preferences = UserPreferences.objects.filter(user=user).first()
+    if model_config_id is None and preferences is not None and preferences.default_model_id:
+        enabled = ModelConfig.objects.filter(pk=preferences.default_model_id, enabled=True)
+        model_config_id = preferences.default_model_id if enabled.exists() else None
     config = model_config_pick(model_config_id=model_config_id)
+    prompt = preferences.default_system_prompt if preferences is not None else ""
     with transaction.atomic():
         conversation = Conversation.objects.create(
-            owner=user, model_config=config, title=title.strip()[:200]
+            owner=user,
+            model_config=config,
+            title=title.strip()[:200],
+            system_prompt_text=prompt,
         )
         events.conversation_changed(conversation_id=conversation.pk)
     return conversation
@@ -704,3 +714,31 @@ def _library_prompt_set(
         return ""
     conversation.model_config = model
     return f"Switched to the model {model.name}, as {prompt.name} asks."
+
+
+def preferences_set(
+    *,
+    user,
+    default_model_id: int | None,
+    default_system_prompt: str,
+    theme: str,
+    send_key: str,
+) -> UserPreferences:
+    """Save ``user``'s settings: the model and system prompt new conversations start
+    with, the theme of every page, the key that sends. Raises ``ModelUnavailable``
+    for a model that is not enabled, ``ConversationError`` for a value out of range."""
+    if default_model_id is not None:
+        model_config_pick(model_config_id=default_model_id)
+    if theme not in UserPreferences.Theme.values or send_key not in UserPreferences.SendKey.values:
+        raise ConversationError("Pick a theme and a send key from the lists.")
+    prompt = (default_system_prompt or "").replace("\r\n", "\n").strip()
+    if len(prompt) > settings.TOLLGATE_PROMPT_MAX_CHARS:
+        raise ConversationError("The default system prompt is too long.")
+    with transaction.atomic():
+        preferences, _ = UserPreferences.objects.select_for_update().get_or_create(user=user)
+        preferences.default_model_id = default_model_id
+        preferences.default_system_prompt = prompt
+        preferences.theme = theme
+        preferences.send_key = send_key
+        preferences.save()
+    return preferences

@@ -10,6 +10,7 @@ app_name = "conversations"
 
 urlpatterns = [
     path("c/new", views.conversation_create, name="create"),
+    path("settings/", views.preferences, name="preferences"),
     path("c/more", views.conversation_list_more, name="list-more"),
     path("c/<int:conversation_id>/", views.conversation_detail, name="detail"),
     path("c/<int:conversation_id>/earlier", views.conversation_earlier, name="earlier"),

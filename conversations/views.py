@@ -39,8 +39,10 @@ from conversations.forms import (
     MessageForm,
     ModelPickForm,
     PinForm,
+    PreferencesForm,
     RenameForm,
 )
+from conversations.models import UserPreferences
 from conversations.reformulation import ReformulationRefused, draft_reformulate
 from project.inbound import form_message, id_parse
 from prompts.diffs import diff_table
@@ -359,6 +361,50 @@ def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _refused(request, error)
     messages.success(request, "Conversation imported.")
     return redirect("conversations:detail", conversation.pk)
+
+
+@login_required
+def preferences(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """``/settings/``: the user's defaults (model, system prompt), theme and send key,
+    and links to their account (password, email addresses)."""
+    current = selectors.preferences_get(user=request.user)
+    error, status = "", 200
+    if request.method == "POST":
+        form = PreferencesForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                services.preferences_set(
+                    user=request.user,
+                    default_model_id=data["default_model"],
+                    default_system_prompt=data["default_system_prompt"],
+                    theme=data["theme"],
+                    send_key=data["send_key"],
+                )
+            except services.ConversationError as refused:
+                error, status = str(refused), 400
+            else:
+                messages.success(request, "Settings saved.")
+                return redirect("conversations:preferences")
+        else:
+            error, status = form_message(form), 400
+    else:
+        form = PreferencesForm(
+            initial={
+                "default_model": current.default_model_id,
+                "default_system_prompt": current.default_system_prompt,
+                "theme": current.theme,
+                "send_key": current.send_key,
+            }
+        )
+    context = {
+        "form": form,
+        "error": error,
+        "model_configs": selectors.model_configs_enabled(),
+        "themes": UserPreferences.Theme.choices,
+        "send_keys": UserPreferences.SendKey.choices,
+    }
+    return render(request, "conversations/preferences.html", context, status=status)
 
 
 def _back(

@@ -5,10 +5,15 @@
 // follows the stream while the reader is at the bottom.
 (function () {
   "use strict";
+  // The user's setting (body data-send-key): Enter sends and Shift+Enter adds a
+  // line, or Ctrl+Enter (Cmd+Enter) sends and Enter adds a line.
   document.addEventListener("keydown", function (event) {
     var box = event.target;
     if (!box.matches || !box.matches("textarea[data-enter-sends]")) return;
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (event.key !== "Enter" || event.isComposing) return;
+    var ctrl = document.body.getAttribute("data-send-key") === "ctrl_enter";
+    var sends = ctrl ? (event.ctrlKey || event.metaKey) : !event.shiftKey;
+    if (sends) {
       event.preventDefault();
       if (box.value.trim()) box.form.requestSubmit();
     }
