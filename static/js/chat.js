@@ -236,6 +236,28 @@
     }
   }
 
+  // -- the sidebar as a drawer (a phone) -----------------------------------------------
+  function drawer(open) {
+    var chat = document.querySelector(".chat");
+    if (!chat) return;
+    chat.classList.toggle("drawer-open", open);
+    document.querySelectorAll("[data-drawer-toggle]").forEach(function (b) {
+      b.setAttribute("aria-expanded", String(open));
+    });
+  }
+  document.addEventListener("click", function (event) {
+    if (!event.target.closest) return;
+    if (event.target.closest("[data-drawer-toggle]")) {
+      drawer(!document.querySelector(".chat.drawer-open"));
+    } else if (event.target.closest("[data-drawer-close]") ||
+               event.target.closest(".chat.drawer-open .sidebar a")) {
+      drawer(false);
+    }
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && document.querySelector(".chat.drawer-open")) drawer(false);
+  });
+
   // -- edit and resend ---------------------------------------------------------------
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-edit]");

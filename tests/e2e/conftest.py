@@ -219,7 +219,8 @@ CONVERSATION_URL = re.compile(r"/c/(\d+)/$")
 
 def chat_new(page: Page) -> int:
     """Open a new, empty conversation with the default (demo) model; returns its id."""
-    page.goto("/")
+    if not page.url.endswith("/") or "/c/" in page.url:
+        page.goto("/")
     page.click("form.new-chat button[type=submit]")
     page.wait_for_url(CONVERSATION_URL)
     expect(page.locator("#composer textarea[name=content]")).to_be_editable()
