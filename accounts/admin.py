@@ -25,7 +25,11 @@ from django.utils.html import format_html
 from accounts.models import Budget, BudgetReservation, BudgetWarning, RateLimit, UsageRecord, User
 from accounts.selectors import budget_tightest_cost_for_users
 from accounts.services.budgets import format_usd
+from audit.adminlog import AuditedAdmin, AuditedInlines
 from project.admin import ReadOnlyAdminMixin
+
+#: Budgets and rate limits edited inline on a user or group: audited as on their own pages.
+INLINE_AUDIT = {Budget: "budget", RateLimit: "rate_limit"}
 
 
 class UserCreateForm(UserCreationForm):
@@ -105,7 +109,7 @@ def spend_bar(status) -> str:
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(AuditedInlines, DjangoUserAdmin):
     form = UserEditForm
     add_form = UserCreateForm
     ordering = ("email",)
@@ -131,6 +135,7 @@ class UserAdmin(DjangoUserAdmin):
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
     inlines = (UserBudgetInline, UserRateLimitInline)
+    inline_audit_names = INLINE_AUDIT
 
     def get_changelist(self, request: HttpRequest, **kwargs):
         return SpendChangeList
@@ -148,13 +153,17 @@ admin.site.unregister(Group)
 
 
 @admin.register(Group)
-class GroupAdmin(DjangoGroupAdmin):
+class GroupAdmin(AuditedInlines, DjangoGroupAdmin):
     inlines = (GroupBudgetInline, GroupRateLimitInline)
+    inline_audit_names = INLINE_AUDIT
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
-    """All budgets, including the defaults (no user, no group) that apply to everyone."""
+class BudgetAdmin(AuditedAdmin, admin.ModelAdmin):
+    """All budgets, including the defaults (no user, no group) that apply to everyone.
+    Every change is audited (``budget.changed``)."""
+
+    audit_name = "budget"
 
     list_display = (
         "id",
@@ -177,7 +186,8 @@ class BudgetAdmin(admin.ModelAdmin):
 
 
 @admin.register(RateLimit)
-class RateLimitAdmin(admin.ModelAdmin):
+class RateLimitAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_name = "rate_limit"
     list_display = ("id", "__str__", "requests_per_minute", "tokens_per_minute", "enabled")
     list_filter = ("enabled",)
     list_select_related = ("user", "group")

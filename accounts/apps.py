@@ -7,4 +7,5 @@ class AccountsConfig(AppConfig):
     """Users, groups, budgets, the usage ledger and rate limits."""
 
     name = "accounts"
+    verbose_name = "Users, budgets and usage"
     default_auto_field = "django.db.models.BigAutoField"

@@ -79,7 +79,19 @@ def _default_expiry() -> int:
     return int(getattr(settings, "TOLLGATE_APPROVAL_EXPIRY_SECONDS", 1800))
 
 
+#: Longest rule description an explanation quotes (it is stored in 500 characters).
+EXPLAIN_DESCRIPTION_CHARS = 400
+
+
 def _explain(policy: ApprovalPolicy) -> str:
+    """Why the rule decided, for the user and the model: the rule's description,
+    as its admin wrote it (whitespace collapsed), or, when it has none, the rule
+    itself ("rule #2, everyone, tool code.*"). Audit events name the rule by id."""
+    description = " ".join(policy.description.split())
+    if description:
+        if len(description) > EXPLAIN_DESCRIPTION_CHARS:
+            description = description[: EXPLAIN_DESCRIPTION_CHARS - 1].rstrip() + "…"
+        return f"{_VERB[policy.action]} because: {description}"
     subject = {
         "conversation": f"user {policy.user} in this conversation",
         "user": f"user {policy.user}",

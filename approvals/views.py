@@ -12,7 +12,6 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.http import AuthenticatedHttpRequest
-from approvals.events import approval_badge_html
 from approvals.forms import ApprovalFilterForm, DecisionForm
 from approvals.models import ApprovalRequest
 from approvals.selectors import (
@@ -88,6 +87,8 @@ def approval_list(request: AuthenticatedHttpRequest) -> HttpResponse:
             "selected_status": status or "",
             "selected_tool": tool or "",
             "filter_error": filter_error,
+            # Where new requests may arrive live (they are pending, of any tool).
+            "live": page.number == 1 and status in (None, "pending") and tool is None,
         },
         status=400 if filter_error else 200,
     )
@@ -121,11 +122,11 @@ def _card_response(
         "preview_errors": preview_errors,
     }
     if request.htmx:
-        response = render(request, "approvals/panel.html#approval-card", context, status=status)
-        if request.method == "POST":
-            # The page's badge count changes with the decision: swap it out of band.
-            response.write(approval_badge_html(user=request.user, oob=True))
-        return response
+        # The card only. The badge's new count reaches every page of the decider by
+        # the decision's push (approvals.events: the decider is always a recipient);
+        # out of band here it was lost whenever that push had already replaced the
+        # card, whose page htmx then looked in (htmx:oobErrorNoTarget).
+        return render(request, "approvals/panel.html#approval-card", context, status=status)
     context["single"] = True
     return render(request, "approvals/panel.html", context, status=status)
 

@@ -5,10 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    SolarSchedule,
+)
 
+from audit.adminlog import AuditedAdmin
 from conversations.gateway import price_source
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.services import conversation_rows_delete
@@ -73,7 +82,10 @@ class ModelConfigForm(forms.ModelForm):
 
 
 @admin.register(ModelConfig)
-class ModelConfigAdmin(admin.ModelAdmin):
+class ModelConfigAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Every change is audited (``model_config.changed``)."""
+
+    audit_name = "model_config"
     form = ModelConfigForm
     list_display = (
         "name", "litellm_model", "enabled", "is_default", "context_window",
@@ -176,3 +188,11 @@ class RunAdmin(ReadOnlyAdmin):
     search_fields = ("conversation__owner__email", "error")
     list_select_related = ("conversation",)
     raw_id_fields = ("conversation", "user_message")
+
+
+# Celery beat's schedules mean nothing where beat does not run (the embedded mode
+# runs its periodic work in-process): they are not shown there.
+if settings.TOLLGATE_DISPATCHER != "celery":
+    for model in (PeriodicTask, IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule):
+        if admin.site.is_registered(model):
+            admin.site.unregister(model)

@@ -12,8 +12,11 @@ gives its hold back with ``accounts.services.llm_call_abort``.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
+
+from django.utils import timezone
 
 from accounts.errors import BudgetExceeded, RateLimited
 from accounts.selectors import budget_requires_prices
@@ -48,6 +51,7 @@ def call_admit(
     target_type: str,
     target_id: int,
     fallbacks: list[ModelConfig] | None = None,
+    retry: dict[str, Any] | None = None,
 ) -> tuple[Admission | None, str]:
     """Rate limits and the budget hold before a call of ``config``'s model that
     reads ``prompt_tokens`` and may answer ``max_tokens`` (tokens).
@@ -59,7 +63,11 @@ def call_admit(
     (a budget, a rate limit, a model with no known prices, or priced $0 by
     litellm's list, while a dollar budget limits the user: ``unpriced_message``)
     is audited as ``budget.refused`` on ``target_type`` / ``target_id``; no model
-    call may be made after it.
+    call may be made after it. ``retry``, when given, is filled on a refusal with
+    when the same call may be admitted: ``retry_not_before`` (ISO time: the
+    budget's period ends, the rate limit's window passes) or ``retry_never`` (a
+    total budget); nothing for a model without prices, which an administrator may
+    price any time (``Run.retry_blocked``).
     """
     fallbacks = fallbacks if fallbacks is not None else []
     estimate = worst_case_cost(config=config, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
@@ -92,12 +100,19 @@ def call_admit(
             return admission, ""
         except BudgetExceeded as exc:
             refusal = {"reason": "budget", "message": exc.message, "budget_id": exc.budget_id}
+            if retry is not None and exc.resets_at is not None:
+                retry["retry_not_before"] = exc.resets_at.isoformat()
+            elif retry is not None:
+                retry["retry_never"] = True
         except RateLimited as exc:
             refusal = {
                 "reason": "rate_limit",
                 "message": exc.message,
                 "retry_after_seconds": exc.retry_after_seconds,
             }
+            if retry is not None:
+                until = timezone.now() + timedelta(seconds=exc.retry_after_seconds)
+                retry["retry_not_before"] = until.isoformat()
     audit_record(
         action="budget.refused",
         actor=user,

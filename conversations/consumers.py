@@ -11,8 +11,9 @@ empty when the request was carried out, else with a message for people.
 ``frame_parse`` checks a frame's length before parsing it, parses it strictly
 (``project.inbound.json_parse``: bounded nesting, no NaN) and validates it with
 the pydantic model of its ``type`` (``INBOUND``). A refused frame is logged
-once, as a warning, changes nothing and leaves the socket open; a refused
-``message.send`` also puts the typed text back into the composer. A request
+once, as a warning, changes nothing and leaves the socket open. The answer to a
+``message.send`` says whether it was taken (``data-composer``: the page clears
+the composer only then) or refused (the text stays in the composer). A request
 the services refuse for the state it finds (a reply already stopped, an
 approval already decided) is answered the same way, with the service's message.
 """
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from approvals.services import ApprovalError, approval_decide_from_payload
 from conversations import services
 from conversations.dispatch import recovery_timer_ensure
-from conversations.events import composer_text_fragment, error_fragment
+from conversations.events import error_fragment
 from conversations.models import Conversation
 from conversations.runs import RunStateError
 from project.dbthreads import db_async, db_concurrent
@@ -246,8 +247,9 @@ class PageConsumer(AsyncWebsocketConsumer):
         except DjangoValidationError as error:
             await self._refuse("Invalid request: " + _validation_message(error), frame.type)
             return
-        # Success clears a previous error box.
-        await self.send(text_data=error_fragment(""))
+        # Success clears a previous error box (and, for a message, the composer).
+        sent = "sent" if isinstance(frame, MessageSendFrame) else ""
+        await self.send(text_data=error_fragment("", composer=sent))
 
     async def _refuse(self, message: str, detail: str, *, data: Any = None) -> None:
         """Answer a frame that is not a valid request, and log it once (a warning)."""
@@ -255,15 +257,12 @@ class PageConsumer(AsyncWebsocketConsumer):
         await self._answer(message, data)
 
     async def _answer(self, message: str, data: Any) -> None:
-        """The error box with ``message``; for a ``message.send``, the typed text too."""
+        """The error box with ``message``; for a ``message.send``, marked refused (the
+        page keeps the typed text in the composer)."""
         if len(message) > MAX_ERROR_CHARS:
             message = message[: MAX_ERROR_CHARS - 1] + "…"
-        html = error_fragment(message)
-        if isinstance(data, dict) and data.get("type") == "message.send":
-            content = data.get("content")
-            if isinstance(content, str) and content.strip():
-                html += composer_text_fragment(content)
-        await self.send(text_data=html)
+        sending = isinstance(data, dict) and data.get("type") == "message.send"
+        await self.send(text_data=error_fragment(message, composer="refused" if sending else ""))
 
     async def html_push(self, event: dict[str, Any]) -> None:
         """Forward server-rendered HTML (from ``<app>/events.py``) to the browser."""

@@ -19,11 +19,16 @@ from conversations.gateway import GatewayError
 
 @dataclass
 class FitResult:
-    """``messages`` to send, how many were ``dropped``, and the ``prompt_tokens`` estimate."""
+    """``messages`` to send, how many were ``dropped``, and the ``prompt_tokens`` estimate.
+
+    ``kept_from``: the index, in the messages given, of the first message after the
+    leading system ones that is sent (where the dropped ones stop).
+    """
 
     messages: list[dict[str, Any]]
     dropped: int
     prompt_tokens: int
+    kept_from: int = 0
 
 
 def _groups(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -108,4 +113,6 @@ def context_fit(
             "window. Shorten it or pick a model with a larger context.",
         )
     kept = [m for group in groups[first:] for m in group]
-    return FitResult(messages=head + kept, dropped=dropped, prompt_tokens=total)
+    return FitResult(
+        messages=head + kept, dropped=dropped, prompt_tokens=total, kept_from=head_len + dropped
+    )

@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import logging
 import threading
+import time
 from typing import Any
 
 from asgiref.sync import SyncToAsync, async_to_sync, sync_to_async
@@ -102,7 +103,7 @@ async def gateway_ready() -> None:
     before a model call made outside a run step: the web process's reformulation
     of a draft. The import (seconds) then never runs on the event loop, nor in
     the one thread its database calls share, and never twice at once."""
-    _gateway_preload()
+    gateway_warm()
     await _preloaded()
 
 
@@ -132,7 +133,7 @@ def recovery_timer_ensure() -> None:
     if settings.TOLLGATE_DISPATCHER == "celery":
         _broker_warm()
         return
-    _gateway_preload()
+    gateway_warm()
     loop = asyncio.get_running_loop()
     for name, make in (
         ("runs-recover-stale", _recovery_loop),
@@ -175,14 +176,29 @@ def broker_warm() -> None:
         logger.warning("could not connect to the Celery broker in advance", exc_info=True)
 
 
-def _gateway_preload() -> None:
-    """Import litellm (seconds) in a background thread once, when the first page
-    connects, so the first run step does not pay for it while holding the
-    thread that every database call of the embedded web process shares."""
+def gateway_warm() -> None:
+    """Import litellm and what a first model call needs (``gateway_preload``,
+    seconds) in a background thread, once per process, and log when it is done.
+
+    The embedded web process calls it at start-up (``project.asgi``), so the
+    first reply does not wait for it, nor hold the thread that every database
+    call of that process shares; the first page's socket calls it too, for a
+    process started otherwise. Run steps wait for the thread (``_preloaded``).
+    """
     global _preloading
     if _preloading is None:
-        _preloading = threading.Thread(target=gateway_preload, name="litellm-preload", daemon=True)
+        _preloading = threading.Thread(target=_warm, name="litellm-preload", daemon=True)
         _preloading.start()
+
+
+def _warm() -> None:
+    started = time.monotonic()
+    try:
+        gateway_preload()
+    except Exception:
+        logger.exception("the model gateway could not be warmed up; the first reply will")
+        return
+    logger.info("model gateway warmed up in %.1f s", time.monotonic() - started)
 
 
 async def _mcp_check_loop() -> None:

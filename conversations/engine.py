@@ -31,10 +31,12 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from accounts.services import Admission, budget_release_approved, llm_call_abort
 from audit.services import audit_deferred, audit_record
 from conversations import events
+from conversations.branches import conversation_tree, shown_leaf
 from conversations.charging import call_admit, call_settle
 from conversations.context import FitResult, context_fit
 from conversations.gateway import (
@@ -119,9 +121,23 @@ class HistoryRow(NamedTuple):
 HISTORY_STATUSES = (Message.Status.COMPLETE.value, Message.Status.STOPPED.value)
 
 
-def history_messages(*, conversation: Conversation, system_prompt: str | None = None) -> list[dict]:
-    """The conversation as OpenAI-format messages, ``system_prompt`` first (the
-    run's, ``prompting.run_call``; ``TOLLGATE_SYSTEM_PROMPT`` when ``None``).
+def history_messages(
+    *, conversation: Conversation, system_prompt: str | None = None, run: Run | None = None
+) -> list[dict]:
+    """The conversation as OpenAI-format messages, system prompt first
+    (``history_with_ids`` without the ids)."""
+    return history_with_ids(conversation=conversation, system_prompt=system_prompt, run=run)[0]
+
+
+def history_with_ids(
+    *, conversation: Conversation, system_prompt: str | None = None, run: Run | None = None
+) -> tuple[list[dict], list[int | None]]:
+    """The branch of the conversation that ends at ``run`` (default: the branch
+    shown, ``branches.shown_leaf``) as OpenAI-format messages, ``system_prompt``
+    first (the run's, ``prompting.run_call``; ``TOLLGATE_SYSTEM_PROMPT`` when
+    ``None``), and the id of the stored message each one is (``None`` for the
+    system prompt). Alternatives on other branches (regenerated answers, edited
+    messages) are left out.
 
     Failed and still-streaming messages are left out; an assistant message's
     ``tool_calls`` are kept only when every call has its tool result, and a
@@ -129,15 +145,26 @@ def history_messages(*, conversation: Conversation, system_prompt: str | None = 
     Stored system messages are left out too (Tollgate writes none: the
     conversation's settings are the one source of the system prompt).
     """
+    tree = conversation_tree(conversation_id=conversation.pk)
+    path = tree.path(run.pk if run is not None else shown_leaf(conversation, tree))
+    on_branch = (
+        Q(run_id__in=path)
+        | Q(pk__in=[tree.message[r] for r in path])
+        # Messages no run answers or belongs to: on every branch (see branches).
+        | Q(run__isnull=True, answering_runs__isnull=True)
+    )
     rows = [
         HistoryRow(*values)
         for values in Message.objects.filter(conversation=conversation, status__in=HISTORY_STATUSES)
+        .filter(on_branch)
+        .distinct()
         .order_by("id")
         .values_list(*HistoryRow._fields)
     ]
     answered = {m.tool_call_id for m in rows if m.role == Message.Role.TOOL}
     prompt = settings.TOLLGATE_SYSTEM_PROMPT if system_prompt is None else system_prompt
     out: list[dict] = [{"role": "system", "content": prompt}]
+    message_ids: list[int | None] = [None]
     open_calls: set[str | None] = set()
     for m in rows:
         if m.role == Message.Role.SYSTEM:
@@ -145,6 +172,7 @@ def history_messages(*, conversation: Conversation, system_prompt: str | None = 
         if m.role == Message.Role.TOOL:
             if m.tool_call_id in open_calls:
                 out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+                message_ids.append(m.id)
             continue
         item: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.role == Message.Role.ASSISTANT and m.tool_calls:
@@ -160,7 +188,8 @@ def history_messages(*, conversation: Conversation, system_prompt: str | None = 
         if item["role"] == Message.Role.ASSISTANT and not item.get("tool_calls") and not m.content:
             continue
         out.append(item)
-    return out
+        message_ids.append(m.id)
+    return out, message_ids
 
 
 # -- step begin: one transaction ------------------------------------------------------
@@ -177,6 +206,8 @@ class _CallStart:
     admission: Admission
     message: Message
     fallbacks: list[ModelConfig]
+    #: The first stored message sent when older ones were left out (``None`` if none were).
+    context_cut: int | None = None
 
 
 @dataclass
@@ -236,9 +267,12 @@ def _step_message(run: Run, call: RunCall, *, resumed: bool) -> Message:
     return message
 
 
-def _fail_locked(run: Run, error: str, *, kind: str) -> None:
-    """Fail locked ``run`` with ``error`` (shown to the user); ``kind`` names the cause."""
-    metadata = {**run.metadata, "error_kind": kind}
+def _fail_locked(
+    run: Run, error: str, *, kind: str, metadata: dict[str, Any] | None = None
+) -> None:
+    """Fail locked ``run`` with ``error`` (shown to the user); ``kind`` names the cause;
+    ``metadata`` is added to the run's."""
+    metadata = {**run.metadata, **(metadata or {}), "error_kind": kind}
     run_transition(run=run, to=S.FAILED, error=error, metadata=metadata, data={"kind": kind})
 
 
@@ -259,7 +293,9 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     elif blocked := guard_user_input(run=run):  # before the history: the model reads the result
         _fail_locked(run, blocked, kind="guardrail")
         return None
-    history = history_messages(conversation=run.conversation, system_prompt=call.system_prompt)
+    history, history_ids = history_with_ids(
+        conversation=run.conversation, system_prompt=call.system_prompt, run=run
+    )
     tools = tools_offered(run=run)
     try:
         fit = context_fit(
@@ -275,6 +311,7 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     if fit.dropped:
         logger.info("run %s step %s: dropped %d old messages", run.pk, run.step, fit.dropped)
     fallbacks = _fallbacks(config)
+    retry: dict[str, Any] = {}  # when a Retry may succeed, if refused (Run.retry_blocked)
     admission, refusal = call_admit(
         user=run.conversation.owner,
         config=config,
@@ -284,11 +321,13 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         target_type="run",
         target_id=run.pk,
         fallbacks=fallbacks,
+        retry=retry,
     )
     if admission is None:
-        _fail_locked(run, refusal, kind="budget")
+        _fail_locked(run, refusal, kind="budget", metadata=retry)
         return None
     message = _step_message(run, call, resumed=resumed)
+    cut = history_ids[fit.kept_from] if fit.dropped and fit.kept_from < len(history_ids) else None
     return _CallStart(
         run=run,
         call=call,
@@ -297,6 +336,7 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         admission=admission,
         message=message,
         fallbacks=fallbacks,
+        context_cut=cut,
     )
 
 
@@ -426,7 +466,12 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         str(run.step): {"dropped_messages": dropped},
     }
     if dropped:
-        metadata["context_dropped_messages"] = metadata.get("context_dropped_messages", 0) + dropped
+        # The most left out of one call (each call sends the whole history again), and
+        # where the latest call's history began: the chat marks it (issue 22, defect 9).
+        metadata["context_dropped_messages"] = max(
+            metadata.get("context_dropped_messages", 0), dropped
+        )
+        metadata["context_cut_message_id"] = start.context_cut
     charged = result.charged
     model = result.model or message.model or start.call.config.litellm_model
     with transaction.atomic(), audit_deferred():
@@ -477,6 +522,9 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
         for name, value in fields.items():
             setattr(message, name, value)
         events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
+        events.context_cut_moved(
+            conversation_id=run.conversation_id, run_id=run.pk, message_id=start.context_cut
+        )
         if result.tool_calls and run.cancel_requested:
             run_stop(run=run, metadata=metadata)
         elif result.tool_calls:

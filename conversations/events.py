@@ -84,6 +84,7 @@ def run_appended(*, run_id: int, with_user_message: bool, new: Any = None) -> No
             run = selectors.run_for_push(run_id=run_id)
         html = ""
         if with_user_message:
+            run.user_message.editable = True  # a run answers it: it may be edited and resent
             html += render("message", {"m": run.user_message})
         html += render("run", {"run": run})
         return [
@@ -110,8 +111,10 @@ def message_appended(*, message_id: int, run_id: int | None = None, message: Any
 
     def build() -> list[tuple[str, str]]:
         m = message if message is not None else Message.objects.get(pk=message_id)
+        if m.role == Message.Role.TOOL and m.run_id:
+            return []  # drawn inside its tool call's step (run_tools_changed)
         target = f"#run-{m.run_id}-messages" if m.run_id else "#messages"
-        html = render("message", {"m": m})
+        html = render("turn", {"m": m})
         return [
             (
                 conversation_group(m.conversation_id),
@@ -138,7 +141,8 @@ def message_replaced(*, message_id: int, run_id: int | None = None, message: Any
 
 
 def run_tools_changed(*, run_id: int) -> None:
-    """On commit: re-render a run's tool calls (status, gate reason, approval cards).
+    """On commit: re-render a run's tool calls (status, gate reason, arguments,
+    output, approval cards), each message's under it (``#tool-steps-<message id>``).
 
     Rendered for the conversation's owner (the only member of its group), so
     the cards show the buttons they may use.
@@ -146,14 +150,35 @@ def run_tools_changed(*, run_id: int) -> None:
 
     def build() -> list[tuple[str, str]]:
         run = selectors.run_for_push(run_id=run_id)
-        return [
-            (
-                conversation_group(run.conversation_id),
-                render("run-tools", {"run": run, "user": run.conversation.owner, "oob": True}),
-            )
-        ]
+        context = {"run": run, "user": run.conversation.owner, "oob": True}
+        html = "\n".join(
+            render("tool-steps", {**context, "m": m}) for m in run.timeline_messages if m.steps
+        )
+        return [(conversation_group(run.conversation_id), html)]
 
     send_event_on_commit(build, lane=run_lane(run_id))
+
+
+def timeline_redraw(*, conversation_id: int) -> None:
+    """On commit: have every page of the conversation draw its messages again from
+    the server (``static/js/chat.js``): the branch shown changed (an answer
+    regenerated, a message edited, another version picked), which appending to the
+    page cannot show."""
+    html = f'<div id="timeline-redraw" hx-swap-oob="true" data-at="{time.time_ns()}" hidden></div>'
+    frame = [(conversation_group(conversation_id), html)]
+    send_event_on_commit(lambda: frame, lane=f"conversation.{conversation_id}", in_hand=True)
+
+
+def context_cut_moved(*, conversation_id: int, run_id: int, message_id: int | None) -> None:
+    """On commit: move the chat's "no longer sent" marker (``#context-cut``) to just
+    before message ``message_id``, the first one the latest model call was sent
+    (``None``: every message was sent, so the marker goes)."""
+    html = '<div id="context-cut" hx-swap-oob="delete"></div>'
+    if message_id is not None:
+        marker = render("context-cut", {})
+        html += f'\n<div hx-swap-oob="beforebegin:#message-{message_id}">{marker}</div>'
+    frame = [(conversation_group(conversation_id), html)]
+    send_event_on_commit(lambda: frame, lane=run_lane(run_id), in_hand=True)
 
 
 def run_status_changed(*, run_id: int, run: Any = None) -> None:
@@ -186,7 +211,7 @@ def conversation_changed(*, conversation_id: int, conversation: Any = None) -> N
     def build() -> list[tuple[str, str]]:
         row = conversation or (
             Conversation.objects.filter(pk=conversation_id)
-            .only("pk", "owner_id", "title", "archived")
+            .only("pk", "owner_id", "title", "archived", "pinned", "updated_at")
             .first()
         )
         return [] if row is None else [_conversation_item(row)]
@@ -214,19 +239,16 @@ def _conversation_item(conversation: Any, *, deleted: bool = False) -> tuple[str
     )
 
 
-def error_fragment(text: str) -> str:
-    """The inline error box (``#chat-errors``) carrying ``text``, as an OOB fragment."""
-    return render("chat-errors", {"error": text, "oob": True})
+def error_fragment(text: str, *, composer: str = "") -> str:
+    """The error box (``#chat-errors``, next to the composer) carrying ``text``, as an
+    OOB fragment.
 
-
-def composer_text_fragment(text: str) -> str:
-    """The composer's text put back (an OOB fragment), after its message was refused.
-
-    The page clears the composer once a message went out (``static/js/chat.js``);
-    this makes ``text`` the composer's text again. NUL characters, which HTML
-    cannot carry (the refusal said why), become U+FFFD as a browser shows them.
+    ``composer``: for the answer to a message sent over the socket, ``"sent"`` (the
+    page then clears the composer, ``static/js/chat.js``) or ``"refused"`` (the text
+    stays in it, next to the error). The page never clears the composer before
+    that answer, so nothing typed is lost to a refusal.
     """
-    return render("composer-text", {"content": text.replace("\x00", "\ufffd")})
+    return render("chat-errors", {"error": text, "oob": True, "composer": composer})
 
 
 # -- streaming -------------------------------------------------------------------

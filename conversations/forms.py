@@ -12,6 +12,7 @@ from __future__ import annotations
 from django import forms
 from django.core.exceptions import ValidationError
 
+from conversations.models import UserPreferences
 from project.inbound import id_parse
 
 
@@ -62,12 +63,20 @@ class ArchiveForm(forms.Form):
     archived = forms.ChoiceField(choices=[("1", "Archive"), ("0", "Unarchive")], required=False)
 
 
+class PinForm(forms.Form):
+    """``POST /c/<id>/pin``: ``pinned`` is 1 (pin, also when empty) or 0 (unpin)."""
+
+    pinned = forms.ChoiceField(choices=[("1", "Pin"), ("0", "Unpin")], required=False)
+
+
 class EarlierForm(forms.Form):
-    """``GET /c/<id>/earlier?before=<message id>``."""
+    """``GET /c/<id>/earlier?before=<message id>[&cut=<message id>]``."""
 
     before = IdField(
         error_messages=dict.fromkeys(("required", "invalid"), "'before' must be a message id.")
     )
+    #: Where the history sent to the model begins (``selectors.Timeline.context_cut``).
+    cut = IdField(required=False, error_messages={"invalid": "'cut' must be a message id."})
 
 
 class ConversationSettingsForm(forms.Form):
@@ -113,3 +122,14 @@ class ConversationSettingsForm(forms.Form):
         if kind == "version":
             return "", id_parse(value)
         return (value if kind == "label" else ""), None
+
+
+class PreferencesForm(forms.Form):
+    """``POST /settings/``: the user's defaults (checked further by ``preferences_set``)."""
+
+    default_model = IdField(required=False, label="Default model")
+    default_system_prompt = forms.CharField(
+        required=False, strip=False, label="Default system prompt"
+    )
+    theme = forms.ChoiceField(choices=UserPreferences.Theme.choices, label="Theme")
+    send_key = forms.ChoiceField(choices=UserPreferences.SendKey.choices, label="Send with")

@@ -7,7 +7,8 @@ agent loop").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -133,6 +134,15 @@ class Conversation(models.Model):
     temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     archived = models.BooleanField(default=False)
+    pinned = models.BooleanField(default=False, help_text="Listed first in its owner's sidebar.")
+    current_run = models.ForeignKey(
+        "Run",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The last run of the branch shown, and continued by the next message.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -187,6 +197,14 @@ class Message(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not fields: set on messages loaded for display and read by the templates:
+    # ``steps``, the tool calls this assistant message made (``selectors.run_steps_attach``);
+    # for a user message, ``switch``, its place among the versions sent at its place,
+    # and ``editable`` (``selectors.conversation_timeline``).
+    steps: list[ToolInvocation]
+    switch: Any  # conversations.branches.Switch (which imports this module)
+    editable: bool
+
     class Meta:
         ordering = ("conversation", "id")
         indexes: ClassVar = [models.Index(fields=["conversation", "id"])]
@@ -229,6 +247,18 @@ class Run(models.Model):
     user_message = models.ForeignKey(
         Message, on_delete=models.CASCADE, related_name="answering_runs"
     )
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="children",
+        help_text=(
+            "The run whose answer this exchange follows (none: the conversation's first). "
+            "Runs of one user message with one parent are regenerated answers; user "
+            "messages after one parent are edits (conversations.branches)."
+        ),
+    )
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.QUEUED)
     step = models.PositiveIntegerField(default=0)
     max_steps = models.PositiveIntegerField(default=8)
@@ -256,6 +286,8 @@ class Run(models.Model):
     # ``selectors.run_for_push``, ``events.run_appended``), read by the templates.
     timeline_messages: list[Message]
     timeline_invocations: list[ToolInvocation]
+    orphan_steps: list[ToolInvocation]
+    switch: Any  # branches.Switch: its place among the answers regenerated for its message
 
     class Meta:
         ordering = ("-id",)
@@ -272,6 +304,25 @@ class Run(models.Model):
         return self.status in self.TERMINAL
 
     @property
+    def retry_blocked(self) -> bool:
+        """Whether a Retry would only be refused again: a budget or rate limit refused
+        this run and has not reset yet (``retry_not_before`` in ``metadata``), or a
+        budget that never resets did (``retry_never``)."""
+        if self.metadata.get("retry_never"):
+            return True
+        until = self.retry_not_before
+        return until is not None and until > timezone.now()
+
+    @property
+    def retry_not_before(self) -> datetime | None:
+        """When a Retry of this run refused by a budget or rate limit may succeed."""
+        value = self.metadata.get("retry_not_before")
+        try:
+            return datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    @property
     def is_resuming(self) -> bool:
         """Whether the run is being picked up after its worker stopped: its lease ran
         out (the recovery job is handing it on), or another worker resumed the step
@@ -282,3 +333,39 @@ class Run(models.Model):
             self.lease_expires_at is not None and self.lease_expires_at <= timezone.now()
         )
         return lapsed or self.metadata.get("resumed_step") == self.step
+
+
+class UserPreferences(models.Model):
+    """One user's defaults for the chat and the look of every page (their settings page).
+
+    ``default_model`` and ``default_system_prompt`` start each new conversation (a
+    disabled model falls back to the site's default); ``theme`` is light, dark or
+    the system's; ``send_key``: Enter sends (Shift+Enter for a new line), or
+    Ctrl+Enter sends (Enter for a new line). No row: every default.
+    """
+
+    class Theme(models.TextChoices):
+        SYSTEM = "system", "Follow the system"
+        LIGHT = "light", "Light"
+        DARK = "dark", "Dark"
+
+    class SendKey(models.TextChoices):
+        ENTER = "enter", "Enter sends, Shift+Enter adds a line"
+        CTRL_ENTER = "ctrl_enter", "Ctrl+Enter sends, Enter adds a line"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_preferences"
+    )
+    default_model = models.ForeignKey(
+        ModelConfig, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    default_system_prompt = models.TextField(blank=True)
+    theme = models.CharField(max_length=10, choices=Theme.choices, default=Theme.SYSTEM)
+    send_key = models.CharField(max_length=12, choices=SendKey.choices, default=SendKey.ENTER)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "user preferences"
+
+    def __str__(self) -> str:
+        return f"Preferences of {self.user_id}"

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from django.conf import settings
-from django.db.models import Q
+from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVector
+from django.db import connection
+from django.db.models import Exists, OuterRef, Q
 from django.http import Http404
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 
-from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.branches import conversation_tree, shown_leaf
+from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from prompts.models import LATEST, Prompt, PromptVersion
 from prompts.selectors import system_prompts_for
 from tools.models import ToolInvocation
@@ -46,7 +52,8 @@ def conversation_page(
     *, user, archived: bool = False, after: str | None = None, size: int | None = None
 ) -> ConversationPage:
     """The user's conversations, most recently active first, ``size`` at a time
-    (default ``TOLLGATE_CONVERSATION_LIST_PAGE``); one query.
+    (default ``TOLLGATE_CONVERSATION_LIST_PAGE``); the first page of the active list
+    starts with every pinned one. Two queries at most.
 
     ``after``: the ``more`` cursor of the page before (keyset pagination on
     ``(updated_at, id)``, the list's order, so a conversation that moves up
@@ -55,12 +62,18 @@ def conversation_page(
     """
     size = size or settings.TOLLGATE_CONVERSATION_LIST_PAGE
     rows = Conversation.objects.filter(owner=user, archived=archived)
+    pinned: list[Conversation] = []
+    if not archived:
+        # Pinned ones first, all of them on the first page; the pages page the rest.
+        if not after:
+            pinned = list(rows.filter(pinned=True).order_by("-updated_at", "-id"))
+        rows = rows.filter(pinned=False)
     if after:
         when, pk = _parse_cursor(after)
         rows = rows.filter(Q(updated_at__lt=when) | Q(updated_at=when, pk__lt=pk))
     items = list(rows.order_by("-updated_at", "-id")[: size + 1])
     more = _cursor(items[size - 1]) if len(items) > size else None
-    return ConversationPage(items=items[:size], more=more)
+    return ConversationPage(items=pinned + items[:size], more=more)
 
 
 def conversation_get(*, user, conversation_id: int) -> Conversation:
@@ -103,29 +116,62 @@ class Timeline:
 
     items: list[TimelineItem] = field(default_factory=list)
     earlier: int | None = None
+    #: The first message the latest model call was sent, when it left older ones out.
+    context_cut: int | None = None
+    #: Whether later exchanges follow (a page opened at a message, ``at``).
+    later: bool = False
 
 
 def conversation_timeline(
-    *, conversation: Conversation, before: int | None = None, size: int | None = None
+    *,
+    conversation: Conversation,
+    before: int | None = None,
+    size: int | None = None,
+    context_cut: int | None = None,
+    at: int | None = None,
 ) -> Timeline:
     """The last ``size`` exchanges of ``conversation`` (default
     ``TOLLGATE_TIMELINE_PAGE``) in display order, or the ``size`` before the
-    user message ``before``: four queries, whatever the conversation's length.
+    user message ``before``: five queries, whatever the conversation's length.
 
-    An exchange is a top-level message (one the user sent) followed by the runs
-    answering it; each run carries ``run.timeline_messages`` (its assistant and
-    tool messages, in order) and ``run.timeline_invocations`` (its tool calls
-    with their approval requests). Pages are keyed on the top-level message id
-    (keyset pagination), so new messages never shift an earlier page.
+    Only the branch shown (``conversations.branches``): an exchange is a user
+    message on it followed by the run of the branch answering it; each run carries
+    ``run.timeline_messages`` (its assistant and tool messages, in order),
+    ``run.timeline_invocations`` (its tool calls with their approval requests) and
+    ``run.switch`` (``branches.Switch``: its place among the answers regenerated
+    for the message); the message carries ``switch`` (among the versions edited)
+    and ``editable``. Pages are keyed on the top-level message id (keyset
+    pagination), so new messages never shift an earlier page.
+
+    ``context_cut`` (the latest page's, for an earlier page): where the history the
+    latest model call was sent begins, marked in the page (``Timeline.context_cut``;
+    the latest page reads it from its last run).
+
+    ``at``: a message of the branch shown (a search's match): the page ends with
+    its exchange instead of the latest one (``Timeline.later`` says there are
+    later ones). A message elsewhere is ignored.
     """
     size = size or settings.TOLLGATE_TIMELINE_PAGE
-    tops = Message.objects.filter(conversation=conversation, run__isnull=True)
+    tree = conversation_tree(conversation_id=conversation.pk)
+    path = tree.path(shown_leaf(conversation, tree))
+    shown_run = {tree.message[run_id]: run_id for run_id in path}
+    tops = Message.objects.filter(conversation=conversation, run__isnull=True).filter(
+        # On the branch, or answered by no run (drawn on every branch).
+        Q(pk__in=list(shown_run)) | ~Exists(Run.objects.filter(user_message=OuterRef("pk")))
+    )
+    upto = _exchange_of(conversation, at, shown_run) if at is not None else None
     if before is not None:
         tops = tops.filter(pk__lt=before)
+    elif upto is not None:
+        tops = tops.filter(pk__lte=upto)
     page = list(tops.order_by("-id")[: size + 1])
     timeline = Timeline(earlier=page[size - 1].pk if len(page) > size else None)
     page = page[:size][::-1]
-    runs = list(Run.objects.filter(user_message__in=page).order_by("id"))
+    runs = list(
+        Run.objects.filter(pk__in=[shown_run[m.pk] for m in page if m.pk in shown_run]).order_by(
+            "id"
+        )
+    )
     by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
     for message in Message.objects.filter(run__in=runs).order_by("id"):
         by_run[cast(int, message.run_id)].append(message)  # not None: run__in
@@ -134,12 +180,46 @@ def conversation_timeline(
     for run in runs:
         run.timeline_messages = by_run[run.pk]
         run.timeline_invocations = invocations.get(run.pk, [])
+        run_steps_attach(run)
+        run.switch = tree.answer_switch(run.pk)
         runs_by_user_message.setdefault(run.user_message_id, []).append(run)
+    if upto is not None:
+        timeline.later = upto != max(shown_run, default=upto)
+        timeline.context_cut = None  # the latest run may not be on this page
+    else:
+        timeline.context_cut = _context_cut(runs) if before is None else context_cut
     for message in page:
+        if message.pk in shown_run:
+            message.switch = tree.message_switch(shown_run[message.pk])
+            message.editable = True
         timeline.items.append(TimelineItem(message=message))
         for run in runs_by_user_message.get(message.pk, []):
             timeline.items.append(TimelineItem(run=run))
     return timeline
+
+
+def _exchange_of(conversation: Conversation, at: int, shown_run: dict[int, int]) -> int | None:
+    """The user message whose exchange holds message ``at`` on the branch shown."""
+    row = (
+        Message.objects.filter(pk=at, conversation=conversation)
+        .values_list("pk", "run__user_message_id", "run_id")
+        .first()
+    )
+    if row is None:
+        return None
+    pk, asked, run_id = row
+    top = asked if run_id is not None else pk
+    if top in shown_run and (run_id is None or shown_run[top] == run_id):
+        return top
+    return None
+
+
+def _context_cut(runs: list[Run]) -> int | None:
+    """Where the latest run's last model call began its history, when it left older
+    messages out (``Run.metadata["context_cut_message_id"]``). ``runs``: the latest
+    page's runs, oldest first (the conversation's latest among them)."""
+    cut = runs[-1].metadata.get("context_cut_message_id") if runs else None
+    return cut if isinstance(cut, int) else None
 
 
 def _invocations_by_run(where: Q) -> dict[int, list[ToolInvocation]]:
@@ -163,7 +243,35 @@ def run_for_push(*, run_id: int) -> Run:
     run = Run.objects.select_related("user_message", "conversation__owner").get(pk=run_id)
     run.timeline_messages = list(run.messages.order_by("id"))
     run.timeline_invocations = _invocations_by_run(Q(run_id=run_id)).get(run_id, [])
+    run_steps_attach(run)
     return run
+
+
+def run_steps_attach(run: Run) -> None:
+    """Arrange a loaded run for display as its answer happened: each assistant
+    message carries ``steps``, the tool calls it made (in order), and each call
+    its ``output_message``, the tool message that answered it (or ``None``);
+    ``run.orphan_steps`` holds calls of no message loaded here. The tool messages
+    so drawn inside their call leave ``run.timeline_messages``: a call is drawn
+    once, where it was made (issue 22, defect 5). No query."""
+    answers: dict[Any, Message] = {}
+    for message in run.timeline_messages:
+        if message.role == Message.Role.TOOL:
+            key = message.metadata.get("invocation_id") or ("call", message.tool_call_id)
+            answers[key] = message
+    steps: dict[int | None, list[ToolInvocation]] = {}
+    drawn: set[int] = set()
+    for invocation in run.timeline_invocations:
+        output = answers.get(invocation.pk) or answers.get(("call", invocation.tool_call_id))
+        invocation.output_message = output  # type: ignore[attr-defined]
+        if output is not None:
+            drawn.add(output.pk)
+        steps.setdefault(invocation.message_id, []).append(invocation)
+    for message in run.timeline_messages:
+        message.steps = steps.pop(message.pk, [])
+    # Calls whose message is not among these (rows made without one): after them.
+    run.orphan_steps = [invocation for rest in steps.values() for invocation in rest]
+    run.timeline_messages = [m for m in run.timeline_messages if m.pk not in drawn]
 
 
 def run_cancel_requested(*, run_id: int, **_signal: Any) -> bool:
@@ -261,3 +369,119 @@ def settings_choices(
             data.get("max_output_tokens", "") if data else conversation.max_output_tokens
         ),
     )
+
+
+@dataclass
+class SearchHit:
+    """A conversation that matched a search: where (``message``, or ``None`` when only
+    its title matched) and a ``snippet`` of that text, the matched words marked
+    (escaped HTML with ``<mark>``)."""
+
+    conversation: Conversation
+    message: Message | None
+    snippet: SafeString
+
+
+#: Longest query searched (characters); a longer one is cut.
+SEARCH_MAX_CHARS = 200
+_MARK_START, _MARK_STOP = "\x02", "\x03"  # never in stored text (a NUL-free control pair)
+
+
+def conversation_search(*, user, query: str, limit: int = 20) -> list[SearchHit]:
+    """The user's conversations whose title or messages match ``query``, best first,
+    each once, with where it matched. PostgreSQL: full-text search (``websearch``
+    syntax: words, "phrases", -excluded; stemmed with the ``english``
+    configuration) ranked by ``ts_rank``; other databases (the embedded SQLite):
+    every word, case-insensitively, newest first. Messages the user or the
+    assistant wrote, on any branch; archived conversations too. Two queries."""
+    query = " ".join((query or "").split())[:SEARCH_MAX_CHARS]
+    if not query:
+        return []
+    mine = Conversation.objects.filter(owner=user)
+    messages = Message.objects.filter(
+        conversation__owner=user,
+        role__in=(Message.Role.USER, Message.Role.ASSISTANT),
+        status__in=(Message.Status.COMPLETE, Message.Status.STOPPED),
+    ).select_related("conversation")
+    found: list[Any]  # messages, each with its ``snippet``
+    titles: list[Any]
+    if connection.vendor == "postgresql":
+        search = SearchQuery(query, search_type="websearch", config="english")
+        titles = list(
+            mine.annotate(rank=SearchRank(SearchVector("title", config="english"), search))
+            .filter(rank__gt=0)
+            .order_by("-rank", "-updated_at")[:limit]
+        )
+        found = list(
+            messages.annotate(
+                rank=SearchRank(SearchVector("content", config="english"), search),
+                snippet=SearchHeadline(
+                    "content",
+                    search,
+                    config="english",
+                    start_sel=_MARK_START,
+                    stop_sel=_MARK_STOP,
+                    max_words=18,
+                    min_words=8,
+                ),
+            )
+            .filter(rank__gt=0)
+            .order_by("-rank", "-id")[: limit * 5]
+        )
+    else:
+        words = query.split()
+        title_match = Q()
+        text_match = Q()
+        for word in words:
+            title_match &= Q(title__icontains=word)
+            text_match &= Q(content__icontains=word)
+        titles = list(mine.filter(title_match).order_by("-updated_at")[:limit])
+        found = list(messages.filter(text_match).order_by("-id")[: limit * 5])
+        for message in found:
+            message.snippet = _snippet(message.content, words)
+    hits: dict[int, SearchHit] = {}
+    for message in found:
+        if message.conversation_id not in hits and len(hits) < limit:
+            hits[message.conversation_id] = SearchHit(
+                conversation=message.conversation,
+                message=message,
+                snippet=_marked(message.snippet),
+            )
+    for conversation in titles:
+        if conversation.pk not in hits and len(hits) < limit:
+            title = conversation.title or str(conversation)
+            hits[conversation.pk] = SearchHit(
+                conversation=conversation,
+                message=None,
+                snippet=_marked(_snippet(title, query.split(), width=200)),
+            )
+    return list(hits.values())
+
+
+def _snippet(text: str, words: list[str], *, width: int = 60) -> str:
+    """Some of ``text`` around the first of ``words``, each word marked."""
+    lowered = text.lower()
+    at = min((i for i in (lowered.find(w.lower()) for w in words) if i >= 0), default=0)
+    start, end = max(0, at - width), min(len(text), at + width)
+    piece = ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+    for word in sorted(set(words), key=len, reverse=True):
+        piece = re.sub(
+            re.escape(word), lambda m: f"{_MARK_START}{m.group(0)}{_MARK_STOP}", piece, flags=re.I
+        )
+    return piece
+
+
+def _marked(text: str) -> SafeString:
+    """``text`` escaped, its marked words in ``<mark>``; one line."""
+    html = escape(" ".join(text.split()))
+    return mark_safe(  # noqa: S308 - escaped above; only the markers become tags
+        html.replace(_MARK_START, "<mark>").replace(_MARK_STOP, "</mark>")
+    )
+
+
+def preferences_get(*, user) -> UserPreferences:
+    """``user``'s preferences, or the defaults (an unsaved row) when they have set
+    none, or for an anonymous visitor; one query."""
+    if user is None or not user.is_authenticated:
+        return UserPreferences()
+    return UserPreferences.objects.filter(user=user).first() or UserPreferences(user=user)

@@ -9,6 +9,7 @@ nothing is written.
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -18,7 +19,8 @@ from django.db.models import QuerySet
 
 from audit.services import audit_deferred, audit_record
 from conversations import events
-from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.branches import conversation_tree, shown_leaf
+from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule
 from conversations.toolphase import run_stop
@@ -120,11 +122,21 @@ def auto_title(content: str) -> str:
 def conversation_create(
     *, user, model_config_id: int | None = None, title: str = ""
 ) -> Conversation:
-    """Create an empty conversation for ``user`` with an enabled model (default if ``None``)."""
+    """Create an empty conversation for ``user`` with an enabled model: ``model_config_id``,
+    else the user's default model (their settings) while it is enabled, else the
+    site's default. The user's default system prompt, if any, is its own."""
+    preferences = UserPreferences.objects.filter(user=user).first()
+    if model_config_id is None and preferences is not None and preferences.default_model_id:
+        enabled = ModelConfig.objects.filter(pk=preferences.default_model_id, enabled=True)
+        model_config_id = preferences.default_model_id if enabled.exists() else None
     config = model_config_pick(model_config_id=model_config_id)
+    prompt = preferences.default_system_prompt if preferences is not None else ""
     with transaction.atomic():
         conversation = Conversation.objects.create(
-            owner=user, model_config=config, title=title.strip()[:200]
+            owner=user,
+            model_config=config,
+            title=title.strip()[:200],
+            system_prompt_text=prompt,
         )
         events.conversation_changed(conversation_id=conversation.pk)
     return conversation
@@ -180,6 +192,16 @@ def conversation_archive(*, user, conversation_id: int, archived: bool = True) -
                     run_stop(run=run, actor=user)
         conversation.archived = archived
         conversation.save(update_fields=["archived", "updated_at"])
+        events.conversation_changed(conversation_id=conversation.pk)
+    return conversation
+
+
+def conversation_pin(*, user, conversation_id: int, pinned: bool = True) -> Conversation:
+    """Pin (listed first in the sidebar) or unpin a conversation. Raises ``NotFound``."""
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        conversation.pinned = pinned
+        conversation.save(update_fields=["pinned", "updated_at"])
         events.conversation_changed(conversation_id=conversation.pk)
     return conversation
 
@@ -306,17 +328,34 @@ def _message_insert(
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content
     )
+    # The next exchange of the branch shown (conversations.branches).
+    parent_id = _branch_end(conversation)
     run = Run.objects.create(
         conversation=conversation,
         user_message=message,
+        parent_id=parent_id,
+        metadata=_root(parent_id),
         model_config=call.config,
         prompt_version=call.version,
         parameters=call.record(),
     )
     if not conversation.title:
         conversation.title = auto_title(content)
-    conversation.save(update_fields=["title", "updated_at"])
+    conversation.current_run = run
+    conversation.save(update_fields=["title", "current_run", "updated_at"])
     return conversation, message, run
+
+
+def _root(parent_id: int | None) -> dict[str, Any]:
+    """A new run's metadata: a first exchange says so (``branches.conversation_tree``)."""
+    return {"root": True} if parent_id is None else {}
+
+
+def _branch_end(conversation: Conversation) -> int | None:
+    """The last run of the branch shown (``current_run``, else the newest run)."""
+    if conversation.current_run_id is not None:
+        return conversation.current_run_id
+    return conversation.runs.order_by("-id").values_list("pk", flat=True).first()
 
 
 def _call_settings(conversation: Conversation) -> CallSettings:
@@ -364,45 +403,163 @@ _FINISHED: dict[str, str] = {
 }
 
 
+def _retry_blocked_message(run: Run) -> str:
+    """Why a run refused by a budget or rate limit cannot be retried yet."""
+    until = run.retry_not_before
+    if until is None:
+        return "The budget that refused this reply does not reset; ask an administrator."
+    return (
+        "The limit that refused this reply resets at "
+        f"{until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC; retry after that."
+    )
+
+
 def run_retry(*, user, run_id: int) -> Run:
     """Answer a failed run's user message again with a new run (dispatched on commit).
 
-    Only the conversation's latest run may be retried. Raises ``NotFound``,
+    The new run is an alternative to the failed one (``run_regenerate``), shown; one
+    refused by a budget or rate limit only once that has reset (``Run.retry_blocked``).
+    Raises ``NotFound``, ``RunInProgress``,
     ``RunNotRetryable``, ``ConversationArchived``, ``ModelUnavailable``.
     """
     with transaction.atomic():
+        # The conversation first, then the run (the lock order in conversations.runs).
+        conversation, run = _own_run_and_conversation(user=user, run_id=run_id)
+        if run.status != Run.Status.FAILED:
+            raise RunNotRetryable("Only a failed reply can be retried.")
+        return _answer_again(conversation, run, metadata={"retry_of": run.pk})
+
+
+def run_regenerate(*, user, run_id: int) -> Run:
+    """Answer run ``run_id``'s user message again, at the same place of the
+    conversation: the new answer is an alternative to the old one (``< 2/2 >``), and
+    the branch shown ends with it (what came after the old one stays on the old
+    one's branch). Any finished reply: completed, stopped or failed.
+
+    Raises ``NotFound``, ``RunInProgress`` (the run or another one is still being
+    written), ``RunNotRetryable`` (a budget or rate limit that refused it has not
+    reset), ``ConversationArchived``, ``ModelUnavailable``.
+    """
+    with transaction.atomic():
+        conversation, run = _own_run_and_conversation(user=user, run_id=run_id)
+        return _answer_again(conversation, run, metadata={"regenerated_from": run.pk})
+
+
+def _own_run_and_conversation(*, user, run_id: int) -> tuple[Conversation, Run]:
+    """Lock the conversation of run ``run_id``, then the run (the lock order)."""
+    conversation_id = (
+        Run.objects.filter(pk=run_id).values_list("conversation_id", flat=True).first()
+    )
+    if conversation_id is None:
+        raise NotFound("Run not found.")
+    conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+    return conversation, _own_run(user=user, run_id=run_id)
+
+
+def _answer_again(conversation: Conversation, run: Run, *, metadata: dict[str, Any]) -> Run:
+    """A new run answering ``run``'s user message after the same parent; shown."""
+    if not run.is_terminal or conversation.runs.exclude(status__in=Run.TERMINAL).exists():
+        raise RunInProgress("A reply is still being written. Stop it or wait for it.")
+    if run.retry_blocked:
+        raise RunNotRetryable(_retry_blocked_message(run))
+    _branch_checks(conversation)
+    call = _call_settings(conversation)  # the conversation's settings now, recorded
+    parent_id = conversation_tree(conversation_id=conversation.pk).parent[run.pk]
+    new = Run.objects.create(
+        conversation=conversation,
+        user_message_id=run.user_message_id,
+        parent_id=parent_id,
+        max_steps=run.max_steps,
+        metadata={**metadata, **_root(parent_id)},
+        model_config=call.config,
+        prompt_version=call.version,
+        parameters=call.record(),
+    )
+    conversation.current_run = new
+    conversation.save(update_fields=["current_run", "updated_at"])
+    events.timeline_redraw(conversation_id=conversation.pk)
+    run_step_schedule(run_id=new.pk)
+    return new
+
+
+def _branch_checks(conversation: Conversation) -> None:
+    if conversation.archived:
+        raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+    if not ModelConfig.objects.filter(pk=conversation.model_config_id, enabled=True).exists():
+        raise ModelUnavailable("This conversation's model has been disabled.")
+
+
+def message_edit(*, user, message_id: int, content: str) -> Run:
+    """Send an edited version of user message ``message_id``: a new user message at
+    the same place of the conversation (an alternative to the old one, ``< 2/2 >``),
+    answered by a new run; the branch shown ends with it, and the old branch, with
+    what followed the old message, stays reachable.
+
+    Raises ``NotFound`` (not the user's, not a user message a run answers),
+    ``EmptyMessage``, ``MessageTooLong``, ``RunInProgress``, ``ConversationArchived``,
+    ``ModelUnavailable``.
+    """
+    content = message_text(content)
+    with transaction.atomic():
         conversation_id = (
-            Run.objects.filter(pk=run_id).values_list("conversation_id", flat=True).first()
+            Message.objects.filter(pk=message_id, role=Message.Role.USER)
+            .values_list("conversation_id", flat=True)
+            .first()
         )
         if conversation_id is None:
-            raise NotFound("Run not found.")
-        # The conversation first, then the run (the lock order in conversations.runs).
+            raise NotFound("Message not found.")
         conversation = _own_conversation(
             user=user, conversation_id=conversation_id, lock=True, with_model=True
         )
-        run = _own_run(user=user, run_id=run_id)
-        if run.status != Run.Status.FAILED:
-            raise RunNotRetryable("Only a failed reply can be retried.")
-        if conversation.runs.filter(pk__gt=run.pk).exists():
-            raise RunNotRetryable("Only the latest reply can be retried.")
-        if conversation.archived:
-            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
-        if not conversation.model_config.enabled:
-            raise ModelUnavailable("This conversation's model has been disabled.")
+        _message_send_checks(
+            conversation, in_progress=conversation.runs.exclude(status__in=Run.TERMINAL).exists()
+        )
+        tree = conversation_tree(conversation_id=conversation.pk)
+        answered = [run for run, message in tree.message.items() if message == message_id]
+        if not answered:
+            raise NotFound("This message cannot be edited.")
+        shown = set(tree.path(shown_leaf(conversation, tree)))
+        # The place of the version shown, else of its newest answer.
+        parent_id = tree.parent[next((r for r in answered if r in shown), max(answered))]
         call = _call_settings(conversation)
-        new = Run.objects.create(
+        message = Message.objects.create(
             conversation=conversation,
-            user_message_id=run.user_message_id,
-            max_steps=run.max_steps,
-            metadata={"retry_of": run.pk},
+            role=Message.Role.USER,
+            content=content,
+            metadata={"edit_of": message_id},
+        )
+        run = Run.objects.create(
+            conversation=conversation,
+            user_message=message,
+            parent_id=parent_id,
+            metadata=_root(parent_id),
             model_config=call.config,
             prompt_version=call.version,
             parameters=call.record(),
         )
-        conversation.save(update_fields=["updated_at"])
-        events.run_appended(run_id=new.pk, with_user_message=False)
-        run_step_schedule(run_id=new.pk)
-    return new
+        conversation.current_run = run
+        conversation.save(update_fields=["current_run", "updated_at"])
+        sent = _message_sent(user, message, run)
+        sent["data"]["edit_of"] = message_id
+        audit_record(**sent)
+        run_step_schedule(run_id=run.pk)
+        events.timeline_redraw(conversation_id=conversation.pk)
+        events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
+    return run
+
+
+def branch_show(*, user, run_id: int) -> Conversation:
+    """Show the branch through run ``run_id`` (its newest one): what the page draws
+    and the next message continues. Raises ``NotFound``, ``RunInProgress``."""
+    with transaction.atomic():
+        conversation, _run = _own_run_and_conversation(user=user, run_id=run_id)
+        if conversation.runs.exclude(status__in=Run.TERMINAL).exists():
+            raise RunInProgress("A reply is still being written. Stop it or wait for it.")
+        tree = conversation_tree(conversation_id=conversation.pk)
+        conversation.current_run_id = tree.newest_below(run_id)
+        conversation.save(update_fields=["current_run"])
+        events.timeline_redraw(conversation_id=conversation.pk)
+    return conversation
 
 
 #: Where a conversation's system prompt comes from, as its settings form asks.
@@ -557,3 +714,31 @@ def _library_prompt_set(
         return ""
     conversation.model_config = model
     return f"Switched to the model {model.name}, as {prompt.name} asks."
+
+
+def preferences_set(
+    *,
+    user,
+    default_model_id: int | None,
+    default_system_prompt: str,
+    theme: str,
+    send_key: str,
+) -> UserPreferences:
+    """Save ``user``'s settings: the model and system prompt new conversations start
+    with, the theme of every page, the key that sends. Raises ``ModelUnavailable``
+    for a model that is not enabled, ``ConversationError`` for a value out of range."""
+    if default_model_id is not None:
+        model_config_pick(model_config_id=default_model_id)
+    if theme not in UserPreferences.Theme.values or send_key not in UserPreferences.SendKey.values:
+        raise ConversationError("Pick a theme and a send key from the lists.")
+    prompt = (default_system_prompt or "").replace("\r\n", "\n").strip()
+    if len(prompt) > settings.TOLLGATE_PROMPT_MAX_CHARS:
+        raise ConversationError("The default system prompt is too long.")
+    with transaction.atomic():
+        preferences, _ = UserPreferences.objects.select_for_update().get_or_create(user=user)
+        preferences.default_model_id = default_model_id
+        preferences.default_system_prompt = prompt
+        preferences.theme = theme
+        preferences.send_key = send_key
+        preferences.save()
+    return preferences

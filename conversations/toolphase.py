@@ -254,6 +254,7 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
             "tool_call_id", flat=True
         )
     )
+    written = False
     for invocation in _turn(run, message_id):
         if invocation.tool_call_id in stored:
             continue
@@ -271,7 +272,7 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
                 "mcp_result": invocation.metadata["mcp_result"],
                 "mcp_server": invocation.metadata.get("mcp_server", ""),
             }
-        tool_message = Message.objects.create(
+        Message.objects.create(
             conversation_id=run.conversation_id,
             run=run,
             role=Message.Role.TOOL,
@@ -286,7 +287,9 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
                 **extra,
             },
         )
-        events.message_appended(message_id=tool_message.pk, run_id=tool_message.run_id)
+        written = True
+    if written:  # each output is drawn inside its call's step
+        events.run_tools_changed(run_id=run.pk)
 
 
 def turn_continue(*, run: Run, message_id: int) -> None:

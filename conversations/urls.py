@@ -10,6 +10,7 @@ app_name = "conversations"
 
 urlpatterns = [
     path("c/new", views.conversation_create, name="create"),
+    path("settings/", views.preferences, name="preferences"),
     path("c/more", views.conversation_list_more, name="list-more"),
     path("c/<int:conversation_id>/", views.conversation_detail, name="detail"),
     path("c/<int:conversation_id>/earlier", views.conversation_earlier, name="earlier"),
@@ -18,8 +19,26 @@ urlpatterns = [
     path("c/<int:conversation_id>/settings", views.conversation_settings, name="settings"),
     path("c/<int:conversation_id>/archive", views.conversation_archive, name="archive"),
     path("c/<int:conversation_id>/delete", views.conversation_delete, name="delete"),
+    path("c/<int:conversation_id>/pin", views.conversation_pin, name="pin"),
+    path("c/search", views.conversation_search, name="search"),
+    path("c/import", views.conversation_import, name="import"),
+    path(
+        "c/<int:conversation_id>/export.md",
+        views.conversation_export,
+        {"kind": "md"},
+        name="export-md",
+    ),
+    path(
+        "c/<int:conversation_id>/export.json",
+        views.conversation_export,
+        {"kind": "json"},
+        name="export-json",
+    ),
     path("c/<int:conversation_id>/send", views.message_send, name="message-send"),
     path("c/<int:conversation_id>/reformulate", views.reformulate, name="reformulate"),
     path("runs/<int:run_id>/cancel", views.run_cancel, name="run-cancel"),
     path("runs/<int:run_id>/retry", views.run_retry, name="run-retry"),
+    path("runs/<int:run_id>/regenerate", views.run_regenerate, name="run-regenerate"),
+    path("runs/<int:run_id>/show", views.branch_show, name="branch-show"),
+    path("m/<int:message_id>/edit", views.message_edit, name="message-edit"),
 ]

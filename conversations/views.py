@@ -11,6 +11,7 @@ it is logged once, as a warning.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.conf import settings
@@ -20,14 +21,16 @@ from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.log import log_response
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, reswap
 
 from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import usage_for_conversation
-from conversations import selectors, services
-from conversations.events import composer_text_fragment, error_fragment
+from conversations import exports, selectors, services
+from conversations.events import error_fragment
 from conversations.events import render as render_partial
 from conversations.forms import (
     ArchiveForm,
@@ -36,8 +39,11 @@ from conversations.forms import (
     EarlierForm,
     MessageForm,
     ModelPickForm,
+    PinForm,
+    PreferencesForm,
     RenameForm,
 )
+from conversations.models import UserPreferences
 from conversations.reformulation import ReformulationRefused, draft_reformulate
 from project.inbound import form_message, id_parse
 from prompts.diffs import diff_table
@@ -70,7 +76,9 @@ def _page(
         **extra,
     }
     if conversation is not None:
-        context["timeline"] = selectors.conversation_timeline(conversation=conversation)
+        context["timeline"] = selectors.conversation_timeline(
+            conversation=conversation, at=id_parse(request.GET.get("at", ""))
+        )
         context["usage"] = usage_for_conversation(
             user=request.user, conversation_id=conversation.pk
         )
@@ -105,7 +113,9 @@ def conversation_earlier(request: AuthenticatedHttpRequest, conversation_id: int
         log_response("Bad 'before' on %s", request.path, response=response, request=request)
         return response
     timeline = selectors.conversation_timeline(
-        conversation=conversation, before=form.cleaned_data["before"]
+        conversation=conversation,
+        before=form.cleaned_data["before"],
+        context_cut=form.cleaned_data["cut"],
     )
     return HttpResponse(
         render_partial("timeline", {"conversation": conversation, "timeline": timeline})
@@ -148,16 +158,15 @@ def _refuse(
     """Answer a refused action with ``message``, keeping what was typed.
 
     ``typed``: what the form held, for the page's context: ``typed_content`` (the
-    message), ``typed_title``, ``typed_model``. htmx: the error box (and the
-    composer's text) out of band, no other swap. A plain post: the conversation's
+    message), ``typed_title``, ``typed_model``. htmx: the error box out of band
+    (next to the composer, which keeps its text), no other swap. A plain post: the conversation's
     page (or the start page when ``conversation_id`` is ``None``) with the error
     and the typed values. Logged once, as a warning.
     """
     typed = {key: _shown(value) for key, value in (typed or {}).items()}
     if request.htmx:
-        html = error_fragment(message)
-        if (typed.get("typed_content") or "").strip():
-            html += composer_text_fragment(typed["typed_content"])
+        sending = "typed_content" in typed
+        html = error_fragment(message, composer="refused" if sending else "")
         response = reswap(HttpResponse(html, status=status), "none")
     else:
         conversation = None
@@ -235,7 +244,7 @@ def conversation_rename(request: AuthenticatedHttpRequest, conversation_id: int)
         )
     except services.ConversationError as error:
         return _refused(request, error, conversation_id=conversation_id, typed=typed)
-    return redirect("conversations:detail", conversation_id)
+    return _back(request, reverse("conversations:detail", args=[conversation_id]))
 
 
 @login_required
@@ -270,8 +279,8 @@ def conversation_archive(request: AuthenticatedHttpRequest, conversation_id: int
         return _refused(request, error, conversation_id=conversation_id)
     if archived:
         messages.success(request, "Conversation archived.")
-        return redirect("home")
-    return redirect("conversations:detail", conversation_id)
+        return _back(request, reverse("home"), leaving=conversation_id)
+    return _back(request, reverse("conversations:detail", args=[conversation_id]))
 
 
 @login_required
@@ -282,7 +291,142 @@ def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: int)
     except services.ConversationError as error:
         return _refused(request, error, conversation_id=conversation_id)
     messages.success(request, "Conversation deleted.")
-    return redirect("home")
+    return _back(request, reverse("home"), leaving=conversation_id)
+
+
+@login_required
+@require_POST
+def conversation_pin(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
+    """Pin (``pinned=1``) or unpin (``0``) a conversation: listed first in the sidebar."""
+    form = PinForm(request.POST)
+    if not form.is_valid():
+        return _refuse(request, form_message(form), conversation_id=conversation_id)
+    try:
+        services.conversation_pin(
+            user=request.user,
+            conversation_id=conversation_id,
+            pinned=form.cleaned_data["pinned"] != "0",
+        )
+    except services.ConversationError as error:
+        return _refused(request, error, conversation_id=conversation_id)
+    return _back(request, reverse("conversations:detail", args=[conversation_id]))
+
+
+@login_required
+@require_GET
+def conversation_search(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """``GET /c/search?q=``: the user's conversations whose title or messages match,
+    each opening at the message that matched (``selectors.conversation_search``). htmx
+    (the sidebar's search box) gets the results' list; a plain request, the page."""
+    query = request.GET.get("q", "")
+    if "\x00" in query:
+        return HttpResponseBadRequest("A search cannot hold a NUL character.")
+    hits = selectors.conversation_search(user=request.user, query=query)
+    context: dict[str, Any] = {"hits": hits, "query": query, "searched": bool(query.strip())}
+    if request.htmx:
+        return HttpResponse(render_partial("search-results", context))
+    return _page(request, **context)
+
+
+@login_required
+@require_GET
+def conversation_export(
+    request: AuthenticatedHttpRequest, conversation_id: int, kind: str
+) -> HttpResponse:
+    """``GET /c/<id>/export.md`` (the branch shown, to read) or ``export.json``
+    (everything, to keep or import: ``conversations.exports``), as a download."""
+    conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+    name = slugify(str(conversation))[:60] or f"conversation-{conversation.pk}"
+    if kind == "md":
+        body = exports.conversation_markdown(conversation=conversation)
+        response = HttpResponse(body, content_type="text/markdown; charset=utf-8")
+    else:
+        data = exports.conversation_export(conversation=conversation)
+        body = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+        response = HttpResponse(body, content_type="application/json; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}.{kind}"'
+    return response
+
+
+@login_required
+@require_POST
+def conversation_import(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """``POST /c/import`` with ``file``, a JSON export: a new conversation, opened."""
+    upload = request.FILES.get("file")
+    if upload is None:
+        return _refuse(request, "Choose a JSON export to import.")
+    try:
+        text = upload.read(exports.MAX_IMPORT_CHARS * 4 + 1).decode("utf-8")
+    except UnicodeDecodeError:
+        return _refuse(request, "This file cannot be imported: it is not UTF-8 text.")
+    try:
+        conversation = exports.conversation_import(user=request.user, text=text)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    messages.success(request, "Conversation imported.")
+    return redirect("conversations:detail", conversation.pk)
+
+
+@login_required
+def preferences(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """``/settings/``: the user's defaults (model, system prompt), theme and send key,
+    and links to their account (password, email addresses)."""
+    current = selectors.preferences_get(user=request.user)
+    error, status = "", 200
+    if request.method == "POST":
+        form = PreferencesForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                services.preferences_set(
+                    user=request.user,
+                    default_model_id=data["default_model"],
+                    default_system_prompt=data["default_system_prompt"],
+                    theme=data["theme"],
+                    send_key=data["send_key"],
+                )
+            except services.ConversationError as refused:
+                error, status = str(refused), 400
+            else:
+                messages.success(request, "Settings saved.")
+                return redirect("conversations:preferences")
+        else:
+            error, status = form_message(form), 400
+    else:
+        form = PreferencesForm(
+            initial={
+                "default_model": current.default_model_id,
+                "default_system_prompt": current.default_system_prompt,
+                "theme": current.theme,
+                "send_key": current.send_key,
+            }
+        )
+    context = {
+        "form": form,
+        "error": error,
+        "model_configs": selectors.model_configs_enabled(),
+        "themes": UserPreferences.Theme.choices,
+        "send_keys": UserPreferences.SendKey.choices,
+    }
+    return render(request, "conversations/preferences.html", context, status=status)
+
+
+def _back(
+    request: AuthenticatedHttpRequest, default: str, *, leaving: int | None = None
+) -> HttpResponse:
+    """Where an action from the sidebar returns: the page it was taken on (``next``,
+    a path of this site), unless that is the conversation it took away
+    (``leaving``: archived from its own page, or deleted); else ``default``."""
+    target = request.POST.get("next", "")
+    safe = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    gone = leaving is not None and target.startswith(
+        reverse("conversations:detail", args=[leaving])
+    )
+    if request.htmx:
+        return HttpResponse(status=204)
+    return redirect(target if target.startswith("/") and safe and not gone else default)
 
 
 @login_required
@@ -320,6 +464,44 @@ def run_cancel(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
 def run_retry(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
     try:
         run = services.run_retry(user=request.user, run_id=run_id)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    return _done(request, reverse("conversations:detail", args=[run.conversation_id]))
+
+
+@login_required
+@require_POST
+def run_regenerate(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """Answer a finished reply's message again, as an alternative shown in its place."""
+    try:
+        run = services.run_regenerate(user=request.user, run_id=run_id)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    return _done(request, reverse("conversations:detail", args=[run.conversation_id]))
+
+
+@login_required
+@require_POST
+def branch_show(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """Show the branch through run ``run_id`` (a "< 1/2 >" switch)."""
+    try:
+        conversation = services.branch_show(user=request.user, run_id=run_id)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    return _done(request, reverse("conversations:detail", args=[conversation.pk]))
+
+
+@login_required
+@require_POST
+def message_edit(request: AuthenticatedHttpRequest, message_id: int) -> HttpResponse:
+    """Send an edited version of a message, as a new branch from its place."""
+    form = MessageForm(request.POST)
+    if not form.is_valid():
+        return _refuse(request, form_message(form))
+    try:
+        run = services.message_edit(
+            user=request.user, message_id=message_id, content=form.cleaned_data["content"]
+        )
     except services.ConversationError as error:
         return _refused(request, error)
     return _done(request, reverse("conversations:detail", args=[run.conversation_id]))

@@ -27,6 +27,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from conversations.dispatch import gateway_warm  # noqa: E402
 from project.routing import websocket_urlpatterns  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -61,3 +62,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Where this process runs the replies itself (the embedded mode), warm the model
+# gateway now, in the background: importing litellm takes seconds, which the first
+# reply after a start waited for. A Celery worker warms its own (worker_init).
+if settings.TOLLGATE_DISPATCHER != "celery":
+    gateway_warm()

@@ -58,7 +58,7 @@ INSTALLED_APPS = [
     "template_partials",
     "django_celery_beat",
     "allauth",
-    "allauth.account",
+    "project.apps.SignInConfig",  # allauth.account, under a name of its own in admin
     "audit",
     "accounts",
     "approvals",
@@ -96,6 +96,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "conversations.context_processors.preferences",
             ],
         },
     },

@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
+from audit.adminlog import admin_change_record, admin_snapshot
 from audit.services import audit_record
 from project.admin import ReadOnlyAdminMixin
 from tools.mcp.bridge import (
@@ -92,6 +93,17 @@ class ToolAdmin(admin.ModelAdmin):
                 tool=form.instance, changed=form.changed_data, actor=request.user
             )
 
+    def delete_model(self, request: HttpRequest, obj: Tool) -> None:
+        before, pk = admin_snapshot(obj), obj.pk
+        super().delete_model(request, obj)
+        admin_change_record(
+            name="tool", obj=obj, operation="deleted", request=request, before=before, pk=pk
+        )
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Tool]) -> None:
+        for obj in list(queryset):
+            self.delete_model(request, obj)
+
     @admin.action(description="Enable selected tools", permissions=["change"])
     def enable_tools(self, request: HttpRequest, queryset: QuerySet[Tool]) -> None:
         names = tools_set_enabled(
@@ -132,7 +144,11 @@ class ToolInvocationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Note)
-class NoteAdmin(admin.ModelAdmin):
+class NoteAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Users' private notes (the notes tools write them): admins may look and delete,
+    never add or change one in a user's name."""
+
+    deletable = True
     list_display = ("key", "user", "updated_at")
     list_filter = ("updated_at",)
     search_fields = ("key", "user__email")

@@ -331,6 +331,32 @@ def test_explanation_names_rule_group_and_tool(people):
     assert decision.explanation == f"asked because: rule #{rule.pk}, group Staff, tool notes.*"
 
 
+def test_explanation_is_the_rules_description_when_it_has_one(people):
+    """Issue 22, defect 7: users read "rule #2, everyone, tool code.*"."""
+    rule = _make_rule(people, "group", "notes.*", "deny")
+    rule.description = "  Notes are read-only\n during   the audit. "
+    rule.save()
+    decision = gate_evaluate(
+        user=people["user"],
+        tool_name="notes.write",
+        hints=WRITE,
+        arguments={},
+        conversation_id=None,
+    )
+    assert decision.explanation == "denied because: Notes are read-only during the audit."
+    assert decision.policy_id == rule.pk  # the rule itself is still recorded
+    rule.description = "x" * 1000
+    rule.save()
+    long = gate_evaluate(
+        user=people["user"],
+        tool_name="notes.write",
+        hints=WRITE,
+        arguments={},
+        conversation_id=None,
+    )
+    assert len(long.explanation) < 500 and long.explanation.endswith("…")
+
+
 def test_expiry_and_approvers_come_from_the_rule(people, settings):
     settings.TOLLGATE_APPROVAL_EXPIRY_SECONDS = 99
     approvers = Group.objects.create(name="Approvers")

@@ -101,9 +101,8 @@ def test_approve_over_http(user_client, user, make_approval, decided_handler):
     body = response.content.decode()
     assert f'id="approval-{approval.pk}"' in body
     assert "Approved" in body
-    # The badge count drops in the same response (out of band).
-    assert 'id="approval-badge"' in body
-    assert 'hx-swap-oob="true"' in body.split('id="approval-badge"')[1].split(">")[0]
+    # The card only: the badge's count comes with the decision's push (every page).
+    assert 'id="approval-badge"' not in body
     assert decided_handler == [(approval.pk, "approved")]
     event = AuditEvent.objects.get(action="approval.decided")
     assert event.ip == "127.0.0.1"
@@ -286,6 +285,20 @@ def test_edit_without_simple_schema_uses_json_textarea(user_client, user, make_a
     assert response.status_code == 200
     approval.refresh_from_db()
     assert approval.edited_arguments == {"q": 2}
+
+
+def test_a_card_approved_with_edits_shows_the_arguments_that_ran_and_the_diff(
+    user_client, user, make_approval
+):
+    """Issue 22, defect 3: the card's JSON block showed the request's arguments."""
+    approval = make_approval(user, arguments={"q": 1}, schema={})
+    response = post_decide(user_client, approval, decision="edit", arguments_json='{"q": 2}')
+    assert response.status_code == 200
+    card = user_client.get(f"/approvals/{approval.pk}/", **HTMX).content.decode()
+    block = card.split('<pre class="json arguments"')[1].split("</pre>")[0]
+    assert "&quot;q&quot;: 2" in block and "&quot;q&quot;: 1" not in block
+    assert "Approved with edited arguments:" in card
+    assert "arguments-diff" in card
 
 
 def test_always_allow_hidden_for_destructive(user_client, user, make_approval):

@@ -92,3 +92,72 @@ def test_rate_limit_refuses_with_when_to_try_again(conversation):
     assert second.status == Run.Status.FAILED
     assert "try again in" in second.error
     assert AuditEvent.objects.filter(action="budget.refused", data__reason="rate_limit").exists()
+
+
+def _status_line(run: Run) -> str:
+    from conversations.events import render
+
+    return render("run-status", {"run": run})
+
+
+def test_a_run_refused_by_a_budget_offers_no_retry_until_the_budget_resets(conversation):
+    """Issue 22, defect 10: Retry was offered, and could only fail until the reset."""
+    import time_machine
+
+    budget = Budget.objects.create(
+        user=conversation.owner, period=Budget.Period.MONTHLY, cost_limit_usd=Decimal("0.00")
+    )
+    run = answer(conversation)
+    assert run.status == Run.Status.FAILED
+    assert run.retry_blocked
+    resets = run.retry_not_before
+    assert resets is not None and resets.day == 1 and resets.hour == 0
+    line = _status_line(run)
+    assert "Retry is possible from" in line
+    assert f"{resets:%Y-%m-%d %H:%M} UTC" in line
+    assert "run-retry" not in line and ">Retry</button>" not in line
+    with pytest.raises(services.RunNotRetryable, match="resets at"):
+        services.run_retry(user=conversation.owner, run_id=run.pk)
+
+    with time_machine.travel(resets, tick=False):
+        run.refresh_from_db()
+        assert not run.retry_blocked
+        assert ">Retry</button>" in _status_line(run)
+        budget.delete()
+        again = services.run_retry(user=conversation.owner, run_id=run.pk)
+        assert again.metadata["retry_of"] == run.pk
+
+
+def test_a_total_budget_says_it_does_not_reset_and_offers_no_retry(conversation):
+    Budget.objects.create(
+        user=conversation.owner, period=Budget.Period.TOTAL, cost_limit_usd=Decimal("0.00")
+    )
+    run = answer(conversation)
+    assert run.status == Run.Status.FAILED
+    assert run.retry_blocked and run.retry_not_before is None
+    line = _status_line(run)
+    assert "does not reset" in line and ">Retry</button>" not in line
+    with pytest.raises(services.RunNotRetryable, match="does not reset"):
+        services.run_retry(user=conversation.owner, run_id=run.pk)
+
+
+def test_a_rate_limited_run_offers_retry_once_the_window_passed(conversation):
+    import time_machine
+
+    RateLimit.objects.create(user=conversation.owner, requests_per_minute=1)
+    answer(conversation, "one")
+    second = answer(conversation, "two")
+    assert second.status == Run.Status.FAILED
+    assert second.retry_blocked
+    assert ">Retry</button>" not in _status_line(second)
+    with time_machine.travel(second.retry_not_before, tick=False):
+        second.refresh_from_db()
+        assert ">Retry</button>" in _status_line(second)
+
+
+def test_other_failures_still_offer_retry(conversation):
+    run = answer(conversation)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED, error="The provider failed.")
+    run.refresh_from_db()
+    assert not run.retry_blocked
+    assert ">Retry</button>" in _status_line(run)

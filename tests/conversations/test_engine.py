@@ -229,6 +229,41 @@ def test_context_trimming_is_recorded(conversation, demo_model):
     assert run.metadata["context"]["1"]["dropped_messages"] > 0
 
 
+def test_where_the_history_sent_begins_is_recorded_and_marked_in_the_chat(
+    conversation, demo_model, client
+):
+    """Issue 22, defect 9: older messages were left out silently."""
+    from conversations import selectors
+    from conversations.engine import history_with_ids
+
+    demo_model.context_window = 300
+    demo_model.max_output_tokens = 100
+    demo_model.supports_tools = False
+    demo_model.save()
+    add_turns(conversation, 30)
+    run = advance(send(conversation, "latest question"))
+    dropped = run.metadata["context_dropped_messages"]
+    cut = run.metadata["context_cut_message_id"]
+    assert dropped > 0 and isinstance(cut, int)
+    _history, ids = history_with_ids(conversation=conversation)
+    assert ids.index(cut) == 1 + dropped  # after the system prompt and the ones left out
+    assert selectors.conversation_timeline(conversation=conversation).context_cut == cut
+
+    client.force_login(conversation.owner)
+    page = client.get(f"/c/{conversation.pk}/").content.decode()
+    marker = page.index('id="context-cut"')
+    assert marker < page.index(f'id="message-{cut}"')
+    assert page.count('id="context-cut"') == 1
+    assert f"Written without the {dropped} earliest messages" in page
+
+    # A call that sends everything again takes the marker away.
+    demo_model.context_window = 100_000
+    demo_model.save()
+    run = advance(send(conversation, "and now?"))
+    assert "context_cut_message_id" not in run.metadata
+    assert 'id="context-cut"' not in client.get(f"/c/{conversation.pk}/").content.decode()
+
+
 def test_a_step_longer_than_the_lease_keeps_it_by_heartbeat(conversation, monkeypatch, settings):
     """The lease (1 s here) outlives a step of several seconds: the heartbeat renews it,
     so a second worker claiming the run mid-step finds it taken."""

@@ -104,7 +104,8 @@ def test_retry_failed_run_answers_the_same_message(conversation, other_user):
     assert new.pk != run.pk
     assert new.user_message_id == run.user_message_id
     assert new.status == Run.Status.QUEUED
-    assert new.metadata == {"retry_of": run.pk}
+    assert new.metadata["retry_of"] == run.pk
+    assert new.parent_id == run.parent_id  # an alternative answer at the same place
 
 
 def test_cancel_finished_run_is_an_error(conversation, other_user):

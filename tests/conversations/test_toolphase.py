@@ -155,6 +155,22 @@ def test_policy_deny_returns_a_denial_without_asking(conversation):
     assert "denied" in final_answer(run)
 
 
+def test_a_policy_denial_gives_the_rules_description_to_the_user_and_the_model(conversation):
+    ApprovalPolicy.objects.create(
+        tool_pattern="calc.*",
+        action=ApprovalPolicy.Action.DENY,
+        description="Calculations are off for maintenance.",
+    )
+    run = drive(send(conversation, "calculate 2+2"))
+    invocation = ToolInvocation.objects.get(run_id=run.pk)
+    assert invocation.decision_explanation == (
+        "denied because: Calculations are off for maintenance."
+    )
+    tool_message = run.messages.get(role="tool")
+    assert "Calculations are off for maintenance." in tool_message.content
+    assert "rule #" not in tool_message.content
+
+
 def test_cancelling_a_waiting_run_cancels_its_approval(conversation):
     run, approval = _pending_delete(conversation)
     services.run_cancel(user=conversation.owner, run_id=run.pk)

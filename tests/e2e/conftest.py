@@ -61,25 +61,98 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"rep_{report.when}", report)
 
 
+class PageProblems:
+    """What went wrong in a test's pages: console errors, uncaught exceptions and
+    failed requests (no answer, or an answer of 400 or more), each as one line.
+
+    Every browser test fails on any of them (``new_page``'s teardown), except
+    those a test expects and says so with ``allow(pattern)`` (a regular
+    expression searched in the line): a 404 for another user's conversation, a
+    409 for a Stop that came too late.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.allowed: list[re.Pattern[str]] = []
+
+    def allow(self, pattern: str) -> None:
+        self.allowed.append(re.compile(pattern))
+
+    def watch(self, context) -> None:
+        context.on("console", self._console)
+        context.on("weberror", lambda error: self.seen.append(f"page error: {error.error}"))
+        context.on("requestfailed", self._request_failed)
+        context.on("response", self._response)
+
+    def _console(self, message) -> None:
+        if message.type == "error":
+            where = message.location.get("url", "") if message.location else ""
+            page = message.page.url if message.page is not None else "?"
+            self.seen.append(f"console error: {message.text} ({where}) on {page}")
+
+    def _request_failed(self, request) -> None:
+        failure = request.failure or ""
+        # A request the page itself dropped by leaving (a navigation: a fetch, the
+        # icon) is not a failure; the server answered nothing wrong.
+        if "ERR_ABORTED" in failure:
+            return
+        self.seen.append(f"request failed: {request.method} {request.url} {failure}")
+
+    def _response(self, response) -> None:
+        if response.status >= 400:
+            request = response.request
+            self.seen.append(f"response {response.status}: {request.method} {response.url}")
+
+    def unexpected(self) -> list[str]:
+        return [
+            line for line in self.seen if not any(pattern.search(line) for pattern in self.allowed)
+        ]
+
+
 @pytest.fixture
-def new_page(request, browser):
+def page_problems() -> PageProblems:
+    """The console errors and failed requests of the test's pages (see ``PageProblems``)."""
+    return PageProblems()
+
+
+@pytest.fixture
+def new_page(request, browser, page_problems):
     """Open pages in fresh browser contexts; on failure save screenshots and print logs.
 
     ``new_page()`` opens a page on the session's ``stack`` (started on first
     use); ``new_page(base_url, logs=server)`` on another server whose
-    ``log_tails()`` is printed on failure.
+    ``log_tails()`` is printed on failure. ``viewport`` and ``color_scheme``
+    set the context's; ``clipboard=True`` lets the page read and write the
+    clipboard. A test that passed fails at teardown when its pages logged a
+    console error, threw, or had a request fail (``page_problems``).
     """
     contexts = []
     sources: list = []
 
-    def open_page(base_url: str | None = None, *, logs=None):
+    def open_page(
+        base_url: str | None = None,
+        *,
+        logs=None,
+        viewport: dict | None = None,
+        color_scheme: str | None = None,
+        clipboard: bool = False,
+    ):
         if base_url is None:
             logs = request.getfixturevalue("stack")
             base_url = logs.base_url
         if logs is not None and logs not in sources:
             sources.append(logs)
-        context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+        options: dict = {
+            "base_url": base_url,
+            "viewport": viewport or {"width": 1280, "height": 900},
+        }
+        if color_scheme is not None:
+            options["color_scheme"] = color_scheme
+        if clipboard:
+            options["permissions"] = ["clipboard-read", "clipboard-write"]
+        context = browser.new_context(**options)
         context.set_default_timeout(20_000)
+        page_problems.watch(context)
         contexts.append(context)
         return context.new_page()
 
@@ -98,6 +171,9 @@ def new_page(request, browser):
             sys.stdout.write(source.log_tails())
     for context in contexts:
         context.close()
+    problems = page_problems.unexpected()
+    if problems and not failed:
+        pytest.fail("The browser reported problems:\n" + "\n".join(problems[:40]), pytrace=False)
 
 
 def sign_up(page, email: str, password: str = E2E_PASSWORD) -> None:
@@ -143,7 +219,8 @@ CONVERSATION_URL = re.compile(r"/c/(\d+)/$")
 
 def chat_new(page: Page) -> int:
     """Open a new, empty conversation with the default (demo) model; returns its id."""
-    page.goto("/")
+    if not page.url.endswith("/") or "/c/" in page.url:
+        page.goto("/")
     page.click("form.new-chat button[type=submit]")
     page.wait_for_url(CONVERSATION_URL)
     expect(page.locator("#composer textarea[name=content]")).to_be_editable()

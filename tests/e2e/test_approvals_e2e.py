@@ -100,7 +100,7 @@ def test_approve_runs_the_tool_and_the_answer_streams_in(new_page, stack):
 
     expect(card.locator(".status-badge")).to_have_text("Approved")
     run = page.locator(f"#run-{run_id}")
-    expect(run.locator(".msg-tool")).to_contain_text('"created": true', timeout=30_000)
+    expect(run.locator(".step-output")).to_contain_text('"created": true', timeout=30_000)
     answer = run.locator(".msg-assistant.msg-complete").last
     expect(answer).to_contain_text("Done — the tool said:", timeout=30_000)
     expect_run_completed(page, run_id)
@@ -174,12 +174,36 @@ def test_edit_arguments_then_approve_runs_the_edited_call(new_page, stack):
 
     expect(card.locator(".status-badge")).to_have_text("Approved")
     expect(card).to_contain_text("Approved with edited arguments")
+    # What ran, not what was asked (issue 22, defect 3); the diff stays.
+    expect(card.locator("pre.json.arguments")).to_contain_text("print(6 * 7)")
+    expect(card.locator("pre.json.arguments")).not_to_contain_text("print(2 + 2)")
+    expect(card.locator(".arguments-diff")).to_contain_text("print(2 + 2)")
     run = page.locator(f"#run-{run_id}")
-    output = run.locator(".msg-tool")
+    output = run.locator(".step-output")
     expect(output).to_contain_text('"stdout": "42\\n"', timeout=30_000)
     expect(run.locator(".msg-assistant.msg-complete").last).to_contain_text("42", timeout=30_000)
     expect_run_completed(page, run_id)
-    assert '"stdout": "4\\n"' not in output.inner_text()
+    assert '"stdout": "4\\n"' not in output.text_content()
+
+    # One compact step, where the call was made, before the answer (issue 22,
+    # defects 3, 5 and 6): the tool's name, the arguments it ran with, its output.
+    step = run.locator(".tool-step")
+    expect(step).to_have_count(1)
+    expect(step.locator("summary")).to_contain_text("code.python")
+    expect(step.locator("summary")).to_contain_text("Succeeded")
+    expect(step.locator(".step-arguments")).to_be_hidden()  # folded
+    step.locator("summary").click()
+    expect(step.locator(".step-arguments")).to_contain_text("print(6 * 7)")
+    expect(step.locator(".step-arguments")).not_to_contain_text("print(2 + 2)")
+    expect(step).to_contain_text("Arguments it ran with (edited by an approver)")
+    assert "code__python" not in run.text_content()
+    assert "Tool call" not in run.text_content()
+    order = run.evaluate(
+        """(run) => Array.from(run.querySelectorAll(".msg-assistant, .tool-step"))
+             .filter((e) => e.offsetParent !== null || e.matches(".tool-step"))
+             .map((e) => e.matches(".tool-step") ? "step" : "answer")"""
+    )
+    assert order == ["step", "answer"], order
 
     invocation = _invocation(stack, run_id)
     assert invocation["requested"] == {"code": "print(2 + 2)"}
@@ -201,10 +225,13 @@ def test_approval_badge_updates_in_another_tab_on_another_page(new_page):
     usage = chat.context.new_page()
     usage.goto("/usage/")
     approvals = chat.context.new_page()
-    approvals.goto("/approvals/")
-    for tab in (usage, approvals):
+    approvals.goto("/approvals/?status=pending")
+    decided = chat.context.new_page()
+    decided.goto("/approvals/?status=approved")
+    for tab in (usage, approvals, decided):
         expect(tab.locator("#approval-badge")).to_have_text("Approvals")
         tab.evaluate(MARK_PAGE)
+    expect(approvals.locator("#approvals-empty")).to_have_text("No approvals match these filters.")
 
     chat_new(chat)
     run_id, card = _ask(chat, "forget the meeting")
@@ -213,6 +240,11 @@ def test_approval_badge_updates_in_another_tab_on_another_page(new_page):
     for tab in (usage, approvals):
         expect(tab.locator("#approval-badge .count")).to_have_text("1")
     expect(approvals.locator(f"#approvals-live #{approval_id}")).to_be_visible()
+    # The line saying there is none goes (issue 22, defect 4); a page filtered on
+    # another status gets no card.
+    expect(approvals.locator("#approvals-empty")).to_be_hidden()
+    expect(decided.locator(".approval-card")).to_have_count(0)
+    expect(decided.locator("#approvals-empty")).to_be_visible()
 
     card.get_by_role("button", name="Approve", exact=True).click()
     expect(card.locator(".status-badge")).to_have_text("Approved")
@@ -242,7 +274,9 @@ PROBE_SOCKETS = """async ([conversationId, frame]) => {
 }"""
 
 
-def test_another_user_can_neither_open_the_chat_nor_decide(new_page, stack):
+def test_another_user_can_neither_open_the_chat_nor_decide(new_page, stack, page_problems):
+    page_problems.allow(r"(response 404: GET|status of 404 .*) .*/c/\d+/")
+    page_problems.allow(r"WebSocket connection to .*/ws/\?conversation=\d+' failed: .* 403")
     owner = new_page()
     sign_up(owner, unique_email("owner"))
     conversation = chat_new(owner)
@@ -308,7 +342,7 @@ def test_python_code_is_shown_highlighted_and_runs_after_approval(new_page, stac
 
     card.get_by_role("button", name="Approve", exact=True).click()
     run = page.locator(f"#run-{run_id}")
-    expect(run.locator(".msg-tool")).to_contain_text('"stdout": "45\\n"', timeout=30_000)
+    expect(run.locator(".step-output")).to_contain_text('"stdout": "45\\n"', timeout=30_000)
     expect(run.locator(".msg-assistant.msg-complete").last).to_contain_text("45")
     expect_run_completed(page, run_id)
     assert _invocation(stack, run_id)["status"] == "succeeded"
@@ -341,7 +375,10 @@ COST_LINE = re.compile(
 )
 
 
-def test_the_card_shows_the_estimate_and_approving_over_the_budget_is_refused(new_page, stack):
+def test_the_card_shows_the_estimate_and_approving_over_the_budget_is_refused(
+    new_page, stack, page_problems
+):
+    page_problems.allow(r"409.* .*/approvals/\d+/decide")  # the refusal, shown on the card
     stack.manage("shell", "-c", PRICED_MODEL)
     page = new_page()
     email = unique_email("cost")
@@ -412,9 +449,9 @@ def test_worker_killed_while_waiting_then_approval_runs_the_tool_once(new_page, 
     card.get_by_role("button", name="Approve", exact=True).click()
     expect(card.locator(".status-badge")).to_have_text("Approved")
     run = page.locator(f"#run-{run_id}")
-    expect(run.locator(".msg-tool")).to_contain_text('"stdout": "runs: 1\\n"', timeout=60_000)
+    expect(run.locator(".step-output")).to_contain_text('"stdout": "runs: 1\\n"', timeout=60_000)
     expect_run_completed(page, run_id, timeout=60_000)
-    expect(run.locator(".msg-tool")).to_have_count(1)
+    expect(run.locator(".step-output")).to_have_count(1)
 
     invocation = _invocation(stack, run_id)
     assert (invocation["status"], invocation["attempts"]) == ("succeeded", 1)
@@ -424,5 +461,5 @@ def test_worker_killed_while_waiting_then_approval_runs_the_tool_once(new_page, 
         ("completed",)
     ]
     page.reload()
-    expect(page.locator(f"#run-{run_id} .msg-tool")).to_have_count(1)
+    expect(page.locator(f"#run-{run_id} .step-output")).to_have_count(1)
     assert re.search(r"runs: 1\b", page.locator(f"#run-{run_id}").inner_text())

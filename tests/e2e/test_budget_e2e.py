@@ -69,6 +69,11 @@ def test_zero_budget_set_in_admin_refuses_the_next_message(new_page, stack, admi
     )
     expect(run.locator(".msg-assistant")).to_have_count(0)
     expect(run.locator(".invocation")).to_have_count(0)
+    # No Retry that could only fail: when it will be possible instead (issue 22, defect 10).
+    expect(status.get_by_role("button", name="Retry")).to_have_count(0)
+    expect(status.locator(".retry-later")).to_contain_text(
+        re.compile(r"Retry is possible from \d{4}-\d\d-01 00:00 UTC, when the limit resets\.")
+    )
 
     # No model call: no reply stored, nothing in the ledger, the refusal audited.
     assert (

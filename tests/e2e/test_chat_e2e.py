@@ -206,9 +206,11 @@ def test_a_long_chat_draws_its_last_exchanges_and_loads_earlier_ones(new_page, s
     expect_run_completed(page, run_id)
 
 
-def test_a_refused_message_comes_back_to_the_composer_and_a_late_stop_says_why(new_page):
-    """The composer clears when a message goes out; one the server refuses (here:
-    sent while the reply still streams) comes back with the reason, and goes once
+def test_a_refused_message_comes_back_to_the_composer_and_a_late_stop_says_why(
+    new_page, page_problems
+):
+    """The composer clears when the server took its message; one the server refuses
+    (here: sent while the reply still streams) stays, with the reason, and goes once
     sent again. A Stop that comes after the reply finished answers 409, and the
     page shows its message (htmx swaps that answer)."""
     page = new_page()
@@ -233,5 +235,6 @@ def test_a_refused_message_comes_back_to_the_composer_and_a_late_stop_says_why(n
     expect_run_completed(page, int(runs.nth(1).get_attribute("data-run")))
     expect(composer).to_have_value("")  # nothing refused came back
 
+    page_problems.allow(r"409.* .*/runs/\d+/cancel")
     page.evaluate(f"htmx.ajax('POST', '/runs/{run_id}/cancel', {{swap: 'none'}})")
     expect(errors).to_contain_text("This reply has already finished.")

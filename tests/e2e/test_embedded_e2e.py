@@ -10,12 +10,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import ARTIFACTS, ROOT, expect_run_completed, sign_up, unique_email
+from tests.e2e.conftest import (
+    ARTIFACTS,
+    E2E_PASSWORD,
+    ROOT,
+    admin_sign_in,
+    expect_run_completed,
+    sign_up,
+    unique_email,
+)
 from tests.topology import free_port, wait_for_http
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +43,17 @@ DROPPED = {
 }
 
 
+def shell_env(**extra: str) -> dict[str, str]:
+    """The environment of a shell in the checkout (see ``DROPPED``), plus ``extra``."""
+    venv_bin = str(ROOT / ".venv")
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED}
+    env["PATH"] = os.pathsep.join(
+        part for part in env.get("PATH", "").split(os.pathsep) if not part.startswith(venv_bin)
+    )
+    env.update(extra)
+    return env
+
+
 class Served:
     """``scripts/serve`` running in its own process group."""
 
@@ -43,12 +63,7 @@ class Served:
         self.data_dir = data_dir
         self.log = ARTIFACTS / "embedded.log"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        venv_bin = str(ROOT / ".venv")
-        env = {k: v for k, v in os.environ.items() if k not in DROPPED}
-        env["PATH"] = os.pathsep.join(
-            part for part in env.get("PATH", "").split(os.pathsep) if not part.startswith(venv_bin)
-        )
-        env.update(
+        env = shell_env(
             HOST="127.0.0.1",
             PORT=str(self.port),
             TOLLGATE_DATA_DIR=str(data_dir),
@@ -73,6 +88,13 @@ class Served:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=20)
 
+    def wait_for_log(self, text: str, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"scripts/serve did not log {text!r}\n" + self.log_tails())
+            time.sleep(0.2)
+
     def log_tails(self, lines: int = 80) -> str:
         text = self.log.read_text(errors="replace").splitlines()[-lines:]
         return f"----- scripts/serve log ({self.log}) -----\n" + "\n".join(text) + "\n"
@@ -91,6 +113,9 @@ def served(tmp_path):
 
 
 def test_readme_serve_command_serves_sign_up_and_a_demo_chat(served, new_page):
+    # The model gateway warms up at start-up, before any page asks for anything
+    # (issue 22: the first reply waited 5.5 s for litellm's import).
+    served.wait_for_log("model gateway warmed up", timeout=60)
     # ``served`` first: it stops after the browser pages closed (no open sockets to wait for).
     page = new_page(served.base_url, logs=served)
     page.goto("/accounts/signup/")
@@ -116,3 +141,26 @@ def test_readme_serve_command_serves_sign_up_and_a_demo_chat(served, new_page):
     # The embedded defaults kept their state in the data folder.
     assert (served.data_dir / "db.sqlite3").stat().st_size > 0
     assert (served.data_dir / "secret_key").read_text().strip()
+
+    # README's command for an administrator, in a second terminal beside the running
+    # serve (issue 22, defect 11: `uv run python manage.py createadmin` there said
+    # "SECRET_KEY is not set", and ignored a custom data folder).
+    readme = (ROOT / "README.md").read_text()
+    assert "`scripts/manage createadmin`" in readme
+    email = unique_email("embedded-admin")
+    created = subprocess.run(
+        [str(ROOT / "scripts" / "manage"), "createadmin", "--noinput"],
+        cwd=ROOT,
+        env=shell_env(
+            TOLLGATE_DATA_DIR=str(served.data_dir),
+            TOLLGATE_ADMIN_EMAIL=email,
+            TOLLGATE_ADMIN_PASSWORD=E2E_PASSWORD,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    admin = new_page(served.base_url, logs=served)
+    admin_sign_in(admin, email)

@@ -65,7 +65,7 @@ def test_mcp_tool_asks_with_the_server_name_and_hints_then_runs(new_page, stack,
 
     card.get_by_role("button", name="Approve", exact=True).click()
 
-    expect(run.locator(".msg-tool")).to_contain_text("Asia/Tokyo", timeout=60_000)
+    expect(run.locator(".step-output")).to_contain_text("Asia/Tokyo", timeout=60_000)
     expect_run_completed(page, run_id, timeout=60_000)
     [(status, attempts)] = stack.sql(
         "SELECT status, attempts FROM tools_toolinvocation WHERE run_id = %s", (run_id,)

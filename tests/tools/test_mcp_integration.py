@@ -268,7 +268,9 @@ def test_untrusted_servers_read_only_tool_asks_then_runs_after_approval(conversa
     assert approval.hints["idempotent"] is False  # never re-run on an untrusted word
     assert "not trusted" in approval.explanation
     assert approval.always_allow_permitted is False
-    card = events.render("run-tools", {"run": _run_for_push(run), "user": conversation.owner})
+    pushed = _run_for_push(run)
+    [calling] = [m for m in pushed.timeline_messages if m.steps]
+    card = events.render("tool-steps", {"run": pushed, "m": calling, "user": conversation.owner})
     assert "[MCP server: time]" in card and "untrusted server" in card
     assert "always_allow" not in card
     with pytest.raises(AlwaysAllowRefused):
