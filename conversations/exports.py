@@ -26,6 +26,7 @@ from approvals.models import ApprovalRequest
 from audit.services import audit_record
 from conversations import branches, events
 from conversations.models import Conversation, Message, Run
+from conversations.runs import run_import
 from conversations.services import ConversationError, auto_title, model_config_pick
 from project.inbound import InboundError, json_parse
 from tools.models import ToolInvocation
@@ -265,7 +266,6 @@ def conversation_import(*, user, text: str, model_config_id: int | None = None) 
     data, plan = _plan(text)
     config = model_config_pick(model_config_id=model_config_id)
     statuses = {choice for choice, _ in Message.Status.choices}
-    run_statuses = Run.TERMINAL
     with transaction.atomic():
         title = _text(data.get("title")).strip()
         conversation = Conversation.objects.create(owner=user, model_config=config, title=title)
@@ -296,12 +296,11 @@ def conversation_import(*, user, text: str, model_config_id: int | None = None) 
                 if item.get("parent") is not None and item["parent"] not in new_run:
                     continue
                 parent = new_run.get(item.get("parent"))
-                status = str(item["status"]) if item.get("status") in run_statuses else "cancelled"
-                new_run[item["id"]] = Run.objects.create(
+                new_run[item["id"]] = run_import(
+                    status=str(item.get("status")),
                     conversation=conversation,
                     user_message=new_message[item["user_message"]],
                     parent=parent,
-                    status=status,
                     error=_text(item.get("error"), 2000),
                     model_config=config,
                     metadata={

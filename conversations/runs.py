@@ -247,6 +247,18 @@ def _streaming_messages_end(run: Run, *, cancelled: bool) -> None:
         events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
 
 
+def run_import(*, status: str, **fields: Any) -> Run:
+    """Create a finished run brought in by a conversation import (``conversations.exports``).
+
+    ``status``: the run's status in the file, kept when it is terminal
+    (``Run.TERMINAL``), else ``cancelled`` (a run cannot be imported half-way:
+    nothing would advance it). ``fields``: the other ``Run`` fields. The only
+    place outside a transition that sets a run's status; no audit event (the
+    import audits itself) and no step is scheduled.
+    """
+    return Run.objects.create(status=status if status in Run.TERMINAL else S.CANCELLED, **fields)
+
+
 def run_step_schedule(*, run_id: int) -> None:
     """Have a worker take run ``run_id``'s next step once the current transaction
     commits (at once outside one): ``run_step_due`` is sent then."""

@@ -219,8 +219,8 @@ CONVERSATION_URL = re.compile(r"/c/(\d+)/$")
 
 def chat_new(page: Page) -> int:
     """Open a new, empty conversation with the default (demo) model; returns its id."""
-    if not page.url.endswith("/") or "/c/" in page.url:
-        page.goto("/")
+    if "/c/" in page.url or page.locator("form.new-chat").count() == 0:
+        page.goto("/")  # a page without the new-chat form (settings, prompts) or a chat
     page.click("form.new-chat button[type=submit]")
     page.wait_for_url(CONVERSATION_URL)
     expect(page.locator("#composer textarea[name=content]")).to_be_editable()

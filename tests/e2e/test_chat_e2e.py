@@ -165,14 +165,14 @@ def test_sidebar_follows_sends_archives_and_deletes_in_every_tab(new_page):
     expect(page.locator(items).first).to_have_class(re.compile(r"\bcurrent\b"))
     expect_run_completed(page, run_id)
 
-    page.click("form[action$='/archive'] button")
+    page.click("form.inline[action$='/archive'] button")  # the chat header's
     page.wait_for_url(lambda url: "/c/" not in url)  # archived: back to the start page
     expect(other.locator(items)).to_have_count(1)
     expect(other.locator(items).first).to_have_id(f"conversation-{second}")
 
     page.goto(f"/c/{second}/")
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("form[action$='/delete'] button")
+    page.click("form.inline[action$='/delete'] button")
     page.wait_for_url(lambda url: "/c/" not in url)
     expect(other.locator(items)).to_have_count(0)
     expect(other.locator("#conversation-list-empty")).to_be_visible()
