@@ -162,11 +162,25 @@ def policy_changed_record(
     Returns the event, or ``None`` inside ``audit_deferred`` (as ``audit_record``).
     """
     after = policy_snapshot(policy) if operation != "deleted" else None
+    return _changed_record(
+        action="policy.changed", target_type="approval_policy", target_id=policy.pk or "",
+        operation=operation, before=before, after=after, actor=actor, ip=ip,
+    )  # fmt: skip
+
+
+def _changed_record(
+    *, action: str, target_type: str, target_id: Any, operation: str,
+    before: dict[str, Any] | None, after: dict[str, Any] | None, actor: Any, ip: str | None,
+) -> AuditEvent | None:  # fmt: skip
+    """Audit a configuration row's change (``policy.changed``, ``guardrail.changed``):
+    the ``operation``, its snapshots ``before`` and ``after`` (``None`` for a row that
+    did not exist) and their ``json_diff``. Returns the event, or ``None`` inside
+    ``audit_deferred``."""
     return audit_record(
-        action="policy.changed",
+        action=action,
         actor=actor,
-        target_type="approval_policy",
-        target_id=policy.pk or "",
+        target_type=target_type,
+        target_id=target_id,
         data={
             "operation": operation,
             "before": before,
@@ -985,16 +999,7 @@ def guardrail_changed_record(
     ``audit_deferred``."""
     transaction.on_commit(guardrails_cache_clear)
     after = guardrail_snapshot(guardrail) if operation != "deleted" else None
-    return audit_record(
-        action="guardrail.changed",
-        actor=actor,
-        target_type="guardrail",
-        target_id=guardrail.pk or "",
-        data={
-            "operation": operation,
-            "before": before,
-            "after": after,
-            "diff": json_diff(before or {}, after or {}),
-        },
-        ip=ip,
-    )
+    return _changed_record(
+        action="guardrail.changed", target_type="guardrail", target_id=guardrail.pk or "",
+        operation=operation, before=before, after=after, actor=actor, ip=ip,
+    )  # fmt: skip

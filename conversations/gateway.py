@@ -1183,14 +1183,13 @@ async def stream_chat(
     """
     demo_register()
     key = None
-    if reply_cacheable(
-        config=config, tools=tools, temperature=call_temperature(config, temperature)
-    ):
+    used = call_temperature(config, temperature)
+    if reply_cacheable(config=config, tools=tools, temperature=used):
         key = reply_key(
             config=config,
             messages=messages,
             max_tokens=max_tokens or config.max_output_tokens,
-            temperature=call_temperature(config, temperature),
+            temperature=used,
         )
         cached = await _from_cache(key, on_delta)
         if cached is not None:
