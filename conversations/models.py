@@ -235,6 +235,7 @@ class Run(models.Model):
         GATING = "gating"
         AWAITING_APPROVAL = "awaiting_approval"
         EXECUTING_TOOLS = "executing_tools"
+        AWAITING_PARTS = "awaiting_parts"
         COMPLETED = "completed"
         FAILED = "failed"
         CANCELLED = "cancelled"
@@ -259,7 +260,34 @@ class Run(models.Model):
             "messages after one parent are edits (conversations.branches)."
         ),
     )
+
+    class Kind(models.TextChoices):
+        ANSWER = "answer", "Answer"
+        COMPARE = "compare", "Compare: parallel answers and a summary"
+        CHAIN = "chain", "Chain of steps"
+
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.QUEUED)
+    kind = models.CharField(
+        max_length=16,
+        choices=Kind.choices,
+        default=Kind.ANSWER,
+        help_text=(
+            "answer: one model answers (with its tool turns). compare and chain are "
+            "orchestrating runs: they wait in awaiting_parts for their parts (runs whose "
+            "orchestrator they are) and are told when each part ends (runs.run_part_ended)."
+        ),
+    )
+    orchestrator = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="parts",
+        help_text="The compare or chain run this run is a part of (none: a run of its own).",
+    )
+    position = models.PositiveSmallIntegerField(
+        default=0, help_text="A part's place among its orchestrator's parts (0, 1, …)."
+    )
     step = models.PositiveIntegerField(default=0)
     max_steps = models.PositiveIntegerField(default=8)
     error = models.TextField(blank=True)

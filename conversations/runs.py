@@ -10,6 +10,15 @@ DESIGN.md, "The agent loop"::
                                   → calling_llm        (every call settled at the gate)
     every unfinished state → cancelled | failed
 
+An orchestrating run (``Run.kind`` compare or chain) has parts: runs whose
+``orchestrator`` it is. It waits for them durably, as a run waits for people::
+
+    queued → awaiting_parts → calling_llm …    (a compare's summary, once its parts ended)
+                            → completed        (a chain's last step ended)
+           awaiting_parts → awaiting_parts     (a chain starts its next step)
+
+When a part reaches a terminal status, :data:`run_part_ended` is sent on commit;
+the receiver for the orchestrator's kind locks the orchestrator and moves it on.
 ``TRANSITIONS`` is that table; :func:`run_transition` is the only code that
 assigns a run's status. It checks the table (``IllegalTransition``), writes with
 one compare-and-set ``UPDATE … WHERE status = <the status read>`` (``RunChanged``
@@ -24,7 +33,7 @@ an approval, an expiry racing either):
 
 1. the conversation, when a service changes it together with its runs
    (send, retry, archive);
-2. the run (:func:`run_lock`);
+2. the run (:func:`run_lock`); an orchestrating run before its parts;
 3. its tool invocations, by id (``tools``);
 4. approval requests, by id (``approvals``: a decision or an expiry first sends
    ``approvals.signals.approval_deciding``, whose receiver here locks the run and
@@ -60,7 +69,7 @@ S = Run.Status
 
 #: Allowed transitions: current status → the statuses it may move to.
 TRANSITIONS: dict[str, frozenset[str]] = {
-    S.QUEUED: frozenset({S.CALLING_LLM, S.FAILED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.CALLING_LLM, S.AWAITING_PARTS, S.FAILED, S.CANCELLED}),
     # calling_llm → calling_llm: an answer that failed a structured-output guardrail
     # is asked again (conversations.guarding), once per run.
     S.CALLING_LLM: frozenset({S.CALLING_LLM, S.GATING, S.COMPLETED, S.FAILED, S.CANCELLED}),
@@ -69,6 +78,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     ),
     S.AWAITING_APPROVAL: frozenset({S.EXECUTING_TOOLS, S.CALLING_LLM, S.FAILED, S.CANCELLED}),
     S.EXECUTING_TOOLS: frozenset({S.CALLING_LLM, S.FAILED, S.CANCELLED}),
+    # An orchestrating run: its parts ended (a compare's summary call, a chain's end),
+    # or a chain moved on to its next part.
+    S.AWAITING_PARTS: frozenset(
+        {S.AWAITING_PARTS, S.CALLING_LLM, S.COMPLETED, S.FAILED, S.CANCELLED}
+    ),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),
@@ -80,7 +94,9 @@ ADVANCEABLE: frozenset[str] = frozenset({S.QUEUED, S.CALLING_LLM, S.GATING, S.EX
 #: Transitions into these are audited (``run.<status>``): a run's outcome, and each
 #: wait on people. The moves between (a model call, the gate, the tools) are audited
 #: by what happens in them: ``llm.call``, ``gate.decided``, ``tool.executed``.
-AUDITED: frozenset[str] = frozenset({S.AWAITING_APPROVAL, S.COMPLETED, S.FAILED, S.CANCELLED})
+AUDITED: frozenset[str] = frozenset(
+    {S.AWAITING_APPROVAL, S.AWAITING_PARTS, S.COMPLETED, S.FAILED, S.CANCELLED}
+)
 
 #: Statuses of a tool turn: approval holds (``accounts``) may exist for the run then.
 _AFTER_TOOLS = frozenset({S.GATING, S.AWAITING_APPROVAL, S.EXECUTING_TOOLS})
@@ -88,6 +104,15 @@ _AFTER_TOOLS = frozenset({S.GATING, S.AWAITING_APPROVAL, S.EXECUTING_TOOLS})
 #: Sent on commit when a run has a step for a worker to take: ``run_id`` (int).
 #: ``conversations.dispatch`` receives it (Celery or an asyncio task).
 run_step_due = Signal()
+
+#: Sent on commit when a part of an orchestrating run reached a terminal status:
+#: ``orchestrator_id`` (int), ``kind`` (the orchestrator's ``Run.Kind``), ``part_id``
+#: (int). Each kind's module connects a receiver that ignores the other kinds; it
+#: locks the orchestrator (``run_lock``) before any part (the lock order below).
+#: Also sent by :func:`runs_recover_stale` for an orchestrator whose parts have all
+#: ended while it still waits (a receiver lost with its process): receivers must be
+#: idempotent, checking the orchestrator's status and parts under the lock.
+run_part_ended = Signal()
 
 
 class RunStateError(Exception):
@@ -236,7 +261,22 @@ def run_transition(
     events.run_status_changed(run_id=run.pk, run=run)
     if not keep and to in ADVANCEABLE:
         run_step_schedule(run_id=run.pk)
+    if terminal and run.orchestrator_id is not None:
+        _part_ended_schedule(run)
     return to
+
+
+def _part_ended_schedule(part: Run) -> None:
+    orchestrator_id = part.orchestrator_id
+    kind = Run.objects.filter(pk=orchestrator_id).values_list("kind", flat=True).first()
+    if kind is None:
+        return
+    part_id = part.pk
+    transaction.on_commit(
+        lambda: run_part_ended.send(
+            sender=Run, orchestrator_id=orchestrator_id, kind=kind, part_id=part_id
+        )
+    )
 
 
 def _streaming_messages_end(run: Run, *, cancelled: bool) -> None:
@@ -364,7 +404,10 @@ def runs_recover_stale(*, grace_seconds: int = 30) -> list[int]:
     with work to do, or queued ``grace_seconds`` (seconds) with no lease (its
     dispatch was lost). Returns the run ids (at most 500 per call).
 
-    ``awaiting_approval`` runs wait for people; their decisions move them on.
+    ``awaiting_approval`` runs wait for people; their decisions move them on. An
+    ``awaiting_parts`` run whose parts have all ended (for ``grace_seconds``) is sent
+    :data:`run_part_ended` again, for its last part: the receiver that should have
+    moved it on went with its process.
     """
     now = timezone.now()
     ids = list(
@@ -380,4 +423,23 @@ def runs_recover_stale(*, grace_seconds: int = 30) -> list[int]:
     for run_id in ids:
         events.run_status_changed(run_id=run_id)  # "Resuming…" until a worker has it
         run_step_due.send(sender=Run, run_id=run_id)
+    waiting = (
+        Run.objects.filter(
+            status=S.AWAITING_PARTS, updated_at__lt=now - timedelta(seconds=grace_seconds)
+        )
+        .exclude(parts__status__in=set(S.values) - Run.TERMINAL)
+        .values_list("pk", "kind")[:500]
+    )
+    for orchestrator_id, kind in waiting:
+        part_id = (
+            Run.objects.filter(orchestrator_id=orchestrator_id)
+            .order_by("-position", "-pk")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if part_id is not None:
+            run_part_ended.send(
+                sender=Run, orchestrator_id=orchestrator_id, kind=kind, part_id=part_id
+            )
+            ids.append(orchestrator_id)
     return ids

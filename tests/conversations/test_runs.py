@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,66 @@ def test_the_status_check_finds_a_write_outside_the_state_machine(tmp_path):
         "    Run.objects.filter(pk=run.pk).update(metadata={})\n"
     )
     assert _status_writes(sneaky) == [2, 3, 4]
+
+
+def _received(signal):
+    seen: list[dict] = []
+
+    def receiver(**kwargs):
+        seen.append({k: kwargs[k] for k in ("orchestrator_id", "kind", "part_id")})
+
+    signal.connect(receiver, weak=False)
+    return seen, receiver
+
+
+def test_a_parts_end_is_sent_on_commit_to_its_orchestrators_kind(
+    django_capture_on_commit_callbacks,
+):
+    orchestrator = RunFactory(kind=Run.Kind.COMPARE, status=S.AWAITING_PARTS)
+    part = RunFactory(
+        conversation=orchestrator.conversation,
+        user_message=orchestrator.user_message,
+        orchestrator=orchestrator,
+        status=S.CALLING_LLM,
+        step=1,
+    )
+    alone = RunFactory(status=S.CALLING_LLM, step=1)
+    seen, receiver = _received(runs.run_part_ended)
+    try:
+        with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+            runs.run_transition(run=runs.run_lock(run_id=alone.pk), to=S.COMPLETED)
+            runs.run_transition(run=runs.run_lock(run_id=part.pk), to=S.FAILED, error="x")
+            assert seen == []  # not before the commit
+    finally:
+        runs.run_part_ended.disconnect(receiver)
+    assert seen == [{"orchestrator_id": orchestrator.pk, "kind": "compare", "part_id": part.pk}]
+
+
+def test_recovery_tells_again_of_an_orchestrator_whose_parts_all_ended():
+    old = timezone.now() - timedelta(minutes=5)
+    waiting = RunFactory(kind=Run.Kind.CHAIN, status=S.AWAITING_PARTS)
+    busy = RunFactory(kind=Run.Kind.CHAIN, status=S.AWAITING_PARTS)
+    for orchestrator, statuses in (
+        (waiting, (S.COMPLETED, S.COMPLETED)),
+        (busy, (S.COMPLETED, S.QUEUED)),
+    ):
+        for position, status in enumerate(statuses):
+            RunFactory(
+                conversation=orchestrator.conversation,
+                user_message=orchestrator.user_message,
+                orchestrator=orchestrator,
+                position=position,
+                status=status,
+            )
+    Run.objects.filter(pk__in=[waiting.pk, busy.pk]).update(updated_at=old)
+    Run.objects.filter(orchestrator=busy, status=S.QUEUED).update(
+        lease_expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    last = Run.objects.get(orchestrator=waiting, position=1)
+    seen, receiver = _received(runs.run_part_ended)
+    try:
+        recovered = runs.runs_recover_stale()
+    finally:
+        runs.run_part_ended.disconnect(receiver)
+    assert seen == [{"orchestrator_id": waiting.pk, "kind": "chain", "part_id": last.pk}]
+    assert waiting.pk in recovered and busy.pk not in recovered
