@@ -268,6 +268,8 @@ def run_transition(
 
 def _part_ended_schedule(part: Run) -> None:
     orchestrator_id = part.orchestrator_id
+    if orchestrator_id is None:
+        return
     kind = Run.objects.filter(pk=orchestrator_id).values_list("kind", flat=True).first()
     if kind is None:
         return
