@@ -111,11 +111,18 @@
         insert(text);
         return;
       }
-      var field = target.querySelector("#prompt-fill input");
-      if (field) field.focus();
       target.scrollIntoView({ block: "nearest" });
     } else if (target.id === "reformulation") {
       target.scrollIntoView({ block: "nearest" });
     }
+  });
+  // htmx gives swapped-in content its behaviour when it settles, not when it is
+  // swapped: focusing the variable form only then means Enter or Fill posts it by
+  // htmx, never as a plain form that would leave the chat.
+  document.addEventListener("htmx:afterSettle", function (event) {
+    var target = event.detail && event.detail.target;
+    if (!target || target.id !== "prompt-picker") return;
+    var field = target.querySelector("#prompt-fill input");
+    if (field) field.focus();
   });
 })();
