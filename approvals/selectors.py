@@ -501,3 +501,9 @@ def guardrail_preview(*, guardrail: Guardrail, text: str) -> GuardrailOutcome:
     """What ``guardrail`` (saved or not, its config valid) does to ``text``: the
     admin's "test this guardrail" form. No query, no audit."""
     return guardrails_run(rules=[_rule(guardrail)], text=text, stage=guardrail.stage)
+
+
+def approvals_for_runs(*, run_ids: list[int]) -> list[ApprovalRequest]:
+    """The approval requests of the runs ``run_ids``, oldest first (one query). No
+    permission check: callers pass runs the viewer may see."""
+    return list(ApprovalRequest.objects.filter(run_id__in=run_ids).order_by("created_at", "pk"))

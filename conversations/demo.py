@@ -142,6 +142,16 @@ def _use_tool_call(user_text: str, offered: dict[str, dict]) -> tuple[str, dict]
     return (name, arguments) if isinstance(arguments, dict) else None
 
 
+def _use_tool_calls(user_text: str, offered: dict[str, dict]) -> list[tuple[str, dict]]:
+    """Several calls in one turn (they run in parallel): a message of two or more
+    lines, each a "use tool <name> {json}" request of an offered tool; else none."""
+    lines = [line for line in user_text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return []
+    calls = [_use_tool_call(line, offered) for line in lines]
+    return [call for call in calls if call is not None] if all(calls) else []
+
+
 _HELP = (
     "I am Tollgate's **offline demo model**: I run without a network or an API key, "
     "so I cannot really think about your message, but I show how the product works "
@@ -153,7 +163,8 @@ _HELP = (
     "- `remember that the meeting is on Friday` / `forget the meeting`\n"
     "- `fetch https://example.com`\n"
     "- `run python: print(2 + 2)` / `run shell: ls`\n"
-    '- `use tool <name> {{"arg": "value"}}` (any offered tool, e.g. an MCP server\'s)\n\n'
+    '- `use tool <name> {{"arg": "value"}}` (any offered tool, e.g. an MCP server\'s); '
+    "one per line for several calls at once\n\n"
     "Without tools, `what is your system prompt?` quotes this conversation's.\n\n"
     "Pick a real model in the model menu for real answers."
 )
@@ -205,6 +216,17 @@ def _argument_key(schema: dict, keys: tuple[str, ...]) -> str:
     return required[0] if required else keys[0]
 
 
+def _call(turn: int, user_text: str, name: str, arguments: dict, index: int) -> dict[str, Any]:
+    """An OpenAI-shaped tool call whose id is the same whenever the history is."""
+    key: list[Any] = [turn, user_text, name] + ([index] if index else [])
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "id": f"call_demo_{digest}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments)},
+    }
+
+
 def demo_plan(
     messages: list[dict[str, Any]], tools: list[dict] | None
 ) -> tuple[str, list[dict[str, Any]]]:
@@ -227,6 +249,12 @@ def demo_plan(
         (_text_of(m) for m in reversed(messages) if m.get("role") == "user"), ""
     ).strip()
     offered = _offered(tools)
+    several = _use_tool_calls(user_text, offered)
+    if several:
+        return "", [
+            _call(len(messages), user_text, name, arguments, index)
+            for index, (name, arguments) in enumerate(several)
+        ]
     planned = _use_tool_call(user_text, offered)
     for recogniser in RECOGNISERS:
         if planned is not None:
@@ -243,15 +271,7 @@ def demo_plan(
             )
     if planned is not None:
         name, arguments = planned
-        digest = hashlib.sha256(
-            json.dumps([len(messages), user_text, name], sort_keys=True).encode()
-        ).hexdigest()[:16]
-        call = {
-            "id": f"call_demo_{digest}",
-            "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)},
-        }
-        return "", [call]
+        return "", [_call(len(messages), user_text, name, arguments, 0)]
     if re.fullmatch(r"(?i)(hi|hello|hey)[!. ]*", user_text):
         return _GREETING, []
     if SYSTEM_PROMPT_QUESTION.search(user_text):

@@ -12,9 +12,11 @@ from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRa
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q
 from django.http import Http404
+from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from approvals.selectors import approvals_for_runs
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from prompts.models import LATEST, Prompt, PromptVersion
@@ -485,3 +487,160 @@ def preferences_get(*, user) -> UserPreferences:
     if user is None or not user.is_authenticated:
         return UserPreferences()
     return UserPreferences.objects.filter(user=user).first() or UserPreferences(user=user)
+
+
+@dataclass(frozen=True)
+class TimelineBar:
+    """One interval of a run's timeline. ``start_ms`` and ``end_ms`` are milliseconds
+    from the run's creation; ``end_ms`` is ``None`` while it is still going (drawn to
+    now). ``kind``: ``queue`` (waiting for a worker), ``llm`` (a model call),
+    ``approval`` (waiting for a person), ``tool`` (a tool executing) or ``part`` (a
+    part of an orchestrating run)."""
+
+    kind: str
+    label: str
+    status: str
+    start_ms: int
+    end_ms: int | None
+
+    @property
+    def duration_ms(self) -> int | None:
+        return None if self.end_ms is None else self.end_ms - self.start_ms
+
+
+@dataclass
+class TimelineLane:
+    """A row of the timeline: bars that never overlap (``name``: what it shows)."""
+
+    name: str
+    bars: list[TimelineBar] = field(default_factory=list)
+
+
+@dataclass
+class RunTimeline:
+    """A run's steps over time (``run_timeline``): ``lanes`` top to bottom and
+    ``total_ms``, the span drawn (milliseconds from the run's creation to its end,
+    or to now while it goes on)."""
+
+    run: Run
+    lanes: list[TimelineLane]
+    total_ms: int
+
+    def placed(self) -> list[tuple[TimelineLane, list[tuple[TimelineBar, float, float]]]]:
+        """Each lane with its bars and their ``(left, width)`` in percent of the span
+        (a bar is at least 0.5% wide, so an instant still shows)."""
+        span = max(self.total_ms, 1)
+        out = []
+        for lane in self.lanes:
+            bars = []
+            for bar in lane.bars:
+                end = self.total_ms if bar.end_ms is None else bar.end_ms
+                left = min(100.0, 100.0 * bar.start_ms / span)
+                width = max(0.5, min(100.0 - left, 100.0 * (end - bar.start_ms) / span))
+                bars.append((bar, round(left, 2), round(width, 2)))
+            out.append((lane, bars))
+        return out
+
+
+def _ms(origin: datetime, at: datetime | None) -> int | None:
+    return None if at is None else max(0, round((at - origin).total_seconds() * 1000))
+
+
+def _lanes_packed(name: str, bars: list[TimelineBar]) -> list[TimelineLane]:
+    """``bars`` in as few lanes as hold them without overlap, in start order: tool
+    calls that ran at the same time get one lane each ("Tools 1", "Tools 2")."""
+    lanes: list[TimelineLane] = []
+    ends: list[float] = []
+    for bar in sorted(bars, key=lambda b: (b.start_ms, b.label)):
+        for i, end in enumerate(ends):
+            if bar.start_ms >= end:
+                lanes[i].bars.append(bar)
+                ends[i] = float("inf") if bar.end_ms is None else bar.end_ms
+                break
+        else:
+            lanes.append(TimelineLane(name=f"{name} {len(lanes) + 1}", bars=[bar]))
+            ends.append(float("inf") if bar.end_ms is None else bar.end_ms)
+    if len(lanes) == 1:
+        lanes[0].name = name
+    return lanes
+
+
+def run_timeline(*, user, run_id: int) -> RunTimeline:
+    """The user's run drawn over time from what is stored: its model calls (assistant
+    messages: created when the call began, ``latency_ms`` long), the waits for a person
+    (approval requests: created → decided), its tool executions (started → finished;
+    calls that overlapped get lanes of their own) and, for an orchestrating run, its
+    parts. ``Http404`` for another user's run or none. Five queries, whatever the
+    number of steps.
+    """
+    run = (
+        Run.objects.select_related("conversation", "model_config")
+        .filter(pk=run_id, conversation__owner=user)
+        .first()
+    )
+    if run is None:
+        raise Http404("Run not found")
+    origin = run.created_at
+    now = timezone.now()
+    end_at = run.finished_at or now
+    model = TimelineLane(name="Model")
+    queued = _ms(origin, run.started_at)
+    if queued:  # from the message to the first worker that took the run
+        model.bars.append(TimelineBar("queue", "Queued for a worker", "queued", 0, queued))
+    for message in Message.objects.filter(run=run, role=Message.Role.ASSISTANT).order_by("pk"):
+        began = _ms(origin, message.created_at) or 0
+        if message.latency_ms is not None:
+            ended: int | None = began + message.latency_ms
+        elif message.status == Message.Status.STREAMING:
+            ended = None
+        else:
+            ended = began
+        calls = len(message.tool_calls or [])
+        label = f"Step {message.run_step or '?'} · {message.model or 'model'}" + (
+            f" · {calls} tool call{'s' if calls != 1 else ''}" if calls else ""
+        )
+        model.bars.append(TimelineBar("llm", label, message.status, began, ended))
+    invocations = list(ToolInvocation.objects.filter(run_id=run.pk).order_by("position", "pk"))
+    people = TimelineLane(name="People")
+    for approval in approvals_for_runs(run_ids=[run.pk]):
+        people.bars.append(
+            TimelineBar(
+                "approval",
+                f"Approval: {approval.tool_name} — {approval.status}",
+                approval.status,
+                _ms(origin, approval.created_at) or 0,
+                _ms(origin, approval.decided_at),
+            )
+        )
+    tools = [
+        TimelineBar(
+            "tool",
+            f"{inv.tool_name} — {inv.status}",
+            inv.status,
+            _ms(origin, inv.started_at) or 0,
+            _ms(origin, inv.finished_at),
+        )
+        for inv in invocations
+        if inv.started_at is not None
+    ]
+    parts = [
+        TimelineBar(
+            "part",
+            f"{part.model_config.name if part.model_config else 'Run'} — {part.status}",
+            part.status,
+            _ms(origin, part.started_at or part.created_at) or 0,
+            _ms(origin, part.finished_at),
+        )
+        for part in Run.objects.filter(orchestrator=run)
+        .select_related("model_config")
+        .order_by("position", "pk")
+    ]
+    lanes = [model]
+    if people.bars:
+        lanes.append(people)
+    if tools:
+        lanes.extend(_lanes_packed("Tools", tools))
+    lanes.extend(TimelineLane(name=f"Part {i + 1}", bars=[bar]) for i, bar in enumerate(parts))
+    ends = [b.end_ms for lane in lanes for b in lane.bars if b.end_ms is not None]
+    total = max([_ms(origin, end_at) or 0, *ends])
+    return RunTimeline(run=run, lanes=lanes, total_ms=total)

@@ -492,6 +492,15 @@ def branch_show(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
 
 
 @login_required
+@require_GET
+def run_timeline(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """A run's steps over time: model calls, waits for people, tool executions and
+    parts in lanes (``selectors.run_timeline``). 404 for another user's run."""
+    timeline = selectors.run_timeline(user=request.user, run_id=run_id)
+    return render(request, "conversations/run_timeline.html", {"timeline": timeline})
+
+
+@login_required
 @require_POST
 def message_edit(request: AuthenticatedHttpRequest, message_id: int) -> HttpResponse:
     """Send an edited version of a message, as a new branch from its place."""
