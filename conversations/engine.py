@@ -47,6 +47,7 @@ from conversations.gateway import (
     stream_chat,
 )
 from conversations.guarding import guard_model_output, guard_reask, guard_user_input
+from conversations.loopevents import loop_event_of_run
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.prompting import RunCall, run_call
 from conversations.runs import (
@@ -477,6 +478,20 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
     with transaction.atomic(), audit_deferred():
         # Before the transition: an answer asked again does not complete the run.
         result, reask = guard_model_output(run=run, message=message, result=result)
+        # Before the transition, so that a run's last step.finished precedes its
+        # run.finished; withdrawn if the answer is discarded.
+        finished = loop_event_of_run(
+            run,
+            "step.finished",
+            step=message.run_step,
+            outcome="tool_calls" if result.tool_calls else "reask" if reask else "answer",
+            tool_calls=len(result.tool_calls or []),
+            prompt_tokens=result.prompt_tokens or 0,
+            completion_tokens=result.completion_tokens or 0,
+            cost_usd=str(result.cost_usd) if result.cost_usd is not None else None,
+            latency_ms=result.latency_ms,
+            ttft_ms=result.ttft_ms,
+        )
         try:
             if result.tool_calls or reask:
                 if not run_relock(run=run, worker=worker):
@@ -484,6 +499,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             else:
                 run_transition(run=run, to=S.COMPLETED, metadata=metadata, holder=worker)
         except RunChanged:
+            finished.cancel()
             # The provider answered (and bills it) though the answer is discarded: the
             # call is charged all the same. After the run's lock (the lock order).
             call_settle(
@@ -625,6 +641,18 @@ def _end_call(
         metadata.update(_fallback_metadata("", failed_over or []))
         fields["metadata"] = metadata
         Message.objects.filter(pk=message.pk).update(**fields)
+        loop_event_of_run(
+            run,
+            "step.finished",
+            step=message.run_step,
+            outcome="failed" if error else "stopped",
+            tool_calls=0,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cost_usd=str(usage.cost_usd) if usage and usage.cost_usd is not None else None,
+            latency_ms=latency_ms,
+            ttft_ms=None,
+        )
         if error:
             _fail_locked(run, error, kind=kind)
         else:

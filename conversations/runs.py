@@ -61,6 +61,7 @@ from django.utils import timezone
 from accounts.services import budget_release_approved
 from audit.services import audit_record
 from conversations import events
+from conversations.loopevents import loop_event_of_run
 from conversations.models import Message, Run
 
 logger = logging.getLogger(__name__)
@@ -258,6 +259,13 @@ def run_transition(
         audit_record(
             action=f"run.{to}", actor=actor, target_type="run", target_id=run.pk, data=event
         )
+    if current == S.QUEUED and to not in Run.TERMINAL:
+        model = run.model_config.name if run.model_config is not None else ""
+        loop_event_of_run(run, "run.started", kind=run.kind, model=model)
+    if to == S.CALLING_LLM:
+        loop_event_of_run(run, "step.started")
+    if terminal:
+        loop_event_of_run(run, "run.finished", status=to, steps=run.step, error=error[:500])
     events.run_status_changed(run_id=run.pk, run=run)
     if not keep and to in ADVANCEABLE:
         run_step_schedule(run_id=run.pk)

@@ -25,6 +25,7 @@ from conversations import events
 from conversations.context import token_count
 from conversations.gateway import cost_for, worst_case_cost
 from conversations.guarding import guard_tool_arguments, guard_tool_output
+from conversations.loopevents import loop_event_of_run
 from conversations.models import Message, Run
 from conversations.prompting import run_call
 from conversations.runs import (
@@ -214,6 +215,13 @@ def turn_gate(*, run: Run, message: Message) -> None:
             "decision": decision.action,
             "decision_explanation": decision.explanation[:500],
         }
+        loop_event_of_run(
+            run,
+            "tool_call.gated",
+            tool_call_id=invocation.tool_call_id,
+            tool=spec.name,
+            decision=decision.action,
+        )
         if decision.action == "allow":
             invocation_mark(invocation_id=invocation.pk, status=IS.APPROVED, **common)
         elif decision.action == "deny":
@@ -260,6 +268,18 @@ def turn_write_results(*, run: Run, message_id: int) -> None:
             continue
         content = invocation_tool_message(invocation=invocation)["content"]
         output_acts: list[dict[str, Any]] = []
+        if invocation.status in (IS.SUCCEEDED, IS.FAILED) and invocation.started_at:
+            took = (
+                invocation.finished_at - invocation.started_at if invocation.finished_at else None
+            )
+            loop_event_of_run(
+                run,
+                "tool_call.executed",
+                tool_call_id=invocation.tool_call_id,
+                tool=invocation.tool_name,
+                status=invocation.status,
+                duration_ms=None if took is None else round(took.total_seconds() * 1000),
+            )
         if invocation.status in (IS.SUCCEEDED, IS.FAILED):  # what the tool itself returned
             content, output_acts = guard_tool_output(
                 run=run, invocation_id=invocation.pk, content=content
@@ -415,6 +435,14 @@ def approval_decided(*, approval: ApprovalRequest, **_signal: Any) -> None:
         )
     else:
         return
+    loop_event_of_run(
+        run,
+        "tool_call.decided",
+        tool_call_id=invocation.tool_call_id,
+        tool=invocation.tool_name,
+        decision=status,
+        actor_id=approval.decided_by_id,
+    )
     events.run_tools_changed(run_id=run.pk)
     if run.status == S.AWAITING_APPROVAL:
         # Not None: invocations are recorded by turn_gate, with their message's id.
