@@ -59,8 +59,9 @@ LOOP_EVENTS: tuple[str, ...] = (
 class LoopEvent:
     """One event of the run core: ``name`` (one of :data:`LOOP_EVENTS`), the run's
     ``run_id``, ``conversation_id`` and ``user_id``, ``step`` (the model call it
-    belongs to: the run's step counter, 1 for the first call), ``at`` (when it happened, aware datetime) and
-    ``data`` (the event's fields, above; JSON-serialisable)."""
+    belongs to: the run's step counter, 1 for the first call), ``at`` (when it
+    happened, aware datetime) and ``data`` (the event's fields, above;
+    JSON-serialisable)."""
 
     name: str
     run_id: int
