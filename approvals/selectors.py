@@ -507,3 +507,8 @@ def approvals_for_runs(*, run_ids: list[int]) -> list[ApprovalRequest]:
     """The approval requests of the runs ``run_ids``, oldest first (one query). No
     permission check: callers pass runs the viewer may see."""
     return list(ApprovalRequest.objects.filter(run_id__in=run_ids).order_by("created_at", "pk"))
+
+
+def approvals_pending_total() -> int:
+    """How many approval requests wait for a decision now, everyone's (a metric)."""
+    return ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING).count()

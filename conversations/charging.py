@@ -23,6 +23,7 @@ from accounts.selectors import budget_requires_prices
 from accounts.services import Admission, llm_call_admit, llm_call_settle
 from audit.services import audit_record
 from conversations.gateway import CallUsage, litellm_listed, worst_case_cost
+from conversations.metrics import metrics_refusal
 from conversations.models import ModelConfig
 
 
@@ -113,6 +114,7 @@ def call_admit(
             if retry is not None:
                 until = timezone.now() + timedelta(seconds=exc.retry_after_seconds)
                 retry["retry_not_before"] = until.isoformat()
+    metrics_refusal(reason=refusal["reason"])
     audit_record(
         action="budget.refused",
         actor=user,

@@ -442,6 +442,11 @@ def approval_decided(*, approval: ApprovalRequest, **_signal: Any) -> None:
         tool=invocation.tool_name,
         decision=status,
         actor_id=approval.decided_by_id,
+        waited_ms=(
+            round((approval.decided_at - approval.created_at).total_seconds() * 1000)
+            if approval.decided_at and approval.created_at
+            else None
+        ),
     )
     events.run_tools_changed(run_id=run.pk)
     if run.status == S.AWAITING_APPROVAL:

@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -43,6 +43,7 @@ from conversations.forms import (
     PreferencesForm,
     RenameForm,
 )
+from conversations.metrics import metrics_allowed, metrics_render
 from conversations.models import UserPreferences
 from conversations.reformulation import ReformulationRefused, draft_reformulate
 from project.inbound import form_message, id_parse
@@ -489,6 +490,20 @@ def branch_show(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
     except services.ConversationError as error:
         return _refused(request, error)
     return _done(request, reverse("conversations:detail", args=[conversation.pk]))
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics (``conversations.metrics``) for a scraper with the token or
+    from an allowed address; 403 otherwise (also when neither is configured)."""
+    if not metrics_allowed(
+        authorization=request.headers.get("Authorization", ""),
+        remote_addr=request.META.get("REMOTE_ADDR", ""),
+    ):
+        return HttpResponse("Forbidden: /metrics needs its token.\n", status=403,
+                            content_type="text/plain")  # fmt: skip
+    body, content_type = metrics_render()
+    return HttpResponse(body, content_type=content_type)
 
 
 @login_required

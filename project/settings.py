@@ -316,6 +316,13 @@ TOLLGATE_CONVERSATION_LIST_PAGE = env.int("TOLLGATE_CONVERSATION_LIST_PAGE", def
 # "Earlier messages": a long conversation's page costs this many, not all of them.
 TOLLGATE_TIMELINE_PAGE = env.int("TOLLGATE_TIMELINE_PAGE", default=20)
 
+# /metrics (Prometheus): a scraper sends "Authorization: Bearer <token>" or comes from
+# one of these addresses or networks (REMOTE_ADDR: the proxy's, behind one). Neither
+# set: /metrics answers 403. PROMETHEUS_MULTIPROC_DIR (read by prometheus-client from
+# the environment) adds up the figures of several processes.
+TOLLGATE_METRICS_TOKEN = env.str("TOLLGATE_METRICS_TOKEN", default="")
+TOLLGATE_METRICS_ALLOWED_IPS = env.list("TOLLGATE_METRICS_ALLOWED_IPS", default=[])
+
 # Longest prompt template (characters) the prompt library accepts.
 TOLLGATE_PROMPT_MAX_CHARS = env.int("TOLLGATE_PROMPT_MAX_CHARS", default=50_000)
 

@@ -40,6 +40,7 @@ urlpatterns = [
     path("", conversation_views.home, name="home"),
     path("", include("conversations.urls")),
     path("healthz", healthz, name="healthz"),
+    path("metrics", conversation_views.metrics, name="metrics"),
     path("favicon.ico", favicon, name="favicon"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),

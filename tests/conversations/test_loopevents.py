@@ -72,6 +72,7 @@ def test_a_subscriber_receives_a_runs_events_in_order_with_their_fields(
     assert by_name["run.started"] == {"kind": "answer", "model": conversation.model_config.name}
     calling = seen[2].data
     assert calling["outcome"] == "tool_calls" and calling["tool_calls"] == 1
+    assert calling["model"] == conversation.model_config.name
     assert calling["prompt_tokens"] > 0 and calling["latency_ms"] is not None
     tool_call_id = by_name["tool_call.gated"]["tool_call_id"]
     assert by_name["tool_call.gated"] == {
@@ -84,7 +85,9 @@ def test_a_subscriber_receives_a_runs_events_in_order_with_their_fields(
         "tool": "notes.delete",
         "decision": "approved",
         "actor_id": conversation.owner_id,
+        "waited_ms": by_name["tool_call.decided"]["waited_ms"],
     }
+    assert by_name["tool_call.decided"]["waited_ms"] >= 0
     executed = by_name["tool_call.executed"]
     assert (executed["tool"], executed["status"]) == ("notes.delete", "succeeded")
     assert executed["duration_ms"] >= 0
