@@ -24,9 +24,10 @@ class ConversationsConfig(AppConfig):
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
         from conversations import checks, dispatch, selectors, toolphase
+        from conversations.evaluations import evaluation_due
         from conversations.models import Run
         from conversations.runs import run_step_due
-        from prompts.models import PromptVersion
+        from prompts.models import Evaluation, PromptVersion
         from tools.models import ToolInvocation
 
         approval_deciding.connect(
@@ -42,4 +43,7 @@ class ConversationsConfig(AppConfig):
             selectors.model_names_enabled, sender=PromptVersion, dispatch_uid="conversations"
         )
         run_step_due.connect(dispatch.run_step_due_received, sender=Run, dispatch_uid="dispatch")
+        evaluation_due.connect(
+            dispatch.evaluation_due_received, sender=Evaluation, dispatch_uid="dispatch"
+        )
         register(checks.websocket_origins_check, "tollgate", deploy=True)
