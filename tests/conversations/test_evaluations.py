@@ -138,7 +138,9 @@ def test_an_evaluation_answers_judges_charges_and_summarises(
         ("evaluation", "a"), ("evaluation", "b"), ("evaluation_judge", "a"),
         ("evaluation_judge", "b"),
     }  # fmt: skip
-    assert AuditEvent.objects.filter(action="evaluation.finished", data__status="completed").exists()
+    assert AuditEvent.objects.filter(
+        action="evaluation.finished", data__status="completed"
+    ).exists()
     a, b = evaluation_results(user=user, evaluation_id=evaluation.pk).summary
     assert a.answered == b.answered == 3
     assert a.cost_usd == sum(o.cost_usd for o in outputs if o.variant == "a")
