@@ -262,3 +262,27 @@ def test_marking_over_htmx_redraws_the_summary(user_client, user, prompt, priced
     assert "100% of 1" in html
     bad = user_client.post(url, {"choice": "c"}, headers={"HX-Request": "true"})
     assert bad.status_code == 400 and "Mark A, B or a tie." in bad.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_embedded_mode_runs_an_evaluation_in_a_thread(user, prompt, priced, settings):
+    """No Celery (``TOLLGATE_DISPATCHER=inprocess``): the start's on-commit signal runs
+    the calls in a thread of the web process; the usage page lists their spend."""
+    import time
+
+    from django.test import Client
+
+    settings.TOLLGATE_DISPATCHER = "inprocess"
+    evaluation = _evaluation(user, prompt, rows=1)
+    evaluation_start(user=user, evaluation_id=evaluation.pk)
+    deadline = time.monotonic() + 30
+    while evaluation.status != Evaluation.Status.COMPLETED and time.monotonic() < deadline:
+        time.sleep(0.1)
+        evaluation.refresh_from_db()
+    assert evaluation.status == Evaluation.Status.COMPLETED
+    assert EvaluationOutput.objects.filter(status="done").count() == 2
+    client = Client()
+    client.force_login(user)
+    usage = client.get(reverse("accounts:usage"))
+    assert usage.status_code == 200
+    assert "Priced demo" in usage.content.decode() or "demo/tollgate" in usage.content.decode()
