@@ -24,6 +24,7 @@ tools.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,6 +49,8 @@ from prompts.errors import PROMPT_REFUSALS, PromptError
 from prompts.evaluations import INPUT, VARIANTS, evaluation_get
 from prompts.models import Evaluation, EvaluationOutput, EvaluationRow, Prompt, PromptVersion
 from prompts.templating import template_render
+
+logger = logging.getLogger(__name__)
 
 #: Sent on commit when an evaluation is queued (``evaluation_id``); ``conversations
 #: .dispatch`` receives it and runs :func:`evaluation_process` (Celery or a thread).
@@ -496,8 +499,10 @@ def _fail(output_id: int, error: str, *, judge: bool = False) -> None:
 
 
 @db_async
-def _to_judge(evaluation: Evaluation, output_id: int) -> EvaluationOutput | None:
-    """Output ``output_id`` when it still needs the judge's score, claimed for it."""
+def _to_judge(evaluation: Evaluation, output_id: int, *, takeover: bool) -> EvaluationOutput | None:
+    """Output ``output_id`` when it still needs the judge's score, claimed for it (its
+    ``updated_at`` touched). ``takeover``: this worker did not answer it, so it may
+    judge it only once whoever did has left it alone for :data:`STALE_CALL`."""
     with transaction.atomic():
         output = EvaluationOutput.objects.select_for_update().get(pk=output_id)
         if (
@@ -505,8 +510,10 @@ def _to_judge(evaluation: Evaluation, output_id: int) -> EvaluationOutput | None
             or output.status != EvaluationOutput.Status.DONE
             or output.judge_score is not None
             or output.judge_error
+            or (takeover and output.updated_at > timezone.now() - STALE_CALL)
         ):
             return None
+        output.save(update_fields=["updated_at"])
         return output
 
 
@@ -540,7 +547,7 @@ async def _answer(evaluation: Evaluation, row: EvaluationRow, variant: str) -> N
             await _fail(output_id, str(error))
         return
     if not to_call:  # answered before (a redelivered task): only its judge may be due
-        await _judge(evaluation, row, variant, output_id, messages)
+        await _judge(evaluation, row, variant, output_id, messages, takeover=True)
         return
     call = await _call(
         evaluation,
@@ -568,9 +575,15 @@ async def _answer(evaluation: Evaluation, row: EvaluationRow, variant: str) -> N
 
 
 async def _judge(
-    evaluation: Evaluation, row: EvaluationRow, variant: str, output_id: int, asked: list[dict]
+    evaluation: Evaluation,
+    row: EvaluationRow,
+    variant: str,
+    output_id: int,
+    asked: list[dict],
+    *,
+    takeover: bool = False,
 ) -> None:
-    output = await _to_judge(evaluation, output_id)
+    output = await _to_judge(evaluation, output_id, takeover=takeover)
     if output is None or evaluation.judge is None:
         return
     data = {
@@ -640,11 +653,25 @@ def _begin(evaluation_id: int) -> Evaluation | None:
 
 @db_async
 def _finish(evaluation_id: int, error: str = "") -> None:
+    """Complete the evaluation once every output is answered (or failed) and judged
+    (or failed to be); left running while another worker's call is in flight (that
+    worker finishes it). ``error``: fail it with that message at once."""
     with transaction.atomic(), audit_deferred():
         evaluation = Evaluation.objects.select_for_update(no_key=True).get(pk=evaluation_id)
         if not evaluation.is_active:
             return
         outputs = EvaluationOutput.objects.filter(evaluation=evaluation)
+        pending = outputs.filter(status=EvaluationOutput.Status.CALLING).exists() or (
+            outputs.count() < evaluation.rows.count() * len(VARIANTS)
+        )
+        if evaluation.judge_id is not None:
+            pending = pending or (
+                outputs.filter(
+                    status=EvaluationOutput.Status.DONE, judge_score__isnull=True, judge_error=""
+                ).exists()
+            )
+        if pending and not error:  # another worker's calls are still going: it finishes
+            return
         failed = outputs.filter(status=EvaluationOutput.Status.FAILED).count()
         evaluation.status = Evaluation.Status.FAILED if error else Evaluation.Status.COMPLETED
         evaluation.error = error
@@ -673,8 +700,13 @@ async def evaluation_process(*, evaluation_id: int) -> None:
     evaluation = await _begin(evaluation_id)
     if evaluation is None:
         return
-    for row in evaluation.row_list:  # type: ignore[attr-defined]
-        for variant in VARIANTS:
-            await _answer(evaluation, row, variant)
-            await _progress(evaluation_id)
+    try:
+        for row in evaluation.row_list:  # type: ignore[attr-defined]
+            for variant in VARIANTS:
+                await _answer(evaluation, row, variant)
+                await _progress(evaluation_id)
+    except Exception:
+        logger.exception("evaluation %s stopped", evaluation_id)
+        await _finish(evaluation_id, "The evaluation stopped on an internal error; see the logs.")
+        raise
     await _finish(evaluation_id)

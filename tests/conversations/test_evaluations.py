@@ -286,3 +286,32 @@ def test_the_embedded_mode_runs_an_evaluation_in_a_thread(user, prompt, priced, 
     usage = client.get(reverse("accounts:usage"))
     assert usage.status_code == 200
     assert "Priced demo" in usage.content.decode() or "demo/tollgate" in usage.content.decode()
+
+
+def test_a_call_in_flight_elsewhere_is_left_to_it_until_it_goes_stale(user, prompt, priced):
+    """Two deliveries of one evaluation's task: the second neither calls for an output
+    the first is calling for, nor finishes the evaluation under it; an output left
+    "calling" by a worker that died is taken over after ``STALE_CALL``."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations.evaluations import STALE_CALL
+
+    evaluation = _evaluation(user, prompt, rows=1)
+    evaluation_start(user=user, evaluation_id=evaluation.pk)
+    row = evaluation.rows.get()
+    busy = EvaluationOutput.objects.create(evaluation=evaluation, row=row, variant="a")
+    async_to_sync(evaluation_process)(evaluation_id=evaluation.pk)
+    evaluation.refresh_from_db()
+    busy.refresh_from_db()
+    assert evaluation.status == Evaluation.Status.RUNNING
+    assert (busy.status, UsageRecord.objects.count()) == ("calling", 1)  # only B was called
+    EvaluationOutput.objects.filter(pk=busy.pk).update(
+        updated_at=timezone.now() - STALE_CALL - timedelta(seconds=1)
+    )
+    async_to_sync(evaluation_process)(evaluation_id=evaluation.pk)
+    evaluation.refresh_from_db()
+    busy.refresh_from_db()
+    assert evaluation.status == Evaluation.Status.COMPLETED
+    assert (busy.status, UsageRecord.objects.count()) == ("done", 2)
