@@ -315,3 +315,17 @@ def test_a_call_in_flight_elsewhere_is_left_to_it_until_it_goes_stale(user, prom
     busy.refresh_from_db()
     assert evaluation.status == Evaluation.Status.COMPLETED
     assert (busy.status, UsageRecord.objects.count()) == ("done", 2)
+
+
+def test_a_system_prompt_is_evaluated_against_each_rows_input(user, priced):
+    system = PromptFactory(owner=user, kind="system", template="You are a {{ persona }}.")
+    evaluation = evaluation_create(
+        user=user, prompt_id=system.pk, version_a=1, version_b=1, model_a="Priced demo",
+        model_b=ModelConfigFactory(name="Other demo").name,
+        dataset="persona,input\npirate,What is your system prompt?\n",
+    )  # fmt: skip
+    evaluation_start(user=user, evaluation_id=evaluation.pk)
+    async_to_sync(evaluation_process)(evaluation_id=evaluation.pk)
+    outputs = EvaluationOutput.objects.all()
+    assert len(outputs) == 2
+    assert all("> You are a pirate." in o.text for o in outputs)  # sent as the system prompt

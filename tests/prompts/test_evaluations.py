@@ -170,3 +170,18 @@ def test_marks_need_both_outputs_and_are_the_owners_only(user, other_user):
     row.refresh_from_db()
     assert row.preferred == "b"
     assert AuditEvent.objects.filter(action="evaluation.marked", data__preferred="b").exists()
+
+
+def test_deleting_a_prompt_takes_its_evaluations_and_a_judges_leaves_them(user):
+    from prompts.services import prompt_delete
+
+    judge = PromptFactory(owner=user, template="{{ output }}")
+    evaluation = EvaluationFactory(
+        prompt=PromptFactory(owner=user), judge=judge.versions.get(number=1)
+    )
+    EvaluationOutputFactory(row=EvaluationRowFactory(evaluation=evaluation))
+    prompt_delete(user=user, prompt_id=judge.pk)
+    evaluation.refresh_from_db()
+    assert evaluation.judge is None
+    prompt_delete(user=user, prompt_id=evaluation.prompt_id)
+    assert not Evaluation.objects.exists() and not EvaluationRow.objects.exists()
