@@ -185,3 +185,16 @@ def test_deleting_a_prompt_takes_its_evaluations_and_a_judges_leaves_them(user):
     assert evaluation.judge is None
     prompt_delete(user=user, prompt_id=evaluation.prompt_id)
     assert not Evaluation.objects.exists() and not EvaluationRow.objects.exists()
+
+
+def test_admin_lists_and_shows_evaluations_read_only(client, admin_user, user):
+    from django.urls import reverse
+
+    evaluation = EvaluationFactory(prompt=PromptFactory(owner=user, name="Owl facts"))
+    EvaluationOutputFactory(row=EvaluationRowFactory(evaluation=evaluation), text="Hoot hoot")
+    client.force_login(admin_user)
+    listed = client.get(reverse("admin:prompts_evaluation_changelist"))
+    assert listed.status_code == 200 and "Owl facts" in listed.content.decode()
+    page = client.get(reverse("admin:prompts_evaluation_change", args=[evaluation.pk]))
+    assert page.status_code == 200 and "Hoot hoot" in page.content.decode()
+    assert client.get(reverse("admin:prompts_evaluation_add")).status_code == 403
