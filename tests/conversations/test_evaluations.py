@@ -231,6 +231,8 @@ def test_an_over_budget_start_answers_409_with_the_figures(user_client, user, pr
 
 def test_another_users_evaluations_and_prompts_answer_404(client, other_user, user, prompt, priced):
     evaluation = _evaluation(user, prompt)
+    page = reverse("conversations:evaluation", args=[evaluation.pk])
+    assert client.get(page).status_code == 302  # signed out: to the sign-in page
     client.force_login(other_user)
     assert client.get(reverse("conversations:evaluation-new", args=[prompt.pk])).status_code == 404
     assert client.post(
