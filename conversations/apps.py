@@ -25,10 +25,11 @@ class ConversationsConfig(AppConfig):
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
         from conversations import checks, dispatch, metrics, selectors, toolphase
+        from conversations.evaluations import evaluation_due
         from conversations.loopevents import loop_event_subscribe
         from conversations.models import Run
         from conversations.runs import run_step_due
-        from prompts.models import PromptVersion
+        from prompts.models import Evaluation, PromptVersion
         from tools.models import ToolInvocation
 
         approval_deciding.connect(
@@ -47,4 +48,7 @@ class ConversationsConfig(AppConfig):
         if not getattr(self, "_metrics_subscribed", False):  # ready() may run twice in tests
             loop_event_subscribe(metrics.metrics_observe)
             self._metrics_subscribed = True
+        evaluation_due.connect(
+            dispatch.evaluation_due_received, sender=Evaluation, dispatch_uid="dispatch"
+        )
         register(checks.websocket_origins_check, "tollgate", deploy=True)

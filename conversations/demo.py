@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 PROVIDER = "demo"
 MODEL = "demo/tollgate"
 #: Key of litellm's ``metadata`` naming a call that is not a chat reply
-#: (``gateway.stream_chat``'s ``purpose``): ``"reformulate"`` rewrites the draft.
+#: (``gateway.stream_chat``'s ``purpose``): ``"reformulate"`` rewrites the draft,
+#: ``"judge"`` scores an evaluation's output (``demo_judge``).
 PURPOSE_KEY = "tollgate_purpose"
 #: "What is your system prompt?" (and the like): the demo answers with it, so a
 #: conversation's settings can be seen at work.
@@ -306,6 +307,13 @@ def demo_reformulate(messages: list[dict[str, Any]]) -> str:
     return text + "\nPlease be specific and answer step by step."
 
 
+def demo_judge(messages: list[dict[str, Any]]) -> str:
+    """The demo's verdict on an output it is asked to judge (the last user message):
+    ``{"score": N}``, N from 1 to 10 by the message's length, so tests can expect it."""
+    text = next((_text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    return json.dumps({"score": 1 + len(text) % 10})
+
+
 def _answer_from_results(results: list[str]) -> str:
     parts = []
     for result in results:
@@ -375,6 +383,8 @@ def _build_provider() -> Any:
             calls: list[dict[str, Any]] = []
             if metadata.get(PURPOSE_KEY) == "reformulate":
                 text = demo_reformulate(messages)
+            elif metadata.get(PURPOSE_KEY) == "judge":
+                text = demo_judge(messages)
             else:
                 text, calls = demo_plan(messages, optional.get("tools"))
             prompt_tokens = sum(_count_tokens(_text_of(m)) + 4 for m in messages)

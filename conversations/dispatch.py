@@ -27,9 +27,10 @@ from django.conf import settings
 
 from approvals.dispatch import expiry_loop
 from conversations.engine import run_advance
+from conversations.evaluations import evaluation_process
 from conversations.gateway import gateway_preload
 from conversations.runs import runs_recover_stale, worker_id
-from conversations.tasks import run_step
+from conversations.tasks import evaluation_run, run_step
 from project.pushes import pushes_drain
 from tools.mcp.bridge import mcp_servers_check
 
@@ -50,6 +51,25 @@ def dispatch_run_step(run_id: int) -> None:
 def run_step_due_received(*, run_id: int, **_signal: Any) -> None:
     """Receiver of ``runs.run_step_due``: :func:`dispatch_run_step`."""
     dispatch_run_step(run_id)
+
+
+def evaluation_due_received(*, evaluation_id: int, **_signal: Any) -> None:
+    """Receiver of ``evaluations.evaluation_due`` (sent on commit): run the evaluation's
+    calls in Celery (``tasks.evaluation_run``), or in a thread of this process."""
+    if settings.TOLLGATE_DISPATCHER == "celery":
+        evaluation_run.delay(evaluation_id)
+        return
+    threading.Thread(
+        target=_evaluation_blocking, args=(evaluation_id,), name=f"evaluation-{evaluation_id}",
+        daemon=True,
+    ).start()  # fmt: skip
+
+
+def _evaluation_blocking(evaluation_id: int) -> None:
+    gateway_warm()
+    if _preloading is not None:
+        _preloading.join()
+    async_to_sync(evaluation_process)(evaluation_id=evaluation_id)
 
 
 def _inprocess(run_id: int) -> None:

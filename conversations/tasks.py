@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from asgiref.sync import async_to_sync
 from celery import shared_task
 from celery.signals import worker_init
 
 from conversations import runs
+from conversations.evaluations import evaluation_process
 from conversations.gateway import gateway_preload
 from conversations.host import engine_host
 
@@ -35,3 +37,10 @@ def run_step(run_id: int) -> None:
 def runs_recover_stale() -> int:
     """Re-dispatch runs whose worker stopped holding them (beat, every minute)."""
     return len(runs.runs_recover_stale())
+
+
+@shared_task(name="conversations.tasks.evaluation_run", acks_late=True, ignore_result=True)
+def evaluation_run(evaluation_id: int) -> None:
+    """Make the calls of evaluation ``evaluation_id`` (``evaluations.evaluation_process``).
+    Idempotent: each output is stored once, so a redelivered task does nothing twice."""
+    async_to_sync(evaluation_process)(evaluation_id=evaluation_id)

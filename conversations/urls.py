@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations import views
+from conversations import evaluation_views, views
 
 app_name = "conversations"
 
@@ -42,4 +42,20 @@ urlpatterns = [
     path("runs/<int:run_id>/show", views.branch_show, name="branch-show"),
     path("runs/<int:run_id>/timeline", views.run_timeline, name="run-timeline"),
     path("m/<int:message_id>/edit", views.message_edit, name="message-edit"),
+    path(
+        "evaluations/new/<int:prompt_id>",
+        evaluation_views.evaluation_new,
+        name="evaluation-new",
+    ),
+    path("evaluations/<int:evaluation_id>/", evaluation_views.evaluation_detail, name="evaluation"),
+    path(
+        "evaluations/<int:evaluation_id>/start",
+        evaluation_views.evaluation_run,
+        name="evaluation-start",
+    ),
+    path(
+        "evaluations/<int:evaluation_id>/rows/<int:position>/prefer",
+        evaluation_views.evaluation_prefer,
+        name="evaluation-prefer",
+    ),
 ]

@@ -23,7 +23,14 @@ from project.admin import ReadOnlyAdminMixin
 from prompts import services
 from prompts.diffs import diff_table
 from prompts.errors import PromptError
-from prompts.models import DEFAULT_LABEL, Prompt, PromptLabel, PromptVersion
+from prompts.models import (
+    DEFAULT_LABEL,
+    Evaluation,
+    EvaluationOutput,
+    Prompt,
+    PromptLabel,
+    PromptVersion,
+)
 
 
 class PromptAdminForm(forms.ModelForm):
@@ -287,3 +294,47 @@ class PromptVersionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             messages.success(
                 request, f"{version.prompt.name}: v{version.number} restored as v{new.number}."
             )
+
+
+class EvaluationOutputInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = EvaluationOutput
+    fields = (
+        "row",
+        "variant",
+        "status",
+        "text",
+        "error",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+        "judge_score",
+        "judge_error",
+    )
+    readonly_fields = fields
+    extra = 0
+
+
+@admin.register(Evaluation)
+class EvaluationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """A/B evaluations, to look at: the product runs them (``conversations.evaluations``);
+    an admin may delete one (its rows and outputs go with it; its spend stays in the
+    usage ledger and the audit trail)."""
+
+    deletable = True
+    list_display = (
+        "id",
+        "prompt",
+        "owner",
+        "model_a",
+        "model_b",
+        "status",
+        "calls_done",
+        "calls_total",
+        "estimate_usd",
+        "created_at",
+    )
+    list_filter = ("status",)
+    list_select_related = ("prompt", "owner")
+    search_fields = ("prompt__name", "owner__email")
+    inlines = (EvaluationOutputInline,)

@@ -104,3 +104,52 @@ class ImportForm(forms.Form):
             except UnicodeDecodeError:
                 raise forms.ValidationError("The file is not UTF-8 text.") from None
         return self.cleaned_data.get("text") or ""
+
+
+class EvaluationForm(forms.Form):
+    """``POST /evaluations/new/<prompt id>``: two variants (a version and a model each),
+    an optional judge prompt, and the dataset as CSV typed in or uploaded (the
+    file wins); the services check the rest (``prompts.evaluations``)."""
+
+    version_a = forms.TypedChoiceField(coerce=int, label="Version A")
+    model_a = forms.ChoiceField(label="Model A")
+    version_b = forms.TypedChoiceField(coerce=int, label="Version B")
+    model_b = forms.ChoiceField(label="Model B")
+    judge = forms.TypedChoiceField(coerce=int, required=False, empty_value=None,
+                                   label="Judge prompt")  # fmt: skip
+    dataset = forms.CharField(
+        required=False,
+        strip=False,
+        label="Dataset (CSV)",
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
+    )
+    dataset_file = forms.FileField(required=False, label="or upload a CSV file")
+
+    def __init__(
+        self,
+        *args: Any,
+        versions: list[int],
+        judges: list[tuple[int, str]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        names = [(n, n) for n in model_names_available() or []]
+        numbers = [(n, f"v{n}") for n in versions]
+        for name, choices in (("version_a", numbers), ("version_b", numbers),
+                              ("model_a", names), ("model_b", names),
+                              ("judge", [("", "— no judge"), *judges])):  # fmt: skip
+            cast(forms.ChoiceField, self.fields[name]).choices = choices
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        upload = data.get("dataset_file")
+        if upload is not None:
+            if upload.size > IMPORT_MAX_CHARS:
+                raise forms.ValidationError("The CSV file is too large.")
+            try:
+                data["dataset"] = upload.read().decode("utf-8")
+            except UnicodeDecodeError:
+                raise forms.ValidationError("The CSV file is not UTF-8 text.") from None
+        if "\x00" in data.get("dataset", ""):
+            raise forms.ValidationError("The dataset contains a NUL character.")
+        return data

@@ -209,3 +209,131 @@ class PromptPreference(models.Model):
 
     def __str__(self) -> str:
         return f"Prompt preferences of {self.user}"
+
+
+class Evaluation(models.Model):
+    """An A/B evaluation of a prompt: two variants answer every row of a dataset.
+
+    A variant is a version of ``prompt`` and a model (a ``ModelConfig``'s name,
+    as ``PromptVersion.model_name``): two versions on one model, or one version
+    on two models. The calls are made by ``conversations.evaluations`` (the app
+    that may call models), charged to ``owner``'s budget; ``calls_done`` of
+    ``calls_total`` is the progress bar. ``estimate_usd``: the worst case of
+    every call, shown before starting (``None``: a model without known prices).
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Not started"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="evaluations")
+    version_a = models.ForeignKey(PromptVersion, on_delete=models.CASCADE, related_name="+")
+    version_b = models.ForeignKey(PromptVersion, on_delete=models.CASCADE, related_name="+")
+    model_a = models.CharField(max_length=100)
+    model_b = models.CharField(max_length=100)
+    judge = models.ForeignKey(
+        PromptVersion,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The judge prompt's version, which scores each output; empty: no judge.",
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    error = models.TextField(blank=True)
+    calls_total = models.PositiveIntegerField(default=0)
+    calls_done = models.PositiveIntegerField(default=0)
+    estimate_usd = models.DecimalField(max_digits=24, decimal_places=12, null=True, blank=True)
+    estimate_tokens = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes: ClassVar = [models.Index(fields=["owner", "prompt"])]
+
+    def __str__(self) -> str:
+        return f"Evaluation {self.pk} of {self.prompt_id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in {self.Status.QUEUED, self.Status.RUNNING}
+
+    @property
+    def percent(self) -> int:
+        if not self.calls_total:
+            return 100 if self.status == self.Status.COMPLETED else 0
+        return min(100, round(100 * self.calls_done / self.calls_total))
+
+
+class EvaluationRow(models.Model):
+    """One input of an evaluation: a value for each of the prompt's variables.
+    ``preferred``: the variant the user marked better (``""``: not marked)."""
+
+    class Choice(models.TextChoices):
+        NONE = "", "Not marked"
+        A = "a", "A"
+        B = "b", "B"
+        TIE = "tie", "Tie"
+
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="rows")
+    position = models.PositiveIntegerField()
+    values = models.JSONField(default=dict)
+    preferred = models.CharField(max_length=3, choices=Choice.choices, blank=True, default="")
+
+    class Meta:
+        ordering = ("evaluation", "position")
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["evaluation", "position"], name="prompts_eval_row"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Row {self.position} of evaluation {self.evaluation_id}"
+
+
+class EvaluationOutput(models.Model):
+    """What one variant answered for one row, once (unique per row and variant, so
+    a retried task does nothing twice), with the call's usage (tokens, USD,
+    milliseconds) and the judge's score (``None``: not judged, or it failed:
+    ``judge_error``)."""
+
+    class Status(models.TextChoices):
+        CALLING = "calling", "Calling"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="outputs")
+    row = models.ForeignKey(EvaluationRow, on_delete=models.CASCADE, related_name="outputs")
+    variant = models.CharField(max_length=1, choices=[("a", "A"), ("b", "B")])
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.CALLING)
+    text = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=12, null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    judge_score = models.FloatField(null=True, blank=True)
+    judge_error = models.TextField(blank=True)
+    judge_tokens = models.PositiveIntegerField(default=0)
+    judge_cost_usd = models.DecimalField(max_digits=24, decimal_places=12, null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("row", "variant")
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["row", "variant"], name="prompts_eval_output"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.variant} of row {self.row_id}"
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -189,3 +189,44 @@ class PromptFactory(factory.django.DjangoModelFactory):
             prompt=obj, number=1, template=text, variables=template_check(text), author=obj.owner
         )
         PromptLabel.objects.create(prompt=obj, name="production", version=version)
+
+
+class EvaluationFactory(factory.django.DjangoModelFactory):
+    """A not-started A/B evaluation of a new prompt's version 1 on two models named
+    ``model_a``/``model_b`` (ModelConfig names; none made here)."""
+
+    class Meta:
+        model = "prompts.Evaluation"
+
+    prompt = factory.SubFactory(PromptFactory)
+    owner = factory.LazyAttribute(lambda o: o.prompt.owner)
+    version_a = factory.LazyAttribute(lambda o: o.prompt.versions.get(number=1))
+    version_b = factory.LazyAttribute(lambda o: o.prompt.versions.get(number=1))
+    model_a = "Demo A"
+    model_b = "Demo B"
+
+
+class EvaluationRowFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "prompts.EvaluationRow"
+
+    evaluation = factory.SubFactory(EvaluationFactory)
+    position = factory.Sequence(lambda n: n + 1)
+    values = factory.LazyFunction(lambda: {"audience": "children"})
+
+
+class EvaluationOutputFactory(factory.django.DjangoModelFactory):
+    """A finished output of ``row`` for ``variant`` ("a" by default)."""
+
+    class Meta:
+        model = "prompts.EvaluationOutput"
+
+    row = factory.SubFactory(EvaluationRowFactory)
+    evaluation = factory.LazyAttribute(lambda o: o.row.evaluation)
+    variant = "a"
+    status = "done"
+    text = "An answer."
+    prompt_tokens = 10
+    completion_tokens = 5
+    cost_usd = Decimal("0.001")
+    latency_ms = 100
