@@ -24,7 +24,7 @@ class ConversationsConfig(AppConfig):
         # Imported here, not at the top: these modules import models, which
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
-        from conversations import checks, dispatch, metrics, selectors, toolphase
+        from conversations import checks, dispatch, metrics, selectors, toolphase, tracing
         from conversations.evaluations import evaluation_due
         from conversations.loopevents import loop_event_subscribe
         from conversations.models import Run
@@ -47,6 +47,7 @@ class ConversationsConfig(AppConfig):
         run_step_due.connect(dispatch.run_step_due_received, sender=Run, dispatch_uid="dispatch")
         if not getattr(self, "_metrics_subscribed", False):  # ready() may run twice in tests
             loop_event_subscribe(metrics.metrics_observe)
+            loop_event_subscribe(tracing.tracing_observe)
             self._metrics_subscribed = True
         evaluation_due.connect(
             dispatch.evaluation_due_received, sender=Evaluation, dispatch_uid="dispatch"

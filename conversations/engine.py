@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
+from structlog.contextvars import bound_contextvars
 
 from accounts.services import Admission, budget_release_approved, llm_call_abort
 from audit.services import audit_deferred, audit_record
@@ -795,13 +796,17 @@ async def run_advance(*, run_id: int, worker: str) -> None:
     if begun is None:
         return
     heartbeat = asyncio.ensure_future(_heartbeat(run_id, worker))
-    try:
-        if isinstance(begun, _CallStart):
-            await _step_call_llm(begun, worker)
-        else:
-            await _step_execute_tools(begun, worker)
-    finally:
-        heartbeat.cancel()
+    run = begun.run
+    # Every log record of the step carries these (project/logs.py).
+    owner = run.conversation.owner_id if Run.conversation.is_cached(run) else None
+    with bound_contextvars(run_id=run_id, step=run.step, user_id=owner, worker=worker):
+        try:
+            if isinstance(begun, _CallStart):
+                await _step_call_llm(begun, worker)
+            else:
+                await _step_execute_tools(begun, worker)
+        finally:
+            heartbeat.cancel()
 
 
 _lease_renew = db_async(run_lease_renew)

@@ -29,6 +29,9 @@ from django.conf import settings  # noqa: E402
 
 from conversations.dispatch import gateway_warm  # noqa: E402
 from project.routing import websocket_urlpatterns  # noqa: E402
+from project.telemetry import telemetry_setup  # noqa: E402
+
+telemetry_setup(service="tollgate-web")
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from pydantic_core import to_jsonable_python
+from structlog.contextvars import bound_contextvars
 
 from audit.services import audit_record
 from project.dbthreads import db_async
@@ -566,17 +567,19 @@ async def invocations_execute(*, invocation_ids: list[int]) -> list[ToolInvocati
     finished: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     async def run_one(invocation: ToolInvocation, spec: ToolSpec, arguments: dict) -> None:
-        try:
-            outcome = await _invocation_run(invocation, spec, arguments)
-        except Exception as exc:  # _handler_run catches the tool's own errors; this is ours
-            logger.exception("Running invocation %s failed", invocation.pk)
-            outcome = {
-                "invocation_id": invocation.pk,
-                "attempt": invocation.attempts,
-                "result": f"Tool {spec.name} failed: {type(exc).__name__}: {exc}",
-                "is_error": True,
-                "duration_ms": 0,
-            }
+        # Every log record of the call carries these (project/logs.py).
+        with bound_contextvars(tool_call_id=invocation.tool_call_id, tool=spec.name):
+            try:
+                outcome = await _invocation_run(invocation, spec, arguments)
+            except Exception as exc:  # _handler_run catches the tool's own errors; this is ours
+                logger.exception("Running invocation %s failed", invocation.pk)
+                outcome = {
+                    "invocation_id": invocation.pk,
+                    "attempt": invocation.attempts,
+                    "result": f"Tool {spec.name} failed: {type(exc).__name__}: {exc}",
+                    "is_error": True,
+                    "duration_ms": 0,
+                }
         await finished.put(outcome)
 
     runners = [
