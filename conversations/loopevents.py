@@ -23,7 +23,8 @@ Events and their ``data`` (``docs/runs.md``, "Loop events", says the same):
 ``tool_call.executed``        ``tool_call_id``, ``tool``, ``status`` (succeeded, failed),
                               ``duration_ms`` (int ms or ``None``)
 ``run.finished``              ``status`` (completed, failed, cancelled), ``steps`` (int),
-                              ``error`` (str, empty unless failed)
+                              ``error`` (str, empty unless failed), ``created_at`` (ISO
+                              time the run was created: its wait for a worker included)
 ============================  ===============================================================
 """
 

@@ -265,7 +265,14 @@ def run_transition(
     if to == S.CALLING_LLM:
         loop_event_of_run(run, "step.started")
     if terminal:
-        loop_event_of_run(run, "run.finished", status=to, steps=run.step, error=error[:500])
+        loop_event_of_run(
+            run,
+            "run.finished",
+            status=to,
+            steps=run.step,
+            error=error[:500],
+            created_at=run.created_at.isoformat() if run.created_at else None,
+        )
     events.run_status_changed(run_id=run.pk, run=run)
     if not keep and to in ADVANCEABLE:
         run_step_schedule(run_id=run.pk)

@@ -31,7 +31,6 @@ from opentelemetry.trace import (
 )
 
 from conversations.loopevents import LoopEvent
-from conversations.models import Run
 from project.telemetry import forced_ids
 
 
@@ -61,7 +60,7 @@ def tracing_observe(event: LoopEvent, *, provider: Any = None) -> None:
     run_attributes = {"tollgate.run_id": event.run_id, "tollgate.step": event.step}
     data = event.data
     if event.name == "run.finished":
-        created = Run.objects.filter(pk=event.run_id).values_list("created_at", flat=True).first()
+        created = datetime.fromisoformat(data["created_at"]) if data.get("created_at") else None
         with forced_ids(trace_id, root_id):
             span = tracer.start_span(
                 f"run {event.run_id}",

@@ -92,7 +92,12 @@ def test_a_subscriber_receives_a_runs_events_in_order_with_their_fields(
     assert (executed["tool"], executed["status"]) == ("notes.delete", "succeeded")
     assert executed["duration_ms"] >= 0
     assert by_name["step.finished"]["outcome"] == "answer"  # the last one
-    assert by_name["run.finished"] == {"status": "completed", "steps": 2, "error": ""}
+    assert by_name["run.finished"] == {
+        "status": "completed",
+        "steps": 2,
+        "error": "",
+        "created_at": run.created_at.isoformat(),
+    }
     assert all(seen[i].at <= seen[i + 1].at for i in range(len(seen) - 1))
 
 
