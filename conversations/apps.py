@@ -24,11 +24,20 @@ class ConversationsConfig(AppConfig):
         # Imported here, not at the top: these modules import models, which
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
-        from conversations import checks, dispatch, metrics, selectors, toolphase, tracing
+        from conversations import (
+            checks,
+            dispatch,
+            heartbeat,
+            metrics,
+            selectors,
+            toolphase,
+            tracing,
+        )
         from conversations.evaluations import evaluation_due
         from conversations.loopevents import loop_event_subscribe
         from conversations.models import Run
         from conversations.runs import run_step_due
+        from project.health import health_sections
         from prompts.models import Evaluation, PromptVersion
         from tools.models import ToolInvocation
 
@@ -52,4 +61,5 @@ class ConversationsConfig(AppConfig):
         evaluation_due.connect(
             dispatch.evaluation_due_received, sender=Evaluation, dispatch_uid="dispatch"
         )
+        health_sections.connect(heartbeat.healthz_models, dispatch_uid="conversations")
         register(checks.websocket_origins_check, "tollgate", deploy=True)

@@ -3,7 +3,8 @@
 Answers 200 with ``{"status": "ok", "checks": {...}}`` when the database, the
 channel layer and the Celery broker all answer, and 503 with the failing parts
 named otherwise. In embedded mode the broker is not used and reports
-``"embedded"``.
+``"embedded"``. Apps above add informational sections through
+:data:`health_sections` (the model providers' heartbeats).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
+from django.dispatch import Signal
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -24,6 +26,11 @@ from kombu import Connection
 logger = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 2.0
+
+#: Sent on each ``/healthz``; each receiver returns a dict of extra sections for the
+#: body (``conversations`` adds ``models``: the providers' heartbeats). Informational:
+#: they never turn the answer into a 503.
+health_sections = Signal()
 
 
 def check_database() -> None:
@@ -79,4 +86,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
             checks[name] = f"error: {type(exc).__name__}: {exc}"
     failing = [name for name, value in checks.items() if value.startswith("error")]
     body = {"status": "ok" if not failing else "unavailable", "failing": failing, "checks": checks}
+    for _receiver, section in health_sections.send_robust(sender=None):
+        if isinstance(section, dict):
+            body.update(section)
+        else:  # a receiver that raised: logged, the core checks still answer
+            logger.warning("health section failed: %s", section)
     return JsonResponse(body, status=503 if failing else 200)

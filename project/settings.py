@@ -315,6 +315,10 @@ TOLLGATE_TIMELINE_PAGE = env.int("TOLLGATE_TIMELINE_PAGE", default=20)
 # the environment) adds up the figures of several processes.
 TOLLGATE_METRICS_TOKEN = env.str("TOLLGATE_METRICS_TOKEN", default="")
 TOLLGATE_METRICS_ALLOWED_IPS = env.list("TOLLGATE_METRICS_ALLOWED_IPS", default=[])
+# /healthz's provider heartbeats: names of Model configs to ping with a one-token call
+# (charged to no one), each at most once per this many seconds. Empty: none.
+TOLLGATE_HEALTHZ_MODELS = env.list("TOLLGATE_HEALTHZ_MODELS", default=[])
+TOLLGATE_HEALTHZ_MODEL_SECONDS = env.int("TOLLGATE_HEALTHZ_MODEL_SECONDS", default=300)
 
 # Longest prompt template (characters) the prompt library accepts.
 TOLLGATE_PROMPT_MAX_CHARS = env.int("TOLLGATE_PROMPT_MAX_CHARS", default=50_000)

@@ -115,3 +115,25 @@ def test_a_call_refused_by_a_budget_is_counted(conversation):
     run = drive(send(conversation, "hello"))
     assert run.status == Run.Status.FAILED
     assert _value("tollgate_refusals_total", reason="budget") == before + 1
+
+
+def test_the_grafana_dashboard_reads_only_families_that_metrics_serves(client, token):
+    import json
+    import re
+
+    from tests.topology import ROOT
+
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {
+        re.sub(r"_(bucket|count|sum|total)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"tollgate_[a-z_]+", expr)
+    }
+    served = client.get(reverse("metrics"), HTTP_AUTHORIZATION=f"Bearer {token}")
+    families = {
+        re.sub(r"_(bucket|count|sum|total)$", "", name)
+        for name in re.findall(r"^# TYPE (tollgate_[a-z_]+) ", served.content.decode(), re.M)
+    }
+    assert used and used <= families, used - families
+    assert len(dashboard["panels"]) == len(FAMILIES)
