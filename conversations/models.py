@@ -316,6 +316,10 @@ class Run(models.Model):
     timeline_invocations: list[ToolInvocation]
     orphan_steps: list[ToolInvocation]
     switch: Any  # branches.Switch: its place among the answers regenerated for its message
+    # A compare run's parts, in order, and the run its exchange goes on from (one of
+    # them, or itself: the summary; ``None``: its exchange is not on the branch shown).
+    compare_parts: list[Run]
+    compare_chosen: int | None
 
     class Meta:
         ordering = ("-id",)

@@ -40,5 +40,6 @@ urlpatterns = [
     path("runs/<int:run_id>/retry", views.run_retry, name="run-retry"),
     path("runs/<int:run_id>/regenerate", views.run_regenerate, name="run-regenerate"),
     path("runs/<int:run_id>/show", views.branch_show, name="branch-show"),
+    path("runs/<int:run_id>/continue", views.compare_choose, name="compare-choose"),
     path("m/<int:message_id>/edit", views.message_edit, name="message-edit"),
 ]

@@ -434,7 +434,11 @@ def _back(
 def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     """HTTP twin of the WebSocket ``message.send`` (no-JS fallback)."""
     form = MessageForm(request.POST)
-    typed = {"typed_content": request.POST.get("content", "")}
+    typed = {
+        "typed_content": request.POST.get("content", ""),
+        "typed_compare": bool(request.POST.get("compare")),
+        "typed_compare_models": [id_parse(v) for v in request.POST.getlist("compare_models")],
+    }
     if not form.is_valid():
         return _refuse(request, form_message(form), conversation_id=conversation_id, typed=typed)
     try:
@@ -442,6 +446,7 @@ def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> Htt
             user=request.user,
             conversation_id=conversation_id,
             content=form.cleaned_data["content"],
+            compare_model_ids=form.compare_ids(),
         )
     except services.ConversationError as error:
         return _refused(request, error, conversation_id=conversation_id, typed=typed)
@@ -486,6 +491,17 @@ def branch_show(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
     """Show the branch through run ``run_id`` (a "< 1/2 >" switch)."""
     try:
         conversation = services.branch_show(user=request.user, run_id=run_id)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    return _done(request, reverse("conversations:detail", args=[conversation.pk]))
+
+
+@login_required
+@require_POST
+def compare_choose(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """Continue the conversation with one answer of a comparison, or its summary."""
+    try:
+        conversation = services.compare_choose(user=request.user, run_id=run_id)
     except services.ConversationError as error:
         return _refused(request, error)
     return _done(request, reverse("conversations:detail", args=[conversation.pk]))
