@@ -25,10 +25,8 @@ def demo_models(count: int = 3) -> list[ModelConfig]:
 
 
 def failing_model() -> ModelConfig:
-    """A model whose provider fails at once, every time: nothing listens on port 9."""
-    return ModelConfigFactory(
-        name="Broken", litellm_model="openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1"
-    )
+    """A model whose provider fails at once, every time: litellm knows no such provider."""
+    return ModelConfigFactory(name="Broken", litellm_model="nosuchprovider/model")
 
 
 def compare_send(conversation, content: str, models: list[ModelConfig]) -> Run:
@@ -127,8 +125,13 @@ def test_one_model_failing_still_yields_a_summary_of_the_others(conversation):
 
 
 def test_every_model_failing_fails_the_compare_run_with_a_clear_message(conversation):
-    broken = [failing_model(), ModelConfigFactory(name="Broken 2", litellm_model="openai/x",
-                                                   api_base="http://127.0.0.1:9/v1")]  # fmt: skip
+    broken = [
+        failing_model(),
+        ModelConfigFactory(
+            name="Broken 2",
+            litellm_model="nosuchprovider/x",
+        ),
+    ]
     run = finish(compare_send(conversation, "Anything", broken))
     assert run.status == S.FAILED
     assert "No model answered" in run.error
