@@ -302,19 +302,16 @@ def message_send(
         )
         sent = _message_sent(user, message, run)
         if models is None:
-            audit_record(**sent)
             # The step is sent to a worker first, then the page is told (rendered from
             # the rows in hand, no query): the worker's claim takes longer than that.
             run_step_schedule(run_id=run.pk)
-            run.user_message = message
-            events.run_appended(run_id=run.pk, with_user_message=True, new=run)
-        else:
+        else:  # the parts' steps were scheduled as they were made
             sent["data"]["compare"] = [
-                {"run_id": part_id, "model": model.name}
-                for part_id, model in zip(run.metadata["parts"], models, strict=True)
+                {"run_id": part.pk, "model": part.model_config.name} for part in run.compare_parts
             ]
-            audit_record(**sent)
-            events.timeline_redraw(conversation_id=conversation.pk)
+        audit_record(**sent)
+        run.user_message = message
+        events.run_appended(run_id=run.pk, with_user_message=True, new=run)
         events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
     return run
 
@@ -432,7 +429,7 @@ def _compare_insert(
         prompt_version=summary_call.version,
         parameters=summary_call.record(),
     )
-    part_ids: list[int] = []
+    parts: list[Run] = []
     for position, config in enumerate(models):
         part_call = _call_settings(conversation, config=config) if config != call.config else call
         part = Run.objects.create(
@@ -446,10 +443,12 @@ def _compare_insert(
             prompt_version=part_call.version,
             parameters=part_call.record(),
         )
-        part_ids.append(part.pk)
+        parts.append(part)
         run_step_schedule(run_id=part.pk)
-    metadata = {**orchestrator.metadata, "parts": part_ids}
+    metadata = {**orchestrator.metadata, "parts": [part.pk for part in parts]}
     run_transition(run=orchestrator, to=Run.Status.AWAITING_PARTS, metadata=metadata)
+    # As the page draws it (events.run_appended): the columns, the summary shown.
+    orchestrator.compare_parts, orchestrator.compare_chosen = parts, orchestrator.pk
     return orchestrator
 
 
