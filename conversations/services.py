@@ -307,7 +307,7 @@ def message_send(
             run_step_schedule(run_id=run.pk)
         else:  # the parts' steps were scheduled as they were made
             sent["data"]["compare"] = [
-                {"run_id": part.pk, "model": part.model_config.name} for part in run.compare_parts
+                {"run_id": part.pk, "model": compare.part_name(part)} for part in run.compare_parts
             ]
         audit_record(**sent)
         run.user_message = message
