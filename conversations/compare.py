@@ -44,7 +44,7 @@ from conversations.runs import run_cancel_request, run_lock, run_transition
 from conversations.toolphase import run_stop
 from prompts.errors import PromptUnavailable
 from prompts.models import Prompt
-from prompts.selectors import prompt_version_resolve
+from prompts.selectors import prompt_version_resolve, prompts_visible
 
 logger = logging.getLogger(__name__)
 
@@ -77,21 +77,41 @@ class SummarySettings:
 
 
 def summary_settings(*, conversation: Conversation) -> SummarySettings:
-    """The deployment's summary settings for ``conversation`` (its model loaded).
+    """The summary settings of ``conversation`` (its model and owner loaded): its own
+    (``Conversation.compare_summary_*``) where set and still usable, else the
+    deployment's.
 
-    Model: ``TOLLGATE_COMPARE_SUMMARY_MODEL`` when that ModelConfig is enabled, else
-    the conversation's. Instruction: the deployment prompt whose command is
-    ``TOLLGATE_COMPARE_SUMMARY_PROMPT`` at its ``production`` label (else its
-    latest), else :data:`SUMMARY_INSTRUCTION`. Two or three queries; raises nothing.
+    Model: the conversation's choice while enabled, else
+    ``TOLLGATE_COMPARE_SUMMARY_MODEL`` when that ModelConfig is enabled, else the
+    conversation's model. Instruction: the conversation's chosen system prompt
+    while its owner may see it, else the deployment prompt whose command is
+    ``TOLLGATE_COMPARE_SUMMARY_PROMPT``, at its ``production`` label (else its
+    latest), else :data:`SUMMARY_INSTRUCTION`. Shown: the conversation's choice,
+    else ``TOLLGATE_COMPARE_SUMMARY_SHOWN``. A few queries; raises nothing.
     """
     config = conversation.model_config
+    chosen = (
+        ModelConfig.objects.filter(pk=conversation.compare_summary_model_id, enabled=True).first()
+        if conversation.compare_summary_model_id
+        else None
+    )
     name = settings.TOLLGATE_COMPARE_SUMMARY_MODEL
-    if name:
+    if chosen is not None:
+        config = chosen
+    elif name:
         config = ModelConfig.objects.filter(name=name, enabled=True).first() or config
     instruction, version = SUMMARY_INSTRUCTION, None
-    prompt = Prompt.objects.filter(
-        owner__isnull=True, command=settings.TOLLGATE_COMPARE_SUMMARY_PROMPT
-    ).first()
+    prompt = None
+    if conversation.compare_summary_prompt_id:
+        prompt = (
+            prompts_visible(user=conversation.owner)
+            .filter(pk=conversation.compare_summary_prompt_id, kind=Prompt.Kind.SYSTEM)
+            .first()
+        )
+    if prompt is None:
+        prompt = Prompt.objects.filter(
+            owner__isnull=True, command=settings.TOLLGATE_COMPARE_SUMMARY_PROMPT
+        ).first()
     if prompt is not None:
         try:
             version = prompt_version_resolve(prompt=prompt)
@@ -100,11 +120,12 @@ def summary_settings(*, conversation: Conversation) -> SummarySettings:
         else:
             version.prompt = prompt
             instruction = version.template
+    shown = conversation.compare_summary_shown
     return SummarySettings(
         config=config,
         instruction=instruction,
         version=version,
-        shown=settings.TOLLGATE_COMPARE_SUMMARY_SHOWN,
+        shown=settings.TOLLGATE_COMPARE_SUMMARY_SHOWN if shown is None else shown,
     )
 
 

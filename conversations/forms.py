@@ -76,6 +76,22 @@ class MessageForm(forms.Form):
         return list(self.cleaned_data["compare_models"]) if self.cleaned_data["compare"] else None
 
 
+class CompareSettingsForm(forms.Form):
+    """``POST /c/<id>/compare-settings``: the summary's model, prompt and whether it is
+    written; empty: the deployment's (``services.compare_settings_set``)."""
+
+    SHOWN = {"": None, "yes": True, "no": False}
+
+    summary_model = IdField(required=False)
+    summary_prompt = IdField(required=False)
+    summary_shown = forms.ChoiceField(
+        required=False, choices=[("", "Default"), ("yes", "Yes"), ("no", "No")]
+    )
+
+    def shown(self) -> bool | None:
+        return self.SHOWN[self.cleaned_data["summary_shown"]]
+
+
 class RenameForm(forms.Form):
     """``POST /c/<id>/rename`` (emptiness and length: ``conversation_rename``)."""
 

@@ -133,6 +133,15 @@ class Conversation(models.Model):
     )
     temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Compare mode's summary in this conversation (``conversations.compare``); empty:
+    # the deployment's (``TOLLGATE_COMPARE_SUMMARY_MODEL``, ``_PROMPT``, ``_SHOWN``).
+    compare_summary_model = models.ForeignKey(
+        ModelConfig, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    compare_summary_prompt = models.ForeignKey(
+        "prompts.Prompt", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    compare_summary_shown = models.BooleanField(null=True, blank=True)
     archived = models.BooleanField(default=False)
     pinned = models.BooleanField(default=False, help_text="Listed first in its owner's sidebar.")
     current_run = models.ForeignKey(

@@ -721,6 +721,57 @@ def compare_choose(*, user, run_id: int) -> Conversation:
     return conversation
 
 
+def compare_settings_set(
+    *,
+    user,
+    conversation_id: int,
+    model_id: int | None,
+    prompt_id: int | None,
+    shown: bool | None,
+) -> Conversation:
+    """Set how Compare summaries are written in the conversation (``conversations.compare``):
+    the summarizer model ``model_id`` (an enabled ModelConfig), its system prompt
+    ``prompt_id`` (a library system prompt ``user`` may see), and whether a summary
+    is written (``shown``); ``None`` for any: the deployment's. Applies from the
+    next Compare message. Audited (``conversation.compare_settings_changed``).
+
+    Raises ``NotFound``, ``ModelUnavailable``, ``SettingsInvalid`` (a prompt not
+    available, or not a system prompt), ``ConversationArchived``.
+    """
+    if model_id is not None:
+        model_config_pick(model_config_id=model_id)
+    if prompt_id is not None:
+        try:
+            prompt = prompt_get(user=user, prompt_id=prompt_id)
+        except PromptNotFound:
+            raise SettingsInvalid("That prompt is not available.") from None
+        if prompt.kind != Prompt.Kind.SYSTEM:
+            raise SettingsInvalid(f"{prompt.name} is a message template, not a system prompt.")
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        if conversation.archived:
+            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+        conversation.compare_summary_model_id = model_id
+        conversation.compare_summary_prompt_id = prompt_id
+        conversation.compare_summary_shown = shown
+        conversation.save(
+            update_fields=[
+                "compare_summary_model",
+                "compare_summary_prompt",
+                "compare_summary_shown",
+                "updated_at",
+            ]
+        )
+        audit_record(
+            action="conversation.compare_settings_changed",
+            actor=user,
+            target_type="conversation",
+            target_id=conversation.pk,
+            data={"model_id": model_id, "prompt_id": prompt_id, "shown": shown},
+        )
+    return conversation
+
+
 #: Where a conversation's system prompt comes from, as its settings form asks.
 SystemPromptSource = Literal["default", "library", "text"]
 #: The most variables a system prompt's form may send values for.

@@ -17,6 +17,11 @@ urlpatterns = [
     path("c/<int:conversation_id>/rename", views.conversation_rename, name="rename"),
     path("c/<int:conversation_id>/model", views.conversation_set_model, name="set-model"),
     path("c/<int:conversation_id>/settings", views.conversation_settings, name="settings"),
+    path(
+        "c/<int:conversation_id>/compare-settings",
+        views.compare_settings,
+        name="compare-settings",
+    ),
     path("c/<int:conversation_id>/archive", views.conversation_archive, name="archive"),
     path("c/<int:conversation_id>/delete", views.conversation_delete, name="delete"),
     path("c/<int:conversation_id>/pin", views.conversation_pin, name="pin"),

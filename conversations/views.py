@@ -34,6 +34,7 @@ from conversations.events import error_fragment
 from conversations.events import render as render_partial
 from conversations.forms import (
     ArchiveForm,
+    CompareSettingsForm,
     ConversationSettingsForm,
     ConversationStartForm,
     EarlierForm,
@@ -561,8 +562,39 @@ def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: in
     return _settings_page(request, conversation, request.GET, "", 200)
 
 
+@login_required
+@require_POST
+def compare_settings(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
+    """Save how Compare summaries are written in this conversation, then back to its
+    settings page (a refusal: the page again with the message, 400 or 409)."""
+    conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+    form = CompareSettingsForm(request.POST)
+    if not form.is_valid():
+        return _settings_page(
+            request, conversation, None, "", 400, compare_error=form_message(form)
+        )
+    try:
+        services.compare_settings_set(
+            user=request.user,
+            conversation_id=conversation.pk,
+            model_id=form.cleaned_data["summary_model"],
+            prompt_id=form.cleaned_data["summary_prompt"],
+            shown=form.shown(),
+        )
+    except services.ConversationError as error:
+        return _settings_page(request, conversation, None, "", 409, compare_error=str(error))
+    messages.success(request, "Compare settings saved; they apply from the next Compare message.")
+    return redirect(reverse("conversations:settings", args=[conversation.pk]))
+
+
 def _settings_page(
-    request: AuthenticatedHttpRequest, conversation: Any, data: Any, error: str, status: int
+    request: AuthenticatedHttpRequest,
+    conversation: Any,
+    data: Any,
+    error: str,
+    status: int,
+    *,
+    compare_error: str = "",
 ) -> HttpResponse:
     values = {key: _shown(value) for key, value in data.items()} if data else None
     context = {
@@ -571,6 +603,8 @@ def _settings_page(
             conversation=conversation, user=request.user, data=values
         ),
         "error": error,
+        "compare_error": compare_error,
+        "model_configs": selectors.model_configs_enabled(),
     }
     template = "conversations/settings.html"
     if request.htmx:

@@ -283,3 +283,51 @@ def test_another_users_run_cannot_be_continued_over_http(conversation, client, o
     client.force_login(other_user)
     response = client.post(reverse("conversations:compare-choose", args=[run.pk]))
     assert response.status_code == 404
+
+
+def test_a_conversation_overrides_the_summary_model_prompt_and_whether_it_is_written(
+    conversation, user_client
+):
+    from prompts.models import Prompt
+    from tests.factories import PromptFactory
+
+    owner = conversation.owner
+    judge = ModelConfigFactory(name="Judge")
+    mine = PromptFactory(owner=owner, kind=Prompt.Kind.SYSTEM, command="judge")
+    url = reverse("conversations:compare-settings", args=[conversation.pk])
+    response = user_client.post(
+        url, {"summary_model": judge.pk, "summary_prompt": mine.pk, "summary_shown": "no"}
+    )
+    assert response.status_code == 302
+    run = compare_send(conversation, "Hi", demo_models(2))
+    assert run.model_config == judge
+    assert run.parameters["system_prompt"]["command"] == "judge"
+    assert run.metadata["summary"] is False
+    assert AuditEvent.objects.filter(action="conversation.compare_settings_changed").exists()
+    page = user_client.get(reverse("conversations:settings", args=[conversation.pk])).content
+    assert f'<option value="{judge.pk}" selected>Judge</option>' in page.decode()
+
+
+def test_compare_settings_refuse_what_is_not_usable_and_another_users_conversation(
+    conversation, client, user_client, other_user
+):
+    from prompts.models import Prompt
+    from tests.factories import PromptFactory
+
+    url = reverse("conversations:compare-settings", args=[conversation.pk])
+    theirs = PromptFactory(owner=other_user, kind=Prompt.Kind.SYSTEM, command="theirs")
+    response = user_client.post(url, {"summary_prompt": theirs.pk})
+    assert response.status_code == 409
+    assert "That prompt is not available." in response.content.decode()
+    template = PromptFactory(owner=conversation.owner, kind=Prompt.Kind.TEMPLATE, command="t")
+    response = user_client.post(url, {"summary_prompt": template.pk})
+    assert response.status_code == 409 and "not a system prompt" in response.content.decode()
+    response = user_client.post(url, {"summary_model": "x"})
+    assert response.status_code == 400
+    response = user_client.post(url, {"summary_shown": "maybe"})
+    assert response.status_code == 400
+    client.force_login(other_user)
+    assert client.post(url, {"summary_shown": "no"}).status_code == 404
+    conversation.refresh_from_db()
+    assert conversation.compare_summary_prompt_id is None
+    assert conversation.compare_summary_shown is None
