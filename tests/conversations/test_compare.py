@@ -331,3 +331,19 @@ def test_compare_settings_refuse_what_is_not_usable_and_another_users_conversati
     conversation.refresh_from_db()
     assert conversation.compare_summary_prompt_id is None
     assert conversation.compare_summary_shown is None
+
+
+def test_the_recovery_job_moves_on_a_compare_whose_last_part_end_was_lost(conversation):
+    from conversations.runs import runs_recover_stale
+
+    run = compare_send(conversation, "Hi", demo_models(2))
+    for part in parts_of(run):
+        drive(part)  # their ends are told on commit: never, in this test's transaction
+    run.refresh_from_db()
+    assert run.status == S.AWAITING_PARTS
+    assert run.pk in runs_recover_stale(grace_seconds=0)
+    run.refresh_from_db()
+    assert run.status == S.CALLING_LLM  # its summary's step, for a worker
+    assert runs_recover_stale(grace_seconds=0).count(run.pk) <= 1
+    run.refresh_from_db()
+    assert run.status == S.CALLING_LLM  # told again: nothing more happens
