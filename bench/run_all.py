@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import (  # noqa: E402
     approval,
+    compare,
     concurrency,
     guardrails,
     loop,
@@ -55,6 +56,7 @@ BENCHMARKS = {
     "markdown": markdown_frames,
     "guardrails": guardrails,
     "observability": observability,
+    "compare": compare,
 }
 
 

@@ -12,9 +12,9 @@ class ConversationsConfig(AppConfig):
     """Conversations, messages, runs (the agent loop), model configs and the LLM gateway.
 
     ``ready`` connects this app to the signals of the apps below it (they may not
-    import it) and to its own state machine's ``run_step_due``, subscribes the
-    metrics to the loop events, and registers its deploy check of the WebSocket's
-    origins.
+    import it) and to its own state machine's ``run_step_due`` and ``run_part_ended``
+    (Compare), subscribes the metrics and the run's spans to the loop events, and
+    registers its deploy check of the WebSocket's origins.
     """
 
     name = "conversations"
@@ -26,6 +26,7 @@ class ConversationsConfig(AppConfig):
         from approvals.models import ApprovalRequest
         from conversations import (
             checks,
+            compare,
             dispatch,
             heartbeat,
             metrics,
@@ -36,7 +37,7 @@ class ConversationsConfig(AppConfig):
         from conversations.evaluations import evaluation_due
         from conversations.loopevents import loop_event_subscribe
         from conversations.models import Run
-        from conversations.runs import run_step_due
+        from conversations.runs import run_part_ended, run_step_due
         from project.health import health_sections
         from prompts.models import Evaluation, PromptVersion
         from tools.models import ToolInvocation
@@ -62,4 +63,5 @@ class ConversationsConfig(AppConfig):
             dispatch.evaluation_due_received, sender=Evaluation, dispatch_uid="dispatch"
         )
         health_sections.connect(heartbeat.healthz_models, dispatch_uid="conversations")
+        run_part_ended.connect(compare.compare_part_ended, sender=Run, dispatch_uid="compare")
         register(checks.websocket_origins_check, "tollgate", deploy=True)

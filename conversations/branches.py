@@ -49,6 +49,8 @@ class Tree:
     parent: dict[int, int | None] = field(default_factory=dict)
     message: dict[int, int] = field(default_factory=dict)
     children: dict[int | None, list[int]] = field(default_factory=lambda: defaultdict(list))
+    #: Parts of a compare run (``Run.orchestrator``): part → its compare run.
+    parts: dict[int, int] = field(default_factory=dict)
 
     def path(self, leaf: int | None) -> list[int]:
         """The runs from the first exchange to ``leaf``, in order (``[]`` for ``None``)."""
@@ -74,11 +76,14 @@ class Tree:
         return max(self.parent, default=None)
 
     def answer_switch(self, run: int) -> Switch:
-        """``run`` among the answers to its user message at its place (regenerated)."""
+        """``run`` among the answers to its user message at its place (regenerated);
+        a compare's parts are not alternatives of their own: a part stands where its
+        compare run does."""
+        run = self.parts.get(run, run)
         same = [
             other
             for other in self.children[self.parent.get(run)]
-            if self.message[other] == self.message[run]
+            if self.message[other] == self.message[run] and other not in self.parts
         ]
         return self._switch(run, same, [self.newest_below(other) for other in same])
 
@@ -117,13 +122,15 @@ def conversation_tree(*, conversation_id: int) -> Tree:
     rows = (
         Run.objects.filter(conversation_id=conversation_id)
         .order_by("user_message_id", "id")
-        .values_list("id", "parent_id", "user_message_id", "metadata__root")
+        .values_list("id", "parent_id", "user_message_id", "metadata__root", "orchestrator_id")
     )
     newest_before: int | None = None  # the newest run of the earlier user messages
     newest_here: int | None = None
     message: int | None = None
     explicit: dict[int, int | None] = {}
-    for run_id, parent_id, message_id, root in rows:
+    for run_id, parent_id, message_id, root, orchestrator_id in rows:
+        if orchestrator_id is not None:
+            tree.parts[run_id] = orchestrator_id
         if message_id != message:
             if newest_here is not None:
                 newest_before = max(newest_here, newest_before or 0)

@@ -27,7 +27,15 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError as DjangoValidationError
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from approvals.services import ApprovalError, approval_decide_from_payload
 from conversations import services
@@ -61,10 +69,25 @@ class Frame(BaseModel):
 
 
 class MessageSendFrame(Frame):
+    """The composer. ``compare`` (its Compare toggle, a checkbox's value when on):
+    answer with ``compare_models`` (ids, one or a list as a form sends them; how
+    many: the service's to check, ``services.message_send``)."""
+
     type: Literal["message.send"]
     conversation_id: Id
     # The length is the service's to check (``TOLLGATE_MAX_MESSAGE_CHARS``).
     content: Text
+    compare: Text = Field(default="", max_length=10)
+    compare_models: list[Id] = Field(default_factory=list, max_length=50)
+
+    @field_validator("compare_models", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return value if isinstance(value, list) else [value]
+
+    def compare_ids(self) -> list[int] | None:
+        """The models to compare when the toggle is on (``[]``: none picked), else ``None``."""
+        return list(self.compare_models) if self.compare else None
 
 
 class RunCancelFrame(Frame):
@@ -166,6 +189,7 @@ async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None
         user=consumer.user,
         conversation_id=frame.conversation_id,
         content=frame.content,
+        compare_model_ids=frame.compare_ids(),
     )
 
 

@@ -273,6 +273,8 @@ def demo_plan(
     if planned is not None:
         name, arguments = planned
         return "", [_call(len(messages), user_text, name, arguments, 0)]
+    if summary := _summary(user_text):
+        return summary, []
     if re.fullmatch(r"(?i)(hi|hello|hey)[!. ]*", user_text):
         return _GREETING, []
     if SYSTEM_PROMPT_QUESTION.search(user_text):
@@ -281,6 +283,27 @@ def demo_plan(
         return f"My system prompt is:\n\n{quoted}", []
     echo = " ".join(user_text.split())[:200] or "(nothing)"
     return _HELP.format(echo=echo.replace("*", "")), []
+
+
+#: A Compare summary's request (``conversations.compare.compare_messages``): each
+#: answer under "### Answer from <model>".
+_ANSWER_HEADING = re.compile(r"^### Answer from (?P<name>.+)$", re.M)
+
+
+def _summary(user_text: str) -> str:
+    """The demo's summary of a Compare request: ``"Summary of N answers: "``, then each
+    model's name with the first words of its answer (or that it failed); ``""`` for
+    any other request."""
+    headings = list(_ANSWER_HEADING.finditer(user_text))
+    if not headings or not user_text.startswith("Question:"):
+        return ""
+    items = []
+    for i, heading in enumerate(headings):
+        end = headings[i + 1].start() if i + 1 < len(headings) else len(user_text)
+        body = " ".join(user_text[heading.end() : end].split())
+        words = " ".join(body.split()[:8]).replace("*", "")
+        items.append(f"- **{heading.group('name').strip()}**: {words}")
+    return f"Summary of {len(headings)} answers:\n\n" + "\n".join(items)
 
 
 _LOWER_I = re.compile(r"\bi\b")

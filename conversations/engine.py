@@ -39,6 +39,7 @@ from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.charging import call_admit, call_settle
+from conversations.compare import compare_messages
 from conversations.context import FitResult, context_fit
 from conversations.gateway import (
     CallUsage,
@@ -299,6 +300,8 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
         conversation=run.conversation, system_prompt=call.system_prompt, run=run
     )
     tools = tools_offered(run=run)
+    if run.kind == Run.Kind.COMPARE:  # its summary: the answers it compares, no tools
+        history, tools = compare_messages(run=run, history=history), None
     try:
         fit = context_fit(
             messages=history,

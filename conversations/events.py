@@ -73,20 +73,23 @@ def run_appended(*, run_id: int, with_user_message: bool, new: Any = None) -> No
     """On commit: append a run block (and its user message) to the conversation's timeline.
 
     ``new``: the run this transaction created (its ``user_message`` set), rendered
-    without a query: a new run has no messages or tool calls of its own yet.
+    without a query: a new run has no messages or tool calls of its own yet. A new
+    compare run (``conversations.compare``) is drawn with its parts as columns
+    (``new.compare_parts``, their models set).
     """
 
     def build() -> list[tuple[str, str]]:
         if new is not None:
             run = new
-            run.timeline_messages, run.timeline_invocations = [], []
+            for each in [run, *getattr(run, "compare_parts", [])]:
+                each.timeline_messages, each.timeline_invocations = [], []
         else:
             run = selectors.run_for_push(run_id=run_id)
         html = ""
         if with_user_message:
             run.user_message.editable = True  # a run answers it: it may be edited and resent
             html += render("message", {"m": run.user_message})
-        html += render("run", {"run": run})
+        html += render("compare" if run.kind == "compare" else "run", {"run": run})
         return [
             (
                 conversation_group(run.conversation_id),

@@ -32,6 +32,29 @@ class IdField(forms.Field):
         return parsed
 
 
+class IdListField(forms.Field):
+    """Row ids sent under one name (checkboxes): each as ``IdField`` takes it; at
+    most ``MAX_IDS``. Empty is ``[]``."""
+
+    MAX_IDS = 50
+    widget = forms.MultipleHiddenInput
+    default_error_messages = {
+        "invalid": "Expected ids (whole numbers from 1).",
+        "too_many": "Too many ids.",
+    }
+
+    def to_python(self, value: object) -> list[int]:
+        if value in self.empty_values:
+            return []
+        values = value if isinstance(value, list | tuple) else [value]
+        if len(values) > self.MAX_IDS:
+            raise ValidationError(self.error_messages["too_many"], code="too_many")
+        ids = [id_parse(item) for item in values]
+        if any(item is None for item in ids):
+            raise ValidationError(self.error_messages["invalid"], code="invalid")
+        return [item for item in ids if item is not None]
+
+
 class ConversationStartForm(forms.Form):
     """``POST /c/new``: the model picked (the default one when empty) and a first message."""
 
@@ -40,9 +63,33 @@ class ConversationStartForm(forms.Form):
 
 
 class MessageForm(forms.Form):
-    """``POST /c/<id>/send``: the message (emptiness and length: ``message_send``)."""
+    """``POST /c/<id>/send``: the message (emptiness and length: ``message_send``);
+    ``compare`` on: the models to answer it side by side (how many: the service's
+    to check)."""
 
     content = forms.CharField(required=False, strip=False)
+    compare = forms.BooleanField(required=False)
+    compare_models = IdListField(required=False)
+
+    def compare_ids(self) -> list[int] | None:
+        """The models to compare when Compare is on (``[]``: none picked), else ``None``."""
+        return list(self.cleaned_data["compare_models"]) if self.cleaned_data["compare"] else None
+
+
+class CompareSettingsForm(forms.Form):
+    """``POST /c/<id>/compare-settings``: the summary's model, prompt and whether it is
+    written; empty: the deployment's (``services.compare_settings_set``)."""
+
+    SHOWN = {"": None, "yes": True, "no": False}
+
+    summary_model = IdField(required=False)
+    summary_prompt = IdField(required=False)
+    summary_shown = forms.ChoiceField(
+        required=False, choices=[("", "Default"), ("yes", "Yes"), ("no", "No")]
+    )
+
+    def shown(self) -> bool | None:
+        return self.SHOWN[self.cleaned_data["summary_shown"]]
 
 
 class RenameForm(forms.Form):

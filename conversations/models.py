@@ -133,6 +133,15 @@ class Conversation(models.Model):
     )
     temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Compare mode's summary in this conversation (``conversations.compare``); empty:
+    # the deployment's (``TOLLGATE_COMPARE_SUMMARY_MODEL``, ``_PROMPT``, ``_SHOWN``).
+    compare_summary_model = models.ForeignKey(
+        ModelConfig, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    compare_summary_prompt = models.ForeignKey(
+        "prompts.Prompt", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    compare_summary_shown = models.BooleanField(null=True, blank=True)
     archived = models.BooleanField(default=False)
     pinned = models.BooleanField(default=False, help_text="Listed first in its owner's sidebar.")
     current_run = models.ForeignKey(
@@ -316,6 +325,10 @@ class Run(models.Model):
     timeline_invocations: list[ToolInvocation]
     orphan_steps: list[ToolInvocation]
     switch: Any  # branches.Switch: its place among the answers regenerated for its message
+    # A compare run's parts, in order, and the run its exchange goes on from (one of
+    # them, or itself: the summary; ``None``: its exchange is not on the branch shown).
+    compare_parts: list[Run]
+    compare_chosen: int | None
 
     class Meta:
         ordering = ("-id",)

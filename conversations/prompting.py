@@ -83,15 +83,16 @@ def _max_tokens(asked: int | None, config: ModelConfig) -> int:
     return min(asked or config.max_output_tokens, config.max_output_tokens)
 
 
-def call_settings(*, conversation: Conversation) -> CallSettings:
-    """Resolve ``conversation``'s settings for a run starting now (its model loaded).
+def call_settings(*, conversation: Conversation, config: ModelConfig | None = None) -> CallSettings:
+    """Resolve ``conversation``'s settings for a run starting now (its model loaded);
+    ``config``: another model than the conversation's (a Compare part's).
 
     Raises ``prompts.errors.PromptUnavailable`` (its library prompt is no longer
     visible to the owner, or its label is gone), ``MissingVariables`` (a variable
     of the prompt has no value: by name) or ``RenderFailed``: nothing may be sent
     then. Reads only; a few queries with a library prompt, none without.
     """
-    config = conversation.model_config
+    config = config or conversation.model_config
     version: PromptVersion | None = None
     label = ""
     variables: dict[str, str] = {}

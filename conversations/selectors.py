@@ -17,7 +17,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from approvals.selectors import approvals_for_runs
-from conversations.branches import conversation_tree, shown_leaf
+from conversations.branches import Switch, conversation_tree, shown_leaf
 from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from prompts.models import LATEST, Prompt, PromptVersion
 from prompts.selectors import system_prompts_for
@@ -124,6 +124,10 @@ class Timeline:
     later: bool = False
 
 
+#: The switch of a run with no alternatives (a compare's part: its compare run has them).
+ALONE = Switch(index=1, count=1, previous=None, next=None)
+
+
 def conversation_timeline(
     *,
     conversation: Conversation,
@@ -169,22 +173,35 @@ def conversation_timeline(
     page = list(tops.order_by("-id")[: size + 1])
     timeline = Timeline(earlier=page[size - 1].pk if len(page) > size else None)
     page = page[:size][::-1]
-    runs = list(
-        Run.objects.filter(pk__in=[shown_run[m.pk] for m in page if m.pk in shown_run]).order_by(
-            "id"
+    shown_ids = [shown_run[m.pk] for m in page if m.pk in shown_run]
+    # A compare's part on the branch is drawn in its compare run, with the other parts.
+    runs = list(Run.objects.filter(pk__in={tree.parts.get(r, r) for r in shown_ids}).order_by("id"))
+    compares = [run for run in runs if run.kind == Run.Kind.COMPARE]
+    parts = (
+        list(
+            Run.objects.filter(orchestrator__in=compares)
+            .select_related("model_config")
+            .order_by("position", "id")
         )
+        if compares
+        else []
     )
-    by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
-    for message in Message.objects.filter(run__in=runs).order_by("id"):
+    by_run: dict[int, list[Message]] = {r.pk: [] for r in [*runs, *parts]}
+    for message in Message.objects.filter(run__in=list(by_run)).order_by("id"):
         by_run[cast(int, message.run_id)].append(message)  # not None: run__in
     invocations = _invocations_by_run(Q(run_id__in=list(by_run)))
     runs_by_user_message: dict[int, list[Run]] = {}
-    for run in runs:
+    for run in [*runs, *parts]:
         run.timeline_messages = by_run[run.pk]
         run.timeline_invocations = invocations.get(run.pk, [])
         run_steps_attach(run)
-        run.switch = tree.answer_switch(run.pk)
-        runs_by_user_message.setdefault(run.user_message_id, []).append(run)
+        run.switch = tree.answer_switch(run.pk) if run.orchestrator_id is None else ALONE
+        if run.orchestrator_id is None:
+            runs_by_user_message.setdefault(run.user_message_id, []).append(run)
+    for run in compares:
+        run.compare_parts = [part for part in parts if part.orchestrator_id == run.pk]
+        # The answer the branch goes on from: this part, or the summary.
+        run.compare_chosen = shown_run.get(run.user_message_id)
     if upto is not None:
         timeline.later = upto != max(shown_run, default=upto)
         timeline.context_cut = None  # the latest run may not be on this page

@@ -9,6 +9,8 @@ nothing is written.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC
 from decimal import Decimal
 from typing import Any, Literal
@@ -18,11 +20,11 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from audit.services import audit_deferred, audit_record
-from conversations import events
+from conversations import compare, events
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from conversations.prompting import CallSettings, call_settings
-from conversations.runs import run_cancel_request, run_lock, run_step_schedule
+from conversations.runs import run_cancel_request, run_lock, run_step_schedule, run_transition
 from conversations.toolphase import run_stop
 from prompts.errors import PROMPT_REFUSALS, PromptError, PromptNotFound
 from prompts.models import LATEST, Prompt
@@ -66,6 +68,11 @@ class RunNotCancellable(ConversationError):
 
 class RunNotRetryable(ConversationError):
     pass
+
+
+class CompareInvalid(ConversationError):
+    """A Compare send that cannot start (too few or too many models, one not
+    available), or an answer that cannot be continued with."""
 
 
 class SettingsInvalid(ConversationError):
@@ -266,28 +273,65 @@ def message_text(content: str, *, what: str = "message") -> str:
     return content
 
 
-def message_send(*, user, conversation_id: int, content: str) -> Run:
+def message_send(
+    *,
+    user,
+    conversation_id: int,
+    content: str,
+    compare_model_ids: Sequence[int] | None = None,
+) -> Run:
     """Post a user message and start a run answering it (dispatched on commit).
+
+    ``compare_model_ids`` (Compare mode, ``conversations.compare``): the ids of 2 to
+    6 enabled ModelConfigs; the message is then answered by one run per model
+    (the parts, concurrently) under a ``compare`` run, which is returned: it
+    waits for them (``awaiting_parts``), then writes their summary.
 
     Raises ``NotFound`` (not the user's), ``EmptyMessage``, ``MessageTooLong``
     (over ``TOLLGATE_MAX_MESSAGE_CHARS``), ``ConversationArchived``,
-    ``ModelUnavailable`` (the conversation's model is disabled) or
-    ``RunInProgress`` (a reply is still being written). The first message
-    also titles an untitled conversation.
+    ``ModelUnavailable`` (the conversation's model is disabled),
+    ``CompareInvalid`` (the models asked to compare) or ``RunInProgress`` (a reply
+    is still being written). The first message also titles an untitled
+    conversation.
     """
     content = message_text(content)
+    models = None if compare_model_ids is None else _compare_models(compare_model_ids)
     with transaction.atomic():
         conversation, message, run = _message_insert(
-            user=user, conversation_id=conversation_id, content=content
+            user=user, conversation_id=conversation_id, content=content, compare_models=models
         )
-        audit_record(**_message_sent(user, message, run))
-        # The step is sent to a worker first, then the page is told (rendered from
-        # the rows in hand, no query): the worker's claim takes longer than that.
-        run_step_schedule(run_id=run.pk)
+        sent = _message_sent(user, message, run)
+        if models is None:
+            # The step is sent to a worker first, then the page is told (rendered from
+            # the rows in hand, no query): the worker's claim takes longer than that.
+            run_step_schedule(run_id=run.pk)
+        else:  # the parts' steps were scheduled as they were made
+            sent["data"]["compare"] = [
+                {"run_id": part.pk, "model": compare.part_name(part)} for part in run.compare_parts
+            ]
+        audit_record(**sent)
         run.user_message = message
         events.run_appended(run_id=run.pk, with_user_message=True, new=run)
         events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
     return run
+
+
+def _compare_models(model_ids: Sequence[int]) -> list[ModelConfig]:
+    """The enabled ModelConfigs ``model_ids`` names, in its order; ``CompareInvalid``
+    unless they are 2 to 6 different ones, all enabled."""
+    ids = list(dict.fromkeys(model_ids))
+    if len(ids) != len(model_ids):
+        raise CompareInvalid("Pick each model once.")
+    if not compare.MIN_MODELS <= len(ids) <= compare.MAX_MODELS:
+        raise CompareInvalid(
+            f"Pick {compare.MIN_MODELS} to {compare.MAX_MODELS} models to compare "
+            f"({len(ids)} picked)."
+        )
+    by_id = {m.pk: m for m in ModelConfig.objects.filter(pk__in=ids, enabled=True)}
+    missing = [pk for pk in ids if pk not in by_id]
+    if missing:
+        raise CompareInvalid("A model picked to compare is not available. Pick another one.")
+    return [by_id[pk] for pk in ids]
 
 
 def _message_sent(user, message: Message, run: Run) -> dict[str, Any]:
@@ -315,9 +359,14 @@ def _message_send_checks(conversation: Conversation, *, in_progress: bool) -> No
 
 
 def _message_insert(
-    *, user, conversation_id: int, content: str
+    *,
+    user,
+    conversation_id: int,
+    content: str,
+    compare_models: list[ModelConfig] | None = None,
 ) -> tuple[Conversation, Message, Run]:
-    """Lock and check the conversation, insert the message and its run (the ORM)."""
+    """Lock and check the conversation, insert the message and its run (the ORM);
+    with ``compare_models``, the compare run and its parts (``_compare_insert``)."""
     conversation = _own_conversation(
         user=user, conversation_id=conversation_id, lock=True, with_model=True
     )
@@ -330,20 +379,77 @@ def _message_insert(
     )
     # The next exchange of the branch shown (conversations.branches).
     parent_id = _branch_end(conversation)
-    run = Run.objects.create(
-        conversation=conversation,
-        user_message=message,
-        parent_id=parent_id,
-        metadata=_root(parent_id),
-        model_config=call.config,
-        prompt_version=call.version,
-        parameters=call.record(),
-    )
+    if compare_models is not None:
+        run = _compare_insert(conversation, message, parent_id, call, compare_models)
+    else:
+        run = Run.objects.create(
+            conversation=conversation,
+            user_message=message,
+            parent_id=parent_id,
+            metadata=_root(parent_id),
+            model_config=call.config,
+            prompt_version=call.version,
+            parameters=call.record(),
+        )
     if not conversation.title:
         conversation.title = auto_title(content)
     conversation.current_run = run
     conversation.save(update_fields=["title", "current_run", "updated_at"])
     return conversation, message, run
+
+
+def _compare_insert(
+    conversation: Conversation,
+    message: Message,
+    parent_id: int | None,
+    call: CallSettings,
+    models: list[ModelConfig],
+) -> Run:
+    """The compare run answering ``message`` (its model and system prompt the
+    summarizer's, ``compare.summary_settings``) and one queued part per model of
+    ``models`` (the conversation's settings with that model), each scheduled; the
+    compare run goes to ``awaiting_parts``. Parts and the compare run share the
+    parent: each is a place the conversation may continue from."""
+    summary = compare.summary_settings(conversation=conversation)
+    summary_call = replace(
+        _call_settings(conversation, config=summary.config),
+        system_prompt=summary.instruction,
+        source="library" if summary.version is not None else "default",
+        version=summary.version,
+        label="production" if summary.version is not None else "",
+        variables={},
+    )
+    orchestrator = Run.objects.create(
+        conversation=conversation,
+        user_message=message,
+        parent_id=parent_id,
+        kind=Run.Kind.COMPARE,
+        metadata={**_root(parent_id), "summary": summary.shown},
+        model_config=summary_call.config,
+        prompt_version=summary_call.version,
+        parameters=summary_call.record(),
+    )
+    parts: list[Run] = []
+    for position, config in enumerate(models):
+        part_call = _call_settings(conversation, config=config) if config != call.config else call
+        part = Run.objects.create(
+            conversation=conversation,
+            user_message=message,
+            parent_id=parent_id,
+            orchestrator=orchestrator,
+            position=position,
+            metadata=_root(parent_id),
+            model_config=part_call.config,
+            prompt_version=part_call.version,
+            parameters=part_call.record(),
+        )
+        parts.append(part)
+        run_step_schedule(run_id=part.pk)
+    metadata = {**orchestrator.metadata, "parts": [part.pk for part in parts]}
+    run_transition(run=orchestrator, to=Run.Status.AWAITING_PARTS, metadata=metadata)
+    # As the page draws it (events.run_appended): the columns, the summary shown.
+    orchestrator.compare_parts, orchestrator.compare_chosen = parts, orchestrator.pk
+    return orchestrator
 
 
 def _root(parent_id: int | None) -> dict[str, Any]:
@@ -358,10 +464,13 @@ def _branch_end(conversation: Conversation) -> int | None:
     return conversation.runs.order_by("-id").values_list("pk", flat=True).first()
 
 
-def _call_settings(conversation: Conversation) -> CallSettings:
-    """``prompting.call_settings``, its refusal a ``SettingsInvalid`` (nothing is sent)."""
+def _call_settings(
+    conversation: Conversation, *, config: ModelConfig | None = None
+) -> CallSettings:
+    """``prompting.call_settings`` (with ``config`` instead of the conversation's
+    model), its refusal a ``SettingsInvalid`` (nothing is sent)."""
     try:
-        return call_settings(conversation=conversation)
+        return call_settings(conversation=conversation, config=config)
     except PROMPT_REFUSALS as error:
         raise SettingsInvalid(
             f"{error} Nothing was sent: fix the system prompt in this conversation's settings."
@@ -379,7 +488,8 @@ def _own_run(*, user, run_id: int) -> Run:
 
 
 def run_cancel(*, user, run_id: int) -> Run:
-    """Stop a run. The partial reply is kept and marked stopped.
+    """Stop a run. The partial reply is kept and marked stopped. A compare run's
+    unfinished answers are stopped with it.
 
     A run being streamed by a live worker is flagged (``cancel_requested``) and
     the worker stops at its next save of the reply; any other active run is
@@ -390,6 +500,8 @@ def run_cancel(*, user, run_id: int) -> Run:
         run = _own_run(user=user, run_id=run_id)
         if run.is_terminal:
             raise RunNotCancellable(f"This reply has already {_FINISHED[run.status]}.")
+        if run.kind == Run.Kind.COMPARE:  # its answers too (after it: the lock order)
+            compare.compare_stop(run=run, actor=user)
         if not run_cancel_request(run=run, actor=user):
             run_stop(run=run, actor=user)
     return run
@@ -559,6 +671,104 @@ def branch_show(*, user, run_id: int) -> Conversation:
         conversation.current_run_id = tree.newest_below(run_id)
         conversation.save(update_fields=["current_run"])
         events.timeline_redraw(conversation_id=conversation.pk)
+    return conversation
+
+
+def compare_choose(*, user, run_id: int) -> Conversation:
+    """Continue the conversation with run ``run_id``: one answer of a compare
+    exchange (a part) or its summary (the compare run). The branch shown then ends
+    at it (or at what already follows it), so later messages read that answer
+    only (``engine.history_with_ids``). The choice is kept in the compare run's
+    ``metadata["chosen_run_id"]`` and audited (``compare.chosen``).
+
+    Raises ``NotFound`` (not the user's, or not an answer of a comparison),
+    ``RunInProgress`` (a reply is still being written), ``CompareInvalid`` (the
+    answer did not complete).
+    """
+    with transaction.atomic():
+        row = (
+            Run.objects.filter(pk=run_id).values_list("conversation_id", "orchestrator_id").first()
+        )
+        if row is None:
+            raise NotFound("Run not found.")
+        conversation = _own_conversation(user=user, conversation_id=row[0], lock=True)
+        # The compare run, then its part: the lock order.
+        orchestrator = _own_run(user=user, run_id=row[1] or run_id)
+        run = orchestrator if row[1] is None else _own_run(user=user, run_id=run_id)
+        if orchestrator.kind != Run.Kind.COMPARE:
+            raise NotFound("This answer is not part of a comparison.")
+        if conversation.runs.exclude(status__in=Run.TERMINAL).exists():
+            raise RunInProgress("A reply is still being written. Stop it or wait for it.")
+        if run.status != Run.Status.COMPLETED:
+            raise CompareInvalid("Only a finished answer can be continued with.")
+        metadata = {**orchestrator.metadata, "chosen_run_id": run.pk}
+        Run.objects.filter(pk=orchestrator.pk).update(metadata=metadata)
+        tree = conversation_tree(conversation_id=conversation.pk)
+        conversation.current_run_id = tree.newest_below(run.pk)
+        conversation.save(update_fields=["current_run"])
+        audit_record(
+            action="compare.chosen",
+            actor=user,
+            target_type="run",
+            target_id=orchestrator.pk,
+            data={
+                "chosen_run_id": run.pk,
+                "summary": run.pk == orchestrator.pk,
+                "model": compare.part_name(run),
+            },
+        )
+        events.timeline_redraw(conversation_id=conversation.pk)
+    return conversation
+
+
+def compare_settings_set(
+    *,
+    user,
+    conversation_id: int,
+    model_id: int | None,
+    prompt_id: int | None,
+    shown: bool | None,
+) -> Conversation:
+    """Set how Compare summaries are written in the conversation (``conversations.compare``):
+    the summarizer model ``model_id`` (an enabled ModelConfig), its system prompt
+    ``prompt_id`` (a library system prompt ``user`` may see), and whether a summary
+    is written (``shown``); ``None`` for any: the deployment's. Applies from the
+    next Compare message. Audited (``conversation.compare_settings_changed``).
+
+    Raises ``NotFound``, ``ModelUnavailable``, ``SettingsInvalid`` (a prompt not
+    available, or not a system prompt), ``ConversationArchived``.
+    """
+    if model_id is not None:
+        model_config_pick(model_config_id=model_id)
+    if prompt_id is not None:
+        try:
+            prompt = prompt_get(user=user, prompt_id=prompt_id)
+        except PromptNotFound:
+            raise SettingsInvalid("That prompt is not available.") from None
+        if prompt.kind != Prompt.Kind.SYSTEM:
+            raise SettingsInvalid(f"{prompt.name} is a message template, not a system prompt.")
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        if conversation.archived:
+            raise ConversationArchived("This conversation is archived; unarchive it to continue.")
+        conversation.compare_summary_model_id = model_id
+        conversation.compare_summary_prompt_id = prompt_id
+        conversation.compare_summary_shown = shown
+        conversation.save(
+            update_fields=[
+                "compare_summary_model",
+                "compare_summary_prompt",
+                "compare_summary_shown",
+                "updated_at",
+            ]
+        )
+        audit_record(
+            action="conversation.compare_settings_changed",
+            actor=user,
+            target_type="conversation",
+            target_id=conversation.pk,
+            data={"model_id": model_id, "prompt_id": prompt_id, "shown": shown},
+        )
     return conversation
 
 

@@ -17,6 +17,11 @@ urlpatterns = [
     path("c/<int:conversation_id>/rename", views.conversation_rename, name="rename"),
     path("c/<int:conversation_id>/model", views.conversation_set_model, name="set-model"),
     path("c/<int:conversation_id>/settings", views.conversation_settings, name="settings"),
+    path(
+        "c/<int:conversation_id>/compare-settings",
+        views.compare_settings,
+        name="compare-settings",
+    ),
     path("c/<int:conversation_id>/archive", views.conversation_archive, name="archive"),
     path("c/<int:conversation_id>/delete", views.conversation_delete, name="delete"),
     path("c/<int:conversation_id>/pin", views.conversation_pin, name="pin"),
@@ -41,6 +46,7 @@ urlpatterns = [
     path("runs/<int:run_id>/regenerate", views.run_regenerate, name="run-regenerate"),
     path("runs/<int:run_id>/show", views.branch_show, name="branch-show"),
     path("runs/<int:run_id>/timeline", views.run_timeline, name="run-timeline"),
+    path("runs/<int:run_id>/continue", views.compare_choose, name="compare-choose"),
     path("m/<int:message_id>/edit", views.message_edit, name="message-edit"),
     path(
         "evaluations/new/<int:prompt_id>",

@@ -34,6 +34,7 @@ from conversations.events import error_fragment
 from conversations.events import render as render_partial
 from conversations.forms import (
     ArchiveForm,
+    CompareSettingsForm,
     ConversationSettingsForm,
     ConversationStartForm,
     EarlierForm,
@@ -435,7 +436,11 @@ def _back(
 def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
     """HTTP twin of the WebSocket ``message.send`` (no-JS fallback)."""
     form = MessageForm(request.POST)
-    typed = {"typed_content": request.POST.get("content", "")}
+    typed = {
+        "typed_content": request.POST.get("content", ""),
+        "typed_compare": bool(request.POST.get("compare")),
+        "typed_compare_models": [id_parse(v) for v in request.POST.getlist("compare_models")],
+    }
     if not form.is_valid():
         return _refuse(request, form_message(form), conversation_id=conversation_id, typed=typed)
     try:
@@ -443,6 +448,7 @@ def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> Htt
             user=request.user,
             conversation_id=conversation_id,
             content=form.cleaned_data["content"],
+            compare_model_ids=form.compare_ids(),
         )
     except services.ConversationError as error:
         return _refused(request, error, conversation_id=conversation_id, typed=typed)
@@ -517,6 +523,17 @@ def run_timeline(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse
 
 @login_required
 @require_POST
+def compare_choose(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """Continue the conversation with one answer of a comparison, or its summary."""
+    try:
+        conversation = services.compare_choose(user=request.user, run_id=run_id)
+    except services.ConversationError as error:
+        return _refused(request, error)
+    return _done(request, reverse("conversations:detail", args=[conversation.pk]))
+
+
+@login_required
+@require_POST
 def message_edit(request: AuthenticatedHttpRequest, message_id: int) -> HttpResponse:
     """Send an edited version of a message, as a new branch from its place."""
     form = MessageForm(request.POST)
@@ -569,8 +586,39 @@ def conversation_settings(request: AuthenticatedHttpRequest, conversation_id: in
     return _settings_page(request, conversation, request.GET, "", 200)
 
 
+@login_required
+@require_POST
+def compare_settings(request: AuthenticatedHttpRequest, conversation_id: int) -> HttpResponse:
+    """Save how Compare summaries are written in this conversation, then back to its
+    settings page (a refusal: the page again with the message, 400 or 409)."""
+    conversation = selectors.conversation_get(user=request.user, conversation_id=conversation_id)
+    form = CompareSettingsForm(request.POST)
+    if not form.is_valid():
+        return _settings_page(
+            request, conversation, None, "", 400, compare_error=form_message(form)
+        )
+    try:
+        services.compare_settings_set(
+            user=request.user,
+            conversation_id=conversation.pk,
+            model_id=form.cleaned_data["summary_model"],
+            prompt_id=form.cleaned_data["summary_prompt"],
+            shown=form.shown(),
+        )
+    except services.ConversationError as error:
+        return _settings_page(request, conversation, None, "", 409, compare_error=str(error))
+    messages.success(request, "Compare settings saved; they apply from the next Compare message.")
+    return redirect(reverse("conversations:settings", args=[conversation.pk]))
+
+
 def _settings_page(
-    request: AuthenticatedHttpRequest, conversation: Any, data: Any, error: str, status: int
+    request: AuthenticatedHttpRequest,
+    conversation: Any,
+    data: Any,
+    error: str,
+    status: int,
+    *,
+    compare_error: str = "",
 ) -> HttpResponse:
     values = {key: _shown(value) for key, value in data.items()} if data else None
     context = {
@@ -579,6 +627,8 @@ def _settings_page(
             conversation=conversation, user=request.user, data=values
         ),
         "error": error,
+        "compare_error": compare_error,
+        "model_configs": selectors.model_configs_enabled(),
     }
     template = "conversations/settings.html"
     if request.htmx:

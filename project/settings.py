@@ -422,6 +422,15 @@ TOLLGATE_SYSTEM_PROMPT = env.str(
 # The ModelConfig (by its display name) that rewrites drafts for Reformulate; empty:
 # the conversation's own model.
 TOLLGATE_REFORMULATION_MODEL = env.str("TOLLGATE_REFORMULATION_MODEL", default="")
+# Compare mode (conversations.compare): the ModelConfig (by its display name) that
+# summarises the parallel answers (empty or not enabled: the conversation's own
+# model), the command of the library prompt it follows (the deployment's
+# /compare-summary), and whether the summary is written at all.
+TOLLGATE_COMPARE_SUMMARY_MODEL = env.str("TOLLGATE_COMPARE_SUMMARY_MODEL", default="")
+TOLLGATE_COMPARE_SUMMARY_PROMPT = env.str(
+    "TOLLGATE_COMPARE_SUMMARY_PROMPT", default="compare-summary"
+)
+TOLLGATE_COMPARE_SUMMARY_SHOWN = env.bool("TOLLGATE_COMPARE_SUMMARY_SHOWN", default=True)
 CELERY_BEAT_SCHEDULE["conversations-recover-stale-runs"] = {
     "task": "conversations.tasks.runs_recover_stale",
     "schedule": env.float("TOLLGATE_RUN_RECOVERY_INTERVAL", default=10.0),

@@ -236,6 +236,19 @@
     }
   }
 
+  // -- a compare exchange's tabs (a phone: chat.css shows one column at a time) -------
+  document.addEventListener("click", function (event) {
+    var tab = event.target.closest && event.target.closest(".compare-tab");
+    if (!tab) return;
+    var compare = tab.closest(".compare");
+    compare.querySelectorAll(".compare-tab").forEach(function (other) {
+      other.setAttribute("aria-selected", String(other === tab));
+    });
+    compare.querySelectorAll(".compare-column").forEach(function (column) {
+      column.classList.toggle("active", column.id === tab.getAttribute("aria-controls"));
+    });
+  });
+
   // -- the sidebar as a drawer (a phone) -----------------------------------------------
   function drawer(open) {
     var chat = document.querySelector(".chat");
