@@ -501,3 +501,13 @@ def guardrail_preview(*, guardrail: Guardrail, text: str) -> GuardrailOutcome:
     """What ``guardrail`` (saved or not, its config valid) does to ``text``: the
     admin's "test this guardrail" form. No query, no audit."""
     return guardrails_run(rules=[_rule(guardrail)], text=text, stage=guardrail.stage)
+
+
+def approvals_of_run(*, run_id: int) -> list[tuple[int, str, str]]:
+    """``(id, tool name, status)`` of run ``run_id``'s approval requests, oldest
+    first; one query."""
+    return list(
+        ApprovalRequest.objects.filter(run_id=run_id)
+        .order_by("id")
+        .values_list("pk", "tool_name", "status")
+    )

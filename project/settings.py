@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "tools",
     "prompts",
     "conversations",
+    "api",
 ]
 
 MIDDLEWARE = [
