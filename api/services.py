@@ -81,8 +81,9 @@ def chat_plan(*, messages: list[dict[str, Any]]) -> ChatPlan:
         ):
             raise ApiError(
                 422,
-                f"messages[{index}]: tool calls and tool results cannot be sent: Tollgate runs "
-                "its own tools, behind its gate, and keeps their results in the conversation.",
+                f"messages[{index}]: tool calls and tool results cannot be sent: the tools are "
+                "the server's. Tollgate runs its own, behind its gate, and keeps their results "
+                "in the conversation.",
                 code="tools_not_supported",
                 param=f"messages[{index}]",
             )
