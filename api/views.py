@@ -86,8 +86,13 @@ api = NinjaAPI(
 )
 errors_install(api)
 
-#: Every operation may answer these (the key, the body).
-REFUSALS: dict[int, Any] = {401: ErrorResponse, 403: ErrorResponse, 422: ErrorResponse}
+#: Every operation may answer these (a body that does not parse, the key, a field).
+REFUSALS: dict[int, Any] = {
+    400: ErrorResponse,
+    401: ErrorResponse,
+    403: ErrorResponse,
+    422: ErrorResponse,
+}
 
 
 async def _db(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
@@ -300,7 +305,6 @@ async def _sse_events(
     auth=ApiKeyAuth(CHAT),
     response={
         200: ChatCompletion,
-        400: ErrorResponse,
         402: ErrorResponse,
         404: ErrorResponse,
         409: ErrorResponse,
