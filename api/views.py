@@ -343,6 +343,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     )
     recovery_timer_ensure()  # the embedded mode's timers; with Celery, a warm broker
     snapshots = replies.run_snapshots(run_id=run.pk, conversation_id=run.conversation_id)
+    streaming = False
     try:
         # Until the first model call is admitted: a refusal (a budget, a rate limit)
         # answers with its status code rather than inside a stream.
@@ -362,15 +363,18 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
                 raise error
             if not body.stream:
                 return answer.completion(reply)
-    except BaseException:
-        await snapshots.aclose()
-        raise
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    events = _sse_events(request, answer, snapshot, snapshots, include_usage=include_usage)
-    response = StreamingHttpResponse(_closing(events, snapshots), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _sse_events(request, answer, snapshot, snapshots, include_usage=include_usage)
+        response = StreamingHttpResponse(
+            _closing(events, snapshots), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        streaming = True
+        return response
+    finally:
+        if not streaming:  # else the stream closes them when it ends
+            await snapshots.aclose()
 
 
 async def _closing(events: AsyncIterator[str], snapshots: Any) -> AsyncIterator[str]:
