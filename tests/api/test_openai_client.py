@@ -312,3 +312,46 @@ async def test_a_revoked_key_is_refused_and_the_refusal_audited(stack):
         ("api_key.denied", "revoked"),
     ]
     await member.visitor.close()
+
+
+async def test_budgets_and_rate_limits_apply_as_in_the_browser(stack):
+    broke = await _member(stack, "broke")
+    hurried = await _member(stack, "hurried")
+    broke_key = await broke.key("k", "chat")
+    hurried_key = await hurried.key("k", "chat")
+    stack.manage(
+        "shell",
+        "-c",
+        "from accounts.models import Budget, RateLimit, User\n"
+        f"Budget.objects.create(user=User.objects.get(email='{broke.visitor.email}'),"
+        " period='monthly', cost_limit_usd=0)\n"
+        f"RateLimit.objects.create(user=User.objects.get(email='{hurried.visitor.email}'),"
+        " requests_per_minute=1)\n",
+    )
+    # A budget refuses: 402, and the client is told not to send it again (its default
+    # retries would make another run each time).
+    client = openai.AsyncOpenAI(api_key=broke_key, base_url=stack.base_url + "/v1")
+    with pytest.raises(openai.APIStatusError) as refused:
+        await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hello"}]
+        )
+    assert refused.value.status_code == 402
+    assert refused.value.code == "insufficient_quota"
+    assert "budget" in refused.value.message
+    assert stack.sql(
+        "SELECT count(*) FROM conversations_run r JOIN conversations_conversation c"
+        " ON c.id = r.conversation_id JOIN accounts_user u ON u.id = c.owner_id"
+        " WHERE u.email = %s",
+        (broke.visitor.email,),
+    ) == [(1,)]
+    # A rate limit refuses the second call of the minute: 429 with Retry-After.
+    client = _client(stack, hurried_key)
+    await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "one"}])
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "two"}]
+        )
+    assert limited.value.code == "rate_limit_exceeded"
+    assert 1 <= int(limited.value.response.headers["retry-after"]) <= 60
+    await broke.visitor.close()
+    await hurried.visitor.close()
