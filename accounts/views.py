@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.charts import bar_chart, column_chart
 from accounts.forms import EXPIRY_CHOICES, ApiKeyCreateForm
-from accounts.http import AuthenticatedHttpRequest
+from accounts.http import AuthenticatedHttpRequest, client_ip
 from accounts.models import ApiKey
 from accounts.selectors import (
     api_keys_for_user,
@@ -60,10 +60,6 @@ def usage(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
 
 
-def _client_ip(request: AuthenticatedHttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
 @login_required
 @never_cache
 def api_keys(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -83,7 +79,7 @@ def api_keys(request: AuthenticatedHttpRequest) -> HttpResponse:
                     name=form.cleaned_data["name"],
                     scopes=form.cleaned_data["scopes"],
                     expires_at=form.expires_at(),
-                    ip=_client_ip(request),
+                    ip=client_ip(request),
                 )
             except ApiKeyError as refused:
                 error, status = str(refused), 400
@@ -117,7 +113,7 @@ def api_keys(request: AuthenticatedHttpRequest) -> HttpResponse:
 def api_key_revoke_view(request: AuthenticatedHttpRequest, key_id: int) -> HttpResponse:
     """Revoke one of the user's keys (404 for another user's), back to the keys page."""
     try:
-        key, revoked = api_key_revoke(actor=request.user, key_id=key_id, ip=_client_ip(request))
+        key, revoked = api_key_revoke(actor=request.user, key_id=key_id, ip=client_ip(request))
     except ApiKeyNotFound as missing:
         raise Http404(str(missing)) from None
     if revoked:

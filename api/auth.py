@@ -13,6 +13,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
+from accounts.http import client_ip
 from accounts.models import ApiKey
 from accounts.services import ApiKeyRefused, api_key_authenticate
 from api.errors import ApiError
@@ -24,11 +25,6 @@ CHAT = frozenset({S.CHAT})
 MODELS = frozenset({S.CHAT, S.READ})
 APPROVALS_READ = frozenset({S.APPROVALS, S.READ})
 APPROVALS_DECIDE = frozenset({S.APPROVALS})
-
-
-def client_ip(request: HttpRequest) -> str | None:
-    """The peer address as daphne/Django saw it (a proxy's, behind one)."""
-    return request.META.get("REMOTE_ADDR") or None
 
 
 class ApiKeyAuth(HttpBearer):

@@ -26,8 +26,9 @@ from django.utils import timezone
 from ninja import NinjaAPI, Query
 from ninja.parser import Parser
 
+from accounts.http import client_ip
 from api import replies
-from api.auth import APPROVALS_DECIDE, APPROVALS_READ, CHAT, MODELS, ApiKeyAuth, client_ip
+from api.auth import APPROVALS_DECIDE, APPROVALS_READ, CHAT, MODELS, ApiKeyAuth
 from api.errors import ApiError, errors_install
 from api.schemas import (
     Approval,
