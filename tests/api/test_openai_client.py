@@ -2,9 +2,10 @@
 (daphne, a Celery worker, Celery beat; ``tests.topology``): a plain reply, streamed
 and not, continued in the same conversation; a tool call that waits for a person,
 approved through the approvals API by a second client while the stream stays
-open (and shown decided in the requester's open page); a denial the model reads;
-a revoked key; another user's approval refused with 404 by every approvals
-endpoint. The offline demo model asks for ``notes.write`` on "remember that …"
+open (and shown decided in the requester's open page); edited arguments approved
+(and checked against the tool's schema); a denial the model reads; a revoked key;
+another user's approval refused with 404 by every approvals endpoint; a budget
+(402) and a rate limit (429) applied as in the browser. The offline demo model asks for ``notes.write`` on "remember that …"
 and ``notes.delete`` on "forget …" (neither is read-only: with no rule, a person
 is asked).
 
@@ -355,3 +356,41 @@ async def test_budgets_and_rate_limits_apply_as_in_the_browser(stack):
     assert 1 <= int(limited.value.response.headers["retry-after"]) <= 60
     await broke.visitor.close()
     await hurried.visitor.close()
+
+
+async def test_approving_edited_arguments_runs_the_call_with_them(stack):
+    member = await _member(stack, "edit")
+    key = await member.key("all", "chat", "approvals")
+    client = _client(stack, key)
+    answer = asyncio.create_task(
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "remember that lunch is at noon"}]
+        )
+    )
+    async with _http(stack, key) as http:
+        pending = await _pending_approval(http)
+        url = f"/approvals/{pending['id']}/approve"
+        edited = {**pending["arguments"], "value": "lunch is at one"}
+        # Edits are checked against the tool's schema: nothing is decided on a bad one.
+        bad = await http.post(
+            url, json={"arguments_hash": pending["arguments_hash"], "arguments": {"value": 1}}
+        )
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["error"]["code"] == "arguments_invalid"
+        approved = await http.post(
+            url, json={"arguments_hash": pending["arguments_hash"], "arguments": edited}
+        )
+        assert approved.status_code == 200, approved.text
+        body = approved.json()
+        assert body["status"] == "approved"
+        assert body["edited_arguments"] == edited
+        assert body["arguments_diff"] == [
+            {"key": "value", "op": "changed", "old": "lunch is at noon", "new": "lunch is at one"}
+        ]
+    completion = await asyncio.wait_for(answer, 60)
+    assert "Done — the tool said:" in completion.choices[0].message.content
+    user_id = member.visitor.user_id
+    assert stack.sql("SELECT value FROM tools_note WHERE user_id = %s", (user_id,)) == [
+        ("lunch is at one",)
+    ]
+    await member.visitor.close()
