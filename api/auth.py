@@ -17,7 +17,7 @@ from accounts.http import client_ip
 from accounts.models import ApiKey
 from accounts.services import ApiKeyRefused, api_key_authenticate
 from api.errors import ApiError
-from project.dbthreads import db_async, db_concurrent
+from project.dbthreads import db_run
 
 S = ApiKey.Scope
 
@@ -37,12 +37,12 @@ class ApiKeyAuth(HttpBearer):
 
     async def authenticate(self, request: HttpRequest, token: str) -> Any:
         try:
-            with db_concurrent():
-                return await db_async(api_key_authenticate)(
-                    key=token.strip(),
-                    allowed=self.allowed,
-                    ip=client_ip(request),
-                    path=request.path,
-                )
+            return await db_run(
+                api_key_authenticate,
+                key=token.strip(),
+                allowed=self.allowed,
+                ip=client_ip(request),
+                path=request.path,
+            )
         except ApiKeyRefused as refused:
             raise ApiError(refused.status, refused.message, code=refused.code) from None

@@ -31,7 +31,7 @@ from channels.layers import get_channel_layer
 
 from approvals.selectors import approvals_of_run
 from conversations.selectors import RunReply, run_reply
-from project.dbthreads import db_async, db_concurrent
+from project.dbthreads import db_run
 from project.pushes import conversation_group
 
 #: Seconds between two reads of a run, at least (pushes coalesce meanwhile).
@@ -56,11 +56,6 @@ def snapshot_read(*, run_id: int) -> Snapshot:
     """Run ``run_id`` as it is stored now; three queries."""
     reply = run_reply(run_id=run_id)
     return Snapshot(reply=reply, approvals=tuple(approvals_of_run(run_id=run_id)))
-
-
-async def _read(run_id: int) -> Snapshot:
-    with db_concurrent():
-        return await db_async(snapshot_read)(run_id=run_id)
 
 
 class _Wakeups:
@@ -127,7 +122,7 @@ async def run_snapshots(
         last: Snapshot | None = None
         news_at = read_at = time.monotonic()
         while True:
-            snapshot = await _read(run_id)
+            snapshot = await db_run(snapshot_read, run_id=run_id)
             read_at = time.monotonic()
             if snapshot != last:
                 last, news_at = snapshot, read_at

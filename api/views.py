@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from django.http import HttpRequest, StreamingHttpResponse
@@ -57,7 +57,7 @@ from approvals.services import (
 )
 from conversations.dispatch import recovery_timer_ensure
 from conversations.selectors import RunReply, model_configs_enabled
-from project.dbthreads import db_async, db_concurrent
+from project.dbthreads import db_run
 from project.inbound import json_parse
 
 #: The longest JSON body read (characters); Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``
@@ -96,11 +96,6 @@ REFUSALS: dict[int, Any] = {
 }
 
 
-async def _db(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
-    with db_concurrent():
-        return await db_async(fn)(**kwargs)
-
-
 # --- models ----------------------------------------------------------------------------
 
 
@@ -122,7 +117,7 @@ def _models() -> dict[str, Any]:
     summary="The models the key's user may use",
 )
 async def models_list(request: HttpRequest) -> Any:
-    return await _db(_models)
+    return await db_run(_models)
 
 
 # --- chat completions --------------------------------------------------------------------
@@ -332,7 +327,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     while approval comes from the browser or ``POST /v1/approvals/{id}/approve``."""
     _refuse_client_tools(body)
     plan = chat_plan(messages=[m.model_dump() for m in body.messages])
-    run = await _db(
+    run = await db_run(
         chat_start,
         key=request.auth,  # type: ignore[attr-defined]
         model=body.model,
@@ -479,7 +474,7 @@ async def approvals_list(
     offset: int = Query(0, ge=0, le=1_000_000),  # type: ignore[type-arg]
 ) -> Any:
     user = request.auth.user  # type: ignore[attr-defined]
-    return await _db(
+    return await db_run(
         _approvals_page, request=request, user=user, status=status, tool=tool, limit=limit,
         offset=offset,
     )  # fmt: skip
@@ -501,7 +496,7 @@ def _approval_visible(request: HttpRequest, *, user: Any, approval_id: int) -> d
 )
 async def approval_get(request: HttpRequest, approval_id: int) -> Any:
     user = request.auth.user  # type: ignore[attr-defined]
-    return await _db(_approval_visible, request=request, user=user, approval_id=approval_id)
+    return await db_run(_approval_visible, request=request, user=user, approval_id=approval_id)
 
 
 def _decide(
@@ -563,7 +558,7 @@ async def approval_approve(request: HttpRequest, approval_id: int, body: Approve
     409 when it is no longer pending, you voted already, or approving would pass
     a budget of the requester's."""
     user = request.auth.user  # type: ignore[attr-defined]
-    return await _db(
+    return await db_run(
         _decide, request=request, user=user, approval_id=approval_id, approve=True,
         arguments_hash=body.arguments_hash, arguments=body.arguments, reason=body.reason,
     )  # fmt: skip
@@ -578,7 +573,7 @@ async def approval_approve(request: HttpRequest, approval_id: int, body: Approve
 )
 async def approval_deny(request: HttpRequest, approval_id: int, body: DenyBody) -> Any:
     user = request.auth.user  # type: ignore[attr-defined]
-    return await _db(
+    return await db_run(
         _decide, request=request, user=user, approval_id=approval_id, approve=False,
         arguments_hash=body.arguments_hash, arguments=None, reason=body.reason,
     )  # fmt: skip

@@ -5,9 +5,9 @@ approved through the approvals API by a second client while the stream stays
 open (and shown decided in the requester's open page); edited arguments approved
 (and checked against the tool's schema); a denial the model reads; a revoked key;
 another user's approval refused with 404 by every approvals endpoint; a budget
-(402) and a rate limit (429) applied as in the browser. The offline demo model asks for ``notes.write`` on "remember that …"
-and ``notes.delete`` on "forget …" (neither is read-only: with no rule, a person
-is asked).
+(402) and a rate limit (429) applied as in the browser. The offline demo model
+asks for ``notes.write`` on "remember that …" (not read-only: with no rule, a
+person is asked).
 
 Users sign up through the real form and make their keys on the settings page
 (``tests.hardening.visitor.Visitor``).
