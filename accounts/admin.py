@@ -1,17 +1,20 @@
-"""Admin for users, groups, budgets, the usage ledger and rate limits.
+"""Admin for users, groups, budgets, the usage ledger, rate limits and API keys.
 
 ``UserAdmin`` is the email-keyed variant of Django's, plus the current period
 spend against each user's tightest cost budget (a bar) and their budgets and
 rate limits inline. ``Group`` is re-registered with its budgets and rate limits
-inline. Usage records are read-only, filterable, totalled and exportable.
+inline. Usage records are read-only, filterable, totalled and exportable. API
+keys are read-only (users make them on their settings page); admins revoke them
+with an action, audited as the user's own revocation is.
 """
 
 from __future__ import annotations
 
 import csv
 from decimal import Decimal
+from typing import cast
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -22,8 +25,17 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from accounts.models import Budget, BudgetReservation, BudgetWarning, RateLimit, UsageRecord, User
+from accounts.models import (
+    ApiKey,
+    Budget,
+    BudgetReservation,
+    BudgetWarning,
+    RateLimit,
+    UsageRecord,
+    User,
+)
 from accounts.selectors import budget_tightest_cost_for_users
+from accounts.services.apikeys import api_key_revoke
 from accounts.services.budgets import format_usd
 from audit.adminlog import AuditedAdmin, AuditedInlines
 from project.admin import ReadOnlyAdminMixin
@@ -308,3 +320,35 @@ class BudgetReservationAdmin(ReadOnlyAdmin):
 class BudgetWarningAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "user", "budget", "message")
     list_select_related = ("user", "budget", "budget__user", "budget__group")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    """Every user's API keys (never the keys themselves: only their prefix is kept);
+    the "Revoke" action revokes the selected ones (``api_key_revoke``, audited)."""
+
+    list_display = (
+        "name",
+        "prefix",
+        "user",
+        "scopes",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "created_at")
+    list_select_related = ("user",)
+    search_fields = ("user__email", "name", "prefix")
+    exclude = ("key_hash",)
+    actions = ("revoke",)
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke(self, request: HttpRequest, queryset) -> None:
+        ip = request.META.get("REMOTE_ADDR") or None
+        admin_user = cast(User, request.user)  # the admin site lets staff in only
+        revoked = 0
+        for key_id in queryset.values_list("pk", flat=True):
+            _, done = api_key_revoke(actor=admin_user, key_id=key_id, as_admin=True, ip=ip)
+            revoked += done
+        self.message_user(request, f"{revoked} key(s) revoked.", messages.SUCCESS)

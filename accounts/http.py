@@ -1,4 +1,5 @@
-"""Request types for views' annotations (django-stubs' and django-htmx's documented pattern).
+"""Request types for views' annotations (django-stubs' and django-htmx's documented pattern),
+and the client's address as the audit trail records it.
 
 In ``accounts``, the app of ``User``, so that the apps whose views use them
 (all above ``accounts``) import down the layers (docs/architecture.md).
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from django_htmx.middleware import HtmxDetails
 
     from accounts.models import User
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The peer address as daphne/Django saw it (a proxy's, behind one), for the audit
+    trail; ``None`` when there is none."""
+    return request.META.get("REMOTE_ADDR") or None
 
 
 class HtmxHttpRequest(HttpRequest):

@@ -493,3 +493,69 @@ class RateLimit(models.Model):
             )
         if errors:
             raise ValidationError(errors)
+
+
+# --- API keys --------------------------------------------------------------------
+
+
+class ApiKey(models.Model):
+    """A key a user's scripts send as ``Authorization: Bearer <key>`` to the API.
+
+    The key itself is shown once, when it is made, and never stored: ``prefix``
+    (its first ``PREFIX_CHARS`` characters, unique) finds the row and is shown
+    to say which key it was; ``key_hash`` is the SHA-256 of the whole key, which
+    a request's key must match (compared in constant time). A key is random
+    (``secrets.token_urlsafe``, 256 bits), so a fast hash is enough: nothing
+    can be guessed from it, and a slow one would cost every request.
+
+    ``scopes``: what the key may do, a list of ``Scope`` values (``chat``: chat
+    completions and the model list; ``approvals``: list, read and decide the
+    user's approval requests; ``read``: every read of the API, nothing else).
+    A key past ``expires_at`` or with ``revoked_at`` set is refused.
+    """
+
+    class Scope(models.TextChoices):
+        CHAT = "chat", "chat: chat completions and the model list"
+        APPROVALS = "approvals", "approvals: list, read and decide approval requests"
+        READ = "read", "read-only: list models and approval requests"
+
+    #: Characters of the key kept (and unique): ``tg_`` and 8 random characters.
+    PREFIX_CHARS = 11
+
+    user = models.ForeignKey("accounts.User", on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=PREFIX_CHARS, unique=True)
+    key_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Blank: never.")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        verbose_name = "API key"
+        indexes: ClassVar = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_revoked and not self.is_expired
+
+    @property
+    def scope_labels(self) -> list[str]:
+        labels = dict(self.Scope.choices)
+        return [labels.get(scope, scope).split(":")[0] for scope in self.scopes]

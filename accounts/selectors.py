@@ -23,6 +23,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import (
+    ApiKey,
     Budget,
     BudgetCounter,
     BudgetReservation,
@@ -458,3 +459,11 @@ def usage_summary(*, user: User | int, period: str, now: datetime | None = None)
         per_model=per_model,
         per_day=per_day,
     )
+
+
+# --- API keys ------------------------------------------------------------------------
+
+
+def api_keys_for_user(*, user: User | int) -> QuerySet[ApiKey]:
+    """``user``'s API keys, newest first (revoked and expired ones too)."""
+    return ApiKey.objects.filter(user_id=_user_id(user)).order_by("-created_at", "-id")

@@ -1,4 +1,4 @@
-"""URLs of the accounts app that are not allauth's (mounted at ``/usage/``)."""
+"""URLs of the accounts app that are not allauth's: the usage page, the API keys page."""
 
 from __future__ import annotations
 
@@ -9,5 +9,7 @@ from accounts import views
 app_name = "accounts"
 
 urlpatterns = [
-    path("", views.usage, name="usage"),
+    path("usage/", views.usage, name="usage"),
+    path("settings/api-keys/", views.api_keys, name="api_keys"),
+    path("settings/api-keys/<int:key_id>/revoke", views.api_key_revoke_view, name="api_key_revoke"),
 ]

@@ -1,16 +1,29 @@
-"""The usage page: what the signed-in user spent, and what is left."""
+"""The usage page (what the signed-in user spent, and what is left) and the API keys page."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
-from django.shortcuts import render
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.log import log_response
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
 
 from accounts.charts import bar_chart, column_chart
-from accounts.http import AuthenticatedHttpRequest
-from accounts.selectors import budget_statuses, budget_warnings_recent, usage_summary
+from accounts.forms import EXPIRY_CHOICES, ApiKeyCreateForm
+from accounts.http import AuthenticatedHttpRequest, client_ip
+from accounts.models import ApiKey
+from accounts.selectors import (
+    api_keys_for_user,
+    budget_statuses,
+    budget_warnings_recent,
+    usage_summary,
+)
+from accounts.services import ApiKeyError, ApiKeyNotFound, api_key_create, api_key_revoke
+from project.inbound import form_message
 
 PERIODS = {"daily": "Today", "weekly": "This week", "monthly": "This month"}
 
@@ -45,3 +58,64 @@ def usage(request: AuthenticatedHttpRequest) -> HttpResponse:
             "warnings": budget_warnings_recent(user=request.user),
         },
     )
+
+
+@login_required
+@never_cache
+def api_keys(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """``/settings/api-keys/``: the user's API keys, and a form to make one.
+
+    ``POST`` makes a key (``accounts.services.api_key_create``) and draws the page
+    with the key itself, shown this once (never cached); a refused form answers
+    400 with the message and what was typed.
+    """
+    error, status, new_key = "", 200, ""
+    form = ApiKeyCreateForm(request.POST or None)
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                _, new_key = api_key_create(
+                    user=request.user,
+                    name=form.cleaned_data["name"],
+                    scopes=form.cleaned_data["scopes"],
+                    expires_at=form.expires_at(),
+                    ip=client_ip(request),
+                )
+            except ApiKeyError as refused:
+                error, status = str(refused), 400
+            else:
+                form = ApiKeyCreateForm()
+        else:
+            error, status = form_message(form), 400
+    response = render(
+        request,
+        "accounts/api_keys.html",
+        {
+            "form": form,
+            "keys": api_keys_for_user(user=request.user),
+            "new_key": new_key,
+            "error": error,
+            "scope_choices": ApiKey.Scope.choices,
+            "expiry_choices": EXPIRY_CHOICES,
+        },
+        status=status,
+    )
+    if error:
+        log_response(
+            "Refused %s for user %s: %s", request.path, request.user.pk, error,
+            response=response, request=request,
+        )  # fmt: skip
+    return response
+
+
+@login_required
+@require_POST
+def api_key_revoke_view(request: AuthenticatedHttpRequest, key_id: int) -> HttpResponse:
+    """Revoke one of the user's keys (404 for another user's), back to the keys page."""
+    try:
+        key, revoked = api_key_revoke(actor=request.user, key_id=key_id, ip=client_ip(request))
+    except ApiKeyNotFound as missing:
+        raise Http404(str(missing)) from None
+    if revoked:
+        messages.success(request, f"The key {key.name} ({key.prefix}…) is revoked.")
+    return redirect("accounts:api_keys")

@@ -7,11 +7,11 @@ from typing import Any
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts.http import AuthenticatedHttpRequest
+from accounts.http import AuthenticatedHttpRequest, client_ip
 from approvals.forms import ApprovalFilterForm, DecisionForm
 from approvals.models import ApprovalRequest
 from approvals.selectors import (
@@ -36,11 +36,6 @@ from approvals.services import (
 )
 
 PAGE_SIZE = 25
-
-
-def client_ip(request: HttpRequest) -> str | None:
-    """The peer address as daphne/Django saw it (a proxy's, behind one)."""
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def _group_ids(user: Any) -> set[int]:

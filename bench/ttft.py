@@ -1,11 +1,12 @@
 """Benchmark 1: time to first token added by Tollgate.
 
 Tollgate: a WebSocket client (logged in over HTTP) sends ``message.send`` on a
-fresh conversation and times the first streamed-delta frame. Baseline, in the
-same run and interleaved sample by sample: a direct
-``litellm.acompletion(stream=True)`` to the same llmock server (no chunk
-delay), timed to the first chunk with text. Added TTFT = Tollgate - direct,
-per percentile.
+fresh conversation and times the first streamed-delta frame. Through the API, in
+the same run: ``POST /v1/chat/completions`` with ``stream`` (a new conversation
+each time, an API key of the user's), timed to the first SSE chunk with text.
+Baseline, interleaved sample by sample: a direct ``litellm.acompletion(stream=True)``
+to the same llmock server (no chunk delay), timed to the first chunk with text.
+Added TTFT = Tollgate - direct, per percentile.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/tollgate \\
       uv run python bench/ttft.py [--runs 200] [--quick]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -73,28 +75,70 @@ async def tollgate_ttft(env: BenchEnv, config) -> tuple[float, str]:
     return first - sent, status
 
 
+async def api_ttft(env: BenchEnv, config, key: str) -> tuple[float, str]:
+    """Seconds from ``POST /v1/chat/completions`` (``stream``) to the first SSE chunk
+    with text; and how the stream ended (``stop``, else what came instead)."""
+    import httpx
+
+    body = {"model": config.name, "messages": [{"role": "user", "content": "hello"}]}
+    first = None
+    end = "no end"
+    async with httpx.AsyncClient(base_url=env.stack.base_url, timeout=60) as http:
+        started = time.monotonic()
+        async with http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**body, "stream": True},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                choice = (chunk.get("choices") or [{}])[0]
+                if first is None and (choice.get("delta") or {}).get("content"):
+                    first = time.monotonic() - started
+                if choice.get("finish_reason") or "error" in chunk:
+                    end = choice.get("finish_reason") or "error"
+    return (first if first is not None else float("nan")), end
+
+
+def api_key(env: BenchEnv, user_name: str) -> str:
+    from accounts.services import api_key_create
+
+    _, key = api_key_create(user=env.user(user_name), name="bench", scopes=["chat"])
+    return key
+
+
 async def _measure(env: BenchEnv, runs: int, warmup: int) -> Result:
     from asgiref.sync import sync_to_async
 
     env.providers["fast"].reply(model=MODEL, text=words(20))
     config = await sync_to_async(env.model)(MODEL, provider="fast")
     await sync_to_async(env.user)("ttft")
+    key = await sync_to_async(api_key)(env, "ttft")
     direct: list[float] = []
     tollgate: list[float] = []
-    errors = 0
+    through_api: list[float] = []
+    errors = api_errors = 0
     for index in range(warmup + runs):
         d = await direct_ttft(env)
         t, status = await tollgate_ttft(env, config)
+        a, end = await api_ttft(env, config, key)
         if index < warmup:
             continue
         direct.append(d * 1000)
         tollgate.append(t * 1000)
+        through_api.append(a * 1000)
         errors += status != "completed"
+        api_errors += end != "stop"
     added = [t - d for t, d in zip(tollgate, direct, strict=True)]
+    added_api = [a - d for a, d in zip(through_api, direct, strict=True)]
     rows = []
     for name, values in (
         ("direct litellm (baseline)", direct),
         ("Tollgate over WebSocket", tollgate),
+        ("Tollgate over the API (SSE)", through_api),
     ):
         rows.append(
             [
@@ -108,6 +152,22 @@ async def _measure(env: BenchEnv, runs: int, warmup: int) -> Result:
     added_p99 = percentile(tollgate, 0.99) - percentile(direct, 0.99)
     rows.append(["added by Tollgate (difference)", fmt(added_p50), fmt(added_p99), ""])
     rows.append(["added, per sample pair", fmt(p50(added)), fmt(percentile(added, 0.99)), ""])
+    rows.append(
+        [
+            "added by the API (difference)",
+            fmt(p50(through_api) - p50(direct)),
+            fmt(percentile(through_api, 0.99) - percentile(direct, 0.99)),
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "added by the API, per sample pair",
+            fmt(p50(added_api)),
+            fmt(percentile(added_api, 0.99)),
+            "",
+        ]
+    )
     result = Result(
         key="ttft",
         title=f"1. Time to first token ({runs} runs, {warmup} warm-up)",
@@ -116,7 +176,11 @@ async def _measure(env: BenchEnv, runs: int, warmup: int) -> Result:
             "Each Tollgate sample is a fresh conversation: message.send over the socket, the "
             "run dispatched to the Celery worker, rate limits and budget admission, the llmock "
             "call, then the first coalesced delta frame back through Redis and daphne.",
-            f"Runs not completed: {errors}.",
+            "Each API sample is a new conversation too: POST /v1/chat/completions with stream, "
+            "the same run, and its text read from the database each time the conversation's "
+            "group carries a push (api.replies): the first chunk is the text as first saved "
+            "(FIRST_PERSIST_SECONDS into the stream), or the whole answer when it is stored first.",
+            f"Runs not completed: {errors} (WebSocket), {api_errors} (API).",
         ],
     )
     ratio = p50(tollgate) / p50(direct)

@@ -65,9 +65,10 @@ def call_admit(
     litellm's list, while a dollar budget limits the user: ``unpriced_message``)
     is audited as ``budget.refused`` on ``target_type`` / ``target_id``; no model
     call may be made after it. ``retry``, when given, is filled on a refusal with
-    when the same call may be admitted: ``retry_not_before`` (ISO time: the
-    budget's period ends, the rate limit's window passes) or ``retry_never`` (a
-    total budget); nothing for a model without prices, which an administrator may
+    ``refused`` (the reason: ``budget``, ``rate_limit`` or ``no_prices``) and when
+    the same call may be admitted: ``retry_not_before`` (ISO time: the budget's
+    period ends, the rate limit's window passes) or ``retry_never`` (a total
+    budget); neither for a model without prices, which an administrator may
     price any time (``Run.retry_blocked``).
     """
     fallbacks = fallbacks if fallbacks is not None else []
@@ -115,6 +116,8 @@ def call_admit(
                 until = timezone.now() + timedelta(seconds=exc.retry_after_seconds)
                 retry["retry_not_before"] = until.isoformat()
     metrics_refusal(reason=refusal["reason"])
+    if retry is not None:
+        retry["refused"] = refusal["reason"]
     audit_record(
         action="budget.refused",
         actor=user,

@@ -43,7 +43,7 @@ from conversations.dispatch import recovery_timer_ensure
 from conversations.events import error_fragment
 from conversations.models import Conversation
 from conversations.runs import RunStateError
-from project.dbthreads import db_async, db_concurrent
+from project.dbthreads import db_run
 from project.inbound import Id, InboundError, Text, id_parse, json_parse
 from project.pushes import conversation_group, user_group
 
@@ -176,15 +176,8 @@ def _frame_error(error: ValidationError) -> str:
 Handler = Callable[["PageConsumer", Any], Awaitable[None]]
 
 
-async def _db(fn: Callable[..., Any], /, **kwargs: Any) -> Any:
-    """A service call from the consumer, on the loop's default executor
-    (``db_concurrent``), so many sockets' calls do not queue behind one thread."""
-    with db_concurrent():
-        return await db_async(fn)(**kwargs)
-
-
 async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None:
-    await _db(
+    await db_run(
         services.message_send,
         user=consumer.user,
         conversation_id=frame.conversation_id,
@@ -194,12 +187,12 @@ async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None
 
 
 async def _run_cancel(consumer: PageConsumer, frame: RunCancelFrame) -> None:
-    await _db(services.run_cancel, user=consumer.user, run_id=frame.run_id)
+    await db_run(services.run_cancel, user=consumer.user, run_id=frame.run_id)
 
 
 async def _approval_decide(consumer: PageConsumer, frame: ApprovalDecideFrame) -> None:
     client = consumer.scope.get("client") or [None]
-    await _db(
+    await db_run(
         approval_decide_from_payload,
         user=consumer.user,
         payload=frame.model_dump(),
@@ -220,7 +213,7 @@ def _owns_sync(*, user: Any, conversation_id: int) -> bool:
 
 
 async def _owns(user: Any, conversation_id: int) -> bool:
-    return await _db(_owns_sync, user=user, conversation_id=conversation_id)
+    return await db_run(_owns_sync, user=user, conversation_id=conversation_id)
 
 
 class PageConsumer(AsyncWebsocketConsumer):

@@ -661,3 +661,70 @@ def run_timeline(*, user, run_id: int) -> RunTimeline:
     ends = [b.end_ms for lane in lanes for b in lane.bars if b.end_ms is not None]
     total = max([_ms(origin, end_at) or 0, *ends])
     return RunTimeline(run=run, lanes=lanes, total_ms=total)
+
+
+# -- a run's answer, as the API reads it ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunReply:
+    """A run's answer so far, as stored (the database is the truth): what the API's
+    chat completions send (``api``).
+
+    ``text``: the run's assistant messages' text in order (one per model call; the
+    empty ones of pure tool calls left out), joined by a blank line; while a call
+    streams, its text as last saved (``TOLLGATE_STREAM_PERSIST_SECONDS``).
+    ``admitted``: the run's first model call passed the budget and rate limits (it
+    has an assistant message, or it is past that call). ``refused``: why a budget
+    or rate limit failed it (``budget``, ``rate_limit``, ``no_prices``; see
+    ``charging.call_admit``), with ``retry_not_before``. Tokens are the sums of the
+    run's model calls; ``finish_reason`` is the last call's.
+    """
+
+    run_id: int
+    conversation_id: int
+    status: str
+    text: str
+    admitted: bool
+    error: str = ""
+    error_kind: str = ""
+    refused: str = ""
+    retry_not_before: datetime | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    created_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in Run.TERMINAL
+
+
+def run_reply(*, run_id: int) -> RunReply:
+    """Run ``run_id``'s answer so far (``RunReply``); two queries. Raises
+    ``Run.DoesNotExist``."""
+    run = Run.objects.only(
+        "pk", "conversation_id", "status", "error", "metadata", "created_at"
+    ).get(pk=run_id)
+    messages = list(
+        Message.objects.filter(run_id=run_id, role=Message.Role.ASSISTANT)
+        .order_by("id")
+        .values_list("content", "prompt_tokens", "completion_tokens", "metadata")
+    )
+    text = "\n\n".join(content for content, *_ in messages if content)
+    last = messages[-1][3] if messages else {}
+    return RunReply(
+        run_id=run.pk,
+        conversation_id=run.conversation_id,
+        status=run.status,
+        text=text,
+        admitted=bool(messages) or run.status not in (Run.Status.QUEUED, Run.Status.CALLING_LLM),
+        error=run.error,
+        error_kind=str(run.metadata.get("error_kind") or ""),
+        refused=str(run.metadata.get("refused") or ""),
+        retry_not_before=run.retry_not_before,
+        prompt_tokens=sum(m[1] or 0 for m in messages),
+        completion_tokens=sum(m[2] or 0 for m in messages),
+        finish_reason=(last or {}).get("finish_reason"),
+        created_at=run.created_at,
+    )

@@ -80,6 +80,16 @@ class SettingsInvalid(ConversationError):
     variable of it has no value), or settings asked for are not allowed."""
 
 
+#: Refusals for the state a service found (HTTP 409); any other is bad input (400).
+CONFLICTS: tuple[type[ConversationError], ...] = (
+    ConversationArchived,
+    RunInProgress,
+    RunNotCancellable,
+    RunNotRetryable,
+    ModelUnavailable,
+    SettingsInvalid,
+)
+
 TITLE_CHARS = 60
 
 

@@ -51,14 +51,7 @@ from project.inbound import form_message, id_parse
 from prompts.diffs import diff_table
 
 #: Refusals for the state a service found (HTTP 409); any other is bad input (400).
-CONFLICTS: tuple[type[services.ConversationError], ...] = (
-    services.ConversationArchived,
-    services.RunInProgress,
-    services.RunNotCancellable,
-    services.RunNotRetryable,
-    services.ModelUnavailable,
-    services.SettingsInvalid,
-)
+CONFLICTS = services.CONFLICTS
 
 
 def _page(

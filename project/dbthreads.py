@@ -96,3 +96,11 @@ def db_async(fn: Callable[P, R]) -> DbFunction[P, R]:
     wrapper = cast("DbFunction[P, R]", call)
     wrapper.func = fn
     return wrapper
+
+
+async def db_run(fn: Callable[..., R], /, **kwargs: Any) -> R:
+    """``fn(**kwargs)`` from async code on the loop's default executor (``db_async``
+    inside ``db_concurrent``): how the page's socket and the API's async views call a
+    service or a selector, so that many of them do not queue behind one thread."""
+    with db_concurrent():
+        return await db_async(fn)(**kwargs)

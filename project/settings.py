@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "tools",
     "prompts",
     "conversations",
+    "api",
 ]
 
 MIDDLEWARE = [

@@ -11,6 +11,7 @@ from django.urls import include, path
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
 
+from api.views import api
 from conversations import views as conversation_views
 from project.health import healthz
 
@@ -47,5 +48,6 @@ urlpatterns = [
     path("approvals/", include("approvals.urls")),
     path("tools/", include("tools.urls")),
     path("prompts/", include("prompts.urls")),
-    path("usage/", include("accounts.urls")),
+    path("", include("accounts.urls")),
+    path("v1/", api.urls),
 ]

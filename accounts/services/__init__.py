@@ -1,4 +1,4 @@
-"""Writes for accounts (users, budgets, the usage ledger, rate limits).
+"""Writes for accounts (users, budgets, the usage ledger, rate limits, API keys).
 
 Import from here: ``from accounts.services import llm_call_admit``.
 """
@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from accounts.errors import BudgetExceeded, RateLimited
 from accounts.selectors import budget_requires_prices, budgets_applicable
+from accounts.services.apikeys import (
+    ApiKeyError,
+    ApiKeyNotFound,
+    ApiKeyRefused,
+    api_key_authenticate,
+    api_key_create,
+    api_key_revoke,
+)
 from accounts.services.budgets import (
     budget_hold_approved,
     budget_release,
@@ -27,9 +35,15 @@ from accounts.services.users import admin_create_or_promote
 
 __all__ = [
     "Admission",
+    "ApiKeyError",
+    "ApiKeyNotFound",
+    "ApiKeyRefused",
     "BudgetExceeded",
     "RateLimited",
     "admin_create_or_promote",
+    "api_key_authenticate",
+    "api_key_create",
+    "api_key_revoke",
     "budget_hold_approved",
     "budget_release",
     "budget_release_approved",
