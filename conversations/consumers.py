@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -43,6 +44,7 @@ from conversations.dispatch import recovery_timer_ensure
 from conversations.events import error_fragment
 from conversations.models import Conversation
 from conversations.runs import RunStateError
+from conversations.tracing import tracing_record
 from project.dbthreads import db_run
 from project.inbound import Id, InboundError, Text, id_parse, json_parse
 from project.pushes import conversation_group, user_group
@@ -177,12 +179,21 @@ Handler = Callable[["PageConsumer", Any], Awaitable[None]]
 
 
 async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None:
-    await db_run(
+    began = timezone.now()
+    run = await db_run(
         services.message_send,
         user=consumer.user,
         conversation_id=frame.conversation_id,
         content=frame.content,
         compare_model_ids=frame.compare_ids(),
+    )
+    # The message's handling is the first span of the run's trace (when tracing is on).
+    tracing_record(
+        run_id=run.pk,
+        name="chat.message",
+        start=began,
+        end=timezone.now(),
+        attributes={"tollgate.conversation_id": frame.conversation_id},
     )
 
 

@@ -31,6 +31,7 @@ from conversations.evaluations import evaluation_process
 from conversations.gateway import gateway_preload
 from conversations.runs import runs_recover_stale, worker_id
 from conversations.tasks import evaluation_run, run_step
+from conversations.tracing import run_context
 from project.pushes import pushes_drain
 from tools.mcp.bridge import mcp_servers_check
 
@@ -43,7 +44,8 @@ _recovery: dict[tuple[int, str], asyncio.Task] = {}  # (event loop id, name) →
 def dispatch_run_step(run_id: int) -> None:
     """Schedule one ``run_advance`` of run ``run_id``. Call after commit (``on_commit``)."""
     if settings.TOLLGATE_DISPATCHER == "celery":
-        run_step.delay(run_id)
+        with run_context(run_id):  # the task carries the run's trace to the worker
+            run_step.delay(run_id)
         return
     _inprocess(run_id)
 

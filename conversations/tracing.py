@@ -14,11 +14,14 @@ is installed (``project.telemetry``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import (
@@ -41,6 +44,58 @@ def run_trace_ids(run_id: int) -> tuple[int, int]:
     return int.from_bytes(digest[:16], "big") or 1, int.from_bytes(digest[16:24], "big") or 1
 
 
+def _run_parent(run_id: int) -> Any:
+    """A context whose current span is run ``run_id``'s root (remote: it is recorded
+    at the run's end, maybe by another process)."""
+    trace_id, root_id = run_trace_ids(run_id)
+    return trace.set_span_in_context(
+        NonRecordingSpan(SpanContext(trace_id, root_id, is_remote=True, trace_flags=TraceFlags(1)))
+    )
+
+
+def _on(provider: Any) -> bool:
+    return isinstance(provider, TracerProvider)
+
+
+@contextlib.contextmanager
+def run_context(run_id: int) -> Iterator[None]:
+    """Make run ``run_id``'s trace the current one while the block runs (nothing
+    while tracing is off): a Celery task sent inside carries it (the Celery
+    instrumentation puts it in the task's headers), so the worker's spans of the
+    step, its queries and its model call's HTTP requests join the run's trace."""
+    if not _on(trace.get_tracer_provider()):
+        yield
+        return
+    token = otel_context.attach(_run_parent(run_id))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def tracing_record(
+    *,
+    run_id: int,
+    name: str,
+    start: datetime,
+    end: datetime,
+    attributes: dict[str, Any] | None = None,
+    provider: Any = None,
+) -> None:
+    """Record a span ``name`` from ``start`` to ``end`` under run ``run_id``'s root
+    (such as the WebSocket message that started the run); nothing while tracing is off."""
+    provider = provider or trace.get_tracer_provider()
+    if not _on(provider):
+        return
+    span = provider.get_tracer("tollgate.runs").start_span(
+        name,
+        context=_run_parent(run_id),
+        start_time=_ns(start),
+        attributes={"tollgate.run_id": run_id, **(attributes or {})},
+    )
+    span.end(end_time=_ns(end))
+
+
 def _ns(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000_000)
 
@@ -53,7 +108,7 @@ def tracing_observe(event: LoopEvent, *, provider: Any = None) -> None:
     """Loop-event subscriber: record the span that ``event`` ends. ``provider``: the
     tracer provider (default: the process's, when tracing is installed)."""
     provider = provider or trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+    if not _on(provider):
         return  # tracing is off
     tracer = provider.get_tracer("tollgate.runs")
     trace_id, root_id = run_trace_ids(event.run_id)

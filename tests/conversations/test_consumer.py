@@ -422,3 +422,34 @@ async def test_stop_and_approve_that_lost_are_told_what_happened(cookie, convers
     reply = await _frame_with(ws, 'id="chat-errors"')
     assert "error-box" not in reply
     await ws.disconnect()
+
+
+async def test_a_message_sent_is_the_first_span_of_its_runs_trace(
+    cookie, conversation, no_dispatch, monkeypatch
+):
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from conversations.tracing import run_context, run_trace_ids
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    assert (await ws.connect())[0]
+    await ws.send_to(text_data=_send(conversation.pk, "trace me"))
+    await ws.receive_output(timeout=5)
+    await ws.disconnect()
+    run = await Run.objects.aget(conversation=conversation)
+    (span,) = spans.get_finished_spans()
+    trace_id, root_id = run_trace_ids(run.pk)
+    assert span.name == "chat.message"
+    assert (span.context.trace_id, span.parent.span_id) == (trace_id, root_id)
+    assert span.attributes["tollgate.conversation_id"] == conversation.pk
+    # A step sent to a worker carries that trace (the task's headers take the current one).
+    with run_context(run.pk):
+        assert trace.get_current_span().get_span_context().trace_id == trace_id
+    assert trace.get_current_span().get_span_context().trace_id != trace_id
