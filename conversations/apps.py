@@ -23,9 +23,9 @@ class ConversationsConfig(AppConfig):
         # Imported here, not at the top: these modules import models, which
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
-        from conversations import checks, dispatch, selectors, toolphase
+        from conversations import chains, checks, dispatch, selectors, toolphase
         from conversations.models import Run
-        from conversations.runs import run_step_due
+        from conversations.runs import run_part_ended, run_step_due
         from prompts.models import PromptVersion
         from tools.models import ToolInvocation
 
@@ -42,4 +42,5 @@ class ConversationsConfig(AppConfig):
             selectors.model_names_enabled, sender=PromptVersion, dispatch_uid="conversations"
         )
         run_step_due.connect(dispatch.run_step_due_received, sender=Run, dispatch_uid="dispatch")
+        run_part_ended.connect(chains.chain_part_ended, sender=Run, dispatch_uid="chains")
         register(checks.websocket_origins_check, "tollgate", deploy=True)

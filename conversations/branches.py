@@ -115,7 +115,8 @@ def conversation_tree(*, conversation_id: int) -> Tree:
     """
     tree = Tree()
     rows = (
-        Run.objects.filter(conversation_id=conversation_id)
+        # A compare's or chain's parts are inside their orchestrating run's exchange.
+        Run.objects.filter(conversation_id=conversation_id, orchestrator__isnull=True)
         .order_by("user_message_id", "id")
         .values_list("id", "parent_id", "user_message_id", "metadata__root")
     )

@@ -37,6 +37,7 @@ from accounts.services import Admission, budget_release_approved, llm_call_abort
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.branches import conversation_tree, shown_leaf
+from conversations.chains import part_prompt
 from conversations.charging import call_admit, call_settle
 from conversations.context import FitResult, context_fit
 from conversations.gateway import (
@@ -146,10 +147,17 @@ def history_with_ids(
     conversation's settings are the one source of the system prompt).
     """
     tree = conversation_tree(conversation_id=conversation.pk)
-    path = tree.path(run.pk if run is not None else shown_leaf(conversation, tree))
+    leaf = run.pk if run is not None else shown_leaf(conversation, tree)
+    own: list[int] = []
+    replaced: dict[int, str] = {}
+    if run is not None and (part := part_prompt(run)) is not None:
+        # A chain's part: the exchanges before the chain, then its step's prompt in
+        # place of the chain's input, then its own turns (conversations.chains).
+        leaf, own, replaced = part.after, [run.pk], {part.message_id: part.text}
+    path = tree.path(leaf)
     on_branch = (
-        Q(run_id__in=path)
-        | Q(pk__in=[tree.message[r] for r in path])
+        Q(run_id__in=path + own)
+        | Q(pk__in=[tree.message[r] for r in path] + list(replaced))
         # Messages no run answers or belongs to: on every branch (see branches).
         | Q(run__isnull=True, answering_runs__isnull=True)
     )
@@ -169,6 +177,8 @@ def history_with_ids(
     for m in rows:
         if m.role == Message.Role.SYSTEM:
             continue
+        if m.id in replaced:
+            m = m._replace(content=replaced[m.id])
         if m.role == Message.Role.TOOL:
             if m.tool_call_id in open_calls:
                 out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})

@@ -316,6 +316,11 @@ class Run(models.Model):
     timeline_invocations: list[ToolInvocation]
     orphan_steps: list[ToolInvocation]
     switch: Any  # branches.Switch: its place among the answers regenerated for its message
+    # A chain's parts, in order, and for each part what it was charged and, for a
+    # judge, its verdict (``selectors.chain_parts_attach``).
+    chain_parts: list[Run]
+    chain_usage: dict[str, Any]
+    chain_verdict: dict[str, Any] | None
 
     class Meta:
         ordering = ("-id",)

@@ -172,15 +172,29 @@ def conversation_timeline(
             "id"
         )
     )
-    by_run: dict[int, list[Message]] = {r.pk: [] for r in runs}
-    for message in Message.objects.filter(run__in=runs).order_by("id"):
+    # A chain's parts (its steps, rounds and judges): one more query, only when the
+    # page holds a chain.
+    orchestrators = [r.pk for r in runs if r.kind != Run.Kind.ANSWER]
+    parts = (
+        list(Run.objects.filter(orchestrator_id__in=orchestrators).order_by("position", "id"))
+        if orchestrators
+        else []
+    )
+    by_run: dict[int, list[Message]] = {r.pk: [] for r in [*runs, *parts]}
+    for message in Message.objects.filter(run__in=[*runs, *parts]).order_by("id"):
         by_run[cast(int, message.run_id)].append(message)  # not None: run__in
     invocations = _invocations_by_run(Q(run_id__in=list(by_run)))
+    for part in parts:
+        part.timeline_messages = by_run[part.pk]
+        part.timeline_invocations = invocations.get(part.pk, [])
+        run_steps_attach(part)
     runs_by_user_message: dict[int, list[Run]] = {}
     for run in runs:
         run.timeline_messages = by_run[run.pk]
         run.timeline_invocations = invocations.get(run.pk, [])
         run_steps_attach(run)
+        if run.kind != Run.Kind.ANSWER:
+            chain_parts_attach(run, [p for p in parts if p.orchestrator_id == run.pk])
         run.switch = tree.answer_switch(run.pk)
         runs_by_user_message.setdefault(run.user_message_id, []).append(run)
     if upto is not None:
@@ -239,12 +253,36 @@ def _invocations_by_run(where: Q) -> dict[int, list[ToolInvocation]]:
 
 
 def run_for_push(*, run_id: int) -> Run:
-    """A run with its user message, messages and tool calls, ready to render."""
+    """A run with its user message, messages and tool calls, ready to render (a
+    chain's with its parts, each with theirs)."""
     run = Run.objects.select_related("user_message", "conversation__owner").get(pk=run_id)
     run.timeline_messages = list(run.messages.order_by("id"))
     run.timeline_invocations = _invocations_by_run(Q(run_id=run_id)).get(run_id, [])
     run_steps_attach(run)
+    if run.kind != Run.Kind.ANSWER:
+        parts = list(run.parts.order_by("position", "id"))
+        for part in parts:
+            part.timeline_messages = list(part.messages.order_by("id"))
+            part.timeline_invocations = _invocations_by_run(Q(run_id=part.pk)).get(part.pk, [])
+            run_steps_attach(part)
+        chain_parts_attach(run, parts)
     return run
+
+
+def chain_parts_attach(run: Run, parts: list[Run]) -> None:
+    """Give chain ``run`` its ``chain_parts`` (in order) for display, each with
+    ``chain_usage`` (the tokens and USD its model calls were charged) and, for a
+    judge, ``chain_verdict`` (the round's verdict and feedback, when given). No query."""
+    rounds = {r.get("judge"): r for r in (run.metadata.get("chain") or {}).get("rounds", [])}
+    for part in parts:
+        answers = [m for m in part.timeline_messages if m.role == Message.Role.ASSISTANT]
+        part.chain_usage = {
+            "tokens": sum((m.prompt_tokens or 0) + (m.completion_tokens or 0) for m in answers),
+            "cost_usd": sum((m.cost_usd or 0) for m in answers),
+            "calls": sum(1 for m in answers if m.prompt_tokens is not None),
+        }
+        part.chain_verdict = rounds.get(part.pk)
+    run.chain_parts = parts
 
 
 def run_steps_attach(run: Run) -> None:

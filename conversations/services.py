@@ -20,13 +20,14 @@ from django.db.models import QuerySet
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.branches import conversation_tree, shown_leaf
+from conversations.chains import ChainRefused, chain_plan, chain_start, parts_active
 from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule
 from conversations.toolphase import run_stop
 from prompts.errors import PROMPT_REFUSALS, PromptError, PromptNotFound
 from prompts.models import LATEST, Prompt
-from prompts.selectors import prompt_get, prompt_version_for_use
+from prompts.selectors import chain_get, prompt_get, prompt_version_for_use
 from tools.services import invocations_delete
 
 logger = logging.getLogger(__name__)
@@ -266,26 +267,47 @@ def message_text(content: str, *, what: str = "message") -> str:
     return content
 
 
-def message_send(*, user, conversation_id: int, content: str) -> Run:
+def message_send(*, user, conversation_id: int, content: str, chain_id: int | None = None) -> Run:
     """Post a user message and start a run answering it (dispatched on commit).
 
-    Raises ``NotFound`` (not the user's), ``EmptyMessage``, ``MessageTooLong``
-    (over ``TOLLGATE_MAX_MESSAGE_CHARS``), ``ConversationArchived``,
-    ``ModelUnavailable`` (the conversation's model is disabled) or
-    ``RunInProgress`` (a reply is still being written). The first message
-    also titles an untitled conversation.
+    ``chain_id``: run that chain (``prompts.Chain``, one the user may see) on the
+    message instead: the run is a ``chain`` run whose steps answer in turn
+    (``conversations.chains``).
+
+    Raises ``NotFound`` (not the user's, or a chain they may not see),
+    ``EmptyMessage``, ``MessageTooLong`` (over ``TOLLGATE_MAX_MESSAGE_CHARS``),
+    ``ConversationArchived``, ``ModelUnavailable`` (the conversation's model, or a
+    chain step's, is disabled) or ``RunInProgress`` (a reply is still being
+    written). The first message also titles an untitled conversation.
     """
     content = message_text(content)
+    chain = None
+    if chain_id is not None:
+        try:
+            chain = chain_get(user=user, chain_id=chain_id)
+        except PromptNotFound:
+            raise NotFound("Chain not found.") from None
     with transaction.atomic():
         conversation, message, run = _message_insert(
             user=user, conversation_id=conversation_id, content=content
         )
+        if chain is not None:
+            try:
+                plan = chain_plan(chain=chain, default=conversation.model_config)
+            except ChainRefused as error:
+                raise ModelUnavailable(str(error)) from None
+            run.kind = Run.Kind.CHAIN
+            run.parameters = {**run.parameters, "chain": plan}
+            run.save(update_fields=["kind", "parameters"])
         audit_record(**_message_sent(user, message, run))
-        # The step is sent to a worker first, then the page is told (rendered from
-        # the rows in hand, no query): the worker's claim takes longer than that.
-        run_step_schedule(run_id=run.pk)
         run.user_message = message
+        if chain is None:
+            # The step is sent to a worker first, then the page is told (rendered from
+            # the rows in hand, no query): the worker's claim takes longer than that.
+            run_step_schedule(run_id=run.pk)
         events.run_appended(run_id=run.pk, with_user_message=True, new=run)
+        if chain is not None:
+            chain_start(run=run)  # its first part, drawn after the run's block
         events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
     return run
 
@@ -301,6 +323,7 @@ def _message_sent(user, message: Message, run: Run) -> dict[str, Any]:
             "conversation_id": message.conversation_id,
             "run_id": run.pk,
             "chars": len(message.content),
+            **({"chain": run.parameters["chain"]["name"]} if run.kind == Run.Kind.CHAIN else {}),
         },
     }
 
@@ -390,6 +413,16 @@ def run_cancel(*, user, run_id: int) -> Run:
         run = _own_run(user=user, run_id=run_id)
         if run.is_terminal:
             raise RunNotCancellable(f"This reply has already {_FINISHED[run.status]}.")
+        # A chain's current part first (locked after the chain: the lock order); its
+        # end then finds the chain stopped.
+        for part_id in parts_active(run=run):
+            part = run_lock(run_id=part_id)
+            if (
+                part is not None
+                and not part.is_terminal
+                and not run_cancel_request(run=part, actor=user)
+            ):
+                run_stop(run=part, actor=user)
         if not run_cancel_request(run=run, actor=user):
             run_stop(run=run, actor=user)
     return run

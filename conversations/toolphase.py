@@ -22,6 +22,7 @@ from approvals.costs import CostEstimate, NextStepEstimate
 from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
+from conversations.chains import part_tools_allowed
 from conversations.context import token_count
 from conversations.gateway import cost_for, worst_case_cost
 from conversations.guarding import guard_tool_arguments, guard_tool_output
@@ -80,9 +81,10 @@ def tools_offered(*, run: Run) -> list[dict[str, Any]] | None:
 
     The tools this user may use (enabled, in their groups, available), when the
     conversation's model supports tools (``tools_offered_for_user``: cached for
-    a few seconds).
+    a few seconds), unless the run is a chain's step that allows none
+    (``chains.part_tools_allowed``).
     """
-    if not run_call(run).config.supports_tools:
+    if not run_call(run).config.supports_tools or not part_tools_allowed(run):
         return None
     specs = tools_offered_for_user(user=run.conversation.owner)
     return [spec.openai_tool() for spec in specs] or None
