@@ -143,10 +143,12 @@ def chain_start(*, run: Run) -> None:
     """Start chain run ``run`` (just created, ``queued``, its ``parameters["chain"]``
     set by :func:`chain_plan`): its first part, and the run to ``awaiting_parts``.
 
-    Call inside the transaction that created it. A first step whose template cannot
-    be rendered fails the run (with the reason) instead.
+    Call inside the transaction that created it, before its block is pushed
+    (``events.run_appended``): the first part is drawn in it (``run.chain_parts``). A
+    first step whose template cannot be rendered fails the run (with the reason).
     """
     run.metadata = {**run.metadata, "chain": {"responses": [], "rounds": []}}
+    run.chain_parts = []
     _step_begin(run, step=0, round_=1, feedback="", position=0)
 
 
@@ -188,6 +190,7 @@ def _after_part(run: Run, part: Run) -> None:
         _end(run, S.CANCELLED if stopped else S.FAILED, error=f"{where} {why}", part=part)
         return
     answer = _answer(part)
+    events.run_part_redrawn(orchestrator_id=run.pk, part_id=part.pk)  # its charges, verdict
     state = run.metadata.setdefault("chain", {"responses": [], "rounds": []})
     if role == "step":
         state["rounds"].append({"step": index, "round": round_, "part": part.pk})
@@ -374,7 +377,13 @@ def _part_begin(
     )
     run_step_schedule(run_id=part.pk)
     part.user_message = run.user_message
-    events.run_part_appended(orchestrator_id=run.pk, part=part)
+    if position == 0:
+        # Drawn inside the chain's own block, pushed with it (events.run_appended):
+        # a push to a place the page does not have yet would be dropped.
+        part.timeline_messages, part.timeline_invocations, part.orphan_steps = [], [], []
+        run.chain_parts = [part]
+    else:
+        events.run_part_appended(orchestrator_id=run.pk, part=part)
     run_transition(
         run=run,
         to=S.AWAITING_PARTS,

@@ -27,7 +27,15 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError as DjangoValidationError
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from approvals.services import ApprovalError, approval_decide_from_payload
 from conversations import services
@@ -60,11 +68,18 @@ class Frame(BaseModel):
     type: str
 
 
+def _blank_is_none(value: Any) -> Any:
+    """An empty form field (a select left on its first option) is no value."""
+    return None if value == "" else value
+
+
 class MessageSendFrame(Frame):
     type: Literal["message.send"]
     conversation_id: Id
     # The length is the service's to check (``TOLLGATE_MAX_MESSAGE_CHARS``).
     content: Text
+    #: The chain to run the message through (the composer's "Run as"; empty: none).
+    chain_id: Annotated[Id | None, BeforeValidator(_blank_is_none)] = None
 
 
 class RunCancelFrame(Frame):
@@ -166,6 +181,7 @@ async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None
         user=consumer.user,
         conversation_id=frame.conversation_id,
         content=frame.content,
+        chain_id=frame.chain_id,
     )
 
 

@@ -118,6 +118,18 @@ def run_part_appended(*, orchestrator_id: int, part: Any) -> None:
     send_event_on_commit(build, lane=run_lane(orchestrator_id), in_hand=True)
 
 
+def run_part_redrawn(*, orchestrator_id: int, part_id: int) -> None:
+    """On commit: draw an ended part of a chain again, in place, with what its calls
+    were charged and, for a judge, its verdict. Sent in the orchestrator's lane."""
+
+    def build() -> list[tuple[str, str]]:
+        part = selectors.chain_part_for_push(part_id=part_id)
+        html = render("chain-part", {"part": part, "user": part.conversation.owner, "oob": True})
+        return [(conversation_group(part.conversation_id), html)]
+
+    send_event_on_commit(build, lane=run_lane(orchestrator_id))
+
+
 def message_lane(*, message_id: int, run_id: int | None) -> str:
     """The outbox lane of a message's pushes: its run's (so the final text never
     arrives after the run's "completed"), or its own outside a run."""

@@ -40,9 +40,11 @@ class ConversationStartForm(forms.Form):
 
 
 class MessageForm(forms.Form):
-    """``POST /c/<id>/send``: the message (emptiness and length: ``message_send``)."""
+    """``POST /c/<id>/send``: the message (emptiness and length: ``message_send``) and,
+    optionally, the chain to run it through (whether the user may: ``message_send``)."""
 
     content = forms.CharField(required=False, strip=False)
+    chain_id = IdField(required=False)
 
 
 class RenameForm(forms.Form):

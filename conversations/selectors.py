@@ -269,6 +269,18 @@ def run_for_push(*, run_id: int) -> Run:
     return run
 
 
+def chain_part_for_push(*, part_id: int) -> Run:
+    """A chain's part ready to render alone (``chain-part``): its messages, tool calls,
+    charges and verdict (``chain_parts_attach``). Four queries."""
+    part = Run.objects.select_related("orchestrator", "conversation__owner").get(pk=part_id)
+    part.timeline_messages = list(part.messages.order_by("id"))
+    part.timeline_invocations = _invocations_by_run(Q(run_id=part.pk)).get(part.pk, [])
+    run_steps_attach(part)
+    if part.orchestrator is not None:
+        chain_parts_attach(part.orchestrator, [part])
+    return part
+
+
 def chain_parts_attach(run: Run, parts: list[Run]) -> None:
     """Give chain ``run`` its ``chain_parts`` (in order) for display, each with
     ``chain_usage`` (the tokens and USD its model calls were charged) and, for a

@@ -305,9 +305,9 @@ def message_send(*, user, conversation_id: int, content: str, chain_id: int | No
             # The step is sent to a worker first, then the page is told (rendered from
             # the rows in hand, no query): the worker's claim takes longer than that.
             run_step_schedule(run_id=run.pk)
-        events.run_appended(run_id=run.pk, with_user_message=True, new=run)
         if chain is not None:
-            chain_start(run=run)  # its first part, drawn after the run's block
+            chain_start(run=run)  # its first part, drawn inside the run's block
+        events.run_appended(run_id=run.pk, with_user_message=True, new=run)
         events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
     return run
 

@@ -302,6 +302,11 @@ def chain_list(*, user: Any, query: str = "") -> list[Chain]:
     return items
 
 
+def chain_choices(*, user: Any) -> list[Chain]:
+    """The chains the composer offers ``user`` (name and owner only), by name. One query."""
+    return list(chains_visible(user=user).only("pk", "name", "owner_id").order_by("name", "id"))
+
+
 def chain_get(*, user: Any, chain_id: int) -> Chain:
     """A chain ``user`` may see (its steps prefetched); ``PromptNotFound`` otherwise
     (also for another user's private chain: nothing is revealed)."""
