@@ -845,6 +845,12 @@ def _chain_steps(steps: Sequence[ChainStepInput]) -> list[ChainStepInput]:
     return out
 
 
+def chain_steps_check(*, steps: Sequence[ChainStepInput]) -> None:
+    """Check steps as :func:`chain_save` would (for admin's forms, which save
+    themselves). Raises ``PromptError`` naming the step, the line and the fault."""
+    _chain_steps(steps)
+
+
 def chain_save(
     *,
     user: Any,
