@@ -1,7 +1,8 @@
 """Chains in a real browser, on the production topology (daphne, a Celery worker, beat):
 a message run through the built-in "Draft → critique → revise" chain shows one
 collapsible section per step, each streamed by the worker with its own charges, then
-the chain's answer; a reload draws the same from the database."""
+the chain's answer; a reload draws the same from the database. A chain written on the
+Chains page, with a judged step, shows every round and each verdict."""
 
 from __future__ import annotations
 
@@ -54,12 +55,56 @@ def test_a_chain_run_shows_its_steps_as_sections(new_page, stack):
     page.keyboard.press("Enter")
     expect(sections.nth(1)).to_have_attribute("open", "")
 
-    sections.nth(1).locator("summary.chain-head").click()  # the critique folded, for the picture
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "chain-run.png"), full_page=True)
-
     page.reload()
     sections = page.locator(f"#run-{run_id}-parts > details.chain-part")
     expect(sections).to_have_count(3)
     expect(sections.nth(2).locator("summary.chain-head")).to_contain_text("3. Revise")
     expect(page.locator(f"#run-{run_id}-messages > .msg-assistant")).to_have_count(1)
+
+
+def test_a_chain_written_on_the_chains_page_shows_its_rounds_and_verdicts(
+    new_page, stack, page_problems
+):
+    # The template that does not compile is refused (400), on purpose.
+    page_problems.allow(r"(response 400: POST|status of 400 .*) .*/prompts/chains/new")
+    page = new_page()
+    sign_up(page, unique_email("reflect"))
+    page.goto("/prompts/chains/new")
+    page.fill("input[name=name]", "Draft, judged, then polish")
+    page.fill("textarea[name=step-0-template]", "{{ input }}")
+    # A template that does not compile is refused with its step and line; text kept.
+    page.fill("textarea[name=step-1-template]", "say: Final: {{ previous_response")
+    page.click("form.chain-form button[type=submit]")
+    expect(page.locator(".error-box")).to_contain_text("Step 2: the template does not compile.")
+    expect(page.locator("input[name=name]")).to_have_value("Draft, judged, then polish")
+    page.fill("input[name=step-0-name]", "Draft")
+    page.fill("textarea[name=step-0-judge_template]", "Is this clear and correct? {{ response }}")
+    page.fill("input[name=step-0-max_rounds]", "3")
+    page.fill("input[name=step-1-name]", "Polish")
+    page.fill("textarea[name=step-1-template]", "say: Final: {{ previous_response|truncate(90) }}")
+    page.click("form.chain-form button[type=submit]")
+    expect(page.locator("table.chains-table")).to_contain_text("Draft, judged, then polish")
+
+    chat_new(page)
+    page.locator("#composer-chain").select_option(label="Chain: Draft, judged, then polish")
+    run_id, _block = chat_send(page, "say: Tollgate puts every tool call behind a gate.")
+    expect_run_completed(page, run_id, timeout=90_000)
+    sections = page.locator(f"#run-{run_id}-parts > details.chain-part")
+    # Round 1, its judge (revise), round 2, its judge (pass), then the next step.
+    expect(sections).to_have_count(5)
+    heads = sections.locator("summary.chain-head")
+    expect(heads.nth(0)).to_contain_text("1. Draft · round 1 of 3")
+    expect(heads.nth(1)).to_contain_text("judge")
+    expect(heads.nth(1).locator(".chain-verdict")).to_have_text("Revise")
+    expect(heads.nth(2)).to_contain_text("round 2 of 3")
+    expect(sections.nth(2).locator(".chain-feedback")).to_contain_text("Say PASS when it is right.")
+    expect(heads.nth(3).locator(".chain-verdict")).to_have_text("Passed")
+    expect(heads.nth(4)).to_contain_text("2. Polish")
+    for index in range(5):
+        expect(heads.nth(index).locator(".chain-usage")).to_contain_text("tokens")
+    expect(page.locator(f"#run-{run_id}-messages > .msg-assistant")).to_contain_text("Final:")
+    for index in (0, 2):  # the rounds folded: the verdicts and the answer in view
+        heads.nth(index).click()
+    page.locator(f"#run-{run_id} .chain-title").scroll_into_view_if_needed()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "chain-run.png"))
