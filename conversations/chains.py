@@ -95,6 +95,17 @@ def part_prompt(run: Run) -> PartPrompt | None:
     return PartPrompt(after=info.get("after"), message_id=run.user_message_id, text=info["prompt"])
 
 
+def part_ledger_data(run: Run) -> dict[str, Any]:
+    """What a chain part's ``llm.call`` audit events add (the usage record carries the
+    part's run id): the chain run, step (from 1), round and role; ``{}`` for any other
+    run. No query."""
+    info = (run.parameters or {}).get("chain_part")
+    if run.orchestrator_id is None or not info:
+        return {}
+    return {"chain_run_id": run.orchestrator_id, "chain_step": info["step"] + 1,
+            "chain_round": info["round"], "chain_role": info["role"]}  # fmt: skip
+
+
 def part_tools_allowed(run: Run) -> bool:
     """Whether ``run``'s model calls may be offered tools: a chain part only when its
     step allows them (a judge never); any other run, yes. No query."""

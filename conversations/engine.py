@@ -37,7 +37,7 @@ from accounts.services import Admission, budget_release_approved, llm_call_abort
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.branches import conversation_tree, shown_leaf
-from conversations.chains import part_prompt
+from conversations.chains import part_ledger_data, part_prompt
 from conversations.charging import call_admit, call_settle
 from conversations.context import FitResult, context_fit
 from conversations.gateway import (
@@ -554,6 +554,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             target_type="run",
             target_id=run.pk,
             data={
+                **part_ledger_data(run),
                 "step": message.run_step,  # the run's count moved on if asked again
                 "tool_calls": len(result.tool_calls or []),
                 "context_dropped_messages": dropped,
@@ -610,6 +611,7 @@ def _end_call(
                 target_type="run",
                 target_id=run.pk,
                 data={
+                    **part_ledger_data(run),
                     "step": run.step,
                     "outcome": "failed" if error else "stopped",
                     "error_kind": kind or None,

@@ -84,6 +84,10 @@ def test_three_steps_pass_previous_response_and_earlier_steps(conversation):
         (n + 1, p.pk) for n, p in enumerate(parts(run))
     ]
     assert AuditEvent.objects.filter(action="run.completed", target_id=str(run.pk)).exists()
+    calls = AuditEvent.objects.filter(action="llm.call").order_by("sequence")
+    assert [(e.data["chain_run_id"], e.data["chain_step"], e.target_id) for e in calls] == [
+        (run.pk, n + 1, str(p.pk)) for n, p in enumerate(parts(run))
+    ]
 
 
 def test_a_step_after_earlier_exchanges_reads_them_but_not_the_other_steps(conversation):
