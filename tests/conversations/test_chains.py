@@ -252,3 +252,22 @@ def test_the_built_in_chains_are_everyones(conversation):
         "Revise",
     ]
     assert {p.model_config_id for p in parts(run)} == {conversation.model_config_id}
+
+
+def test_an_exported_chain_keeps_its_answer_and_imports_as_one_exchange(conversation):
+    import json
+
+    from conversations.exports import conversation_export, conversation_import
+
+    chain = ChainFactory(
+        owner=conversation.owner,
+        steps=[{"template": "say: A-{{ input }}"}, {"template": "say: B-{{ previous_response }}"}],
+    )
+    run = run_chain(start(conversation, chain, "x"))
+    data = conversation_export(conversation=conversation)
+    assert [r["id"] for r in data["runs"]] == [run.pk]
+    assert [(m["role"], m["content"]) for m in data["messages"]] == [
+        ("user", "x"), ("assistant", "B-A-x"),
+    ]  # fmt: skip
+    copy = conversation_import(user=conversation.owner, text=json.dumps(data))
+    assert [m["content"] for m in history_messages(conversation=copy)[1:]] == ["x", "B-A-x"]
