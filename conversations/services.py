@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from audit.services import audit_deferred, audit_record
 from conversations import events
@@ -244,7 +244,9 @@ def conversation_rows_delete(
         runs = Run.objects.filter(user_message__in=rows)
         message_ids = list(rows.values_list("pk", flat=True))
     elif rows.model is Run:
-        runs, message_ids = rows, []
+        # With the parts of a compare or chain run (they cascade from it).
+        runs = Run.objects.filter(Q(pk__in=rows.values("pk")) | Q(orchestrator__in=rows))
+        message_ids = []
     else:
         raise TypeError(f"Not a conversations row: {rows.model.__name__}.")
     with transaction.atomic():

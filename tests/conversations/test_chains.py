@@ -271,3 +271,16 @@ def test_an_exported_chain_keeps_its_answer_and_imports_as_one_exchange(conversa
     ]  # fmt: skip
     copy = conversation_import(user=conversation.owner, text=json.dumps(data))
     assert [m["content"] for m in history_messages(conversation=copy)[1:]] == ["x", "B-A-x"]
+
+
+def test_deleting_a_chain_run_deletes_its_parts_tool_calls(conversation):
+    from tests.factories import ToolInvocationFactory
+    from tools.models import ToolInvocation
+
+    chain = ChainFactory(owner=conversation.owner, steps=[{"template": "a"}])
+    run = start(conversation, chain, "q")
+    [part] = parts(run)
+    ToolInvocationFactory(run=part)
+    services.conversation_rows_delete(rows=Run.objects.filter(pk=run.pk))
+    assert not Run.objects.filter(pk__in=[run.pk, part.pk]).exists()
+    assert not ToolInvocation.objects.filter(run_id=part.pk).exists()
