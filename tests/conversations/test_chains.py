@@ -284,3 +284,25 @@ def test_deleting_a_chain_run_deletes_its_parts_tool_calls(conversation):
     services.conversation_rows_delete(rows=Run.objects.filter(pk=run.pk))
     assert not Run.objects.filter(pk__in=[run.pk, part.pk]).exists()
     assert not ToolInvocation.objects.filter(run_id=part.pk).exists()
+
+
+def test_the_sockets_send_frame_reads_the_picked_chain():
+    from pydantic import ValidationError
+
+    from conversations.consumers import MessageSendFrame
+
+    def frame(chain: object) -> MessageSendFrame:
+        return MessageSendFrame.model_validate(
+            {"type": "message.send", "conversation_id": "3", "content": "hi", "chain_id": chain}
+        )
+
+    assert frame("").chain_id is None  # "a normal reply"
+    assert frame("12").chain_id == 12
+    with pytest.raises(ValidationError):
+        frame("1 OR 1=1")
+    assert (
+        MessageSendFrame.model_validate(
+            {"type": "message.send", "conversation_id": 3, "content": "hi"}
+        ).chain_id
+        is None
+    )
