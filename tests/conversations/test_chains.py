@@ -306,3 +306,23 @@ def test_the_sockets_send_frame_reads_the_picked_chain():
         ).chain_id
         is None
     )
+
+
+def test_recovery_moves_on_a_chain_whose_part_ended_unheard_and_once_only(conversation):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations import runs
+
+    chain = ChainFactory(
+        owner=conversation.owner, steps=[{"template": "say: a"}, {"template": "say: b"}]
+    )
+    run = start(conversation, chain, "q")
+    drive(parts(run)[0])  # its end is told on commit, which never comes here: lost
+    Run.objects.filter(pk=run.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+    assert run.pk in runs.runs_recover_stale()
+    assert [p.position for p in parts(run)] == [0, 1]
+    # Told again (a second beat, a duplicate): nothing more happens.
+    chains.chain_part_ended(orchestrator_id=run.pk, kind="chain", part_id=parts(run)[0].pk)
+    assert run.parts.count() == 2
