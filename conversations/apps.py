@@ -25,6 +25,7 @@ class ConversationsConfig(AppConfig):
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
         from conversations import (
+            chains,
             checks,
             compare,
             dispatch,
@@ -64,4 +65,5 @@ class ConversationsConfig(AppConfig):
         )
         health_sections.connect(heartbeat.healthz_models, dispatch_uid="conversations")
         run_part_ended.connect(compare.compare_part_ended, sender=Run, dispatch_uid="compare")
+        run_part_ended.connect(chains.chain_part_ended, sender=Run, dispatch_uid="chains")
         register(checks.websocket_origins_check, "tollgate", deploy=True)

@@ -120,7 +120,10 @@ def conversation_tree(*, conversation_id: int) -> Tree:
     """
     tree = Tree()
     rows = (
+        # A chain's parts are steps inside its run's exchange, never places the
+        # conversation goes on from; a compare's are, each one (``parts``).
         Run.objects.filter(conversation_id=conversation_id)
+        .exclude(orchestrator__kind=Run.Kind.CHAIN)
         .order_by("user_message_id", "id")
         .values_list("id", "parent_id", "user_message_id", "metadata__root", "orchestrator_id")
     )

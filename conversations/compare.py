@@ -18,7 +18,7 @@ loop of its own:
   as for any run and :func:`compare_messages` turns the last user message into the
   question followed by each model's answer (by name; a failed or stopped one
   says so). No tools are offered to it (``engine._begin_call``);
-- Stop on the orchestrator stops its parts too (:func:`compare_stop`);
+- Stop on the orchestrator stops its parts too (``toolphase.parts_stop``);
 - what the conversation continues with is one answer or the summary
   (``services.compare_choose``): the branch shown then ends at that run
   (``Conversation.current_run``), so later context reads only it
@@ -40,8 +40,7 @@ from django.conf import settings
 from django.db import transaction
 
 from conversations.models import Conversation, Message, ModelConfig, Run
-from conversations.runs import run_cancel_request, run_lock, run_transition
-from conversations.toolphase import run_stop
+from conversations.runs import run_lock, run_transition
 from prompts.errors import PromptUnavailable
 from prompts.models import Prompt
 from prompts.selectors import prompt_version_resolve, prompts_visible
@@ -169,20 +168,6 @@ def compare_advance(*, orchestrator_id: int) -> str | None:
         if run.metadata.get("summary", True):
             return run_transition(run=run, to=S.CALLING_LLM, data=data)
         return run_transition(run=run, to=S.COMPLETED, data=data)
-
-
-def compare_stop(*, run: Run, actor: Any) -> None:
-    """Stop the unfinished parts of locked compare run ``run`` (each locked after it,
-    the lock order) at once or, while a worker streams one, by its Stop flag
-    (``runs.run_cancel_request``). Call inside ``transaction.atomic`` before stopping
-    ``run`` itself; their ends find it stopped and do nothing."""
-    part_ids = run.parts.exclude(status__in=Run.TERMINAL).order_by("pk")
-    for part_id in list(part_ids.values_list("pk", flat=True)):
-        part = run_lock(run_id=part_id)
-        if part is None or part.is_terminal:
-            continue
-        if not run_cancel_request(run=part, actor=actor):
-            run_stop(run=part, actor=actor)
 
 
 def compare_messages(*, run: Run, history: list[dict[str, Any]]) -> list[dict[str, Any]]:

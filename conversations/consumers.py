@@ -30,6 +30,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -70,6 +71,11 @@ class Frame(BaseModel):
     type: str
 
 
+def _blank_is_none(value: Any) -> Any:
+    """An empty form field (a select left on its first option) is no value."""
+    return None if value == "" else value
+
+
 class MessageSendFrame(Frame):
     """The composer. ``compare`` (its Compare toggle, a checkbox's value when on):
     answer with ``compare_models`` (ids, one or a list as a form sends them; how
@@ -90,6 +96,9 @@ class MessageSendFrame(Frame):
     def compare_ids(self) -> list[int] | None:
         """The models to compare when the toggle is on (``[]``: none picked), else ``None``."""
         return list(self.compare_models) if self.compare else None
+
+    #: The chain to run the message through (the composer's "Run as"; empty: none).
+    chain_id: Annotated[Id | None, BeforeValidator(_blank_is_none)] = None
 
 
 class RunCancelFrame(Frame):
@@ -186,6 +195,7 @@ async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None
         conversation_id=frame.conversation_id,
         content=frame.content,
         compare_model_ids=frame.compare_ids(),
+        chain_id=frame.chain_id,
     )
     # The message's handling is the first span of the run's trace (when tracing is on).
     tracing_record(

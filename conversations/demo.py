@@ -249,6 +249,11 @@ def demo_plan(
     user_text = next(
         (_text_of(m) for m in reversed(messages) if m.get("role") == "user"), ""
     ).strip()
+    if JUDGE_REQUEST.search(user_text):
+        return demo_verdict(user_text), []
+    said = SAY.match(user_text)
+    if said:
+        return said.group("text").strip() or "(nothing)", []
     offered = _offered(tools)
     several = _use_tool_calls(user_text, offered)
     if several:
@@ -304,6 +309,23 @@ def _summary(user_text: str) -> str:
         words = " ".join(body.split()[:8]).replace("*", "")
         items.append(f"- **{heading.group('name').strip()}**: {words}")
     return f"Summary of {len(headings)} answers:\n\n" + "\n".join(items)
+
+
+#: A judge's request (``conversations.chains.JUDGE_INSTRUCTION`` asks for this key).
+JUDGE_REQUEST = re.compile(r'"verdict"')
+#: "say: <text>": the demo answers with the text, verbatim (chains' tests follow it).
+SAY = re.compile(r"^say:\s*(?P<text>.*)$", re.I | re.S)
+
+
+def demo_verdict(text: str) -> str:
+    """The demo judge's JSON verdict on ``text`` (the judge's request), deterministic:
+    "pass" when the answer judged says ``PASS``; else "revise", asking for ``PASS``
+    (so a "say:" step passes in its next round), or, when it says ``STUBBORN``,
+    asking for nothing it can give (so a reflection loop runs to its maximum)."""
+    if "PASS" in text:
+        return json.dumps({"verdict": "pass", "feedback": ""})
+    feedback = "Still not right." if "STUBBORN" in text else "Say PASS when it is right."
+    return json.dumps({"verdict": "revise", "feedback": feedback})
 
 
 _LOWER_I = re.compile(r"\bi\b")

@@ -38,6 +38,7 @@ from accounts.services import Admission, budget_release_approved, llm_call_abort
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.branches import conversation_tree, shown_leaf
+from conversations.chains import part_ledger_data, part_prompt
 from conversations.charging import call_admit, call_settle
 from conversations.compare import compare_messages
 from conversations.context import FitResult, context_fit
@@ -149,10 +150,17 @@ def history_with_ids(
     conversation's settings are the one source of the system prompt).
     """
     tree = conversation_tree(conversation_id=conversation.pk)
-    path = tree.path(run.pk if run is not None else shown_leaf(conversation, tree))
+    leaf = run.pk if run is not None else shown_leaf(conversation, tree)
+    own: list[int] = []
+    replaced: dict[int, str] = {}
+    if run is not None and (part := part_prompt(run)) is not None:
+        # A chain's part: the exchanges before the chain, then its step's prompt in
+        # place of the chain's input, then its own turns (conversations.chains).
+        leaf, own, replaced = part.after, [run.pk], {part.message_id: part.text}
+    path = tree.path(leaf)
     on_branch = (
-        Q(run_id__in=path)
-        | Q(pk__in=[tree.message[r] for r in path])
+        Q(run_id__in=path + own)
+        | Q(pk__in=[tree.message[r] for r in path] + list(replaced))
         # Messages no run answers or belongs to: on every branch (see branches).
         | Q(run__isnull=True, answering_runs__isnull=True)
     )
@@ -172,6 +180,8 @@ def history_with_ids(
     for m in rows:
         if m.role == Message.Role.SYSTEM:
             continue
+        if m.id in replaced:
+            m = m._replace(content=replaced[m.id])
         if m.role == Message.Role.TOOL:
             if m.tool_call_id in open_calls:
                 out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
@@ -565,6 +575,7 @@ def _store_answer(worker: str, result: ChatResult, start: _CallStart) -> None:
             target_type="run",
             target_id=run.pk,
             data={
+                **part_ledger_data(run),
                 "step": message.run_step,  # the run's count moved on if asked again
                 "tool_calls": len(result.tool_calls or []),
                 "context_dropped_messages": dropped,
@@ -621,6 +632,7 @@ def _end_call(
                 target_type="run",
                 target_id=run.pk,
                 data={
+                    **part_ledger_data(run),
                     "step": run.step,
                     "outcome": "failed" if error else "stopped",
                     "error_kind": kind or None,

@@ -100,6 +100,39 @@ def run_appended(*, run_id: int, with_user_message: bool, new: Any = None) -> No
     send_event_on_commit(build, lane=run_lane(run_id), in_hand=new is not None)
 
 
+def run_part_appended(*, orchestrator_id: int, part: Any) -> None:
+    """On commit: append a new part (a chain's step, round or judge) to its
+    orchestrating run's sections (``#run-<orchestrator>-parts``).
+
+    ``part``: the run this transaction created (its ``user_message`` set), rendered
+    without a query. Sent in the orchestrator's lane, after its own block.
+    """
+
+    def build() -> list[tuple[str, str]]:
+        part.timeline_messages, part.timeline_invocations, part.orphan_steps = [], [], []
+        html = render("chain-part", {"part": part})
+        return [
+            (
+                conversation_group(part.conversation_id),
+                f'<div hx-swap-oob="beforeend:#run-{orchestrator_id}-parts">{html}</div>',
+            )
+        ]
+
+    send_event_on_commit(build, lane=run_lane(orchestrator_id), in_hand=True)
+
+
+def run_part_redrawn(*, orchestrator_id: int, part_id: int) -> None:
+    """On commit: draw an ended part of a chain again, in place, with what its calls
+    were charged and, for a judge, its verdict. Sent in the orchestrator's lane."""
+
+    def build() -> list[tuple[str, str]]:
+        part = selectors.chain_part_for_push(part_id=part_id)
+        html = render("chain-part", {"part": part, "user": part.conversation.owner, "oob": True})
+        return [(conversation_group(part.conversation_id), html)]
+
+    send_event_on_commit(build, lane=run_lane(orchestrator_id))
+
+
 def message_lane(*, message_id: int, run_id: int | None) -> str:
     """The outbox lane of a message's pushes: its run's (so the final text never
     arrives after the run's "completed"), or its own outside a run."""

@@ -87,8 +87,13 @@ def _tool_call(invocation: ToolInvocation, approval: ApprovalRequest | None) -> 
 
 def conversation_export(*, conversation: Conversation) -> dict[str, Any]:
     """The whole conversation as the JSON export's data (see the module docstring)."""
-    messages = list(conversation.messages.order_by("id"))
-    runs = list(conversation.runs.order_by("id"))
+    everything = list(conversation.messages.order_by("id"))
+    # A chain's parts (its steps' runs) stay out: the chain's exchange carries its answer,
+    # as the conversation reads it; their usage counts in the totals.
+    every_run = list(conversation.runs.order_by("id"))
+    parts = {r.pk for r in every_run if r.orchestrator_id is not None}
+    runs = [r for r in every_run if r.pk not in parts]
+    messages = [m for m in everything if m.run_id not in parts]
     tree = branches.conversation_tree(conversation_id=conversation.pk)
     invocations = list(
         ToolInvocation.objects.filter(conversation_id=conversation.pk)
@@ -99,7 +104,7 @@ def conversation_export(*, conversation: Conversation) -> dict[str, Any]:
     for invocation in invocations:
         approval = getattr(invocation, "approval", None)
         calls.setdefault(invocation.run_id, []).append(_tool_call(invocation, approval))
-    usage = [m for m in messages if m.role == Message.Role.ASSISTANT]
+    usage = [m for m in everything if m.role == Message.Role.ASSISTANT]
     return {
         "format": FORMAT,
         "version": VERSION,

@@ -65,9 +65,10 @@ class ConversationStartForm(forms.Form):
 class MessageForm(forms.Form):
     """``POST /c/<id>/send``: the message (emptiness and length: ``message_send``);
     ``compare`` on: the models to answer it side by side (how many: the service's
-    to check)."""
+    to check); or the chain to run it through (whether the user may: ``message_send``)."""
 
     content = forms.CharField(required=False, strip=False)
+    chain_id = IdField(required=False)
     compare = forms.BooleanField(required=False)
     compare_models = IdListField(required=False)
 

@@ -329,6 +329,11 @@ class Run(models.Model):
     # them, or itself: the summary; ``None``: its exchange is not on the branch shown).
     compare_parts: list[Run]
     compare_chosen: int | None
+    # A chain's parts, in order, and for each part what it was charged and, for a
+    # judge, its verdict (``selectors.chain_parts_attach``).
+    chain_parts: list[Run]
+    chain_usage: dict[str, Any]
+    chain_verdict: dict[str, Any] | None
 
     class Meta:
         ordering = ("-id",)

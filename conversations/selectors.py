@@ -176,14 +176,16 @@ def conversation_timeline(
     shown_ids = [shown_run[m.pk] for m in page if m.pk in shown_run]
     # A compare's part on the branch is drawn in its compare run, with the other parts.
     runs = list(Run.objects.filter(pk__in={tree.parts.get(r, r) for r in shown_ids}).order_by("id"))
-    compares = [run for run in runs if run.kind == Run.Kind.COMPARE]
+    # A compare's or a chain's parts (its answers; its steps, rounds and judges): one
+    # more query, only when the page holds one.
+    orchestrators = [run for run in runs if run.kind != Run.Kind.ANSWER]
     parts = (
         list(
-            Run.objects.filter(orchestrator__in=compares)
+            Run.objects.filter(orchestrator__in=orchestrators)
             .select_related("model_config")
             .order_by("position", "id")
         )
-        if compares
+        if orchestrators
         else []
     )
     by_run: dict[int, list[Message]] = {r.pk: [] for r in [*runs, *parts]}
@@ -198,10 +200,14 @@ def conversation_timeline(
         run.switch = tree.answer_switch(run.pk) if run.orchestrator_id is None else ALONE
         if run.orchestrator_id is None:
             runs_by_user_message.setdefault(run.user_message_id, []).append(run)
-    for run in compares:
-        run.compare_parts = [part for part in parts if part.orchestrator_id == run.pk]
-        # The answer the branch goes on from: this part, or the summary.
-        run.compare_chosen = shown_run.get(run.user_message_id)
+    for run in orchestrators:
+        own = [part for part in parts if part.orchestrator_id == run.pk]
+        if run.kind == Run.Kind.COMPARE:
+            run.compare_parts = own
+            # The answer the branch goes on from: this part, or the summary.
+            run.compare_chosen = shown_run.get(run.user_message_id)
+        else:
+            chain_parts_attach(run, own)
     if upto is not None:
         timeline.later = upto != max(shown_run, default=upto)
         timeline.context_cut = None  # the latest run may not be on this page
@@ -258,12 +264,48 @@ def _invocations_by_run(where: Q) -> dict[int, list[ToolInvocation]]:
 
 
 def run_for_push(*, run_id: int) -> Run:
-    """A run with its user message, messages and tool calls, ready to render."""
+    """A run with its user message, messages and tool calls, ready to render (a
+    chain's with its parts, each with theirs)."""
     run = Run.objects.select_related("user_message", "conversation__owner").get(pk=run_id)
     run.timeline_messages = list(run.messages.order_by("id"))
     run.timeline_invocations = _invocations_by_run(Q(run_id=run_id)).get(run_id, [])
     run_steps_attach(run)
+    if run.kind != Run.Kind.ANSWER:
+        parts = list(run.parts.order_by("position", "id"))
+        for part in parts:
+            part.timeline_messages = list(part.messages.order_by("id"))
+            part.timeline_invocations = _invocations_by_run(Q(run_id=part.pk)).get(part.pk, [])
+            run_steps_attach(part)
+        chain_parts_attach(run, parts)
     return run
+
+
+def chain_part_for_push(*, part_id: int) -> Run:
+    """A chain's part ready to render alone (``chain-part``): its messages, tool calls,
+    charges and verdict (``chain_parts_attach``). Four queries."""
+    part = Run.objects.select_related("orchestrator", "conversation__owner").get(pk=part_id)
+    part.timeline_messages = list(part.messages.order_by("id"))
+    part.timeline_invocations = _invocations_by_run(Q(run_id=part.pk)).get(part.pk, [])
+    run_steps_attach(part)
+    if part.orchestrator is not None:
+        chain_parts_attach(part.orchestrator, [part])
+    return part
+
+
+def chain_parts_attach(run: Run, parts: list[Run]) -> None:
+    """Give chain ``run`` its ``chain_parts`` (in order) for display, each with
+    ``chain_usage`` (the tokens and USD its model calls were charged) and, for a
+    judge, ``chain_verdict`` (the round's verdict and feedback, when given). No query."""
+    rounds = {r.get("judge"): r for r in (run.metadata.get("chain") or {}).get("rounds", [])}
+    for part in parts:
+        answers = [m for m in part.timeline_messages if m.role == Message.Role.ASSISTANT]
+        part.chain_usage = {
+            "tokens": sum((m.prompt_tokens or 0) + (m.completion_tokens or 0) for m in answers),
+            "cost_usd": sum((m.cost_usd or 0) for m in answers),
+            "calls": sum(1 for m in answers if m.prompt_tokens is not None),
+        }
+        part.chain_verdict = rounds.get(part.pk)
+    run.chain_parts = parts
 
 
 def run_steps_attach(run: Run) -> None:

@@ -17,18 +17,19 @@ from typing import Any, Literal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from audit.services import audit_deferred, audit_record
 from conversations import compare, events
 from conversations.branches import conversation_tree, shown_leaf
+from conversations.chains import ChainRefused, chain_plan, chain_start
 from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
 from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule, run_transition
-from conversations.toolphase import run_stop
+from conversations.toolphase import parts_stop, run_stop
 from prompts.errors import PROMPT_REFUSALS, PromptError, PromptNotFound
 from prompts.models import LATEST, Prompt
-from prompts.selectors import prompt_get, prompt_version_for_use
+from prompts.selectors import chain_get, prompt_get, prompt_version_for_use
 from tools.services import invocations_delete
 
 logger = logging.getLogger(__name__)
@@ -260,7 +261,9 @@ def conversation_rows_delete(
         runs = Run.objects.filter(user_message__in=rows)
         message_ids = list(rows.values_list("pk", flat=True))
     elif rows.model is Run:
-        runs, message_ids = rows, []
+        # With the parts of a compare or chain run (they cascade from it).
+        runs = Run.objects.filter(Q(pk__in=rows.values("pk")) | Q(orchestrator__in=rows))
+        message_ids = []
     else:
         raise TypeError(f"Not a conversations row: {rows.model.__name__}.")
     with transaction.atomic():
@@ -289,6 +292,7 @@ def message_send(
     conversation_id: int,
     content: str,
     compare_model_ids: Sequence[int] | None = None,
+    chain_id: int | None = None,
 ) -> Run:
     """Post a user message and start a run answering it (dispatched on commit).
 
@@ -296,31 +300,52 @@ def message_send(
     6 enabled ModelConfigs; the message is then answered by one run per model
     (the parts, concurrently) under a ``compare`` run, which is returned: it
     waits for them (``awaiting_parts``), then writes their summary.
+    ``chain_id``: run that chain (``prompts.Chain``, one the user may see) on the
+    message instead: the run is a ``chain`` run whose steps answer in turn
+    (``conversations.chains``). Not both.
 
-    Raises ``NotFound`` (not the user's), ``EmptyMessage``, ``MessageTooLong``
-    (over ``TOLLGATE_MAX_MESSAGE_CHARS``), ``ConversationArchived``,
-    ``ModelUnavailable`` (the conversation's model is disabled),
-    ``CompareInvalid`` (the models asked to compare) or ``RunInProgress`` (a reply
-    is still being written). The first message also titles an untitled
-    conversation.
+    Raises ``NotFound`` (not the user's, or a chain they may not see),
+    ``EmptyMessage``, ``MessageTooLong`` (over ``TOLLGATE_MAX_MESSAGE_CHARS``),
+    ``ConversationArchived``, ``ModelUnavailable`` (the conversation's model, or a
+    chain step's, is disabled), ``CompareInvalid`` (the models asked to compare, or
+    Compare with a chain) or ``RunInProgress`` (a reply is still being written). The
+    first message also titles an untitled conversation.
     """
     content = message_text(content)
+    if compare_model_ids is not None and chain_id is not None:
+        raise CompareInvalid("Compare answers with several models or runs a chain: pick one.")
     models = None if compare_model_ids is None else _compare_models(compare_model_ids)
+    chain = None
+    if chain_id is not None:
+        try:
+            chain = chain_get(user=user, chain_id=chain_id)
+        except PromptNotFound:
+            raise NotFound("Chain not found.") from None
     with transaction.atomic():
         conversation, message, run = _message_insert(
             user=user, conversation_id=conversation_id, content=content, compare_models=models
         )
+        if chain is not None:
+            try:
+                plan = chain_plan(chain=chain, default=conversation.model_config)
+            except ChainRefused as error:
+                raise ModelUnavailable(str(error)) from None
+            run.kind = Run.Kind.CHAIN
+            run.parameters = {**run.parameters, "chain": plan}
+            run.save(update_fields=["kind", "parameters"])
         sent = _message_sent(user, message, run)
-        if models is None:
-            # The step is sent to a worker first, then the page is told (rendered from
-            # the rows in hand, no query): the worker's claim takes longer than that.
-            run_step_schedule(run_id=run.pk)
-        else:  # the parts' steps were scheduled as they were made
+        if models is not None:  # the parts' steps were scheduled as they were made
             sent["data"]["compare"] = [
                 {"run_id": part.pk, "model": compare.part_name(part)} for part in run.compare_parts
             ]
         audit_record(**sent)
         run.user_message = message
+        if chain is not None:
+            chain_start(run=run)  # its first part, drawn inside the run's block
+        elif models is None:
+            # The step is sent to a worker first, then the page is told (rendered from
+            # the rows in hand, no query): the worker's claim takes longer than that.
+            run_step_schedule(run_id=run.pk)
         events.run_appended(run_id=run.pk, with_user_message=True, new=run)
         events.conversation_changed(conversation_id=conversation.pk, conversation=conversation)
     return run
@@ -355,6 +380,7 @@ def _message_sent(user, message: Message, run: Run) -> dict[str, Any]:
             "conversation_id": message.conversation_id,
             "run_id": run.pk,
             "chars": len(message.content),
+            **({"chain": run.parameters["chain"]["name"]} if run.kind == Run.Kind.CHAIN else {}),
         },
     }
 
@@ -498,8 +524,8 @@ def _own_run(*, user, run_id: int) -> Run:
 
 
 def run_cancel(*, user, run_id: int) -> Run:
-    """Stop a run. The partial reply is kept and marked stopped. A compare run's
-    unfinished answers are stopped with it.
+    """Stop a run. The partial reply is kept and marked stopped. A compare's or a
+    chain's unfinished parts are stopped with it (``toolphase.parts_stop``).
 
     A run being streamed by a live worker is flagged (``cancel_requested``) and
     the worker stops at its next save of the reply; any other active run is
@@ -510,8 +536,8 @@ def run_cancel(*, user, run_id: int) -> Run:
         run = _own_run(user=user, run_id=run_id)
         if run.is_terminal:
             raise RunNotCancellable(f"This reply has already {_FINISHED[run.status]}.")
-        if run.kind == Run.Kind.COMPARE:  # its answers too (after it: the lock order)
-            compare.compare_stop(run=run, actor=user)
+        if run.kind != Run.Kind.ANSWER:  # a compare's or chain's parts first (the lock order)
+            parts_stop(run=run, actor=user)
         if not run_cancel_request(run=run, actor=user):
             run_stop(run=run, actor=user)
     return run

@@ -22,6 +22,7 @@ from approvals.costs import CostEstimate, NextStepEstimate
 from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
+from conversations.chains import part_tools_allowed
 from conversations.context import token_count
 from conversations.gateway import cost_for, worst_case_cost
 from conversations.guarding import guard_tool_arguments, guard_tool_output
@@ -29,6 +30,7 @@ from conversations.loopevents import loop_event_of_run
 from conversations.models import Message, Run
 from conversations.prompting import run_call
 from conversations.runs import (
+    run_cancel_request,
     run_lease_release,
     run_lock,
     run_step_schedule,
@@ -81,9 +83,10 @@ def tools_offered(*, run: Run) -> list[dict[str, Any]] | None:
 
     The tools this user may use (enabled, in their groups, available), when the
     conversation's model supports tools (``tools_offered_for_user``: cached for
-    a few seconds).
+    a few seconds), unless the run is a chain's step that allows none
+    (``chains.part_tools_allowed``).
     """
-    if not run_call(run).config.supports_tools:
+    if not run_call(run).config.supports_tools or not part_tools_allowed(run):
         return None
     specs = tools_offered_for_user(user=run.conversation.owner)
     return [spec.openai_tool() for spec in specs] or None
@@ -452,6 +455,21 @@ def approval_decided(*, approval: ApprovalRequest, **_signal: Any) -> None:
     if run.status == S.AWAITING_APPROVAL:
         # Not None: invocations are recorded by turn_gate, with their message's id.
         turn_continue(run=run, message_id=cast(int, invocation.message_id))
+
+
+def parts_stop(*, run: Run, actor: Any) -> None:
+    """Stop the unfinished parts of locked orchestrating run ``run`` (a compare's
+    answers, a chain's current step), each locked after it (the lock order), at once
+    or, while a worker streams one, by its Stop flag (``runs.run_cancel_request``).
+    Call inside ``transaction.atomic`` before stopping ``run`` itself; their ends then
+    find it stopped and do nothing."""
+    part_ids = run.parts.exclude(status__in=Run.TERMINAL).order_by("position", "pk")
+    for part_id in list(part_ids.values_list("pk", flat=True)):
+        part = run_lock(run_id=part_id)
+        if part is None or part.is_terminal:
+            continue
+        if not run_cancel_request(run=part, actor=actor):
+            run_stop(run=part, actor=actor)
 
 
 def run_stop(*, run: Run, actor: Any = None, metadata: dict[str, Any] | None = None) -> None:

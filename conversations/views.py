@@ -49,6 +49,7 @@ from conversations.models import UserPreferences
 from conversations.reformulation import ReformulationRefused, draft_reformulate
 from project.inbound import form_message, id_parse
 from prompts.diffs import diff_table
+from prompts.selectors import chain_choices
 
 #: Refusals for the state a service found (HTTP 409); any other is bad input (400).
 CONFLICTS = services.CONFLICTS
@@ -74,6 +75,7 @@ def _page(
         context["timeline"] = selectors.conversation_timeline(
             conversation=conversation, at=id_parse(request.GET.get("at", ""))
         )
+        context["chains"] = chain_choices(user=request.user)
         context["usage"] = usage_for_conversation(
             user=request.user, conversation_id=conversation.pk
         )
@@ -442,6 +444,7 @@ def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> Htt
             conversation_id=conversation_id,
             content=form.cleaned_data["content"],
             compare_model_ids=form.compare_ids(),
+            chain_id=form.cleaned_data["chain_id"],
         )
     except services.ConversationError as error:
         return _refused(request, error, conversation_id=conversation_id, typed=typed)

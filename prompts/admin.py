@@ -4,6 +4,11 @@ A prompt's page edits its name, command, description and sharing, and saves a
 changed template as a new version (the versions themselves are read-only, each
 with a diff against the one before and a "restore" action); its labels inline
 moves labels through ``prompt_label_move``.
+
+Chains (and their steps, inline) are edited in place, each change audited
+(``chain.changed``, ``chain_step.changed``), each step's templates and models
+checked by ``services.chain_steps_check`` first: the deployment's built-in chains
+(no owner) are changed here, such as the verifier's model of "Answer → verify".
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from audit.adminlog import AuditedAdmin, AuditedInlines
 from project.admin import ReadOnlyAdminMixin
 from prompts import services
 from prompts.diffs import diff_table
 from prompts.errors import PromptError
 from prompts.models import (
     DEFAULT_LABEL,
+    Chain,
+    ChainStep,
     Evaluation,
     EvaluationOutput,
     Prompt,
@@ -338,3 +346,50 @@ class EvaluationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("prompt", "owner")
     search_fields = ("prompt__name", "owner__email")
     inlines = (EvaluationOutputInline,)
+
+
+class ChainStepAdminForm(forms.ModelForm):
+    class Meta:
+        model = ChainStep
+        fields = ("position", "name", "model_name", "template", "tools_allowed",
+                  "judge_template", "judge_model_name", "max_rounds")  # fmt: skip
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors or data.get("DELETE"):
+            return data
+        step = services.ChainStepInput(
+            name=data.get("name") or "",
+            template=data.get("template") or "",
+            model_name=data.get("model_name") or "",
+            tools_allowed=bool(data.get("tools_allowed")),
+            judge_template=data.get("judge_template") or "",
+            judge_model_name=data.get("judge_model_name") or "",
+            max_rounds=data.get("max_rounds") or 1,
+        )
+        try:
+            services.chain_steps_check(steps=[step])
+        except PromptError as error:
+            raise ValidationError(str(error).removeprefix("Step 1: ")) from None
+        return data
+
+
+class ChainStepInline(admin.StackedInline):
+    model = ChainStep
+    form = ChainStepAdminForm
+    extra = 0
+    ordering = ("position",)
+
+
+@admin.register(Chain)
+class ChainAdmin(AuditedAdmin, AuditedInlines, admin.ModelAdmin):
+    """Chains of every user and the deployment's; steps inline."""
+
+    audit_name = "chain"
+    inline_audit_names = {ChainStep: "chain_step"}
+    inlines = (ChainStepInline,)
+    list_display = ("name", "owner", "visibility", "updated_at")
+    list_filter = ("visibility",)
+    search_fields = ("name", "description", "owner__email")
+    raw_id_fields = ("owner",)
+    filter_horizontal = ("groups",)

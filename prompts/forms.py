@@ -153,3 +153,41 @@ class EvaluationForm(forms.Form):
         if "\x00" in data.get("dataset", ""):
             raise forms.ValidationError("The dataset contains a NUL character.")
         return data
+
+
+class ChainForm(ShareForm):
+    """``POST /prompts/chains/new`` and ``…/<id>/edit``: the chain's name, description
+    and sharing; its steps are :class:`ChainStepForm` rows (``step-0-…``, ``step-1-…``)."""
+
+    name = forms.CharField(max_length=120)
+    description = forms.CharField(required=False, max_length=300)
+    field_order = ("name", "description", "visibility", "groups")
+
+
+class ChainStepForm(forms.Form):
+    """One step of a chain form (prefix ``step-<n>``); a row left empty is no step."""
+
+    name = forms.CharField(required=False, max_length=80)
+    template = forms.CharField(
+        required=False, strip=False, widget=forms.Textarea(attrs={"rows": 4})
+    )
+    model_name = forms.ChoiceField(label="Model", required=False)
+    tools_allowed = forms.BooleanField(label="Tools allowed", required=False)
+    judge_template = forms.CharField(
+        label="Judge prompt", required=False, strip=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
+    judge_model_name = forms.ChoiceField(label="Judge model", required=False)
+    max_rounds = forms.IntegerField(label="Rounds at most", min_value=1, max_value=5, initial=1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        names = [("", "— (the conversation's)")] + [(n, n) for n in model_names_available() or []]
+        for name in ("model_name", "judge_model_name"):
+            cast(forms.ChoiceField, self.fields[name]).choices = names
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing was typed in this row (no name, template or judge prompt)."""
+        data = self.data
+        typed = ("name", "template", "judge_template")
+        return not any(str(data.get(self.add_prefix(f), "")).strip() for f in typed)

@@ -337,3 +337,91 @@ class EvaluationOutput(models.Model):
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+#: The variables a chain step's template may use (``templating``): the message the
+#: chain was run on, the answer of the step before (empty for the first step), every
+#: earlier step's answer (``steps[0].response``) and, in a reflection round after the
+#: first, the judge's feedback on the round before (empty otherwise).
+CHAIN_VARIABLES = frozenset({"input", "previous_response", "steps", "feedback"})
+#: The variables a chain step's judge template may use: as a step's, and ``response``,
+#: the answer being judged.
+JUDGE_VARIABLES = CHAIN_VARIABLES | {"response"}
+#: The most reflection rounds a step may make (each a model call and a judge call).
+MAX_ROUNDS = 5
+#: The most steps a chain may have.
+MAX_CHAIN_STEPS = 8
+
+
+class Chain(models.Model):
+    """A sequence of model calls run on one message: each step's answer feeds the next.
+
+    Owned and shared like a ``Prompt`` (``owner`` ``None``: the deployment's own, such
+    as the built-in "Draft → critique → revise"). Its ``ChainStep`` rows say what each
+    step asks, of which model. Running one is ``conversations.chains``'s: a ``chain``
+    run whose parts are the steps' runs. Writes go through ``prompts.services``.
+    """
+
+    name = models.CharField(max_length=120)
+    description = models.CharField(max_length=300, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="chains",
+        help_text="Empty: the deployment's own chain.",
+    )
+    visibility = models.CharField(
+        max_length=16, choices=Prompt.Visibility.choices, default=Prompt.Visibility.PRIVATE
+    )
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="chains", help_text="Shared with these groups."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name", "id")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ChainStep(models.Model):
+    """One step of a chain: what it asks (a template), of which model, with or without tools.
+
+    ``model_name``: a ``ModelConfig``'s name (the conversations app is above this one,
+    as for ``PromptVersion.model_name``); blank: the conversation's model. ``template``
+    may use :data:`CHAIN_VARIABLES`. Reflection: with a ``judge_template`` and
+    ``max_rounds`` above 1, the step is asked again (with the judge's feedback) until
+    the judge's verdict is "pass" or ``max_rounds`` answers were made; the judge
+    answers with the same model unless ``judge_model_name`` names another.
+    """
+
+    chain = models.ForeignKey(Chain, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=80)
+    model_name = models.CharField("model", max_length=100, blank=True)
+    template = models.TextField()
+    tools_allowed = models.BooleanField(
+        default=False, help_text="Offer the user's tools in this step (each call is gated)."
+    )
+    judge_template = models.TextField(
+        blank=True, help_text="Empty: no reflection. Asked of a judge after each round."
+    )
+    judge_model_name = models.CharField("judge model", max_length=100, blank=True)
+    max_rounds = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(MAX_ROUNDS)]
+    )
+
+    class Meta:
+        ordering = ("chain", "position")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["chain", "position"], name="prompts_one_step_per_place"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chain.name} · {self.position + 1}. {self.name}"

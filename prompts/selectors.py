@@ -17,6 +17,7 @@ from prompts.models import (
     DEFAULT_LABEL,
     LATEST,
     REFORMULATE_COMMAND,
+    Chain,
     Prompt,
     PromptLabel,
     PromptPreference,
@@ -271,3 +272,60 @@ def model_names_available() -> list[str] | None:
     if not replies:
         return None
     return sorted({name for _receiver, names in replies for name in names or ()})
+
+
+# -- chains -------------------------------------------------------------------------------
+
+
+def chains_visible(*, user: Any) -> QuerySet[Chain]:
+    """The chains ``user`` may see and run: their own, those shared with one of their
+    groups, and those shared with everyone (the deployment's built-ins). One query."""
+    if user is None or not user.is_authenticated:
+        return Chain.objects.none()
+    shared = Chain.groups.through.objects.filter(group__in=_group_ids(user)).values("chain_id")
+    return Chain.objects.filter(
+        Q(owner=user)
+        | Q(visibility=Prompt.Visibility.EVERYONE)
+        | Q(visibility=Prompt.Visibility.GROUPS, pk__in=shared)
+    )
+
+
+def chain_list(*, user: Any, query: str = "") -> list[Chain]:
+    """The user's visible chains with their steps, own first, then by name; matching
+    ``query`` (name or description) when given. Two queries, whatever the count."""
+    rows = chains_visible(user=user).select_related("owner")
+    query = query.replace("\x00", "").strip()
+    if query:
+        rows = rows.filter(Q(name__icontains=query) | Q(description__icontains=query))
+    items = list(rows.prefetch_related("steps").order_by("name", "id"))
+    items.sort(key=lambda c: (c.owner_id != user.pk, c.name.lower(), c.pk))
+    return items
+
+
+def chain_choices(*, user: Any) -> list[Chain]:
+    """The chains the composer offers ``user`` (name and owner only), by name. One query."""
+    return list(chains_visible(user=user).only("pk", "name", "owner_id").order_by("name", "id"))
+
+
+def chain_get(*, user: Any, chain_id: int) -> Chain:
+    """A chain ``user`` may see (its steps prefetched); ``PromptNotFound`` otherwise
+    (also for another user's private chain: nothing is revealed)."""
+    chain = (
+        chains_visible(user=user)
+        .select_related("owner")
+        .prefetch_related("steps")
+        .filter(pk=chain_id)
+        .first()
+    )
+    if chain is None:
+        raise PromptNotFound("Chain not found.")
+    return chain
+
+
+def chain_get_own(*, user: Any, chain_id: int) -> Chain:
+    """A chain ``user`` may change (its owner); ``PromptNotFound`` for one they may not
+    see, ``PromptReadOnly`` for one they may only see (the deployment's, shared ones)."""
+    chain = chain_get(user=user, chain_id=chain_id)
+    if chain.owner_id != user.pk:
+        raise PromptReadOnly("Only its owner can change this chain.")
+    return chain

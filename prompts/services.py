@@ -15,6 +15,7 @@ the deployment's own included.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -27,16 +28,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from audit.services import audit_deferred, audit_record
 from prompts.errors import PromptError, PromptNotFound
 from prompts.models import (
+    CHAIN_VARIABLES,
     COMMAND_RE,
     DEFAULT_LABEL,
+    JUDGE_VARIABLES,
     LABEL_RE,
     LATEST,
+    MAX_CHAIN_STEPS,
+    MAX_ROUNDS,
+    Chain,
+    ChainStep,
     Prompt,
     PromptLabel,
     PromptPreference,
     PromptVersion,
 )
 from prompts.selectors import (
+    chain_get_own,
     model_names_available,
     prompt_get,
     prompt_get_own,
@@ -758,3 +766,152 @@ def prompt_import(*, user: Any, data: Any) -> tuple[Prompt, int]:
             data={"command": command, "versions": len(rows), "added": added},
         )
     return prompt, added
+
+
+# -- chains -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainStepInput:
+    """One step as a form hands it to :func:`chain_save` (see ``ChainStep``)."""
+
+    name: str
+    template: str
+    model_name: str = ""
+    tools_allowed: bool = False
+    judge_template: str = ""
+    judge_model_name: str = ""
+    max_rounds: int = 1
+
+
+def _chain_template(text: str, *, allowed: frozenset[str], where: str) -> str:
+    """``text`` if it compiles and uses only ``allowed`` variables; else ``PromptError``
+    naming ``where`` (the step), the line and what is wrong."""
+    text = (text or "").replace("\r\n", "\n")
+    if not text.strip():
+        raise PromptError(f"{where}: the template cannot be empty.")
+    limit = settings.TOLLGATE_PROMPT_MAX_CHARS
+    if len(text) > limit:
+        raise PromptError(f"{where}: the template is too long (at most {limit:,} characters).")
+    try:
+        names = template_check(text)
+    except PromptTemplateError as error:
+        raise PromptError(f"{where}: the template does not compile. {error}") from None
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise PromptError(
+            f"{where}: unknown variable {', '.join(unknown)} (use {', '.join(sorted(allowed))})."
+        )
+    return text
+
+
+def _chain_steps(steps: Sequence[ChainStepInput]) -> list[ChainStepInput]:
+    """The steps, checked and tidied (``PromptError`` naming the step otherwise)."""
+    if not steps:
+        raise PromptError("A chain needs at least one step.")
+    if len(steps) > MAX_CHAIN_STEPS:
+        raise PromptError(f"A chain may have at most {MAX_CHAIN_STEPS} steps.")
+    out = []
+    for number, step in enumerate(steps, start=1):
+        where = f"Step {number}"
+        name = " ".join((step.name or "").split()) or f"Step {number}"
+        if len(name) > 80:
+            raise PromptError(f"{where}: the name is too long (80 characters at most).")
+        template = _chain_template(step.template, allowed=CHAIN_VARIABLES, where=where)
+        judge = ""
+        if (step.judge_template or "").strip():
+            judge = _chain_template(
+                step.judge_template, allowed=JUDGE_VARIABLES, where=f"{where}, judge"
+            )
+        if not 1 <= step.max_rounds <= MAX_ROUNDS:
+            raise PromptError(f"{where}: rounds must be from 1 to {MAX_ROUNDS}.")
+        if step.max_rounds > 1 and not judge:
+            raise PromptError(f"{where}: more than one round needs a judge prompt.")
+        try:
+            model, judge_model = _model_name(step.model_name), _model_name(step.judge_model_name)
+        except PromptError as error:
+            raise PromptError(f"{where}: {error}") from None
+        out.append(
+            ChainStepInput(
+                name=name,
+                template=template,
+                model_name=model,
+                tools_allowed=bool(step.tools_allowed),
+                judge_template=judge,
+                judge_model_name=judge_model,
+                max_rounds=step.max_rounds,
+            )
+        )
+    return out
+
+
+def chain_steps_check(*, steps: Sequence[ChainStepInput]) -> None:
+    """Check steps as :func:`chain_save` would (for admin's forms, which save
+    themselves). Raises ``PromptError`` naming the step, the line and the fault."""
+    _chain_steps(steps)
+
+
+def chain_save(
+    *,
+    user: Any,
+    name: str,
+    steps: Sequence[ChainStepInput],
+    description: str = "",
+    visibility: str = Prompt.Visibility.PRIVATE,
+    group_ids: Iterable[int] = (),
+    chain_id: int | None = None,
+) -> Chain:
+    """Create a chain owned by ``user`` (``chain_id`` ``None``) or replace the name,
+    sharing and steps of one of theirs. Runs already started keep the steps they
+    began with (``conversations.chains`` copies them). Audited (``chain.created``,
+    ``chain.updated``).
+
+    Raises ``PromptError`` (a name, step, template, model or sharing refused; the
+    message names the step and the template's line), ``PromptNotFound`` /
+    ``PromptReadOnly`` (``chain_id`` not theirs to change).
+    """
+    name = _name(name)
+    description = " ".join((description or "").split())
+    if len(description) > DESCRIPTION_CHARS:
+        raise PromptError(f"The description is too long ({DESCRIPTION_CHARS} characters at most).")
+    checked = _chain_steps(steps)
+    visibility, groups = _sharing(user, visibility, group_ids, admin=False)
+    with transaction.atomic(), audit_deferred():
+        if chain_id is None:
+            chain = Chain.objects.create(
+                owner=user, name=name, description=description, visibility=visibility
+            )
+        else:
+            chain = chain_get_own(user=user, chain_id=chain_id)
+            chain = Chain.objects.select_for_update().get(pk=chain.pk)
+            chain.name, chain.description, chain.visibility = name, description, visibility
+            chain.save(update_fields=["name", "description", "visibility", "updated_at"])
+            chain.steps.all().delete()
+        chain.groups.set(groups)
+        ChainStep.objects.bulk_create(
+            ChainStep(chain=chain, position=position, **step.__dict__)
+            for position, step in enumerate(checked)
+        )
+        audit_record(
+            action="chain.created" if chain_id is None else "chain.updated",
+            actor=user,
+            target_type="chain",
+            target_id=chain.pk,
+            data={"name": name, "steps": len(checked), "visibility": visibility},
+        )
+    return chain
+
+
+def chain_delete(*, user: Any, chain_id: int) -> None:
+    """Delete one of ``user``'s chains with its steps (runs keep what they copied).
+    Audited (``chain.deleted``). Raises ``PromptNotFound``, ``PromptReadOnly``."""
+    with transaction.atomic(), audit_deferred():
+        chain = chain_get_own(user=user, chain_id=chain_id)
+        Chain.objects.filter(pk=chain.pk).delete()
+        audit_record(
+            action="chain.deleted",
+            actor=user,
+            target_type="chain",
+            target_id=chain_id,
+            data={"name": chain.name},
+        )

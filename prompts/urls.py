@@ -10,6 +10,10 @@ app_name = "prompts"
 
 urlpatterns = [
     path("", views.prompt_list, name="list"),
+    path("chains/", views.chain_list, name="chains"),
+    path("chains/new", views.chain_edit, name="chain-create"),
+    path("chains/<int:chain_id>/edit", views.chain_edit, name="chain-edit"),
+    path("chains/<int:chain_id>/delete", views.chain_delete, name="chain-delete"),
     path("new", views.prompt_create, name="create"),
     path("import", views.prompt_import, name="import"),
     path("picker", views.picker, name="picker"),

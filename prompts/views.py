@@ -33,6 +33,8 @@ from prompts.errors import (
     PromptTemplateError,
 )
 from prompts.forms import (
+    ChainForm,
+    ChainStepForm,
     DiffForm,
     ImportForm,
     LabelForm,
@@ -41,7 +43,7 @@ from prompts.forms import (
     RestoreForm,
     ShareForm,
 )
-from prompts.models import DEFAULT_LABEL, Prompt
+from prompts.models import DEFAULT_LABEL, MAX_CHAIN_STEPS, MAX_ROUNDS, Chain, Prompt
 from prompts.templating import template_render
 
 
@@ -407,3 +409,124 @@ def _rendered(
         response = render(request, "prompts/picker.html#picker-fill", context, status=400)
         return _refused(request, response, str(error))
     return render(request, "prompts/picker.html#picker-rendered", {"prompt": prompt, "text": text})
+
+
+# -- chains -------------------------------------------------------------------------------
+
+
+def _group_choices(user: Any) -> list[tuple[int, str]]:
+    groups = Group.objects.all() if user.is_staff else Group.objects.filter(user=user)
+    return [(g.pk, g.name) for g in groups.order_by("name")]
+
+
+@login_required
+@require_GET
+def chain_list(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The chains the user may run: their own (to edit), then those shared with them."""
+    query = request.GET.get("q", "")[:100]
+    context = {"chains": selectors.chain_list(user=request.user, query=query), "query": query}
+    return render(request, "prompts/chains.html", context)
+
+
+def _step_forms(data: Any = None, chain: Chain | None = None) -> list[ChainStepForm]:
+    """The step rows of the chain form: what was posted, else the chain's steps and
+    one empty row (three for a new chain), at most ``MAX_CHAIN_STEPS``."""
+    if data is not None:
+        return [ChainStepForm(data, prefix=f"step-{n}") for n in range(MAX_CHAIN_STEPS)]
+    steps = list(chain.steps.all()) if chain is not None else []
+    rows = [
+        ChainStepForm(prefix=f"step-{n}", initial={
+            "name": s.name, "template": s.template, "model_name": s.model_name,
+            "tools_allowed": s.tools_allowed, "judge_template": s.judge_template,
+            "judge_model_name": s.judge_model_name, "max_rounds": s.max_rounds,
+        })
+        for n, s in enumerate(steps)
+    ]  # fmt: skip
+    blank = max(1, 3 - len(rows))
+    rows += [ChainStepForm(prefix=f"step-{len(rows) + n}") for n in range(blank)]
+    return rows[:MAX_CHAIN_STEPS]
+
+
+def _steps_input(rows: list[ChainStepForm]) -> list[services.ChainStepInput]:
+    """The typed steps (empty rows left out); ``PromptError`` naming the step."""
+    steps = []
+    for number, row in enumerate(rows, start=1):
+        if row.empty:
+            continue
+        if not row.is_valid():
+            raise PromptError(f"Step {number}: {form_message(row)}")
+        data = row.cleaned_data
+        steps.append(
+            services.ChainStepInput(
+                name=data["name"],
+                template=data["template"],
+                model_name=data["model_name"],
+                tools_allowed=data["tools_allowed"],
+                judge_template=data["judge_template"],
+                judge_model_name=data["judge_model_name"],
+                max_rounds=data["max_rounds"] or 1,
+            )
+        )
+    return steps
+
+
+@login_required
+def chain_edit(request: AuthenticatedHttpRequest, chain_id: int | None = None) -> HttpResponse:
+    """Create a chain (``chain_id`` ``None``) or edit one of the user's own. Another
+    user's private chain answers 404; one shared with them, 403."""
+    chain = None
+    if chain_id is not None:
+        try:
+            chain = selectors.chain_get_own(user=request.user, chain_id=chain_id)
+        except PromptError as error:
+            return _not_found(error)
+    choices = _group_choices(request.user)
+    context: dict[str, Any] = {"chain": chain, "max_rounds": MAX_ROUNDS}
+    if request.method != "POST":
+        initial: dict[str, Any] = {"visibility": Prompt.Visibility.PRIVATE}
+        if chain is not None:
+            initial = {"name": chain.name, "description": chain.description,
+                       "visibility": chain.visibility,
+                       "groups": [g.pk for g in chain.groups.all()]}  # fmt: skip
+        context |= {"form": ChainForm(initial=initial, group_choices=choices),
+                    "steps": _step_forms(chain=chain)}  # fmt: skip
+        return render(request, "prompts/chain_form.html", context)
+    form = ChainForm(request.POST, group_choices=choices)
+    rows = _step_forms(request.POST)
+    try:
+        if not form.is_valid():
+            raise PromptError(form_message(form))
+        saved = services.chain_save(
+            user=request.user,
+            chain_id=chain_id,
+            name=form.cleaned_data["name"],
+            description=form.cleaned_data["description"],
+            visibility=form.cleaned_data["visibility"],
+            group_ids=form.cleaned_data["groups"],
+            steps=_steps_input(rows),
+        )
+    except PromptError as refused:
+        message = str(refused)
+    else:
+        messages.success(request, f"Saved the chain “{saved.name}”.")
+        return redirect("prompts:chains")
+    # What was typed stays, with the reason; rows typed in are kept, empty ones trimmed.
+    shown = [row for row in rows if not row.empty] or rows[:1]
+    used = {row.prefix for row in shown}
+    free = [n for n in range(MAX_CHAIN_STEPS) if f"step-{n}" not in used]
+    if free:
+        shown.append(ChainStepForm(prefix=f"step-{free[0]}"))
+    context |= {"form": form, "steps": shown, "error": message}
+    response = render(request, "prompts/chain_form.html", context, status=400)
+    return _refused(request, response, message)
+
+
+@login_required
+@require_POST
+def chain_delete(request: AuthenticatedHttpRequest, chain_id: int) -> HttpResponse:
+    try:
+        services.chain_delete(user=request.user, chain_id=chain_id)
+    except PromptError as error:
+        return _not_found(error)
+    messages.success(request, "Chain deleted.")
+    return redirect("prompts:chains")

@@ -230,3 +230,28 @@ class EvaluationOutputFactory(factory.django.DjangoModelFactory):
     completion_tokens = 5
     cost_usd = Decimal("0.001")
     latency_ms = 100
+
+
+class ChainFactory(factory.django.DjangoModelFactory):
+    """A private chain of a new user; pass ``steps=[{"template": …}, …]`` (each a
+    ``ChainStep``'s fields; ``name`` defaults to "Step N"). Rows straight from the
+    models: the services are what the tests test."""
+
+    class Meta:
+        model = "prompts.Chain"
+        skip_postgeneration_save = True
+
+    owner = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"Chain {n}")
+    visibility = "private"
+
+    @factory.post_generation
+    def steps(obj, create, extracted, **kwargs):
+        if not create:
+            return
+        from prompts.models import ChainStep
+
+        for position, fields in enumerate(extracted or [{"template": "{{ input }}"}]):
+            ChainStep.objects.create(
+                chain=obj, position=position, **{"name": f"Step {position + 1}", **fields}
+            )

@@ -99,6 +99,9 @@
     if (outcome === "sent" && pending !== null && box.value === pending) {
       box.value = "";
       updateCount(box);
+      // A chain is picked for one message: the next one is a normal reply again.
+      var chain = document.getElementById("composer-chain");
+      if (chain) chain.value = "";
     }
     pending = null;
     box.focus();
