@@ -71,16 +71,17 @@ def handoff_tool_name(agent: AgentProfile) -> str:
     return f"{HANDOFF_PREFIX}{slug}"
 
 
-def agent_record(agent: AgentProfile) -> dict[str, Any]:
-    """What a run keeps of ``agent`` (``Run.parameters["agent"]``): ``{"id", "name",
-    "tools": [names], "handoffs": [{"id", "name", "tool", "description"}],
-    "max_handoffs", "transfer"}``. Handoff targets are those the agent's owner may
-    see, the deployment's agents' any visible to everyone; one query for them."""
-    targets = agent.handoff_targets.exclude(pk=agent.pk).order_by("name", "pk")
-    if agent.owner_id is not None:
-        targets = targets.filter(pk__in=agents_visible(user=agent.owner).values("pk"))
-    else:
-        targets = targets.filter(visibility=AgentProfile.Visibility.EVERYONE)
+def agent_record(agent: AgentProfile, *, user: Any) -> dict[str, Any]:
+    """What a run of ``user``'s keeps of ``agent`` (``Run.parameters["agent"]``):
+    ``{"id", "name", "tools": [names], "handoffs": [{"id", "name", "tool",
+    "description"}], "max_handoffs", "transfer"}``. Handoff targets are only those
+    ``user`` may see (a shared agent's private targets are not even named); one query
+    for them."""
+    targets = (
+        agent.handoff_targets.exclude(pk=agent.pk)
+        .filter(pk__in=agents_visible(user=user).values("pk"))
+        .order_by("name", "pk")
+    )
     handoffs: list[dict[str, Any]] = []
     for target in targets:
         tool = handoff_tool_name(target)

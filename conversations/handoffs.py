@@ -33,7 +33,8 @@ def handoff_execute(*, run: Run, invocation: ToolInvocation) -> None:
     model call is the target agent's. The invocation ends ``succeeded`` with a result
     naming the agent now answering, or ``failed`` with why no handoff was made (the
     target is gone or no longer visible to the conversation's owner, or its
-    instructions cannot be resolved): the current agent then answers.
+    instructions cannot be resolved, or its model is disabled): the current agent then
+    answers.
 
     Precondition: inside ``transaction.atomic`` with ``run`` locked (and leased).
     Writes the run's ``model_config``, ``prompt_version``, ``parameters`` and
@@ -55,6 +56,9 @@ def handoff_execute(*, run: Run, invocation: ToolInvocation) -> None:
             settings = call_settings(conversation=run.conversation, agent=agent)
         except PROMPT_REFUSALS as error:
             problem = f"The agent {agent.name}'s instructions cannot be used: {error}"
+        if settings is not None and not settings.config.enabled:
+            problem = f"The agent {agent.name}'s model {settings.config.name} is disabled."
+            settings = None
     if settings is None or agent is None:
         invocation_mark(
             invocation_id=invocation.pk,

@@ -53,7 +53,8 @@ class CallSettings:
     variables: dict[str, str]
     temperature: Decimal | None
     max_output_tokens: int
-    agent: AgentProfile | None = None
+    #: The agent answering, as the run records it (``agents.agent_record``).
+    agent: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """The JSON a run keeps (``Run.parameters``) and its detail shows."""
@@ -80,7 +81,7 @@ class CallSettings:
             "max_output_tokens": self.max_output_tokens,
         }
         if self.agent is not None:
-            recorded["agent"] = agent_record(self.agent)
+            recorded["agent"] = self.agent
         return recorded
 
 
@@ -180,7 +181,7 @@ def _resolve(
         variables=variables,
         temperature=temperature,
         max_output_tokens=_max_tokens(asked, config),
-        agent=agent,
+        agent=None if agent is None else agent_record(agent, user=conversation.owner),
     )
 
 

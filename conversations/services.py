@@ -518,6 +518,7 @@ def _message_insert(
         conversation, in_progress=conversation.runs.exclude(status__in=Run.TERMINAL).exists()
     )
     call = _call_settings(conversation)
+    _agent_check(conversation, call)
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content
     )
@@ -542,6 +543,23 @@ def _message_insert(
     return conversation, message, run
 
 
+def _agent_check(conversation: Conversation, call: CallSettings) -> None:
+    """Refuse a message to a conversation whose agent its owner may no longer see
+    (``NotFound``-free: ``SettingsInvalid``) or whose agent's model is disabled
+    (``ModelUnavailable``)."""
+    if conversation.agent_id is None:
+        return
+    if not agents_visible(user=conversation.owner).filter(pk=conversation.agent_id).exists():
+        raise SettingsInvalid(
+            "This conversation's agent is no longer shared with you. Nothing was sent: "
+            "pick another agent."
+        )
+    if not call.config.enabled:
+        raise ModelUnavailable(
+            f"The agent's model {call.config.name} has been disabled. Pick another agent."
+        )
+
+
 def _compare_insert(
     conversation: Conversation,
     message: Message,
@@ -562,6 +580,7 @@ def _compare_insert(
         version=summary.version,
         label="production" if summary.version is not None else "",
         variables={},
+        agent=None,  # the summary is the deployment's, not the agent's
     )
     orchestrator = Run.objects.create(
         conversation=conversation,

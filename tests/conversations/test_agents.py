@@ -13,6 +13,7 @@ from approvals.services import approval_decide
 from audit.models import AuditEvent
 from conversations.models import AgentProfile, Message, ModelConfig, Run
 from conversations.runs import run_lock
+from conversations.services import ModelUnavailable, SettingsInvalid
 from conversations.toolphase import tools_offered, turn_gate
 from tests.conversations.conftest import drive, send
 from tests.factories import (
@@ -213,3 +214,37 @@ def test_the_handoff_limit_stops_a_loop(user, demo_model):
     assert refused.status == IS.FAILED
     assert refused.result.startswith("Handoff limit reached: this run has handed off 1 times")
     assert AuditEvent.objects.filter(action="agent.handoff").count() == 1
+
+
+def test_a_shared_agents_private_target_is_not_offered_to_another_user(
+    user, other_user, demo_model
+):
+    private = AgentProfileFactory(owner=other_user, name="Secret desk")
+    public = AgentProfileFactory(owner=other_user, name="Billing", visibility="everyone")
+    front = AgentProfileFactory(
+        owner=other_user, name="Front", visibility="everyone", handoff_targets=[private, public]
+    )
+    conversation = ConversationFactory(owner=user, model_config=demo_model, agent=front)
+    run = send(conversation, "hello")
+    assert [h["name"] for h in run.parameters["agent"]["handoffs"]] == ["Billing"]
+    assert "handoff_to_secret_desk" not in _tool_names(run)
+    assert "handoff_to_billing" in _tool_names(run)
+
+
+def test_an_agent_no_longer_shared_or_with_a_disabled_model_refuses_the_message(
+    user, other_user, demo_model, second_model
+):
+    shared = AgentProfileFactory(owner=other_user, visibility="everyone")
+    conversation = ConversationFactory(owner=user, model_config=demo_model, agent=shared)
+    shared.visibility = "private"
+    shared.save()
+    with pytest.raises(SettingsInvalid, match="no longer shared with you"):
+        send(conversation, "hello")
+    own = AgentProfileFactory(owner=user, model_config=second_model)
+    conversation.agent = own
+    conversation.save()
+    second_model.enabled = False
+    second_model.save()
+    with pytest.raises(ModelUnavailable, match=r"The agent's model Demo \(specialist\)"):
+        send(conversation, "hello")
+    assert not Message.objects.filter(conversation=conversation).exists()
