@@ -6,6 +6,8 @@ answer and the handoff line."""
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from approvals.models import ApprovalPolicy
@@ -17,6 +19,7 @@ from tests.factories import (
     ApprovalPolicyFactory,
     ConversationFactory,
     GroupFactory,
+    ModelConfigFactory,
 )
 from tools.services import tools_sync
 
@@ -122,3 +125,25 @@ def test_the_chat_shows_the_agent_of_each_answer_and_the_handoff_line(client, us
     assert '<span class="msg-agent">Triage</span>' in page
     assert '<span class="msg-agent">Billing</span>' in page
     assert "<strong>Triage → Billing</strong>: The user asked for Billing." in page
+
+
+def test_the_agents_page_makes_the_same_queries_whatever_the_count(
+    client, user, django_assert_max_num_queries
+):
+    client.force_login(user)
+    AgentProfileFactory(owner=user)
+    client.get(reverse("conversations:agents"))  # session and the like, warmed
+    with CaptureQueriesContext(connection) as few:
+        client.get(reverse("conversations:agents"))
+    for i in range(5):
+        AgentProfileFactory(owner=user, model_config=ModelConfigFactory(name=f"Model {i}"))
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        page = client.get(reverse("conversations:agents"))
+    assert page.content.decode().count('id="agent-') == 6
+
+
+def test_the_admin_lists_and_edits_agents(admin_client):
+    agent = AgentProfileFactory(name="Admin desk")
+    assert "Admin desk" in admin_client.get("/admin/conversations/agentprofile/").content.decode()
+    page = admin_client.get(f"/admin/conversations/agentprofile/{agent.pk}/change/")
+    assert page.status_code == 200 and "handoff_targets" in page.content.decode()

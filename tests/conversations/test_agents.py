@@ -248,3 +248,30 @@ def test_an_agent_no_longer_shared_or_with_a_disabled_model_refuses_the_message(
     with pytest.raises(ModelUnavailable, match=r"The agent's model Demo \(specialist\)"):
         send(conversation, "hello")
     assert not Message.objects.filter(conversation=conversation).exists()
+
+
+def test_a_handoff_called_without_an_agent_is_refused(user, demo_model):
+    conversation = ConversationFactory(owner=user, model_config=demo_model)
+    run = drive(send(conversation, "hello"))
+    assert "agent" not in run.parameters
+    assert not [name for name in _tool_names(run) if name.startswith("handoff_to_")]
+    message = Message.objects.create(
+        conversation=conversation,
+        run=run,
+        role=Message.Role.ASSISTANT,
+        run_step=run.step + 1,
+        tool_calls=[
+            {
+                "id": "call_handoff",
+                "type": "function",
+                "function": {"name": "handoff_to_billing", "arguments": '{"reason": "x"}'},
+            }
+        ],
+    )
+    with transaction.atomic():
+        turn_gate(run=run_lock(run_id=run.pk), message=message)
+    invocation = ToolInvocation.objects.get(run_id=run.pk, tool_call_id="call_handoff")
+    assert invocation.status == IS.FAILED
+    assert invocation.result.startswith(
+        "This conversation may not use the tool 'handoff_to_billing'; it was not run."
+    )
