@@ -275,3 +275,25 @@ def test_a_handoff_called_without_an_agent_is_refused(user, demo_model):
     assert invocation.result.startswith(
         "This conversation may not use the tool 'handoff_to_billing'; it was not run."
     )
+
+
+def test_always_allow_on_a_handoff_card_holds_for_this_conversation_only(user, demo_model):
+    conversation, triage, _ = _team(user, demo_model, None)
+    run = drive(send(conversation, "hand off to Billing"))
+    approval = ApprovalRequest.objects.get(run_id=run.pk)
+    approval_decide(
+        approval_id=approval.pk,
+        actor=user,
+        approve=True,
+        arguments_hash=approval.arguments_hash,
+        always_allow=True,
+    )
+    assert drive(run).status == S.COMPLETED
+    # The next message starts with Triage again; its handoff is not asked about.
+    again = drive(send(conversation, "hand off to Billing"))
+    assert again.status == S.COMPLETED, again.error
+    assert again.parameters["agent"]["name"] == "Billing"
+    assert ApprovalRequest.objects.count() == 1
+    # Another conversation with the same agents asks again.
+    elsewhere = ConversationFactory(owner=user, model_config=demo_model, agent=triage)
+    assert drive(send(elsewhere, "hand off to Billing")).status == S.AWAITING_APPROVAL
