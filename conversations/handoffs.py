@@ -19,6 +19,7 @@ from typing import Any
 
 from audit.services import audit_record
 from conversations.agents import agents_visible, run_agent
+from conversations.loopevents import loop_event_of_run
 from conversations.models import Run
 from conversations.prompting import call_settings
 from prompts.errors import PROMPT_REFUSALS
@@ -38,7 +39,7 @@ def handoff_execute(*, run: Run, invocation: ToolInvocation) -> None:
 
     Precondition: inside ``transaction.atomic`` with ``run`` locked (and leased).
     Writes the run's ``model_config``, ``prompt_version``, ``parameters`` and
-    ``metadata``; audits ``agent.handoff``.
+    ``metadata``; audits and sends the loop event ``agent.handoff``.
     """
     current = run_agent(run) or {}
     target = next(
@@ -91,6 +92,14 @@ def handoff_execute(*, run: Run, invocation: ToolInvocation) -> None:
         result=f"Handed off to {agent.name}, who answers from now on.",
         is_error=False,
         metadata={"handoff": handoff},
+    )
+    loop_event_of_run(
+        run,
+        "agent.handoff",
+        tool_call_id=invocation.tool_call_id,
+        from_agent=handoff["from"]["name"],
+        to_agent=agent.name,
+        mode=agent.transfer,
     )
     audit_record(
         action="agent.handoff",

@@ -11,6 +11,7 @@ from django.db import transaction
 from approvals.models import ApprovalPolicy, ApprovalRequest
 from approvals.services import approval_decide
 from audit.models import AuditEvent
+from conversations.loopevents import PendingEvent, loop_event_subscribe
 from conversations.models import AgentProfile, Message, ModelConfig, Run
 from conversations.runs import run_lock
 from conversations.services import ModelUnavailable, SettingsInvalid
@@ -82,7 +83,9 @@ def test_a_handoff_refused_by_policy_leaves_the_first_agent_speaking(user, demo_
     assert not AuditEvent.objects.filter(action="agent.handoff").exists()
 
 
-def test_an_approved_handoff_switches_instructions_model_and_tools(user, demo_model, second_model):
+def test_an_approved_handoff_switches_instructions_model_and_tools(
+    user, demo_model, second_model, django_capture_on_commit_callbacks
+):
     conversation, _, billing = _team(user, demo_model, second_model)
     run = drive(send(conversation, "hand off to Billing"))
     assert run.status == S.AWAITING_APPROVAL  # no rule: a handoff asks
@@ -94,7 +97,16 @@ def test_an_approved_handoff_switches_instructions_model_and_tools(user, demo_mo
         approve=True,
         arguments_hash=approval.arguments_hash,
     )
-    run = drive(run)
+    heard: list = []
+    unsubscribe = loop_event_subscribe(heard.append)
+    try:
+        with django_capture_on_commit_callbacks() as callbacks:
+            run = drive(run)
+        for callback in callbacks:  # the loop events' only (steps are driven by hand)
+            if isinstance(getattr(callback, "__self__", None), PendingEvent):
+                callback()
+    finally:
+        unsubscribe()
     assert run.status == S.COMPLETED, run.error
     assert run.model_config == second_model
     assert run.parameters["agent"]["name"] == "Billing"
@@ -104,6 +116,9 @@ def test_an_approved_handoff_switches_instructions_model_and_tools(user, demo_mo
     assert handoff["reason"] == "The user asked for Billing." and handoff["mode"] == "full"
     event = AuditEvent.objects.get(action="agent.handoff")
     assert event.data["to"]["name"] == "Billing" and event.data["mode"] == "full"
+    assert ("agent.handoff", "Triage", "Billing") in [
+        (e.name, e.data.get("from_agent"), e.data.get("to_agent")) for e in heard
+    ]
     first, last = Message.objects.filter(run=run, role=Message.Role.ASSISTANT).order_by("id")
     assert first.metadata["agent"]["name"] == "Triage"
     assert last.metadata["agent"]["name"] == "Billing"
