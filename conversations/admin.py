@@ -19,7 +19,7 @@ from django_celery_beat.models import (
 
 from audit.adminlog import AuditedAdmin
 from conversations.gateway import price_source
-from conversations.models import Conversation, Message, ModelConfig, Run
+from conversations.models import AgentProfile, Conversation, Message, ModelConfig, Run
 from conversations.services import conversation_rows_delete
 from project.admin import ReadOnlyAdminMixin
 
@@ -79,6 +79,19 @@ class ModelConfigForm(forms.ModelForm):
     def save(self, commit: bool = True) -> ModelConfig:
         self.instance.fallbacks = self.cleaned_data["fallback_names"]
         return super().save(commit=commit)
+
+
+@admin.register(AgentProfile)
+class AgentProfileAdmin(AuditedAdmin, admin.ModelAdmin):
+    """Agents of every user and the deployment's (owner empty); changes are audited
+    (``agent.changed``)."""
+
+    audit_name = "agent"
+    list_display = ("name", "owner", "visibility", "model_config", "max_handoffs", "transfer")
+    list_filter = ("visibility", "transfer")
+    search_fields = ("name", "description", "owner__email")
+    autocomplete_fields = ("owner",)
+    filter_horizontal = ("groups", "handoff_targets")
 
 
 @admin.register(ModelConfig)

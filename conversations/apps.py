@@ -25,6 +25,7 @@ class ConversationsConfig(AppConfig):
         # Django's app registry allows only once it is ready.
         from approvals.models import ApprovalRequest
         from conversations import (
+            agents,
             chains,
             checks,
             compare,
@@ -42,6 +43,7 @@ class ConversationsConfig(AppConfig):
         from project.health import health_sections
         from prompts.models import Evaluation, PromptVersion
         from tools.models import ToolInvocation
+        from tools.registry import registry
 
         approval_deciding.connect(
             toolphase.approval_lock_subject, sender=ApprovalRequest, dispatch_uid="conversations"
@@ -66,4 +68,5 @@ class ConversationsConfig(AppConfig):
         health_sections.connect(heartbeat.healthz_models, dispatch_uid="conversations")
         run_part_ended.connect(compare.compare_part_ended, sender=Run, dispatch_uid="compare")
         run_part_ended.connect(chains.chain_part_ended, sender=Run, dispatch_uid="chains")
+        registry.dynamic_register(agents.handoff_spec)  # handoff_to_<agent>
         register(checks.websocket_origins_check, "tollgate", deploy=True)

@@ -153,6 +153,23 @@ def _use_tool_calls(user_text: str, offered: dict[str, dict]) -> list[tuple[str,
     return [call for call in calls if call is not None] if all(calls) else []
 
 
+#: "hand off to Billing": a handoff to that agent (``conversations.agents``), if offered.
+HAND_OFF = re.compile(r"\bhand(?:\s|-)?off to (?:the )?(?P<name>[\w .-]+?)(?: agent)?[.!]?$", re.I)
+
+
+def _handoff_call(user_text: str, offered: dict[str, dict]) -> tuple[str, dict] | None:
+    """``(handoff_to_<agent>, {"reason", "note"})`` for "hand off to <agent name>",
+    when that agent's handoff tool is offered (its name slugged as the tool's)."""
+    match = HAND_OFF.search(user_text.strip())
+    if not match:
+        return None
+    name = match.group("name").strip()
+    tool = "handoff_to_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    if tool not in offered:
+        return None
+    return tool, {"reason": f"The user asked for {name}.", "note": user_text.strip()[:500]}
+
+
 _HELP = (
     "I am Tollgate's **offline demo model**: I run without a network or an API key, "
     "so I cannot really think about your message, but I show how the product works "
@@ -164,6 +181,7 @@ _HELP = (
     "- `remember that the meeting is on Friday` / `forget the meeting`\n"
     "- `fetch https://example.com`\n"
     "- `run python: print(2 + 2)` / `run shell: ls`\n"
+    "- `hand off to Billing` (with an agent that may hand off to Billing)\n"
     '- `use tool <name> {{"arg": "value"}}` (any offered tool, e.g. an MCP server\'s); '
     "one per line for several calls at once\n\n"
     "Without tools, `what is your system prompt?` quotes this conversation's.\n\n"
@@ -261,7 +279,7 @@ def demo_plan(
             _call(len(messages), user_text, name, arguments, index)
             for index, (name, arguments) in enumerate(several)
         ]
-    planned = _use_tool_call(user_text, offered)
+    planned = _use_tool_call(user_text, offered) or _handoff_call(user_text, offered)
     for recogniser in RECOGNISERS:
         if planned is not None:
             break

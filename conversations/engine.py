@@ -37,6 +37,7 @@ from structlog.contextvars import bound_contextvars
 from accounts.services import Admission, budget_release_approved, llm_call_abort
 from audit.services import audit_deferred, audit_record
 from conversations import events
+from conversations.agents import run_agent, transfer_messages
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.chains import part_ledger_data, part_prompt
 from conversations.charging import call_admit, call_settle
@@ -147,7 +148,9 @@ def history_with_ids(
     ``tool_calls`` are kept only when every call has its tool result, and a
     tool result only when its call is there (providers reject either half alone).
     Stored system messages are left out too (Tollgate writes none: the
-    conversation's settings are the one source of the system prompt).
+    conversation's settings are the one source of the system prompt). A run handed
+    to another agent sends what that agent's transfer mode keeps
+    (``agents.transfer_messages``).
     """
     tree = conversation_tree(conversation_id=conversation.pk)
     leaf = run.pk if run is not None else shown_leaf(conversation, tree)
@@ -202,6 +205,8 @@ def history_with_ids(
             continue
         out.append(item)
         message_ids.append(m.id)
+    if run is not None:  # handed off: what the new agent reads (conversations.agents)
+        out, message_ids = transfer_messages(run=run, messages=out, ids=message_ids)
     return out, message_ids
 
 
@@ -262,6 +267,7 @@ def _step_message(run: Run, call: RunCall, *, resumed: bool) -> Message:
             run=run, run_step=run.step, role=Message.Role.ASSISTANT
         ).first()
     if message is None:
+        agent = run_agent(run)
         message = Message.objects.create(
             run=run,
             run_step=run.step,
@@ -269,6 +275,8 @@ def _step_message(run: Run, call: RunCall, *, resumed: bool) -> Message:
             conversation_id=run.conversation_id,
             status=Message.Status.STREAMING,
             model=call.config.litellm_model,
+            # Who wrote it, shown with it in the chat.
+            metadata={"agent": {"id": agent["id"], "name": agent["name"]}} if agent else {},
         )
         events.message_appended(message_id=message.pk, run_id=run.pk, message=message)
     else:

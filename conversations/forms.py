@@ -9,11 +9,17 @@ refuses it), which PostgreSQL cannot store.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django import forms
 from django.core.exceptions import ValidationError
 
-from conversations.models import UserPreferences
+from conversations.agents import agents_visible
+from conversations.models import AgentProfile, ModelConfig, UserPreferences
 from project.inbound import id_parse
+from prompts.models import Prompt
+from prompts.selectors import prompts_visible
+from tools.selectors import tools_for_user
 
 
 class IdField(forms.Field):
@@ -181,3 +187,57 @@ class PreferencesForm(forms.Form):
     )
     theme = forms.ChoiceField(choices=UserPreferences.Theme.choices, label="Theme")
     send_key = forms.ChoiceField(choices=UserPreferences.SendKey.choices, label="Send with")
+
+
+class AgentForm(forms.Form):
+    """``/agents/new`` and ``/agents/<id>/``: an agent's settings, offered from what
+    ``user`` may use and see (``services.agent_save`` checks them again)."""
+
+    name = forms.CharField(max_length=80)
+    description = forms.CharField(max_length=300, required=False)
+    visibility = forms.ChoiceField(choices=AgentProfile.Visibility.choices)
+    instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 5}), required=False)
+    prompt = forms.ModelChoiceField(
+        queryset=Prompt.objects.none(),
+        required=False,
+        label="Instructions from the prompt library",
+        help_text="A system prompt, followed at its label; else the text above.",
+    )
+    prompt_label = forms.CharField(max_length=40, required=False, label="Label followed")
+    model_config = forms.ModelChoiceField(
+        queryset=ModelConfig.objects.filter(enabled=True),
+        required=False,
+        label="Model",
+        help_text="Empty: the conversation's model.",
+    )
+    temperature = forms.DecimalField(
+        max_digits=3, decimal_places=2, min_value=0, max_value=2, required=False
+    )
+    max_output_tokens = forms.IntegerField(min_value=1, required=False)
+    tools = forms.MultipleChoiceField(
+        choices=(), required=False, widget=forms.CheckboxSelectMultiple
+    )
+    handoff_targets = forms.ModelMultipleChoiceField(
+        queryset=AgentProfile.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="May hand off to",
+    )
+    max_handoffs = forms.IntegerField(min_value=0, max_value=20, initial=3)
+    transfer = forms.ChoiceField(
+        choices=AgentProfile.Transfer.choices,
+        label="When handed a conversation, read",
+    )
+
+    def __init__(self, *args: Any, user: Any, agent: AgentProfile | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        fields = self.fields
+        prompt_field = cast(forms.ModelChoiceField, fields["prompt"])
+        prompt_field.queryset = prompts_visible(user=user).filter(kind=Prompt.Kind.SYSTEM)
+        targets = agents_visible(user=user)
+        if agent is not None:
+            targets = targets.exclude(pk=agent.pk)
+        cast(forms.ModelMultipleChoiceField, fields["handoff_targets"]).queryset = targets
+        cast(forms.MultipleChoiceField, fields["tools"]).choices = [
+            (spec.name, spec.name) for spec in tools_for_user(user=user)
+        ]

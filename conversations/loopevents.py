@@ -22,6 +22,9 @@ Events and their ``data`` (``docs/runs.md``, "Loop events", says the same):
                               expired), ``actor_id`` (int or ``None``: expiry)
 ``tool_call.executed``        ``tool_call_id``, ``tool``, ``status`` (succeeded, failed),
                               ``duration_ms`` (int ms or ``None``)
+``agent.handoff``             ``tool_call_id``, ``from_agent``, ``to_agent`` (agent names),
+                              ``mode`` (full, no_tools, summary): an approved handoff
+                              switched the run to another agent (``conversations.handoffs``)
 ``run.finished``              ``status`` (completed, failed, cancelled), ``steps`` (int),
                               ``error`` (str, empty unless failed), ``created_at`` (ISO
                               time the run was created: its wait for a worker included)
@@ -52,6 +55,7 @@ LOOP_EVENTS: tuple[str, ...] = (
     "tool_call.gated",
     "tool_call.decided",
     "tool_call.executed",
+    "agent.handoff",
     "run.finished",
 )
 

@@ -97,6 +97,82 @@ class ModelConfig(models.Model):
         return self.input_cost_per_token is not None or self.output_cost_per_token is not None
 
 
+class AgentProfile(models.Model):
+    """An agent: instructions, a model and its parameters, the tools it may use, and
+    the agents it may hand off to (``conversations.agents``).
+
+    ``owner`` ``None``: the deployment's (made in admin). Visibility works as a
+    prompt's: private, shared with groups, or everyone. The instructions are a
+    library prompt at a label (``prompt`` + ``prompt_label``) or ``instructions``
+    text; temperature and max output tokens, when set, win over the prompt's and the
+    model's (``prompting.call_settings``). ``tools``: names of the tools it may use,
+    of those its user may use (empty: none). ``transfer``: what history this agent
+    reads when a run is handed off to it.
+    """
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "private", "Private"
+        GROUPS = "groups", "Shared with groups"
+        EVERYONE = "everyone", "Everyone"
+
+    class Transfer(models.TextChoices):
+        FULL = "full", "Full history"
+        NO_TOOLS = "no_tools", "History without the previous agent's tool traffic"
+        SUMMARY = "summary", "The previous agent's summary and the last user message"
+
+    name = models.CharField(max_length=80)
+    description = models.CharField(max_length=300, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="agents",
+        help_text="Empty: the deployment's own agent.",
+    )
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="agents", help_text="Shared with these groups."
+    )
+    instructions = models.TextField(blank=True, help_text="Used when no library prompt is set.")
+    prompt = models.ForeignKey(
+        "prompts.Prompt", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    prompt_label = models.CharField(
+        max_length=40, blank=True, help_text="The prompt's label followed (empty: production)."
+    )
+    model_config = models.ForeignKey(
+        ModelConfig,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Empty: the conversation's model.",
+    )
+    temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    tools = models.JSONField(
+        default=list, blank=True, help_text="Names of the tools this agent may use."
+    )
+    handoff_targets = models.ManyToManyField(
+        "self", symmetrical=False, blank=True, related_name="+", help_text="May hand off to."
+    )
+    max_handoffs = models.PositiveSmallIntegerField(
+        default=3, help_text="Handoffs a run started with this agent may make at most."
+    )
+    transfer = models.CharField(max_length=16, choices=Transfer.choices, default=Transfer.FULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name", "id")
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Conversation(models.Model):
     """A chat thread owned by one user."""
 
@@ -142,6 +218,15 @@ class Conversation(models.Model):
         "prompts.Prompt", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     compare_summary_shown = models.BooleanField(null=True, blank=True)
+    agent = models.ForeignKey(
+        AgentProfile,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The agent that answers (its instructions, model and tools); empty: "
+        "the conversation's own settings.",
+    )
     archived = models.BooleanField(default=False)
     pinned = models.BooleanField(default=False, help_text="Listed first in its owner's sidebar.")
     current_run = models.ForeignKey(

@@ -31,7 +31,8 @@ from typing import Any
 
 from django.conf import settings
 
-from conversations.models import Conversation, ModelConfig, Run
+from conversations.agents import agent_record
+from conversations.models import AgentProfile, Conversation, ModelConfig, Run
 from prompts.models import LATEST, PromptVersion
 from prompts.selectors import prompt_version_for_use
 from prompts.templating import template_render
@@ -52,6 +53,8 @@ class CallSettings:
     variables: dict[str, str]
     temperature: Decimal | None
     max_output_tokens: int
+    #: The agent answering, as the run records it (``agents.agent_record``).
+    agent: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """The JSON a run keeps (``Run.parameters``) and its detail shows."""
@@ -67,7 +70,7 @@ class CallSettings:
                 "version_number": self.version.number,
                 "variables": self.variables,
             }
-        return {
+        recorded: dict[str, Any] = {
             "model": {
                 "id": self.config.pk,
                 "name": self.config.name,
@@ -77,57 +80,108 @@ class CallSettings:
             "temperature": None if self.temperature is None else str(self.temperature),
             "max_output_tokens": self.max_output_tokens,
         }
+        if self.agent is not None:
+            recorded["agent"] = self.agent
+        return recorded
 
 
 def _max_tokens(asked: int | None, config: ModelConfig) -> int:
     return min(asked or config.max_output_tokens, config.max_output_tokens)
 
 
-def call_settings(*, conversation: Conversation, config: ModelConfig | None = None) -> CallSettings:
+def call_settings(
+    *,
+    conversation: Conversation,
+    config: ModelConfig | None = None,
+    agent: AgentProfile | None = None,
+) -> CallSettings:
     """Resolve ``conversation``'s settings for a run starting now (its model loaded);
     ``config``: another model than the conversation's (a Compare part's).
+
+    ``agent`` (default: the conversation's, ``Conversation.agent``): the agent's
+    instructions, model and parameters instead of the conversation's (its library
+    prompt followed at its label, with the conversation's variable values); its
+    model, when it has none, the conversation's.
 
     Raises ``prompts.errors.PromptUnavailable`` (its library prompt is no longer
     visible to the owner, or its label is gone), ``MissingVariables`` (a variable
     of the prompt has no value: by name) or ``RenderFailed``: nothing may be sent
-    then. Reads only; a few queries with a library prompt, none without.
+    then. Reads only; a few queries with a library prompt or an agent, none without.
     """
-    config = config or conversation.model_config
-    version: PromptVersion | None = None
-    label = ""
-    variables: dict[str, str] = {}
-    if conversation.system_prompt_id is not None:
-        version = prompt_version_for_use(
-            user=conversation.owner,
-            prompt_id=conversation.system_prompt_id,
-            ref=conversation.system_prompt_label,
-            version_id=conversation.system_prompt_version_id,
+    if agent is None and conversation.agent_id is not None:
+        agent = conversation.agent
+    if agent is not None:
+        return _resolve(
+            conversation=conversation,
+            config=config or agent.model_config or conversation.model_config,
+            prompt_id=agent.prompt_id,
+            label=agent.prompt_label,
+            version_id=None,
+            text=agent.instructions,
+            temperature=agent.temperature,
+            max_output_tokens=agent.max_output_tokens,
+            agent=agent,
         )
-        if conversation.system_prompt_version_id is None:
-            label = conversation.system_prompt_label or _followed(version)
+    return _resolve(
+        conversation=conversation,
+        config=config or conversation.model_config,
+        prompt_id=conversation.system_prompt_id,
+        label=conversation.system_prompt_label,
+        version_id=conversation.system_prompt_version_id,
+        text=conversation.system_prompt_text,
+        temperature=conversation.temperature,
+        max_output_tokens=conversation.max_output_tokens,
+        agent=None,
+    )
+
+
+def _resolve(
+    *,
+    conversation: Conversation,
+    config: ModelConfig,
+    prompt_id: int | None,
+    label: str,
+    version_id: int | None,
+    text: str,
+    temperature: Decimal | None,
+    max_output_tokens: int | None,
+    agent: AgentProfile | None,
+) -> CallSettings:
+    """The one resolution of a system prompt and parameters (``call_settings``): a
+    library prompt at ``label`` or pinned ``version_id``, else ``text``, else
+    ``TOLLGATE_SYSTEM_PROMPT``."""
+    version: PromptVersion | None = None
+    followed = ""
+    variables: dict[str, str] = {}
+    if prompt_id is not None:
+        version = prompt_version_for_use(
+            user=conversation.owner, prompt_id=prompt_id, ref=label, version_id=version_id
+        )
+        if version_id is None:
+            followed = label or _followed(version)
         given = conversation.prompt_variables or {}
         variables = {name: str(given[name]) for name in version.variables if name in given}
-        text = template_render(
+        prompt = template_render(
             version.template, variables, max_chars=settings.TOLLGATE_MAX_MESSAGE_CHARS
         )
         source = LIBRARY
-    elif conversation.system_prompt_text.strip():
-        text, source = conversation.system_prompt_text, TEXT
+    elif text.strip():
+        prompt, source = text, TEXT
     else:
-        text, source = settings.TOLLGATE_SYSTEM_PROMPT, DEFAULT
-    temperature = conversation.temperature
+        prompt, source = settings.TOLLGATE_SYSTEM_PROMPT, DEFAULT
     if temperature is None and version is not None:
         temperature = version.temperature
-    asked = conversation.max_output_tokens or (version.max_output_tokens if version else None)
+    asked = max_output_tokens or (version.max_output_tokens if version else None)
     return CallSettings(
         config=config,
-        system_prompt=text,
+        system_prompt=prompt,
         source=source,
         version=version,
-        label=label,
+        label=followed,
         variables=variables,
         temperature=temperature,
         max_output_tokens=_max_tokens(asked, config),
+        agent=None if agent is None else agent_record(agent, user=conversation.owner),
     )
 
 

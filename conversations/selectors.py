@@ -17,8 +17,16 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from approvals.selectors import approvals_for_runs
+from conversations.agents import agents_visible
 from conversations.branches import Switch, conversation_tree, shown_leaf
-from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
+from conversations.models import (
+    AgentProfile,
+    Conversation,
+    Message,
+    ModelConfig,
+    Run,
+    UserPreferences,
+)
 from prompts.models import LATEST, Prompt, PromptVersion
 from prompts.selectors import system_prompts_for
 from tools.models import ToolInvocation
@@ -90,6 +98,25 @@ def conversation_get(*, user, conversation_id: int) -> Conversation:
     if conversation is None:
         raise Http404("Conversation not found")
     return conversation
+
+
+def agent_list(*, user) -> list[AgentProfile]:
+    """The agents ``user`` may see and use, by name, with their owner and model (one
+    query, whatever the count)."""
+    return list(
+        agents_visible(user=user).select_related("owner", "model_config").order_by("name", "pk")
+    )
+
+
+def agent_get_own(*, user, agent_id: int) -> AgentProfile:
+    """``user``'s own agent ``agent_id``; ``Http404`` otherwise (another user's, even
+    one shared with them, is not theirs to edit)."""
+    agent = None
+    if user.is_authenticated:
+        agent = AgentProfile.objects.filter(pk=agent_id, owner=user).first()
+    if agent is None:
+        raise Http404("Agent not found.")
+    return agent
 
 
 def model_configs_enabled() -> list[ModelConfig]:

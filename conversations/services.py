@@ -21,15 +21,24 @@ from django.db.models import Q, QuerySet
 
 from audit.services import audit_deferred, audit_record
 from conversations import compare, events
+from conversations.agents import agents_visible
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.chains import ChainRefused, chain_plan, chain_start
-from conversations.models import Conversation, Message, ModelConfig, Run, UserPreferences
+from conversations.models import (
+    AgentProfile,
+    Conversation,
+    Message,
+    ModelConfig,
+    Run,
+    UserPreferences,
+)
 from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule, run_transition
 from conversations.toolphase import parts_stop, run_stop
 from prompts.errors import PROMPT_REFUSALS, PromptError, PromptNotFound
 from prompts.models import LATEST, Prompt
 from prompts.selectors import chain_get, prompt_get, prompt_version_for_use
+from tools.selectors import tool_names_for_user_id
 from tools.services import invocations_delete
 
 logger = logging.getLogger(__name__)
@@ -196,6 +205,105 @@ def conversation_set_model(*, user, conversation_id: int, model_config_id: int) 
         conversation.model_config = config
         conversation.save(update_fields=["model_config", "updated_at"])
     return conversation
+
+
+def conversation_set_agent(*, user, conversation_id: int, agent_id: int | None) -> Conversation:
+    """Let agent ``agent_id`` (one ``user`` may see) answer the conversation's next
+    messages, with its instructions, model and tools; ``None``: the conversation's own
+    settings. Raises ``NotFound`` (the conversation or the agent)."""
+    agent = None
+    if agent_id is not None:
+        agent = agents_visible(user=user).filter(pk=agent_id).first()
+        if agent is None:
+            raise NotFound("Agent not found.")
+    with transaction.atomic():
+        conversation = _own_conversation(user=user, conversation_id=conversation_id, lock=True)
+        conversation.agent = agent
+        conversation.save(update_fields=["agent", "updated_at"])
+        audit_record(
+            action="conversation.agent_set",
+            actor=user,
+            target_type="conversation",
+            target_id=conversation.pk,
+            data={"agent_id": agent_id},
+        )
+    return conversation
+
+
+class AgentInvalid(ConversationError):
+    """An agent's settings that may not be saved (``str(error)`` says which)."""
+
+
+#: The fields of ``AgentProfile`` ``agent_save`` writes from ``data``.
+AGENT_FIELDS = (
+    "name",
+    "description",
+    "visibility",
+    "instructions",
+    "prompt",
+    "prompt_label",
+    "model_config",
+    "temperature",
+    "max_output_tokens",
+    "tools",
+    "max_handoffs",
+    "transfer",
+)
+
+
+def agent_save(*, user, agent_id: int | None, data: dict[str, Any]) -> AgentProfile:
+    """Create (``agent_id`` ``None``) or update ``user``'s own agent from ``data``:
+    ``AGENT_FIELDS`` (``prompt`` a ``Prompt``, ``model_config`` a ``ModelConfig`` or
+    ``None``; ``tools`` a list of tool names) and ``handoff_targets`` (agents).
+
+    Checked here, whatever the form offered: the tools are ones ``user`` may use, the
+    prompt and the targets ones they may see (not the agent itself), the model
+    enabled. Raises ``NotFound`` (not their agent) or ``AgentInvalid``. Audited as
+    ``agent.saved``.
+    """
+    tools = sorted({str(name) for name in data.get("tools") or []})
+    unknown = set(tools) - tool_names_for_user_id(user_id=user.pk)
+    if unknown:
+        raise AgentInvalid(f"You may not use these tools: {', '.join(sorted(unknown))}.")
+    prompt = data.get("prompt")
+    if prompt is not None:
+        try:
+            prompt_get(user=user, prompt_id=prompt.pk)
+        except PromptNotFound:
+            raise AgentInvalid("That prompt is not available.") from None
+    config = data.get("model_config")
+    if config is not None and not config.enabled:
+        raise AgentInvalid(f"The model {config.name} is not available.")
+    targets = list(data.get("handoff_targets") or [])
+    visible = set(
+        agents_visible(user=user)
+        .filter(pk__in=[t.pk for t in targets])
+        .values_list("pk", flat=True)
+    )
+    if any(t.pk not in visible or t.pk == agent_id for t in targets):
+        raise AgentInvalid("An agent it hands off to is not available (or is this agent).")
+    with transaction.atomic():
+        if agent_id is None:
+            agent = AgentProfile(owner=user)
+        else:
+            found = AgentProfile.objects.select_for_update().filter(pk=agent_id, owner=user).first()
+            if found is None:
+                raise NotFound("Agent not found.")
+            agent = found
+        for name in AGENT_FIELDS:
+            if name in data:
+                setattr(agent, name, data[name])
+        agent.tools = tools
+        agent.save()
+        agent.handoff_targets.set(targets)
+        audit_record(
+            action="agent.saved",
+            actor=user,
+            target_type="agent",
+            target_id=agent.pk,
+            data={"name": agent.name, "created": agent_id is None, "tools": tools},
+        )
+    return agent
 
 
 def conversation_archive(*, user, conversation_id: int, archived: bool = True) -> Conversation:
@@ -410,6 +518,7 @@ def _message_insert(
         conversation, in_progress=conversation.runs.exclude(status__in=Run.TERMINAL).exists()
     )
     call = _call_settings(conversation)
+    _agent_check(conversation, call)
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.USER, content=content
     )
@@ -434,6 +543,23 @@ def _message_insert(
     return conversation, message, run
 
 
+def _agent_check(conversation: Conversation, call: CallSettings) -> None:
+    """Refuse a message to a conversation whose agent its owner may no longer see
+    (``NotFound``-free: ``SettingsInvalid``) or whose agent's model is disabled
+    (``ModelUnavailable``)."""
+    if conversation.agent_id is None:
+        return
+    if not agents_visible(user=conversation.owner).filter(pk=conversation.agent_id).exists():
+        raise SettingsInvalid(
+            "This conversation's agent is no longer shared with you. Nothing was sent: "
+            "pick another agent."
+        )
+    if not call.config.enabled:
+        raise ModelUnavailable(
+            f"The agent's model {call.config.name} has been disabled. Pick another agent."
+        )
+
+
 def _compare_insert(
     conversation: Conversation,
     message: Message,
@@ -454,6 +580,7 @@ def _compare_insert(
         version=summary.version,
         label="production" if summary.version is not None else "",
         variables={},
+        agent=None,  # the summary is the deployment's, not the agent's
     )
     orchestrator = Run.objects.create(
         conversation=conversation,

@@ -22,10 +22,12 @@ from approvals.costs import CostEstimate, NextStepEstimate
 from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
 from conversations import events
+from conversations.agents import is_handoff, tool_refusal, tools_for_run
 from conversations.chains import part_tools_allowed
 from conversations.context import token_count
 from conversations.gateway import cost_for, worst_case_cost
 from conversations.guarding import guard_tool_arguments, guard_tool_output
+from conversations.handoffs import handoff_execute
 from conversations.loopevents import loop_event_of_run
 from conversations.models import Message, Run
 from conversations.prompting import run_call
@@ -84,11 +86,12 @@ def tools_offered(*, run: Run) -> list[dict[str, Any]] | None:
     The tools this user may use (enabled, in their groups, available), when the
     conversation's model supports tools (``tools_offered_for_user``: cached for
     a few seconds), unless the run is a chain's step that allows none
-    (``chains.part_tools_allowed``).
+    (``chains.part_tools_allowed``); when an agent answers, those of them it may
+    use and its handoffs (``agents.tools_for_run``).
     """
     if not run_call(run).config.supports_tools or not part_tools_allowed(run):
         return None
-    specs = tools_offered_for_user(user=run.conversation.owner)
+    specs = tools_for_run(run=run, specs=tools_offered_for_user(user=run.conversation.owner))
     return [spec.openai_tool() for spec in specs] or None
 
 
@@ -183,6 +186,7 @@ def turn_gate(*, run: Run, message: Message) -> None:
     """
     user = run.conversation.owner
     next_step: NextStepEstimate | None = None
+    handoff_in_turn = False
     invocations = invocations_record(
         run_id=run.pk,
         message_id=message.pk,
@@ -200,6 +204,14 @@ def turn_gate(*, run: Run, message: Message) -> None:
                 status=IS.FAILED,
                 result=f"The tool {invocation.tool_name!r} is not available.",
                 is_error=True,
+            )
+            continue
+        # A tool the answering agent may not use, a handoff past the limit: not gated.
+        refusal = tool_refusal(run=run, name=spec.name, handoff_in_turn=handoff_in_turn)
+        handoff_in_turn = handoff_in_turn or is_handoff(spec.name)
+        if refusal is not None:
+            invocation_mark(
+                invocation_id=invocation.pk, status=IS.FAILED, result=refusal, is_error=True
             )
             continue
         arguments = _guarded_arguments(run, invocation)
@@ -353,11 +365,17 @@ def turn_continue(*, run: Run, message_id: int) -> None:
 
 def turn_approved(*, run: Run, message_id: int) -> list[int]:
     """Ids of the turn's approved invocations, to run under the caller's lease (the
-    engine's heartbeat keeps it while they run, however long).
+    engine's heartbeat keeps it while they run, however long). An approved handoff
+    is carried out here instead (``handoffs.handoff_execute``: the run goes on
+    with the target agent), under the run's lock, and is not among them.
 
     Precondition: inside ``transaction.atomic`` with ``run`` locked and leased.
     """
-    return [inv.pk for inv in _turn(run, message_id) if inv.status == IS.APPROVED]
+    approved = [inv for inv in _turn(run, message_id) if inv.status == IS.APPROVED]
+    for invocation in approved:
+        if is_handoff(invocation.tool_name):
+            handoff_execute(run=run, invocation=invocation)
+    return [inv.pk for inv in approved if not is_handoff(inv.tool_name)]
 
 
 def turn_running(*, run: Run, message_id: int) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations import evaluation_views, views
+from conversations import agent_views, evaluation_views, views
 
 app_name = "conversations"
 
@@ -17,6 +17,10 @@ urlpatterns = [
     path("c/<int:conversation_id>/rename", views.conversation_rename, name="rename"),
     path("c/<int:conversation_id>/model", views.conversation_set_model, name="set-model"),
     path("c/<int:conversation_id>/settings", views.conversation_settings, name="settings"),
+    path("c/<int:conversation_id>/agent", agent_views.conversation_set_agent, name="set-agent"),
+    path("agents/", agent_views.agent_list, name="agents"),
+    path("agents/new", agent_views.agent_edit, name="agent-create"),
+    path("agents/<int:agent_id>/", agent_views.agent_edit, name="agent-edit"),
     path(
         "c/<int:conversation_id>/compare-settings",
         views.compare_settings,

@@ -68,6 +68,7 @@ def _page(
         "page": selectors.conversation_page(user=request.user, archived=show_archived),
         "show_archived": show_archived,
         "model_configs": selectors.model_configs_enabled(),
+        "agents": selectors.agent_list(user=request.user) if conversation is not None else [],
         "max_chars": settings.TOLLGATE_MAX_MESSAGE_CHARS,
         **extra,
     }

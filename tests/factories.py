@@ -255,3 +255,22 @@ class ChainFactory(factory.django.DjangoModelFactory):
             ChainStep.objects.create(
                 chain=obj, position=position, **{"name": f"Step {position + 1}", **fields}
             )
+
+
+class AgentProfileFactory(factory.django.DjangoModelFactory):
+    """A private agent of a new user with text instructions and no tools, no model of
+    its own (the conversation's); pass ``handoff_targets=[...]`` to let it hand off."""
+
+    class Meta:
+        model = "conversations.AgentProfile"
+        skip_postgeneration_save = True
+
+    owner = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"Agent {n}")
+    instructions = factory.LazyAttribute(lambda agent: f"You are {agent.name}.")
+    visibility = "private"
+
+    @factory.post_generation
+    def handoff_targets(obj, create, extracted, **kwargs):
+        if create and extracted:
+            obj.handoff_targets.set(extracted)

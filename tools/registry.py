@@ -223,11 +223,17 @@ class ToolRegistry:
     Built-ins are registered when ``tools.builtin`` is imported (from
     ``ToolsConfig.ready``). Whether a user may use a tool is decided by the
     ``Tool`` rows (``tools.selectors.tools_for_user``), not here.
+
+    Dynamic tools (``dynamic_register``) are resolved by name on demand instead:
+    a family of names whose specs another app makes per run (an agent's
+    ``handoff_to_<agent>``). They are never listed by ``all()`` nor offered by
+    ``tools_for_user``; the app that offers them decides who may call them.
     """
 
     def __init__(self) -> None:
         self._by_name: dict[str, ToolSpec] = {}
         self._by_wire: dict[str, ToolSpec] = {}
+        self._dynamic: list[Callable[[str], ToolSpec | None]] = []
         self._lock = threading.Lock()
         #: Bumped by every register/unregister (caches of tool lists compare it).
         self.version = 0
@@ -260,13 +266,28 @@ class ToolRegistry:
                 self.version += 1
             return spec
 
+    def dynamic_register(self, resolve: Callable[[str], ToolSpec | None]) -> None:
+        """Add ``resolve(name)``: the spec of a dynamic tool called ``name`` (its wire
+        name the same: no dots), or ``None`` for a name not of its family. Call once
+        per process (``AppConfig.ready``); a resolver already added is not added again."""
+        with self._lock:
+            if resolve not in self._dynamic:
+                self._dynamic.append(resolve)
+
+    def _dynamic_get(self, name: str) -> ToolSpec | None:
+        for resolve in self._dynamic:
+            spec = resolve(name)
+            if spec is not None:
+                return spec
+        return None
+
     def get(self, name: str) -> ToolSpec | None:
-        """The tool called ``name`` (dotted), or ``None``."""
-        return self._by_name.get(name)
+        """The tool called ``name`` (dotted), a dynamic one, or ``None``."""
+        return self._by_name.get(name) or self._dynamic_get(name)
 
     def get_by_wire_name(self, wire: str) -> ToolSpec | None:
-        """The tool whose ``wire_name`` is ``wire``, or ``None``."""
-        return self._by_wire.get(wire)
+        """The tool whose ``wire_name`` is ``wire`` (a dynamic one's is its name), or ``None``."""
+        return self._by_wire.get(wire) or self._dynamic_get(wire)
 
     def all(self) -> list[ToolSpec]:
         """Every registered tool, sorted by name."""

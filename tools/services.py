@@ -197,7 +197,9 @@ def _invocation_fields(call: dict[str, Any], position: int, available: set[str])
         "status": Status.REQUESTED,
     }
     problem = ""
-    if spec is None or spec.name not in available:
+    # A dynamic tool (``ToolRegistry.dynamic_register``) has no ``Tool`` row: the app
+    # that offered it refuses a call the run may not make (an agent's handoffs).
+    if spec is None or (spec.name not in available and not spec.metadata.get("dynamic")):
         problem = f"Unknown or unavailable tool {wire!r}. Call only the tools you were given."
     else:
         try:

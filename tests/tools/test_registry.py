@@ -14,6 +14,7 @@ from tools.registry import (
     ToolArgumentsInvalid,
     ToolContext,
     ToolRegistry,
+    ToolSpec,
     registry,
     spec_from_function,
     tool,
@@ -188,3 +189,31 @@ def test_handler_coerces_with_pydantic_and_passes_context():
 
     with pytest.raises(ToolArgumentsInvalid, match="colour"):
         async_to_sync(spec.handler)({"colour": "green", "where": {"x": 2}}, ctx)
+
+
+def test_dynamic_tools_are_resolved_by_name_and_never_listed():
+    local = ToolRegistry()
+
+    async def handler(arguments, ctx):
+        return "ok"
+
+    def resolve(name: str) -> ToolSpec | None:
+        if not name.startswith("family_"):
+            return None
+        return ToolSpec(
+            name=name,
+            description="One of a family of tools made on demand.",
+            parameters={"type": "object", "properties": {}},
+            handler=handler,
+            metadata={"dynamic": True},
+        )
+
+    local.dynamic_register(resolve)
+    local.dynamic_register(resolve)  # added once
+    assert local._dynamic == [resolve]
+    one = local.get("family_one")
+    assert one is not None and one.name == "family_one"
+    two = local.get_by_wire_name("family_two")
+    assert two is not None and two.name == "family_two"
+    assert local.get("other") is None
+    assert local.all() == []
