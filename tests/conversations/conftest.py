@@ -86,3 +86,29 @@ def drive(run: Run, *, limit: int = 12) -> Run:
         if run.is_terminal or run.status == Run.Status.AWAITING_APPROVAL:
             return run
     raise AssertionError(f"run {run.pk} still {run.status} after {limit} steps")
+
+
+def drive_approved_tool_call(conversation: Conversation) -> Run:
+    """A run of ``conversation`` whose one tool call (``notes.delete``) asks a person,
+    approved by its owner, driven to its end: the path loop events, metrics and traces
+    are checked on. Call inside ``django_capture_on_commit_callbacks`` to see what the
+    commits would send."""
+    from approvals.models import ApprovalRequest
+    from approvals.services import approval_decide
+    from tools.models import Note
+    from tools.services import tools_sync
+
+    tools_sync()
+    Note.objects.create(user=conversation.owner, key="meeting", value="Friday")
+    run = drive(send(conversation, "forget the meeting"))
+    assert run.status == Run.Status.AWAITING_APPROVAL, run.error
+    approval = ApprovalRequest.objects.get(run_id=run.pk)
+    approval_decide(
+        approval_id=approval.pk,
+        actor=conversation.owner,
+        approve=True,
+        arguments_hash=approval.arguments_hash,
+    )
+    run = drive(run)
+    assert run.status == Run.Status.COMPLETED, run.error
+    return run

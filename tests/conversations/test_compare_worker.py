@@ -9,14 +9,7 @@ answer takes long enough for the intervals to be compared.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import uuid
-
 import pytest
-from django.conf import settings as django_settings
 
 from accounts.models import UsageRecord
 from audit.models import AuditEvent
@@ -25,7 +18,7 @@ from conversations.demo import _count_tokens
 from conversations.engine import history_messages, history_with_ids
 from conversations.models import Message, Run
 from tests.conversations.test_compare import demo_models, failing_model
-from tests.conversations.test_worker import ROOT, _database_url
+from tests.conversations.test_worker import wait_for, worker_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -35,51 +28,12 @@ S = Run.Status
 @pytest.fixture
 def slow_worker(transactional_db, tmp_path):
     """A Celery worker whose demo model streams a word every 15 ms."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "REDIS_URL": django_settings.REDIS_URL,
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "TOLLGATE_DEPLOYMENT": django_settings.TOLLGATE_DEPLOYMENT,
-        "TOLLGATE_DISPATCHER": "celery",
-        "TOLLGATE_DEMO_DELAY_MS": "15",
-        "CONN_MAX_AGE": "0",
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    }
-    celery = [sys.executable, "-m", "celery", "-A", "project"]
-    subprocess.run([*celery, "purge", "-f"], cwd=ROOT, env=env, check=True, capture_output=True)
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*celery, "worker", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "-l", "info"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while b"ready." not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("Celery worker did not start:\n" + log.read_text()[-3000:])
-            time.sleep(0.2)
+    with worker_running(tmp_path, demo_delay_ms=15) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def wait_terminal(run: Run, worker, *, timeout: float = 90) -> Run:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run.refresh_from_db()
-        if run.is_terminal:
-            return run
-        assert worker.poll() is None, "worker died"
-        time.sleep(0.1)
-    raise AssertionError(f"run {run.pk} still {run.status} after {timeout}s")
+    return wait_for(run, worker, timeout=timeout)
 
 
 def answer_of(run: Run) -> Message:

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from approvals.models import ApprovalRequest
-from approvals.services import approval_decide
 from conversations.loopevents import (
     LOOP_EVENTS,
     PendingEvent,
     loop_event_emit,
     loop_event_subscribe,
 )
-from conversations.models import Run
-from tests.conversations.conftest import drive, send
-from tools.models import Note
-from tools.services import tools_sync
+from tests.conversations.conftest import drive_approved_tool_call
 
 pytestmark = pytest.mark.django_db
 
@@ -32,23 +27,11 @@ def _deliver(callbacks) -> None:
 def test_a_subscriber_receives_a_runs_events_in_order_with_their_fields(
     conversation, django_capture_on_commit_callbacks
 ):
-    tools_sync()
-    Note.objects.create(user=conversation.owner, key="meeting", value="Friday")
     seen = []
     unsubscribe = loop_event_subscribe(seen.append)
     try:
         with django_capture_on_commit_callbacks() as callbacks:
-            run = drive(send(conversation, "forget the meeting"))
-            assert run.status == Run.Status.AWAITING_APPROVAL
-            approval = ApprovalRequest.objects.get(run_id=run.pk)
-            approval_decide(
-                approval_id=approval.pk,
-                actor=conversation.owner,
-                approve=True,
-                arguments_hash=approval.arguments_hash,
-            )
-            run = drive(run)
-            assert run.status == Run.Status.COMPLETED, run.error
+            run = drive_approved_tool_call(conversation)
             assert seen == []  # nothing before the commit
         _deliver(callbacks)
     finally:

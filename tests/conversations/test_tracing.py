@@ -10,16 +10,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from approvals.models import ApprovalRequest
-from approvals.services import approval_decide
 from conversations.loopevents import loop_event_subscribe
-from conversations.models import Run
 from conversations.tracing import run_trace_ids, tracing_observe
 from project.telemetry import RunIdGenerator, telemetry_enabled
-from tests.conversations.conftest import drive, send
+from tests.conversations.conftest import drive_approved_tool_call
 from tests.conversations.test_loopevents import _deliver
-from tools.models import Note
-from tools.services import tools_sync
 
 pytestmark = pytest.mark.django_db
 
@@ -37,19 +32,8 @@ def exporter():
 def test_a_run_with_an_approved_tool_call_is_one_trace_under_the_run(
     conversation, exporter, django_capture_on_commit_callbacks
 ):
-    tools_sync()
-    Note.objects.create(user=conversation.owner, key="meeting", value="Friday")
     with django_capture_on_commit_callbacks() as callbacks:
-        run = drive(send(conversation, "forget the meeting"))
-        approval = ApprovalRequest.objects.get(run_id=run.pk)
-        approval_decide(
-            approval_id=approval.pk,
-            actor=conversation.owner,
-            approve=True,
-            arguments_hash=approval.arguments_hash,
-        )
-        run = drive(run)
-        assert run.status == Run.Status.COMPLETED
+        run = drive_approved_tool_call(conversation)
     _deliver(callbacks)
 
     spans = exporter.get_finished_spans()

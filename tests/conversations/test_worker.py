@@ -7,11 +7,13 @@ teardown. Tests use ``transactional_db`` so the worker sees committed rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -38,8 +40,10 @@ def _database_url() -> str:
     )
 
 
-@pytest.fixture
-def celery_worker_process(transactional_db, tmp_path):
+@contextlib.contextmanager
+def worker_running(tmp_path: Path, *, demo_delay_ms: int = 0) -> Iterator[subprocess.Popen]:
+    """A Celery worker process on this session's test database and broker, its demo
+    model streaming a word every ``demo_delay_ms`` (ms); stopped afterwards."""
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),
@@ -49,7 +53,7 @@ def celery_worker_process(transactional_db, tmp_path):
         # own (queues and groups this process never uses): it is this process's peer.
         "TOLLGATE_DEPLOYMENT": django_settings.TOLLGATE_DEPLOYMENT,
         "TOLLGATE_DISPATCHER": "celery",
-        "TOLLGATE_DEMO_DELAY_MS": "0",
+        "TOLLGATE_DEMO_DELAY_MS": str(demo_delay_ms),
         "CONN_MAX_AGE": "0",
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     }
@@ -77,6 +81,12 @@ def celery_worker_process(transactional_db, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path):
+    with worker_running(tmp_path) as proc:
+        yield proc
 
 
 def wait_for(run: Run, worker, *, timeout: float = 60) -> Run:
