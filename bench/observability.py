@@ -1,4 +1,4 @@
-"""Benchmark 10: what tracing and metrics add to a step, on vs off, in one run.
+"""Benchmark 11: what tracing and metrics add to a step, on vs off, in one run.
 
 In this process (Django on the stack's PostgreSQL and Redis), steps of runs answering
 a user message with the offline demo model (``TOLLGATE_DEMO_DELAY_MS=0``) are timed
@@ -115,7 +115,7 @@ async def _measure(env: BenchEnv, steps: int, warmup: int) -> Result:
                      fmt(ratios[key], 2) + "x"])  # fmt: skip
     return Result(
         key="observability",
-        title=f"10. Tracing and metrics, on vs off ({steps} steps each, interleaved)",
+        title=f"11. Tracing and metrics, on vs off ({steps} steps each, interleaved)",
         table=table(["what", "p50 ms", "p99 ms", "on / off"], rows),
         notes=[
             "Each step is a model call answered with text by the offline demo model, so the "
