@@ -16,15 +16,17 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.errors import BudgetExceeded, RateLimited
 from accounts.selectors import budget_requires_prices
-from accounts.services import Admission, llm_call_admit, llm_call_settle
+from accounts.services import Admission, llm_call_abort, llm_call_admit, llm_call_settle
 from audit.services import audit_record
 from conversations.gateway import CallUsage, litellm_listed, worst_case_cost
 from conversations.metrics import metrics_refusal
 from conversations.models import ModelConfig
+from project.dbthreads import db_async
 
 
 def unpriced_message(config: ModelConfig) -> str:
@@ -184,3 +186,12 @@ def call_settle(
             "latency_ms": latency_ms,
         },
     )
+
+
+@db_async
+def call_abort(admission: Admission) -> None:
+    """Give back the budget hold of a call :func:`call_admit` admitted that was never
+    made, or whose provider never began answering (awaited from async code; its own
+    transaction)."""
+    with transaction.atomic():
+        llm_call_abort(admission=admission)

@@ -38,9 +38,9 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from accounts.selectors import budget_requires_prices, budget_statuses
-from accounts.services import Admission, llm_call_abort
+from accounts.services import Admission
 from audit.services import audit_deferred, audit_record
-from conversations.charging import call_admit, call_settle, unpriced_message
+from conversations.charging import call_abort, call_admit, call_settle, unpriced_message
 from conversations.context import context_fit
 from conversations.gateway import CallUsage, GatewayError, stream_chat, worst_case_cost
 from conversations.models import ModelConfig
@@ -341,12 +341,6 @@ def _admit(
 
 
 @db_async
-def _abort(admission: Admission) -> None:
-    with transaction.atomic():
-        llm_call_abort(admission=admission)
-
-
-@db_async
 def _settle(
     evaluation: Evaluation,
     admitted: _Admitted,
@@ -405,7 +399,7 @@ async def _call(
         )
     except GatewayError as error:
         if error.usage is None:  # the provider never began answering
-            await _abort(admitted.admission)
+            await call_abort(admitted.admission)
             return _Call(error=error.user_message)
         call = _Call(error=error.user_message, usage=error.usage)
         await _settle(
@@ -420,7 +414,7 @@ async def _call(
         )
         return call
     except BaseException:
-        await _abort(admitted.admission)
+        await call_abort(admitted.admission)
         raise
     call = _Call(text=result.content.strip(), usage=result.charged, latency_ms=result.latency_ms)
     await _settle(

@@ -26,9 +26,9 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from accounts.services import Admission, llm_call_abort
+from accounts.services import Admission
 from audit.services import audit_deferred
-from conversations.charging import call_admit, call_settle
+from conversations.charging import call_abort, call_admit, call_settle
 from conversations.context import context_fit
 from conversations.dispatch import gateway_ready
 from conversations.gateway import CallUsage, GatewayError, stream_chat
@@ -161,12 +161,6 @@ def _prepare(user: Any, conversation_id: int, draft: str) -> _Prepared:
 
 
 @db_async
-def _abort(admission: Admission) -> None:
-    with transaction.atomic():
-        llm_call_abort(admission=admission)
-
-
-@db_async
 def _settle(
     prepared: _Prepared,
     draft: str,
@@ -224,13 +218,13 @@ async def draft_reformulate(*, user: Any, conversation_id: int, draft: str) -> R
         )
     except GatewayError as error:
         if error.usage is None:  # the provider never began answering
-            await _abort(prepared.admission)
+            await call_abort(prepared.admission)
         else:  # what it sent before it broke off is billed, so charged
             await _settle(prepared, draft, usage=error.usage, latency_ms=None, model="",
                           rewrite=None)  # fmt: skip
         raise ReformulationRefused(error.user_message) from None
     except BaseException:
-        await _abort(prepared.admission)
+        await call_abort(prepared.admission)
         raise
     await _settle(prepared, draft, usage=result.charged, latency_ms=result.latency_ms,
                   model=result.model, rewrite=result.content)  # fmt: skip
