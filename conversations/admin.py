@@ -91,7 +91,7 @@ class AgentProfileAdmin(AuditedAdmin, admin.ModelAdmin):
     list_filter = ("visibility", "transfer")
     search_fields = ("name", "description", "owner__email")
     autocomplete_fields = ("owner",)
-    filter_horizontal = ("groups", "handoff_targets")
+    filter_horizontal = ("groups", "handoff_targets", "agent_tools")
 
 
 @admin.register(ModelConfig)

@@ -28,7 +28,11 @@ def agent_list(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 def _initial(agent: AgentProfile) -> dict[str, Any]:
     fields = {name: getattr(agent, name) for name in services.AGENT_FIELDS}
-    return {**fields, "handoff_targets": list(agent.handoff_targets.all())}
+    return {
+        **fields,
+        "handoff_targets": list(agent.handoff_targets.all()),
+        "agent_tools": list(agent.agent_tools.all()),
+    }
 
 
 @login_required

@@ -34,6 +34,8 @@ from tools.registry import ToolError, ToolSpec
 
 HANDOFF_PREFIX = "handoff_to_"
 _HANDOFF_NAME = re.compile(rf"^{HANDOFF_PREFIX}[a-z0-9_]{{1,50}}$")
+ASK_PREFIX = "ask_agent_"
+_ASK_NAME = re.compile(rf"^{ASK_PREFIX}[a-z0-9_]{{1,50}}$")
 Transfer = AgentProfile.Transfer
 
 HANDOFF_PARAMETERS: dict[str, Any] = {
@@ -47,6 +49,19 @@ HANDOFF_PARAMETERS: dict[str, Any] = {
         },
     },
     "required": ["reason"],
+    "additionalProperties": False,
+}
+
+ASK_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "task": {
+            "type": "string",
+            "description": "What the agent should do: everything it needs to know, since "
+            "it reads nothing else of this conversation.",
+        },
+    },
+    "required": ["task"],
     "additionalProperties": False,
 }
 
@@ -71,33 +86,66 @@ def handoff_tool_name(agent: AgentProfile) -> str:
     return f"{HANDOFF_PREFIX}{slug}"
 
 
-def agent_record(agent: AgentProfile, *, user: Any) -> dict[str, Any]:
-    """What a run of ``user``'s keeps of ``agent`` (``Run.parameters["agent"]``):
-    ``{"id", "name", "tools": [names], "handoffs": [{"id", "name", "tool",
-    "description"}], "max_handoffs", "transfer"}``. Handoff targets are only those
-    ``user`` may see (a shared agent's private targets are not even named); one query
-    for them."""
+def ask_tool_name(agent: AgentProfile) -> str:
+    """The tool that calls ``agent`` as a tool: ``ask_agent_<slug of its name>``
+    (``ask_agent_agent_<id>`` when its name has no letter or digit)."""
+    slug = slugify(agent.name).replace("-", "_")[:40] or f"agent_{agent.pk}"
+    return f"{ASK_PREFIX}{slug}"
+
+
+def _targets(
+    related: QuerySet[AgentProfile], *, agent: AgentProfile, user: Any, name: Any
+) -> list[dict[str, Any]]:
+    """``[{"id", "name", "tool", "description"}]`` of the agents in ``related`` that
+    ``user`` may see, ``agent`` itself left out, each with its tool's name
+    (``name(target)``; a second target of one name gets its id appended). One query."""
     targets = (
-        agent.handoff_targets.exclude(pk=agent.pk)
+        related.exclude(pk=agent.pk)
         .filter(pk__in=agents_visible(user=user).values("pk"))
         .order_by("name", "pk")
     )
-    handoffs: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for target in targets:
-        tool = handoff_tool_name(target)
-        if any(h["tool"] == tool for h in handoffs):  # two targets of one name
+        tool = name(target)
+        if any(t["tool"] == tool for t in out):  # two targets of one name
             tool = f"{tool}_{target.pk}"
-        handoffs.append(
+        out.append(
             {"id": target.pk, "name": target.name, "tool": tool, "description": target.description}
         )
+    return out
+
+
+def agent_record(agent: AgentProfile, *, user: Any, sub_run: bool = False) -> dict[str, Any]:
+    """What a run of ``user``'s keeps of ``agent`` (``Run.parameters["agent"]``):
+    ``{"id", "name", "tools": [names], "handoffs": [{"id", "name", "tool",
+    "description"}], "agent_tools": [the same shape], "max_handoffs", "max_steps"
+    (int or None), "transfer"}``. Targets (of handoffs and agent tools) are only those
+    ``user`` may see (a shared agent's private targets are not even named); one query
+    for each. ``sub_run``: the agent answers a task in a sub-run
+    (``conversations.subagents``): it may neither hand off nor call agents (one
+    level, so a sub-run can never start another)."""
     return {
         "id": agent.pk,
         "name": agent.name,
         "tools": sorted({str(name) for name in agent.tools or []}),
-        "handoffs": handoffs,
+        "handoffs": []
+        if sub_run
+        else _targets(agent.handoff_targets.all(), agent=agent, user=user, name=handoff_tool_name),
+        "agent_tools": []
+        if sub_run
+        else _targets(agent.agent_tools.all(), agent=agent, user=user, name=ask_tool_name),
         "max_handoffs": agent.max_handoffs,
+        "max_steps": agent.max_steps,
         "transfer": agent.transfer,
     }
+
+
+def run_max_steps(parameters: dict[str, Any], *, default: int) -> int:
+    """The model calls a run recorded with ``parameters`` may make: its agent's
+    ``max_steps`` when set, else ``default``."""
+    agent = parameters.get("agent")
+    steps = agent.get("max_steps") if isinstance(agent, dict) else None
+    return steps if isinstance(steps, int) and steps > 0 else default
 
 
 def run_agent(run: Run) -> dict[str, Any] | None:
@@ -141,22 +189,75 @@ def handoff_spec(name: str, *, target: dict[str, Any] | None = None) -> ToolSpec
     )
 
 
+def is_agent_tool(name: str) -> bool:
+    """Whether ``name`` is the name of a tool that calls an agent (``ask_agent_*``)."""
+    return bool(_ASK_NAME.match(name))
+
+
+def ask_spec(name: str, *, target: dict[str, Any] | None = None) -> ToolSpec | None:
+    """The dynamic tool called ``name`` if it calls an agent (else ``None``): the
+    registry's resolver (``ConversationsConfig.ready``) and, with ``target`` (an
+    agent tool of :func:`agent_record`), the tool offered for it. Carried out by a
+    sub-run (``conversations.subagents``), whose own tool calls pass the gate too.
+    Not read-only (the agent spends the user's budget): with no policy the gate asks."""
+    if not is_agent_tool(name):
+        return None
+    description = "Ask another agent to do a task; its answer is the result."
+    if target is not None:
+        description = f"Ask the agent {target['name']} to do a task; its answer is the result" + (
+            f". {target['description']}" if target.get("description") else "."
+        )
+    return ToolSpec(
+        name=name,
+        description=description,
+        parameters=ASK_PARAMETERS,
+        handler=_not_run_agent,
+        read_only=False,
+        destructive=False,
+        idempotent=False,
+        open_world=False,
+        source="agent",
+        metadata={"dynamic": True, "agent_tool": True},
+    )
+
+
+async def _not_run_agent(arguments: dict[str, Any], ctx: Any) -> Any:
+    raise ToolError("An agent tool is carried out by a sub-run, not run as a tool.")
+
+
+def agent_target(run: Run, name: str) -> dict[str, Any] | None:
+    """The agent (``{"id", "name", "tool", "description"}``) that tool ``name`` of the
+    agent answering ``run`` calls, or ``None``."""
+    agent = run_agent(run) or {}
+    return next((t for t in agent.get("agent_tools", []) if t["tool"] == name), None)
+
+
 def tool_allowed(run: Run, name: str) -> bool:
     """Whether the agent answering ``run`` may use the tool ``name`` (the one rule):
-    one of its tools or its handoffs; with no agent, any tool but a handoff."""
+    one of its tools, its handoffs or its agent tools; with no agent, any tool but a
+    handoff or an agent tool."""
     agent = run_agent(run)
     if agent is None:
-        return not is_handoff(name)
-    return name in agent["tools"] or any(h["tool"] == name for h in agent["handoffs"])
+        return not is_handoff(name) and not is_agent_tool(name)
+    return (
+        name in agent["tools"]
+        or any(h["tool"] == name for h in agent["handoffs"])
+        or agent_target(run, name) is not None
+    )
 
 
 def tools_for_run(*, run: Run, specs: list[ToolSpec]) -> list[ToolSpec]:
     """The tools offered to ``run``'s next model call: those of ``specs`` (what its
-    user may use) its agent may use (:func:`tool_allowed`), then one per handoff."""
+    user may use) its agent may use (:func:`tool_allowed`), then one per handoff and
+    one per agent tool."""
     allowed = [spec for spec in specs if tool_allowed(run, spec.name)]
     agent = run_agent(run)
     for target in agent["handoffs"] if agent is not None else []:
         spec = handoff_spec(target["tool"], target=target)
+        if spec is not None:
+            allowed.append(spec)
+    for target in agent.get("agent_tools", []) if agent is not None else []:
+        spec = ask_spec(target["tool"], target=target)
         if spec is not None:
             allowed.append(spec)
     return allowed

@@ -68,5 +68,7 @@ class ConversationsConfig(AppConfig):
         health_sections.connect(heartbeat.healthz_models, dispatch_uid="conversations")
         run_part_ended.connect(compare.compare_part_ended, sender=Run, dispatch_uid="compare")
         run_part_ended.connect(chains.chain_part_ended, sender=Run, dispatch_uid="chains")
+        run_part_ended.connect(toolphase.agent_part_ended, sender=Run, dispatch_uid="subagents")
         registry.dynamic_register(agents.handoff_spec)  # handoff_to_<agent>
+        registry.dynamic_register(agents.ask_spec)  # ask_agent_<agent>
         register(checks.websocket_origins_check, "tollgate", deploy=True)

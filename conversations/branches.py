@@ -120,10 +120,11 @@ def conversation_tree(*, conversation_id: int) -> Tree:
     """
     tree = Tree()
     rows = (
-        # A chain's parts are steps inside its run's exchange, never places the
-        # conversation goes on from; a compare's are, each one (``parts``).
+        # A chain's parts and an answer's sub-runs are steps inside its run's
+        # exchange, never places the conversation goes on from; a compare's parts
+        # are, each one (``parts``).
         Run.objects.filter(conversation_id=conversation_id)
-        .exclude(orchestrator__kind=Run.Kind.CHAIN)
+        .exclude(orchestrator__kind__in=(Run.Kind.CHAIN, Run.Kind.ANSWER))
         .order_by("user_message_id", "id")
         .values_list("id", "parent_id", "user_message_id", "metadata__root", "orchestrator_id")
     )

@@ -87,9 +87,11 @@ class PartPrompt:
 
 
 def part_prompt(run: Run) -> PartPrompt | None:
-    """For a chain's part, what its model call reads instead of the branch; ``None``
-    for any other run. No query: the part recorded it when it was made."""
-    info = (run.parameters or {}).get("chain_part")
+    """For a chain's part or an agent's sub-run (``conversations.subagents``: its task,
+    after no exchange), what its model call reads instead of the branch; ``None`` for
+    any other run. No query: the part recorded it when it was made."""
+    parameters = run.parameters or {}
+    info = parameters.get("chain_part") or parameters.get("agent_part")
     if run.orchestrator_id is None or not info:
         return None
     return PartPrompt(after=info.get("after"), message_id=run.user_message_id, text=info["prompt"])
@@ -200,7 +202,7 @@ def _after_part(run: Run, part: Run) -> None:
         why = "was stopped" if stopped else f"failed: {part.error or 'no reason given.'}"
         _end(run, S.CANCELLED if stopped else S.FAILED, error=f"{where} {why}", part=part)
         return
-    answer = _answer(part)
+    answer = part_answer(part)
     events.run_part_redrawn(orchestrator_id=run.pk, part_id=part.pk)  # its charges, verdict
     state = run.metadata.setdefault("chain", {"responses": [], "rounds": []})
     if role == "step":
@@ -253,7 +255,7 @@ def _end(run: Run, to: str, *, part: Run, error: str = "") -> None:
     run_transition(run=run, to=to, error=error, metadata=run.metadata, data={"part": part.pk})
 
 
-def _answer(part: Run) -> str:
+def part_answer(part: Run) -> str:
     """The text a completed part answered with (its last assistant message)."""
     return (
         Message.objects.filter(run=part, role=Message.Role.ASSISTANT)

@@ -170,6 +170,24 @@ def _handoff_call(user_text: str, offered: dict[str, dict]) -> tuple[str, dict] 
     return tool, {"reason": f"The user asked for {name}.", "note": user_text.strip()[:500]}
 
 
+#: "ask Billing to check invoice 7": that agent called as a tool (``conversations.subagents``).
+ASK_AGENT = re.compile(
+    r"\bask (?:the )?(?P<name>[\w.-]+(?: [\w.-]+)*?)(?: agent)? to (?P<task>.+)$", re.I
+)
+
+
+def _ask_call(user_text: str, offered: dict[str, dict]) -> tuple[str, dict] | None:
+    """``(ask_agent_<agent>, {"task"})`` for "ask <agent name> to <task>", when that
+    agent's tool is offered (its name slugged as the tool's)."""
+    match = ASK_AGENT.search(user_text.strip())
+    if not match:
+        return None
+    tool = "ask_agent_" + re.sub(r"[^a-z0-9]+", "_", match.group("name").lower()).strip("_")
+    if tool not in offered:
+        return None
+    return tool, {"task": match.group("task").strip().rstrip(".!")}
+
+
 _HELP = (
     "I am Tollgate's **offline demo model**: I run without a network or an API key, "
     "so I cannot really think about your message, but I show how the product works "
@@ -182,6 +200,7 @@ _HELP = (
     "- `fetch https://example.com`\n"
     "- `run python: print(2 + 2)` / `run shell: ls`\n"
     "- `hand off to Billing` (with an agent that may hand off to Billing)\n"
+    "- `ask Billing to calculate 17*23` (with an agent that may call Billing as a tool)\n"
     '- `use tool <name> {{"arg": "value"}}` (any offered tool, e.g. an MCP server\'s); '
     "one per line for several calls at once\n\n"
     "Without tools, `what is your system prompt?` quotes this conversation's.\n\n"
@@ -279,7 +298,11 @@ def demo_plan(
             _call(len(messages), user_text, name, arguments, index)
             for index, (name, arguments) in enumerate(several)
         ]
-    planned = _use_tool_call(user_text, offered) or _handoff_call(user_text, offered)
+    planned = (
+        _use_tool_call(user_text, offered)
+        or _handoff_call(user_text, offered)
+        or _ask_call(user_text, offered)
+    )
     for recogniser in RECOGNISERS:
         if planned is not None:
             break

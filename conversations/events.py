@@ -101,8 +101,8 @@ def run_appended(*, run_id: int, with_user_message: bool, new: Any = None) -> No
 
 
 def run_part_appended(*, orchestrator_id: int, part: Any) -> None:
-    """On commit: append a new part (a chain's step, round or judge) to its
-    orchestrating run's sections (``#run-<orchestrator>-parts``).
+    """On commit: append a new part (a chain's step, round or judge; an answer's
+    sub-run) to its orchestrating run's sections (``#run-<orchestrator>-parts``).
 
     ``part``: the run this transaction created (its ``user_message`` set), rendered
     without a query. Sent in the orchestrator's lane, after its own block.
@@ -110,7 +110,8 @@ def run_part_appended(*, orchestrator_id: int, part: Any) -> None:
 
     def build() -> list[tuple[str, str]]:
         part.timeline_messages, part.timeline_invocations, part.orphan_steps = [], [], []
-        html = render("chain-part", {"part": part})
+        which = "agent-part" if (part.parameters or {}).get("agent_part") else "chain-part"
+        html = render(which, {"part": part})
         return [
             (
                 conversation_group(part.conversation_id),

@@ -224,6 +224,20 @@ class AgentForm(forms.Form):
         label="May hand off to",
     )
     max_handoffs = forms.IntegerField(min_value=0, max_value=20, initial=3)
+    agent_tools = forms.ModelMultipleChoiceField(
+        queryset=AgentProfile.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="May call as tools",
+        help_text="Each answers a task in a sub-run of its own; its answer is the result.",
+    )
+    max_steps = forms.IntegerField(
+        min_value=1,
+        max_value=50,
+        required=False,
+        label="Max model calls per run",
+        help_text="Empty: the default.",
+    )
     transfer = forms.ChoiceField(
         choices=AgentProfile.Transfer.choices,
         label="When handed a conversation, read",
@@ -238,6 +252,7 @@ class AgentForm(forms.Form):
         if agent is not None:
             targets = targets.exclude(pk=agent.pk)
         cast(forms.ModelMultipleChoiceField, fields["handoff_targets"]).queryset = targets
+        cast(forms.ModelMultipleChoiceField, fields["agent_tools"]).queryset = targets
         cast(forms.MultipleChoiceField, fields["tools"]).choices = [
             (spec.name, spec.name) for spec in tools_for_user(user=user)
         ]

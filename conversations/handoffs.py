@@ -38,8 +38,9 @@ def handoff_execute(*, run: Run, invocation: ToolInvocation) -> None:
     answers.
 
     Precondition: inside ``transaction.atomic`` with ``run`` locked (and leased).
-    Writes the run's ``model_config``, ``prompt_version``, ``parameters`` and
-    ``metadata``; audits and sends the loop event ``agent.handoff``.
+    Writes the run's ``model_config``, ``prompt_version``, ``parameters``,
+    ``metadata`` and, when the target sets one, its step limit (``max_steps``, counted
+    from the handoff); audits and sends the loop event ``agent.handoff``.
     """
     current = run_agent(run) or {}
     target = next(
@@ -84,7 +85,11 @@ def handoff_execute(*, run: Run, invocation: ToolInvocation) -> None:
     run.prompt_version = settings.version
     run.parameters = parameters
     run.metadata = {**run.metadata, "handoffs": [*run.metadata.get("handoffs", []), handoff]}
-    run.save(update_fields=["model_config", "prompt_version", "parameters", "metadata"])
+    if agent.max_steps:  # the target's own limit, counted from the handoff
+        run.max_steps = run.step + agent.max_steps
+    run.save(
+        update_fields=["model_config", "prompt_version", "parameters", "metadata", "max_steps"]
+    )
     invocation_mark(
         invocation_id=invocation.pk,
         status=IS.SUCCEEDED,

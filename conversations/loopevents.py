@@ -25,6 +25,9 @@ Events and their ``data`` (``docs/runs.md``, "Loop events", says the same):
 ``agent.handoff``             ``tool_call_id``, ``from_agent``, ``to_agent`` (agent names),
                               ``mode`` (full, no_tools, summary): an approved handoff
                               switched the run to another agent (``conversations.handoffs``)
+``agent.subrun_started``      ``tool_call_id``, ``agent`` (the called agent's name),
+                              ``sub_run_id`` (int): an approved call of an agent started its
+                              sub-run (``conversations.subagents``)
 ``run.finished``              ``status`` (completed, failed, cancelled), ``steps`` (int),
                               ``error`` (str, empty unless failed), ``created_at`` (ISO
                               time the run was created: its wait for a worker included)
@@ -56,6 +59,7 @@ LOOP_EVENTS: tuple[str, ...] = (
     "tool_call.decided",
     "tool_call.executed",
     "agent.handoff",
+    "agent.subrun_started",
     "run.finished",
 )
 

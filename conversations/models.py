@@ -107,7 +107,8 @@ class AgentProfile(models.Model):
     text; temperature and max output tokens, when set, win over the prompt's and the
     model's (``prompting.call_settings``). ``tools``: names of the tools it may use,
     of those its user may use (empty: none). ``transfer``: what history this agent
-    reads when a run is handed off to it.
+    reads when a run is handed off to it. ``agent_tools``: agents it may call as tools
+    (``conversations.subagents``); ``max_steps``: the model calls it may make in a run.
     """
 
     class Visibility(models.TextChoices):
@@ -161,6 +162,18 @@ class AgentProfile(models.Model):
     )
     max_handoffs = models.PositiveSmallIntegerField(
         default=3, help_text="Handoffs a run started with this agent may make at most."
+    )
+    agent_tools = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="+",
+        help_text="May call as tools: each answers a task in a sub-run of its own.",
+    )
+    max_steps = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Model calls this agent may make in a run (empty: the run's default).",
     )
     transfer = models.CharField(max_length=16, choices=Transfer.choices, default=Transfer.FULL)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -323,6 +336,9 @@ class Run(models.Model):
     expired lease lets the recovery job pick the run up again.
     """
 
+    #: Model calls a run may make when its agent sets no limit.
+    DEFAULT_MAX_STEPS = 8
+
     class Status(models.TextChoices):
         QUEUED = "queued"
         CALLING_LLM = "calling_llm"
@@ -383,7 +399,7 @@ class Run(models.Model):
         default=0, help_text="A part's place among its orchestrator's parts (0, 1, …)."
     )
     step = models.PositiveIntegerField(default=0)
-    max_steps = models.PositiveIntegerField(default=8)
+    max_steps = models.PositiveIntegerField(default=DEFAULT_MAX_STEPS)
     error = models.TextField(blank=True)
     # What the run's model calls use, recorded when it starts (``prompting.run_settings``):
     # the model, the prompt version, and in ``parameters`` the system prompt's text

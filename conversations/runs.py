@@ -78,9 +78,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
         {S.AWAITING_APPROVAL, S.EXECUTING_TOOLS, S.CALLING_LLM, S.FAILED, S.CANCELLED}
     ),
     S.AWAITING_APPROVAL: frozenset({S.EXECUTING_TOOLS, S.CALLING_LLM, S.FAILED, S.CANCELLED}),
-    S.EXECUTING_TOOLS: frozenset({S.CALLING_LLM, S.FAILED, S.CANCELLED}),
-    # An orchestrating run: its parts ended (a compare's summary call, a chain's end),
-    # or a chain moved on to its next part.
+    # executing_tools → awaiting_parts: the turn's calls of agents wait on their
+    # sub-runs (conversations.subagents).
+    S.EXECUTING_TOOLS: frozenset({S.CALLING_LLM, S.AWAITING_PARTS, S.FAILED, S.CANCELLED}),
+    # An orchestrating run: its parts ended (a compare's summary call, a chain's end,
+    # an answer's next model call after its sub-runs), or a chain moved on to its
+    # next part.
     S.AWAITING_PARTS: frozenset(
         {S.AWAITING_PARTS, S.CALLING_LLM, S.COMPLETED, S.FAILED, S.CANCELLED}
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -205,7 +206,7 @@ def conversation_timeline(
     runs = list(Run.objects.filter(pk__in={tree.parts.get(r, r) for r in shown_ids}).order_by("id"))
     # A compare's or a chain's parts (its answers; its steps, rounds and judges): one
     # more query, only when the page holds one.
-    orchestrators = [run for run in runs if run.kind != Run.Kind.ANSWER]
+    orchestrators = [run for run in runs if _has_parts(run)]
     parts = (
         list(
             Run.objects.filter(orchestrator__in=orchestrators)
@@ -297,7 +298,7 @@ def run_for_push(*, run_id: int) -> Run:
     run.timeline_messages = list(run.messages.order_by("id"))
     run.timeline_invocations = _invocations_by_run(Q(run_id=run_id)).get(run_id, [])
     run_steps_attach(run)
-    if run.kind != Run.Kind.ANSWER:
+    if _has_parts(run):
         parts = list(run.parts.order_by("position", "id"))
         for part in parts:
             part.timeline_messages = list(part.messages.order_by("id"))
@@ -305,6 +306,39 @@ def run_for_push(*, run_id: int) -> Run:
             run_steps_attach(part)
         chain_parts_attach(run, parts)
     return run
+
+
+def _timeline_speakers(run: Run) -> Callable[[int], str]:
+    """The lane of the model call made at step ``n`` of ``run``: ``"Model"`` for a run
+    with no agent; else ``"Agent <name>"`` of the agent answering then, the handoffs
+    (``Run.metadata["handoffs"]``, each made at a step) moving it on. No query."""
+    handoffs = (run.metadata or {}).get("handoffs") or []
+    agent = (run.parameters or {}).get("agent") or {}
+    first = handoffs[0]["from"]["name"] if handoffs else agent.get("name")
+    if not first:
+        return lambda step: "Model"
+
+    def speaker(step: int) -> str:
+        name = first
+        for handoff in handoffs:
+            if step > handoff["step"]:
+                name = handoff["to"]["name"]
+        return f"Agent {name}"
+
+    return speaker
+
+
+def _part_lane(part: Run, index: int) -> str:
+    """A part's lane: ``"Agent <name> (sub-run)"`` for an agent called as a tool, else
+    ``"Part <n>"``."""
+    info = (part.parameters or {}).get("agent_part")
+    return f"Agent {info['agent']} (sub-run)" if info else f"Part {index + 1}"
+
+
+def _has_parts(run: Run) -> bool:
+    """Whether ``run`` has parts to draw: a compare's answers, a chain's steps, an
+    answer's sub-runs (``conversations.subagents``, listed in its metadata). No query."""
+    return run.kind != Run.Kind.ANSWER or bool((run.metadata or {}).get("agent_parts"))
 
 
 def chain_part_for_push(*, part_id: int) -> Run:
@@ -669,7 +703,9 @@ def run_timeline(*, user, run_id: int) -> RunTimeline:
     origin = run.created_at
     now = timezone.now()
     end_at = run.finished_at or now
-    model = TimelineLane(name="Model")
+    speakers = _timeline_speakers(run)
+    model = TimelineLane(name=speakers(1))
+    agent_lanes = {model.name: model}
     queued = _ms(origin, run.started_at)
     if queued:  # from the message to the first worker that took the run
         model.bars.append(TimelineBar("queue", "Queued for a worker", "queued", 0, queued))
@@ -685,7 +721,10 @@ def run_timeline(*, user, run_id: int) -> RunTimeline:
         label = f"Step {message.run_step or '?'} · {message.model or 'model'}" + (
             f" · {calls} tool call{'s' if calls != 1 else ''}" if calls else ""
         )
-        model.bars.append(TimelineBar("llm", label, message.status, began, ended))
+        lane = speakers(message.run_step or 1)
+        agent_lanes.setdefault(lane, TimelineLane(name=lane)).bars.append(
+            TimelineBar("llm", label, message.status, began, ended)
+        )
     invocations = list(ToolInvocation.objects.filter(run_id=run.pk).order_by("position", "pk"))
     people = TimelineLane(name="People")
     for approval in approvals_for_runs(run_ids=[run.pk]):
@@ -710,23 +749,28 @@ def run_timeline(*, user, run_id: int) -> RunTimeline:
         if inv.started_at is not None
     ]
     parts = [
-        TimelineBar(
-            "part",
-            f"{part.model_config.name if part.model_config else 'Run'} — {part.status}",
-            part.status,
-            _ms(origin, part.started_at or part.created_at) or 0,
-            _ms(origin, part.finished_at),
+        (
+            part,
+            TimelineBar(
+                "part",
+                f"{part.model_config.name if part.model_config else 'Run'} — {part.status}",
+                part.status,
+                _ms(origin, part.started_at or part.created_at) or 0,
+                _ms(origin, part.finished_at),
+            ),
         )
         for part in Run.objects.filter(orchestrator=run)
         .select_related("model_config")
         .order_by("position", "pk")
     ]
-    lanes = [model]
+    lanes = list(agent_lanes.values())
     if people.bars:
         lanes.append(people)
     if tools:
         lanes.extend(_lanes_packed("Tools", tools))
-    lanes.extend(TimelineLane(name=f"Part {i + 1}", bars=[bar]) for i, bar in enumerate(parts))
+    lanes.extend(
+        TimelineLane(name=_part_lane(part, i), bars=[bar]) for i, (part, bar) in enumerate(parts)
+    )
     ends = [b.end_ms for lane in lanes for b in lane.bars if b.end_ms is not None]
     total = max([_ms(origin, end_at) or 0, *ends])
     return RunTimeline(run=run, lanes=lanes, total_ms=total)

@@ -21,7 +21,7 @@ from django.db.models import Q, QuerySet
 
 from audit.services import audit_deferred, audit_record
 from conversations import compare, events
-from conversations.agents import agents_visible
+from conversations.agents import agents_visible, run_max_steps
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.chains import ChainRefused, chain_plan, chain_start
 from conversations.models import (
@@ -247,6 +247,7 @@ AGENT_FIELDS = (
     "max_output_tokens",
     "tools",
     "max_handoffs",
+    "max_steps",
     "transfer",
 )
 
@@ -254,7 +255,8 @@ AGENT_FIELDS = (
 def agent_save(*, user, agent_id: int | None, data: dict[str, Any]) -> AgentProfile:
     """Create (``agent_id`` ``None``) or update ``user``'s own agent from ``data``:
     ``AGENT_FIELDS`` (``prompt`` a ``Prompt``, ``model_config`` a ``ModelConfig`` or
-    ``None``; ``tools`` a list of tool names) and ``handoff_targets`` (agents).
+    ``None``; ``tools`` a list of tool names; ``max_steps`` an int or ``None``),
+    ``handoff_targets`` and ``agent_tools`` (agents).
 
     Checked here, whatever the form offered: the tools are ones ``user`` may use, the
     prompt and the targets ones they may see (not the agent itself), the model
@@ -275,13 +277,16 @@ def agent_save(*, user, agent_id: int | None, data: dict[str, Any]) -> AgentProf
     if config is not None and not config.enabled:
         raise AgentInvalid(f"The model {config.name} is not available.")
     targets = list(data.get("handoff_targets") or [])
+    called = list(data.get("agent_tools") or [])
     visible = set(
         agents_visible(user=user)
-        .filter(pk__in=[t.pk for t in targets])
+        .filter(pk__in=[t.pk for t in [*targets, *called]])
         .values_list("pk", flat=True)
     )
     if any(t.pk not in visible or t.pk == agent_id for t in targets):
         raise AgentInvalid("An agent it hands off to is not available (or is this agent).")
+    if any(t.pk not in visible or t.pk == agent_id for t in called):
+        raise AgentInvalid("An agent it calls as a tool is not available (or is this agent).")
     with transaction.atomic():
         if agent_id is None:
             agent = AgentProfile(owner=user)
@@ -296,6 +301,7 @@ def agent_save(*, user, agent_id: int | None, data: dict[str, Any]) -> AgentProf
         agent.tools = tools
         agent.save()
         agent.handoff_targets.set(targets)
+        agent.agent_tools.set(called)
         audit_record(
             action="agent.saved",
             actor=user,
@@ -527,6 +533,7 @@ def _message_insert(
     if compare_models is not None:
         run = _compare_insert(conversation, message, parent_id, call, compare_models)
     else:
+        parameters = call.record()
         run = Run.objects.create(
             conversation=conversation,
             user_message=message,
@@ -534,7 +541,8 @@ def _message_insert(
             metadata=_root(parent_id),
             model_config=call.config,
             prompt_version=call.version,
-            parameters=call.record(),
+            parameters=parameters,
+            max_steps=run_max_steps(parameters, default=Run.DEFAULT_MAX_STEPS),
         )
     if not conversation.title:
         conversation.title = auto_title(content)
@@ -652,7 +660,8 @@ def _own_run(*, user, run_id: int) -> Run:
 
 def run_cancel(*, user, run_id: int) -> Run:
     """Stop a run. The partial reply is kept and marked stopped. A compare's or a
-    chain's unfinished parts are stopped with it (``toolphase.parts_stop``).
+    chain's unfinished parts, an answer's sub-runs (``conversations.subagents``), are
+    stopped with it (``toolphase.parts_stop``).
 
     A run being streamed by a live worker is flagged (``cancel_requested``) and
     the worker stops at its next save of the reply; any other active run is
@@ -663,7 +672,8 @@ def run_cancel(*, user, run_id: int) -> Run:
         run = _own_run(user=user, run_id=run_id)
         if run.is_terminal:
             raise RunNotCancellable(f"This reply has already {_FINISHED[run.status]}.")
-        if run.kind != Run.Kind.ANSWER:  # a compare's or chain's parts first (the lock order)
+        if run.kind != Run.Kind.ANSWER or run.metadata.get("agent_parts"):
+            # A compare's or chain's parts, an answer's sub-runs, first (the lock order).
             parts_stop(run=run, actor=user)
         if not run_cancel_request(run=run, actor=user):
             run_stop(run=run, actor=user)
@@ -803,6 +813,7 @@ def message_edit(*, user, message_id: int, content: str) -> Run:
             content=content,
             metadata={"edit_of": message_id},
         )
+        parameters = call.record()
         run = Run.objects.create(
             conversation=conversation,
             user_message=message,
@@ -810,7 +821,8 @@ def message_edit(*, user, message_id: int, content: str) -> Run:
             metadata=_root(parent_id),
             model_config=call.config,
             prompt_version=call.version,
-            parameters=call.record(),
+            parameters=parameters,
+            max_steps=run_max_steps(parameters, default=Run.DEFAULT_MAX_STEPS),
         )
         conversation.current_run = run
         conversation.save(update_fields=["current_run", "updated_at"])

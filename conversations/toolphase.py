@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 from typing import Any, TypedDict, cast
 
+from django.db import transaction
+
 from approvals.costs import CostEstimate, NextStepEstimate
 from approvals.models import ApprovalRequest
 from approvals.services import approval_request_create, approvals_cancel_for_run, gate_decide
+from audit.services import audit_deferred, audit_record
 from conversations import events
-from conversations.agents import is_handoff, tool_refusal, tools_for_run
+from conversations.agents import is_agent_tool, is_handoff, tool_refusal, tools_for_run
 from conversations.chains import part_tools_allowed
 from conversations.context import token_count
 from conversations.gateway import cost_for, worst_case_cost
@@ -38,6 +41,7 @@ from conversations.runs import (
     run_step_schedule,
     run_transition,
 )
+from conversations.subagents import subrun_info, subrun_result, subrun_start
 from tools.models import ToolInvocation
 from tools.registry import ToolArgumentsInvalid, ToolSpec, registry
 from tools.selectors import invocation_tool_message, tools_offered_for_user
@@ -336,6 +340,8 @@ def turn_continue(*, run: Run, message_id: int) -> None:
       with a step scheduled on commit (a call another worker still runs is left to
       it: the step finds nothing approved, and the recovery job covers a worker
       that died);
+    - else, some call of an agent is still answered by its sub-run →
+      ``awaiting_parts`` (``conversations.subagents``; no worker waits);
     - all settled → tool messages written, next model call (``calling_llm``).
 
     The caller's lease on the run, if any, is given up. Precondition: inside
@@ -346,11 +352,14 @@ def turn_continue(*, run: Run, message_id: int) -> None:
     if run.cancel_requested:
         run_stop(run=run)
         return
-    statuses = {invocation.status for invocation in _turn(run, message_id)}
+    turn = _turn(run, message_id)
+    statuses = {invocation.status for invocation in turn if not _in_sub_run(invocation)}
     if IS.AWAITING_APPROVAL in statuses:
         target = S.AWAITING_APPROVAL
     elif statuses & {IS.APPROVED, IS.RUNNING, IS.REQUESTED}:
         target = S.EXECUTING_TOOLS
+    elif any(_in_sub_run(invocation) for invocation in turn):
+        target = S.AWAITING_PARTS
     else:
         turn_write_results(run=run, message_id=message_id)
         target = S.CALLING_LLM
@@ -375,13 +384,85 @@ def turn_approved(*, run: Run, message_id: int) -> list[int]:
     for invocation in approved:
         if is_handoff(invocation.tool_name):
             handoff_execute(run=run, invocation=invocation)
-    return [inv.pk for inv in approved if not is_handoff(inv.tool_name)]
+        elif is_agent_tool(invocation.tool_name):
+            subrun_start(run=run, invocation=invocation)
+    return [
+        inv.pk
+        for inv in approved
+        if not is_handoff(inv.tool_name) and not is_agent_tool(inv.tool_name)
+    ]
+
+
+def _in_sub_run(invocation: ToolInvocation) -> bool:
+    """Whether ``invocation`` is a call of an agent still answered by its sub-run."""
+    return invocation.status == IS.RUNNING and "sub_run_id" in invocation.metadata
 
 
 def turn_running(*, run: Run, message_id: int) -> list[int]:
     """Ids of the turn's invocations left ``running``: for a resumed step, the calls
-    the worker that held the run before was running when it died."""
-    return [inv.pk for inv in _turn(run, message_id) if inv.status == IS.RUNNING]
+    the worker that held the run before was running when it died (not the calls of
+    agents: their sub-runs answer them, whatever became of that worker)."""
+    return [
+        inv.pk
+        for inv in _turn(run, message_id)
+        if inv.status == IS.RUNNING and not _in_sub_run(inv)
+    ]
+
+
+def agent_part_ended(*, orchestrator_id: int, kind: str, part_id: int, **_signal: Any) -> None:
+    """Receiver of ``runs.run_part_ended`` (``apps.ready``): sub-runs of answer run
+    ``orchestrator_id`` ended (``conversations.subagents``). Other kinds are ignored.
+
+    Each ended sub-run's call, still ``running``, gets its result
+    (``subrun_result``: the agent's answer, or why there is none); then, if the run
+    waits in ``awaiting_parts``, it goes on (:func:`turn_continue`). Idempotent (the
+    recovery job may send it again, with any part): the run is locked first (the
+    lock order), then the calls, and only calls still ``running`` are settled.
+    """
+    if kind != Run.Kind.ANSWER:
+        return
+    with transaction.atomic(), audit_deferred():
+        run = run_lock(run_id=orchestrator_id)
+        if run is None:
+            return
+        ended = [part for part in run.parts.filter(status__in=Run.TERMINAL) if subrun_info(part)]
+        calls = {
+            inv.pk: inv
+            for inv in ToolInvocation.objects.select_for_update(no_key=True)
+            .filter(run_id=run.pk, status=IS.RUNNING)
+            .order_by("pk")
+        }
+        message_id = None
+        for part in ended:
+            invocation = calls.get(subrun_info(part)["invocation_id"])  # type: ignore[index]
+            if invocation is None:
+                continue
+            result, is_error = subrun_result(part)
+            invocation_mark(
+                invocation_id=invocation.pk,
+                status=IS.FAILED if is_error else IS.SUCCEEDED,
+                expected=[IS.RUNNING],
+                result=result,
+                is_error=is_error,
+            )
+            audit_record(
+                action="agent.subrun_ended",
+                actor=None,
+                target_type="run",
+                target_id=run.pk,
+                data={
+                    "sub_run_id": part.pk,
+                    "status": part.status,
+                    "tool_call_id": invocation.tool_call_id,
+                    "conversation_id": run.conversation_id,
+                },
+            )
+            message_id = invocation.message_id
+        if message_id is None:
+            return
+        events.run_tools_changed(run_id=run.pk)
+        if run.status == S.AWAITING_PARTS:
+            turn_continue(run=run, message_id=message_id)
 
 
 def approval_lock_subject(*, approval: ApprovalRequest, **_signal: Any) -> None:

@@ -259,7 +259,8 @@ class ChainFactory(factory.django.DjangoModelFactory):
 
 class AgentProfileFactory(factory.django.DjangoModelFactory):
     """A private agent of a new user with text instructions and no tools, no model of
-    its own (the conversation's); pass ``handoff_targets=[...]`` to let it hand off."""
+    its own (the conversation's); pass ``handoff_targets=[...]`` to let it hand off,
+    ``agent_tools=[...]`` to let it call agents as tools."""
 
     class Meta:
         model = "conversations.AgentProfile"
@@ -274,3 +275,8 @@ class AgentProfileFactory(factory.django.DjangoModelFactory):
     def handoff_targets(obj, create, extracted, **kwargs):
         if create and extracted:
             obj.handoff_targets.set(extracted)
+
+    @factory.post_generation
+    def agent_tools(obj, create, extracted, **kwargs):
+        if create and extracted:
+            obj.agent_tools.set(extracted)

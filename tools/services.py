@@ -238,8 +238,8 @@ def invocation_mark(
     status other than ``running``); otherwise :class:`InvocationStateError`.
     ``arguments_executed`` (edited arguments) is validated against the tool's
     schema and raises :class:`ToolArgumentsInvalid` without writing.
-    ``metadata`` is merged into the row's metadata. Settled statuses set
-    ``finished_at``. Opens its own ``transaction.atomic`` outside a transaction;
+    ``metadata`` is merged into the row's metadata. ``running`` sets ``started_at``,
+    settled statuses ``finished_at``. Opens its own ``transaction.atomic`` outside a transaction;
     inside one it takes no savepoint (a refusal raises before writing; a
     database error leaves the caller's transaction to roll back).
     """
@@ -278,6 +278,8 @@ def invocation_mark(
                 setattr(invocation, name, value)
         if metadata:
             invocation.metadata = {**invocation.metadata, **metadata}
+        if status == Status.RUNNING and invocation.started_at is None:
+            invocation.started_at = timezone.now()
         if status in ToolInvocation.SETTLED and invocation.finished_at is None:
             invocation.finished_at = timezone.now()
         invocation.save()

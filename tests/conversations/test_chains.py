@@ -65,7 +65,7 @@ def test_three_steps_pass_previous_response_and_earlier_steps(conversation):
     assert (run.kind, run.status) == (Run.Kind.CHAIN, Run.Status.AWAITING_PARTS)
     run = run_chain(run)
     assert run.status == Run.Status.COMPLETED, run.error
-    answers = [chains._answer(p) for p in parts(run)]
+    answers = [chains.part_answer(p) for p in parts(run)]
     assert answers == ["A-x", "B-A-x", "C-B-A-x|A-x|Step 2"]
     assert [p.position for p in parts(run)] == [0, 1, 2]
     # The chain's answer is one assistant message of the chain run: what later turns read.
