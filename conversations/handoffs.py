@@ -20,13 +20,36 @@ from typing import Any
 from audit.services import audit_record
 from conversations.agents import agents_visible, run_agent
 from conversations.loopevents import loop_event_of_run
-from conversations.models import Run
-from conversations.prompting import call_settings
+from conversations.models import AgentProfile, Run
+from conversations.prompting import CallSettings, call_settings
 from prompts.errors import PROMPT_REFUSALS
 from tools.models import ToolInvocation
 from tools.services import invocation_mark
 
 IS = ToolInvocation.Status
+
+
+def agent_settings(
+    *, run: Run, target: dict[str, Any] | None
+) -> tuple[AgentProfile | None, CallSettings | None, str]:
+    """The agent ``target`` (a handoff or agent tool of the run's agent record) names
+    and the settings a call of it in ``run``'s conversation is made with:
+    ``(agent, settings, "")``, or ``(agent or None, None, why not)`` when it is gone or
+    no longer visible to the conversation's owner, its instructions cannot be
+    resolved, or its model is disabled (the reason is for the model and people)."""
+    owner = run.conversation.owner
+    agent = (
+        agents_visible(user=owner).filter(pk=target["id"]).first() if target is not None else None
+    )
+    if agent is None:
+        return None, None, "That agent is no longer available."
+    try:
+        settings = call_settings(conversation=run.conversation, agent=agent)
+    except PROMPT_REFUSALS as error:
+        return agent, None, f"The agent {agent.name}'s instructions cannot be used: {error}"
+    if not settings.config.enabled:
+        return agent, None, f"The agent {agent.name}'s model {settings.config.name} is disabled."
+    return agent, settings, ""
 
 
 def handoff_execute(*, run: Run, invocation: ToolInvocation) -> None:
@@ -48,19 +71,7 @@ def handoff_execute(*, run: Run, invocation: ToolInvocation) -> None:
     )
     arguments = invocation.arguments_executed or invocation.arguments_requested or {}
     owner = run.conversation.owner
-    agent = (
-        agents_visible(user=owner).filter(pk=target["id"]).first() if target is not None else None
-    )
-    problem = "" if agent is not None else "That agent is no longer available."
-    settings = None
-    if agent is not None:
-        try:
-            settings = call_settings(conversation=run.conversation, agent=agent)
-        except PROMPT_REFUSALS as error:
-            problem = f"The agent {agent.name}'s instructions cannot be used: {error}"
-        if settings is not None and not settings.config.enabled:
-            problem = f"The agent {agent.name}'s model {settings.config.name} is disabled."
-            settings = None
+    agent, settings, problem = agent_settings(run=run, target=target)
     if settings is None or agent is None:
         invocation_mark(
             invocation_id=invocation.pk,

@@ -27,13 +27,12 @@ from typing import Any
 
 from audit.services import audit_record
 from conversations import events
-from conversations.agents import agent_record, agent_target, agents_visible, run_max_steps
+from conversations.agents import agent_record, agent_target, run_max_steps
 from conversations.chains import part_answer
+from conversations.handoffs import agent_settings
 from conversations.loopevents import loop_event_of_run
 from conversations.models import Run
-from conversations.prompting import call_settings
 from conversations.runs import run_step_schedule
-from prompts.errors import PROMPT_REFUSALS
 from tools.models import ToolInvocation
 from tools.services import invocation_mark, result_truncate
 
@@ -68,19 +67,7 @@ def subrun_start(*, run: Run, invocation: ToolInvocation) -> Run | None:
     arguments = invocation.arguments_executed or invocation.arguments_requested or {}
     task = str(arguments.get("task", "")).strip()
     owner = run.conversation.owner
-    agent = (
-        agents_visible(user=owner).filter(pk=target["id"]).first() if target is not None else None
-    )
-    problem = "" if agent is not None else "That agent is no longer available."
-    settings = None
-    if agent is not None:
-        try:
-            settings = call_settings(conversation=run.conversation, agent=agent)
-        except PROMPT_REFUSALS as error:
-            problem = f"The agent {agent.name}'s instructions cannot be used: {error}"
-        if settings is not None and not settings.config.enabled:
-            problem = f"The agent {agent.name}'s model {settings.config.name} is disabled."
-            settings = None
+    agent, settings, problem = agent_settings(run=run, target=target)
     if agent is not None and settings is not None and not task:
         problem, settings = "The task is empty.", None
     if agent is None or settings is None:

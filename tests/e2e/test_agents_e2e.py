@@ -44,17 +44,22 @@ def _agent(
     expect(page.locator(f"table.agents-table tr:has-text('{name}')")).to_have_count(1)
 
 
+def _chat_with(page: Page, agent: str) -> None:
+    """A new chat, answered by ``agent`` (picked in the chat header)."""
+    chat_new(page)
+    page.locator("#agent-picker").select_option(label=agent)
+    expect(page.locator("#agent-picker")).to_have_value(
+        page.locator("#agent-picker option", has_text=agent).get_attribute("value") or ""
+    )
+
+
 def test_triage_hands_off_to_a_specialist_after_an_approval(new_page, stack):
     page = new_page()
     sign_up(page, unique_email("agents"))
     _agent(page, "Billing", "You answer billing questions.")
     _agent(page, "Triage", "You route the user.", targets=("Billing",))
 
-    chat_new(page)
-    page.locator("#agent-picker").select_option(label="Triage")
-    expect(page.locator("#agent-picker")).to_have_value(
-        page.locator("#agent-picker option", has_text="Triage").get_attribute("value") or ""
-    )
+    _chat_with(page, "Triage")
     run_id, block = chat_send(page, "hand off to Billing")
     card = approval_card(page, run_id)
     expect(card).to_be_visible(timeout=30_000)
@@ -84,11 +89,7 @@ def test_a_manager_calls_an_agent_as_a_tool_and_its_sub_run_answers_in_a_section
     _agent(page, "Researcher", "You look things up.")
     _agent(page, "Manager", "You delegate.", calls=("Researcher",))
 
-    chat_new(page)
-    page.locator("#agent-picker").select_option(label="Manager")
-    expect(page.locator("#agent-picker")).to_have_value(
-        page.locator("#agent-picker option", has_text="Manager").get_attribute("value") or ""
-    )
+    _chat_with(page, "Manager")
     run_id, block = chat_send(page, "ask Researcher to say: The answer is 42")
     card = approval_card(page, run_id)
     expect(card).to_be_visible(timeout=30_000)
