@@ -277,11 +277,11 @@ async def _level(env: BenchEnv, config, level: int, wait: float, direct: bool = 
         pairs = await sync_to_async(setup)()
         tasks = [asyncio.create_task(one_stream(env, n, c, start, wait)) for n, c in pairs]
     await asyncio.sleep(1.0)  # let every socket connect first
+    # Every process of the stack by name (web, worker, beat, and a second worker
+    # when bench/scale.py started one), the provider, and this process (the clients).
     sampler = RssSampler(
         {
-            "web": env.pid("web"),
-            "worker": env.pid("worker"),
-            "beat": env.pid("beat"),
+            **{name: process.pid for name, process in env.stack.processes.items()},
             "provider": env.providers["chat"].process.pid,
             "client": os.getpid(),
         }
@@ -304,6 +304,7 @@ async def _level(env: BenchEnv, config, level: int, wait: float, direct: bool = 
                 result["status"] = f"failed ({causes[conversation_id]})"
     ends = [r["end"] for r in results if r["end"] is not None]
     return {
+        "began": began,
         "peak": peak_overlap([(r["first"], r["end"]) for r in results if r["first"] and r["end"]]),
         "gaps": [g * 1000 for r in results for g in r["gaps"]],
         "ttft": [r["ttft"] * 1000 for r in results if r["ttft"] is not None],
