@@ -30,8 +30,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +99,8 @@ def unpin(env: BenchEnv) -> None:
 def _row(level: int, data: dict) -> tuple[list[str], dict[str, Any]]:
     """A table row for one level and its figures (``sustained``, CPU per reply...)."""
     gaps, ttft, cpu = data["gaps"], data["ttft"], data["cpu"]
-    tollgate = sum(v for k, v in cpu.items() if k == "web" or k.startswith("worker"))
+    workers = sum(v for k, v in cpu.items() if k.startswith("worker"))
+    tollgate = cpu.get("web", 0.0) + workers
     loadgen = cpu.get("provider", 0.0) + cpu.get("client", 0.0)
     # The level's wall time: the first send to the last stream's end.
     loadgen_share = loadgen / data["wall"] if data["wall"] == data["wall"] else float("nan")
@@ -120,19 +124,53 @@ def _row(level: int, data: dict) -> tuple[list[str], dict[str, Any]]:
         fmt(p50(ttft), 0),
         fmt(percentile(ttft, 0.99), 0),
         str(len(data["errors"])),
-        fmt(figures["cpu_ms"], 1),
+        f"{fmt(figures['cpu_ms'], 1)} ({fmt(cpu.get('web', 0.0) / level * 1000, 1)} / "
+        f"{fmt(workers / level * 1000, 1)})",
         f"{loadgen_share * 100:.0f}% ({'yes' if figures['kept_up'] else 'no'})",
         "yes" if figures["sustained"] else "no",
     ]
     return row, figures
 
 
-async def _ramp(env: BenchEnv, config: Any, levels: list[int], wait: float, label: str) -> tuple[
-    list[list[str]], list[dict[str, Any]], list[str]
-]:  # fmt: skip
+@contextlib.contextmanager
+def profiled(env: BenchEnv, names: list[str], out: Path | None) -> Iterator[None]:
+    """py-spy (``--nonblocking``, 200 Hz, only threads holding the GIL: where the CPU
+    goes, not the waits; raw collapsed stacks) on each stack process in ``names``
+    while the block runs, one ``<out>-<name>.txt`` each; nothing if
+    ``out`` is ``None``. py-spy is this process's child, so it runs on its CPU."""
+    if out is None:
+        yield
+        return
+    spy = Path(sys.executable).with_name("py-spy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name in names:
+        argv = [str(spy), "record", "--nonblocking", "--gil", "-r", "200", "-f", "raw",
+                "-p", str(env.pid(name)), "-o", f"{out}-{name}.txt"]  # fmt: skip
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for proc in procs:
+            proc.wait(timeout=60)
+
+
+async def _ramp(
+    env: BenchEnv,
+    config: Any,
+    levels: list[int],
+    wait: float,
+    label: str,
+    profile: tuple[int, Path] | None = None,
+) -> tuple[list[list[str]], list[dict[str, Any]], list[str]]:
     rows, figures, errors = [], [], []
     for level in levels:
-        data = await _level(env, config, level, wait)
+        out = profile[1] if profile and profile[0] == level else None
+        with profiled(env, [n for n in env.stack.processes if n != "beat"], out):
+            data = await _level(env, config, level, wait)
         row, fig = _row(level, data)
         print(f"  {label} {level}: {' | '.join(row)}", flush=True)
         rows.append([label, *row])
@@ -180,7 +218,9 @@ def sustained(figures: list[dict[str, Any]]) -> int:
     return best
 
 
-async def _measure(env: BenchEnv, levels: list[int], wait: float, quick: bool) -> Result:
+async def _measure(
+    env: BenchEnv, levels: list[int], wait: float, quick: bool, profile: tuple[int, Path] | None
+) -> Result:
     from asgiref.sync import sync_to_async
 
     env.providers["chat"].reply(model=MODEL, text=words(TOKENS))
@@ -188,7 +228,7 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float, quick: bool) -
     one = place(env, {"web": TOLLGATE_CPU, "worker": TOLLGATE_CPU, "beat": TOLLGATE_CPU})
     print(f"one worker: {one}", flush=True)
     await _level(env, config, 2, wait)  # warm-up: connections, imports, caches
-    rows, figures, errors = await _ramp(env, config, levels, wait, "1 worker")
+    rows, figures, errors = await _ramp(env, config, levels, wait, "1 worker", profile)
 
     paced_ms = await _paced_httpx_cpu(env, levels[0])
     gateway, _ = await _gateway_cpu(env, streams=3 if quick else 30)
@@ -260,7 +300,7 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float, quick: bool) -
         "TTFT p50 ms",
         "TTFT p99 ms",
         "errors",
-        "Tollgate CPU ms/reply",
+        "Tollgate CPU ms/reply (web / workers)",
         "load generator CPU of its core (kept up)",
         "sustained",
     ]
@@ -290,24 +330,41 @@ async def _measure(env: BenchEnv, levels: list[int], wait: float, quick: bool) -
     )
 
 
-def measure(env: BenchEnv, *, quick: bool = False, levels: list[int] | None = None) -> Result:
+def measure(
+    env: BenchEnv,
+    *,
+    quick: bool = False,
+    levels: list[int] | None = None,
+    profile: tuple[int, Path] | None = None,
+) -> Result:
     """Run the ramps on ``env`` (see the module docstring); ``quick``: levels 2 and 3.
 
-    Raises ``OSError`` on a machine with fewer than 2 CPUs (nothing to isolate)."""
+    ``profile``: ``(level, path prefix)``: py-spy the web and the worker during that
+    level of the one-worker ramp (``profiled``). Raises ``OSError`` on a machine
+    with fewer than 2 CPUs (nothing to isolate)."""
     if (os.cpu_count() or 1) < 2:
         raise OSError("the isolated benchmark needs 2 CPUs")
     levels = [2, 3] if quick else (levels or LEVELS)
-    return asyncio.run(_measure(env, levels, wait=60 if quick else 180, quick=quick))
+    return asyncio.run(_measure(env, levels, 60 if quick else 180, quick, profile))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--quick", action="store_true", help="levels 2 and 3 (a smoke run)")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="LEVEL:PATH_PREFIX: py-spy the web and the worker during that level",
+    )
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x]
+    profile = None
+    if args.profile:
+        level, prefix = args.profile.split(":", 1)
+        profile = (int(level), Path(prefix).resolve())
     with bench_stack() as env:
-        print(measure(env, quick=args.quick, levels=levels).render())
+        print(measure(env, quick=args.quick, levels=levels, profile=profile).render())
     return 0
 
 
