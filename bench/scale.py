@@ -96,6 +96,21 @@ def unpin(env: BenchEnv) -> None:
         pin(pid, every, children=name != "clients")
 
 
+def postgres_cpu(database: str) -> float:
+    """CPU seconds (user + system) used so far by the PostgreSQL backends serving
+    ``database`` (their process title names it); backends that ended are not counted."""
+    import psutil
+
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if title.startswith("postgres: ") and f" {database} " in title:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
+
+
 def _row(level: int, data: dict) -> tuple[list[str], dict[str, Any]]:
     """A table row for one level and its figures (``sustained``, CPU per reply...)."""
     gaps, ttft, cpu = data["gaps"], data["ttft"], data["cpu"]
@@ -126,6 +141,7 @@ def _row(level: int, data: dict) -> tuple[list[str], dict[str, Any]]:
         str(len(data["errors"])),
         f"{fmt(figures['cpu_ms'], 1)} ({fmt(cpu.get('web', 0.0) / level * 1000, 1)} / "
         f"{fmt(workers / level * 1000, 1)})",
+        fmt(data["postgres"] / level * 1000, 1),
         f"{loadgen_share * 100:.0f}% ({'yes' if figures['kept_up'] else 'no'})",
         "yes" if figures["sustained"] else "no",
     ]
@@ -169,8 +185,11 @@ async def _ramp(
     rows, figures, errors = [], [], []
     for level in levels:
         out = profile[1] if profile and profile[0] == level else None
+        database = env.database_url.rsplit("/", 1)[-1]
         with profiled(env, [n for n in env.stack.processes if n != "beat"], out):
+            before = postgres_cpu(database)
             data = await _level(env, config, level, wait)
+            data["postgres"] = postgres_cpu(database) - before
         row, fig = _row(level, data)
         print(f"  {label} {level}: {' | '.join(row)}", flush=True)
         rows.append([label, *row])
@@ -301,6 +320,7 @@ async def _measure(
         "TTFT p99 ms",
         "errors",
         "Tollgate CPU ms/reply (web / workers)",
+        "PostgreSQL CPU ms/reply",
         "load generator CPU of its core (kept up)",
         "sustained",
     ]
@@ -314,7 +334,9 @@ async def _measure(
         notes=[
             f"Placement, 1 worker: {one}. Placement, 2 workers: {two}: the second worker "
             "shares CPU 1 with the load generator. PostgreSQL and Redis are the machine's "
-            "services, on either CPU, shared with other work, and not counted in Tollgate's CPU.",
+            "services, on either CPU, shared with other work, and not counted in Tollgate's "
+            "CPU; the PostgreSQL column is the CPU of this stack's database backends over the "
+            "level (backends that ended during it are not counted).",
             f"Headline: one worker on one core sustains {best1 or 'none'} concurrent streams "
             f"(p99 frame gap ≤ {GAP_TARGET_MS:.0f} ms, 0 errors, ≥ 90% of them streaming at "
             f"once); two workers sustain {best2 or 'none'}: {ratio}.",
