@@ -96,19 +96,26 @@ def unpin(env: BenchEnv) -> None:
         pin(pid, every, children=name != "clients")
 
 
-def postgres_cpu(database: str) -> float:
-    """CPU seconds (user + system) used so far by the PostgreSQL backends serving
-    ``database`` (their process title names it); backends that ended are not counted."""
+def postgres_cpu(database: str) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each PostgreSQL backend serving
+    ``database`` (their process title names it), by pid."""
     import psutil
 
-    total = 0.0
+    out = {}
     for proc in psutil.process_iter(["cmdline"]):
         title = " ".join(proc.info["cmdline"] or [])
         if title.startswith("postgres: ") and f" {database} " in title:
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = proc.cpu_times()
-                total += times.user + times.system
-    return total
+                out[proc.pid] = times.user + times.system
+    return out
+
+
+def postgres_cpu_since(database: str, before: dict[int, float]) -> float:
+    """CPU seconds the backends of ``database`` used since ``before`` (``postgres_cpu``):
+    new backends count whole, backends that ended in between are not counted."""
+    now = postgres_cpu(database)
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in now.items())
 
 
 def _row(level: int, data: dict) -> tuple[list[str], dict[str, Any]]:
@@ -189,7 +196,7 @@ async def _ramp(
         with profiled(env, [n for n in env.stack.processes if n != "beat"], out):
             before = postgres_cpu(database)
             data = await _level(env, config, level, wait)
-            data["postgres"] = postgres_cpu(database) - before
+            data["postgres"] = postgres_cpu_since(database, before)
         row, fig = _row(level, data)
         print(f"  {label} {level}: {' | '.join(row)}", flush=True)
         rows.append([label, *row])
