@@ -44,9 +44,18 @@ TOKENS = 60
 CPU_COLUMNS = ("web", "worker", "provider", "client")
 
 
+def machine_busy() -> float:
+    """CPU seconds all CPUs of the machine have spent busy (not idle, not waiting)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq
+
+
 class RssSampler(threading.Thread):
     """Peak RSS (MiB) per named process tree, sampled every ``interval`` seconds,
-    and the CPU seconds each tree used between ``start()`` and ``stop()``."""
+    and the CPU seconds each tree used between creation and ``stop()`` (``cpu``), and
+    the whole machine's (``busy``, over ``wall`` seconds)."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
         super().__init__(daemon=True)
@@ -56,6 +65,9 @@ class RssSampler(threading.Thread):
         self.stopping = threading.Event()
         self.cpu_start = self._cpu()
         self.cpu: dict[str, float] = {}
+        # The whole machine's busy CPU seconds over the same window (bench/scale.py).
+        self.busy_start, self.began = machine_busy(), time.monotonic()
+        self.busy = self.wall = 0.0
 
     def _cpu(self) -> dict[str, float]:
         import psutil
@@ -77,6 +89,8 @@ class RssSampler(threading.Thread):
         self.join()
         end = self._cpu()
         self.cpu = {name: end[name] - self.cpu_start.get(name, 0.0) for name in end}
+        self.busy = machine_busy() - self.busy_start
+        self.wall = time.monotonic() - self.began
 
     def run(self) -> None:
         import psutil
@@ -312,6 +326,8 @@ async def _level(env: BenchEnv, config, level: int, wait: float, direct: bool = 
         "wall": (max(ends) - began) if ends else float("nan"),
         "rss": sampler.peak,
         "cpu": sampler.cpu,
+        "busy": sampler.busy,
+        "busy_wall": sampler.wall,
     }
 
 

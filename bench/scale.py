@@ -126,6 +126,11 @@ def _row(level: int, data: dict) -> tuple[list[str], dict[str, Any]]:
     loadgen = cpu.get("provider", 0.0) + cpu.get("client", 0.0)
     # The level's wall time: the first send to the last stream's end.
     loadgen_share = loadgen / data["wall"] if data["wall"] == data["wall"] else float("nan")
+    # What the rest of the machine (other people's work) used meanwhile, as a share of
+    # both CPUs: it shares Tollgate's CPU too (only our processes are pinned).
+    ours = tollgate + loadgen + cpu.get("beat", 0.0) + data["postgres"]
+    cores = os.cpu_count() or 1
+    others = max(0.0, data["busy"] - ours) / (data["busy_wall"] * cores)
     gap99 = percentile(gaps, 0.99)
     figures = {
         "gap99": gap99,
@@ -150,6 +155,7 @@ def _row(level: int, data: dict) -> tuple[list[str], dict[str, Any]]:
         f"{fmt(workers / level * 1000, 1)})",
         fmt(data["postgres"] / level * 1000, 1),
         f"{loadgen_share * 100:.0f}% ({'yes' if figures['kept_up'] else 'no'})",
+        f"{others * 100:.0f}%",
         "yes" if figures["sustained"] else "no",
     ]
     return row, figures
@@ -329,6 +335,7 @@ async def _measure(
         "Tollgate CPU ms/reply (web / workers)",
         "PostgreSQL CPU ms/reply",
         "load generator CPU of its core (kept up)",
+        "other work on the machine",
         "sustained",
     ]
     return Result(
@@ -343,7 +350,11 @@ async def _measure(
             "shares CPU 1 with the load generator. PostgreSQL and Redis are the machine's "
             "services, on either CPU, shared with other work, and not counted in Tollgate's "
             "CPU; the PostgreSQL column is the CPU of this stack's database backends over the "
-            "level (backends that ended during it are not counted).",
+            "level, its setup (users, conversations) included (backends that ended during "
+            "it are not counted). 'Other work on the "
+            "machine': the CPU the machine spent busy during the level less what this "
+            "benchmark's processes and backends used, as a share of all CPUs (other people's "
+            "tests share this machine, and Tollgate's CPU with it: only ours are pinned).",
             f"Headline: one worker on one core sustains {best1 or 'none'} concurrent streams "
             f"(p99 frame gap ≤ {GAP_TARGET_MS:.0f} ms, 0 errors, ≥ 90% of them streaming at "
             f"once); two workers sustain {best2 or 'none'}: {ratio}.",
