@@ -39,7 +39,7 @@ def test_budget_check_prints_a_table():
 
 @pytest.mark.slow
 def test_main_job_benchmarks_print_their_tables():
-    """bench/run_all.py --quick runs benchmarks 1-9 once against a real stack."""
+    """bench/run_all.py --quick runs benchmarks 1-12 once against a real stack."""
     if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         pytest.skip("the benchmarks need PostgreSQL (DATABASE_URL)")
     out = _bench(
@@ -47,7 +47,7 @@ def test_main_job_benchmarks_print_their_tables():
         "--quick",
         "--no-write",
         "--no-budget",
-        timeout=600,
+        timeout=900,
         BENCH_REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
     )
     for title in (
@@ -60,6 +60,7 @@ def test_main_job_benchmarks_print_their_tables():
         "7. Conversation page",
         "8. Markdown rendering per stream frame",
         "9. Guardrails per message",
+        "12. Streams per core",
     ):
         assert f"### {title}" in out, out[-3000:]
     assert "FAILED" not in out
