@@ -44,9 +44,18 @@ TOKENS = 60
 CPU_COLUMNS = ("web", "worker", "provider", "client")
 
 
+def machine_busy() -> float:
+    """CPU seconds all CPUs of the machine have spent busy (not idle, not waiting)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq
+
+
 class RssSampler(threading.Thread):
     """Peak RSS (MiB) per named process tree, sampled every ``interval`` seconds,
-    and the CPU seconds each tree used between ``start()`` and ``stop()``."""
+    and the CPU seconds each tree used between creation and ``stop()`` (``cpu``), and
+    the whole machine's (``busy``, over ``wall`` seconds)."""
 
     def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
         super().__init__(daemon=True)
@@ -56,6 +65,9 @@ class RssSampler(threading.Thread):
         self.stopping = threading.Event()
         self.cpu_start = self._cpu()
         self.cpu: dict[str, float] = {}
+        # The whole machine's busy CPU seconds over the same window (bench/scale.py).
+        self.busy_start, self.began = machine_busy(), time.monotonic()
+        self.busy = self.wall = 0.0
 
     def _cpu(self) -> dict[str, float]:
         import psutil
@@ -77,6 +89,8 @@ class RssSampler(threading.Thread):
         self.join()
         end = self._cpu()
         self.cpu = {name: end[name] - self.cpu_start.get(name, 0.0) for name in end}
+        self.busy = machine_busy() - self.busy_start
+        self.wall = time.monotonic() - self.began
 
     def run(self) -> None:
         import psutil
@@ -277,11 +291,11 @@ async def _level(env: BenchEnv, config, level: int, wait: float, direct: bool = 
         pairs = await sync_to_async(setup)()
         tasks = [asyncio.create_task(one_stream(env, n, c, start, wait)) for n, c in pairs]
     await asyncio.sleep(1.0)  # let every socket connect first
+    # Every process of the stack by name (web, worker, beat, and a second worker
+    # when bench/scale.py started one), the provider, and this process (the clients).
     sampler = RssSampler(
         {
-            "web": env.pid("web"),
-            "worker": env.pid("worker"),
-            "beat": env.pid("beat"),
+            **{name: process.pid for name, process in env.stack.processes.items()},
             "provider": env.providers["chat"].process.pid,
             "client": os.getpid(),
         }
@@ -304,6 +318,7 @@ async def _level(env: BenchEnv, config, level: int, wait: float, direct: bool = 
                 result["status"] = f"failed ({causes[conversation_id]})"
     ends = [r["end"] for r in results if r["end"] is not None]
     return {
+        "began": began,
         "peak": peak_overlap([(r["first"], r["end"]) for r in results if r["first"] and r["end"]]),
         "gaps": [g * 1000 for r in results for g in r["gaps"]],
         "ttft": [r["ttft"] * 1000 for r in results if r["ttft"] is not None],
@@ -311,6 +326,8 @@ async def _level(env: BenchEnv, config, level: int, wait: float, direct: bool = 
         "wall": (max(ends) - began) if ends else float("nan"),
         "rss": sampler.peak,
         "cpu": sampler.cpu,
+        "busy": sampler.busy,
+        "busy_wall": sampler.wall,
     }
 
 

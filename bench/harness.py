@@ -239,12 +239,16 @@ class BenchEnv:
 
     def user(self, name: str, *, http: bool = True) -> Any:
         """A user ``<name>@bench.invalid`` with a session (cookie in ``cookies``):
-        logged in over HTTP, or with ``http=False`` straight in the session store."""
+        logged in over HTTP, or with ``http=False`` straight in the session store
+        (then with no usable password: hashing one costs ~0.3 s of CPU, which for
+        hundreds of users would be most of a benchmark's setup)."""
         if name in self.users:
             return self.users[name]
         from accounts.models import User
 
-        user = User.objects.create_user(email=f"{name}@bench.invalid", password=PASSWORD)
+        user = User.objects.create_user(
+            email=f"{name}@bench.invalid", password=PASSWORD if http else None
+        )
         if http:
             self.cookies[name] = http_login(self.stack.base_url, user.email, PASSWORD)
         else:

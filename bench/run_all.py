@@ -2,13 +2,15 @@
 
 Starts the production topology once (``bench/harness.py``: daphne, Celery
 worker and beat, PostgreSQL, Redis, three llmock providers), runs benchmarks
-1-11 in order (8, Markdown per stream frame, runs in this process and does not
+1-12 in order (8, Markdown per stream frame, runs in this process and does not
 use the stack; 9, guardrails per message, runs its steps in this process),
 prints each table, then replaces the generated part of
 ``docs/benchmarks.md`` (between the ``bench:start``/``bench:end`` markers;
 every other section of the file, e.g. "Budget and rate-limit check", is kept
 as it is). ``bench/budget_check.py`` runs too (its own database) and its
-table is included.
+table is included. With ``--only``, only the chosen benchmarks' sections and
+Targets rows are replaced; the others, from the last full run, stay
+(``merged``).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/tollgate \\
       uv run python bench/run_all.py [--quick] [--only ttft,page] [--no-write]
@@ -37,6 +39,7 @@ from bench import (  # noqa: E402
     observability,
     page,
     parallel,
+    scale,
     streaming,
     ttft,
 )
@@ -57,6 +60,7 @@ BENCHMARKS = {
     "guardrails": guardrails,
     "observability": observability,
     "compare": compare,
+    "scale": scale,
 }
 
 
@@ -86,6 +90,69 @@ def render(results: list[Result], *, header: str, quick: bool, budget: str) -> s
         out += ["### Budget and rate-limit check (this run)", "", budget, ""]
     out.append(END)
     return "\n".join(out) + "\n"
+
+
+def _sections(generated: str) -> list[str]:
+    """The generated part split before each ``### `` heading (the first: what precedes)."""
+    chunks = [""]
+    for line in generated.splitlines(keepends=True):
+        if line.startswith("### "):
+            chunks.append("")
+        chunks[-1] += line
+    return chunks
+
+
+def _number(chunk: str) -> str:
+    """``"12"`` for a chunk headed ``### 12. ...``; ``""`` for any other."""
+    head = chunk.removeprefix("### ").split(".", 1)[0]
+    return head if chunk.startswith("### ") and head.isdigit() else ""
+
+
+def merged(generated: str, results: list[Result], *, note: str) -> str:
+    """``generated`` (the part between the markers) with only ``results`` re-done.
+
+    Each result's section replaces the one with its number (``### 12. ...``) or is
+    added after the last numbered one, and its rows replace its key's rows in the
+    Targets table; every other benchmark's section and targets, and the header of
+    the run that made them, are kept as they are, and ``note`` (one line, "Re-run
+    alone ...") is added under that header, replacing an earlier note of the same
+    benchmarks. For ``--only``: re-running one benchmark keeps the page whole.
+    """
+    from bench.harness import table
+
+    keys = {r.key for r in results}
+    chunks = _sections(generated.split(START, 1)[-1].split(END, 1)[0])
+    lines = [
+        line
+        for line in chunks[0].rstrip("\n").splitlines()
+        if not line.startswith(note.split(":", 1)[0])
+    ]
+    chunks[0] = "\n".join(lines).rstrip("\n") + "\n\n" + note + "\n\n"
+    rows = []
+    for index, chunk in enumerate(chunks):
+        if chunk.startswith("### Targets"):
+            for line in chunk.splitlines()[4:]:  # heading, blank, header, separator
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                if len(cells) == 4 and cells[0] not in keys:
+                    rows.append(cells)
+            rows += [
+                [r.key, target, figure, {True: "met", False: "not met", None: "n/a"}[met]]
+                for r in results
+                for target, figure, met in r.checks
+            ]
+            chunks[index] = (
+                "### Targets\n\n" + table(["bench", "target", "measured", "verdict"], rows) + "\n\n"
+            )
+    for result in results:
+        section = result.render() + "\n"
+        number = result.title.split(".", 1)[0]
+        places = [i for i, chunk in enumerate(chunks) if _number(chunk) == number]
+        if places:
+            chunks[places[0]] = section
+        else:
+            numbered = [i for i, chunk in enumerate(chunks) if _number(chunk)]
+            chunks.insert((numbered[-1] + 1) if numbered else len(chunks), section)
+    return START + "".join(chunks).rstrip("\n") + "\n\n" + END + "\n"
 
 
 def write(generated: str) -> None:
@@ -142,7 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     if budget:
         print(budget)
     header = header.format(minutes=(time.monotonic() - started) / 60)
-    if not args.no_write:
+    if not args.no_write and args.only and DOC.exists() and START in DOC.read_text():
+        note = (
+            f"Re-run alone ({', '.join(chosen)}): "
+            + header.replace("Run ", "", 1).split(" Each process")[0]
+        )
+        write(merged(DOC.read_text(), results, note=note))
+        print(f"wrote {DOC.relative_to(ROOT)} ({', '.join(chosen)} only)")
+    elif not args.no_write:
         write(render(results, header=header, quick=args.quick, budget=budget))
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 1 if failures else 0

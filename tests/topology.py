@@ -201,11 +201,18 @@ class Stack:
             ],
         )
 
-    def start_worker(self, *extra_args: str, concurrency: int | None = None) -> None:
-        """The README's worker (pool and concurrency from settings unless given)."""
+    def start_worker(
+        self, *extra_args: str, concurrency: int | None = None, name: str = "worker"
+    ) -> None:
+        """The README's worker (pool and concurrency from settings unless given).
+
+        ``name`` keys the process in ``processes`` and names its log: a second
+        worker (``"worker2"``) shares the broker with the first, as more workers
+        of one deployment do.
+        """
         pool = ["--concurrency", str(concurrency)] if concurrency is not None else []
         self.start_process(
-            "worker",
+            name,
             [
                 sys.executable,
                 "-m",

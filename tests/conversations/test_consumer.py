@@ -126,6 +126,34 @@ async def test_groups_joined_receive_pushes(cookie, user, conversation, other_us
     await ws.disconnect()
 
 
+async def test_a_push_is_forwarded_without_a_hop_to_a_database_thread(
+    cookie, conversation, monkeypatch
+):
+    """Channels closes stale connections (a thread hop) before every handler; a push
+    touches no database, so the page's consumer forwards it without one."""
+    import channels.consumer
+
+    hops = []
+
+    async def counted() -> None:
+        hops.append(1)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    ws = communicator(f"/ws/?conversation={conversation.pk}", cookie)
+    connected, _ = await ws.connect()
+    assert connected
+    hops.clear()
+    await get_channel_layer().group_send(
+        f"conversation.{conversation.pk}", {"type": "html.push", "html": '<p id="c">x</p>'}
+    )
+    assert await ws.receive_from(timeout=5) == '<p id="c">x</p>'
+    assert hops == []
+    await ws.send_to(text_data="not json")  # a frame from the page: Channels' dispatch
+    assert "error" in (await ws.receive_from(timeout=5)).lower()
+    assert hops == [1]
+    await ws.disconnect()
+
+
 @pytest.fixture
 def no_dispatch(monkeypatch):
     """Runs a test starts are not sent to a worker: only the consumer's answer is under test."""
