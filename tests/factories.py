@@ -274,3 +274,13 @@ class AgentProfileFactory(factory.django.DjangoModelFactory):
     def handoff_targets(obj, create, extracted, **kwargs):
         if create and extracted:
             obj.handoff_targets.set(extracted)
+
+
+class CollectionFactory(factory.django.DjangoModelFactory):
+    """A knowledge collection; share it with ``collection.groups.add(group)``."""
+
+    class Meta:
+        model = "knowledge.Collection"
+
+    owner = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"Collection {n}")
