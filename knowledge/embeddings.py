@@ -57,7 +57,7 @@ def vector_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f4").tobytes()
 
 
-def vectors_from(blobs: list[bytes]) -> np.ndarray:
+def vectors_from(blobs: list[bytes | memoryview]) -> np.ndarray:
     """The vectors stored as ``blobs`` (:func:`vector_bytes`), one row each."""
     if not blobs:
         return np.zeros((0, DIMENSIONS), dtype=np.float32)

@@ -160,7 +160,7 @@ def _html(text: str) -> list[Section]:
         tag.decompose()
     body = soup.body or soup
     sections: list[Section] = []
-    heading, lines = "", []
+    heading, lines = "", list[str]()
     for element in body.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td"]):
         if element.find_parent(["p", "li", "pre", "td"]) is not None:
             continue  # its text is in its parent's
@@ -198,7 +198,7 @@ def _csv(text: str) -> list[Section]:
 def _docx(data: bytes) -> list[Section]:
     document = docx.Document(io.BytesIO(data))
     sections: list[Section] = []
-    heading, lines = "", []
+    heading, lines = "", list[str]()
     for paragraph in document.paragraphs:
         style = paragraph.style.name if paragraph.style is not None else ""
         content = paragraph.text.strip()

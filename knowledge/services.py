@@ -106,7 +106,7 @@ def document_upload(
                 size_bytes=len(data),
             )
             document.file.save(name, ContentFile(data), save=False)
-            stored = document.file.name
+            stored = document.file.name or ""
             document.save()
             audit_record(
                 action="knowledge.document_uploaded",
@@ -224,7 +224,7 @@ def document_delete(*, user: Any, document_id: int) -> None:
         document = Document.objects.filter(pk=document_id, owner=user).first()
         if document is None:
             raise DocumentNotFound("No such document.")
-        name, storage = document.file.name, document.file.storage
+        name, storage = document.file.name or "", document.file.storage
         document.delete()
         audit_record(
             action="knowledge.document_deleted",
@@ -233,7 +233,8 @@ def document_delete(*, user: Any, document_id: int) -> None:
             target_id=document_id,
             data={"name": document.name},
         )
-        transaction.on_commit(lambda: storage.delete(name))
+        if name:
+            transaction.on_commit(lambda: storage.delete(name))
 
 
 def collection_create(*, user: Any, name: str) -> Collection:

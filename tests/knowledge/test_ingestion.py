@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_chunks_overlap_and_never_cross_a_section():
     first_page = [p for p in pieces if p.page == 1]
     assert len(first_page) > 5
     assert all(len(p.text) <= 300 for p in pieces)
-    for before, after in zip(first_page, first_page[1:], strict=False):
+    for before, after in itertools.pairwise(first_page):
         assert after.start < before.end  # they overlap
         assert words[before.start : before.end] == before.text
         assert after.text.split()[0].startswith("word")  # starts at a word

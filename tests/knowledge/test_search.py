@@ -17,7 +17,8 @@ from .conftest import pdf_bytes
 pytestmark = pytest.mark.django_db
 
 HANDBOOK = {
-    "Parking": "Staff parking is in the underground garage on level -2. Visitors use the north lot.",
+    "Parking": "Staff parking is in the underground garage on level -2. Visitors use the "
+    "north lot.",
     "Vacation": "Employees receive 27 days of paid annual leave. Unused days expire on 31 March.",
     "Expenses": "Travel expenses must be submitted within 30 days, with receipts, through the "
     "finance portal.",
