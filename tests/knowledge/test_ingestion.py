@@ -185,7 +185,10 @@ def test_a_failed_ingestion_stores_why_and_can_be_retried(user, ingest, monkeypa
     assert document.chunks.count() == 1
 
 
-def test_an_upload_is_enqueued_on_commit(user, django_capture_on_commit_callbacks, monkeypatch):
+def test_an_upload_is_enqueued_on_commit(
+    user, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    settings.TOLLGATE_DISPATCHER = "celery"
     sent: list[int] = []
     monkeypatch.setattr("knowledge.dispatch.document_ingest_task.delay", sent.append)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
