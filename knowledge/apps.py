@@ -8,8 +8,8 @@ class KnowledgeConfig(AppConfig):
 
     ``ready`` imports ``knowledge.tool``, which registers the read-only
     ``knowledge.search`` tool in ``tools.registry`` (its ``Tool`` row is written by
-    ``tools_sync`` after ``migrate``, like the built-ins'), and connects this app's
-    dispatcher to ``signals.document_ingest_due``.
+    ``tools_sync`` after ``migrate``, like the built-ins'), connects this app's
+    dispatcher to ``signals.document_ingest_due``, and adds its section to ``/healthz``.
     """
 
     name = "knowledge"
@@ -19,10 +19,12 @@ class KnowledgeConfig(AppConfig):
         # Here, not at the top: these modules import models, which the app registry
         # allows only once it is ready. Importing the tool registers it.
         import knowledge.tool  # noqa: F401
-        from knowledge import dispatch
+        from knowledge import dispatch, selectors
         from knowledge.models import Document
         from knowledge.signals import document_ingest_due
+        from project.health import health_sections
 
         document_ingest_due.connect(
             dispatch.document_ingest_due_received, sender=Document, dispatch_uid="knowledge"
         )
+        health_sections.connect(selectors.healthz_knowledge, dispatch_uid="knowledge")

@@ -159,3 +159,19 @@ def chunks_search(*, user: Any, query: str, limit: int = 5) -> list[Hit]:
     best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[: min(limit, MAX_RESULTS)]
     rows = Chunk.objects.select_related("document").in_bulk([pk for pk, _ in best])
     return [Hit(chunk=rows[pk], score=score) for pk, score in best if pk in rows]
+
+
+def pgvector_installed() -> bool:
+    """Whether PostgreSQL's ``vector`` extension is installed in this database (the
+    scale path of ``docs/knowledge.md``; search does not use it yet)."""
+    if connection.vendor != "postgresql":
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'")
+        return cursor.fetchone() is not None
+
+
+def healthz_knowledge(**_signal: Any) -> dict[str, Any]:
+    """Receiver of ``project.health.health_sections``: how vectors are searched, and
+    whether pgvector is there to take over (informational)."""
+    return {"knowledge": {"vector_search": "numpy, exact", "pgvector": pgvector_installed()}}

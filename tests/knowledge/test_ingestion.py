@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +117,14 @@ def test_chunks_overlap_and_never_cross_a_section():
         chunks_make([], size=100, overlap=60)
 
 
-def test_embeddings_are_the_shipped_offline_model():
-    vectors = texts_embed(["a cat sat on the mat", "a kitten rested on a rug", "quarterly tax"])
+def test_embeddings_are_the_shipped_offline_model(monkeypatch):
+    def refused(*_args, **_kwargs):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr("knowledge.embeddings._model", None)  # loaded afresh, offline
+    with monkeypatch.context() as offline:
+        offline.setattr(socket.socket, "connect", refused)
+        vectors = texts_embed(["a cat sat on the mat", "a kitten rested on a rug", "quarterly tax"])
     assert vectors.shape == (3, DIMENSIONS)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]

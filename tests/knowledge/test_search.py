@@ -133,3 +133,9 @@ def test_a_collection_shared_with_a_group_is_searched_by_its_members(user, inges
     assert "team.md" in text and "private.md" not in text
     assert list(documents_visible(user=member)) == [shared]
     assert "No passage" in search_tool(outsider.pk, query="deploy freeze thursday")
+
+
+def test_healthz_says_how_vectors_are_searched(client):
+    # pgvector is not installed on this machine: the tested path is numpy's.
+    body = client.get("/healthz").json()
+    assert body["knowledge"] == {"vector_search": "numpy, exact", "pgvector": False}
