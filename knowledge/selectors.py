@@ -92,7 +92,7 @@ class Hit:
 
     @property
     def where(self) -> str:
-        """ "page 3", "section 'Pricing'", or ""."""
+        """Where the chunk is in its document: ``page 3``, ``section 'Pricing'``, or ``""``."""
         if self.chunk.page is not None:
             return f"page {self.chunk.page}"
         if self.chunk.section:
@@ -104,7 +104,7 @@ def _words(query: str) -> list[str]:
     return _WORD_RE.findall(query.lower())[:MAX_QUERY_WORDS]
 
 
-def _text_ranking(chunks: QuerySet[Chunk], words: list[str]) -> list[int]:
+def chunks_rank_words(chunks: QuerySet[Chunk], words: list[str]) -> list[int]:
     """Chunk ids by full-text rank, best first (at most ``CANDIDATES``)."""
     if not words:
         return []
@@ -129,7 +129,7 @@ def _text_ranking(chunks: QuerySet[Chunk], words: list[str]) -> list[int]:
     return [pk for _, pk in scored[:CANDIDATES]]
 
 
-def _vector_ranking(chunks: QuerySet[Chunk], query: str) -> list[int]:
+def chunks_rank_meaning(chunks: QuerySet[Chunk], query: str) -> list[int]:
     """Chunk ids by cosine similarity to ``query``, best first (at most ``CANDIDATES``)."""
     rows = list(chunks.values_list("pk", "embedding"))
     if not rows:
@@ -153,7 +153,7 @@ def chunks_search(*, user: Any, query: str, limit: int = 5) -> list[Hit]:
         document__in=documents_visible(user=user).filter(status=Document.Status.READY)
     )
     scores: dict[int, float] = {}
-    for ranking in (_text_ranking(chunks, _words(query)), _vector_ranking(chunks, query)):
+    for ranking in (chunks_rank_words(chunks, _words(query)), chunks_rank_meaning(chunks, query)):
         for rank, pk in enumerate(ranking, start=1):
             scores[pk] = scores.get(pk, 0.0) + 1.0 / (RRF_K + rank)
     best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[: min(limit, MAX_RESULTS)]

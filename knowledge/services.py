@@ -262,3 +262,11 @@ def collection_share(*, user: Any, collection_id: int, group_ids: list[int]) -> 
         raise KnowledgeError("A collection can be shared only with groups you are in.")
     collection.groups.set(groups)
     return collection
+
+
+def collection_delete(*, user: Any, collection_id: int) -> None:
+    """Delete ``user``'s collection; its documents stay theirs, in no collection (and
+    no longer shared). Raises ``DocumentNotFound`` when it is not theirs."""
+    deleted, _ = Collection.objects.filter(pk=collection_id, owner=user).delete()
+    if not deleted:
+        raise DocumentNotFound("No such collection.")

@@ -94,6 +94,17 @@ def collection_share(request: AuthenticatedHttpRequest, collection_id: int) -> H
     return redirect("knowledge:index")
 
 
+@login_required
+@require_POST
+def collection_delete(request: AuthenticatedHttpRequest, collection_id: int) -> HttpResponse:
+    try:
+        services.collection_delete(user=request.user, collection_id=collection_id)
+    except DocumentNotFound:
+        raise Http404("No such collection.") from None
+    messages.success(request, "Collection deleted; its documents are kept.")
+    return redirect("knowledge:index")
+
+
 def _document(request: AuthenticatedHttpRequest, document_id: int) -> Any:
     try:
         return selectors.document_get(user=request.user, document_id=document_id)

@@ -168,3 +168,16 @@ def test_the_index_page_queries_do_not_grow_with_rows(
         CollectionFactory(owner=user)
     with django_assert_max_num_queries(len(first.captured_queries)):
         user_client.get(reverse("knowledge:index"))
+
+
+def test_deleting_a_collection_keeps_its_documents(client, user, other_user, ingest):
+    collection = CollectionFactory(owner=user)
+    document = ingest(user, "a.txt", b"text", collection_id=collection.pk)
+    client.force_login(other_user)
+    url = reverse("knowledge:collection-delete", args=[collection.pk])
+    assert client.post(url).status_code == 404
+    client.force_login(user)
+    assert client.post(url).status_code == 302
+    document.refresh_from_db()
+    assert document.collection is None
+    assert not type(collection).objects.exists()
