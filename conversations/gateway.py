@@ -71,6 +71,10 @@ class GatewayError(Exception):
         self.failed_over: list[str] = []
 
 
+#: The usage ledger's precision (``accounts.UsageRecord.cost_usd``: 12 decimal places).
+LEDGER_QUANTUM = Decimal("1e-12")
+
+
 @dataclass
 class CallUsage:
     """What a model call, or a broken attempt of one, used: tokens and USD.
@@ -449,7 +453,10 @@ def cost_for(
     except Exception:
         logger.warning("no price known for model %s; cost not recorded", config.litellm_model)
         return None
-    return Decimal(str(prompt_cost)) + Decimal(str(completion_cost))
+    # litellm prices in floats: keep the usage ledger's 12 decimal places, not a float's
+    # noise (a cost of 0.000626 arrives as 0.0006259999999999999, which the ledger would
+    # round while the message's metadata kept it).
+    return (Decimal(str(prompt_cost)) + Decimal(str(completion_cost))).quantize(LEDGER_QUANTUM)
 
 
 #: Modules a first model call imports, or Tollgate's MCP client beside it (see
