@@ -71,8 +71,8 @@ class GatewayError(Exception):
         self.failed_over: list[str] = []
 
 
-#: The usage ledger's precision (``accounts.UsageRecord.cost_usd``: 12 decimal places).
-LEDGER_QUANTUM = Decimal("1e-12")
+#: The usage ledger's precision: ``accounts.UsageRecord.cost_usd``'s decimal places.
+LEDGER_PLACES = 12
 
 
 @dataclass
@@ -455,8 +455,9 @@ def cost_for(
         return None
     # litellm prices in floats: keep the usage ledger's 12 decimal places, not a float's
     # noise (a cost of 0.000626 arrives as 0.0006259999999999999, which the ledger would
-    # round while the message's metadata kept it).
-    return (Decimal(str(prompt_cost)) + Decimal(str(completion_cost))).quantize(LEDGER_QUANTUM)
+    # round while the message's metadata kept it). Rounded as a float: Decimal's quantize
+    # obeys the thread's decimal context, which a library may have changed.
+    return Decimal(repr(round(prompt_cost + completion_cost, LEDGER_PLACES)))
 
 
 #: Modules a first model call imports, or Tollgate's MCP client beside it (see
