@@ -2,7 +2,7 @@
 
 Starts the production topology once (``bench/harness.py``: daphne, Celery
 worker and beat, PostgreSQL, Redis, three llmock providers), runs benchmarks
-1-11 in order (8, Markdown per stream frame, runs in this process and does not
+1-12 in order (8, Markdown per stream frame, runs in this process and does not
 use the stack; 9, guardrails per message, runs its steps in this process),
 prints each table, then replaces the generated part of
 ``docs/benchmarks.md`` (between the ``bench:start``/``bench:end`` markers;
@@ -32,6 +32,7 @@ from bench import (  # noqa: E402
     compare,
     concurrency,
     guardrails,
+    knowledge,
     loop,
     markdown_frames,
     observability,
@@ -57,6 +58,7 @@ BENCHMARKS = {
     "guardrails": guardrails,
     "observability": observability,
     "compare": compare,
+    "knowledge": knowledge,
 }
 
 
