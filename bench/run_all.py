@@ -2,7 +2,7 @@
 
 Starts the production topology once (``bench/harness.py``: daphne, Celery
 worker and beat, PostgreSQL, Redis, three llmock providers), runs benchmarks
-1-12 in order (8, Markdown per stream frame, runs in this process and does not
+1-13 in order (8, Markdown per stream frame, runs in this process and does not
 use the stack; 9, guardrails per message, runs its steps in this process),
 prints each table, then replaces the generated part of
 ``docs/benchmarks.md`` (between the ``bench:start``/``bench:end`` markers;
@@ -34,6 +34,7 @@ from bench import (  # noqa: E402
     compare,
     concurrency,
     guardrails,
+    knowledge,
     loop,
     markdown_frames,
     observability,
@@ -61,6 +62,7 @@ BENCHMARKS = {
     "observability": observability,
     "compare": compare,
     "scale": scale,
+    "knowledge": knowledge,
 }
 
 

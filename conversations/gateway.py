@@ -71,6 +71,10 @@ class GatewayError(Exception):
         self.failed_over: list[str] = []
 
 
+#: The usage ledger's precision: ``accounts.UsageRecord.cost_usd``'s decimal places.
+LEDGER_PLACES = 12
+
+
 @dataclass
 class CallUsage:
     """What a model call, or a broken attempt of one, used: tokens and USD.
@@ -449,7 +453,11 @@ def cost_for(
     except Exception:
         logger.warning("no price known for model %s; cost not recorded", config.litellm_model)
         return None
-    return Decimal(str(prompt_cost)) + Decimal(str(completion_cost))
+    # litellm prices in floats: keep the usage ledger's 12 decimal places, not a float's
+    # noise (a cost of 0.000626 arrives as 0.0006259999999999999, which the ledger would
+    # round while the message's metadata kept it). Rounded as a float: Decimal's quantize
+    # obeys the thread's decimal context, which a library may have changed.
+    return Decimal(repr(round(prompt_cost + completion_cost, LEDGER_PLACES)))
 
 
 #: Modules a first model call imports, or Tollgate's MCP client beside it (see

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "accounts",
     "approvals",
     "tools",
+    "knowledge",
     "prompts",
     "conversations",
     "api",
@@ -288,6 +289,17 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+
+# --- Knowledge (uploaded files) ---------------------------------------------
+
+# Refused above these (bytes): one file, and all of one user's documents together.
+TOLLGATE_KNOWLEDGE_MAX_FILE_BYTES = env.int("TOLLGATE_KNOWLEDGE_MAX_FILE_BYTES", default=25 * 2**20)
+TOLLGATE_KNOWLEDGE_QUOTA_BYTES = env.int("TOLLGATE_KNOWLEDGE_QUOTA_BYTES", default=500 * 2**20)
+# A chunk's size and the overlap of consecutive chunks (characters).
+TOLLGATE_KNOWLEDGE_CHUNK_CHARS = env.int("TOLLGATE_KNOWLEDGE_CHUNK_CHARS", default=1200)
+TOLLGATE_KNOWLEDGE_CHUNK_OVERLAP = env.int("TOLLGATE_KNOWLEDGE_CHUNK_OVERLAP", default=200)
+
 # Serve straight from the finders so the embedded mode needs no collectstatic.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG

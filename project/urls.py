@@ -48,6 +48,7 @@ urlpatterns = [
     path("approvals/", include("approvals.urls")),
     path("tools/", include("tools.urls")),
     path("prompts/", include("prompts.urls")),
+    path("knowledge/", include("knowledge.urls")),
     path("", include("accounts.urls")),
     path("v1/", api.urls),
 ]

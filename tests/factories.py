@@ -280,3 +280,13 @@ class AgentProfileFactory(factory.django.DjangoModelFactory):
     def agent_tools(obj, create, extracted, **kwargs):
         if create and extracted:
             obj.agent_tools.set(extracted)
+
+
+class CollectionFactory(factory.django.DjangoModelFactory):
+    """A knowledge collection; share it with ``collection.groups.add(group)``."""
+
+    class Meta:
+        model = "knowledge.Collection"
+
+    owner = factory.SubFactory(UserFactory)
+    name = factory.Sequence(lambda n: f"Collection {n}")

@@ -25,7 +25,17 @@ from django.test.utils import isolate_apps
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Top first. An app may import, call and point foreign keys at the apps after it.
-LAYERS = ("api", "conversations", "prompts", "approvals", "tools", "accounts", "audit", "project")
+LAYERS = (
+    "api",
+    "conversations",
+    "prompts",
+    "knowledge",
+    "approvals",
+    "tools",
+    "accounts",
+    "audit",
+    "project",
+)
 
 #: Modules of ``project`` that Django starts from (``ROOT_URLCONF``,
 #: ``ASGI_APPLICATION``, ``WSGI_APPLICATION``): they gather every app's URLs and

@@ -61,6 +61,7 @@ def test_main_job_benchmarks_print_their_tables():
         "8. Markdown rendering per stream frame",
         "9. Guardrails per message",
         "12. Streams per core",
+        "13. Knowledge",
     ):
         assert f"### {title}" in out, out[-3000:]
     assert "FAILED" not in out
@@ -72,6 +73,7 @@ def test_main_job_benchmarks_print_their_tables():
         "10 messages (baseline)",
         "200 tokens rendered whole, once (baseline)",
         "no guardrails (baseline)",
+        "plain full text (baseline)",
     ):
         assert f"| {row}" in out
 

@@ -1,0 +1,296 @@
+"""Benchmark 13: knowledge ingestion and hybrid search, against a plain full-text query.
+
+In this process (Django on the stack's PostgreSQL), with the offline embedding model:
+
+- ingestion: a PDF of ``pages`` pages (about 1,500 characters each, made with fpdf2)
+  is uploaded and ingested by the services (read, chunk, embed, store, tsvector);
+  pages per second over the whole ``document_ingest``;
+- search: one user's 10,000 chunks (made from a fixed vocabulary, embedded with the
+  shipped model, stored as ingestion stores them), then ``queries`` questions,
+  each asked three ways, interleaved so all see the same load: the plain full-text
+  query (``ts_rank`` over the GIN-indexed tsvector, top 5: the baseline), the
+  embedding ranking alone (numpy over every chunk's vector), and ``chunks_search``
+  (both, fused).
+
+    DATABASE_URL=... uv run python bench/knowledge.py [--chunks 10000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import BenchEnv, Result, bench_stack, fmt, p50, percentile, table
+
+VOCABULARY = [
+    "invoice",
+    "payment",
+    "supplier",
+    "delivery",
+    "contract",
+    "warehouse",
+    "shipment",
+    "customer",
+    "refund",
+    "budget",
+    "forecast",
+    "quarter",
+    "revenue",
+    "expense",
+    "travel",
+    "receipt",
+    "policy",
+    "approval",
+    "manager",
+    "employee",
+    "vacation",
+    "leave",
+    "holiday",
+    "training",
+    "safety",
+    "badge",
+    "security",
+    "parking",
+    "office",
+    "printer",
+    "network",
+    "password",
+    "server",
+    "backup",
+    "database",
+    "release",
+    "deploy",
+    "incident",
+    "outage",
+    "ticket",
+    "support",
+    "escalation",
+    "priority",
+    "deadline",
+    "meeting",
+    "agenda",
+    "minutes",
+    "project",
+    "milestone",
+    "roadmap",
+    "feature",
+    "request",
+    "bug",
+    "report",
+    "test",
+    "coverage",
+    "review",
+    "merge",
+    "branch",
+    "harbour",
+    "ferry",
+    "orchard",
+    "apple",
+    "telescope",
+    "observatory",
+    "river",
+    "bridge",
+    "station",
+    "platform",
+    "train",
+    "schedule",
+    "timetable",
+    "weather",
+    "forecast",
+    "storm",
+    "harvest",
+    "market",
+    "price",
+    "index",
+    "insurance",
+    "claim",
+    "premium",
+    "coverage",
+    "pension",
+    "salary",
+    "bonus",
+    "tax",
+    "return",
+    "audit",
+    "compliance",
+]
+
+
+def _sentence(rng: random.Random) -> str:
+    words = [rng.choice(VOCABULARY) for _ in range(rng.randint(8, 16))]
+    return " ".join(words).capitalize() + "."
+
+
+def _chunk_text(rng: random.Random, chars: int = 900) -> str:
+    parts: list[str] = []
+    while sum(len(p) + 1 for p in parts) < chars:
+        parts.append(_sentence(rng))
+    return " ".join(parts)
+
+
+def _ingest(user, pages: int) -> tuple[float, int]:
+    """Seconds to ingest a ``pages``-page PDF, and the chunks it made."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from fpdf import FPDF
+
+    from knowledge.services import document_ingest, document_upload
+
+    rng = random.Random(7)
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=10)
+    for _ in range(pages):
+        pdf.add_page()
+        pdf.multi_cell(0, 5, _chunk_text(rng, 1500))
+    document = document_upload(
+        user=user, upload=SimpleUploadedFile("bench.pdf", bytes(pdf.output()))
+    )
+    started = time.perf_counter()
+    document_ingest(document_id=document.pk)
+    took = time.perf_counter() - started
+    document.refresh_from_db()
+    if document.status != "ready":
+        raise RuntimeError(f"ingestion failed: {document.error}")
+    return took, document.chunks.count()
+
+
+def _corpus(user, count: int) -> float:
+    """Store ``count`` chunks for ``user`` as ingestion does; seconds spent embedding."""
+    from django.contrib.postgres.search import SearchVector
+    from django.core.files.base import ContentFile
+
+    from knowledge.embeddings import texts_embed, vector_bytes
+    from knowledge.models import Chunk, Document
+
+    document = Document(
+        owner=user, name="corpus.txt", content_type="text/plain", size_bytes=0, status="ready"
+    )
+    document.file.save("corpus.txt", ContentFile(b"synthetic"), save=False)
+    document.save()
+    rng = random.Random(11)
+    texts = [_chunk_text(rng) for _ in range(count)]
+    started = time.perf_counter()
+    vectors = texts_embed(texts)
+    embedding = time.perf_counter() - started
+    Chunk.objects.bulk_create(
+        (
+            Chunk(
+                document=document,
+                ordinal=i,
+                text=text,
+                char_start=0,
+                char_end=len(text),
+                embedding=vector_bytes(vector),
+            )
+            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+        ),
+        batch_size=1000,
+    )
+    Chunk.objects.filter(document=document).update(
+        search=SearchVector("section", weight="A", config="english")
+        + SearchVector("text", weight="B", config="english")
+    )
+    return embedding
+
+
+def _plain_fulltext(user, query: str) -> list[int]:
+    """The baseline: websearch full-text query, ranked, top 5 (the GIN index)."""
+    from django.contrib.postgres.search import SearchQuery, SearchRank
+    from django.db.models import F
+
+    from knowledge.models import Chunk
+    from knowledge.selectors import documents_visible
+
+    search = SearchQuery(query, search_type="websearch", config="english")
+    return list(
+        Chunk.objects.filter(document__in=documents_visible(user=user), search=search)
+        .annotate(rank=SearchRank(F("search"), search))
+        .order_by("-rank")
+        .values_list("pk", flat=True)[:5]
+    )
+
+
+def _vector_only(user, query: str) -> list[int]:
+    from knowledge import selectors
+    from knowledge.models import Chunk
+
+    chunks = Chunk.objects.filter(document__in=selectors.documents_visible(user=user))
+    return selectors.chunks_rank_meaning(chunks, query)[:5]
+
+
+def _measure(env: BenchEnv, *, chunks: int, pages: int, queries: int) -> Result:
+    from django.test import override_settings
+
+    from knowledge.embeddings import texts_embed
+    from knowledge.selectors import chunks_search
+
+    rng = random.Random(3)
+    questions = [" ".join(rng.sample(VOCABULARY, 3)) for _ in range(queries)]
+    texts_embed(["warm"])  # the model's one-off load (about a second) is not ingestion's
+    with tempfile.TemporaryDirectory() as media, override_settings(MEDIA_ROOT=media):
+        reader = env.user("knowledge-ingest", http=False)
+        ingest_seconds, pdf_chunks = _ingest(reader, pages)
+        searcher = env.user("knowledge-search", http=False)
+        embed_seconds = _corpus(searcher, chunks)
+        ways = {
+            "plain full text (baseline)": lambda q: _plain_fulltext(searcher, q),
+            "embedding ranking alone (numpy)": lambda q: _vector_only(searcher, q),
+            "hybrid: chunks_search": lambda q: chunks_search(user=searcher, query=q, limit=5),
+        }
+        for way in ways.values():  # warm: the model, the plans, the caches
+            way(questions[0])
+        times: dict[str, list[float]] = {name: [] for name in ways}
+        for question in questions:
+            for name, way in ways.items():
+                started = time.perf_counter()
+                way(question)
+                times[name].append((time.perf_counter() - started) * 1000)
+    base = p50(times["plain full text (baseline)"])
+    rows = [
+        [name, fmt(p50(t), 1), fmt(percentile(t, 0.99), 1), fmt(p50(t) / base, 1) + "x"]
+        for name, t in times.items()
+    ]
+    ingest_rows = [
+        [
+            f"{pages}-page PDF → {pdf_chunks} chunks",
+            fmt(ingest_seconds, 2),
+            fmt(pages / ingest_seconds, 1),
+        ],
+        [f"embedding {chunks} chunks of ~900 characters", fmt(embed_seconds, 2), ""],
+    ]
+    return Result(
+        key="knowledge",
+        title=f"13. Knowledge: ingestion, and search over {chunks} chunks ({queries} queries)",
+        table=table(["ingestion", "seconds", "pages/s"], ingest_rows)
+        + "\n\n"
+        + table(["search (one user's chunks)", "p50 ms", "p99 ms", "p50 / baseline"], rows),
+        notes=[
+            "Search reads every visible chunk's 1 KiB vector per query (exact cosine in "
+            "numpy); docs/knowledge.md gives the pgvector HNSW path for larger corpora.",
+        ],
+    )
+
+
+def measure(env: BenchEnv, *, quick: bool = False, chunks: int = 10_000) -> Result:
+    if quick:
+        return _measure(env, chunks=300, pages=3, queries=5)
+    return _measure(env, chunks=chunks, pages=50, queries=200)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunks", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true", help="tiny counts (a smoke run)")
+    args = parser.parse_args(argv)
+    with bench_stack() as env:
+        print(measure(env, quick=args.quick, chunks=args.chunks).render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

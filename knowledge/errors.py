@@ -1,0 +1,24 @@
+"""The errors of the knowledge app, each with a message fit for the person reading it."""
+
+from __future__ import annotations
+
+
+class KnowledgeError(Exception):
+    """A refused knowledge operation; ``str(exc)`` is shown to the user."""
+
+
+class DocumentRefused(KnowledgeError):
+    """An upload refused before anything was stored: too large, over quota, or of a
+    type that cannot be read."""
+
+
+class DocumentOverLimit(DocumentRefused):
+    """An upload over the size limit per file or the owner's storage quota."""
+
+
+class DocumentNotFound(KnowledgeError):
+    """No such document, or one the user may not see (the same answer for both)."""
+
+
+class ExtractionFailed(KnowledgeError):
+    """The file's content could not be read as its detected type."""
