@@ -7,7 +7,8 @@ class KnowledgeConfig(AppConfig):
     """Uploaded files, collections, chunks, embeddings and search (below conversations).
 
     ``ready`` imports ``knowledge.tool``, which registers the read-only
-    ``knowledge.search`` tool in ``tools.registry`` (its ``Tool`` row is written by
+    ``knowledge.search`` tool in ``tools.registry`` (and ``knowledge.memory`` the
+    ``memory.recall`` tool) (its ``Tool`` row is written by
     ``tools_sync`` after ``migrate``, like the built-ins'), connects this app's
     dispatcher to ``signals.document_ingest_due``, and adds its section to ``/healthz``.
     """
@@ -18,6 +19,7 @@ class KnowledgeConfig(AppConfig):
     def ready(self) -> None:
         # Here, not at the top: these modules import models, which the app registry
         # allows only once it is ready. Importing the tool registers it.
+        import knowledge.memory
         import knowledge.tool  # noqa: F401
         from knowledge import dispatch, selectors
         from knowledge.models import Document

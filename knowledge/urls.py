@@ -21,4 +21,7 @@ urlpatterns = [
     path("documents/<int:document_id>/status", views.document_status, name="document-status"),
     path("documents/<int:document_id>/retry", views.document_retry, name="document-retry"),
     path("documents/<int:document_id>/delete", views.document_delete, name="document-delete"),
+    path("memory/", views.memory_index, name="memory"),
+    path("memory/<int:note_id>/edit", views.memory_edit, name="memory-edit"),
+    path("memory/<int:note_id>/delete", views.memory_delete, name="memory-delete"),
 ]

@@ -20,7 +20,11 @@ from accounts.http import AuthenticatedHttpRequest
 from knowledge import selectors, services
 from knowledge.errors import DocumentNotFound, DocumentOverLimit, DocumentRefused, KnowledgeError
 from knowledge.extraction import IMAGES, PDF
-from knowledge.forms import CollectionForm, ShareForm, UploadForm
+from knowledge.forms import CollectionForm, MemoryForm, RecallForm, ShareForm, UploadForm
+from knowledge.memory import notes_recall
+from tools.models import Note
+from tools.selectors import notes_for_user
+from tools.services import note_delete, note_edit
 
 
 def _page(request: AuthenticatedHttpRequest, *, status: int = 200, **extra: Any) -> HttpResponse:
@@ -181,3 +185,58 @@ def document_delete(request: AuthenticatedHttpRequest, document_id: int) -> Http
         raise Http404("No such document.") from None
     messages.success(request, "Document deleted.")
     return redirect("knowledge:index")
+
+
+def _memory_page(
+    request: AuthenticatedHttpRequest, *, status: int = 200, **extra: Any
+) -> HttpResponse:
+    recall = RecallForm(request.GET or None)
+    recalled = None
+    if recall.is_valid() and recall.cleaned_data["q"].strip():
+        recalled = notes_recall(user=request.user, query=recall.cleaned_data["q"])
+    context = {
+        "notes": list(notes_for_user(user=request.user)),
+        "recall_form": recall,
+        "recalled": recalled,
+        **extra,
+    }
+    return render(request, "knowledge/memory.html", context, status=status)
+
+
+@login_required
+@require_GET
+def memory_index(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """What the user's chats remembered (the ``notes.*`` tools), with edit and delete;
+    ``?q=`` recalls the notes most like a question in meaning."""
+    return _memory_page(request)
+
+
+@login_required
+@require_POST
+def memory_edit(request: AuthenticatedHttpRequest, note_id: int) -> HttpResponse:
+    """Replace a note's value; a refused value draws the page again with the message
+    and the text as typed (400). 404 for another user's note."""
+    form = MemoryForm(request.POST)
+    if not form.is_valid():
+        return _memory_page(
+            request, status=400, error=form.errors["value"][0], editing=note_id,
+            typed=request.POST.get("value", ""),
+        )  # fmt: skip
+    try:
+        note = note_edit(user=request.user, note_id=note_id, value=form.cleaned_data["value"])
+    except Note.DoesNotExist:
+        raise Http404("No such note.") from None
+    messages.success(request, f"Saved “{note.key}”.")
+    return redirect("knowledge:memory")
+
+
+@login_required
+@require_POST
+def memory_delete(request: AuthenticatedHttpRequest, note_id: int) -> HttpResponse:
+    """Forget a note. 404 for another user's note."""
+    try:
+        key = note_delete(user=request.user, note_id=note_id)
+    except Note.DoesNotExist:
+        raise Http404("No such note.") from None
+    messages.success(request, f"Forgot “{key}”.")
+    return redirect("knowledge:memory")

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from tools import offered
 from tools.mcp.bridge import mcp_registry_ensure
-from tools.models import Tool, ToolInvocation
+from tools.models import Note, Tool, ToolInvocation
 from tools.registry import ToolSpec, registry
 
 
@@ -135,3 +135,9 @@ def workspace_owned_by(*, user: Any, conversation_id: int) -> bool:
     if not getattr(user, "is_authenticated", False):
         return False
     return ToolInvocation.objects.filter(user_id=user.pk, conversation_id=conversation_id).exists()
+
+
+def notes_for_user(*, user: Any) -> Any:
+    """``user``'s notes (what the ``notes.*`` tools remember), most recent first: a
+    queryset of ``Note``."""
+    return Note.objects.filter(user=user).order_by("-updated_at", "key")

@@ -29,8 +29,9 @@ from structlog.contextvars import bound_contextvars
 
 from audit.services import audit_record
 from project.dbthreads import db_async
+from tools.builtin.notes import MAX_VALUE_CHARS
 from tools.mcp.bridge import mcp_registry_ensure
-from tools.models import Tool, ToolInvocation
+from tools.models import Note, Tool, ToolInvocation
 from tools.offered import tools_offered_changed
 from tools.registry import (
     ToolArgumentsInvalid,
@@ -708,3 +709,41 @@ def http_allowlist_change_record(*, host: str, deleted: bool, actor: Any) -> Non
         target_id=host,
         data={"deleted": deleted},
     )
+
+
+def note_edit(*, user: Any, note_id: int, value: str) -> Note:
+    """Replace the value of ``user``'s note ``note_id`` (the Memory page) and return
+    it. ``value``: at most ``notes.MAX_VALUE_CHARS`` characters (``ValueError`` past
+    it). ``Note.DoesNotExist`` for another user's note or none. Audited as
+    ``memory.edited`` (the key and the new length, not the text)."""
+    if len(value) > MAX_VALUE_CHARS:
+        raise ValueError(f"A note holds at most {MAX_VALUE_CHARS:,} characters.")
+    with transaction.atomic():
+        note = Note.objects.select_for_update().get(pk=note_id, user=user)
+        note.value = value
+        note.save(update_fields=["value", "updated_at"])
+        audit_record(
+            action="memory.edited",
+            actor=user,
+            target_type="note",
+            target_id=note.pk,
+            data={"key": note.key, "chars": len(value)},
+        )
+    return note
+
+
+def note_delete(*, user: Any, note_id: int) -> str:
+    """Delete ``user``'s note ``note_id`` (the Memory page); return its key.
+    ``Note.DoesNotExist`` for another user's note or none. Audited as ``memory.deleted``."""
+    with transaction.atomic():
+        note = Note.objects.select_for_update().get(pk=note_id, user=user)
+        key = note.key
+        note.delete()
+        audit_record(
+            action="memory.deleted",
+            actor=user,
+            target_type="note",
+            target_id=note_id,
+            data={"key": key},
+        )
+    return key
