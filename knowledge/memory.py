@@ -15,13 +15,13 @@ from typing import Annotated, Any
 
 import numpy as np
 from asgiref.sync import sync_to_async
-from django.contrib.auth import get_user_model
 from pydantic import Field
 
 from knowledge.embeddings import texts_embed
+from knowledge.tool import tool_user
 from tools.builtin.notes import MAX_NOTES_PER_USER
 from tools.models import Note
-from tools.registry import ToolContext, ToolError, tool
+from tools.registry import ToolContext, tool
 from tools.selectors import notes_for_user
 
 #: The most notes one recall returns.
@@ -51,10 +51,7 @@ def notes_recall(*, user: Any, query: str, limit: int = 5) -> list[Recalled]:
 
 
 def _recall(user_id: int, query: str, limit: int) -> dict[str, Any]:
-    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
-    if user is None:
-        raise ToolError("No such user.")
-    found = notes_recall(user=user, query=query, limit=limit)
+    found = notes_recall(user=tool_user(user_id), query=query, limit=limit)
     return {
         "notes": [
             {"key": r.note.key, "value": r.note.value, "similarity": round(r.similarity, 3)}

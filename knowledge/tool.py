@@ -10,7 +10,7 @@ the user's or the system's, and is marked as untrusted for the model.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
@@ -45,11 +45,17 @@ def hits_text(hits: list[Hit]) -> str:
     return "\n\n".join(parts)
 
 
-def _search_text(user_id: int, query: str, limit: int) -> str:
+def tool_user(user_id: int) -> Any:
+    """The active user a knowledge tool's call is made for (``ToolContext.user_id``);
+    ``ToolError`` when there is none."""
     user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
     if user is None:
         raise ToolError("No such user.")
-    return hits_text(chunks_search(user=user, query=query, limit=limit))
+    return user
+
+
+def _search_text(user_id: int, query: str, limit: int) -> str:
+    return hits_text(chunks_search(user=tool_user(user_id), query=query, limit=limit))
 
 
 @tool(name="knowledge.search", read_only=True, open_world=False, timeout_seconds=30)
