@@ -111,7 +111,7 @@ def subrun_start(*, run: Run, invocation: ToolInvocation) -> Run | None:
         metadata={"sub_run_id": part.pk, "agent": agent.name},
     )
     run.metadata = {**run.metadata, "agent_parts": [*run.metadata.get("agent_parts", []), part.pk]}
-    Run.objects.filter(pk=run.pk).update(metadata=run.metadata)
+    run.save(update_fields=["metadata"])
     part.user_message = run.user_message
     events.run_part_appended(orchestrator_id=run.pk, part=part)
     loop_event_of_run(

@@ -425,7 +425,11 @@ def agent_part_ended(*, orchestrator_id: int, kind: str, part_id: int, **_signal
         run = run_lock(run_id=orchestrator_id)
         if run is None:
             return
-        ended = [part for part in run.parts.filter(status__in=Run.TERMINAL) if subrun_info(part)]
+        ended = [
+            (part, info)
+            for part in run.parts.filter(status__in=Run.TERMINAL)
+            if (info := subrun_info(part)) is not None
+        ]
         calls = {
             inv.pk: inv
             for inv in ToolInvocation.objects.select_for_update(no_key=True)
@@ -433,8 +437,8 @@ def agent_part_ended(*, orchestrator_id: int, kind: str, part_id: int, **_signal
             .order_by("pk")
         }
         message_id = None
-        for part in ended:
-            invocation = calls.get(subrun_info(part)["invocation_id"])  # type: ignore[index]
+        for part, info in ended:
+            invocation = calls.get(info["invocation_id"])
             if invocation is None:
                 continue
             result, is_error = subrun_result(part)

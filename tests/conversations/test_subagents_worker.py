@@ -52,8 +52,10 @@ def test_a_sub_run_waiting_for_approval_survives_a_worker_restart(tmp_path, user
             worker=first,
         )
         part = Run.objects.get(orchestrator_id=run.pk)
-        _until(lambda: part.__class__.objects.get(pk=part.pk).status == "awaiting_approval",
-               worker=first)  # fmt: skip
+        _until(
+            lambda: Run.objects.get(pk=part.pk).status == Run.Status.AWAITING_APPROVAL,
+            worker=first,
+        )
         run.refresh_from_db()
         assert run.status == Run.Status.AWAITING_PARTS
         first.kill()  # no goodbye: nothing of the wait lived in the worker
