@@ -26,6 +26,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -288,7 +289,7 @@ def http_login(base_url: str, email: str, password: str) -> str:
         return session
 
 
-def _django_setup(database_url: str, redis_url: str) -> None:
+def _django_setup(database_url: str, redis_url: str, extra_env: dict[str, str]) -> None:
     os.environ.update(
         {
             "DATABASE_URL": database_url,
@@ -297,7 +298,7 @@ def _django_setup(database_url: str, redis_url: str) -> None:
             "DJANGO_SETTINGS_MODULE": "project.settings",
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-            **EXTRA_ENV,
+            **extra_env,
         }
     )
     import django
@@ -327,8 +328,11 @@ def bench_stack(
     LOGS.mkdir(parents=True, exist_ok=True)
     for log in LOGS.glob("*.log"):
         log.unlink()
-    with fresh_database(base, name) as url:
-        stack = Stack(database_url=url, redis_url=redis_url, logs=LOGS, extra_env=EXTRA_ENV)
+    with fresh_database(base, name) as url, tempfile.TemporaryDirectory() as media:
+        # Uploads go to the stack's own media folder, which its web, its worker and
+        # this process share: a file one of them writes, the others read.
+        extra_env = {**EXTRA_ENV, "MEDIA_ROOT": media}
+        stack = Stack(database_url=url, redis_url=redis_url, logs=LOGS, extra_env=extra_env)
         try:
             # Only this stack's keys: others may share the Redis database number.
             stack.redis_forget()
@@ -339,7 +343,7 @@ def bench_stack(
             stack.start_worker(*worker_args, concurrency=concurrency)
             stack.start_beat()
             wait_for_http(stack.base_url + "/healthz", timeout=120)
-            _django_setup(url, redis_url)
+            _django_setup(url, redis_url, extra_env)
             yield BenchEnv(stack=stack, providers=providers, redis_url=redis_url, database_url=url)
         finally:
             stack.stop_all()

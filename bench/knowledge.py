@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -231,32 +230,29 @@ def _vector_only(user, query: str) -> list[int]:
 
 
 def _measure(env: BenchEnv, *, chunks: int, pages: int, queries: int) -> Result:
-    from django.test import override_settings
-
     from knowledge.embeddings import texts_embed
     from knowledge.selectors import chunks_search
 
     rng = random.Random(3)
     questions = [" ".join(rng.sample(VOCABULARY, 3)) for _ in range(queries)]
     texts_embed(["warm"])  # the model's one-off load (about a second) is not ingestion's
-    with tempfile.TemporaryDirectory() as media, override_settings(MEDIA_ROOT=media):
-        reader = env.user("knowledge-ingest", http=False)
-        ingest_seconds, pdf_chunks = _ingest(reader, pages)
-        searcher = env.user("knowledge-search", http=False)
-        embed_seconds = _corpus(searcher, chunks)
-        ways = {
-            "plain full text (baseline)": lambda q: _plain_fulltext(searcher, q),
-            "embedding ranking alone (numpy)": lambda q: _vector_only(searcher, q),
-            "hybrid: chunks_search": lambda q: chunks_search(user=searcher, query=q, limit=5),
-        }
-        for way in ways.values():  # warm: the model, the plans, the caches
-            way(questions[0])
-        times: dict[str, list[float]] = {name: [] for name in ways}
-        for question in questions:
-            for name, way in ways.items():
-                started = time.perf_counter()
-                way(question)
-                times[name].append((time.perf_counter() - started) * 1000)
+    reader = env.user("knowledge-ingest", http=False)
+    ingest_seconds, pdf_chunks = _ingest(reader, pages)
+    searcher = env.user("knowledge-search", http=False)
+    embed_seconds = _corpus(searcher, chunks)
+    ways = {
+        "plain full text (baseline)": lambda q: _plain_fulltext(searcher, q),
+        "embedding ranking alone (numpy)": lambda q: _vector_only(searcher, q),
+        "hybrid: chunks_search": lambda q: chunks_search(user=searcher, query=q, limit=5),
+    }
+    for way in ways.values():  # warm: the model, the plans, the caches
+        way(questions[0])
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for question in questions:
+        for name, way in ways.items():
+            started = time.perf_counter()
+            way(question)
+            times[name].append((time.perf_counter() - started) * 1000)
     base = p50(times["plain full text (baseline)"])
     rows = [
         [name, fmt(p50(t), 1), fmt(percentile(t, 0.99), 1), fmt(p50(t) / base, 1) + "x"]
