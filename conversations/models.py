@@ -29,6 +29,10 @@ class ModelConfig(models.Model):
     when set.
     """
 
+    class Kind(models.TextChoices):
+        CHAT = "chat", "Chat"
+        EMBEDDING = "embedding", "Embedding"
+
     name = models.CharField("display name", max_length=100, unique=True)
     litellm_model = models.CharField(max_length=200, help_text="litellm model string")
     api_base = models.URLField(blank=True, help_text="Provider base URL; blank for the default.")
@@ -71,6 +75,19 @@ class ModelConfig(models.Model):
         "before its first token (set in admin by name).",
     )
     supports_tools = models.BooleanField(default=True)
+    accepts_images = models.BooleanField(
+        "accepts images",
+        default=False,
+        help_text="The model reads image parts (vision); an image sent to a model without "
+        "this is refused before the call.",
+    )
+    kind = models.CharField(
+        max_length=20,
+        choices=Kind.choices,
+        default=Kind.CHAT,
+        help_text="Chat models answer messages; an embedding model turns text into "
+        "vectors for knowledge search and is never offered in the chat.",
+    )
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField("default", default=False)
     created_at = models.DateTimeField(auto_now_add=True)
