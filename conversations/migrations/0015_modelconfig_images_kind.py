@@ -4,20 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('conversations', '0014_agent_tools_max_steps'),
+        ("conversations", "0014_agent_tools_max_steps"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelconfig',
-            name='accepts_images',
-            field=models.BooleanField(default=False, help_text='The model reads image parts (vision); an image sent to a model without this is refused before the call.', verbose_name='accepts images'),
+            model_name="modelconfig",
+            name="accepts_images",
+            field=models.BooleanField(
+                default=False,
+                help_text="The model reads image parts (vision); an image sent to a model without this is refused before the call.",
+                verbose_name="accepts images",
+            ),
         ),
         migrations.AddField(
-            model_name='modelconfig',
-            name='kind',
-            field=models.CharField(choices=[('chat', 'Chat'), ('embedding', 'Embedding')], default='chat', help_text='Chat models answer messages; an embedding model turns text into vectors for knowledge search and is never offered in the chat.', max_length=20),
+            model_name="modelconfig",
+            name="kind",
+            field=models.CharField(
+                choices=[("chat", "Chat"), ("embedding", "Embedding")],
+                default="chat",
+                help_text="Chat models answer messages; an embedding model turns text into vectors for knowledge search and is never offered in the chat.",
+                max_length=20,
+            ),
         ),
     ]
