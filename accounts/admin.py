@@ -225,6 +225,7 @@ CSV_COLUMNS = (
     "user_email",
     "conversation_id",
     "run_id",
+    "evaluation_id",
     "model",
     "prompt_tokens",
     "completion_tokens",
@@ -245,6 +246,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "latency_ms",
         "conversation_id",
         "run_id",
+        "evaluation_id",
     )
     list_filter = (
         ("user", admin.RelatedOnlyFieldListFilter),
@@ -288,6 +290,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
                         r.user.email,
                         r.conversation_id,
                         r.run_id,
+                        r.evaluation_id,
                         r.model,
                         r.prompt_tokens,
                         r.completion_tokens,

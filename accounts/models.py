@@ -226,8 +226,9 @@ class Budget(models.Model):
 class UsageRecord(models.Model):
     """One LLM call in the usage ledger: who, where, which model, tokens, cost.
 
-    ``conversation_id`` and ``run_id`` are plain ids (accounts does not import
-    conversations). ``model`` is the litellm model string or ModelConfig name.
+    ``conversation_id``, ``run_id`` and ``evaluation_id`` are plain ids (accounts
+    does not import the apps above it); a call belongs to a run or to an evaluation.
+    ``model`` is the litellm model string or ModelConfig name.
     ``cost_usd`` is exact (Decimal, 12 decimal places); ``latency_ms`` is the
     wall time of the call in milliseconds.
     """
@@ -237,6 +238,9 @@ class UsageRecord(models.Model):
     )
     conversation_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    evaluation_id = models.BigIntegerField(
+        null=True, blank=True, db_index=True, help_text="The prompt evaluation that made the call."
+    )
     model = models.CharField(max_length=200, db_index=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)

@@ -157,6 +157,7 @@ def call_settle(
     target_type: str,
     target_id: int,
     data: dict[str, Any],
+    evaluation_id: int | None = None,
 ) -> None:
     """Record what a call used and settle its hold (``llm_call_settle``), then audit
     it as ``llm.call`` (``data`` added to the usage).
@@ -165,10 +166,12 @@ def call_settle(
     a stopped or broken call used so far: the prompt and the output counted, plus
     broken attempts before it); ``latency_ms``: milliseconds. Call inside the
     transaction that stores the call's result, after the rows the lock order puts
-    first (``conversations.runs``)."""
+    first (``conversations.runs``). ``evaluation_id``: the prompt evaluation that
+    made the call, kept on its usage row."""
     llm_call_settle(
         admission=admission,
         conversation_id=conversation_id,
+        evaluation_id=evaluation_id,
         model=model,
         **usage_of(usage, latency_ms),
     )

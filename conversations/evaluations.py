@@ -369,6 +369,7 @@ def _settle(
             target_type="evaluation",
             target_id=evaluation.pk,
             data=data,
+            evaluation_id=evaluation.pk,
         )
 
 

@@ -452,6 +452,7 @@ def _usage(
     user: User | int,
     conversation_id: int | None,
     run_id: int | None,
+    evaluation_id: int | None,
     model: str,
     prompt_tokens: int,
     completion_tokens: int,
@@ -473,6 +474,7 @@ def _usage(
         "user_id": user_id,
         "conversation_id": conversation_id,
         "run_id": run_id,
+        "evaluation_id": evaluation_id,
         "model": model[:200],
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -500,6 +502,7 @@ def usage_record(
     cost_usd: Decimal | int | str,
     latency_ms: int | None,
     reservations: list[int] | None = None,
+    evaluation_id: int | None = None,
     _budgets: list[Budget] | None = None,
 ) -> UsageRecord:
     """Write one LLM call to the ledger and settle its reservations.
@@ -519,6 +522,7 @@ def usage_record(
             a float goes through its repr).
         latency_ms: wall time of the call in milliseconds.
         reservations: ids returned by ``budget_reserve`` for this call.
+        evaluation_id: the prompt evaluation that made the call (plain id), if any.
 
     Returns:
         The new ``UsageRecord``.
@@ -527,7 +531,8 @@ def usage_record(
         ValueError: negative or non-numeric tokens or cost, or an empty model.
     """
     usage = _usage(
-        user=user, conversation_id=conversation_id, run_id=run_id, model=model,
+        user=user, conversation_id=conversation_id, run_id=run_id,
+        evaluation_id=evaluation_id, model=model,
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd,
         latency_ms=latency_ms, reservations=reservations, budgets=_budgets,
     )  # fmt: skip

@@ -115,6 +115,7 @@ def llm_call_settle(
     completion_tokens: int,
     cost_usd: Decimal | int | str,
     latency_ms: int | None,
+    evaluation_id: int | None = None,
 ) -> UsageRecord:
     """Record the finished call's actual usage and settle its reservations.
 
@@ -126,12 +127,15 @@ def llm_call_settle(
         model: the litellm model string or ModelConfig name.
         cost_usd: actual USD (Decimal; a float goes through its repr).
         latency_ms: wall time of the call in milliseconds.
+        evaluation_id: the prompt evaluation that made the call (plain id), if any;
+            a run's call is known by the admission's ``run_id``.
     """
     record = usage_record(
         **_usage_kwargs(
             admission, conversation_id, model, prompt_tokens, completion_tokens, cost_usd,
             latency_ms,
-        )
+        ),
+        evaluation_id=evaluation_id,
     )  # fmt: skip
     ratelimit_add_tokens(
         user=admission.user_id,

@@ -190,8 +190,13 @@ def test_usage_records_filter_totals_and_csv(admin_client):
     rows = list(csv.reader(io.StringIO(response.content.decode())))
     assert rows[0][:3] == ["id", "created_at", "user_email"]
     assert len(rows) == 3
-    by_model = {r[5]: r for r in rows[1:]}
-    assert by_model["openai/gpt-4o-mini"][8] == "0.000123456789"
-    assert by_model["openai/gpt-4o-mini"][2] == alice.email
+    records = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+    by_model = {r["model"]: r for r in records}
+    assert by_model["openai/gpt-4o-mini"]["cost_usd"] == "0.000123456789"
+    assert by_model["openai/gpt-4o-mini"]["user_email"] == alice.email
+    assert (
+        by_model["openai/gpt-4o-mini"]["run_id"],
+        by_model["openai/gpt-4o-mini"]["evaluation_id"],
+    ) == ("2", "")
     assert "'=HYPERLINK(evil)" in by_model  # a formula is defused
-    assert all(r[2] != bob.email for r in rows[1:])
+    assert all(r["user_email"] != bob.email for r in records)

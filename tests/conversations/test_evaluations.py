@@ -131,6 +131,9 @@ def test_an_evaluation_answers_judges_charges_and_summarises(
         )
     # one ledger row and one llm.call per call, each on the evaluation
     assert UsageRecord.objects.filter(user=user).count() == 12
+    assert set(UsageRecord.objects.values_list("evaluation_id", "run_id")) == {
+        (evaluation.pk, None)
+    }
     calls = AuditEvent.objects.filter(action="llm.call", target_type="evaluation",
                                       target_id=str(evaluation.pk))  # fmt: skip
     assert calls.count() == 12
