@@ -32,6 +32,7 @@ def _initial(agent: AgentProfile) -> dict[str, Any]:
         **fields,
         "handoff_targets": list(agent.handoff_targets.all()),
         "agent_tools": list(agent.agent_tools.all()),
+        "groups": [g.pk for g in agent.groups.all()],
     }
 
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils.text import slugify
 
+from accounts.sharing import visible_to
 from conversations.models import AgentProfile, Message, Run
 from tools.registry import ToolError, ToolSpec
 
@@ -68,15 +69,8 @@ ASK_PARAMETERS: dict[str, Any] = {
 
 def agents_visible(*, user: Any) -> QuerySet[AgentProfile]:
     """The agents ``user`` may see and use: their own, the ones shared with everyone
-    or with one of their groups (one query when evaluated; no duplicates)."""
-    if user is None or not user.is_authenticated:
-        return AgentProfile.objects.none()
-    shared = AgentProfile.groups.through.objects.filter(group__user=user).values("agentprofile_id")
-    return AgentProfile.objects.filter(
-        Q(owner=user)
-        | Q(visibility=AgentProfile.Visibility.EVERYONE)
-        | Q(visibility=AgentProfile.Visibility.GROUPS, pk__in=shared)
-    )
+    or with one of their groups (``accounts.sharing.visible_to``)."""
+    return visible_to(AgentProfile, user=user)
 
 
 def handoff_tool_name(agent: AgentProfile) -> str:

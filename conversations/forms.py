@@ -14,6 +14,7 @@ from typing import Any, cast
 from django import forms
 from django.core.exceptions import ValidationError
 
+from accounts.sharing import groups_to_share_with
 from conversations.agents import agents_visible
 from conversations.models import AgentProfile, ModelConfig, UserPreferences
 from project.inbound import id_parse
@@ -196,6 +197,14 @@ class AgentForm(forms.Form):
     name = forms.CharField(max_length=80)
     description = forms.CharField(max_length=300, required=False)
     visibility = forms.ChoiceField(choices=AgentProfile.Visibility.choices)
+    groups = forms.TypedMultipleChoiceField(
+        coerce=int,
+        required=False,
+        choices=(),
+        widget=forms.CheckboxSelectMultiple,
+        label="Shared with groups",
+        help_text="When shared with groups.",
+    )
     instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 5}), required=False)
     prompt = forms.ModelChoiceField(
         queryset=Prompt.objects.none(),
@@ -246,6 +255,9 @@ class AgentForm(forms.Form):
     def __init__(self, *args: Any, user: Any, agent: AgentProfile | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         fields = self.fields
+        cast(forms.TypedMultipleChoiceField, fields["groups"]).choices = [
+            (g.pk, g.name) for g in groups_to_share_with(user=user)
+        ]
         prompt_field = cast(forms.ModelChoiceField, fields["prompt"])
         prompt_field.queryset = prompts_visible(user=user).filter(kind=Prompt.Kind.SYSTEM)
         targets = agents_visible(user=user)

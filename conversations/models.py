@@ -15,6 +15,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.sharing import Visibility
+
 if TYPE_CHECKING:
     from tools.models import ToolInvocation
 
@@ -128,10 +130,7 @@ class AgentProfile(models.Model):
     (``conversations.subagents``); ``max_steps``: the model calls it may make in a run.
     """
 
-    class Visibility(models.TextChoices):
-        PRIVATE = "private", "Private"
-        GROUPS = "groups", "Shared with groups"
-        EVERYONE = "everyone", "Everyone"
+    Visibility = Visibility  # who else sees it: ``accounts.sharing``
 
     class Transfer(models.TextChoices):
         FULL = "full", "Full history"

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
 
+from accounts.sharing import SharingRefused, sharing_check
 from audit.services import audit_deferred, audit_record
 from conversations import compare, events
 from conversations.agents import agents_visible, run_max_steps
@@ -256,11 +257,13 @@ def agent_save(*, user, agent_id: int | None, data: dict[str, Any]) -> AgentProf
     """Create (``agent_id`` ``None``) or update ``user``'s own agent from ``data``:
     ``AGENT_FIELDS`` (``prompt`` a ``Prompt``, ``model_config`` a ``ModelConfig`` or
     ``None``; ``tools`` a list of tool names; ``max_steps`` an int or ``None``),
-    ``handoff_targets`` and ``agent_tools`` (agents).
+    ``handoff_targets`` and ``agent_tools`` (agents), ``groups`` (group ids, when
+    shared with groups).
 
     Checked here, whatever the form offered: the tools are ones ``user`` may use, the
     prompt and the targets ones they may see (not the agent itself), the model
-    enabled. Raises ``NotFound`` (not their agent) or ``AgentInvalid``. Audited as
+    enabled, the sharing one ``user`` may do (``accounts.sharing.sharing_check``).
+    Raises ``NotFound`` (not their agent) or ``AgentInvalid``. Audited as
     ``agent.saved``.
     """
     tools = sorted({str(name) for name in data.get("tools") or []})
@@ -276,6 +279,17 @@ def agent_save(*, user, agent_id: int | None, data: dict[str, Any]) -> AgentProf
     config = data.get("model_config")
     if config is not None and not config.enabled:
         raise AgentInvalid(f"The model {config.name} is not available.")
+    sharing = None
+    if "visibility" in data or "groups" in data:
+        try:
+            sharing = sharing_check(
+                user=user,
+                visibility=data.get("visibility", AgentProfile.Visibility.PRIVATE),
+                group_ids=data.get("groups") or [],
+                what="agent",
+            )
+        except SharingRefused as refused:
+            raise AgentInvalid(str(refused)) from None
     targets = list(data.get("handoff_targets") or [])
     called = list(data.get("agent_tools") or [])
     visible = set(
@@ -299,7 +313,11 @@ def agent_save(*, user, agent_id: int | None, data: dict[str, Any]) -> AgentProf
             if name in data:
                 setattr(agent, name, data[name])
         agent.tools = tools
+        if sharing is not None:
+            agent.visibility = sharing[0]
         agent.save()
+        if sharing is not None:
+            agent.groups.set(sharing[1])
         agent.handoff_targets.set(targets)
         agent.agent_tools.set(called)
         audit_record(

@@ -19,6 +19,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import Q
 
+from accounts.sharing import Visibility
+
 #: A slash command without its slash: ``summarize``, ``code-review``.
 COMMAND_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 #: A label name: ``production``, ``staging``, ``v2-candidate``.
@@ -56,10 +58,7 @@ class Prompt(models.Model):
         SYSTEM = "system", "System prompt"
         TEMPLATE = "template", "Message template"
 
-    class Visibility(models.TextChoices):
-        PRIVATE = "private", "Private"
-        GROUPS = "groups", "Shared with groups"
-        EVERYONE = "everyone", "Everyone"
+    Visibility = Visibility  # who else sees it: ``accounts.sharing``
 
     name = models.CharField(max_length=120)
     command = models.CharField(

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.contrib.auth.models import Group
 from django.db.models import Max, Prefetch, Q, QuerySet
 
+from accounts.sharing import visible_to
 from prompts.errors import PromptNotFound, PromptReadOnly, PromptUnavailable
 from prompts.models import (
     DEFAULT_LABEL,
@@ -31,20 +31,9 @@ EXPORT_FORMAT = "tollgate.prompt/1"
 PICKER_SIZE = 8
 
 
-def _group_ids(user: Any) -> QuerySet[Group, Any]:
-    return Group.objects.filter(user=user).values("pk")
-
-
 def prompts_visible(*, user: Any) -> QuerySet[Prompt]:
-    """The prompts ``user`` may see and use (one query when evaluated; no duplicates)."""
-    if user is None or not user.is_authenticated:
-        return Prompt.objects.none()
-    shared = Prompt.groups.through.objects.filter(group__in=_group_ids(user)).values("prompt_id")
-    return Prompt.objects.filter(
-        Q(owner=user)
-        | Q(visibility=Prompt.Visibility.EVERYONE)
-        | Q(visibility=Prompt.Visibility.GROUPS, pk__in=shared)
-    )
+    """The prompts ``user`` may see and use (``accounts.sharing.visible_to``)."""
+    return visible_to(Prompt, user=user)
 
 
 def prompt_list(*, user: Any, query: str = "", kind: str = "") -> list[Prompt]:
@@ -279,15 +268,9 @@ def model_names_available() -> list[str] | None:
 
 def chains_visible(*, user: Any) -> QuerySet[Chain]:
     """The chains ``user`` may see and run: their own, those shared with one of their
-    groups, and those shared with everyone (the deployment's built-ins). One query."""
-    if user is None or not user.is_authenticated:
-        return Chain.objects.none()
-    shared = Chain.groups.through.objects.filter(group__in=_group_ids(user)).values("chain_id")
-    return Chain.objects.filter(
-        Q(owner=user)
-        | Q(visibility=Prompt.Visibility.EVERYONE)
-        | Q(visibility=Prompt.Visibility.GROUPS, pk__in=shared)
-    )
+    groups, and those shared with everyone, as the deployment's built-ins are
+    (``accounts.sharing.visible_to``)."""
+    return visible_to(Chain, user=user)
 
 
 def chain_list(*, user: Any, query: str = "") -> list[Chain]:

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import Max
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from accounts.sharing import SharingRefused, sharing_check
 from audit.services import audit_deferred, audit_record
 from prompts.errors import PromptError, PromptNotFound
 from prompts.models import (
@@ -158,27 +159,16 @@ def _label_name(name: str) -> str:
 
 
 def _sharing(
-    user: Any, visibility: str, group_ids: Iterable[int], *, admin: bool
+    user: Any, visibility: str, group_ids: Iterable[int], *, admin: bool, what: str = "prompt"
 ) -> tuple[str, list[Group]]:
-    """The visibility and groups asked for, if ``user`` may share that way: with
-    everyone only as staff, with their own groups only (staff: any group)."""
-    if visibility not in Prompt.Visibility.values:
-        raise PromptError("Pick who can see the prompt: only you, groups, or everyone.")
-    ids = sorted(set(group_ids))
-    if visibility != Prompt.Visibility.GROUPS:
-        ids = []
-    elif not ids:
-        raise PromptError("Pick at least one group to share the prompt with.")
-    privileged = admin or bool(getattr(user, "is_staff", False))
-    if visibility == Prompt.Visibility.EVERYONE and not privileged:
-        raise PromptError("Only administrators can share a prompt with everyone.")
-    groups = Group.objects.filter(pk__in=ids)
-    if not privileged:
-        groups = groups.filter(user=user)
-    found = list(groups.order_by("name"))
-    if len(found) != len(ids):
-        raise PromptError("You can share a prompt only with groups you belong to.")
-    return visibility, found
+    """The visibility and groups asked for, if ``user`` may share that way
+    (``accounts.sharing.sharing_check``); ``PromptError`` otherwise."""
+    try:
+        return sharing_check(
+            user=user, visibility=visibility, group_ids=group_ids, what=what, admin=admin
+        )
+    except SharingRefused as refused:
+        raise PromptError(str(refused)) from None
 
 
 def prompt_input_check(
@@ -875,7 +865,7 @@ def chain_save(
     if len(description) > DESCRIPTION_CHARS:
         raise PromptError(f"The description is too long ({DESCRIPTION_CHARS} characters at most).")
     checked = _chain_steps(steps)
-    visibility, groups = _sharing(user, visibility, group_ids, admin=False)
+    visibility, groups = _sharing(user, visibility, group_ids, admin=False, what="chain")
     with transaction.atomic(), audit_deferred():
         if chain_id is None:
             chain = Chain.objects.create(

@@ -14,7 +14,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -23,6 +22,7 @@ from django.utils.log import log_response
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.http import AuthenticatedHttpRequest
+from accounts.sharing import groups_to_share_with
 from project.inbound import InboundError, form_message, json_parse
 from prompts import selectors, services
 from prompts.diffs import diff_table
@@ -128,7 +128,7 @@ def prompt_detail(request: AuthenticatedHttpRequest, prompt_id: int) -> HttpResp
     except PromptError as error:
         return _not_found(error)
     mine = selectors.may_edit(user=request.user, prompt=detail.prompt)
-    groups = list(Group.objects.filter(user=request.user).order_by("name")) if mine else []
+    groups = list(groups_to_share_with(user=request.user)) if mine else []
     context = {
         "detail": detail,
         "prompt": detail.prompt,
@@ -262,10 +262,7 @@ def prompt_restore(request: AuthenticatedHttpRequest, prompt_id: int) -> HttpRes
 @login_required
 @require_POST
 def prompt_share(request: AuthenticatedHttpRequest, prompt_id: int) -> HttpResponse:
-    choices = [(g.pk, g.name) for g in Group.objects.filter(user=request.user)]
-    if request.user.is_staff:
-        choices = [(g.pk, g.name) for g in Group.objects.all()]
-    form = ShareForm(request.POST, group_choices=choices)
+    form = ShareForm(request.POST, group_choices=_group_choices(request.user))
 
     def share() -> str:
         if not form.is_valid():
@@ -415,8 +412,7 @@ def _rendered(
 
 
 def _group_choices(user: Any) -> list[tuple[int, str]]:
-    groups = Group.objects.all() if user.is_staff else Group.objects.filter(user=user)
-    return [(g.pk, g.name) for g in groups.order_by("name")]
+    return [(g.pk, g.name) for g in groups_to_share_with(user=user)]
 
 
 @login_required

@@ -147,3 +147,37 @@ def test_the_admin_lists_and_edits_agents(admin_client):
     assert "Admin desk" in admin_client.get("/admin/conversations/agentprofile/").content.decode()
     page = admin_client.get(f"/admin/conversations/agentprofile/{agent.pk}/change/")
     assert page.status_code == 200 and "handoff_targets" in page.content.decode()
+
+
+def test_sharing_an_agent_follows_the_sharing_rule(client, user, other_user, admin_user):
+    mine, theirs = GroupFactory(name="Support"), GroupFactory(name="Finance")
+    user.groups.add(mine)
+    other_user.groups.add(mine)
+    client.force_login(user)
+    new = reverse("conversations:agent-create")
+    form = client.get(new).content.decode()
+    assert "Support" in form and "Finance" not in form  # only groups one is in
+    refused = [
+        ({"visibility": "everyone"}, "Only administrators can share this agent with everyone."),
+        ({"visibility": "groups"}, "Pick at least one group to share the agent with."),
+    ]
+    for fields, message in refused:
+        response = _post(client, new, name="Desk", **fields)
+        assert response.status_code == 400
+        page = response.content.decode()
+        assert message in page.replace("&#x27;", "'") and 'value="Desk"' in page
+    # a group one is not in is not offered, and is refused when posted anyway
+    response = _post(client, new, name="Desk", visibility="groups", groups=[str(theirs.pk)])
+    assert response.status_code == 400
+    assert not AgentProfile.objects.filter(name="Desk").exists()
+    response = _post(client, new, name="Desk", visibility="groups", groups=[str(mine.pk)])
+    assert response.status_code == 302
+    desk = AgentProfile.objects.get(name="Desk")
+    assert (desk.visibility, list(desk.groups.all())) == ("groups", [mine])
+    client.force_login(other_user)  # in the group: sees it
+    assert "Desk" in client.get(reverse("conversations:agents")).content.decode()
+    # staff may share with everyone
+    client.force_login(admin_user)
+    response = _post(client, new, name="Front desk", visibility="everyone")
+    assert response.status_code == 302
+    assert AgentProfile.objects.get(name="Front desk").visibility == "everyone"
