@@ -299,6 +299,14 @@ TOLLGATE_KNOWLEDGE_QUOTA_BYTES = env.int("TOLLGATE_KNOWLEDGE_QUOTA_BYTES", defau
 # A chunk's size and the overlap of consecutive chunks (characters).
 TOLLGATE_KNOWLEDGE_CHUNK_CHARS = env.int("TOLLGATE_KNOWLEDGE_CHUNK_CHARS", default=1200)
 TOLLGATE_KNOWLEDGE_CHUNK_OVERLAP = env.int("TOLLGATE_KNOWLEDGE_CHUNK_OVERLAP", default=200)
+# The ModelConfig (its name) of kind "embedding" that embeds documents and queries,
+# through litellm; empty: the offline WordLlama model. Changing it leaves chunks of
+# the former model out of search by meaning until `manage.py knowledge_reembed`.
+TOLLGATE_KNOWLEDGE_EMBEDDING_MODEL = env.str("TOLLGATE_KNOWLEDGE_EMBEDDING_MODEL", default="")
+# Search by meaning drops chunks whose cosine similarity to the query is below this
+# (-1 to 1). 0.25 separates the offline model's answers (0.38 and up on the test
+# corpus) from unrelated questions (0.16 at most); tune it for another model.
+TOLLGATE_KNOWLEDGE_MIN_SIMILARITY = env.float("TOLLGATE_KNOWLEDGE_MIN_SIMILARITY", default=0.25)
 
 # Serve straight from the finders so the embedded mode needs no collectstatic.
 WHITENOISE_USE_FINDERS = True
