@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from accounts.models import UsageRecord
+from accounts.models import BudgetReservation, UsageRecord
 from audit.models import AuditEvent
 from conversations.models import ModelConfig
 from conversations.selectors import model_configs_enabled, model_names_enabled
@@ -121,6 +121,23 @@ def test_a_budget_refusal_fails_the_ingestion_and_no_call_is_made(
     assert "budget" in document.error.lower()
     assert embedding_requests(llmock) == []
     assert AuditEvent.objects.filter(action="budget.refused").exists()
+
+
+def test_a_provider_error_fails_the_ingestion_and_gives_the_hold_back(
+    user, embedding_model, ingest, llmock
+):
+    BudgetFactory(user=user, cost_limit_usd=Decimal("5"))
+    llmock.fail(401, times=None)
+    document = ingest(user, "notes.md", NOTES)
+    assert document.status == Document.Status.FAILED
+    assert "Mock embeddings rejected the API key (check the OPENAI_API_KEY variable)." in (
+        document.error
+    )
+    assert embedding_requests(llmock)
+    reservations = BudgetReservation.objects.filter(user=user)
+    assert reservations.exists()
+    assert set(reservations.values_list("status", flat=True)) == {"released"}
+    assert not UsageRecord.objects.filter(user=user).exists()
 
 
 def test_a_misnamed_embedding_model_is_said_plainly(user, ingest, settings, embedding_model):
