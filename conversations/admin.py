@@ -55,7 +55,7 @@ class ModelConfigForm(forms.ModelForm):
             "name", "litellm_model", "enabled", "is_default", "supports_tools", "api_base",
             "api_key_env", "context_window", "max_output_tokens", "input_cost_per_token",
             "output_cost_per_token", "cached_input_cost_per_token", "temperature",
-            "cache_replies",
+            "cache_replies", "kind",
         )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -70,11 +70,23 @@ class ModelConfigForm(forms.ModelForm):
         unknown = [n for n in names if n not in found]
         if unknown:
             raise forms.ValidationError(f"No model config named {', '.join(unknown)}.")
+        embedding = ModelConfig.objects.filter(name__in=names, kind=ModelConfig.Kind.EMBEDDING)
+        if embedding.exists():
+            listed = ", ".join(embedding.values_list("name", flat=True))
+            raise forms.ValidationError(f"{listed}: an embedding model cannot answer a chat.")
         if self.instance.pk is not None and self.instance.pk in found.values():
             raise forms.ValidationError("A model cannot be its own fallback.")
         if len(set(names)) != len(names):
             raise forms.ValidationError("Each fallback may be named once.")
         return [found[n] for n in names]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("kind") == ModelConfig.Kind.EMBEDDING and cleaned.get("is_default"):
+            self.add_error(
+                "is_default", "An embedding model cannot be the default model for chats."
+            )
+        return cleaned
 
     def save(self, commit: bool = True) -> ModelConfig:
         self.instance.fallbacks = self.cleaned_data["fallback_names"]
@@ -101,14 +113,26 @@ class ModelConfigAdmin(AuditedAdmin, admin.ModelAdmin):
     audit_name = "model_config"
     form = ModelConfigForm
     list_display = (
-        "name", "litellm_model", "enabled", "is_default", "context_window",
+        "name", "litellm_model", "kind", "enabled", "is_default", "context_window",
         "input_cost_per_token", "output_cost_per_token", "price_status", "supports_tools",
     )  # fmt: skip
-    list_filter = ("enabled", "is_default", "supports_tools")
+    list_filter = ("kind", "enabled", "is_default", "supports_tools")
     search_fields = ("name", "litellm_model")
     readonly_fields = ("price_status",)
     fieldsets = (
-        (None, {"fields": ("name", "litellm_model", "enabled", "is_default", "supports_tools")}),
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "litellm_model",
+                    "kind",
+                    "enabled",
+                    "is_default",
+                    "supports_tools",
+                )
+            },
+        ),
         ("Provider", {"fields": ("api_base", "api_key_env")}),
         ("Resilience", {"fields": ("fallback_names", "temperature", "cache_replies")}),
         ("Limits", {"fields": ("context_window", "max_output_tokens")}),

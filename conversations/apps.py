@@ -4,6 +4,7 @@ from django.apps import AppConfig
 from django.core.checks import register
 
 from approvals.signals import approval_decided, approval_deciding
+from knowledge.signals import embedder_query
 from prompts.signals import model_names_query
 from tools.signals import run_cancel_query
 
@@ -30,6 +31,7 @@ class ConversationsConfig(AppConfig):
             checks,
             compare,
             dispatch,
+            embedding,
             heartbeat,
             metrics,
             selectors,
@@ -57,6 +59,7 @@ class ConversationsConfig(AppConfig):
         model_names_query.connect(
             selectors.model_names_enabled, sender=PromptVersion, dispatch_uid="conversations"
         )
+        embedder_query.connect(embedding.embedder_configured, dispatch_uid="conversations")
         run_step_due.connect(dispatch.run_step_due_received, sender=Run, dispatch_uid="dispatch")
         if not getattr(self, "_metrics_subscribed", False):  # ready() may run twice in tests
             loop_event_subscribe(metrics.metrics_observe)

@@ -44,6 +44,7 @@ from audit.services import audit_deferred
 from conversations import events
 from conversations.models import Message, ModelConfig, Run
 from conversations.runs import run_lock, run_step_schedule, run_transition
+from conversations.selectors import model_configs_chat
 from prompts.errors import PROMPT_REFUSALS
 from prompts.models import Chain
 from prompts.templating import template_check, template_render
@@ -121,7 +122,7 @@ def part_tools_allowed(run: Run) -> bool:
 def _model(name: str, default: ModelConfig, *, where: str) -> ModelConfig:
     if not name:
         return default
-    config = ModelConfig.objects.filter(name=name, enabled=True).first()
+    config = model_configs_chat().filter(name=name).first()
     if config is None:
         raise ChainRefused(f"{where}: the model {name!r} is not available. Edit the chain.")
     return config
@@ -354,7 +355,7 @@ def _part_begin(
 ) -> None:
     """Create part ``position`` of locked chain ``run`` (queued; its step scheduled on
     commit) and move the chain to ``awaiting_parts``, audited with the part."""
-    config = ModelConfig.objects.filter(pk=model["id"], enabled=True).first()
+    config = model_configs_chat().filter(pk=model["id"]).first()
     if config is None:
         _fail(run, f"Step {step + 1}: the model {model['name']!r} is no longer available.")
         return

@@ -41,6 +41,7 @@ from django.db import transaction
 
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import run_lock, run_transition
+from conversations.selectors import model_configs_chat
 from prompts.errors import PromptUnavailable
 from prompts.models import Prompt
 from prompts.selectors import prompt_version_resolve, prompts_visible
@@ -90,7 +91,7 @@ def summary_settings(*, conversation: Conversation) -> SummarySettings:
     """
     config = conversation.model_config
     chosen = (
-        ModelConfig.objects.filter(pk=conversation.compare_summary_model_id, enabled=True).first()
+        model_configs_chat().filter(pk=conversation.compare_summary_model_id).first()
         if conversation.compare_summary_model_id
         else None
     )
@@ -98,7 +99,7 @@ def summary_settings(*, conversation: Conversation) -> SummarySettings:
     if chosen is not None:
         config = chosen
     elif name:
-        config = ModelConfig.objects.filter(name=name, enabled=True).first() or config
+        config = model_configs_chat().filter(name=name).first() or config
     instruction, version = SUMMARY_INSTRUCTION, None
     prompt = None
     if conversation.compare_summary_prompt_id:

@@ -44,6 +44,7 @@ from conversations.charging import call_abort, call_admit, call_settle, unpriced
 from conversations.context import context_fit
 from conversations.gateway import CallUsage, GatewayError, stream_chat, worst_case_cost
 from conversations.models import ModelConfig
+from conversations.selectors import model_configs_chat
 from project.dbthreads import db_async
 from prompts.errors import PROMPT_REFUSALS, PromptError
 from prompts.evaluations import INPUT, VARIANTS, evaluation_get
@@ -79,7 +80,7 @@ class EvaluationRefused(PromptError):
 
 
 def _config(name: str) -> ModelConfig:
-    config = ModelConfig.objects.filter(name=name, enabled=True).first()
+    config = model_configs_chat().filter(name=name).first()
     if config is None:
         raise EvaluationRefused(f"The model {name} is not available any more.")
     return config
@@ -128,7 +129,7 @@ def _judge_config(evaluation: Evaluation) -> ModelConfig:
     """The judge's model: the one its version names when enabled, else variant A's."""
     judge = evaluation.judge
     if judge is not None and judge.model_name:
-        found = ModelConfig.objects.filter(name=judge.model_name, enabled=True).first()
+        found = model_configs_chat().filter(name=judge.model_name).first()
         if found is not None:
             return found
     return _config(evaluation.model_a)

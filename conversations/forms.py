@@ -16,7 +16,8 @@ from django.core.exceptions import ValidationError
 
 from accounts.sharing import groups_to_share_with
 from conversations.agents import agents_visible
-from conversations.models import AgentProfile, ModelConfig, UserPreferences
+from conversations.models import AgentProfile, UserPreferences
+from conversations.selectors import model_configs_chat
 from project.inbound import id_parse
 from prompts.models import Prompt
 from prompts.selectors import prompts_visible
@@ -214,7 +215,7 @@ class AgentForm(forms.Form):
     )
     prompt_label = forms.CharField(max_length=40, required=False, label="Label followed")
     model_config = forms.ModelChoiceField(
-        queryset=ModelConfig.objects.filter(enabled=True),
+        queryset=model_configs_chat(),
         required=False,
         label="Model",
         help_text="Empty: the conversation's model.",

@@ -321,6 +321,12 @@ def _classify(exc: BaseException, config: ModelConfig, *, began: bool = False) -
     )
 
 
+def gateway_error(exc: BaseException, config: ModelConfig) -> GatewayError:
+    """``exc``, raised by a litellm call to ``config`` (chat or embedding) before any
+    answer, as a ``GatewayError`` naming the cause for the user."""
+    return _classify(exc, config)
+
+
 def _api_key(config: ModelConfig) -> str | None:
     if not config.api_key_env:
         return None
@@ -332,6 +338,20 @@ def _api_key(config: ModelConfig) -> str | None:
             f"{config.api_key_env} is not set on the server.",
         )
     return key
+
+
+def provider_kwargs(config: ModelConfig) -> dict[str, str]:
+    """Where and with what key litellm reaches ``config``'s deployment: ``api_base``
+    (when set) and ``api_key`` (read from the variable ``api_key_env`` names, when
+    set), for any call (chat, embedding). Raises ``GatewayError`` ("auth") when that
+    variable is not set on the server."""
+    kwargs: dict[str, str] = {}
+    if config.api_base:
+        kwargs["api_base"] = config.api_base
+    api_key = _api_key(config)
+    if api_key:
+        kwargs["api_key"] = api_key
+    return kwargs
 
 
 def worst_case_cost(
@@ -1032,11 +1052,7 @@ def _request(
         "max_retries": 0,
         "num_retries": 0,
     }
-    if config.api_base:
-        kwargs["api_base"] = config.api_base
-    api_key = _api_key(config)
-    if api_key:
-        kwargs["api_key"] = api_key
+    kwargs.update(provider_kwargs(config))
     if tools:
         kwargs["tools"] = tools
     if temperature is not None:

@@ -34,6 +34,7 @@ from conversations.dispatch import gateway_ready
 from conversations.gateway import CallUsage, GatewayError, stream_chat
 from conversations.guarding import guard_draft
 from conversations.models import ModelConfig
+from conversations.selectors import model_configs_chat
 from conversations.services import (
     ConversationArchived,
     ConversationError,
@@ -82,7 +83,7 @@ class _Prepared:
 def _model(conversation_model: ModelConfig) -> ModelConfig:
     name = settings.TOLLGATE_REFORMULATION_MODEL
     if name:
-        config = ModelConfig.objects.filter(name=name, enabled=True).first()
+        config = model_configs_chat().filter(name=name).first()
         if config is not None:
             return config
     if not conversation_model.enabled:

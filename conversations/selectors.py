@@ -11,7 +11,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVector
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 from django.utils.html import escape
@@ -120,15 +120,23 @@ def agent_get_own(*, user, agent_id: int) -> AgentProfile:
     return agent
 
 
+def model_configs_chat() -> QuerySet[ModelConfig]:
+    """The models people may chat with (pick for a conversation, compare, a chain, an
+    evaluation, a prompt version): enabled, of kind chat. A model of kind embedding
+    only embeds knowledge (``conversations.embedding``) and is never offered here."""
+    return ModelConfig.objects.filter(enabled=True, kind=ModelConfig.Kind.CHAT)
+
+
 def model_configs_enabled() -> list[ModelConfig]:
-    return list(ModelConfig.objects.filter(enabled=True).order_by("-is_default", "name"))
+    """The chat models (:func:`model_configs_chat`), the default first, then by name."""
+    return list(model_configs_chat().order_by("-is_default", "name"))
 
 
 def model_names_enabled(**_signal: Any) -> list[str]:
-    """The names of the enabled models; one query. Receiver of
+    """The names of the chat models (:func:`model_configs_chat`); one query. Receiver of
     ``prompts.signals.model_names_query`` (``ConversationsConfig.ready``), so a
     prompt version may name a model without prompts importing conversations."""
-    return list(ModelConfig.objects.filter(enabled=True).values_list("name", flat=True))
+    return list(model_configs_chat().values_list("name", flat=True))
 
 
 @dataclass

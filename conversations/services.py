@@ -35,6 +35,7 @@ from conversations.models import (
 )
 from conversations.prompting import CallSettings, call_settings
 from conversations.runs import run_cancel_request, run_lock, run_step_schedule, run_transition
+from conversations.selectors import model_configs_chat
 from conversations.toolphase import parts_stop, run_stop
 from prompts.errors import PROMPT_REFUSALS, PromptError, PromptNotFound
 from prompts.models import LATEST, Prompt
@@ -126,7 +127,7 @@ def model_config_pick(*, model_config_id: int | None) -> ModelConfig:
     Raises ``ModelUnavailable`` for an unknown or disabled model, or when no
     model is enabled at all.
     """
-    enabled = ModelConfig.objects.filter(enabled=True)
+    enabled = model_configs_chat()
     if model_config_id is not None:
         config = enabled.filter(pk=model_config_id).first()
         if config is None:
@@ -155,7 +156,7 @@ def conversation_create(
     site's default. The user's default system prompt, if any, is its own."""
     preferences = UserPreferences.objects.filter(user=user).first()
     if model_config_id is None and preferences is not None and preferences.default_model_id:
-        enabled = ModelConfig.objects.filter(pk=preferences.default_model_id, enabled=True)
+        enabled = model_configs_chat().filter(pk=preferences.default_model_id)
         model_config_id = preferences.default_model_id if enabled.exists() else None
     config = model_config_pick(model_config_id=model_config_id)
     prompt = preferences.default_system_prompt if preferences is not None else ""
@@ -494,7 +495,7 @@ def _compare_models(model_ids: Sequence[int]) -> list[ModelConfig]:
             f"Pick {compare.MIN_MODELS} to {compare.MAX_MODELS} models to compare "
             f"({len(ids)} picked)."
         )
-    by_id = {m.pk: m for m in ModelConfig.objects.filter(pk__in=ids, enabled=True)}
+    by_id = {m.pk: m for m in model_configs_chat().filter(pk__in=ids)}
     missing = [pk for pk in ids if pk not in by_id]
     if missing:
         raise CompareInvalid("A model picked to compare is not available. Pick another one.")
@@ -788,7 +789,7 @@ def _answer_again(conversation: Conversation, run: Run, *, metadata: dict[str, A
 def _branch_checks(conversation: Conversation) -> None:
     if conversation.archived:
         raise ConversationArchived("This conversation is archived; unarchive it to continue.")
-    if not ModelConfig.objects.filter(pk=conversation.model_config_id, enabled=True).exists():
+    if not model_configs_chat().filter(pk=conversation.model_config_id).exists():
         raise ModelUnavailable("This conversation's model has been disabled.")
 
 
@@ -1107,7 +1108,7 @@ def _library_prompt_set(
     )
     if not version.model_name or not changed:
         return ""
-    model = ModelConfig.objects.filter(name=version.model_name, enabled=True).first()
+    model = model_configs_chat().filter(name=version.model_name).first()
     if model is None:
         return (
             f"{prompt.name} asks for the model {version.model_name}, which is not available; "

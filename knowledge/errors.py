@@ -22,3 +22,8 @@ class DocumentNotFound(KnowledgeError):
 
 class ExtractionFailed(KnowledgeError):
     """The file's content could not be read as its detected type."""
+
+
+class EmbeddingFailed(KnowledgeError):
+    """Text could not be embedded: the deployment's embedding model is missing or
+    disabled, refused the call (a budget, a rate limit, its key), or failed."""

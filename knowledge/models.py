@@ -96,6 +96,9 @@ class Chunk(models.Model):
     char_end = models.PositiveIntegerField()
     #: float32 values, little-endian (``knowledge.embeddings.vector_bytes``).
     embedding = models.BinaryField()
+    #: The model that made ``embedding`` (``Embedder.name``); search compares a query's
+    #: vector only with chunks of the model that embedded it.
+    embedding_model = models.CharField(max_length=200, default="wordllama/l2_supercat")
     #: PostgreSQL only: filled by ``services`` with ``to_tsvector('english', text)``.
     search = SearchVectorField(null=True)
 

@@ -5,8 +5,9 @@ with a group they are in. Every read and search starts from it.
 Search (:func:`chunks_search`) is hybrid: a full-text rank (PostgreSQL's
 ``ts_rank`` over the chunks' ``tsvector``; elsewhere, the count of query words a
 chunk contains) and exact cosine similarity of embeddings (numpy, over every
-visible chunk), fused by reciprocal rank fusion (k = 60). ``docs/knowledge.md``
-says how this scales with pgvector.
+visible chunk embedded by the deployment's embedding model, at or above
+``TOLLGATE_KNOWLEDGE_MIN_SIMILARITY``), fused by reciprocal rank fusion (k = 60).
+``docs/knowledge.md`` says how this scales with pgvector.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connection
 from django.db.models import F, Q, QuerySet
 
-from knowledge.embeddings import texts_embed, vectors_from
+from knowledge.embeddings import Embedder, embedder_current, vectors_from
 from knowledge.errors import DocumentNotFound
 from knowledge.models import Chunk, Collection, Document
 
@@ -129,14 +131,25 @@ def chunks_rank_words(chunks: QuerySet[Chunk], words: list[str]) -> list[int]:
     return [pk for _, pk in scored[:CANDIDATES]]
 
 
-def chunks_rank_meaning(chunks: QuerySet[Chunk], query: str) -> list[int]:
-    """Chunk ids by cosine similarity to ``query``, best first (at most ``CANDIDATES``)."""
-    rows = list(chunks.values_list("pk", "embedding"))
+def chunks_rank_meaning(
+    chunks: QuerySet[Chunk], query: str, *, embedder: Embedder, user: Any
+) -> list[int]:
+    """Ids of ``chunks`` embedded by ``embedder`` (``Chunk.embedding_model``; vectors
+    of other models are never compared) by cosine similarity to ``query``, best
+    first, at most ``CANDIDATES``, none below ``TOLLGATE_KNOWLEDGE_MIN_SIMILARITY``
+    (-1 to 1). The query is embedded only when there are chunks to compare, charged
+    to ``user``. Raises ``EmbeddingFailed`` (``Embedder.embed``)."""
+    rows = list(chunks.filter(embedding_model=embedder.name).values_list("pk", "embedding"))
     if not rows:
         return []
     ids = np.fromiter((pk for pk, _ in rows), dtype=np.int64, count=len(rows))
-    similarity = vectors_from([blob for _, blob in rows]) @ texts_embed([query])[0]
-    top = min(CANDIDATES, len(rows))
+    vector = embedder.embed([query], user=user, target_type="user", target_id=user.pk)[0]
+    similarity = vectors_from([blob for _, blob in rows]) @ vector
+    kept = np.flatnonzero(similarity >= settings.TOLLGATE_KNOWLEDGE_MIN_SIMILARITY)
+    if not kept.size:
+        return []
+    ids, similarity = ids[kept], similarity[kept]
+    top = min(CANDIDATES, len(ids))
     best = np.argpartition(-similarity, top - 1)[:top]
     best = best[np.lexsort((ids[best], -similarity[best]))]
     return [int(ids[i]) for i in best]
@@ -145,15 +158,19 @@ def chunks_rank_meaning(chunks: QuerySet[Chunk], query: str) -> list[int]:
 def chunks_search(*, user: Any, query: str, limit: int = 5) -> list[Hit]:
     """The chunks of ``user``'s visible, ready documents that best answer ``query``,
     best first, at most ``limit`` (capped at ``MAX_RESULTS``): full-text and
-    embedding rankings fused by reciprocal rank fusion."""
+    embedding rankings fused by reciprocal rank fusion. ``[]`` when no chunk
+    matches a word of the query nor comes near it in meaning (the similarity
+    floor). Raises ``EmbeddingFailed`` when the deployment's embedding model
+    cannot embed the query."""
     query = query.replace("\x00", "").strip()
     if not query:
         return []
     chunks = Chunk.objects.filter(
         document__in=documents_visible(user=user).filter(status=Document.Status.READY)
     )
+    meaning = chunks_rank_meaning(chunks, query, embedder=embedder_current(), user=user)
     scores: dict[int, float] = {}
-    for ranking in (chunks_rank_words(chunks, _words(query)), chunks_rank_meaning(chunks, query)):
+    for ranking in (chunks_rank_words(chunks, _words(query)), meaning):
         for rank, pk in enumerate(ranking, start=1):
             scores[pk] = scores.get(pk, 0.0) + 1.0 / (RRF_K + rank)
     best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[: min(limit, MAX_RESULTS)]

@@ -25,11 +25,10 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from knowledge.chunking import chunks_make
-from knowledge.embeddings import texts_embed, vector_bytes
+from knowledge.embeddings import embedder_current, vector_bytes
 from knowledge.errors import (
     DocumentNotFound,
     DocumentOverLimit,
-    ExtractionFailed,
     KnowledgeError,
 )
 from knowledge.extraction import content_type_detect, sections_extract
@@ -123,6 +122,11 @@ def document_upload(
     return document
 
 
+def _embedding_text(heading: str, text: str) -> str:
+    # The heading is embedded with the text: a chunk is about what it is under.
+    return f"{heading}\n{text}" if heading else text
+
+
 def _progress(document_id: int, percent: int) -> None:
     Document.objects.filter(pk=document_id, status=Status.INGESTING).update(progress=percent)
 
@@ -131,8 +135,9 @@ def document_ingest(*, document_id: int) -> None:
     """Read, chunk and embed pending document ``document_id``; it ends ``ready``
     with its chunks, or ``failed`` with why. A document that is not pending (already
     taken by another worker, deleted, ready) is left alone, so a replayed task is a
-    no-op. Progress (0 to 100) is written to the document as the work goes on. Call
-    outside a transaction."""
+    no-op. Progress (0 to 100) is written to the document as the work goes on. The
+    chunks are embedded by the deployment's embedding model (``embedder_current``),
+    whose calls are charged to the document's owner. Call outside a transaction."""
     with transaction.atomic():
         document = Document.objects.select_for_update(no_key=True).filter(pk=document_id).first()
         if document is None or document.status != Status.PENDING:
@@ -140,6 +145,8 @@ def document_ingest(*, document_id: int) -> None:
         document.status, document.progress, document.error = Status.INGESTING, 5, ""
         document.save(update_fields=["status", "progress", "error"])
     try:
+        embedder = embedder_current()
+        # Through the storage API (file system or object storage), never a path.
         with document.file.open("rb") as handle:
             data = handle.read()
         sections = sections_extract(data, document.content_type)
@@ -152,9 +159,11 @@ def document_ingest(*, document_id: int) -> None:
         chunks: list[Chunk] = []
         for first in range(0, len(pieces), EMBED_BATCH):
             batch = pieces[first : first + EMBED_BATCH]
-            # The heading is embedded with the text: a chunk is about what it is under.
-            vectors = texts_embed(
-                [f"{p.heading}\n{p.text}" if p.heading else p.text for p in batch]
+            vectors = embedder.embed(
+                [_embedding_text(p.heading, p.text) for p in batch],
+                user=document.owner,
+                target_type="document",
+                target_id=document_id,
             )
             chunks.extend(
                 Chunk(
@@ -166,6 +175,7 @@ def document_ingest(*, document_id: int) -> None:
                     char_start=piece.start,
                     char_end=piece.end,
                     embedding=vector_bytes(vector),
+                    embedding_model=embedder.name,
                 )
                 for offset, (piece, vector) in enumerate(zip(batch, vectors, strict=True))
             )
@@ -185,7 +195,7 @@ def document_ingest(*, document_id: int) -> None:
             locked.status, locked.progress, locked.pages = Status.READY, 100, pages
             locked.ingested_at = timezone.now()
             locked.save(update_fields=["status", "progress", "pages", "ingested_at"])
-    except (ExtractionFailed, OSError, IntegrityError, ValueError, MemoryError) as error:
+    except (KnowledgeError, OSError, IntegrityError, ValueError, MemoryError) as error:
         _fail(document_id, str(error) or type(error).__name__)
     except Exception as error:
         logger.exception("Ingesting document %s failed", document_id)
@@ -196,6 +206,38 @@ def _fail(document_id: int, why: str) -> None:
     Document.objects.filter(pk=document_id, status=Status.INGESTING).update(
         status=Status.FAILED, error=why[:2000]
     )
+
+
+def chunks_reembed(*, document_id: int) -> int:
+    """Embed again, with the deployment's embedding model, the chunks of document
+    ``document_id`` that another model embedded (after
+    ``TOLLGATE_KNOWLEDGE_EMBEDDING_MODEL`` changed), ``EMBED_BATCH`` at a time, each
+    batch written as it is done (a chunk's vector and model name change together),
+    charged to the document's owner. Returns how many chunks were re-embedded (0
+    when none is stale). Raises ``EmbeddingFailed``; the batches written before
+    stay written. Call outside a transaction."""
+    embedder = embedder_current()
+    document = Document.objects.select_related("owner").filter(pk=document_id).first()
+    if document is None:
+        return 0
+    stale = list(
+        Chunk.objects.filter(document_id=document_id)
+        .exclude(embedding_model=embedder.name)
+        .order_by("ordinal")
+        .only("pk", "section", "text")
+    )
+    for first in range(0, len(stale), EMBED_BATCH):
+        batch = stale[first : first + EMBED_BATCH]
+        vectors = embedder.embed(
+            [_embedding_text(chunk.section, chunk.text) for chunk in batch],
+            user=document.owner,
+            target_type="document",
+            target_id=document_id,
+        )
+        for chunk, vector in zip(batch, vectors, strict=True):
+            chunk.embedding, chunk.embedding_model = vector_bytes(vector), embedder.name
+        Chunk.objects.bulk_update(batch, ["embedding", "embedding_model"])
+    return len(stale)
 
 
 def document_retry(*, user: Any, document_id: int) -> Document:

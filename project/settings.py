@@ -12,6 +12,7 @@ Layout follows cookiecutter-django's ``config/settings/base.py``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -285,8 +286,35 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "static")))
+# Uploaded files (Knowledge) go through Django's storage API: the file system under
+# MEDIA_ROOT by default; TOLLGATE_STORAGE=s3 puts them in an S3 bucket (or any
+# S3-compatible store: AWS_S3_ENDPOINT_URL) through django-storages. Its keys come
+# from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, an instance
+# role), never from here.
+TOLLGATE_STORAGE = env.str("TOLLGATE_STORAGE", default="") or "filesystem"
+if TOLLGATE_STORAGE == "filesystem":
+    _DEFAULT_STORAGE: dict[str, Any] = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+elif TOLLGATE_STORAGE == "s3":
+    _DEFAULT_STORAGE = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME"),
+            "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+            "location": env.str("AWS_LOCATION", default=""),
+            # Two uploads of one name get two keys, as on the file system (its
+            # default would overwrite the first document's file).
+            "file_overwrite": False,
+            "default_acl": None,  # the bucket's own policy: private
+            "querystring_auth": True,
+        },
+    }
+else:
+    raise ImproperlyConfigured(
+        f"TOLLGATE_STORAGE is {TOLLGATE_STORAGE!r}; it must be 'filesystem' or 's3'."
+    )
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _DEFAULT_STORAGE,
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
@@ -299,6 +327,14 @@ TOLLGATE_KNOWLEDGE_QUOTA_BYTES = env.int("TOLLGATE_KNOWLEDGE_QUOTA_BYTES", defau
 # A chunk's size and the overlap of consecutive chunks (characters).
 TOLLGATE_KNOWLEDGE_CHUNK_CHARS = env.int("TOLLGATE_KNOWLEDGE_CHUNK_CHARS", default=1200)
 TOLLGATE_KNOWLEDGE_CHUNK_OVERLAP = env.int("TOLLGATE_KNOWLEDGE_CHUNK_OVERLAP", default=200)
+# The ModelConfig (its name) of kind "embedding" that embeds documents and queries,
+# through litellm; empty: the offline WordLlama model. Changing it leaves chunks of
+# the former model out of search by meaning until `manage.py knowledge_reembed`.
+TOLLGATE_KNOWLEDGE_EMBEDDING_MODEL = env.str("TOLLGATE_KNOWLEDGE_EMBEDDING_MODEL", default="")
+# Search by meaning drops chunks whose cosine similarity to the query is below this
+# (-1 to 1). 0.25 separates the offline model's answers (0.38 and up on the test
+# corpus) from unrelated questions (0.16 at most); tune it for another model.
+TOLLGATE_KNOWLEDGE_MIN_SIMILARITY = env.float("TOLLGATE_KNOWLEDGE_MIN_SIMILARITY", default=0.25)
 
 # Serve straight from the finders so the embedded mode needs no collectstatic.
 WHITENOISE_USE_FINDERS = True

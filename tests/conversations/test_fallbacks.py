@@ -212,6 +212,7 @@ def test_admin_sets_fallbacks_by_name_in_order(admin_user, client, llmock):
         "context_window": 8192,
         "max_output_tokens": 1024,
         "fallback_names": "Second, Fallback Claude",
+        "kind": "chat",
     }
     response = client.post(url, form)
     assert response.status_code == 302, response.content.decode()[:2000]
@@ -223,3 +224,8 @@ def test_admin_sets_fallbacks_by_name_in_order(admin_user, client, llmock):
     assert "No model config named Nobody." in refused.content.decode()
     refused = client.post(url, {**form, "fallback_names": "Primary GPT"})
     assert "A model cannot be its own fallback." in refused.content.decode()
+    ModelConfig.objects.create(name="Vectors", litellm_model="openai/e", kind="embedding")
+    refused = client.post(url, {**form, "fallback_names": "Second, Vectors"})
+    assert "Vectors: an embedding model cannot answer a chat." in refused.content.decode()
+    refused = client.post(url, {**form, "kind": "embedding", "is_default": "on"})
+    assert "An embedding model cannot be the default model for chats." in (refused.content.decode())

@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from knowledge.selectors import chunks_search, documents_visible
+from knowledge.tool import NOTHING_FOUND
 from tests.factories import CollectionFactory, GroupFactory, UserFactory
 from tools.registry import ToolContext, registry
 
@@ -105,16 +106,36 @@ def test_the_tool_cites_document_page_and_link(user, corpus):
 
 
 def test_the_tool_says_when_nothing_matches(user):
-    assert search_tool(user.pk, query="anything") == "No passage of your documents matches."
+    assert search_tool(user.pk, query="anything") == NOTHING_FOUND
+    assert NOTHING_FOUND.startswith("No passages found")
+
+
+OFF_TOPIC = ["What is the capital of Mongolia?", "How do I bake a sourdough loaf?"]
+
+
+@pytest.mark.parametrize("question", OFF_TOPIC)
+def test_a_question_about_nothing_in_the_documents_finds_nothing(user, corpus, question):
+    assert chunks_search(user=user, query=question, limit=5) == []
+    assert search_tool(user.pk, query=question) == NOTHING_FOUND
+
+
+def test_the_similarity_floor_is_what_drops_unrelated_passages(user, corpus, settings):
+    settings.TOLLGATE_KNOWLEDGE_MIN_SIMILARITY = -1.0
+    assert len(chunks_search(user=user, query=OFF_TOPIC[0], limit=5)) == 5
+    settings.TOLLGATE_KNOWLEDGE_MIN_SIMILARITY = 0.99  # above every answer's similarity
+    (hit,) = chunks_search(user=user, query="password wifi", limit=5)  # by its words alone
+    assert hit.chunk.section == "Wireless network"
 
 
 def test_another_users_documents_are_never_found(user, other_user, corpus):
     for hit in chunks_search(user=user, query="secret parking spot behind the gym", limit=20):
         assert hit.chunk.document.owner == user
     assert "secret.md" not in search_tool(user.pk, query="secret parking spot gym", limit=20)
-    text = search_tool(other_user.pk, query="harbour ferries", limit=20)
+    # The user's handbook has a parking passage too; its owner alone finds it.
+    text = search_tool(other_user.pk, query="where to park the car", limit=20)
     assert "guide.pdf" not in text and "handbook.md" not in text
     assert "secret.md" in text
+    assert search_tool(other_user.pk, query="harbour ferries") == NOTHING_FOUND
 
 
 def test_a_collection_shared_with_a_group_is_searched_by_its_members(user, ingest):
@@ -132,7 +153,7 @@ def test_a_collection_shared_with_a_group_is_searched_by_its_members(user, inges
     text = search_tool(member.pk, query="deploy freeze thursday", limit=10)
     assert "team.md" in text and "private.md" not in text
     assert list(documents_visible(user=member)) == [shared]
-    assert "No passage" in search_tool(outsider.pk, query="deploy freeze thursday")
+    assert search_tool(outsider.pk, query="deploy freeze thursday") == NOTHING_FOUND
 
 
 def test_healthz_says_how_vectors_are_searched(client):
