@@ -3,10 +3,10 @@
 with a group they are in. Every read and search starts from it.
 
 Search (:func:`chunks_search`) is hybrid: a full-text rank (PostgreSQL's
-``ts_rank`` over the chunks' ``tsvector``; elsewhere, the count of query words a
-chunk contains) and exact cosine similarity of embeddings (numpy, over every
-visible chunk embedded by the deployment's embedding model, at or above
-``TOLLGATE_KNOWLEDGE_MIN_SIMILARITY``), fused by reciprocal rank fusion (k = 60).
+``ts_rank`` over the chunks' ``tsvector``; on SQLite, FTS5's ``bm25``) and exact
+cosine similarity of embeddings (numpy, over every visible chunk embedded by the
+deployment's embedding model, at or above ``TOLLGATE_KNOWLEDGE_MIN_SIMILARITY``),
+fused by reciprocal rank fusion (k = 60).
 ``docs/knowledge.md`` says how this scales with pgvector.
 """
 
@@ -107,7 +107,8 @@ def _words(query: str) -> list[str]:
 
 
 def chunks_rank_words(chunks: QuerySet[Chunk], words: list[str]) -> list[int]:
-    """Chunk ids by full-text rank, best first (at most ``CANDIDATES``)."""
+    """Chunk ids by full-text rank, best first (at most ``CANDIDATES``): PostgreSQL's
+    ``ts_rank`` over the chunks' ``tsvector``, SQLite's FTS5 ``bm25``."""
     if not words:
         return []
     if connection.vendor == "postgresql":
@@ -120,15 +121,17 @@ def chunks_rank_words(chunks: QuerySet[Chunk], words: list[str]) -> list[int]:
             .order_by("-rank", "pk")
             .values_list("pk", flat=True)[:CANDIDATES]
         )
-    matching = Q()
-    for word in words:
-        matching |= Q(text__icontains=word)
-    scored = [
-        (sum(word in text.lower() for word in words), pk)
-        for pk, text in chunks.filter(matching).values_list("pk", "text")
-    ]
-    scored.sort(key=lambda row: (-row[0], row[1]))
-    return [pk for _, pk in scored[:CANDIDATES]]
+    # SQLite (the embedded mode): FTS5's bm25 over ``knowledge_chunk_fts``, the index
+    # migration 0003 made and its triggers keep. Any of the words, each quoted.
+    visible, params = chunks.values("pk").query.sql_with_params()
+    match = " OR ".join(f'"{word}"' for word in words)
+    sql = (
+        "SELECT rowid FROM knowledge_chunk_fts WHERE knowledge_chunk_fts MATCH %s"  # noqa: S608 - ``visible`` is the ORM's SQL, its values in params
+        f" AND rowid IN ({visible}) ORDER BY bm25(knowledge_chunk_fts), rowid LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [match, *params, CANDIDATES])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def chunks_rank_meaning(
