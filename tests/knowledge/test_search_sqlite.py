@@ -14,6 +14,7 @@ from tests.topology import ROOT
 
 SCRIPT = r"""
 import json
+import time
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from accounts.models import User
@@ -23,9 +24,17 @@ from knowledge.services import document_ingest, document_upload
 from tests.knowledge.test_search import QUESTIONS, handbook_markdown
 
 def ingest(user, name, data):
+    # The embedded mode also ingests in a thread of its own: whoever claims the
+    # document reads it; wait for it to be read.
     document = document_upload(user=user, upload=SimpleUploadedFile(name, data))
     document_ingest(document_id=document.pk)
-    return Document.objects.get(pk=document.pk)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        document = Document.objects.get(pk=document.pk)
+        if document.status in ("ready", "failed"):
+            break
+        time.sleep(0.05)
+    return document
 
 owner = User.objects.create_user("owner@example.com", "a-long-pass-phrase-42")
 other = User.objects.create_user("other@example.com", "a-long-pass-phrase-42")
