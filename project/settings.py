@@ -299,6 +299,18 @@ TOLLGATE_KNOWLEDGE_QUOTA_BYTES = env.int("TOLLGATE_KNOWLEDGE_QUOTA_BYTES", defau
 # A chunk's size and the overlap of consecutive chunks (characters).
 TOLLGATE_KNOWLEDGE_CHUNK_CHARS = env.int("TOLLGATE_KNOWLEDGE_CHUNK_CHARS", default=1200)
 TOLLGATE_KNOWLEDGE_CHUNK_OVERLAP = env.int("TOLLGATE_KNOWLEDGE_CHUNK_OVERLAP", default=200)
+# Files attached to one chat message (each a Knowledge document of its sender).
+TOLLGATE_MAX_ATTACHMENTS_PER_MESSAGE = env.int("TOLLGATE_MAX_ATTACHMENTS_PER_MESSAGE", default=5)
+# A message's attached text files give the model their passages that best match it
+# (docs/knowledge.md), this many; and how long a reply waits for an attachment
+# still being read before it says so instead (seconds).
+TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE = env.bool("TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE", default=True)
+TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE_PASSAGES = env.int(
+    "TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE_PASSAGES", default=5
+)
+TOLLGATE_KNOWLEDGE_ATTACHMENT_WAIT_SECONDS = env.float(
+    "TOLLGATE_KNOWLEDGE_ATTACHMENT_WAIT_SECONDS", default=20.0
+)
 
 # Serve straight from the finders so the embedded mode needs no collectstatic.
 WHITENOISE_USE_FINDERS = True
