@@ -5,7 +5,8 @@ per-message limit, then ``knowledge.services.document_upload``, whose limits per
 file and per user and type checks are the only ones), shows it as a chip while
 it is read, and sends the documents' ids with the message. ``services.message_send``
 checks them (:func:`attachments_for_send`: at most
-``TOLLGATE_MAX_ATTACHMENTS_PER_MESSAGE``, each the sender's own) before
+``TOLLGATE_MAX_ATTACHMENTS_PER_MESSAGE``, each the sender's own; an image only
+to a model that accepts images, :func:`attachments_images_check`) before
 anything is stored, and links them (:func:`attachments_link`, the
 ``MessageAttachment`` rows, and what the page shows of them in the message's
 ``metadata["attachments"]``).
@@ -15,8 +16,8 @@ What the model reads (:func:`attachments_context`, called once, from
 the passages of its text files that best match it (``knowledge.selectors.chunks_search``
 restricted to them, formatted by ``knowledge.tool.hits_text``: numbered, cited,
 marked untrusted) when ``TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE`` is on; a line for a
-file still being read or that failed; a line naming its images (not sent to
-models yet). A run's first model call waits up to
+file still being read or that failed; and its images as image parts, for a
+model that accepts images. A run's first model call waits up to
 ``TOLLGATE_KNOWLEDGE_ATTACHMENT_WAIT_SECONDS`` from the message for its files
 to be read (:func:`attachments_wait_until`, the engine's wait), then says which
 are not.
@@ -24,8 +25,9 @@ are not.
 
 from __future__ import annotations
 
+import base64
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +37,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db.models import Min
 
 from conversations.errors import ConversationError, NotFound
-from conversations.models import Message, MessageAttachment
+from conversations.models import Message, MessageAttachment, ModelConfig
 from knowledge.errors import DocumentNotFound
 from knowledge.extraction import IMAGES, PDF
 from knowledge.models import Document
@@ -63,8 +65,8 @@ TYPE_NAMES = {
 
 
 class AttachmentRefused(ConversationError):
-    """Files that cannot go with a message (too many, not the sender's): nothing is
-    stored."""
+    """Files that cannot go with a message (too many, not the sender's, an image to
+    a model that does not read images): nothing is stored."""
 
 
 def attachment_limit() -> int:
@@ -146,6 +148,20 @@ def attachments_for_send(*, user: Any, document_ids: Sequence[int]) -> list[Docu
     return [found[pk] for pk in ids]
 
 
+def attachments_images_check(documents: Iterable[Document], configs: Iterable[ModelConfig]) -> None:
+    """Refuse (``AttachmentRefused``) images for a model of ``configs`` that does not
+    accept images (``ModelConfig.accepts_images``), naming it: before any call."""
+    image = next((d for d in documents if d.content_type in IMAGES), None)
+    if image is None:
+        return
+    for config in configs:
+        if not config.accepts_images:
+            raise AttachmentRefused(
+                f"{config.name} does not accept images. Nothing was sent: remove "
+                f"{image.name} or pick a model that reads images."
+            )
+
+
 def attachments_shown(documents: Sequence[Document]) -> list[dict[str, Any]]:
     """What a sent message shows of its files (kept in its metadata)."""
     return [
@@ -198,9 +214,10 @@ def attachments_being_read(*, message_id: int) -> bool:
 @dataclass
 class Addition:
     """What the model reads of one message's files: ``text`` after the message's
-    own, ``sources`` (the citations of its passages)."""
+    own, ``images`` (image parts), ``sources`` (the citations of its passages)."""
 
     text: str
+    images: list[dict[str, Any]] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -211,13 +228,34 @@ def _described(document: Document) -> str:
     return f"{document.name} ({kind})"
 
 
-def _addition(owner: Any, text: str, documents: list[Document]) -> Addition:
+def _image_part(document: Document) -> dict[str, Any] | None:
+    try:
+        with document.file.open("rb") as handle:
+            data = handle.read()
+    except OSError:
+        logger.warning("attached image %s could not be read", document.pk, exc_info=True)
+        return None
+    encoded = base64.b64encode(data).decode("ascii")
+    return {
+        "type": "image_url",
+        "image_url": {"url": f"data:{document.content_type};base64,{encoded}"},
+    }
+
+
+def _addition(
+    owner: Any, text: str, documents: list[Document], *, accepts_images: bool
+) -> Addition:
     lines = [f"{ATTACHED_HEAD} {', '.join(_described(d) for d in documents)}."]
+    images: list[dict[str, Any]] = []
     searchable: list[int] = []
     notes: list[str] = []
     for document in documents:
         if document.content_type in IMAGES:
-            notes.append(f"{document.name} is an image, and this model does not read images.")
+            part = _image_part(document) if accepts_images else None
+            if part is not None:
+                images.append(part)
+            else:
+                notes.append(f"{document.name} is an image, and this model does not read images.")
         elif document.status == Status.READY:
             searchable.append(document.pk)
         elif document.status == Status.FAILED:
@@ -245,23 +283,39 @@ def _addition(owner: Any, text: str, documents: list[Document]) -> Addition:
             "Their passages are not included here; the knowledge.search tool, if you "
             "have it, searches them."
         )
-    return Addition(text="\n\n".join([*lines, *notes]), sources=sources)
+    return Addition(text="\n\n".join([*lines, *notes]), images=images, sources=sources)
 
 
-def attachments_context(*, owner: Any, texts: dict[int, str]) -> dict[int, Addition]:
+def attachments_context(
+    *, owner: Any, texts: dict[int, str], accepts_images: bool
+) -> dict[int, Addition]:
     """What the model reads of the files of each user message of ``texts`` (message
     id → its text, the retrieval's query): two queries (the links, the passages' rows)
-    plus a search per message with ready text files."""
+    plus a search per message with ready text files. ``accepts_images``: the
+    model's (``ModelConfig.accepts_images``); else an image is named, not sent."""
     by_message: dict[int, list[Document]] = {}
     links = MessageAttachment.objects.filter(message_id__in=list(texts)).select_related("document")
     for link in links:
         by_message.setdefault(link.message_id, []).append(link.document)
     return {
-        message_id: _addition(owner, texts[message_id], documents)
+        message_id: _addition(owner, texts[message_id], documents, accepts_images=accepts_images)
         for message_id, documents in by_message.items()
     }
 
 
-def content_with(text: str, addition: Addition) -> str:
-    """A user message's content with what its files add."""
-    return f"{text}\n\n{addition.text}"
+def content_with(text: str, addition: Addition) -> str | list[dict[str, Any]]:
+    """A user message's content with what its files add: text, or (with images)
+    OpenAI-style parts, the text first."""
+    combined = f"{text}\n\n{addition.text}"
+    if not addition.images:
+        return combined
+    return [{"type": "text", "text": combined}, *addition.images]
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: itself, or its text parts joined."""
+    if isinstance(content, list):
+        return "\n\n".join(
+            str(part.get("text", "")) for part in content if isinstance(part, dict)
+        ).strip()
+    return str(content or "")

@@ -146,10 +146,16 @@ def history_messages(
     conversation: Conversation,
     system_prompt: str | None = None,
     run: Run | None = None,
+    accepts_images: bool = False,
 ) -> list[dict]:
     """The conversation as OpenAI-format messages, system prompt first
     (``history_with_ids`` without the ids)."""
-    return history_with_ids(conversation=conversation, system_prompt=system_prompt, run=run)[0]
+    return history_with_ids(
+        conversation=conversation,
+        system_prompt=system_prompt,
+        run=run,
+        accepts_images=accepts_images,
+    )[0]
 
 
 def history_with_ids(
@@ -157,6 +163,7 @@ def history_with_ids(
     conversation: Conversation,
     system_prompt: str | None = None,
     run: Run | None = None,
+    accepts_images: bool = False,
     sources: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict], list[int | None]]:
     """The branch of the conversation that ends at ``run`` (default: the branch
@@ -176,8 +183,8 @@ def history_with_ids(
 
     A user message sent with files is followed, in its content, by what the model
     reads of them (``attachments.attachments_context``: their names, the passages
-    of its text files that best match it, a line for a file not read yet).
-    ``sources``, when
+    of its text files that best match it, a line for a file not read yet; its
+    images as image parts when ``accepts_images``, the model's). ``sources``, when
     given, receives the citations of the last user message's passages
     (``knowledge.tool.hits_sources``), for the answer written from them.
     """
@@ -210,7 +217,11 @@ def history_with_ids(
         for m in rows
         if m.role == Message.Role.USER and m.attachments
     }
-    additions = attachments_context(owner=conversation.owner, texts=attached) if attached else {}
+    additions = (
+        attachments_context(owner=conversation.owner, texts=attached, accepts_images=accepts_images)
+        if attached
+        else {}
+    )
     prompt = settings.TOLLGATE_SYSTEM_PROMPT if system_prompt is None else system_prompt
     out: list[dict] = [{"role": "system", "content": prompt}]
     message_ids: list[int | None] = [None]
@@ -414,6 +425,7 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | _AttachmentsWait | N
         conversation=run.conversation,
         system_prompt=call.system_prompt,
         run=run,
+        accepts_images=config.accepts_images,
         sources=attached,
     )
     tools = tools_offered(run=run)

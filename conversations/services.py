@@ -24,6 +24,7 @@ from conversations import compare, events
 from conversations.agents import agents_visible, run_max_steps
 from conversations.attachments import (
     attachments_for_send,
+    attachments_images_check,
     attachments_link,
     attachments_of,
     attachments_shown,
@@ -420,7 +421,8 @@ def message_send(
     sent with the message (``conversations.attachments``).
 
     Raises ``NotFound`` (not the user's, or a chain they may not see),
-    ``AttachmentRefused`` (too many files, one not theirs),
+    ``AttachmentRefused`` (too many files, one not theirs, an image to a model that
+    does not accept images),
     ``EmptyMessage``, ``MessageTooLong`` (over ``TOLLGATE_MAX_MESSAGE_CHARS``),
     ``ConversationArchived``, ``ModelUnavailable`` (the conversation's model, or a
     chain step's, is disabled), ``CompareInvalid`` (the models asked to compare, or
@@ -445,12 +447,15 @@ def message_send(
             content=content,
             compare_models=models,
             attachments=documents,
+            answered_by_chain=chain is not None,
         )
         if chain is not None:
             try:
                 plan = chain_plan(chain=chain, default=conversation.model_config)
             except ChainRefused as error:
                 raise ModelUnavailable(str(error)) from None
+            # Raised in this block: the message and run above are not kept.
+            _chain_images_check(documents, plan)
             run.kind = Run.Kind.CHAIN
             run.parameters = {**run.parameters, "chain": plan}
             run.save(update_fields=["kind", "parameters"])
@@ -490,6 +495,15 @@ def _compare_models(model_ids: Sequence[int]) -> list[ModelConfig]:
     return [by_id[pk] for pk in ids]
 
 
+def _chain_images_check(documents: list, plan: dict[str, Any]) -> None:
+    """Refuse images for a chain whose step models do not all accept images."""
+    if not documents:
+        return
+    ids = [step["model"]["id"] for step in plan["steps"]]
+    configs = ModelConfig.objects.in_bulk(ids)
+    attachments_images_check(documents, [configs[pk] for pk in dict.fromkeys(ids)])
+
+
 def _message_sent(user, message: Message, run: Run) -> dict[str, Any]:
     """The ``message.sent`` audit event's arguments (``audit_record``)."""
     attached = [a["id"] for a in message.metadata.get("attachments", [])]
@@ -524,11 +538,13 @@ def _message_insert(
     content: str,
     compare_models: list[ModelConfig] | None = None,
     attachments: list | None = None,
+    answered_by_chain: bool = False,
 ) -> tuple[Conversation, Message, Run]:
     """Lock and check the conversation, insert the message and its run (the ORM);
     with ``compare_models``, the compare run and its parts (``_compare_insert``);
     with ``attachments`` (documents, ``attachments_for_send``), the message's links
-    to them."""
+    to them, after checking that the models answering it accept its images (a
+    chain's: the caller's to check)."""
     conversation = _own_conversation(
         user=user, conversation_id=conversation_id, lock=True, with_model=True
     )
@@ -538,6 +554,10 @@ def _message_insert(
     call = _call_settings(conversation)
     _agent_check(conversation, call)
     attachments = attachments or []
+    if attachments and not answered_by_chain:
+        attachments_images_check(
+            attachments, compare_models if compare_models is not None else [call.config]
+        )
     message = Message.objects.create(
         conversation=conversation,
         role=Message.Role.USER,
@@ -827,6 +847,7 @@ def message_edit(*, user, message_id: int, content: str) -> Run:
         call = _call_settings(conversation)
         # The new version carries the old one's files (the edit changes the text only).
         attached = attachments_of(message_id)
+        attachments_images_check(attached, [call.config])
         metadata: dict[str, Any] = {"edit_of": message_id}
         if attached:
             metadata["attachments"] = attachments_shown(attached)

@@ -2,7 +2,8 @@
 upload, chip and remove endpoints over HTTP, the per-message limit, another user's
 document refused, the link to the message; what the model reads of them (passages
 found for the message's text, formatted as ``knowledge.search`` formats them, the
-wait for a file still being read); citations linked in the answer."""
+wait for a file still being read); citations linked in the answer; images to a
+model that reads them, refused before any call for one that does not."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from conversations.rendering import citations_link, render_markdown
 from knowledge.models import Document
 from knowledge.services import document_ingest, document_upload
 from tests.conversations.conftest import drive
-from tests.knowledge.conftest import pdf_bytes
+from tests.knowledge.conftest import pdf_bytes, png_bytes
 
 S = Run.Status
 GUIDE = ["The harbour opens at dawn for fishing boats.", "Apples are picked in May by hand."]
@@ -294,7 +295,7 @@ def test_a_search_is_restricted_to_the_messages_own_files(user, conversation):
     guide = _document(user, "guide.pdf", pdf_bytes(["Nothing about fruit here."]))
     message = Message.objects.create(conversation=conversation, role="user", content="apples?")
     MessageAttachment.objects.create(message=message, document=guide)
-    addition = attachments_context(owner=user, texts={message.pk: "apples?"})
+    addition = attachments_context(owner=user, texts={message.pk: "apples?"}, accepts_images=False)
     text = addition[message.pk].text
     assert "guide.pdf" in text and "other.pdf" not in text
     assert other.pk not in {int(re.search(r"documents/(\d+)/", s["url"])[1])
@@ -341,3 +342,107 @@ def test_the_answer_on_the_page_links_its_citation(user_client, user, conversati
     assert document_page.status_code == 200
     assert 'id="page=2"' in document_page.content.decode()
     assert run.status == S.COMPLETED
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+def test_an_image_to_a_model_that_does_not_read_images_is_refused_before_any_call(
+    user_client, user, conversation
+):
+    picture = _document(user, "photo.png", png_bytes())
+    typed = "what is in this picture?"
+    response = user_client.post(
+        reverse("conversations:message-send", args=[conversation.pk]),
+        {"content": typed, "attachments": [picture.pk]},
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert (
+        "Demo (offline) does not accept images. Nothing was sent: remove photo.png or pick a "
+        "model that reads images."
+    ) in page
+    assert typed in page and f'value="{picture.pk}"' in page
+    assert Message.objects.count() == 0 and Run.objects.count() == 0
+
+
+def test_an_image_reaches_a_vision_model_as_an_image_part(user, mock_model, llmock):
+    import base64
+
+    from tests.factories import ConversationFactory
+
+    mock_model.accepts_images = True
+    mock_model.input_cost_per_token = mock_model.output_cost_per_token = 0
+    mock_model.save()
+    conversation = ConversationFactory(owner=user, model_config=mock_model)
+    picture = _document(user, "photo.png", png_bytes())
+    run = drive(
+        services.message_send(
+            user=user,
+            conversation_id=conversation.pk,
+            content="what is in this picture?",
+            attachment_ids=[picture.pk],
+        )
+    )
+    assert run.status == S.COMPLETED, run.error
+    encoded = base64.b64encode(png_bytes()).decode()
+    # The first call (the mock may then call a tool it is offered: later calls follow).
+    assert llmock.requests[0].body["messages"][-1] == {
+        "role": "user",
+        "content": [
+            {
+                "type": "text",
+                "text": f"what is in this picture?\n\n{ATTACHED_HEAD} photo.png (PNG image).",
+            },
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encoded}"}},
+        ],
+    }
+
+
+def test_admin_marks_a_model_as_accepting_images(admin_user, client, demo_model):
+    client.force_login(admin_user)
+    url = reverse("admin:conversations_modelconfig_change", args=[demo_model.pk])
+    page = client.get(url).content.decode()
+    assert 'name="accepts_images"' in page and 'name="kind"' in page
+    form = {
+        "name": demo_model.name,
+        "litellm_model": demo_model.litellm_model,
+        "enabled": "on",
+        "accepts_images": "on",
+        "context_window": 8192,
+        "max_output_tokens": 1024,
+    }
+    assert client.post(url, form).status_code == 302
+    demo_model.refresh_from_db()
+    assert (demo_model.accepts_images, demo_model.kind) == (True, "chat")
+
+
+def test_compare_refuses_an_image_for_any_model_that_does_not_read_images(
+    user, conversation, mock_model
+):
+    mock_model.accepts_images = True
+    mock_model.save()
+    picture = _document(user, "photo.png", png_bytes())
+    with pytest.raises(services.ConversationError, match=r"^Demo \(offline\) does not accept"):
+        services.message_send(
+            user=user,
+            conversation_id=conversation.pk,
+            content="compare these",
+            compare_model_ids=[mock_model.pk, conversation.model_config_id],
+            attachment_ids=[picture.pk],
+        )
+    assert Message.objects.count() == 0 and Run.objects.count() == 0
+
+
+def test_an_edited_message_keeps_its_files(user, conversation):
+    guide = _document(user)
+    run = drive(
+        services.message_send(
+            user=user, conversation_id=conversation.pk, content="apples?", attachment_ids=[guide.pk]
+        )
+    )
+    edited = services.message_edit(
+        user=user, message_id=run.user_message_id, content="When are apples picked?"
+    )
+    assert list(edited.user_message.attachments.all()) == [guide]
+    assert edited.user_message.metadata["attachments"][0]["name"] == "guide.pdf"
