@@ -446,3 +446,23 @@ def test_an_edited_message_keeps_its_files(user, conversation):
     )
     assert list(edited.user_message.attachments.all()) == [guide]
     assert edited.user_message.metadata["attachments"][0]["name"] == "guide.pdf"
+
+
+def test_an_answer_after_a_knowledge_search_cites_its_results(user, conversation):
+    """The demo calls the read-only tool (no approval), answers from its result with
+    ``[1]``, and that answer's sources are the result's passages."""
+    from tools.services import tools_sync
+
+    tools_sync()
+    guide = _document(user)
+    run = drive(
+        services.message_send(
+            user=user,
+            conversation_id=conversation.pk,
+            content='use tool knowledge.search {"query": "when are apples picked"}',
+        )
+    )
+    assert run.status == S.COMPLETED, run.error
+    answer = Message.objects.filter(run=run, role=Message.Role.ASSISTANT).order_by("id").last()
+    assert answer.content == "From **guide.pdf** (page 2): “Apples are picked in May by hand.” [1]"
+    assert answer.metadata["sources"][0]["url"].startswith(f"/knowledge/documents/{guide.pk}/")
