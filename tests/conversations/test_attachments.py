@@ -466,3 +466,31 @@ def test_an_answer_after_a_knowledge_search_cites_its_results(user, conversation
     answer = Message.objects.filter(run=run, role=Message.Role.ASSISTANT).order_by("id").last()
     assert answer.content == "From **guide.pdf** (page 2): “Apples are picked in May by hand.” [1]"
     assert answer.metadata["sources"][0]["url"].startswith(f"/knowledge/documents/{guide.pk}/")
+
+
+def test_stop_ends_the_wait_for_a_file_with_no_model_call(user, conversation, settings):
+    from asgiref.sync import async_to_sync
+
+    from accounts.models import UsageRecord
+    from conversations import engine
+
+    settings.TOLLGATE_KNOWLEDGE_ATTACHMENT_WAIT_SECONDS = 30
+    unread = _document(user, ingest=False)
+    run = services.message_send(
+        user=user, conversation_id=conversation.pk, content="apples?", attachment_ids=[unread.pk]
+    )
+    real = engine._being_read
+
+    async def stopped_meanwhile(*, message_id: int) -> bool:
+        await engine.db_async(services.run_cancel)(user=user, run_id=run.pk)
+        return await real(message_id=message_id)
+
+    engine._being_read = stopped_meanwhile
+    try:
+        async_to_sync(engine.run_advance)(run_id=run.pk, worker="w")
+    finally:
+        engine._being_read = real
+    run.refresh_from_db()
+    assert run.status == S.CANCELLED
+    assert not Message.objects.filter(run=run, role=Message.Role.ASSISTANT).exists()
+    assert not UsageRecord.objects.exists()
