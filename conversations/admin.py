@@ -52,7 +52,8 @@ class ModelConfigForm(forms.ModelForm):
     class Meta:
         model = ModelConfig
         fields = (
-            "name", "litellm_model", "enabled", "is_default", "supports_tools", "api_base",
+            "name", "litellm_model", "kind", "enabled", "is_default", "supports_tools",
+            "accepts_images", "api_base",
             "api_key_env", "context_window", "max_output_tokens", "input_cost_per_token",
             "output_cost_per_token", "cached_input_cost_per_token", "temperature",
             "cache_replies", "kind",
@@ -60,9 +61,14 @@ class ModelConfigForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["kind"].required = False
         ids = list(self.instance.fallbacks or [])
         names = dict(ModelConfig.objects.filter(pk__in=ids).values_list("pk", "name"))
         self.initial["fallback_names"] = ", ".join(names[i] for i in ids if i in names)
+
+    def clean_kind(self) -> str:
+        """Blank keeps the model's kind (a chat model unless set)."""
+        return self.cleaned_data.get("kind") or self.instance.kind or ModelConfig.Kind.CHAT
 
     def clean_fallback_names(self) -> list[int]:
         names = [n.strip() for n in self.cleaned_data["fallback_names"].split(",") if n.strip()]
@@ -115,24 +121,14 @@ class ModelConfigAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = (
         "name", "litellm_model", "kind", "enabled", "is_default", "context_window",
         "input_cost_per_token", "output_cost_per_token", "price_status", "supports_tools",
+        "accepts_images", "kind",
     )  # fmt: skip
-    list_filter = ("kind", "enabled", "is_default", "supports_tools")
+    list_filter = ("enabled", "is_default", "supports_tools", "accepts_images", "kind")
     search_fields = ("name", "litellm_model")
     readonly_fields = ("price_status",)
     fieldsets = (
-        (
-            None,
-            {
-                "fields": (
-                    "name",
-                    "litellm_model",
-                    "kind",
-                    "enabled",
-                    "is_default",
-                    "supports_tools",
-                )
-            },
-        ),
+        (None, {"fields": ("name", "litellm_model", "kind", "enabled", "is_default")}),
+        ("Abilities", {"fields": ("supports_tools", "accepts_images")}),
         ("Provider", {"fields": ("api_base", "api_key_env")}),
         ("Resilience", {"fields": ("fallback_names", "temperature", "cache_replies")}),
         ("Limits", {"fields": ("context_window", "max_output_tokens")}),

@@ -39,6 +39,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from conversations.attachments import content_text
 from conversations.models import Conversation, Message, ModelConfig, Run
 from conversations.runs import run_lock, run_transition
 from conversations.selectors import model_configs_chat
@@ -184,7 +185,7 @@ def compare_messages(*, run: Run, history: list[dict[str, Any]]) -> list[dict[st
     )
     question = ""
     if history and history[-1].get("role") == "user":
-        question = str(history[-1].get("content") or "")
+        question = content_text(history[-1].get("content"))
         history = history[:-1]
     blocks = [f"Question:\n{question}", f"Answers to compare: {len(parts)}"]
     for part in parts:

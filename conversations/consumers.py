@@ -87,8 +87,11 @@ class MessageSendFrame(Frame):
     content: Text
     compare: Text = Field(default="", max_length=10)
     compare_models: list[Id] = Field(default_factory=list, max_length=50)
+    #: The composer's files (its chips' documents; how many, and whose: the service's
+    #: to check, ``conversations.attachments``).
+    attachments: list[Id] = Field(default_factory=list, max_length=50)
 
-    @field_validator("compare_models", mode="before")
+    @field_validator("compare_models", "attachments", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return value if isinstance(value, list) else [value]
@@ -196,6 +199,7 @@ async def _message_send(consumer: PageConsumer, frame: MessageSendFrame) -> None
         content=frame.content,
         compare_model_ids=frame.compare_ids(),
         chain_id=frame.chain_id,
+        attachment_ids=frame.attachments,
     )
     # The message's handling is the first span of the run's trace (when tracing is on).
     tracing_record(

@@ -67,7 +67,25 @@ def token_count(
     """
     if tools is not None:
         return _tokens(model, json.dumps(tools, sort_keys=True, default=str), True)
-    return _tokens(model, json.dumps(message, sort_keys=True, default=str), False)
+    return _tokens(
+        model, json.dumps(_without_image_data(message), sort_keys=True, default=str), False
+    )
+
+
+def _without_image_data(message: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``message`` with each image part's data URL left out: litellm counts an image
+    of ``auto`` detail at a fixed number of tokens, whatever its data, and the memo's
+    keys should not hold megabytes of base64."""
+    content = (message or {}).get("content")
+    if not isinstance(content, list):
+        return message
+    parts = [
+        {**part, "image_url": {**part["image_url"], "url": "image"}}
+        if isinstance(part, dict) and isinstance(part.get("image_url"), dict)
+        else part
+        for part in content
+    ]
+    return {**(message or {}), "content": parts}
 
 
 def context_fit(

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from conversations.attachments import ATTACHED_HEAD
+
 if TYPE_CHECKING:
     from litellm.types.llms.openai import ChatCompletionToolCallChunk
 
@@ -286,6 +288,9 @@ def demo_plan(
     user_text = next(
         (_text_of(m) for m in reversed(messages) if m.get("role") == "user"), ""
     ).strip()
+    # What a message's attached files add (conversations.attachments) is read apart.
+    user_text, _, attached = user_text.partition(ATTACHED_HEAD)
+    user_text = user_text.strip()
     if JUDGE_REQUEST.search(user_text):
         return demo_verdict(user_text), []
     said = SAY.match(user_text)
@@ -319,6 +324,8 @@ def demo_plan(
     if planned is not None:
         name, arguments = planned
         return "", [_call(len(messages), user_text, name, arguments, 0)]
+    if cited := _cited_answer(attached):
+        return cited, []
     if summary := _summary(user_text):
         return summary, []
     if re.fullmatch(r"(?i)(hi|hello|hey)[!. ]*", user_text):
@@ -400,9 +407,36 @@ def demo_judge(messages: list[dict[str, Any]]) -> str:
     return json.dumps({"score": 1 + len(text) % 10})
 
 
+#: A numbered passage as ``knowledge.tool.hits_text`` gives it: its head, then its text.
+_PASSAGE = re.compile(
+    r"^\[(?P<n>\d+)\] (?P<name>.+?)(?:, (?P<where>page \d+|section .+?))? — \S+\n"
+    r"<document-text>\n(?P<text>.*?)\n</document-text>",
+    re.M | re.S,
+)
+
+
+def _cited_answer(text: str) -> str:
+    """The demo's answer from numbered passages (a message's files, a search's
+    results): the first one's first sentence, quoted and cited ``[1]``; ``""``
+    when ``text`` has none."""
+    match = _PASSAGE.search(text)
+    if match is None:
+        return ""
+    words = " ".join(match.group("text").split())
+    sentence = re.split(r"(?<=[.!?])\s", words, maxsplit=1)[0][:300]
+    where = f" ({match.group('where')})" if match.group("where") else ""
+    return (
+        f"From **{match.group('name').replace('*', '')}**{where}: "
+        f"“{sentence.replace('*', '')}” [{match.group('n')}]"
+    )
+
+
 def _answer_from_results(results: list[str]) -> str:
     parts = []
     for result in results:
+        if cited := _cited_answer(result):
+            parts.append(cited)
+            continue
         reason = _denial_reason(result)
         if reason is not None:
             parts.append(

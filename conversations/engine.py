@@ -27,17 +27,25 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 from structlog.contextvars import bound_contextvars
 
 from accounts.services import Admission, budget_release_approved, llm_call_abort
 from audit.services import audit_deferred, audit_record
 from conversations import events
 from conversations.agents import run_agent, transfer_messages
+from conversations.attachments import (
+    attachments_being_read,
+    attachments_context,
+    attachments_wait_until,
+    content_with,
+)
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.chains import part_ledger_data, part_prompt
 from conversations.charging import call_admit, call_settle
@@ -71,6 +79,7 @@ from conversations.toolphase import (
     turn_gate,
     turn_running,
 )
+from knowledge.tool import sources_parse
 from project.dbthreads import db_async
 from tools.services import invocation_recover_interrupted, invocations_execute
 
@@ -113,13 +122,19 @@ class StepAborted(StreamAborted):
 
 
 class HistoryRow(NamedTuple):
-    """One stored message as the model's history needs it (``history_messages``)."""
+    """One stored message as the model's history needs it (``history_messages``);
+    ``attachments``: what a user message's metadata shows of its files, if any."""
 
     id: int
     role: str
     content: str
     tool_calls: list[dict[str, Any]] | None
     tool_call_id: str
+    attachments: list[dict[str, Any]] | None
+
+
+#: The columns of a ``HistoryRow``, in order (a key of the metadata, not all of it).
+_HISTORY_COLUMNS = ("id", "role", "content", "tool_calls", "tool_call_id", "metadata__attachments")
 
 
 #: Messages the history is built from (streaming and failed ones are left out).
@@ -127,15 +142,29 @@ HISTORY_STATUSES = (Message.Status.COMPLETE.value, Message.Status.STOPPED.value)
 
 
 def history_messages(
-    *, conversation: Conversation, system_prompt: str | None = None, run: Run | None = None
+    *,
+    conversation: Conversation,
+    system_prompt: str | None = None,
+    run: Run | None = None,
+    accepts_images: bool = False,
 ) -> list[dict]:
     """The conversation as OpenAI-format messages, system prompt first
     (``history_with_ids`` without the ids)."""
-    return history_with_ids(conversation=conversation, system_prompt=system_prompt, run=run)[0]
+    return history_with_ids(
+        conversation=conversation,
+        system_prompt=system_prompt,
+        run=run,
+        accepts_images=accepts_images,
+    )[0]
 
 
 def history_with_ids(
-    *, conversation: Conversation, system_prompt: str | None = None, run: Run | None = None
+    *,
+    conversation: Conversation,
+    system_prompt: str | None = None,
+    run: Run | None = None,
+    accepts_images: bool = False,
+    sources: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict], list[int | None]]:
     """The branch of the conversation that ends at ``run`` (default: the branch
     shown, ``branches.shown_leaf``) as OpenAI-format messages, ``system_prompt``
@@ -151,6 +180,13 @@ def history_with_ids(
     conversation's settings are the one source of the system prompt). A run handed
     to another agent sends what that agent's transfer mode keeps
     (``agents.transfer_messages``).
+
+    A user message sent with files is followed, in its content, by what the model
+    reads of them (``attachments.attachments_context``: their names, the passages
+    of its text files that best match it, a line for a file not read yet; its
+    images as image parts when ``accepts_images``, the model's). ``sources``, when
+    given, receives the citations of the last user message's passages
+    (``knowledge.tool.hits_sources``), for the answer written from them.
     """
     tree = conversation_tree(conversation_id=conversation.pk)
     leaf = run.pk if run is not None else shown_leaf(conversation, tree)
@@ -173,9 +209,19 @@ def history_with_ids(
         .filter(on_branch)
         .distinct()
         .order_by("id")
-        .values_list(*HistoryRow._fields)
+        .values_list(*_HISTORY_COLUMNS)
     ]
     answered = {m.tool_call_id for m in rows if m.role == Message.Role.TOOL}
+    attached = {
+        m.id: replaced.get(m.id, m.content)
+        for m in rows
+        if m.role == Message.Role.USER and m.attachments
+    }
+    additions = (
+        attachments_context(owner=conversation.owner, texts=attached, accepts_images=accepts_images)
+        if attached
+        else {}
+    )
     prompt = settings.TOLLGATE_SYSTEM_PROMPT if system_prompt is None else system_prompt
     out: list[dict] = [{"role": "system", "content": prompt}]
     message_ids: list[int | None] = [None]
@@ -191,6 +237,8 @@ def history_with_ids(
                 message_ids.append(m.id)
             continue
         item: dict[str, Any] = {"role": m.role, "content": m.content}
+        if (addition := additions.get(m.id)) is not None:
+            item["content"] = content_with(m.content, addition)
         if m.role == Message.Role.ASSISTANT and m.tool_calls:
             ids = {c.get("id") for c in m.tool_calls}
             if ids <= answered:
@@ -207,6 +255,14 @@ def history_with_ids(
         message_ids.append(m.id)
     if run is not None:  # handed off: what the new agent reads (conversations.agents)
         out, message_ids = transfer_messages(run=run, messages=out, ids=message_ids)
+    if sources is not None:
+        last_user = next(
+            (i for i, m in zip(reversed(message_ids), reversed(out), strict=True)
+             if m["role"] == Message.Role.USER),
+            None,
+        )  # fmt: skip
+        if last_user is not None and last_user in additions:
+            sources[:] = additions[last_user].sources
     return out, message_ids
 
 
@@ -254,9 +310,12 @@ def _fallbacks(config: ModelConfig) -> list[ModelConfig]:
     return [by_id[pk] for pk in config.fallbacks if pk in by_id]
 
 
-def _step_message(run: Run, call: RunCall, *, resumed: bool) -> Message:
+def _step_message(
+    run: Run, call: RunCall, *, resumed: bool, sources: list[dict[str, Any]] | None = None
+) -> Message:
     """Create the assistant message of this step or, when the step is ``resumed``
-    (a worker held it before, and may have created it), reset it.
+    (a worker held it before, and may have created it), reset it. ``sources``: the
+    numbered passages the model is given (its ``[1]`` links to them on the page).
 
     The run's lease (just taken) keeps other workers out, so no savepoint for a
     ``get_or_create`` race is needed.
@@ -268,6 +327,12 @@ def _step_message(run: Run, call: RunCall, *, resumed: bool) -> Message:
         ).first()
     if message is None:
         agent = run_agent(run)
+        # Who wrote it, shown with it in the chat.
+        metadata: dict[str, Any] = (
+            {"agent": {"id": agent["id"], "name": agent["name"]}} if agent else {}
+        )
+        if sources:
+            metadata["sources"] = sources
         message = Message.objects.create(
             run=run,
             run_step=run.step,
@@ -275,15 +340,17 @@ def _step_message(run: Run, call: RunCall, *, resumed: bool) -> Message:
             conversation_id=run.conversation_id,
             status=Message.Status.STREAMING,
             model=call.config.litellm_model,
-            # Who wrote it, shown with it in the chat.
-            metadata={"agent": {"id": agent["id"], "name": agent["name"]}} if agent else {},
+            metadata=metadata,
         )
         events.message_appended(message_id=message.pk, run_id=run.pk, message=message)
     else:
         message.content = ""
         message.tool_calls = None
         message.status = Message.Status.STREAMING
-        message.save(update_fields=["content", "tool_calls", "status"])
+        message.metadata = {k: v for k, v in message.metadata.items() if k != "sources"}
+        if sources:
+            message.metadata["sources"] = sources
+        message.save(update_fields=["content", "tool_calls", "status", "metadata"])
         events.message_replaced(message_id=message.pk, run_id=run.pk, message=message)
     return message
 
@@ -297,13 +364,52 @@ def _fail_locked(
     run_transition(run=run, to=S.FAILED, error=error, metadata=metadata, data={"kind": kind})
 
 
-def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
+@dataclass
+class _AttachmentsWait:
+    """A first model call that waits for the files of its message to be read
+    (``attachments.attachments_wait_until``), until ``until``, the lease held."""
+
+    run: Run
+    until: datetime
+
+
+def _reading_flag(run: Run, reading: bool) -> None:
+    """Say on the run's status line that its files are being read (or no longer)."""
+    if bool(run.metadata.get("reading_attachments")) == reading:
+        return
+    run.metadata = {k: v for k, v in run.metadata.items() if k != "reading_attachments"}
+    if reading:
+        run.metadata["reading_attachments"] = True
+    Run.objects.filter(pk=run.pk).update(metadata=run.metadata)
+    events.run_status_changed(run_id=run.pk, run=run)
+
+
+def _answer_sources(history: list[dict], attached: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The numbered passages an answer is written from: the latest ``knowledge.search``
+    result since the last user message, else that message's attached files' passages."""
+    for message in reversed(history):
+        if message["role"] == Message.Role.USER:
+            break
+        if message["role"] == Message.Role.TOOL and (found := sources_parse(message["content"])):
+            return found
+    return attached
+
+
+def _begin_call(run: Run, *, resumed: bool) -> _CallStart | _AttachmentsWait | None:
     """History, tools offered, context fit, admission, the step's assistant message.
 
     In the claim's transaction (run locked and leased): one thread hop and one
     commit for everything before the model call. A context or budget refusal
-    fails the run here (``None``).
+    fails the run here (``None``). A run's first call whose message has files
+    still being read waits for them first (``_AttachmentsWait``: ``run_advance``
+    waits, then calls this again).
     """
+    if run.step == 1:
+        until = attachments_wait_until(message_id=run.user_message_id)
+        if until is not None and until > timezone.now():
+            _reading_flag(run, True)
+            return _AttachmentsWait(run=run, until=until)
+        _reading_flag(run, False)
     call = run_call(run)
     config = call.config
     # What approving this run's tool calls held was for this call: its own hold
@@ -314,8 +420,13 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     elif blocked := guard_user_input(run=run):  # before the history: the model reads the result
         _fail_locked(run, blocked, kind="guardrail")
         return None
+    attached: list[dict[str, Any]] = []
     history, history_ids = history_with_ids(
-        conversation=run.conversation, system_prompt=call.system_prompt, run=run
+        conversation=run.conversation,
+        system_prompt=call.system_prompt,
+        run=run,
+        accepts_images=config.accepts_images,
+        sources=attached,
     )
     tools = tools_offered(run=run)
     if run.kind == Run.Kind.COMPARE:  # its summary: the answers it compares, no tools
@@ -349,7 +460,7 @@ def _begin_call(run: Run, *, resumed: bool) -> _CallStart | None:
     if admission is None:
         _fail_locked(run, refusal, kind="budget", metadata=retry)
         return None
-    message = _step_message(run, call, resumed=resumed)
+    message = _step_message(run, call, resumed=resumed, sources=_answer_sources(history, attached))
     cut = history_ids[fit.kept_from] if fit.dropped and fit.kept_from < len(history_ids) else None
     return _CallStart(
         run=run,
@@ -393,7 +504,7 @@ def _gate_locked(run: Run, message_id: int) -> None:
 
 
 @db_async
-def _step_begin(run_id: int, worker: str) -> _CallStart | _ToolTurn | None:
+def _step_begin(run_id: int, worker: str) -> _CallStart | _AttachmentsWait | _ToolTurn | None:
     """Claim the run and prepare its step, in one transaction; what to do next.
 
     ``None``: nothing more for this worker (another holds the run, it waits on
@@ -420,6 +531,42 @@ def _step_begin(run_id: int, worker: str) -> _CallStart | _ToolTurn | None:
             _gate_locked(run, message_id)
             return None
         return _tool_turn_begin(run, message_id, resumed=claim.resumed)
+
+
+#: Seconds between two looks at whether a message's files have been read.
+ATTACHMENTS_POLL_SECONDS = 0.25
+_run_control = db_async(run_control)
+_being_read = db_async(attachments_being_read)
+
+
+@db_async
+def _call_begin_after_wait(run_id: int, worker: str) -> _CallStart | _AttachmentsWait | None:
+    """``_begin_call`` again once the files were read (or the wait ran out), if
+    ``worker`` still holds the run; a Stop asked for meanwhile stops it."""
+    with transaction.atomic(), audit_deferred():
+        run = _locked_own(run_id, worker)
+        if run is None:
+            return None
+        if run.cancel_requested:
+            run_stop(run=run)
+            return None
+        return _begin_call(run, resumed=False)
+
+
+async def _attachments_awaited(wait: _AttachmentsWait, worker: str) -> _CallStart | None:
+    """Wait (the lease held: the caller's heartbeat renews it) until the files of the
+    run's message are read, the wait's end, or a Stop; then begin the call."""
+    run_id, message_id = wait.run.pk, wait.run.user_message_id
+    while True:
+        await asyncio.sleep(ATTACHMENTS_POLL_SECONDS)
+        owner, cancel = await _run_control(run_id=run_id)
+        if owner != worker:
+            return None
+        reading = await _being_read(message_id=message_id)
+        if cancel or not reading or timezone.now() >= wait.until:
+            begun = await _call_begin_after_wait(run_id, worker)
+            if not isinstance(begun, _AttachmentsWait):
+                return begun
 
 
 # -- the model call ---------------------------------------------------------------------
@@ -824,6 +971,11 @@ async def run_advance(*, run_id: int, worker: str) -> None:
     owner = run.conversation.owner_id if Run.conversation.is_cached(run) else None
     with bound_contextvars(run_id=run_id, step=run.step, user_id=owner, worker=worker):
         try:
+            if isinstance(begun, _AttachmentsWait):
+                waited = await _attachments_awaited(begun, worker)
+                if waited is None:
+                    return
+                begun = waited
             if isinstance(begun, _CallStart):
                 await _step_call_llm(begun, worker)
             else:

@@ -79,10 +79,21 @@ class MessageForm(forms.Form):
     chain_id = IdField(required=False)
     compare = forms.BooleanField(required=False)
     compare_models = IdListField(required=False)
+    attachments = IdListField(required=False)
 
     def compare_ids(self) -> list[int] | None:
         """The models to compare when Compare is on (``[]``: none picked), else ``None``."""
         return list(self.cleaned_data["compare_models"]) if self.cleaned_data["compare"] else None
+
+
+class AttachmentUploadForm(forms.Form):
+    """``POST /attachments/upload``: one file for the composer, and the documents
+    its chips hold already (the per-message limit: ``attachments.attachment_upload``)."""
+
+    file = forms.FileField(
+        allow_empty_file=False, error_messages={"required": "Choose a file to attach."}
+    )
+    attached = IdListField(required=False)
 
 
 class CompareSettingsForm(forms.Form):

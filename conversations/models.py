@@ -319,6 +319,12 @@ class Message(models.Model):
     )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    #: Files sent with a user message: Knowledge documents of its sender
+    #: (``conversations.attachments``); ``metadata["attachments"]`` keeps what the
+    #: page shows of them (name, type), so drawing a message costs no query.
+    attachments = models.ManyToManyField(
+        "knowledge.Document", through="MessageAttachment", related_name="+", blank=True
+    )
 
     # Not fields: set on messages loaded for display and read by the templates:
     # ``steps``, the tool calls this assistant message made (``selectors.run_steps_attach``);
@@ -342,6 +348,29 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class MessageAttachment(models.Model):
+    """A file sent with a user message, in the order it was attached. Deleting the
+    document (on the Knowledge page) deletes the link; deleting the message keeps
+    the document."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attached")
+    document = models.ForeignKey(
+        "knowledge.Document", on_delete=models.CASCADE, related_name="message_links"
+    )
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ("message", "position", "id")
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["message", "document"], name="conversations_attachment_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} ← {self.document_id}"
 
 
 class Run(models.Model):

@@ -10,9 +10,11 @@ Two ways in, one configuration: ``render_markdown`` renders a whole text once
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
+from typing import Any
 
 import nh3
 from django.utils.html import escape
@@ -267,3 +269,64 @@ def render_untrusted(text: str) -> SafeString:
 def pygments_css() -> str:
     """CSS for highlighted code blocks (class ``highlight``)."""
     return HtmlFormatter(style="friendly").get_style_defs(".highlight")
+
+
+#: A citation marker in an answer's text: ``[1]``, or several: ``[1, 3]``.
+_CITATION_RE = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
+_TAG_RE = re.compile(r"(<[^>]*>)")
+_TAG_NAME_RE = re.compile(r"</?([a-zA-Z0-9]+)")
+#: Elements whose text is never linked: links already, and code.
+_NO_CITATIONS = {"a", "code", "pre"}
+
+
+def citations_link(html: str, sources: list[dict[str, Any]]) -> SafeString:
+    """``html`` (a finished answer, sanitised) with each ``[n]`` of its text that
+    numbers one of ``sources`` (``{"n", "name", "where", "url"}`` each: the passages
+    the model was given, ``knowledge.tool.hits_sources``) made a link to that
+    passage's page; text inside links and code is left alone. A source whose
+    ``url`` is not a path of this site is not linked."""
+    by_number = {
+        int(s["n"]): s
+        for s in sources or []
+        if isinstance(s, dict)
+        and str(s.get("url", "")).startswith("/")
+        and not str(s.get("url", "")).startswith("//")
+    }
+    if not by_number:
+        return mark_safe(html)  # noqa: S308 - the caller's sanitised HTML, unchanged
+
+    def link(number: int) -> str:
+        source = by_number[number]
+        title = source.get("name", "") + (f", {source['where']}" if source.get("where") else "")
+        return (
+            f'<a class="citation" href="{escape(source["url"])}" title="{escape(title)}">'
+            f"{number}</a>"
+        )
+
+    def cite(match: re.Match[str]) -> str:
+        numbers = [int(n) for n in re.split(r"\s*,\s*", match.group(1))]
+        if not all(n in by_number for n in numbers):
+            return match.group(0)
+        return "[" + ", ".join(link(n) for n in numbers) + "]"
+
+    out: list[str] = []
+    inside = 0
+    for piece in _TAG_RE.split(html):
+        if piece.startswith("<"):
+            name = _TAG_NAME_RE.match(piece)
+            if name and name.group(1).lower() in _NO_CITATIONS and not piece.endswith("/>"):
+                inside = max(0, inside + (-1 if piece.startswith("</") else 1))
+            out.append(piece)
+        else:
+            out.append(piece if inside else _CITATION_RE.sub(cite, piece))
+    return mark_safe("".join(out))  # noqa: S308 - sanitised input; the links are escaped here
+
+
+def sources_cited(text: str, sources: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """The sources an answer's ``text`` cites (``[n]``), in their order, and ``True``;
+    or, when it cites none of them, all of ``sources`` and ``False`` (the passages
+    it was given, for the page to list as such)."""
+    markers = _CITATION_RE.finditer(text or "")
+    numbers = {int(n) for match in markers for n in re.split(r"\s*,\s*", match[1])}
+    cited = [s for s in sources or [] if isinstance(s, dict) and s.get("n") in numbers]
+    return (cited, True) if cited else (list(sources or []), False)

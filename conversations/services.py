@@ -23,8 +23,16 @@ from accounts.sharing import SharingRefused, sharing_check
 from audit.services import audit_deferred, audit_record
 from conversations import compare, events
 from conversations.agents import agents_visible, run_max_steps
+from conversations.attachments import (
+    attachments_for_send,
+    attachments_images_check,
+    attachments_link,
+    attachments_of,
+    attachments_shown,
+)
 from conversations.branches import conversation_tree, shown_leaf
 from conversations.chains import ChainRefused, chain_plan, chain_start
+from conversations.errors import ConversationError, NotFound
 from conversations.models import (
     AgentProfile,
     Conversation,
@@ -44,14 +52,6 @@ from tools.selectors import tool_names_for_user_id
 from tools.services import invocations_delete
 
 logger = logging.getLogger(__name__)
-
-
-class ConversationError(Exception):
-    """Bad input for a conversation service; ``str(error)`` is shown to the user."""
-
-
-class NotFound(ConversationError):
-    """The object does not exist or is not the user's (answer 404, reveal nothing)."""
 
 
 class EmptyMessage(ConversationError):
@@ -426,6 +426,7 @@ def message_send(
     content: str,
     compare_model_ids: Sequence[int] | None = None,
     chain_id: int | None = None,
+    attachment_ids: Sequence[int] = (),
 ) -> Run:
     """Post a user message and start a run answering it (dispatched on commit).
 
@@ -435,9 +436,12 @@ def message_send(
     waits for them (``awaiting_parts``), then writes their summary.
     ``chain_id``: run that chain (``prompts.Chain``, one the user may see) on the
     message instead: the run is a ``chain`` run whose steps answer in turn
-    (``conversations.chains``). Not both.
+    (``conversations.chains``). Not both. ``attachment_ids``: the user's documents
+    sent with the message (``conversations.attachments``).
 
     Raises ``NotFound`` (not the user's, or a chain they may not see),
+    ``AttachmentRefused`` (too many files, one not theirs, an image to a model that
+    does not accept images),
     ``EmptyMessage``, ``MessageTooLong`` (over ``TOLLGATE_MAX_MESSAGE_CHARS``),
     ``ConversationArchived``, ``ModelUnavailable`` (the conversation's model, or a
     chain step's, is disabled), ``CompareInvalid`` (the models asked to compare, or
@@ -454,15 +458,23 @@ def message_send(
             chain = chain_get(user=user, chain_id=chain_id)
         except PromptNotFound:
             raise NotFound("Chain not found.") from None
+    documents = attachments_for_send(user=user, document_ids=attachment_ids)
     with transaction.atomic():
         conversation, message, run = _message_insert(
-            user=user, conversation_id=conversation_id, content=content, compare_models=models
+            user=user,
+            conversation_id=conversation_id,
+            content=content,
+            compare_models=models,
+            attachments=documents,
+            answered_by_chain=chain is not None,
         )
         if chain is not None:
             try:
                 plan = chain_plan(chain=chain, default=conversation.model_config)
             except ChainRefused as error:
                 raise ModelUnavailable(str(error)) from None
+            # Raised in this block: the message and run above are not kept.
+            _chain_images_check(documents, plan)
             run.kind = Run.Kind.CHAIN
             run.parameters = {**run.parameters, "chain": plan}
             run.save(update_fields=["kind", "parameters"])
@@ -502,8 +514,18 @@ def _compare_models(model_ids: Sequence[int]) -> list[ModelConfig]:
     return [by_id[pk] for pk in ids]
 
 
+def _chain_images_check(documents: list, plan: dict[str, Any]) -> None:
+    """Refuse images for a chain whose step models do not all accept images."""
+    if not documents:
+        return
+    ids = [step["model"]["id"] for step in plan["steps"]]
+    configs = ModelConfig.objects.in_bulk(ids)
+    attachments_images_check(documents, [configs[pk] for pk in dict.fromkeys(ids)])
+
+
 def _message_sent(user, message: Message, run: Run) -> dict[str, Any]:
     """The ``message.sent`` audit event's arguments (``audit_record``)."""
+    attached = [a["id"] for a in message.metadata.get("attachments", [])]
     return {
         "action": "message.sent",
         "actor": user,
@@ -514,6 +536,7 @@ def _message_sent(user, message: Message, run: Run) -> dict[str, Any]:
             "run_id": run.pk,
             "chars": len(message.content),
             **({"chain": run.parameters["chain"]["name"]} if run.kind == Run.Kind.CHAIN else {}),
+            **({"attachments": attached} if attached else {}),
         },
     }
 
@@ -533,9 +556,14 @@ def _message_insert(
     conversation_id: int,
     content: str,
     compare_models: list[ModelConfig] | None = None,
+    attachments: list | None = None,
+    answered_by_chain: bool = False,
 ) -> tuple[Conversation, Message, Run]:
     """Lock and check the conversation, insert the message and its run (the ORM);
-    with ``compare_models``, the compare run and its parts (``_compare_insert``)."""
+    with ``compare_models``, the compare run and its parts (``_compare_insert``);
+    with ``attachments`` (documents, ``attachments_for_send``), the message's links
+    to them, after checking that the models answering it accept its images (a
+    chain's: the caller's to check)."""
     conversation = _own_conversation(
         user=user, conversation_id=conversation_id, lock=True, with_model=True
     )
@@ -544,9 +572,19 @@ def _message_insert(
     )
     call = _call_settings(conversation)
     _agent_check(conversation, call)
+    attachments = attachments or []
+    if attachments and not answered_by_chain:
+        attachments_images_check(
+            attachments, compare_models if compare_models is not None else [call.config]
+        )
     message = Message.objects.create(
-        conversation=conversation, role=Message.Role.USER, content=content
+        conversation=conversation,
+        role=Message.Role.USER,
+        content=content,
+        metadata={"attachments": attachments_shown(attachments)} if attachments else {},
     )
+    if attachments:
+        attachments_link(message, attachments)
     # The next exchange of the branch shown (conversations.branches).
     parent_id = _branch_end(conversation)
     if compare_models is not None:
@@ -826,12 +864,16 @@ def message_edit(*, user, message_id: int, content: str) -> Run:
         # The place of the version shown, else of its newest answer.
         parent_id = tree.parent[next((r for r in answered if r in shown), max(answered))]
         call = _call_settings(conversation)
+        # The new version carries the old one's files (the edit changes the text only).
+        attached = attachments_of(message_id)
+        attachments_images_check(attached, [call.config])
+        metadata: dict[str, Any] = {"edit_of": message_id}
+        if attached:
+            metadata["attachments"] = attachments_shown(attached)
         message = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.USER,
-            content=content,
-            metadata={"edit_of": message_id},
+            conversation=conversation, role=Message.Role.USER, content=content, metadata=metadata
         )
+        attachments_link(message, attached)
         parameters = call.record()
         run = Run.objects.create(
             conversation=conversation,

@@ -29,11 +29,13 @@ from django_htmx.http import HttpResponseClientRedirect, reswap
 
 from accounts.http import AuthenticatedHttpRequest
 from accounts.selectors import usage_for_conversation
-from conversations import exports, selectors, services
+from conversations import attachments, exports, selectors, services
+from conversations.attachments import attachments_typed
 from conversations.events import error_fragment
 from conversations.events import render as render_partial
 from conversations.forms import (
     ArchiveForm,
+    AttachmentUploadForm,
     CompareSettingsForm,
     ConversationSettingsForm,
     ConversationStartForm,
@@ -47,6 +49,7 @@ from conversations.forms import (
 from conversations.metrics import metrics_allowed, metrics_render
 from conversations.models import UserPreferences
 from conversations.reformulation import ReformulationRefused, draft_reformulate
+from knowledge.errors import DocumentOverLimit, DocumentRefused
 from project.inbound import form_message, id_parse
 from prompts.diffs import diff_table
 from prompts.selectors import chain_choices
@@ -70,6 +73,7 @@ def _page(
         "model_configs": selectors.model_configs_enabled(),
         "agents": selectors.agent_list(user=request.user) if conversation is not None else [],
         "max_chars": settings.TOLLGATE_MAX_MESSAGE_CHARS,
+        "attachment_limit": settings.TOLLGATE_MAX_ATTACHMENTS_PER_MESSAGE,
         **extra,
     }
     if conversation is not None:
@@ -436,6 +440,9 @@ def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> Htt
         "typed_content": request.POST.get("content", ""),
         "typed_compare": bool(request.POST.get("compare")),
         "typed_compare_models": [id_parse(v) for v in request.POST.getlist("compare_models")],
+        "typed_attachments": attachments_typed(
+            user=request.user, ids=[id_parse(v) for v in request.POST.getlist("attachments")]
+        ),
     }
     if not form.is_valid():
         return _refuse(request, form_message(form), conversation_id=conversation_id, typed=typed)
@@ -446,10 +453,72 @@ def message_send(request: AuthenticatedHttpRequest, conversation_id: int) -> Htt
             content=form.cleaned_data["content"],
             compare_model_ids=form.compare_ids(),
             chain_id=form.cleaned_data["chain_id"],
+            attachment_ids=form.cleaned_data["attachments"],
         )
     except services.ConversationError as error:
         return _refused(request, error, conversation_id=conversation_id, typed=typed)
     return _done(request, reverse("conversations:detail", args=[conversation_id]))
+
+
+def _attachment_refused(
+    request: AuthenticatedHttpRequest, message: str, status: int
+) -> HttpResponse:
+    """A file the composer may not attach: the reason as plain text (``static/js/chat.js``
+    shows it next to the composer, whose text and chips stay)."""
+    response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+    log_response(
+        "Refused %s for user %s: %s", request.path, request.user.pk, message,
+        response=response, request=request,
+    )  # fmt: skip
+    return response
+
+
+@login_required
+@require_POST
+def attachment_upload(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """One file for the composer, stored as the user's Knowledge document: its chip
+    (``chat.html#attachment-chip``). Refused with its reason as text: 413 for a file
+    over a limit (per file, the user's quota), 400 otherwise (no file, a type that
+    cannot be read, the per-message limit)."""
+    form = AttachmentUploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _attachment_refused(request, form_message(form), 400)
+    try:
+        document = attachments.attachment_upload(
+            user=request.user,
+            upload=form.cleaned_data["file"],
+            attached=form.cleaned_data["attached"],
+        )
+    except DocumentRefused as error:
+        status = 413 if isinstance(error, DocumentOverLimit) else 400
+        return _attachment_refused(request, str(error), status)
+    except services.ConversationError as error:
+        return _attachment_refused(request, str(error), 400)
+    return HttpResponse(render_partial("attachment-chip", {"d": document}))
+
+
+@login_required
+@require_GET
+def attachment_status(request: AuthenticatedHttpRequest, document_id: int) -> HttpResponse:
+    """A composer chip again (polled while its file is read). 404 for a document
+    that is not the user's own."""
+    try:
+        document = attachments.attachment_get(user=request.user, document_id=document_id)
+    except services.NotFound:
+        raise Http404("No such file.") from None
+    return HttpResponse(render_partial("attachment-chip", {"d": document}))
+
+
+@login_required
+@require_POST
+def attachment_remove(request: AuthenticatedHttpRequest, document_id: int) -> HttpResponse:
+    """A chip removed from the composer: its document is deleted unless a message
+    was sent with it (204 either way). 404 for a document that is not the user's own."""
+    try:
+        attachments.attachment_discard(user=request.user, document_id=document_id)
+    except services.NotFound:
+        raise Http404("No such file.") from None
+    return HttpResponse(status=204)
 
 
 @login_required

@@ -13,6 +13,7 @@ fused by reciprocal rank fusion (k = 60).
 from __future__ import annotations
 
 import re
+from collections import abc
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,19 +159,23 @@ def chunks_rank_meaning(
     return [int(ids[i]) for i in best]
 
 
-def chunks_search(*, user: Any, query: str, limit: int = 5) -> list[Hit]:
+def chunks_search(
+    *, user: Any, query: str, limit: int = 5, document_ids: abc.Collection[int] | None = None
+) -> list[Hit]:
     """The chunks of ``user``'s visible, ready documents that best answer ``query``,
     best first, at most ``limit`` (capped at ``MAX_RESULTS``): full-text and
-    embedding rankings fused by reciprocal rank fusion. ``[]`` when no chunk
-    matches a word of the query nor comes near it in meaning (the similarity
-    floor). Raises ``EmbeddingFailed`` when the deployment's embedding model
-    cannot embed the query."""
+    embedding rankings fused by reciprocal rank fusion. ``document_ids``: only
+    those documents (still only the visible ones: the files attached to a chat
+    message, ``conversations.attachments``). ``[]`` when no chunk matches a word of
+    the query nor comes near it in meaning (the similarity floor). Raises
+    ``EmbeddingFailed`` when the deployment's embedding model cannot embed the query."""
     query = query.replace("\x00", "").strip()
-    if not query:
+    if not query or (document_ids is not None and not document_ids):
         return []
-    chunks = Chunk.objects.filter(
-        document__in=documents_visible(user=user).filter(status=Document.Status.READY)
-    )
+    documents = documents_visible(user=user).filter(status=Document.Status.READY)
+    if document_ids is not None:
+        documents = documents.filter(pk__in=list(document_ids))
+    chunks = Chunk.objects.filter(document__in=documents)
     meaning = chunks_rank_meaning(chunks, query, embedder=embedder_current(), user=user)
     scores: dict[int, float] = {}
     for ranking in (chunks_rank_words(chunks, _words(query)), meaning):

@@ -335,6 +335,18 @@ TOLLGATE_KNOWLEDGE_EMBEDDING_MODEL = env.str("TOLLGATE_KNOWLEDGE_EMBEDDING_MODEL
 # (-1 to 1). 0.25 separates the offline model's answers (0.38 and up on the test
 # corpus) from unrelated questions (0.16 at most); tune it for another model.
 TOLLGATE_KNOWLEDGE_MIN_SIMILARITY = env.float("TOLLGATE_KNOWLEDGE_MIN_SIMILARITY", default=0.25)
+# Files attached to one chat message (each a Knowledge document of its sender).
+TOLLGATE_MAX_ATTACHMENTS_PER_MESSAGE = env.int("TOLLGATE_MAX_ATTACHMENTS_PER_MESSAGE", default=5)
+# A message's attached text files give the model their passages that best match it
+# (docs/knowledge.md), this many; and how long a reply waits for an attachment
+# still being read before it says so instead (seconds).
+TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE = env.bool("TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE", default=True)
+TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE_PASSAGES = env.int(
+    "TOLLGATE_KNOWLEDGE_AUTO_RETRIEVE_PASSAGES", default=5
+)
+TOLLGATE_KNOWLEDGE_ATTACHMENT_WAIT_SECONDS = env.float(
+    "TOLLGATE_KNOWLEDGE_ATTACHMENT_WAIT_SECONDS", default=20.0
+)
 
 # Serve straight from the finders so the embedded mode needs no collectstatic.
 WHITENOISE_USE_FINDERS = True

@@ -5,7 +5,14 @@ from __future__ import annotations
 from django import template
 from django.utils.safestring import SafeString
 
-from conversations.rendering import StreamFrame, markdown_blocks, render_markdown, render_untrusted
+from conversations.rendering import (
+    StreamFrame,
+    citations_link,
+    markdown_blocks,
+    render_markdown,
+    render_untrusted,
+    sources_cited,
+)
 
 register = template.Library()
 
@@ -22,6 +29,20 @@ STAGE_LABELS = {
 def markdown(text: str) -> SafeString:
     """Sanitised HTML of Markdown ``text``."""
     return render_markdown(text)
+
+
+@register.filter
+def citations(html: str, sources: list) -> SafeString:
+    """An answer's rendered ``html`` with its ``[n]`` markers linked to the passages
+    ``sources`` numbers (``rendering.citations_link``)."""
+    return citations_link(html, sources)
+
+
+@register.filter
+def cited(text: str, sources: list) -> tuple[list, bool]:
+    """``(sources, cited)``: those of ``sources`` the answer ``text`` cites, or all of
+    them when it cites none (``rendering.sources_cited``)."""
+    return sources_cited(text, sources)
 
 
 @register.filter

@@ -82,11 +82,119 @@
     }
   }, true);
 
+  // -- attached files (conversations/attachments.py) -------------------------------
+  // Each file picked (Attach) or dropped on the composer is uploaded on its own and
+  // becomes a chip: the server's (its document, how far it is read, polled by htmx)
+  // once stored, or removed with the reason shown when refused. The chips' hidden
+  // inputs send the documents with the message; nothing typed is touched.
+  function chipsBox() { return document.getElementById("composer-attachments"); }
+  function csrfToken() {
+    var token = document.querySelector("#composer input[name=csrfmiddlewaretoken]");
+    return token ? token.value : "";
+  }
+  function attachedIds(box) {
+    return Array.prototype.map.call(box.querySelectorAll("input[name=attachments]"),
+      function (input) { return input.value; });
+  }
+  function attach(file) {
+    var box = chipsBox();
+    if (!box) return;
+    var limit = parseInt(box.getAttribute("data-limit"), 10);
+    if (limit && box.querySelectorAll(".attachment-chip").length >= limit) {
+      showError(file.name + ": a message can carry at most " + limit + " file" +
+        (limit === 1 ? "" : "s") + ". Remove one to attach another.");
+      return;
+    }
+    var chip = document.createElement("span");
+    chip.className = "attachment-chip attachment-uploading";
+    chip.setAttribute("data-status", "uploading");
+    chip.textContent = file.name + " — uploading…";
+    box.appendChild(chip);
+    var data = new FormData();
+    data.append("file", file);
+    attachedIds(box).forEach(function (id) { data.append("attached", id); });
+    fetch(box.getAttribute("data-upload"), {
+      method: "POST", body: data, credentials: "same-origin",
+      headers: {"X-CSRFToken": csrfToken()}
+    }).then(function (response) {
+      return response.text().then(function (text) { return {ok: response.ok, text: text}; });
+    }).then(function (answer) {
+      if (!answer.ok) {
+        chip.remove();
+        showError(answer.text || file.name + " could not be attached.");
+        return;
+      }
+      var holder = document.createElement("div");
+      holder.innerHTML = answer.text.trim();
+      var made = holder.firstElementChild;
+      chip.replaceWith(made);
+      if (window.htmx) window.htmx.process(made);
+    }, function () {
+      chip.remove();
+      showError(file.name + " could not be uploaded: the connection failed.");
+    });
+  }
+  document.addEventListener("click", function (event) {
+    if (!event.target.closest) return;
+    if (event.target.closest("[data-attach]")) {
+      var input = document.getElementById("composer-files");
+      if (input) input.click();
+      return;
+    }
+    var remove = event.target.closest(".attachment-remove");
+    if (!remove) return;
+    var chip = remove.closest(".attachment-chip");
+    chip.remove();
+    fetch(remove.getAttribute("data-remove"), {
+      method: "POST", credentials: "same-origin", headers: {"X-CSRFToken": csrfToken()}
+    }).catch(function () { showError("The file could not be removed: the connection failed."); });
+  });
+  document.addEventListener("change", function (event) {
+    if (event.target.id !== "composer-files") return;
+    Array.prototype.forEach.call(event.target.files, attach);
+    event.target.value = "";
+  });
+  function carriesFiles(event) {
+    return event.dataTransfer && Array.prototype.indexOf.call(event.dataTransfer.types, "Files") >= 0;
+  }
+  ["dragenter", "dragover"].forEach(function (name) {
+    document.addEventListener(name, function (event) {
+      var form = event.target.closest && event.target.closest("#composer");
+      if (!form || !carriesFiles(event)) return;
+      event.preventDefault();
+      form.classList.add("dragging");
+    });
+  });
+  document.addEventListener("dragleave", function (event) {
+    var form = event.target.closest && event.target.closest("#composer");
+    if (form && !form.contains(event.relatedTarget)) form.classList.remove("dragging");
+  });
+  document.addEventListener("drop", function (event) {
+    var form = event.target.closest && event.target.closest("#composer");
+    if (!form || !carriesFiles(event)) return;
+    event.preventDefault();
+    form.classList.remove("dragging");
+    Array.prototype.forEach.call(event.dataTransfer.files, attach);
+  });
+  // A file still uploading has no document yet: the message waits for it.
+  document.addEventListener("submit", function (event) {
+    if (event.target.id !== "composer") return;
+    if (event.target.querySelector(".attachment-chip[data-status=uploading]")) {
+      event.preventDefault();
+      event.stopPropagation();
+      showError("Wait for the files to finish uploading, then send.");
+    }
+  }, true);
+
   // -- sent or refused -----------------------------------------------------------
   var pending = null; // the text of the message on its way, until the server answers
+  var pendingFiles = []; // the documents sent with it (their chips go once it is taken)
   document.addEventListener("htmx:wsAfterSend", function (event) {
     var form = event.target.closest && event.target.closest("#composer");
-    if (form) pending = form.querySelector("textarea").value;
+    if (form) {
+      pending = form.querySelector("textarea").value;
+      pendingFiles = attachedIds(form);
+    }
   });
   function answered() {
     var errors = document.getElementById("chat-errors");
@@ -103,7 +211,14 @@
       var chain = document.getElementById("composer-chain");
       if (chain) chain.value = "";
     }
+    if (outcome === "sent") {
+      pendingFiles.forEach(function (id) {
+        var chip = document.getElementById("attachment-" + id);
+        if (chip) chip.remove();
+      });
+    }
     pending = null;
+    pendingFiles = [];
     box.focus();
   }
 
