@@ -49,7 +49,7 @@ from conversations.forms import (
 from conversations.metrics import metrics_allowed, metrics_render
 from conversations.models import UserPreferences
 from conversations.reformulation import ReformulationRefused, draft_reformulate
-from knowledge.errors import DocumentOverLimit, DocumentRefused
+from knowledge.errors import DocumentRefused
 from project.inbound import form_message, id_parse
 from prompts.diffs import diff_table
 from prompts.selectors import chain_choices
@@ -490,8 +490,7 @@ def attachment_upload(request: AuthenticatedHttpRequest) -> HttpResponse:
             attached=form.cleaned_data["attached"],
         )
     except DocumentRefused as error:
-        status = 413 if isinstance(error, DocumentOverLimit) else 400
-        return _attachment_refused(request, str(error), status)
+        return _attachment_refused(request, str(error), error.http_status)
     except services.ConversationError as error:
         return _attachment_refused(request, str(error), 400)
     return HttpResponse(render_partial("attachment-chip", {"d": document}))

@@ -9,11 +9,15 @@ class KnowledgeError(Exception):
 
 class DocumentRefused(KnowledgeError):
     """An upload refused before anything was stored: too large, over quota, or of a
-    type that cannot be read."""
+    type that cannot be read. ``http_status``: what a page answers with (400)."""
+
+    http_status = 400
 
 
 class DocumentOverLimit(DocumentRefused):
-    """An upload over the size limit per file or the owner's storage quota."""
+    """An upload over the size limit per file or the owner's storage quota (413)."""
+
+    http_status = 413
 
 
 class DocumentNotFound(KnowledgeError):

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.http import AuthenticatedHttpRequest
 from knowledge import selectors, services
-from knowledge.errors import DocumentNotFound, DocumentOverLimit, DocumentRefused, KnowledgeError
+from knowledge.errors import DocumentNotFound, DocumentRefused, KnowledgeError
 from knowledge.extraction import IMAGES, PDF
 from knowledge.forms import CollectionForm, MemoryForm, RecallForm, ShareForm, UploadForm
 from knowledge.memory import notes_recall
@@ -58,8 +58,7 @@ def document_upload(request: AuthenticatedHttpRequest) -> HttpResponse:
             collection_id=form.cleaned_data["collection"],
         )
     except DocumentRefused as error:
-        status = 413 if isinstance(error, DocumentOverLimit) else 400
-        return _page(request, status=status, error=str(error))
+        return _page(request, status=error.http_status, error=str(error))
     except DocumentNotFound:
         raise Http404("No such collection.") from None
     messages.success(request, f"{document.name} was uploaded; it is being read.")
